@@ -1,0 +1,27 @@
+//! smem-core: the allocation-free heart of smem.
+//!
+//! Everything here is `#![no_std]`, names no `alloc`, and contains no `unsafe`: the config store
+//! wire codec, URL parsing, the GVA range allocator, fixed-capacity handle tables, and copy-range
+//! validation. Parsing never panics, whatever the bytes. Capacities are compile-time constants
+//! ([`limits`]).
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod bm;
+pub mod error;
+pub mod gva;
+pub mod limits;
+pub mod table;
+pub mod url;
+pub mod wire;
+
+#[cfg(feature = "_fuzzing-hooks")]
+#[doc(hidden)]
+pub mod __fuzz;
+
+pub use error::ErrorCode;

@@ -1,0 +1,1 @@
+//! Config store wire protocol (SPEC 5). TODO(skeleton).

@@ -1,0 +1,1 @@
+//! Device backends (`sim`, `acl`). TODO(skeleton).

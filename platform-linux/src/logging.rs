@@ -1,0 +1,1 @@
+//! Process-wide logger behind the `log` facade. TODO(skeleton).

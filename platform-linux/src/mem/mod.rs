@@ -1,0 +1,1 @@
+//! Shareable host segments, GVA reservations, peer mappings. TODO(skeleton).

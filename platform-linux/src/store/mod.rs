@@ -1,0 +1,1 @@
+//! The config store: server and client over TCP (SPEC 5). TODO(skeleton).

@@ -1,0 +1,1 @@
+//! Thin safe wrappers over libc calls. The only place in this crate with `unsafe`. TODO(skeleton).
