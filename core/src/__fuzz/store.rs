@@ -1,0 +1,1 @@
+//! Fuzz entry points for the wire codec and URL parsing. TODO(skeleton).
