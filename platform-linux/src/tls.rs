@@ -22,12 +22,27 @@
 //! Key types: RSA, ECDSA P-256/P-384, Ed25519. CRL: one or more `X509 CRL`.
 //! Every problem is reported as `SM_TLS_ERROR` naming the file and what is wrong with it.
 //!
+//! - No session resumption (no tickets, no session cache): every connection verifies the full
+//!   chain against the CRLs loaded at that time.
+//! - Extended key usage, when a certificate has one, must allow `serverAuth` for a server and
+//!   `clientAuth` for a client: a rank that both hosts the store and connects needs both.
+//!
+//! # Store wire order
+//! As the reference (memfabric-hybrid 1.3.0: `AccTcpServerDefault::Handshake` on the client,
+//! `AccTcpListener::ProcessNewConnection` on the server, read from the wheel's
+//! `libmf_smem.so`): the client sends the 16-byte connect header **in clear**, then starts
+//! TLS at once (without waiting for a reply); the server reads the 16 bytes, runs the TLS
+//! handshake, and sends its `i16` reply **inside TLS**, followed by all frames. A reference
+//! client pipelines its ClientHello behind the header, so a server that read past the 16
+//! bytes must hand the extra bytes to the session first:
+//! `session.on_readable(&mut (&extra[..]).chain(&mut sock), &mut plaintext)`.
+//!
 //! # Driving a connection
 //! - Blocking client: [`TlsStream::connect`] runs the handshake with a deadline over a
-//!   connected [`TcpStream`] (after the store's clear-text 16-byte handshake) and then is a
-//!   plain `Read + Write` stream. In TLS 1.3 the server checks the client certificate after
-//!   the client considers the handshake done, so a refused client sees the server's alert on
-//!   its first read (an `SM_TLS_ERROR`/`SM_IO_ERROR`, never a hang).
+//!   connected [`TcpStream`] and then is a plain `Read + Write` stream. In TLS 1.3 the server
+//!   checks the client certificate after the client considers the handshake done, so a
+//!   refused client sees the server's alert on its first read (an `SM_TLS_ERROR` or
+//!   `SM_IO_ERROR`, never a hang).
 //! - Non-blocking server (epoll): [`ServerTlsSession`] wraps a sans-I/O
 //!   [`rustls::ServerConnection`]. On `EPOLLIN` call [`ServerTlsSession::on_readable`] with the
 //!   socket: it reads TLS records (`read_tls`), decrypts them (`process_new_packets`) and appends
@@ -204,11 +219,14 @@ impl TlsOptions {
                 .build()
                 .map_err(crl_error)?;
 
-        let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        let mut server = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| tls_error(format!("TLS 1.3 server configuration: {e}")))?
             .with_client_cert_verifier(client_verifier)
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(Arc::clone(&certified))));
+        // No resumption: every connection verifies the full chain against the current CRLs.
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
 
         let mut client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -220,6 +238,7 @@ impl TlsOptions {
             .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
         // The store URL is an IP: no SNI is sent for IPs anyway; make it explicit.
         client.enable_sni = false;
+        client.resumption = rustls::client::Resumption::disabled();
 
         Ok(LoadedTls {
             server: Arc::new(server),
@@ -312,8 +331,8 @@ pub struct TlsStream {
 impl TlsStream {
     /// Runs the TLS handshake as a client over `sock`, which is connected to `server_ip`
     /// (the store URL's IP, checked against the server certificate's IP SANs), and must
-    /// finish by `deadline`. The socket's read/write timeouts are changed for the handshake
-    /// and left at the remaining time: set your own afterwards.
+    /// finish by `deadline`. The socket's read/write timeouts are bounded by the deadline
+    /// during the handshake and restored afterwards.
     ///
     /// # Errors
     /// `SM_TLS_ERROR` if the server is refused (untrusted, expired, revoked, wrong IP) or does
@@ -327,6 +346,26 @@ impl TlsStream {
         let mut conn = ClientConnection::new(client_config(tls), ServerName::from(server_ip))
             .map_err(|e| tls_error(format!("TLS client for {server_ip}: {e}")))?;
         let mut sock = sock;
+        let saved = (sock.read_timeout(), sock.write_timeout());
+        let done = Self::handshake(&mut conn, &mut sock, server_ip, deadline);
+        if let (Ok(read), Ok(write)) = saved {
+            let _ = sock.set_read_timeout(read);
+            let _ = sock.set_write_timeout(write);
+        }
+        done?;
+        let peer = peer_name(conn.peer_certificates());
+        Ok(Self {
+            inner: StreamOwned::new(conn, sock),
+            peer,
+        })
+    }
+
+    fn handshake(
+        conn: &mut ClientConnection,
+        sock: &mut TcpStream,
+        server_ip: IpAddr,
+        deadline: Instant,
+    ) -> Result<()> {
         while conn.is_handshaking() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -338,17 +377,13 @@ impl TlsStream {
             sock.set_read_timeout(Some(left))
                 .and_then(|()| sock.set_write_timeout(Some(left)))
                 .map_err(|e| Error::io(format!("TLS handshake with {server_ip}"), &e))?;
-            match conn.complete_io(&mut sock) {
+            match conn.complete_io(sock) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(stream_error(&format!("TLS handshake with {server_ip}"), &e)),
             }
         }
-        let peer = peer_name(conn.peer_certificates());
-        Ok(Self {
-            inner: StreamOwned::new(conn, sock),
-            peer,
-        })
+        Ok(())
     }
 
     /// The verified server certificate, named for logs.

@@ -182,6 +182,70 @@ fn mutual_tls_round_trip() {
     assert_still_serving(&server, &pki);
 }
 
+/// The store's wire order: 16-byte header in clear, ClientHello pipelined right behind it
+/// (as the reference client does), the server reads both at once and hands the rest to TLS;
+/// the `i16` reply goes inside TLS.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn clear_header_then_pipelined_tls() {
+    let pki = Pki::new("pipelined");
+    let server_tls = server_tls(&pki);
+    let listener = TcpListener::bind((LOCALHOST, 0)).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = thread::spawn(move || -> std::result::Result<Vec<u8>, String> {
+        let (mut sock, _) = listener.accept().map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        // Wait until the ClientHello is queued behind the header, then read both in one go.
+        thread::sleep(Duration::from_millis(100));
+        let mut first = [0_u8; 4096];
+        let n = sock.read(&mut first).map_err(|e| e.to_string())?;
+        let (header, extra) = first[..n].split_at_checked(16).ok_or("short header")?;
+        assert!(
+            !extra.is_empty(),
+            "the ClientHello was pipelined behind the header"
+        );
+        let header = header.to_vec();
+        sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut session = ServerTlsSession::new(&server_tls).map_err(|e| e.to_string())?;
+        let mut plain = Vec::new();
+        let mut prefix = extra;
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let mut replied = false;
+        while Instant::now() < deadline {
+            let outcome = session
+                .on_readable(&mut (&mut prefix).chain(&mut sock), &mut plain)
+                .map_err(|e| e.to_string())?;
+            if session.handshake_done() && !replied {
+                session.queue_plaintext(&0_i16.to_le_bytes());
+                replied = true;
+            }
+            let _ = session.flush_to(&mut sock);
+            if outcome.eof {
+                return Ok(header);
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        Err("deadline".to_owned())
+    });
+
+    let mut sock = connect(addr);
+    let header = *b"\0\0\0\0\0\0\0\0\x03\0\0\0\x04\0\0\0";
+    sock.write_all(&header).expect("header in clear");
+    let mut stream = TlsStream::connect(
+        sock,
+        &client_tls(&pki),
+        LOCALHOST,
+        Instant::now() + IO_TIMEOUT,
+    )
+    .expect("TLS after the clear header");
+    let mut reply = [0_u8; 2];
+    stream.read_exact(&mut reply).expect("reply inside TLS");
+    assert_eq!(i16::from_le_bytes(reply), 0);
+    stream.close();
+    assert_eq!(server.join().expect("server"), Ok(header.to_vec()));
+}
+
 #[test]
 #[cfg_attr(miri, ignore)]
 fn client_without_certificate_is_refused() {
