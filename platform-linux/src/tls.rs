@@ -63,6 +63,8 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
 use std::sync::PoisonError;
 use std::sync::RwLock;
 use std::time::Instant;
@@ -400,6 +402,184 @@ impl TlsStream {
     pub fn close(&mut self) {
         self.inner.conn.send_close_notify();
         let _ = self.inner.flush();
+    }
+
+    /// Splits the stream for a client with one reader thread and any number of writers.
+    ///
+    /// The reader reads the socket without holding a lock and takes the TLS state only to
+    /// decrypt; writers serialize on the socket, encrypt under the TLS state lock, release it,
+    /// then write, so a writer blocked by a full socket never stalls the reader. Lock order:
+    /// socket, then TLS state.
+    ///
+    /// # Errors
+    /// The socket cannot be cloned (`SM_IO_ERROR`).
+    pub fn into_split(self) -> Result<(TlsReader, TlsWriter)> {
+        let StreamOwned { mut conn, sock } = self.inner;
+        // Whole frames are queued at once; the writer drains after every call.
+        conn.set_buffer_limit(None);
+        let read_sock = sock
+            .try_clone()
+            .map_err(|e| Error::io("TLS stream split", &e))?;
+        let shared = Arc::new(SplitShared {
+            conn: Mutex::new(conn),
+            sock: Mutex::new(SplitSocket {
+                sock,
+                broken: false,
+            }),
+        });
+        Ok((
+            TlsReader {
+                sock: read_sock,
+                shared: Arc::clone(&shared),
+                raw: vec![0; SPLIT_READ_CHUNK].into_boxed_slice(),
+                start: 0,
+                end: 0,
+            },
+            TlsWriter { shared },
+        ))
+    }
+}
+
+/// The reading half of a split [`TlsStream`]: blocking `Read` of the decrypted stream.
+pub struct TlsReader {
+    sock: TcpStream,
+    shared: Arc<SplitShared>,
+    /// Bytes read from the socket; `raw[start..end]` are not yet fed to rustls.
+    raw: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+/// The writing half of a split [`TlsStream`]: each `write` encrypts and sends all of `buf`.
+/// Clones share the connection; their writes are serialized. After a failed write the
+/// stream is broken (a TLS record may be cut) and every later write fails.
+#[derive(Clone)]
+pub struct TlsWriter {
+    shared: Arc<SplitShared>,
+}
+
+struct SplitShared {
+    conn: Mutex<ClientConnection>,
+    sock: Mutex<SplitSocket>,
+}
+
+struct SplitSocket {
+    sock: TcpStream,
+    broken: bool,
+}
+
+impl SplitShared {
+    /// Encrypts `plain` (may be empty: pending alerts / handshake bytes only) and writes it.
+    fn send(&self, plain: &[u8]) -> io::Result<()> {
+        let mut out = lock(&self.sock);
+        if out.broken {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "TLS stream broken by an earlier failed write",
+            ));
+        }
+        let mut chunks = plain.chunks(SPLIT_WRITE_CHUNK);
+        let mut first = true;
+        loop {
+            let chunk = chunks.next();
+            if chunk.is_none() && !first {
+                break;
+            }
+            first = false;
+            let mut records = Vec::new();
+            {
+                let mut conn = lock(&self.conn);
+                if let Some(chunk) = chunk {
+                    conn.writer().write_all(chunk)?;
+                }
+                while conn.wants_write() {
+                    conn.write_tls(&mut records)?;
+                }
+            }
+            if let Err(e) = out.sock.write_all(&records) {
+                out.broken = true;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for TlsReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut conn = lock(&self.shared.conn);
+            match conn.reader().read(buf) {
+                Ok(n) => return Ok(n), // 0: close_notify received
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e), // e.g. TCP end of stream without close_notify
+            }
+            // No plaintext buffered, so rustls accepts input: feed what the socket gave us.
+            if self.start < self.end {
+                let mut fresh = &self.raw[self.start..self.end];
+                let n = conn.read_tls(&mut fresh)?;
+                self.start += n;
+                if let Err(e) = conn.process_new_packets() {
+                    drop(conn);
+                    let _ = self.shared.send(&[]); // the alert, best effort
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+                continue;
+            }
+            let wants_write = conn.wants_write();
+            drop(conn);
+            if wants_write {
+                // E.g. a KeyUpdate answer: send it before waiting for more data.
+                self.shared.send(&[])?;
+            }
+            let n = loop {
+                match self.sock.read(&mut self.raw) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    other => break other?,
+                }
+            };
+            (self.start, self.end) = (0, n);
+            if n == 0 {
+                // Record the end of stream; the next `reader().read` reports how it ended.
+                let mut conn = lock(&self.shared.conn);
+                conn.read_tls(&mut io::empty())?;
+                conn.process_new_packets()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            }
+        }
+    }
+}
+
+impl Write for TlsWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.shared.send(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl TlsWriter {
+    /// Sends TLS `close_notify` (best effort).
+    pub fn close(&self) {
+        lock(&self.shared.conn).send_close_notify();
+        let _ = self.shared.send(&[]);
+    }
+}
+
+impl fmt::Debug for TlsReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsReader")
+            .field("tcp", &self.sock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for TlsWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsWriter").finish_non_exhaustive()
     }
 }
 
@@ -862,6 +1042,15 @@ fn decrypt_pkcs8(
         plain.as_bytes().to_vec(),
     )))
 }
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Raw bytes a [`TlsReader`] reads per system call (a full TLS record and then some).
+const SPLIT_READ_CHUNK: usize = 32 * 1024;
+/// Plaintext a [`TlsWriter`] encrypts per socket write, bounding the ciphertext buffer.
+const SPLIT_WRITE_CHUNK: usize = 256 * 1024;
 
 static GLOBAL: RwLock<Option<Arc<LoadedTls>>> = RwLock::new(None);
 

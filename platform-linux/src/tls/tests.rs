@@ -113,6 +113,7 @@ fn serve_one(tls: &LoadedTls, mut sock: TcpStream) -> ConnReport {
                 }
                 let _ = session.flush_to(&mut sock);
                 if outcome.eof {
+                    session.send_close_notify();
                     let _ = session.flush_to(&mut sock);
                     return session
                         .peer_identity()
@@ -726,4 +727,89 @@ fn temp_dirs_are_removed() {
     let p = d.path().to_path_buf();
     drop(d);
     assert!(!p.exists());
+}
+
+/// The split halves: concurrent writers of whole messages (small, one record, many records),
+/// one reader; the echo comes back as whole messages, each intact.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn split_stream_concurrent_writers() {
+    let pki = Pki::new("split");
+    let server = EchoServer::start(server_tls(&pki));
+    let stream = TlsStream::connect(
+        connect(server.addr),
+        &client_tls(&pki),
+        LOCALHOST,
+        Instant::now() + IO_TIMEOUT,
+    )
+    .expect("connect");
+    let (mut reader, writer) = stream.into_split().expect("split");
+    const WRITERS: u8 = 4;
+    const MESSAGES: usize = 6;
+    const SIZES: [usize; 3] = [10, 20_000, 300_000];
+    let mut threads = Vec::new();
+    for w in 0..WRITERS {
+        let mut writer = writer.clone();
+        threads.push(thread::spawn(move || {
+            for i in 0..MESSAGES {
+                let len = SIZES[i % SIZES.len()];
+                let mut msg = vec![w];
+                msg.extend_from_slice(&u32::try_from(len).expect("len").to_le_bytes());
+                msg.extend((0..len).map(|j| (j as u8).wrapping_add(w)));
+                writer.write_all(&msg).expect("write");
+            }
+        }));
+    }
+    let mut seen = [0_usize; WRITERS as usize];
+    for _ in 0..usize::from(WRITERS) * MESSAGES {
+        let mut head = [0_u8; 5];
+        reader.read_exact(&mut head).expect("read head");
+        let w = head[0];
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0_u8; len];
+        reader.read_exact(&mut body).expect("read body");
+        assert!(
+            body.iter()
+                .enumerate()
+                .all(|(j, &b)| b == (j as u8).wrapping_add(w)),
+            "message of writer {w} corrupted"
+        );
+        seen[usize::from(w)] += 1;
+    }
+    assert_eq!(seen, [MESSAGES; WRITERS as usize]);
+    for t in threads {
+        t.join().expect("writer");
+    }
+    writer.close();
+    // The server saw close_notify and closed: the reader sees a clean end of stream.
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).expect("clean end"), 0);
+    assert_eq!(server.next_report().as_deref(), Ok("CN=rank-client"));
+}
+
+/// A refused client (expired certificate) learns it on its first read through the split
+/// reader, as an error naming the alert, never a hang.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn split_reader_sees_the_refusal() {
+    let pki = Pki::new("splitrefused");
+    let server = EchoServer::start(server_tls(&pki));
+    let mut spec = LeafSpec::loopback("old-rank", 41);
+    spec.expired = true;
+    let (cert, key) = pki.leaf_files("expired", &spec);
+    let tls = TlsOptions::new(&pki.ca_file, &cert, &key)
+        .load()
+        .expect("load");
+    let stream = TlsStream::connect(
+        connect(server.addr),
+        &tls,
+        LOCALHOST,
+        Instant::now() + IO_TIMEOUT,
+    )
+    .expect("the client side of the handshake completes");
+    let (mut reader, mut writer) = stream.into_split().expect("split");
+    let _ = writer.write_all(b"ping");
+    let err = reader.read(&mut [0_u8; 4]).expect_err("refused");
+    assert!(err.to_string().contains("alert"), "{err}");
+    let _ = server.next_report().expect_err("refused");
 }
