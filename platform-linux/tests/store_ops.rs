@@ -8,8 +8,10 @@ use smem_core::ErrorCode;
 use smem_linux::store::{CasResult, ClientOptions, ServerConfig, StoreClient, StoreServer};
 
 fn server() -> StoreServer {
-    let mut cfg = ServerConfig::default();
-    cfg.heartbeat_timeout = None;
+    let cfg = ServerConfig {
+        heartbeat_timeout: None,
+        ..ServerConfig::default()
+    };
     StoreServer::start(cfg).expect("start store")
 }
 
@@ -76,9 +78,15 @@ fn add_append_cas_write_prefix() {
     assert_eq!(c.append(b"a", b"zzz").unwrap(), 5);
     assert_eq!(c.get(b"a").unwrap().unwrap(), b"xyzzz");
 
-    assert_eq!(c.cas(b"c", b"whatever", b"one").unwrap(), CasResult::Swapped);
+    assert_eq!(
+        c.cas(b"c", b"whatever", b"one").unwrap(),
+        CasResult::Swapped
+    );
     assert_eq!(c.cas(b"c", b"one", b"two").unwrap(), CasResult::Swapped);
-    assert_eq!(c.cas(b"c", b"one", b"three").unwrap(), CasResult::Mismatch(b"two".to_vec()));
+    assert_eq!(
+        c.cas(b"c", b"one", b"three").unwrap(),
+        CasResult::Mismatch(b"two".to_vec())
+    );
     assert_eq!(c.get(b"c").unwrap().unwrap(), b"two");
 
     c.write(b"w", 4, b"ab").unwrap();
@@ -92,7 +100,13 @@ fn add_append_cas_write_prefix() {
     c.set(b"q/1", b"c").unwrap();
     let mut p = c.prefix(b"p/").unwrap();
     p.sort();
-    assert_eq!(p, vec![(b"p/1".to_vec(), b"a".to_vec()), (b"p/2".to_vec(), b"b".to_vec())]);
+    assert_eq!(
+        p,
+        vec![
+            (b"p/1".to_vec(), b"a".to_vec()),
+            (b"p/2".to_vec(), b"b".to_vec())
+        ]
+    );
     assert!(c.prefix(b"none/").unwrap().is_empty());
     assert!(c.prefix(b"").unwrap().len() >= 7);
 }
@@ -107,7 +121,10 @@ fn wait_get_is_woken_and_times_out_on_time() {
     c.set(b"later", b"here").unwrap();
     assert_eq!(t.join().unwrap().unwrap(), b"here");
     // Present already: immediate.
-    assert_eq!(c.wait_get(b"later", Duration::from_millis(10)).unwrap(), b"here");
+    assert_eq!(
+        c.wait_get(b"later", Duration::from_millis(10)).unwrap(),
+        b"here"
+    );
 
     for ms in [100u64, 300] {
         let start = Instant::now();
@@ -116,7 +133,10 @@ fn wait_get_is_woken_and_times_out_on_time() {
         assert_eq!(e.code(), ErrorCode::Timeout);
         assert!(e.message().contains("never"), "{e}");
         assert!(took >= Duration::from_millis(ms), "fired early: {took:?}");
-        assert!(took < Duration::from_millis(ms + 50), "fired late: {took:?}");
+        assert!(
+            took < Duration::from_millis(ms + 50),
+            "fired late: {took:?}"
+        );
     }
 }
 
@@ -141,11 +161,17 @@ fn watch_rules() {
     assert_eq!(c.cas(b"w", b"v2", b"v3").unwrap(), CasResult::Swapped);
     assert_eq!(next(), b"v3");
     c.unwatch(b"w").unwrap();
-    assert!(matches!(rx.recv_timeout(Duration::from_secs(2)), Err(RecvTimeoutError::Disconnected)));
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(2)),
+        Err(RecvTimeoutError::Disconnected)
+    ));
 
     // Absent key: nothing at once, then every wake; ADD always wakes.
     let rx = c.watch(b"n").unwrap();
-    assert!(matches!(rx.recv_timeout(Duration::from_millis(50)), Err(RecvTimeoutError::Timeout)));
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_millis(50)),
+        Err(RecvTimeoutError::Timeout)
+    ));
     c.add(b"n", 0).unwrap();
     c.add(b"n", 0).unwrap();
     assert_eq!(rx.recv_timeout(Duration::from_secs(2)).unwrap(), b"0");
@@ -158,22 +184,35 @@ fn auto_ranking_and_query_alive() {
     let first = StoreClient::connect(s.local_addr(), opts(Some(3), None)).unwrap();
     let others: Vec<StoreClient> = (0..2).map(|_| client(&s)).collect();
     let mut ranks = vec![first.auto_rank(b"x").unwrap()];
-    assert_eq!(first.auto_rank(b"again").unwrap(), ranks[0], "a link keeps its rank");
+    assert_eq!(
+        first.auto_rank(b"again").unwrap(),
+        ranks[0],
+        "a link keeps its rank"
+    );
     for c in &others {
         ranks.push(c.auto_rank(b"x").unwrap());
     }
     ranks.sort_unstable();
     assert_eq!(ranks, [0, 1, 2]);
     let extra = client(&s);
-    assert_eq!(extra.auto_rank(b"x").unwrap_err().code(), ErrorCode::LimitExceeded);
+    assert_eq!(
+        extra.auto_rank(b"x").unwrap_err().code(),
+        ErrorCode::LimitExceeded
+    );
     for r in 0..3 {
         assert!(extra.query_alive(r).unwrap());
     }
     assert!(!extra.query_alive(3).unwrap());
     let r1 = others[0].auto_rank(b"").unwrap();
     others[0].close();
-    poll_until("rank to be freed", Duration::from_secs(2), || !extra.query_alive(r1).unwrap());
-    assert_eq!(extra.auto_rank(b"x").unwrap(), r1, "the freed rank is reused");
+    poll_until("rank to be freed", Duration::from_secs(2), || {
+        !extra.query_alive(r1).unwrap()
+    });
+    assert_eq!(
+        extra.auto_rank(b"x").unwrap(),
+        r1,
+        "the freed rank is reused"
+    );
 }
 
 #[test]
@@ -211,7 +250,10 @@ fn rank_down_events_and_wipe() {
     let e = t.join().unwrap().unwrap_err();
     assert_eq!(e.code(), ErrorCode::ObjectNotExists, "{e}");
     assert!(start.elapsed() < Duration::from_secs(1));
-    assert!(matches!(wrx.recv_timeout(Duration::from_secs(2)), Err(RecvTimeoutError::Disconnected)));
+    assert!(matches!(
+        wrx.recv_timeout(Duration::from_secs(2)),
+        Err(RecvTimeoutError::Disconnected)
+    ));
     assert_eq!(plain.get(b"data").unwrap(), None);
     assert_eq!(plain.get(b"watched").unwrap(), None);
 }
@@ -230,7 +272,11 @@ fn server_death_fails_pending_ops_quickly() {
     s.shutdown();
     let (r, _) = t.join().unwrap();
     assert_eq!(r.unwrap_err().code(), ErrorCode::IoError);
-    assert!(killed.elapsed() < Duration::from_secs(1), "took {:?}", killed.elapsed());
+    assert!(
+        killed.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        killed.elapsed()
+    );
     poll_until("disconnect", Duration::from_secs(1), || !c.is_connected());
     assert_eq!(c.set(b"k", b"v").unwrap_err().code(), ErrorCode::IoError);
 }
@@ -270,7 +316,10 @@ fn op_timeout_when_store_never_answers() {
     let start = Instant::now();
     let e = c.get(b"thekey").unwrap_err();
     assert_eq!(e.code(), ErrorCode::Timeout);
-    assert!(e.message().contains("GET") && e.message().contains("thekey"), "{e}");
+    assert!(
+        e.message().contains("GET") && e.message().contains("thekey"),
+        "{e}"
+    );
     assert!(start.elapsed() < Duration::from_secs(1));
     c.close();
     t.join().unwrap();
@@ -279,13 +328,18 @@ fn op_timeout_when_store_never_answers() {
 #[test]
 fn connect_retries_until_timeout() {
     // A port nobody listens on (bind, read the port, drop).
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut o = opts(None, None);
     o.connect_timeout = Duration::from_millis(300);
     let start = Instant::now();
     let e = StoreClient::connect(addr, o).unwrap_err();
     assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
-    assert!(start.elapsed() >= Duration::from_millis(250) && start.elapsed() < Duration::from_secs(2));
+    assert!(
+        start.elapsed() >= Duration::from_millis(250) && start.elapsed() < Duration::from_secs(2)
+    );
 }
 
 #[test]
@@ -297,7 +351,11 @@ fn sixty_four_threads_mixed_ops() {
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
             // Half share one pipelined client, half have their own link.
-            let c = if t % 2 == 0 { shared.clone() } else { client(&s) };
+            let c = if t % 2 == 0 {
+                shared.clone()
+            } else {
+                client(&s)
+            };
             std::thread::spawn(move || {
                 for i in 0..ROUNDS {
                     let k = format!("t{t}/k{i}");
@@ -310,19 +368,33 @@ fn sixty_four_threads_mixed_ops() {
                     loop {
                         let cur = c.get(b"cas").unwrap().unwrap_or_else(|| b"0".to_vec());
                         let n: u64 = std::str::from_utf8(&cur).unwrap().parse().unwrap();
-                        if c.cas(b"cas", &cur, (n + 1).to_string().as_bytes()).unwrap() == CasResult::Swapped {
+                        if c.cas(b"cas", &cur, (n + 1).to_string().as_bytes()).unwrap()
+                            == CasResult::Swapped
+                        {
                             break;
                         }
                     }
                 }
-                assert_eq!(c.get(format!("log{t}").as_bytes()).unwrap().unwrap().len() as u64, ROUNDS);
-                assert_eq!(c.prefix(format!("t{t}/").as_bytes()).unwrap().len() as u64, ROUNDS);
+                assert_eq!(
+                    c.get(format!("log{t}").as_bytes()).unwrap().unwrap().len() as u64,
+                    ROUNDS
+                );
+                assert_eq!(
+                    c.prefix(format!("t{t}/").as_bytes()).unwrap().len() as u64,
+                    ROUNDS
+                );
             })
         })
         .collect();
     for h in handles {
         h.join().unwrap();
     }
-    assert_eq!(shared.add(b"counter", 0).unwrap(), (THREADS * ROUNDS) as i64);
-    assert_eq!(shared.get(b"cas").unwrap().unwrap(), (THREADS * ROUNDS).to_string().as_bytes());
+    assert_eq!(
+        shared.add(b"counter", 0).unwrap(),
+        (THREADS * ROUNDS) as i64
+    );
+    assert_eq!(
+        shared.get(b"cas").unwrap().unwrap(),
+        (THREADS * ROUNDS).to_string().as_bytes()
+    );
 }

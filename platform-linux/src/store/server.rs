@@ -196,6 +196,8 @@ impl Drop for StoreServer {
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_WAKER: u64 = 1;
 const FIRST_LINK: u64 = 2;
+/// Links accepted past `max_links` only to answer their handshake with `-1`.
+const OVER_LIMIT_GRACE: usize = 64;
 const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from one link per wake-up before others get a turn.
 const READ_BUDGET: usize = 4 << 20;
@@ -208,6 +210,8 @@ struct Link {
     stream: TcpStream,
     peer: SocketAddr,
     handshaken: bool,
+    /// Accepted past `max_links`: its handshake is answered `-1` (as the reference does).
+    over_limit: bool,
     rank: Option<u32>,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
@@ -463,18 +467,20 @@ impl EventLoop {
         loop {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
-                    if self.links.len() >= self.config.limits.max_links {
-                        // Refuse like the reference does: -1 to the handshake; since we have
-                        // not read it, answer right away and close.
-                        warn!(
-                            "config store: refusing {peer}: {} links open (max_links)",
-                            self.links.len()
-                        );
-                        let _ = stream.set_nonblocking(true);
-                        let _ = (&stream).write(&status::ERROR.to_le_bytes());
+                    let open = self.links.len();
+                    let over = open >= self.config.limits.max_links;
+                    if over
+                        && open
+                            >= self
+                                .config
+                                .limits
+                                .max_links
+                                .saturating_add(OVER_LIMIT_GRACE)
+                    {
+                        warn!("config store: dropping {peer}: {open} links open (max_links)");
                         continue;
                     }
-                    if let Err(e) = self.add_link(stream, peer) {
+                    if let Err(e) = self.add_link(stream, peer, over) {
                         warn!("config store: cannot register link from {peer}: {e}");
                     }
                 }
@@ -489,7 +495,12 @@ impl EventLoop {
         }
     }
 
-    fn add_link(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+    fn add_link(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        over_limit: bool,
+    ) -> io::Result<()> {
         stream.set_nonblocking(true)?;
         let _ = stream.set_nodelay(true);
         let id = self.next_link;
@@ -503,6 +514,7 @@ impl EventLoop {
                 stream,
                 peer,
                 handshaken: false,
+                over_limit,
                 rank: None,
                 rbuf: Vec::new(),
                 wbuf: Vec::new(),
@@ -653,6 +665,13 @@ impl EventLoop {
             this.dirty.push(id);
             this.close_later(id, why);
         };
+        if self.links.get(&id).is_some_and(|l| l.over_limit) {
+            let why = format!(
+                "too many links open (max_links {})",
+                self.config.limits.max_links
+            );
+            return refuse(self, status::ERROR, why);
+        }
         if !hs.is_supported() {
             return refuse(
                 self,
