@@ -609,6 +609,19 @@ impl EventLoop {
             if link.close_after_flush.is_some() {
                 break;
             }
+            if link.wbuf.len() - link.wpos > self.config.limits.max_write_queue {
+                // Backlog over the limit: try to write; a link still over it is closed by
+                // `flush`, and its remaining input is not processed.
+                self.flush(id);
+                let over = self
+                    .links
+                    .get(&id)
+                    .is_none_or(|l| l.wbuf.len() - l.wpos > self.config.limits.max_write_queue);
+                if over {
+                    break;
+                }
+                continue;
+            }
             let buf = &link.rbuf[consumed..];
             if !link.handshaken {
                 if buf.len() < HANDSHAKE_LEN {
