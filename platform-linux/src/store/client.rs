@@ -305,9 +305,15 @@ impl Inner {
             if h.body_len > smem_core::wire::MAX_BODY_LEN {
                 break format!("reply bodyLen {} over 64 MiB", h.body_len);
             }
-            let mut body = vec![0u8; h.body_len as usize];
-            if let Err(e) = stream.read_exact(&mut body) {
-                break format!("read: {e}");
+            // Grows with the bytes that actually arrive, not with the declared length.
+            let mut body = Vec::new();
+            match (&mut stream)
+                .take(u64::from(h.body_len))
+                .read_to_end(&mut body)
+            {
+                Ok(n) if n == h.body_len as usize => {}
+                Ok(_) => break "link closed inside a reply".into(),
+                Err(e) => break format!("read: {e}"),
             }
             self.dispatch(h.seq_no, h.result, body);
         };

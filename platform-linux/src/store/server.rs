@@ -601,6 +601,10 @@ impl EventLoop {
 
     /// Consume whole handshakes/frames from the link's read buffer.
     fn process_input(&mut self, id: LinkId) {
+        // Taken out while requests are handled (they borrow it), put back after.
+        let Some(mut rbuf) = self.links.get_mut(&id).map(|l| std::mem::take(&mut l.rbuf)) else {
+            return;
+        };
         let mut consumed = 0usize;
         loop {
             let Some(link) = self.links.get_mut(&id) else {
@@ -622,7 +626,7 @@ impl EventLoop {
                 }
                 continue;
             }
-            let buf = &link.rbuf[consumed..];
+            let buf = &rbuf[consumed..];
             if !link.handshaken {
                 if buf.len() < HANDSHAKE_LEN {
                     break;
@@ -649,8 +653,7 @@ impl EventLoop {
             if buf.len() < need {
                 break;
             }
-            // Move the body out so the link can be borrowed again while handling it.
-            let body = buf[FRAME_HEADER_LEN..need].to_vec();
+            let body = &buf[FRAME_HEADER_LEN..need];
             consumed += need;
             if hdr.frame_type != 0 {
                 debug!(
@@ -659,13 +662,14 @@ impl EventLoop {
                 );
                 continue;
             }
-            self.request(id, hdr.seq_no, &body);
+            self.request(id, hdr.seq_no, body);
         }
         if let Some(link) = self.links.get_mut(&id) {
-            link.rbuf.drain(..consumed.min(link.rbuf.len()));
-            if link.rbuf.capacity() > 1 << 20 && link.rbuf.len() < 1 << 16 {
-                link.rbuf.shrink_to(1 << 16);
+            rbuf.drain(..consumed.min(rbuf.len()));
+            if rbuf.capacity() > 1 << 20 && rbuf.len() < 1 << 16 {
+                rbuf.shrink_to(1 << 16);
             }
+            link.rbuf = rbuf;
         }
     }
 
@@ -874,7 +878,12 @@ impl EventLoop {
                     return self.auto_rank(id);
                 }
                 if let Some(v) = self.st.data.get(key) {
-                    return Outcome::Packed(M::Get, vec![v.clone()]);
+                    // Encoded straight from the stored value (no copy of it).
+                    if let Some(link) = self.links.get_mut(&id) {
+                        append_packed(&mut link.wbuf, seq, status::OK, M::Get, &[], &[v]);
+                        self.dirty.push(id);
+                    }
+                    return Outcome::None;
                 }
                 let ms = m.header.user_def;
                 if ms == 0 {
@@ -1224,6 +1233,21 @@ impl EventLoop {
         Some(p)
     }
 
+    /// Drop timer entries of GETs that were answered before their deadline once they
+    /// outnumber the live ones, so the heap does not grow with the request rate.
+    fn compact_timers(&mut self) {
+        let live = self.st.parked.len() + self.links.len() + 1;
+        if self.timers.len() <= 2 * live + 1024 {
+            return;
+        }
+        let (parked, links) = (&self.st.parked, &self.links);
+        self.timers.retain(|Reverse((_, t))| match t {
+            Timer::Parked(pid) => parked.contains_key(pid),
+            Timer::Handshake(id) => links.get(id).is_some_and(|l| !l.handshaken),
+            Timer::HeartbeatScan => true,
+        });
+    }
+
     fn wake(&mut self, key: &[u8], val: &[u8]) {
         if let Some(pids) = self.st.parked_by_key.remove(key) {
             for pid in pids {
@@ -1236,9 +1260,18 @@ impl EventLoop {
             }
         }
         if let Some(w) = self.st.watchers.get(key) {
-            let targets: Vec<(LinkId, u32)> = w.iter().map(|(l, s)| (*l, *s)).collect();
-            for (l, s) in targets {
-                self.queue_packed(l, s, status::OK, MessageType::Watch, &[], &[val]);
+            for (l, s) in w {
+                if let Some(link) = self.links.get_mut(l) {
+                    append_packed(
+                        &mut link.wbuf,
+                        *s,
+                        status::OK,
+                        MessageType::Watch,
+                        &[],
+                        &[val],
+                    );
+                    self.dirty.push(*l);
+                }
             }
         }
     }
@@ -1302,6 +1335,7 @@ impl EventLoop {
         for (id, why) in doomed {
             self.close(id, &why);
         }
+        self.compact_timers();
     }
 
     fn flush(&mut self, id: LinkId) {
