@@ -398,3 +398,41 @@ fn sixty_four_threads_mixed_ops() {
         (THREADS * ROUNDS).to_string().as_bytes()
     );
 }
+
+#[test]
+fn reconnects_after_store_restart_when_asked() {
+    let s = server();
+    let addr = s.local_addr();
+    let mut o = opts(Some(8), Some(3));
+    o.reconnect = true;
+    o.connect_timeout = Duration::from_secs(2);
+    let c = StoreClient::connect(addr, o).unwrap();
+    let plain = client(&s);
+    c.set(b"k", b"v").unwrap();
+    let rx = c.watch(b"k").unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(2)).unwrap(), b"v");
+    s.shutdown();
+    poll_until("link loss", Duration::from_secs(1), || {
+        !c.is_connected() && !plain.is_connected()
+    });
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(1)),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+    // Same address again (std sets SO_REUSEADDR on listeners).
+    let cfg = ServerConfig {
+        listen: addr,
+        heartbeat_timeout: None,
+        ..ServerConfig::default()
+    };
+    let s2 = StoreServer::start(cfg).unwrap();
+    assert_eq!(c.get(b"k").unwrap(), None, "new store, empty");
+    assert!(c.is_connected());
+    assert!(c.query_alive(3).unwrap(), "the rank was claimed again");
+    assert_eq!(
+        plain.set(b"k", b"v").unwrap_err().code(),
+        ErrorCode::IoError,
+        "no reconnect asked"
+    );
+    drop(s2);
+}
