@@ -233,15 +233,64 @@ fn status_codes_and_texts() {
         &[b"other"],
         &[],
         -400,
-        "invalid request: key should be WATCH_RANK_DOWN_KEY",
+        "invalid request: key should be",
     );
     r.expect_text(CONTROL, &[b"3"], &[b"blob"], -400, "unsupported control op");
+    r.expect_text(CONTROL, &[b"x"], &[], -400, "invalid control op");
+    r.expect_text(CONTROL, &[], &[], -400, "invalid control op");
     r.expect_text(14, &[b"k"], &[], -400, "invalid request message type");
     r.expect_text(15, &[b"k"], &[], -400, "invalid request");
-    let (st, _) = r.call(SET, 0, &[b"k"], &[]);
-    assert_eq!(st, -400, "wrong counts");
-    let (st, _) = r.call(CAS, 0, &[b"k"], &[b"one"]);
-    assert_eq!(st, -400, "wrong counts");
+    // Wrong key/value counts, with the reference's texts.
+    let one_no_values = "invalid request: key should be one and no values.";
+    let key_and_value = "invalid request: key & value should be one.";
+    let cases: &[(i16, &[&[u8]], &[&[u8]], &str)] = &[
+        (
+            SET,
+            &[b"k"],
+            &[],
+            "invalid request: key value should be one",
+        ),
+        (
+            SET,
+            &[b"k", b"l"],
+            &[b"v", b"w"],
+            "invalid request: key value should be one",
+        ),
+        (GET, &[b"k"], &[b"x"], one_no_values),
+        (GET, &[], &[], one_no_values),
+        (2, &[b"k"], &[b"x"], one_no_values),
+        (REMOVE, &[b"k"], &[b"x"], one_no_values),
+        (QUERY_ALIVE, &[b"0", b"1"], &[], one_no_values),
+        (
+            ADD,
+            &[b"n"],
+            &[],
+            "invalid request: key value should be one.",
+        ),
+        (6, &[b"a"], &[], key_and_value),
+        (WRITE, &[b"w"], &[], key_and_value),
+        (
+            CAS,
+            &[b"k"],
+            &[b"one"],
+            "invalid request: count(key)=1 & count(value)=2",
+        ),
+        (
+            CAS,
+            &[b"k"],
+            &[b"1", b"2", b"3"],
+            "invalid request: count(key)=1 & count(value)=2",
+        ),
+        (
+            WATCH,
+            &[],
+            &[],
+            "invalid request: key should be one and has values.",
+        ),
+    ];
+    for (mt, k, v, t) in cases {
+        r.expect_text(*mt, k, v, -400, t);
+    }
     // HEARTBEAT and WATCH_RANK_STATE are not answered; the next request is.
     r.send(1, HEARTBEAT, 0, &[], &[]);
     r.send(2, WATCH_RANK_STATE, 0, &[b"WATCH_RANK_DOWN_KEY"], &[]);

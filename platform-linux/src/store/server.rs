@@ -203,6 +203,9 @@ const READ_CHUNK: usize = 64 * 1024;
 const READ_BUDGET: usize = 4 << 20;
 const WRITE_LIMIT_TOTAL: u64 = 1 << 30;
 const ONE_GIB: u64 = 1 << 30;
+/// Reference texts for wrong key/value counts.
+const ONE_KEY_NO_VALUES: &str = "invalid request: key should be one and no values.";
+const KEY_AND_VALUE_ONE: &str = "invalid request: key & value should be one.";
 
 type LinkId = u64;
 
@@ -856,7 +859,7 @@ impl EventLoop {
         match m.header.msg_type {
             M::Set => {
                 if nk != 1 || nv != 1 {
-                    return Outcome::Text(BAD, "invalid request: SET needs 1 key and 1 value");
+                    return Outcome::Text(BAD, "invalid request: key value should be one");
                 }
                 let old_len = self.st.data.get(key).map(|v| v.len() + key.len());
                 let changed = self.st.data.get(key).is_none_or(|v| v != val);
@@ -871,8 +874,8 @@ impl EventLoop {
                 Outcome::Text(status::OK, "success")
             }
             M::Get => {
-                if nk != 1 {
-                    return Outcome::Text(BAD, "invalid request: GET needs 1 key");
+                if nk != 1 || nv != 0 {
+                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
                 }
                 if key.starts_with(AUTO_RANKING_PREFIX) {
                     return self.auto_rank(id);
@@ -892,8 +895,8 @@ impl EventLoop {
                 self.park(id, seq, key, ms)
             }
             M::Prefix => {
-                if nk != 1 {
-                    return Outcome::Text(BAD, "invalid request: PREFIX needs 1 key");
+                if nk != 1 || nv != 0 {
+                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
                 }
                 let (mut ks, mut vs) = (Vec::new(), Vec::new());
                 for (k, v) in &self.st.data {
@@ -906,7 +909,10 @@ impl EventLoop {
             }
             M::Watch => {
                 if nk != 1 {
-                    return Outcome::Text(BAD, "invalid request: WATCH needs 1 key");
+                    return Outcome::Text(
+                        BAD,
+                        "invalid request: key should be one and has values.",
+                    );
                 }
                 let Some(link) = self.links.get_mut(&id) else {
                     return Outcome::None;
@@ -939,8 +945,8 @@ impl EventLoop {
             }
             M::Add => self.add(key, val, nk, nv),
             M::Remove => {
-                if nk != 1 {
-                    return Outcome::Text(BAD, "invalid request: REMOVE needs 1 key");
+                if nk != 1 || nv != 0 {
+                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
                 }
                 match self.st.data.remove(key) {
                     Some(v) => {
@@ -955,7 +961,7 @@ impl EventLoop {
             }
             M::Append => {
                 if nk != 1 || nv != 1 {
-                    return Outcome::Text(BAD, "invalid request: APPEND needs 1 key and 1 value");
+                    return Outcome::Text(BAD, KEY_AND_VALUE_ONE);
                 }
                 let cur = self.st.data.get(key).map_or(0, Vec::len);
                 let new_len = cur.saturating_add(val.len());
@@ -989,10 +995,7 @@ impl EventLoop {
             }
             M::Cas => {
                 if nk != 1 || nv != 2 {
-                    return Outcome::Text(
-                        BAD,
-                        "invalid request: CAS needs 1 key and 2 values (expected, new)",
-                    );
+                    return Outcome::Text(BAD, "invalid request: count(key)=1 & count(value)=2");
                 }
                 let new = m.values.get(1).unwrap_or_default();
                 match self.st.data.get(key) {
@@ -1012,7 +1015,7 @@ impl EventLoop {
             }
             M::Write => {
                 if nk != 1 || nv != 1 {
-                    return Outcome::Text(BAD, "invalid request: WRITE needs 1 key and 1 value");
+                    return Outcome::Text(BAD, KEY_AND_VALUE_ONE);
                 }
                 let Some((off, data)) = val.split_first_chunk::<4>() else {
                     return Outcome::Text(BAD, "value size too small.");
@@ -1056,6 +1059,9 @@ impl EventLoop {
                 let rank = std::str::from_utf8(key)
                     .ok()
                     .and_then(|s| s.parse::<u32>().ok());
+                if nk != 1 || nv != 0 {
+                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
+                }
                 match (nk, rank) {
                     (1, Some(r)) => {
                         let alive = self.st.ranks.contains_key(&r);
@@ -1066,10 +1072,7 @@ impl EventLoop {
             }
             M::WatchRankState => {
                 if nk != 1 || key != WATCH_RANK_DOWN_KEY {
-                    return Outcome::Text(
-                        BAD,
-                        "invalid request: key should be WATCH_RANK_DOWN_KEY",
-                    );
+                    return Outcome::Text(BAD, "invalid request: key should be");
                 }
                 if let Some(link) = self.links.get_mut(&id) {
                     link.rank_watch.get_or_insert(seq);
@@ -1084,7 +1087,7 @@ impl EventLoop {
             }
             M::Unwatch => {
                 if nk != 1 {
-                    return Outcome::Text(BAD, "invalid request: UNWATCH needs 1 key");
+                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
                 }
                 if let Some(link) = self.links.get_mut(&id) {
                     if key == WATCH_RANK_DOWN_KEY {
@@ -1101,7 +1104,17 @@ impl EventLoop {
                 }
                 Outcome::None
             }
-            M::Control => Outcome::Text(BAD, "unsupported control op"),
+            M::Control => {
+                // key[0] = ControlOp (decimal, 0..=12); group membership is not implemented.
+                let op = std::str::from_utf8(key)
+                    .ok()
+                    .and_then(|s| s.parse::<u8>().ok());
+                if nk == 0 || op.is_none() {
+                    Outcome::Text(BAD, "invalid control op")
+                } else {
+                    Outcome::Text(BAD, "unsupported control op")
+                }
+            }
             _ => Outcome::Text(BAD, "invalid request message type"),
         }
     }
@@ -1120,7 +1133,7 @@ impl EventLoop {
     fn add(&mut self, key: &[u8], val: &[u8], nk: usize, nv: usize) -> Outcome {
         const BAD: i16 = status::INVALID_REQUEST;
         if nk != 1 || nv != 1 {
-            return Outcome::Text(BAD, "invalid request: ADD needs 1 key and 1 value");
+            return Outcome::Text(BAD, "invalid request: key value should be one.");
         }
         let inc = match parse_increment(val) {
             Increment::Ok(v) => v,
