@@ -436,3 +436,27 @@ fn reconnects_after_store_restart_when_asked() {
     );
     drop(s2);
 }
+
+#[test]
+fn absurd_timeouts_saturate() {
+    let cfg = ServerConfig {
+        heartbeat_timeout: Some(Duration::MAX),
+        heartbeat_check_interval: Duration::MAX,
+        handshake_timeout: Duration::MAX,
+        ..ServerConfig::default()
+    };
+    let s = StoreServer::start(cfg).unwrap();
+    let o = ClientOptions {
+        connect_timeout: Duration::MAX,
+        op_timeout: Duration::MAX,
+        ..ClientOptions::default()
+    };
+    let c = StoreClient::connect(s.local_addr(), o).unwrap();
+    c.set(b"k", b"v").unwrap();
+    assert_eq!(c.wait_get(b"k", Duration::MAX).unwrap(), b"v");
+    let c2 = c.clone();
+    let t = std::thread::spawn(move || c2.wait_get(b"later", Duration::MAX));
+    std::thread::sleep(Duration::from_millis(50));
+    c.set(b"later", b"x").unwrap();
+    assert_eq!(t.join().unwrap().unwrap(), b"x");
+}

@@ -34,6 +34,9 @@ fn start(cfg: ServerConfig) -> StoreServer {
     StoreServer::start(cfg).expect("start store")
 }
 
+/// A request (mt, keys, values) and the text of its expected `-400` reply.
+type Case<'a> = (i16, &'a [&'a [u8]], &'a [&'a [u8]], &'a str);
+
 struct Raw {
     s: TcpStream,
 }
@@ -243,7 +246,7 @@ fn status_codes_and_texts() {
     // Wrong key/value counts, with the reference's texts.
     let one_no_values = "invalid request: key should be one and no values.";
     let key_and_value = "invalid request: key & value should be one.";
-    let cases: &[(i16, &[&[u8]], &[&[u8]], &str)] = &[
+    let cases: &[Case<'_>] = &[
         (
             SET,
             &[b"k"],

@@ -350,7 +350,11 @@ fn open_link(
     rank: Option<u32>,
     reconnect: bool,
 ) -> Result<Arc<Link>> {
-    let deadline = Instant::now() + opts.connect_timeout;
+    // Saturating: an absurd timeout means "a very long time", never a panic.
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(opts.connect_timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
     let mut stream = loop {
         let left = deadline
             .saturating_duration_since(Instant::now())

@@ -393,7 +393,9 @@ impl EventLoop {
     fn new(config: ServerConfig, listener: TcpListener, epoll: Epoll, waker: Arc<EventFd>) -> Self {
         let mut timers = BinaryHeap::new();
         if let Some(iv) = Self::heartbeat_interval(&config) {
-            timers.push(Reverse((Instant::now() + iv, Timer::HeartbeatScan)));
+            if let Some(at) = Instant::now().checked_add(iv) {
+                timers.push(Reverse((at, Timer::HeartbeatScan)));
+            }
         }
         Self {
             config,
@@ -1323,7 +1325,9 @@ impl EventLoop {
                         }
                     }
                     if let Some(iv) = Self::heartbeat_interval(&self.config) {
-                        self.timers.push(Reverse((now + iv, Timer::HeartbeatScan)));
+                        if let Some(at) = now.checked_add(iv) {
+                            self.timers.push(Reverse((at, Timer::HeartbeatScan)));
+                        }
                     }
                 }
             }
