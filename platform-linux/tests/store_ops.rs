@@ -460,3 +460,27 @@ fn absurd_timeouts_saturate() {
     c.set(b"later", b"x").unwrap();
     assert_eq!(t.join().unwrap().unwrap(), b"x");
 }
+
+#[test]
+fn ipv6_loopback() {
+    let listen: std::net::SocketAddr = "[::1]:0".parse().unwrap();
+    if std::net::TcpListener::bind(listen).is_err() {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    }
+    let s = StoreServer::start(ServerConfig {
+        listen,
+        heartbeat_timeout: None,
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    assert!(s.local_addr().is_ipv6());
+    let url = smem_core::url::StoreUrl {
+        addr: s.local_addr(),
+    }
+    .to_string();
+    let addr = smem_core::url::StoreUrl::parse(&url).unwrap().addr;
+    let c = StoreClient::connect(addr, ClientOptions::default()).unwrap();
+    c.set(b"k", b"v6").unwrap();
+    assert_eq!(c.get(b"k").unwrap().unwrap(), b"v6");
+}

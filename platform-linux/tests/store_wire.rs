@@ -549,6 +549,7 @@ fn limits_are_enforced_and_others_keep_working() {
         max_key_len: 16,
         max_total_bytes: 4096,
         max_write_queue: 64 * 1024,
+        max_waiters_per_link: 2,
         ..Limits::default()
     };
     let s = start(cfg);
@@ -573,6 +574,11 @@ fn limits_are_enforced_and_others_keep_working() {
     assert!(String::from_utf8_lossy(&b).contains("store full"));
     r.expect_text(REMOVE, &[b"a\x00"], &[], 0, "success");
     r.expect_text(SET, &[b"full"], &[&[0u8; 1000]], 0, "success");
+    // Parked GETs + watches per link.
+    r.send(70, GET, -1, &[b"p1"], &[]);
+    r.send(71, WATCH, 0, &[b"p2"], &[]);
+    let (st, _) = r.call(GET, -1, &[b"p3"], &[]);
+    assert_eq!(st, -400, "third waiter on the link");
     // Links: 4 open at most.
     let _l2 = Raw::hello(addr, None, None);
     let _l3 = Raw::hello(addr, None, None);
