@@ -664,3 +664,57 @@ fn heartbeat_expiry_closes_link_and_reports_rank_down() {
     let (st, b) = observer.call(QUERY_ALIVE, 0, &[b"1"], &[]);
     assert_eq!((st, values(&b)), (0, vec![]));
 }
+
+#[test]
+fn large_bodies_share_an_input_budget() {
+    let mut cfg = config();
+    cfg.limits.max_input_bytes = 1 << 20;
+    let s = start(cfg);
+    let addr = s.local_addr();
+    let mut a = Raw::hello(addr, None, Some(0));
+    let mut b = Raw::hello(addr, None, None);
+    let mut c = Raw::hello(addr, None, None);
+    let frame = |seq: u32, key: &[u8], len: usize| {
+        let bd = body(SET, 0, &[key], &[&vec![1u8; len]]);
+        let mut h = [0u8; 16];
+        FrameHeader::new(0, bd.len() as u32, seq)
+            .emit(&mut h)
+            .unwrap();
+        [h.to_vec(), bd].concat()
+    };
+    // A reserves 600 KiB and sends only part of it; B's 600 KiB does not fit and waits.
+    let fa = frame(1, b"a", 600 << 10);
+    let fb = frame(2, b"b", 600 << 10);
+    a.s.write_all(&fa[..100 << 10]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    b.s.write_all(&fb).unwrap();
+    assert!(
+        b.nothing_within(Duration::from_millis(100)),
+        "B must wait for budget"
+    );
+    // Small requests are never held back.
+    c.expect_text(SET, &[b"small"], &[b"x"], 0, "success");
+    // A completes: its reservation is released and B proceeds.
+    a.s.write_all(&fa[100 << 10..]).unwrap();
+    assert_eq!(a.recv().unwrap().0, 0);
+    let (st, seq, _) = b.recv().unwrap();
+    assert_eq!((st, seq), (0, 2));
+    // A body larger than the whole budget is refused and its link closed.
+    let mut h = [0u8; 16];
+    FrameHeader::new(0, 2 << 20, 3).emit(&mut h).unwrap();
+    c.s.write_all(&h).unwrap();
+    assert_eq!(c.recv().unwrap().0, -400);
+    assert!(c.closed_within(Duration::from_secs(2)));
+    // A link that disconnects while waiting releases nothing it did not hold, and others go on.
+    a.s.write_all(&fa[..200 << 10]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut d = Raw::hello(addr, None, None);
+    d.s.write_all(&frame(4, b"d", 600 << 10)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    drop(d);
+    a.s.write_all(&fa[200 << 10..]).unwrap();
+    assert_eq!(a.recv().unwrap().0, 0);
+    a.s.write_all(&frame(5, b"e", 900 << 10)).unwrap();
+    assert_eq!(a.recv().unwrap().1, 5);
+    assert_alive(addr);
+}

@@ -47,6 +47,10 @@ pub struct Limits {
     pub max_write_queue: usize,
     /// Parked GETs plus watches per link.
     pub max_waiters_per_link: usize,
+    /// Bytes reserved, over all links, for request bodies larger than 64 KiB that are still
+    /// arriving. A link whose next body does not fit waits (it is not read) until others
+    /// complete; small requests are never held back. A body larger than this is refused.
+    pub max_input_bytes: u64,
 }
 
 impl Default for Limits {
@@ -60,6 +64,7 @@ impl Default for Limits {
             max_total_bytes: 4 << 30,
             max_write_queue: 256 << 20,
             max_waiters_per_link: 65_536,
+            max_input_bytes: 1 << 30,
         }
     }
 }
@@ -199,6 +204,8 @@ const FIRST_LINK: u64 = 2;
 /// Links accepted past `max_links` only to answer their handshake with `-1`.
 const OVER_LIMIT_GRACE: usize = 64;
 const READ_CHUNK: usize = 64 * 1024;
+/// Bodies up to this size are read without a reservation from `max_input_bytes`.
+const SMALL_BODY: usize = 64 * 1024;
 /// Bytes read from one link per wake-up before others get a turn.
 const READ_BUDGET: usize = 4 << 20;
 const WRITE_LIMIT_TOTAL: u64 = 1 << 30;
@@ -227,6 +234,39 @@ struct Link {
     watches: HashMap<Vec<u8>, u32>,
     rank_watch: Option<u32>,
     parked: usize,
+    /// Bytes of `max_input_bytes` reserved for the large body at the head of `rbuf`.
+    reserved: usize,
+    /// Not read (no EPOLLIN) until a reservation fits.
+    paused: bool,
+}
+
+impl Link {
+    fn interest(&self) -> u32 {
+        let mut ev = EPOLL_HUP_ERR;
+        if !self.paused {
+            ev |= EPOLL_IN;
+        }
+        if self.want_write {
+            ev |= EPOLL_OUT;
+        }
+        ev
+    }
+
+    /// Body length of an incomplete large frame at the head of the read buffer, else 0.
+    fn head_need(&self) -> usize {
+        if !self.handshaken {
+            return 0;
+        }
+        match FrameHeader::parse(&self.rbuf) {
+            Ok(h)
+                if h.body_len as usize > SMALL_BODY
+                    && self.rbuf.len() < FRAME_HEADER_LEN + h.body_len as usize =>
+            {
+                h.body_len as usize
+            }
+            _ => 0,
+        }
+    }
 }
 
 struct Parked {
@@ -267,6 +307,10 @@ struct EventLoop {
     dirty: Vec<LinkId>,
     /// Links to close at the end of this turn, with the reason.
     doomed: Vec<(LinkId, String)>,
+    /// Sum of `Link::reserved`.
+    input_reserved: usize,
+    /// Links waiting for a reservation, first come first served.
+    paused: std::collections::VecDeque<LinkId>,
 }
 
 /// What one request produced: nothing, or a reply.
@@ -418,6 +462,8 @@ impl EventLoop {
             },
             dirty: Vec::new(),
             doomed: Vec::new(),
+            input_reserved: 0,
+            paused: std::collections::VecDeque::new(),
         }
     }
 
@@ -530,6 +576,8 @@ impl EventLoop {
                 watches: HashMap::new(),
                 rank_watch: None,
                 parked: 0,
+                reserved: 0,
+                paused: false,
             },
         );
         let at = Instant::now().checked_add(self.config.handshake_timeout);
@@ -548,10 +596,19 @@ impl EventLoop {
         }
         let mut eof = None;
         let mut got = 0usize;
+        let mut full = false;
         {
             let Some(link) = self.links.get_mut(&id) else {
                 return;
             };
+            if link.paused {
+                // Only hang-up/error bits arrive while paused.
+                self.doomed.push((
+                    id,
+                    "peer closed the connection (while waiting for input budget)".into(),
+                ));
+                return;
+            }
             if link.close_after_flush.is_some() {
                 // Refused link: discard input until the reply is out.
                 let mut sink = [0u8; 4096];
@@ -563,11 +620,16 @@ impl EventLoop {
                     _ => {}
                 }
             } else {
+                // The head frame (within its reservation, or small) plus one chunk.
                 let cap =
-                    self.config.limits.max_body_len as usize + FRAME_HEADER_LEN + HANDSHAKE_LEN;
+                    FRAME_HEADER_LEN + HANDSHAKE_LEN + link.reserved.max(SMALL_BODY) + READ_CHUNK;
                 while got < READ_BUDGET {
                     let len = link.rbuf.len();
-                    let room = READ_CHUNK.min(cap.saturating_sub(len).max(1));
+                    let room = READ_CHUNK.min(cap.saturating_sub(len));
+                    if room == 0 {
+                        full = true;
+                        break;
+                    }
                     link.rbuf.resize(len + room, 0);
                     match link.stream.read(&mut link.rbuf[len..]) {
                         Ok(0) => {
@@ -596,7 +658,7 @@ impl EventLoop {
                 }
             }
         }
-        if got > 0 {
+        if got > 0 || full {
             self.process_input(id);
         }
         if let Some(reason) = eof {
@@ -645,10 +707,12 @@ impl EventLoop {
             let Ok(hdr) = FrameHeader::parse(buf) else {
                 break;
             };
-            if hdr.body_len > self.config.limits.max_body_len {
+            let limit = u64::from(self.config.limits.max_body_len)
+                .min(self.config.limits.max_input_bytes.max(SMALL_BODY as u64));
+            if u64::from(hdr.body_len) > limit {
                 let msg = format!(
-                    "invalid request: frame body of {} bytes exceeds the limit of {}",
-                    hdr.body_len, self.config.limits.max_body_len
+                    "invalid request: frame body of {} bytes exceeds the limit of {limit}",
+                    hdr.body_len
                 );
                 self.queue_text(id, hdr.seq_no, status::INVALID_REQUEST, msg.as_bytes());
                 self.close_later(id, format!("bodyLen {} over the limit", hdr.body_len));
@@ -675,6 +739,66 @@ impl EventLoop {
                 rbuf.shrink_to(1 << 16);
             }
             link.rbuf = rbuf;
+        }
+        self.update_reservation(id);
+    }
+
+    /// Match the link's reservation to the large body (if any) now at the head of its read
+    /// buffer: reserve it, or pause the link until it fits.
+    fn update_reservation(&mut self, id: LinkId) {
+        let max = usize::try_from(self.config.limits.max_input_bytes).unwrap_or(usize::MAX);
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        if link.paused || link.close_after_flush.is_some() {
+            return;
+        }
+        let need = link.head_need();
+        if need == link.reserved {
+            return;
+        }
+        let released = link.reserved > 0;
+        self.input_reserved -= link.reserved;
+        link.reserved = 0;
+        if need > 0 {
+            if self.paused.is_empty() && self.input_reserved + need <= max {
+                link.reserved = need;
+                self.input_reserved += need;
+            } else {
+                debug!("config store: link {id} waits for {need} bytes of input budget");
+                link.paused = true;
+                self.paused.push_back(id);
+                let ev = link.interest();
+                if let Err(e) = self.epoll.modify(link.stream.as_raw_fd(), id, ev) {
+                    self.doomed.push((id, format!("epoll modify: {e}")));
+                }
+            }
+        }
+        if released {
+            self.resume_paused();
+        }
+    }
+
+    /// Give reservations to waiting links, in order, while they fit.
+    fn resume_paused(&mut self) {
+        let max = usize::try_from(self.config.limits.max_input_bytes).unwrap_or(usize::MAX);
+        while let Some(&id) = self.paused.front() {
+            let Some(link) = self.links.get_mut(&id) else {
+                self.paused.pop_front();
+                continue;
+            };
+            let need = link.head_need();
+            if need > 0 && self.input_reserved + need > max {
+                break;
+            }
+            self.paused.pop_front();
+            link.paused = false;
+            link.reserved = need;
+            self.input_reserved += need;
+            let ev = link.interest();
+            if let Err(e) = self.epoll.modify(link.stream.as_raw_fd(), id, ev) {
+                self.doomed.push((id, format!("epoll modify: {e}")));
+            }
         }
     }
 
@@ -1406,7 +1530,7 @@ impl EventLoop {
         let want = pending > 0;
         if want != link.want_write {
             link.want_write = want;
-            let ev = EPOLL_IN | EPOLL_HUP_ERR | if want { EPOLL_OUT } else { 0 };
+            let ev = link.interest();
             if let Err(e) = self.epoll.modify(link.stream.as_raw_fd(), id, ev) {
                 self.doomed.push((id, format!("epoll modify: {e}")));
             }
@@ -1418,6 +1542,10 @@ impl EventLoop {
             return;
         };
         let _ = self.epoll.delete(link.stream.as_raw_fd());
+        if link.reserved > 0 {
+            self.input_reserved -= link.reserved;
+            self.resume_paused();
+        }
         if link.handshaken {
             info!(
                 "config store: closing link {id} ({}, rank {:?}): {why}",
