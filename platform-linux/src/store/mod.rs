@@ -11,7 +11,7 @@
 //!   while no rank is held wipes nothing.
 //! - A frame whose `bodyLen` exceeds the configured maximum is answered `-400` and the link is
 //!   closed (the bytes after it cannot be trusted to be a header).
-//! - CONTROL is answered `-400 "unsupported control op"` (`"invalid control op"` when key[0] is
+//! - CONTROL is answered `-400 "unsupported control op"` (`"invalid control op"` when `key[0]` is
 //!   not a decimal op); no QUERY_LINK_STATE push on reconnect.
 //! - Where the reference stays silent (unparseable ADD increment, WRITE offset too large,
 //!   `bodyLen` 0, a body under 42 bytes, UNWATCH with wrong counts) the server answers `-400`

@@ -1,6 +1,6 @@
 //! The config store server (SPEC 5): one event-loop thread owning every link and all state.
 //!
-//! Invariants: only the loop thread touches [`State`]; every request either gets a reply, is
+//! Invariants: only the loop thread touches the `State`; every request either gets a reply, is
 //! one of the ops the protocol leaves unanswered (WATCH on an absent key, WATCH_RANK_STATE,
 //! HEARTBEAT, UNWATCH), or its link is closed with a logged reason. Every wire length is
 //! checked against the bytes present and the configured [`Limits`] before anything is
