@@ -7,6 +7,14 @@ use std::time::{Duration, Instant};
 use smem_core::ErrorCode;
 use smem_linux::store::{CasResult, ClientOptions, ServerConfig, StoreClient, StoreServer};
 
+/// Timing-sensitive tests and CPU-heavy tests of this file run one at a time, so a deadline
+/// measurement is not disturbed by another test saturating the (small) machine.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn server() -> StoreServer {
     let cfg = ServerConfig {
         heartbeat_timeout: None,
@@ -113,6 +121,7 @@ fn add_append_cas_write_prefix() {
 
 #[test]
 fn wait_get_is_woken_and_times_out_on_time() {
+    let _serial = serial();
     let s = server();
     let c = client(&s);
     let c2 = c.clone();
@@ -229,6 +238,7 @@ fn handshake_refusals() {
 
 #[test]
 fn rank_down_events_and_wipe() {
+    let _serial = serial();
     let s = server();
     let observer = ranked(&s, 0);
     let rx = observer.watch_rank_down().unwrap();
@@ -260,6 +270,7 @@ fn rank_down_events_and_wipe() {
 
 #[test]
 fn server_death_fails_pending_ops_quickly() {
+    let _serial = serial();
     let s = server();
     let c = client(&s);
     let c2 = c.clone();
@@ -283,6 +294,7 @@ fn server_death_fails_pending_ops_quickly() {
 
 #[test]
 fn close_fails_pending_at_once() {
+    let _serial = serial();
     let s = server();
     let c = client(&s);
     let c2 = c.clone();
@@ -344,6 +356,7 @@ fn connect_retries_until_timeout() {
 
 #[test]
 fn sixty_four_threads_mixed_ops() {
+    let _serial = serial();
     const THREADS: u64 = 64;
     const ROUNDS: u64 = 20;
     let s = server();

@@ -10,6 +10,14 @@ use smem_core::wire::message::{self, MessageHeader};
 use smem_core::wire::{FrameHeader, MessageType, MessageView};
 use smem_linux::store::{ClientOptions, Limits, ServerConfig, StoreClient, StoreServer};
 
+/// Timing-sensitive tests and CPU-heavy tests of this file run one at a time, so a deadline
+/// measurement is not disturbed by another test saturating the (small) machine.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 const SET: i16 = 0;
 const GET: i16 = 1;
 const WATCH: i16 = 3;
@@ -356,6 +364,7 @@ fn pipelining_and_deferred_replies_reuse_seq() {
 
 #[test]
 fn parked_get_fires_on_time() {
+    let _serial = serial();
     let s = start(config());
     let mut r = Raw::hello(s.local_addr(), None, Some(0));
     for ms in [20i64, 150, 400] {
@@ -464,6 +473,7 @@ fn reference_crash_inputs_and_malformed_frames() {
 
 #[test]
 fn random_bytes_do_not_hurt() {
+    let _serial = serial();
     let s = start(config());
     let addr = s.local_addr();
     let mut keeper = Raw::hello(addr, None, Some(0));
@@ -591,6 +601,7 @@ fn limits_are_enforced_and_others_keep_working() {
 
 #[test]
 fn client_that_never_reads_is_closed() {
+    let _serial = serial();
     let mut cfg = config();
     cfg.limits.max_write_queue = 256 * 1024;
     let s = start(cfg);
@@ -633,6 +644,7 @@ fn client_that_never_reads_is_closed() {
 
 #[test]
 fn heartbeat_expiry_closes_link_and_reports_rank_down() {
+    let _serial = serial();
     let mut cfg = config();
     cfg.heartbeat_timeout = Some(Duration::from_millis(300));
     cfg.heartbeat_check_interval = Duration::from_millis(50);
@@ -667,6 +679,7 @@ fn heartbeat_expiry_closes_link_and_reports_rank_down() {
 
 #[test]
 fn large_bodies_share_an_input_budget() {
+    let _serial = serial();
     let mut cfg = config();
     cfg.limits.max_input_bytes = 1 << 20;
     let s = start(cfg);
