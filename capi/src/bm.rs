@@ -204,8 +204,10 @@ pub unsafe extern "C" fn smem_bm_init(
         // SAFETY: forwarded contract of this function.
         let url = unsafe { ffi::cstr_arg(store_url, "storeURL") }?;
         // SAFETY: forwarded contract of this function.
-        let c = unsafe { ffi::read_arg(config, "config") }.map_err(|e| {
-            e.context("smem_bm_init needs a config (smem_bm_config_init, then set rankId)")
+        let c = unsafe { ffi::read_arg(config, "config") }.map_err(|_| {
+            Error::invalid(
+                "config is NULL (fill one with smem_bm_config_init, then set rankId or autoRanking)",
+            )
         })?;
         if world_size == 0 || world_size as usize > WORLD_SIZE_MAX {
             return Err(Error::invalid(format!(
@@ -310,7 +312,8 @@ pub unsafe extern "C" fn smem_bm_create(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smem_bm_destroy(handle: smem_bm_t) {
     ffi_value!("smem_bm_destroy", (), {
-        runtime::bm_destroy(self::handle(handle).map_err(|e| e.context("ignored"))?)
+        let h = self::handle(handle).map_err(|_| Error::invalid("handle is NULL (ignored)"))?;
+        runtime::bm_destroy(h)
     })
 }
 
