@@ -47,6 +47,77 @@ static void on_log(int level, const char *msg)
     log_last_msg[sizeof log_last_msg - 1] = '\0';
 }
 
+/* The exact SPEC signatures: a header that drifts from them fails to compile here
+ * (incompatible pointer types are errors under -Werror and in C++). */
+typedef void (*smem_logger_fn)(int level, const char *msg);
+static void pin_signatures(void)
+{
+    int32_t (*p_init)(uint32_t) = smem_init;
+    int32_t (*p_logger)(smem_logger_fn) = smem_set_extern_logger;
+    int32_t (*p_level)(int) = smem_set_log_level;
+    void (*p_uninit)(void) = smem_uninit;
+    const char *(*p_err)(void) = smem_get_last_err_msg;
+    const char *(*p_err_clear)(void) = smem_get_and_clear_last_err_msg;
+    int32_t (*p_ssl)(const smem_tls_option *) = smem_set_ssl_option;
+    int32_t (*p_bm_cfg)(smem_bm_config_t *) = smem_bm_config_init;
+    int32_t (*p_bm_init)(const char *, uint32_t, uint16_t, const smem_bm_config_t *) = smem_bm_init;
+    void (*p_bm_uninit)(uint32_t) = smem_bm_uninit;
+    uint32_t (*p_bm_rank)(void) = smem_bm_get_rank_id;
+    smem_bm_t (*p_bm_create)(uint32_t, uint32_t, smem_bm_data_op_type, uint64_t, uint64_t,
+                             uint32_t) = smem_bm_create;
+    void (*p_bm_destroy)(smem_bm_t) = smem_bm_destroy;
+    int32_t (*p_bm_join)(smem_bm_t, uint32_t, void **) = smem_bm_join;
+    int32_t (*p_bm_leave)(smem_bm_t, uint32_t) = smem_bm_leave;
+    uint64_t (*p_bm_size)(smem_bm_t) = smem_bm_get_local_mem_size;
+    void *(*p_bm_ptr)(smem_bm_t, uint16_t) = smem_bm_ptr;
+    int32_t (*p_bm_copy)(smem_bm_t, const void *, void *, uint64_t, smem_bm_copy_type,
+                         uint32_t) = smem_bm_copy;
+    int32_t (*p_bm_copy_2d)(smem_bm_t, const void *, uint64_t, void *, uint64_t, uint64_t,
+                            uint64_t, smem_bm_copy_type, uint32_t) = smem_bm_copy_2d;
+    int32_t (*p_shm_cfg)(smem_shm_config_t *) = smem_shm_config_init;
+    int32_t (*p_shm_init)(const char *, uint32_t, uint32_t, uint16_t, smem_shm_config_t *) =
+        smem_shm_init;
+    void (*p_shm_uninit)(uint32_t) = smem_shm_uninit;
+    uint32_t (*p_shm_query)(void) = smem_shm_query_support_data_operation;
+    smem_shm_t (*p_shm_create)(uint32_t, uint32_t, uint32_t, uint64_t, smem_shm_data_op_type,
+                               uint32_t, void **) = smem_shm_create;
+    int32_t (*p_shm_destroy)(smem_shm_t, uint32_t) = smem_shm_destroy;
+    int32_t (*p_shm_set_ctx)(smem_shm_t, const void *, uint32_t) = smem_shm_set_extra_context;
+    int32_t (*p_shm_get_ctx)(smem_shm_t, void *, uint32_t) = smem_shm_get_extra_context;
+    uint32_t (*p_shm_rank)(smem_shm_t) = smem_shm_get_global_rank;
+    uint32_t (*p_shm_rank_size)(smem_shm_t) = smem_shm_get_global_rank_size;
+    int32_t (*p_shm_barrier)(smem_shm_t) = smem_shm_control_barrier;
+    int32_t (*p_shm_allgather)(smem_shm_t, const char *, uint32_t, char *, uint32_t) =
+        smem_shm_control_allgather;
+    int32_t (*p_shm_reach)(smem_shm_t, uint32_t, uint32_t *) = smem_shm_topology_can_reach;
+    smem_error code = SM_OK;
+    void *all[32];
+    size_t i, n = 0;
+    /* Every function has an address (also makes the pointers "used"). */
+    all[n++] = (void *)(uintptr_t)p_init; all[n++] = (void *)(uintptr_t)p_logger;
+    all[n++] = (void *)(uintptr_t)p_level; all[n++] = (void *)(uintptr_t)p_uninit;
+    all[n++] = (void *)(uintptr_t)p_err; all[n++] = (void *)(uintptr_t)p_err_clear;
+    all[n++] = (void *)(uintptr_t)p_ssl; all[n++] = (void *)(uintptr_t)p_bm_cfg;
+    all[n++] = (void *)(uintptr_t)p_bm_init; all[n++] = (void *)(uintptr_t)p_bm_uninit;
+    all[n++] = (void *)(uintptr_t)p_bm_rank; all[n++] = (void *)(uintptr_t)p_bm_create;
+    all[n++] = (void *)(uintptr_t)p_bm_destroy; all[n++] = (void *)(uintptr_t)p_bm_join;
+    all[n++] = (void *)(uintptr_t)p_bm_leave; all[n++] = (void *)(uintptr_t)p_bm_size;
+    all[n++] = (void *)(uintptr_t)p_bm_ptr; all[n++] = (void *)(uintptr_t)p_bm_copy;
+    all[n++] = (void *)(uintptr_t)p_bm_copy_2d; all[n++] = (void *)(uintptr_t)p_shm_cfg;
+    all[n++] = (void *)(uintptr_t)p_shm_init; all[n++] = (void *)(uintptr_t)p_shm_uninit;
+    all[n++] = (void *)(uintptr_t)p_shm_query; all[n++] = (void *)(uintptr_t)p_shm_create;
+    all[n++] = (void *)(uintptr_t)p_shm_destroy; all[n++] = (void *)(uintptr_t)p_shm_set_ctx;
+    all[n++] = (void *)(uintptr_t)p_shm_get_ctx; all[n++] = (void *)(uintptr_t)p_shm_rank;
+    all[n++] = (void *)(uintptr_t)p_shm_rank_size; all[n++] = (void *)(uintptr_t)p_shm_barrier;
+    all[n++] = (void *)(uintptr_t)p_shm_allgather; all[n++] = (void *)(uintptr_t)p_shm_reach;
+    for (i = 0; i < n; i++) {
+        CHECK(all[i] != NULL);
+    }
+    CHECK(n == 32 && code == SM_OK);
+    CHECK(SMEM_WORLD_SIZE_MAX == 1024);
+    CHECK(SMEMB_COPY_BUTT == 4 && SMEMB_DATA_OP_HOST_TCP == 4 && SMEMS_DATA_OP_ROCE == 4);
+}
+
 static void print_layout(void)
 {
     SIZE(smem_bm_config_t);
@@ -209,6 +280,7 @@ int main(int argc, char **argv)
 {
     int quiet = argc > 1 && strcmp(argv[1], "quiet") == 0;
     print_layout();
+    pin_signatures();
     check_last_error();
     check_logging(quiet);
     check_tls();
