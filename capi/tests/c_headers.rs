@@ -149,3 +149,93 @@ fn default_log_sink_writes_timestamped_lines_to_stderr() {
     assert!(rest.contains(" ["), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn pkg_config_file_builds_a_program() {
+    let libs = common::lib_dir();
+    let prefix = common::scratch("pc-prefix");
+    let (lib, inc) = (prefix.join("lib"), prefix.join("include"));
+    std::fs::create_dir_all(lib.join("pkgconfig")).unwrap();
+    std::fs::create_dir_all(&inc).unwrap();
+    for f in ["libsmem.so", "libsmem.a"] {
+        std::fs::copy(libs.join(f), lib.join(f)).unwrap();
+    }
+    for h in ["smem.h", "smem_bm.h", "smem_shm.h"] {
+        std::fs::copy(common::include_dir().join(h), inc.join(h)).unwrap();
+    }
+    common::run_ok(
+        Command::new("bash")
+            .arg(common::capi_dir().join("gen-pc.sh"))
+            .arg(&prefix)
+            .arg(lib.join("pkgconfig")),
+        Duration::from_secs(30),
+    );
+    let pc_dir = lib.join("pkgconfig");
+    let have_pkg_config = Command::new("pkg-config").arg("--version").output().is_ok();
+    let pc = if have_pkg_config {
+        common::run_ok(
+            Command::new("pkg-config")
+                .args(["--cflags", "--libs", "smem"])
+                .env("PKG_CONFIG_PATH", &pc_dir),
+            Duration::from_secs(30),
+        )
+        .stdout
+    } else {
+        // No pkg-config on this machine: evaluate the file the way it would.
+        eval_pc(&std::fs::read_to_string(pc_dir.join("smem.pc")).unwrap())
+    };
+    let flags: Vec<&str> = pc.split_whitespace().collect();
+    assert!(flags.contains(&"-lsmem"), "{flags:?}");
+    let exe = prefix.join("api_smoke");
+    let mut cc = Command::new("cc");
+    cc.args(common::C_FLAGS)
+        .arg(common::c_dir().join("api_smoke.c"))
+        .arg("-o")
+        .arg(&exe)
+        .args(&flags);
+    common::run_ok(&mut cc, Duration::from_secs(120));
+    let out = common::run_ok(
+        Command::new(&exe)
+            .env("LD_LIBRARY_PATH", &lib)
+            .env_remove("SMEM_LOG_LEVEL"),
+        Duration::from_secs(60),
+    );
+    assert!(out.stdout.lines().any(|l| l == "ok"), "{}", out.stdout);
+    let _ = std::fs::remove_dir_all(&prefix);
+}
+
+/// `Cflags` and `Libs` of a `.pc` file with its `${var}` references expanded.
+fn eval_pc(text: &str) -> String {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    let expand = |v: &str, vars: &[(String, String)]| {
+        let mut v = v.to_owned();
+        for (k, val) in vars.iter().rev() {
+            v = v.replace(&format!("${{{k}}}"), val);
+        }
+        v
+    };
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=').filter(|(k, _)| !k.contains(':')) {
+            let v = expand(v.trim(), &vars);
+            vars.push((k.trim().to_owned(), v));
+        } else if let Some(v) = line
+            .strip_prefix("Cflags:")
+            .or_else(|| line.strip_prefix("Libs:"))
+        {
+            out.push(expand(v.trim(), &vars));
+        }
+    }
+    out.join(" ")
+}
+
+#[test]
+fn eval_pc_expands_variables() {
+    let pc =
+        "prefix=/p\nlibdir=${prefix}/lib\nLibs: -L${libdir} -lsmem\nCflags: -I${prefix}/include\n";
+    assert_eq!(eval_pc(pc), "-L/p/lib -lsmem -I/p/include");
+}
