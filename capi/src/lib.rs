@@ -5,7 +5,7 @@
 //! A thin boundary over [`smem_linux::runtime`] (FFI playbook of STYLE.md section 5, after
 //! rustls-ffi):
 //! - every export is `#[unsafe(no_mangle)] pub unsafe extern "C" fn` whose body runs behind a
-//!   panic boundary (`ffi_status!` / `ffi_value!` in [`ffi`]): no panic crosses into C;
+//!   panic boundary (`ffi_status!` / `ffi_value!` in `ffi.rs`): no panic crosses into C;
 //! - every pointer is checked for NULL before use, strings must be UTF-8, and raw pointers are
 //!   dereferenced only in the helpers of `ffi.rs`;
 //! - every failure sets the calling thread's last error ([`error`]) and is logged;
