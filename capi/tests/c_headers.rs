@@ -120,6 +120,40 @@ fn c_and_cxx_programs_compile_link_and_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The smoke program under AddressSanitizer + UndefinedBehaviorSanitizer (C side; the library
+/// itself is not instrumented), and the headers once more as C11.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn smoke_under_asan_ubsan_and_c11() {
+    let libs = common::lib_dir();
+    let dir = common::scratch("c-asan");
+    let exe = dir.join("api_smoke_asan");
+    let san = [
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=all",
+        "-fno-omit-frame-pointer",
+    ];
+    common::build_c_with(&["api_smoke.c"], &exe, Lang::C, Link::Shared, &libs, &san);
+    let out = common::run_ok(
+        Command::new(&exe).env_remove("SMEM_LOG_LEVEL").env(
+            "ASAN_OPTIONS",
+            "detect_leaks=1:abort_on_error=0:exitcode=86",
+        ),
+        Duration::from_secs(120),
+    );
+    assert!(out.stdout.lines().any(|l| l == "ok"), "{}", out.stdout);
+    let c11 = dir.join("api_smoke_c11");
+    common::build_c_with(
+        &["api_smoke.c"],
+        &c11,
+        Lang::C,
+        Link::Shared,
+        &libs,
+        &["-std=c11"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 #[cfg_attr(miri, ignore)]
 fn default_log_sink_writes_timestamped_lines_to_stderr() {

@@ -170,7 +170,14 @@ pub fn run_ok(cmd: &mut Command, limit: Duration) -> Output {
 }
 
 /// C compiler flags of the header checks.
-pub const C_FLAGS: &[&str] = &["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"];
+pub const C_FLAGS: &[&str] = &[
+    "-std=c99",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-pedantic",
+    "-Wstrict-prototypes",
+];
 /// C++ compiler flags of the header checks.
 pub const CXX_FLAGS: &[&str] = &[
     "-x",
@@ -202,12 +209,25 @@ pub enum Link {
 
 /// Compiles and links `sources` (in `capi/tests/c`) into `out`.
 pub fn build_c(sources: &[&str], out: &Path, lang: Lang, link: Link, libs: &Path) {
+    build_c_with(sources, out, lang, link, libs, &[]);
+}
+
+/// [`build_c`] with extra compiler flags (e.g. sanitizers).
+pub fn build_c_with(
+    sources: &[&str],
+    out: &Path,
+    lang: Lang,
+    link: Link,
+    libs: &Path,
+    extra: &[&str],
+) {
     let (compiler, flags) = match lang {
         Lang::C => ("cc", C_FLAGS),
         Lang::Cxx => ("c++", CXX_FLAGS),
     };
     let mut cmd = Command::new(compiler);
     cmd.args(flags)
+        .args(extra)
         .arg("-I")
         .arg(include_dir())
         .arg("-o")
