@@ -106,7 +106,9 @@ int32_t smem_init(uint32_t flags);
  * level filter of smem_set_log_level applies to it. It may be called from any thread, never
  * while smem holds an internal lock, so it may call smem functions; a record logged from inside
  * the callback on the same thread goes to stderr instead of recursing.
- * func == NULL restores the default sink (stderr). Returns SM_OK.
+ * func == NULL restores the default sink (stderr). A record already being delivered on another
+ * thread when this returns may still reach the previous function, so keep it callable a moment
+ * longer (e.g. do not unload its library right away). Returns SM_OK.
  */
 int32_t smem_set_extern_logger(void (*func)(int level, const char *msg));
 

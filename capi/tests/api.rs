@@ -390,6 +390,9 @@ fn shm_checks() {
     let get = |h, p: *mut u8, n| unsafe { smem_shm_get_extra_context(h, p.cast(), n) };
     assert_invalid(get(ptr::null_mut(), out.as_mut_ptr(), 16), "handle is NULL");
     assert_invalid(get(h, ptr::null_mut(), 16), "context is NULL");
+    // NULL with size 0 is the length query: not an argument error.
+    assert_ne!(get(h, ptr::null_mut(), 0), SM_INVALID_PARAM);
+    let _ = take_err();
     assert_eq!(
         unsafe { smem_shm_get_global_rank(ptr::null_mut()) },
         u32::MAX
