@@ -146,6 +146,7 @@ mod tests {
 
     #[test]
     fn settle_records_errors_and_panics() {
+        smem_linux::logging::set_level(3).unwrap();
         let r: i32 = settle("f", Ok(Ok(5)), |_| -1);
         assert_eq!(r, 5);
         let r: i32 = settle("f", Ok(Err(Error::invalid("bad x"))), |e| e.code().code());
@@ -166,6 +167,7 @@ mod tests {
 
     #[test]
     fn interior_nul_is_escaped() {
+        smem_linux::logging::set_level(3).unwrap();
         set_last_error(&Error::invalid("a\0b"));
         assert_eq!(last(), "a\\0b [SM_INVALID_PARAM]");
         let _ = take_last_error_ptr();
