@@ -60,7 +60,8 @@ fn declared_functions() -> BTreeSet<String> {
     names
 }
 
-fn exported_functions() -> BTreeSet<String> {
+/// Every defined dynamic symbol of `libsmem.so`, with its `nm` kind letter.
+fn dynamic_symbols() -> Vec<(String, String)> {
     let so = common::lib_dir().join("libsmem.so");
     let out = common::run_ok(
         Command::new("nm").args(["-D", "--defined-only"]).arg(&so),
@@ -71,9 +72,28 @@ fn exported_functions() -> BTreeSet<String> {
         .filter_map(|l| {
             let mut f = l.split_whitespace();
             let (_addr, kind, name) = (f.next()?, f.next()?, f.next()?);
-            (kind == "T" && name.starts_with("smem_")).then(|| name.to_owned())
+            Some((kind.to_owned(), name.to_owned()))
         })
         .collect()
+}
+
+fn exported_functions() -> BTreeSet<String> {
+    dynamic_symbols()
+        .into_iter()
+        .filter(|(kind, name)| kind == "T" && name.starts_with("smem_"))
+        .map(|(_, name)| name)
+        .collect()
+}
+
+/// The library exports the C API and nothing else (no Rust symbols leak into the ABI).
+#[test]
+#[cfg_attr(miri, ignore)]
+fn only_the_c_api_is_exported() {
+    let other: Vec<_> = dynamic_symbols()
+        .into_iter()
+        .filter(|(_, name)| !name.starts_with("smem_"))
+        .collect();
+    assert!(other.is_empty(), "unexpected exports: {other:?}");
 }
 
 /// SPEC 2.1-2.3, plus `smem_shm_get_extra_context` (SPEC 2.3 asks for it).
