@@ -24,9 +24,11 @@ use smem_linux::{Error, Result};
 /// boundary and returns `SM_OK` or the error's negative code.
 macro_rules! ffi_status {
     ($name:expr, $body:block) => {{
-        ::smem_linux::logging::init();
         let result = ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(
-            || -> ::smem_linux::Result<()> { $body },
+            || -> ::smem_linux::Result<()> {
+                ::smem_linux::logging::init();
+                $body
+            },
         ));
         $crate::error::settle(
             $name,
@@ -40,9 +42,11 @@ macro_rules! ffi_status {
 /// boundary; on failure returns `$fail` (NULL, `UINT32_MAX`, 0, `()`).
 macro_rules! ffi_value {
     ($name:expr, $fail:expr, $body:block) => {{
-        ::smem_linux::logging::init();
         let result = ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(
-            || -> ::smem_linux::Result<_> { $body },
+            || -> ::smem_linux::Result<_> {
+                ::smem_linux::logging::init();
+                $body
+            },
         ));
         $crate::error::settle($name, result, |_: &::smem_linux::Error| $fail)
     }};
@@ -52,9 +56,11 @@ macro_rules! ffi_value {
 /// (a closure taking `&smem_linux::Error`).
 macro_rules! ffi_with {
     ($name:expr, $fail:expr, $body:block) => {{
-        ::smem_linux::logging::init();
         let result = ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(
-            || -> ::smem_linux::Result<_> { $body },
+            || -> ::smem_linux::Result<_> {
+                ::smem_linux::logging::init();
+                $body
+            },
         ));
         $crate::error::settle($name, result, $fail)
     }};
