@@ -140,7 +140,7 @@ fn c_log_sink(level: i32, msg: &str) {
     let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
     if !ffi::call_c_logger(level, &c) {
         // The logger was removed between the sink lookup and this call: do not drop the record.
-        eprintln!("{msg}");
+        logging::write_stderr_raw(&format!("{msg}\n"));
     }
 }
 
@@ -157,14 +157,14 @@ pub unsafe extern "C" fn smem_set_extern_logger(func: Option<CLogFn>) -> i32 {
         match func {
             Some(f) => {
                 ffi::store_c_logger(Some(f));
-                logging::set_sink(Some(c_log_sink));
+                logging::set_sink(Some(c_log_sink))
             }
             None => {
-                logging::set_sink(None);
+                logging::set_sink(None)?;
                 ffi::store_c_logger(None);
+                Ok(())
             }
         }
-        Ok(())
     })
 }
 

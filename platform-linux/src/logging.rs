@@ -12,21 +12,23 @@
 //! - **Default sink: stderr**, one line per record:
 //!   `2026-11-25T09:20:23.123Z WARN  [main/1] smem_linux::store: message`
 //!   (UTC timestamp with milliseconds, level, thread name or `-` / the thread's numeric id,
-//!   target, message). The line is written with a single `write_all`, so lines of concurrent
-//!   threads do not interleave.
+//!   target, message). The line is written with a single `write_all` on a duplicate of fd 2
+//!   (not through the lock of `std::io::stderr()`, see below), so lines of concurrent threads
+//!   do not interleave.
 //! - **External sink** ([`set_sink`]): a `fn(level, msg)` that replaces stderr; the level filter
 //!   applies to it too. It receives `"<target>: <message>"` (no timestamp: the host application
 //!   adds its own). `None` restores stderr.
 //!
-//! # Locks and re-entrancy
-//! The sink is never called while a lock of this module is held: the function pointer is copied
-//! out under a short read lock, the lock is released, then the sink is called. A sink may
-//! therefore call back into smem (including [`set_sink`]). If a sink logs through smem on the
-//! same thread while it is running, that nested record goes to stderr instead of recursing.
-//!
-//! # Fork
-//! The only lock is the read/write lock around the sink pointer, held for a pointer copy; nothing
-//! is held across a call. A poisoned lock is recovered, not propagated.
+//! # Locks, re-entrancy, fork
+//! The log path takes no lock at all (stderr is written on a duplicated descriptor, not
+//! through `std::io::stderr()` and its lock): the sink's function pointer lives in a write-once slot
+//! (`OnceLock`, lock-free to read) chosen by an atomic index, so it is copied out with two
+//! atomic loads and then called. A sink is therefore never called while a lock of this module
+//! is held, may call back into smem (including [`set_sink`]), and a child forked while other
+//! threads were logging cannot find a lock held by a thread that no longer exists. Up to
+//! [`SINK_SLOTS`] distinct sinks can be installed over the life of the process (re-installing
+//! one reuses its slot). If a sink logs through smem on the same thread while it is running,
+//! that nested record goes to stderr instead of recursing.
 //!
 //! # Other loggers
 //! [`init`] installs this logger with `log::set_logger` once; if the host process already
@@ -36,11 +38,14 @@
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Once, PoisonError, RwLock};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Once, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
+
+use smem_core::ErrorCode;
 
 use crate::{Error, Result};
 
@@ -60,7 +65,12 @@ pub const LEVEL_ENV: &str = "SMEM_LOG_LEVEL";
 pub type Sink = fn(level: i32, msg: &str);
 
 static LEVEL: AtomicI32 = AtomicI32::new(INFO);
-static SINK: RwLock<Option<Sink>> = RwLock::new(None);
+/// How many distinct external sinks a process can install over its life.
+pub const SINK_SLOTS: usize = 8;
+/// Write-once slots holding every sink ever installed.
+static SINKS: [OnceLock<Sink>; SINK_SLOTS] = [const { OnceLock::new() }; SINK_SLOTS];
+/// 1 + the slot of the active sink; 0: none (stderr).
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 static INIT: Once = Once::new();
 /// Whether `log::set_logger` installed our logger (then we also drive `log::max_level`).
 static OURS: AtomicBool = AtomicBool::new(false);
@@ -150,14 +160,34 @@ pub fn level() -> i32 {
 }
 
 /// Sends records to `sink` instead of stderr; `None` restores stderr.
-pub fn set_sink(sink: Option<Sink>) {
+///
+/// # Errors
+/// `SM_LIMIT_EXCEEDED` when [`SINK_SLOTS`] other sinks were already installed in this process
+/// (the active sink is unchanged then).
+pub fn set_sink(sink: Option<Sink>) -> Result<()> {
     init();
-    *SINK.write().unwrap_or_else(PoisonError::into_inner) = sink;
+    let Some(f) = sink else {
+        ACTIVE.store(0, Ordering::Release);
+        return Ok(());
+    };
+    for (i, slot) in SINKS.iter().enumerate() {
+        if std::ptr::fn_addr_eq(*slot.get_or_init(|| f), f) {
+            ACTIVE.store(i + 1, Ordering::Release);
+            return Ok(());
+        }
+    }
+    Err(Error::new(
+        ErrorCode::LimitExceeded,
+        format!("{SINK_SLOTS} different log sinks were already installed in this process"),
+    ))
 }
 
-/// The current external sink, copied out (the lock is released before this returns).
+/// The current external sink, copied out (lock-free).
 pub fn sink() -> Option<Sink> {
-    *SINK.read().unwrap_or_else(PoisonError::into_inner)
+    match ACTIVE.load(Ordering::Acquire) {
+        0 => None,
+        i => SINKS.get(i - 1).and_then(OnceLock::get).copied(),
+    }
 }
 
 /// The C numbering of a `log` level.
@@ -188,7 +218,7 @@ impl Log for SmemLogger {
         }
         let level = level_number(record.level());
         if let Some(sink) = sink() {
-            // The lock is released: `sink()` returned a copy of the pointer.
+            // `sink()` returned a copy of the pointer; no lock is held.
             let entered = IN_SINK.try_with(|f| !f.replace(true)).unwrap_or(false);
             if entered {
                 let msg = format!("{}: {}", record.target(), record.args());
@@ -200,9 +230,7 @@ impl Log for SmemLogger {
         write_stderr(record);
     }
 
-    fn flush(&self) {
-        let _ = std::io::stderr().flush();
-    }
+    fn flush(&self) {}
 }
 
 fn write_stderr(record: &Record<'_>) {
@@ -219,7 +247,16 @@ fn write_stderr(record: &Record<'_>) {
         record.args()
     );
     line.push('\n');
-    let _ = std::io::stderr().write_all(line.as_bytes());
+    write_stderr_raw(&line);
+}
+
+/// Writes `text` to file descriptor 2 with plain `write` calls on a duplicate of it, bypassing
+/// the lock of `std::io::stderr()`: a child forked while another thread of the parent held
+/// that lock could never take it. Errors are ignored (there is nowhere to report them).
+pub fn write_stderr_raw(text: &str) {
+    if let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() {
+        let _ = std::fs::File::from(fd).write_all(text.as_bytes());
+    }
 }
 
 /// The number inside `ThreadId(N)` (`ThreadId::as_u64` is not stable).
@@ -302,6 +339,23 @@ mod tests {
         assert!(set_level(4).is_err());
         assert!(set_level(-1).is_err());
         assert_eq!(level(), before);
+    }
+
+    fn sink_a(_: i32, _: &str) {}
+    fn sink_b(_: i32, _: &str) {}
+
+    #[test]
+    fn sinks_reuse_their_slots() {
+        set_sink(Some(sink_a)).unwrap();
+        assert!(sink().is_some_and(|s| std::ptr::fn_addr_eq(s, sink_a as Sink)));
+        set_sink(Some(sink_b)).unwrap();
+        set_sink(Some(sink_a)).unwrap();
+        set_sink(Some(sink_b)).unwrap();
+        assert!(sink().is_some_and(|s| std::ptr::fn_addr_eq(s, sink_b as Sink)));
+        let used = SINKS.iter().filter(|s| s.get().is_some()).count();
+        assert_eq!(used, 2);
+        set_sink(None).unwrap();
+        assert!(sink().is_none());
     }
 
     #[test]
