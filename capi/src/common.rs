@@ -109,7 +109,14 @@ unsafe fn tls_settings(opt: &smem_tls_option) -> Result<Option<TlsSettings>> {
 /// Always safe to call (no pointer arguments).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smem_init(flags: u32) -> i32 {
-    ffi_status!("smem_init", { runtime::init(flags) })
+    ffi_status!("smem_init", {
+        if flags != 0 {
+            return Err(Error::invalid(format!(
+                "smem_init flags must be 0, got {flags:#x}"
+            )));
+        }
+        runtime::init(flags)
+    })
 }
 
 /// `smem_uninit`: tears down everything this process created through smem. Safe to repeat.

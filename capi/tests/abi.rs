@@ -161,3 +161,34 @@ fn comment_stripping() {
         "a  b \nc"
     );
 }
+
+/// The `SM_*` codes of `smem.h` are exactly `smem_core::ErrorCode::ALL` (plus `SM_OK`).
+#[test]
+fn header_error_codes_match_the_rust_enum() {
+    let text = std::fs::read_to_string(common::include_dir().join("smem.h")).expect("smem.h");
+    let code = strip_comments(&text);
+    let mut header = BTreeSet::new();
+    for line in code.lines() {
+        let mut f = line.split_whitespace();
+        if f.next() != Some("#define") {
+            continue;
+        }
+        let (Some(name), Some(value)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if !name.starts_with("SM_") {
+            continue;
+        }
+        let value: i32 = value
+            .trim_matches(|c| c == '(' || c == ')')
+            .parse()
+            .expect(name);
+        header.insert((name.to_owned(), value));
+    }
+    let mut rust: BTreeSet<(String, i32)> = smem_core::ErrorCode::ALL
+        .iter()
+        .map(|c| (c.name().to_owned(), c.code()))
+        .collect();
+    rust.insert(("SM_OK".to_owned(), 0));
+    assert_eq!(header, rust);
+}
