@@ -341,8 +341,14 @@ mod tests {
         assert_eq!(level(), before);
     }
 
-    fn sink_a(_: i32, _: &str) {}
-    fn sink_b(_: i32, _: &str) {}
+    // Distinct bodies: identical functions may be folded into one address in release builds.
+    static HITS: AtomicUsize = AtomicUsize::new(0);
+    fn sink_a(_: i32, _: &str) {
+        HITS.fetch_add(1, Ordering::Relaxed);
+    }
+    fn sink_b(_: i32, msg: &str) {
+        HITS.fetch_add(msg.len() + 2, Ordering::Relaxed);
+    }
 
     #[test]
     fn sinks_reuse_their_slots() {
