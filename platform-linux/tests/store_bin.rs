@@ -1,0 +1,102 @@
+//! The `smem-store` binary: `--help`, argument errors, serving, clean shutdown on SIGTERM and
+//! SIGINT.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use smem_core::url::StoreUrl;
+use smem_linux::store::{ClientOptions, StoreClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_smem-store");
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        // Only the child this test started.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn help_and_bad_arguments() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--listen"));
+    for args in [
+        &["--listen", "127.0.0.1:5"][..],
+        &[],
+        &["--bogus"],
+        &["--listen", "tcp://127.0.0.1:1", "--max-links", "x"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty());
+    }
+}
+
+fn serve_then_signal(signal: &str) {
+    let child = Command::new(BIN)
+        .args([
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--heartbeat-timeout",
+            "0",
+            "--max-links",
+            "100",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let addr = StoreUrl::parse(url).unwrap().addr;
+    let c = StoreClient::connect(addr, ClientOptions::default()).unwrap();
+    c.set(b"k", b"v").unwrap();
+    assert_eq!(c.get(b"k").unwrap().unwrap(), b"v");
+    let st = Command::new("kill")
+        .args([signal, &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = wait_exit(&mut child.0, Duration::from_secs(3)).expect("exits after the signal");
+    assert!(st.success(), "{st:?}");
+    let end = Instant::now() + Duration::from_secs(1);
+    while c.is_connected() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!c.is_connected());
+}
+
+#[test]
+fn serves_and_stops_on_sigterm() {
+    serve_then_signal("-TERM");
+}
+
+#[test]
+fn serves_and_stops_on_sigint() {
+    serve_then_signal("-INT");
+}
