@@ -34,8 +34,7 @@
 //! TLS at once (without waiting for a reply); the server reads the 16 bytes, runs the TLS
 //! handshake, and sends its `i16` reply **inside TLS**, followed by all frames. A reference
 //! client pipelines its ClientHello behind the header, so a server that read past the 16
-//! bytes must hand the extra bytes to the session first:
-//! `session.on_readable(&mut (&extra[..]).chain(&mut sock), &mut plaintext)`.
+//! bytes must hand the extra bytes to the session first ([`ServerTlsSession::feed`]).
 //!
 //! # Driving a connection
 //! - Blocking client: [`TlsStream::connect`] runs the handshake with a deadline over a
@@ -279,6 +278,15 @@ impl LoadedTls {
         &self.identity
     }
 }
+
+/// Two `LoadedTls` are equal when they are (clones of) the same [`TlsOptions::load`] result.
+impl PartialEq for LoadedTls {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.server, &other.server) && Arc::ptr_eq(&self.client, &other.client)
+    }
+}
+
+impl Eq for LoadedTls {}
 
 impl fmt::Debug for LoadedTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -656,14 +664,35 @@ impl ServerTlsSession {
         rd: &mut impl Read,
         plaintext: &mut Vec<u8>,
     ) -> Result<ReadOutcome> {
+        self.ingest(rd, plaintext, true)
+    }
+
+    /// Processes TLS bytes already read from the socket (e.g. a ClientHello that arrived in
+    /// the same read as the clear-text store header), appending the plaintext. Running out of
+    /// `bytes` is not an end of stream.
+    ///
+    /// # Errors
+    /// As [`Self::on_readable`].
+    pub fn feed(&mut self, bytes: &[u8], plaintext: &mut Vec<u8>) -> Result<ReadOutcome> {
+        let mut rest = bytes;
+        self.ingest(&mut rest, plaintext, false)
+    }
+
+    fn ingest(
+        &mut self,
+        rd: &mut impl Read,
+        plaintext: &mut Vec<u8>,
+        budgeted: bool,
+    ) -> Result<ReadOutcome> {
         let mut outcome = ReadOutcome::default();
         let mut read = 0_usize;
         loop {
-            if read >= READ_BUDGET {
+            if budgeted && read >= READ_BUDGET {
                 outcome.more = true;
                 break;
             }
             match self.conn.read_tls(rd) {
+                Ok(0) if !budgeted => break, // `feed`: the slice is used up
                 Ok(0) => {
                     outcome.eof = true;
                 }
@@ -821,7 +850,7 @@ fn file_error(kind: &str, path: &Path, what: impl fmt::Display) -> Error {
 
 /// A TLS stream error: a rustls error inside an `io::Error` becomes `SM_TLS_ERROR` with a
 /// readable reason, a timeout `SM_TIMEOUT`, anything else `SM_IO_ERROR`.
-fn stream_error(context: &str, err: &io::Error) -> Error {
+pub(crate) fn stream_error(context: &str, err: &io::Error) -> Error {
     if let Some(tls) = err
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())

@@ -210,12 +210,14 @@ fn clear_header_then_pipelined_tls() {
         sock.set_nonblocking(true).map_err(|e| e.to_string())?;
         let mut session = ServerTlsSession::new(&server_tls).map_err(|e| e.to_string())?;
         let mut plain = Vec::new();
-        let mut prefix = extra;
+        let fed = session.feed(extra, &mut plain).map_err(|e| e.to_string())?;
+        assert!(!fed.eof && plain.is_empty());
+        assert!(session.wants_write(), "ServerHello queued");
         let deadline = Instant::now() + IO_TIMEOUT;
         let mut replied = false;
         while Instant::now() < deadline {
             let outcome = session
-                .on_readable(&mut (&mut prefix).chain(&mut sock), &mut plain)
+                .on_readable(&mut sock, &mut plain)
                 .map_err(|e| e.to_string())?;
             if session.handshake_done() && !replied {
                 session.queue_plaintext(&0_i16.to_le_bytes());
