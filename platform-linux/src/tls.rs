@@ -882,8 +882,16 @@ fn describe_peer_error(err: &rustls::Error) -> String {
             CertificateError::UnknownRevocationStatus => {
                 "peer certificate's revocation status is unknown (no CRL of its issuer)".to_owned()
             }
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                format!("peer certificate is not valid for the address connected to ({c:?})")
+            CertificateError::NotValidForNameContext {
+                expected,
+                presented,
+            } => format!(
+                "peer certificate is not valid for the address connected to, {}; it names {}",
+                expected.to_str(),
+                presented.join(", ")
+            ),
+            CertificateError::NotValidForName => {
+                "peer certificate is not valid for the address connected to".to_owned()
             }
             other => format!("peer certificate invalid: {other:?}"),
         },

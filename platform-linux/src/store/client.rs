@@ -22,6 +22,7 @@ use smem_core::wire::{
 };
 
 use super::{AUTO_RANKING_PREFIX, WATCH_RANK_DOWN_KEY};
+use crate::tls::{LoadedTls, TlsStream};
 use crate::{Error, Result};
 
 /// Interval of the client's HEARTBEAT frames while it holds a rank.
@@ -41,6 +42,11 @@ pub struct ClientOptions {
     /// Sent as the handshake's reconnect byte (the client itself does not reconnect: after a
     /// link loss, connect again).
     pub reconnect: bool,
+    /// Mutual TLS: the 16-byte header goes in clear, then TLS 1.3 (this process' certificate
+    /// presented, the store's verified against the CA, CRLs and the URL's IP), then the
+    /// reply and every frame inside TLS. `None`: plain TCP. The runtime passes
+    /// [`crate::tls::global`].
+    pub tls: Option<Arc<LoadedTls>>,
 }
 
 impl Default for ClientOptions {
@@ -51,6 +57,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             op_timeout: Duration::from_secs(10),
             reconnect: false,
+            tls: None,
         }
     }
 }
@@ -71,7 +78,8 @@ struct Reply {
 
 struct Inner {
     addr: SocketAddr,
-    writer: Mutex<TcpStream>,
+    /// The socket, or the writing half of its TLS stream.
+    writer: Mutex<Box<dyn Write + Send>>,
     shutdown_handle: TcpStream,
     pending: Mutex<HashMap<u32, SyncSender<Reply>>>,
     watches: Mutex<Watches>,
@@ -293,7 +301,7 @@ impl Inner {
     }
 
     /// Reader thread body: read frames until the link dies, then fail everything.
-    fn read_loop(self: Arc<Self>, mut stream: TcpStream) {
+    fn read_loop(self: Arc<Self>, mut stream: Box<dyn Read + Send>) {
         let mut hdr = [0u8; FRAME_HEADER_LEN];
         let why = loop {
             if let Err(e) = stream.read_exact(&mut hdr) {
@@ -393,14 +401,24 @@ impl Inner {
     }
 }
 
-fn handshake_io(stream: &mut TcpStream, opts: &ClientOptions, addr: SocketAddr) -> Result<()> {
+fn send_header(stream: &mut TcpStream, opts: &ClientOptions, addr: SocketAddr) -> Result<()> {
     let mut hs = [0u8; HANDSHAKE_LEN];
     let _ = Handshake::new(opts.world_size, opts.rank, opts.reconnect).emit(&mut hs);
     stream
         .write_all(&hs)
-        .map_err(|e| Error::io(format!("handshake with the config store at {addr}"), &e))?;
+        .map_err(|e| Error::io(format!("handshake with the config store at {addr}"), &e))
+}
+
+fn read_reply(stream: &mut impl Read, opts: &ClientOptions, addr: SocketAddr) -> Result<()> {
     let mut r = [0u8; handshake::HANDSHAKE_REPLY_LEN];
     stream.read_exact(&mut r).map_err(|e| {
+        if opts.tls.is_some() {
+            // E.g. the store refused our certificate: its alert arrives here.
+            let e = crate::tls::stream_error(&format!("TLS link to the config store at {addr}"), &e);
+            if e.code() == ErrorCode::TlsError {
+                return e;
+            }
+        }
         Error::new(
             ErrorCode::IoError,
             format!("config store at {addr} closed the link during the handshake ({e}); it refused us or is overloaded"),
@@ -415,7 +433,7 @@ fn handshake_io(stream: &mut TcpStream, opts: &ClientOptions, addr: SocketAddr) 
         code => Err(Error::new(
             ErrorCode::StoreRejected,
             format!(
-                "config store at {addr} refused the handshake ({code}): rank {:?} is already held by a live link, too many links, or a protocol mismatch",
+                "config store at {addr} refused the handshake ({code}): rank {:?} is already held by a live link, too many links, or a protocol mismatch (TLS on one side only?)",
                 opts.rank
             ),
         )),
@@ -470,13 +488,31 @@ impl StoreClient {
         stream
             .set_write_timeout(Some(opts.op_timeout.max(Duration::from_millis(1))))
             .map_err(io)?;
-        handshake_io(&mut stream, &opts, addr)?;
-        stream.set_read_timeout(None).map_err(io)?;
-        let reader = stream.try_clone().map_err(io)?;
+        send_header(&mut stream, &opts, addr)?;
         let shutdown_handle = stream.try_clone().map_err(io)?;
+        let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match &opts.tls {
+            Some(tls) => {
+                // The reference's order: TLS right behind the clear header, the reply inside.
+                let mut tls = TlsStream::connect(stream, tls, addr.ip(), deadline)
+                    .map_err(|e| e.context(format!("config store at {addr}")))?;
+                read_reply(&mut tls, &opts, addr)?;
+                tls.tcp().set_read_timeout(None).map_err(io)?;
+                debug!(
+                    "store client: TLS link to {addr}, server {}",
+                    tls.peer_identity()
+                );
+                let (r, w) = tls.into_split()?;
+                (Box::new(r), Box::new(w))
+            }
+            None => {
+                read_reply(&mut stream, &opts, addr)?;
+                stream.set_read_timeout(None).map_err(io)?;
+                (Box::new(stream.try_clone().map_err(io)?), Box::new(stream))
+            }
+        };
         let inner = Arc::new(Inner {
             addr,
-            writer: Mutex::new(stream),
+            writer: Mutex::new(writer),
             shutdown_handle,
             pending: Mutex::new(HashMap::new()),
             watches: Mutex::new(Watches::default()),

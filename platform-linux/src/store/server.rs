@@ -25,6 +25,7 @@ use smem_core::wire::{
 
 use super::{AUTO_RANKING_PREFIX, HEARTBEAT_ENV, WATCH_RANK_DOWN_KEY};
 use crate::sys::net::{EPOLL_HUP_ERR, EPOLL_IN, EPOLL_OUT, Epoll, EventFd, Ready};
+use crate::tls::{LoadedTls, ServerTlsSession};
 use crate::{Error, Result};
 
 /// Configurable limits. Over a limit a request gets `-400` with a reason (or, for links, the
@@ -76,8 +77,14 @@ pub struct ServerConfig {
     pub heartbeat_timeout: Option<Duration>,
     /// How often heartbeats are checked (the reference: 2 s). Capped at half the timeout.
     pub heartbeat_check_interval: Duration,
-    /// A connection must complete its 16-byte handshake within this.
+    /// A connection must complete its 16-byte handshake (and, with TLS, the TLS handshake)
+    /// within this.
     pub handshake_timeout: Duration,
+    /// Mutual TLS (SPEC 2.1): the 16-byte header in clear, then TLS 1.3 with a client
+    /// certificate required; the `i16` reply and every frame inside TLS (the reference's
+    /// order, see [`crate::tls`]). `None`: plain TCP. The runtime passes
+    /// [`crate::tls::global`].
+    pub tls: Option<Arc<LoadedTls>>,
 }
 
 impl ServerConfig {
@@ -90,6 +97,7 @@ impl ServerConfig {
             heartbeat_timeout: heartbeat_timeout_from_env(),
             heartbeat_check_interval: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -203,6 +211,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const READ_BUDGET: usize = 4 << 20;
 const WRITE_LIMIT_TOTAL: u64 = 1 << 30;
 const ONE_GIB: u64 = 1 << 30;
+/// Plaintext handed to a TLS session per step of `flush` (a few TLS records).
+const TLS_WRITE_CHUNK: usize = 64 * 1024;
 
 type LinkId = u64;
 
@@ -224,6 +234,21 @@ struct Link {
     watches: HashMap<Vec<u8>, u32>,
     rank_watch: Option<u32>,
     parked: usize,
+    /// TLS state once the clear-text header arrived on a TLS server.
+    tls: Option<LinkTls>,
+}
+
+/// A link's TLS session and the store handshake waiting for the TLS handshake to finish.
+struct LinkTls {
+    session: ServerTlsSession,
+    /// The clear-text header, processed once the peer's certificate is verified.
+    pending: Option<Handshake>,
+    /// TLS bytes read from the socket together with the header, not yet fed.
+    prefix: Vec<u8>,
+    /// Whether any TLS byte arrived (to tell a plaintext client from a slow one).
+    seen_input: bool,
+    /// `close_notify` queued after the last reply of a refused or closing link.
+    closing: bool,
 }
 
 struct Parked {
@@ -525,6 +550,7 @@ impl EventLoop {
                 watches: HashMap::new(),
                 rank_watch: None,
                 parked: 0,
+                tls: None,
             },
         );
         let at = Instant::now().checked_add(self.config.handshake_timeout);
@@ -543,6 +569,8 @@ impl EventLoop {
         }
         let mut eof = None;
         let mut got = 0usize;
+        let mut tls_failed = None;
+        let is_tls = self.links.get(&id).is_some_and(|l| l.tls.is_some());
         {
             let Some(link) = self.links.get_mut(&id) else {
                 return;
@@ -556,6 +584,17 @@ impl EventLoop {
                         eof = Some(format!("read error: {e}"))
                     }
                     _ => {}
+                }
+            } else if let Some(tls) = link.tls.as_mut() {
+                match tls.session.on_readable(&mut link.stream, &mut link.rbuf) {
+                    Ok(outcome) => {
+                        tls.seen_input = true;
+                        got = outcome.appended;
+                        if outcome.eof {
+                            eof = Some("peer closed the connection".to_string());
+                        }
+                    }
+                    Err(e) => tls_failed = Some(e),
                 }
             } else {
                 let cap =
@@ -591,12 +630,87 @@ impl EventLoop {
                 }
             }
         }
-        if got > 0 {
+        if let Some(e) = tls_failed {
+            return self.refuse_tls(id, &e);
+        }
+        if is_tls {
+            self.after_tls_input(id);
+        } else if got > 0 {
             self.process_input(id);
+            // The clear header of a TLS link may have arrived with the start of the TLS bytes.
+            if self.links.get(&id).is_some_and(|l| l.tls.is_some()) {
+                self.start_tls(id);
+            }
         }
         if let Some(reason) = eof {
             self.doomed.push((id, reason));
         }
+    }
+
+    /// Feeds the TLS bytes that came with the clear header to the new session.
+    fn start_tls(&mut self, id: LinkId) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let Some(tls) = link.tls.as_mut() else {
+            return;
+        };
+        let prefix = std::mem::take(&mut tls.prefix);
+        if prefix.is_empty() {
+            return;
+        }
+        tls.seen_input = true;
+        match tls.session.feed(&prefix, &mut link.rbuf) {
+            Ok(_) => self.after_tls_input(id),
+            Err(e) => self.refuse_tls(id, &e),
+        }
+    }
+
+    /// After TLS input: once the TLS handshake is done (the client certificate verified), run
+    /// the store handshake, then the frames that arrived. TLS output (handshake messages) is
+    /// flushed at the end of the turn.
+    fn after_tls_input(&mut self, id: LinkId) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let Some(tls) = link.tls.as_mut() else {
+            return;
+        };
+        if tls.session.handshake_done() {
+            if let Some(hs) = tls.pending.take() {
+                info!(
+                    "config store: link {id} from {}: TLS peer {}",
+                    link.peer,
+                    tls.session.peer_identity().unwrap_or("?")
+                );
+                self.handshake(id, hs);
+            }
+        }
+        if self
+            .links
+            .get(&id)
+            .is_some_and(|l| l.handshaken && !l.rbuf.is_empty())
+        {
+            self.process_input(id);
+        }
+        self.dirty.push(id);
+    }
+
+    /// The peer failed TLS (no or bad certificate, not TLS at all...): log the reason, send
+    /// the alert rustls queued (best effort), close.
+    fn refuse_tls(&mut self, id: LinkId, err: &Error) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        warn!(
+            "config store: refusing TLS link {id} from {}: {}",
+            link.peer,
+            err.message()
+        );
+        if let Some(tls) = link.tls.as_mut() {
+            let _ = tls.session.flush_to(&mut link.stream);
+        }
+        self.doomed.push((id, format!("TLS: {}", err.message())));
     }
 
     /// Consume whole handshakes/frames from the link's read buffer.
@@ -628,12 +742,33 @@ impl EventLoop {
             }
             let buf = &rbuf[consumed..];
             if !link.handshaken {
-                if buf.len() < HANDSHAKE_LEN {
+                if link.tls.is_some() || buf.len() < HANDSHAKE_LEN {
+                    // TLS links: the header was taken; the TLS handshake is in progress.
                     break;
                 }
                 // 16 bytes are present, so parse cannot fail.
                 let Ok(hs) = Handshake::parse(buf) else { break };
                 consumed += HANDSHAKE_LEN;
+                if let Some(config) = &self.config.tls {
+                    let session = match ServerTlsSession::new(config) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            self.doomed.push((id, e.to_string()));
+                            break;
+                        }
+                    };
+                    // Everything after the header is TLS (the reference client pipelines its
+                    // ClientHello); `start_tls` feeds it once the buffer is back in the link.
+                    link.tls = Some(LinkTls {
+                        session,
+                        pending: Some(hs),
+                        prefix: rbuf[consumed..].to_vec(),
+                        seen_input: false,
+                        closing: false,
+                    });
+                    consumed = rbuf.len();
+                    break;
+                }
                 self.handshake(id, hs);
                 continue;
             }
@@ -1290,12 +1425,27 @@ impl EventLoop {
                     }
                 }
                 Timer::Handshake(id) => {
-                    if self.links.get(&id).is_some_and(|l| !l.handshaken) {
-                        self.doomed.push((
-                            id,
-                            "no complete handshake within the handshake timeout".into(),
-                        ));
+                    let Some(link) = self.links.get_mut(&id) else {
+                        continue;
+                    };
+                    if link.handshaken || link.close_after_flush.is_some() {
+                        continue;
                     }
+                    let why = match &link.tls {
+                        Some(tls) if !tls.seen_input => {
+                            // A plaintext client waits for a clear reply that never comes:
+                            // give it one (-1) so it fails cleanly, and say why here.
+                            let _ = link.stream.write(&status::ERROR.to_le_bytes());
+                            "no TLS ClientHello after the clear header within the handshake \
+                             timeout (plaintext client talking to a TLS store?)"
+                        }
+                        Some(_) => "TLS handshake not completed within the handshake timeout",
+                        None => "no complete handshake within the handshake timeout",
+                    };
+                    if link.tls.is_some() {
+                        warn!("config store: link {id} from {}: {why}", link.peer);
+                    }
+                    self.doomed.push((id, why.into()));
                 }
                 Timer::HeartbeatScan => {
                     let Some(limit) = self.config.heartbeat_timeout else {
@@ -1343,7 +1493,35 @@ impl EventLoop {
             return;
         };
         let mut failed = None;
-        while link.wpos < link.wbuf.len() {
+        let mut tls_backlog = false;
+        if let Some(tls) = link.tls.as_mut() {
+            // Plaintext moves into the session one chunk at a time, only once the session's
+            // own output is flushed: the backlog stays in `wbuf`, where the limits see it.
+            loop {
+                match tls.session.flush_to(&mut link.stream) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tls_backlog = true;
+                        break;
+                    }
+                    Err(e) => {
+                        failed = Some(format!("write error: {e}"));
+                        break;
+                    }
+                }
+                if link.wpos < link.wbuf.len() {
+                    let end = link.wbuf.len().min(link.wpos + TLS_WRITE_CHUNK);
+                    tls.session.queue_plaintext(&link.wbuf[link.wpos..end]);
+                    link.wpos = end;
+                } else if link.close_after_flush.is_some() && !tls.closing {
+                    tls.closing = true;
+                    tls.session.send_close_notify();
+                } else {
+                    break;
+                }
+            }
+        }
+        while link.tls.is_none() && link.wpos < link.wbuf.len() {
             match link.stream.write(&link.wbuf[link.wpos..]) {
                 Ok(0) => {
                     failed = Some("peer stopped accepting data".to_string());
@@ -1380,13 +1558,13 @@ impl EventLoop {
             self.doomed.push((id, why));
             return;
         }
-        if pending == 0 {
+        if pending == 0 && !tls_backlog {
             if let Some(why) = link.close_after_flush.take() {
                 self.doomed.push((id, why));
                 return;
             }
         }
-        let want = pending > 0;
+        let want = pending > 0 || tls_backlog;
         if want != link.want_write {
             link.want_write = want;
             let ev = EPOLL_IN | EPOLL_HUP_ERR | if want { EPOLL_OUT } else { 0 };
