@@ -44,8 +44,8 @@ pub struct ClientOptions {
     pub reconnect: bool,
     /// Mutual TLS: the 16-byte header goes in clear, then TLS 1.3 (this process' certificate
     /// presented, the store's verified against the CA, CRLs and the URL's IP), then the
-    /// reply and every frame inside TLS. `None`: plain TCP. The runtime passes
-    /// [`crate::tls::global`].
+    /// reply and every frame inside TLS. `None`: plain TCP. The default is the process-wide
+    /// setting ([`crate::tls::set_global`], i.e. `smem_set_ssl_option`).
     pub tls: Option<Arc<LoadedTls>>,
 }
 
@@ -57,7 +57,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             op_timeout: Duration::from_secs(10),
             reconnect: false,
-            tls: None,
+            tls: crate::tls::global(),
         }
     }
 }

@@ -82,14 +82,16 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Mutual TLS (SPEC 2.1): the 16-byte header in clear, then TLS 1.3 with a client
     /// certificate required; the `i16` reply and every frame inside TLS (the reference's
-    /// order, see [`crate::tls`]). `None`: plain TCP. The runtime passes
-    /// [`crate::tls::global`].
+    /// order, see [`crate::tls`]). `None`: plain TCP. [`ServerConfig::new`] takes the
+    /// process-wide setting ([`crate::tls::set_global`], i.e. `smem_set_ssl_option`), so a
+    /// store created after TLS was enabled cannot come up in clear by omission.
     pub tls: Option<Arc<LoadedTls>>,
 }
 
 impl ServerConfig {
     /// Defaults for `listen`: heartbeat timeout from `MF_CONFIG_STORE_HEARTBEAT_TIMEOUT_S`
-    /// (default 60 s, 0 = off), 10 s handshake timeout, default limits.
+    /// (default 60 s, 0 = off), 10 s handshake timeout, default limits, the process-wide TLS
+    /// setting ([`crate::tls::global`]).
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
@@ -97,7 +99,7 @@ impl ServerConfig {
             heartbeat_timeout: heartbeat_timeout_from_env(),
             heartbeat_check_interval: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
-            tls: None,
+            tls: crate::tls::global(),
         }
     }
 }
