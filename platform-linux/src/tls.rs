@@ -35,6 +35,9 @@
 //! handshake, and sends its `i16` reply **inside TLS**, followed by all frames. A reference
 //! client pipelines its ClientHello behind the header, so a server that read past the 16
 //! bytes must hand the extra bytes to the session first ([`ServerTlsSession::feed`]).
+//! Checked against the reference wheel both ways (`tests/interop/ref_tls.py`). Refusals
+//! after the TLS handshake (rank held, world size) are answered inside TLS too, then
+//! `close_notify` (the reference writes them in clear, which its own TLS client cannot read).
 //!
 //! # Driving a connection
 //! - Blocking client: [`TlsStream::connect`] runs the handshake with a deadline over a

@@ -593,6 +593,10 @@ impl EventLoop {
                         tls.seen_input = true;
                         got = outcome.appended;
                         if outcome.eof {
+                            // Answer the peer's close_notify (OpenSSL peers wait for it in
+                            // SSL_shutdown), best effort: the link closes this turn.
+                            tls.session.send_close_notify();
+                            let _ = tls.session.flush_to(&mut link.stream);
                             eof = Some("peer closed the connection".to_string());
                         }
                     }
