@@ -55,53 +55,30 @@
 //!   (bad certificate, not TLS...), call `flush_to` once to send the alert, log the error and
 //!   close the socket.
 
-use std::fmt;
-use std::fs;
-use std::io;
-use std::io::Read;
-use std::io::Write;
-use std::net::IpAddr;
-use std::net::TcpStream;
-use std::path::Path;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::MutexGuard;
-use std::sync::PoisonError;
-use std::sync::RwLock;
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Instant;
+use std::{fmt, fs, io};
 
-use pkcs8::EncryptedPrivateKeyInfo;
-use pkcs8::PrivateKeyInfo;
-use rustls::CertificateError;
-use rustls::ClientConfig;
-use rustls::ClientConnection;
-use rustls::DigitallySignedStruct;
-use rustls::RootCertStore;
-use rustls::ServerConfig;
-use rustls::ServerConnection;
-use rustls::SignatureScheme;
-use rustls::StreamOwned;
+use pkcs8::{EncryptedPrivateKeyInfo, PrivateKeyInfo};
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::client::danger::ServerCertVerified;
-use rustls::client::danger::ServerCertVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::sign::CertifiedKey;
-use rustls::sign::SingleCertAndKey;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::CertificateRevocationListDer;
-use rustls_pki_types::PrivateKeyDer;
-use rustls_pki_types::PrivatePkcs1KeyDer;
-use rustls_pki_types::PrivatePkcs8KeyDer;
-use rustls_pki_types::PrivateSec1KeyDer;
-use rustls_pki_types::ServerName;
-use rustls_pki_types::UnixTime;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{
+    CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore,
+    ServerConfig, ServerConnection, SignatureScheme, StreamOwned,
+};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs1KeyDer,
+    PrivatePkcs8KeyDer, PrivateSec1KeyDer, ServerName, UnixTime,
+};
 use smem_core::ErrorCode;
 use zeroize::Zeroizing;
 
-use crate::Error;
-use crate::Result;
+use crate::{Error, Result};
 
 mod x509;
 

@@ -2,22 +2,14 @@
 //! Every socket has a timeout and every server loop a deadline: a failure is an error, never
 //! a hang.
 
-use std::io::Read;
-use std::io::Write;
-use std::net::IpAddr;
-use std::net::Ipv4Addr;
-use std::net::SocketAddr;
-use std::net::TcpListener;
-use std::net::TcpStream;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
-use std::time::Duration;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use smem_core::ErrorCode;
 
@@ -26,10 +18,7 @@ use super::*;
 #[path = "../../tests/support/pki.rs"]
 mod pki;
 
-use pki::Ca;
-use pki::LeafSpec;
-use pki::Pki;
-use pki::TempDir;
+use pki::{Ca, LeafSpec, Pki, TempDir};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);

@@ -6,28 +6,15 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::fs;
-use std::net::IpAddr;
-use std::net::Ipv4Addr;
-use std::path::Path;
-use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use rcgen::BasicConstraints;
-use rcgen::Certificate;
-use rcgen::CertificateParams;
-use rcgen::CertificateRevocationListParams;
-use rcgen::DnType;
-use rcgen::ExtendedKeyUsagePurpose;
-use rcgen::IsCa;
-use rcgen::KeyIdMethod;
-use rcgen::KeyPair;
-use rcgen::KeyUsagePurpose;
-use rcgen::RevocationReason;
-use rcgen::RevokedCertParams;
-use rcgen::SanType;
-use rcgen::SerialNumber;
-use rcgen::date_time_ymd;
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber, date_time_ymd,
+};
 
 /// A directory under the system temp dir, removed (with its files) on drop.
 pub struct TempDir(PathBuf);
