@@ -100,3 +100,56 @@ fn serves_and_stops_on_sigterm() {
 fn serves_and_stops_on_sigint() {
     serve_then_signal("-INT");
 }
+
+#[test]
+fn heartbeat_timeout_from_env() {
+    use std::io::{Read, Write};
+    let child = Command::new(BIN)
+        .args(["--listen", "tcp://127.0.0.1:0"])
+        .env("MF_CONFIG_STORE_HEARTBEAT_TIMEOUT_S", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = StoreUrl::parse(line.trim().trim_start_matches("listening on "))
+        .unwrap()
+        .addr;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+    let mut hs = [0u8; 16];
+    smem_core::wire::Handshake::new(None, Some(0), false)
+        .emit(&mut hs)
+        .unwrap();
+    s.write_all(&hs).unwrap();
+    let mut rep = [0u8; 2];
+    s.read_exact(&mut rep).unwrap();
+    assert_eq!(rep, [0, 0]);
+    // One HEARTBEAT (mt 11, no keys/values, seqNo 0), then silence.
+    let mut body = [0u8; 42];
+    let h = smem_core::wire::MessageHeader {
+        user_def: 0,
+        request_id: 0,
+        msg_type: smem_core::wire::MessageType::Heartbeat,
+    };
+    smem_core::wire::Message::emit(&h, [], [], &mut body).unwrap();
+    let mut fh = [0u8; 16];
+    smem_core::wire::FrameHeader::new(0, 42, 0)
+        .emit(&mut fh)
+        .unwrap();
+    s.write_all(&fh).unwrap();
+    s.write_all(&body).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = matches!(s.read(&mut buf), Ok(0) | Err(_));
+    let took = start.elapsed();
+    assert!(closed, "link still open");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(3500),
+        "{took:?}"
+    );
+}

@@ -7,6 +7,14 @@ use std::time::{Duration, Instant};
 use smem_core::ErrorCode;
 use smem_linux::store::{CasResult, ClientOptions, ServerConfig, StoreClient, StoreServer};
 
+/// Timing-sensitive tests and CPU-heavy tests of this file run one at a time, so a deadline
+/// measurement is not disturbed by another test saturating the (small) machine.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn server() -> StoreServer {
     let cfg = ServerConfig {
         heartbeat_timeout: None,
@@ -114,6 +122,7 @@ fn add_append_cas_write_prefix() {
 
 #[test]
 fn wait_get_is_woken_and_times_out_on_time() {
+    let _serial = serial();
     let s = server();
     let c = client(&s);
     let c2 = c.clone();
@@ -230,6 +239,7 @@ fn handshake_refusals() {
 
 #[test]
 fn rank_down_events_and_wipe() {
+    let _serial = serial();
     let s = server();
     let observer = ranked(&s, 0);
     let rx = observer.watch_rank_down().unwrap();
@@ -261,6 +271,7 @@ fn rank_down_events_and_wipe() {
 
 #[test]
 fn server_death_fails_pending_ops_quickly() {
+    let _serial = serial();
     let s = server();
     let c = client(&s);
     let c2 = c.clone();
@@ -284,6 +295,7 @@ fn server_death_fails_pending_ops_quickly() {
 
 #[test]
 fn close_fails_pending_at_once() {
+    let _serial = serial();
     let s = server();
     let c = client(&s);
     let c2 = c.clone();
@@ -345,6 +357,7 @@ fn connect_retries_until_timeout() {
 
 #[test]
 fn sixty_four_threads_mixed_ops() {
+    let _serial = serial();
     const THREADS: u64 = 64;
     const ROUNDS: u64 = 20;
     let s = server();
@@ -398,4 +411,90 @@ fn sixty_four_threads_mixed_ops() {
         shared.get(b"cas").unwrap().unwrap(),
         (THREADS * ROUNDS).to_string().as_bytes()
     );
+}
+
+#[test]
+fn reconnects_after_store_restart_when_asked() {
+    let s = server();
+    let addr = s.local_addr();
+    let mut o = opts(Some(8), Some(3));
+    o.reconnect = true;
+    o.connect_timeout = Duration::from_secs(2);
+    let c = StoreClient::connect(addr, o).unwrap();
+    let plain = client(&s);
+    c.set(b"k", b"v").unwrap();
+    let rx = c.watch(b"k").unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(2)).unwrap(), b"v");
+    s.shutdown();
+    poll_until("link loss", Duration::from_secs(1), || {
+        !c.is_connected() && !plain.is_connected()
+    });
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(1)),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+    // Same address again (std sets SO_REUSEADDR on listeners).
+    let cfg = ServerConfig {
+        listen: addr,
+        heartbeat_timeout: None,
+        ..ServerConfig::default()
+    };
+    let s2 = StoreServer::start(cfg).unwrap();
+    assert_eq!(c.get(b"k").unwrap(), None, "new store, empty");
+    assert!(c.is_connected());
+    assert!(c.query_alive(3).unwrap(), "the rank was claimed again");
+    assert_eq!(
+        plain.set(b"k", b"v").unwrap_err().code(),
+        ErrorCode::IoError,
+        "no reconnect asked"
+    );
+    drop(s2);
+}
+
+#[test]
+fn absurd_timeouts_saturate() {
+    let cfg = ServerConfig {
+        heartbeat_timeout: Some(Duration::MAX),
+        heartbeat_check_interval: Duration::MAX,
+        handshake_timeout: Duration::MAX,
+        ..ServerConfig::default()
+    };
+    let s = StoreServer::start(cfg).unwrap();
+    let o = ClientOptions {
+        connect_timeout: Duration::MAX,
+        op_timeout: Duration::MAX,
+        ..ClientOptions::default()
+    };
+    let c = StoreClient::connect(s.local_addr(), o).unwrap();
+    c.set(b"k", b"v").unwrap();
+    assert_eq!(c.wait_get(b"k", Duration::MAX).unwrap(), b"v");
+    let c2 = c.clone();
+    let t = std::thread::spawn(move || c2.wait_get(b"later", Duration::MAX));
+    std::thread::sleep(Duration::from_millis(50));
+    c.set(b"later", b"x").unwrap();
+    assert_eq!(t.join().unwrap().unwrap(), b"x");
+}
+
+#[test]
+fn ipv6_loopback() {
+    let listen: std::net::SocketAddr = "[::1]:0".parse().unwrap();
+    if std::net::TcpListener::bind(listen).is_err() {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    }
+    let s = StoreServer::start(ServerConfig {
+        listen,
+        heartbeat_timeout: None,
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    assert!(s.local_addr().is_ipv6());
+    let url = smem_core::url::StoreUrl {
+        addr: s.local_addr(),
+    }
+    .to_string();
+    let addr = smem_core::url::StoreUrl::parse(&url).unwrap().addr;
+    let c = StoreClient::connect(addr, ClientOptions::default()).unwrap();
+    c.set(b"k", b"v6").unwrap();
+    assert_eq!(c.get(b"k").unwrap().unwrap(), b"v6");
 }

@@ -10,6 +10,14 @@ use smem_core::wire::message::{self, MessageHeader};
 use smem_core::wire::{FrameHeader, MessageType, MessageView};
 use smem_linux::store::{ClientOptions, Limits, ServerConfig, StoreClient, StoreServer};
 
+/// Timing-sensitive tests and CPU-heavy tests of this file run one at a time, so a deadline
+/// measurement is not disturbed by another test saturating the (small) machine.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 const SET: i16 = 0;
 const GET: i16 = 1;
 const WATCH: i16 = 3;
@@ -33,6 +41,9 @@ fn config() -> ServerConfig {
 fn start(cfg: ServerConfig) -> StoreServer {
     StoreServer::start(cfg).expect("start store")
 }
+
+/// A request (mt, keys, values) and the text of its expected `-400` reply.
+type Case<'a> = (i16, &'a [&'a [u8]], &'a [&'a [u8]], &'a str);
 
 struct Raw {
     s: TcpStream,
@@ -233,15 +244,64 @@ fn status_codes_and_texts() {
         &[b"other"],
         &[],
         -400,
-        "invalid request: key should be WATCH_RANK_DOWN_KEY",
+        "invalid request: key should be",
     );
     r.expect_text(CONTROL, &[b"3"], &[b"blob"], -400, "unsupported control op");
+    r.expect_text(CONTROL, &[b"x"], &[], -400, "invalid control op");
+    r.expect_text(CONTROL, &[], &[], -400, "invalid control op");
     r.expect_text(14, &[b"k"], &[], -400, "invalid request message type");
     r.expect_text(15, &[b"k"], &[], -400, "invalid request");
-    let (st, _) = r.call(SET, 0, &[b"k"], &[]);
-    assert_eq!(st, -400, "wrong counts");
-    let (st, _) = r.call(CAS, 0, &[b"k"], &[b"one"]);
-    assert_eq!(st, -400, "wrong counts");
+    // Wrong key/value counts, with the reference's texts.
+    let one_no_values = "invalid request: key should be one and no values.";
+    let key_and_value = "invalid request: key & value should be one.";
+    let cases: &[Case<'_>] = &[
+        (
+            SET,
+            &[b"k"],
+            &[],
+            "invalid request: key value should be one",
+        ),
+        (
+            SET,
+            &[b"k", b"l"],
+            &[b"v", b"w"],
+            "invalid request: key value should be one",
+        ),
+        (GET, &[b"k"], &[b"x"], one_no_values),
+        (GET, &[], &[], one_no_values),
+        (2, &[b"k"], &[b"x"], one_no_values),
+        (REMOVE, &[b"k"], &[b"x"], one_no_values),
+        (QUERY_ALIVE, &[b"0", b"1"], &[], one_no_values),
+        (
+            ADD,
+            &[b"n"],
+            &[],
+            "invalid request: key value should be one.",
+        ),
+        (6, &[b"a"], &[], key_and_value),
+        (WRITE, &[b"w"], &[], key_and_value),
+        (
+            CAS,
+            &[b"k"],
+            &[b"one"],
+            "invalid request: count(key)=1 & count(value)=2",
+        ),
+        (
+            CAS,
+            &[b"k"],
+            &[b"1", b"2", b"3"],
+            "invalid request: count(key)=1 & count(value)=2",
+        ),
+        (
+            WATCH,
+            &[],
+            &[],
+            "invalid request: key should be one and has values.",
+        ),
+    ];
+    for (mt, k, v, t) in cases {
+        r.expect_text(*mt, k, v, -400, t);
+    }
     // HEARTBEAT and WATCH_RANK_STATE are not answered; the next request is.
     r.send(1, HEARTBEAT, 0, &[], &[]);
     r.send(2, WATCH_RANK_STATE, 0, &[b"WATCH_RANK_DOWN_KEY"], &[]);
@@ -304,6 +364,7 @@ fn pipelining_and_deferred_replies_reuse_seq() {
 
 #[test]
 fn parked_get_fires_on_time() {
+    let _serial = serial();
     let s = start(config());
     let mut r = Raw::hello(s.local_addr(), None, Some(0));
     for ms in [20i64, 150, 400] {
@@ -412,6 +473,7 @@ fn reference_crash_inputs_and_malformed_frames() {
 
 #[test]
 fn random_bytes_do_not_hurt() {
+    let _serial = serial();
     let s = start(config());
     let addr = s.local_addr();
     let mut keeper = Raw::hello(addr, None, Some(0));
@@ -497,6 +559,7 @@ fn limits_are_enforced_and_others_keep_working() {
         max_key_len: 16,
         max_total_bytes: 4096,
         max_write_queue: 64 * 1024,
+        max_waiters_per_link: 2,
         ..Limits::default()
     };
     let s = start(cfg);
@@ -521,6 +584,11 @@ fn limits_are_enforced_and_others_keep_working() {
     assert!(String::from_utf8_lossy(&b).contains("store full"));
     r.expect_text(REMOVE, &[b"a\x00"], &[], 0, "success");
     r.expect_text(SET, &[b"full"], &[&[0u8; 1000]], 0, "success");
+    // Parked GETs + watches per link.
+    r.send(70, GET, -1, &[b"p1"], &[]);
+    r.send(71, WATCH, 0, &[b"p2"], &[]);
+    let (st, _) = r.call(GET, -1, &[b"p3"], &[]);
+    assert_eq!(st, -400, "third waiter on the link");
     // Links: 4 open at most.
     let _l2 = Raw::hello(addr, None, None);
     let _l3 = Raw::hello(addr, None, None);
@@ -533,6 +601,7 @@ fn limits_are_enforced_and_others_keep_working() {
 
 #[test]
 fn client_that_never_reads_is_closed() {
+    let _serial = serial();
     let mut cfg = config();
     cfg.limits.max_write_queue = 256 * 1024;
     let s = start(cfg);
@@ -575,6 +644,7 @@ fn client_that_never_reads_is_closed() {
 
 #[test]
 fn heartbeat_expiry_closes_link_and_reports_rank_down() {
+    let _serial = serial();
     let mut cfg = config();
     cfg.heartbeat_timeout = Some(Duration::from_millis(300));
     cfg.heartbeat_check_interval = Duration::from_millis(50);
@@ -605,4 +675,59 @@ fn heartbeat_expiry_closes_link_and_reports_rank_down() {
     quiet.expect_text(GET, &[b"zz"], &[], -404, "<not exist>");
     let (st, b) = observer.call(QUERY_ALIVE, 0, &[b"1"], &[]);
     assert_eq!((st, values(&b)), (0, vec![]));
+}
+
+#[test]
+fn large_bodies_share_an_input_budget() {
+    let _serial = serial();
+    let mut cfg = config();
+    cfg.limits.max_input_bytes = 1 << 20;
+    let s = start(cfg);
+    let addr = s.local_addr();
+    let mut a = Raw::hello(addr, None, Some(0));
+    let mut b = Raw::hello(addr, None, None);
+    let mut c = Raw::hello(addr, None, None);
+    let frame = |seq: u32, key: &[u8], len: usize| {
+        let bd = body(SET, 0, &[key], &[&vec![1u8; len]]);
+        let mut h = [0u8; 16];
+        FrameHeader::new(0, bd.len() as u32, seq)
+            .emit(&mut h)
+            .unwrap();
+        [h.to_vec(), bd].concat()
+    };
+    // A reserves 600 KiB and sends only part of it; B's 600 KiB does not fit and waits.
+    let fa = frame(1, b"a", 600 << 10);
+    let fb = frame(2, b"b", 600 << 10);
+    a.s.write_all(&fa[..100 << 10]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    b.s.write_all(&fb).unwrap();
+    assert!(
+        b.nothing_within(Duration::from_millis(100)),
+        "B must wait for budget"
+    );
+    // Small requests are never held back.
+    c.expect_text(SET, &[b"small"], &[b"x"], 0, "success");
+    // A completes: its reservation is released and B proceeds.
+    a.s.write_all(&fa[100 << 10..]).unwrap();
+    assert_eq!(a.recv().unwrap().0, 0);
+    let (st, seq, _) = b.recv().unwrap();
+    assert_eq!((st, seq), (0, 2));
+    // A body larger than the whole budget is refused and its link closed.
+    let mut h = [0u8; 16];
+    FrameHeader::new(0, 2 << 20, 3).emit(&mut h).unwrap();
+    c.s.write_all(&h).unwrap();
+    assert_eq!(c.recv().unwrap().0, -400);
+    assert!(c.closed_within(Duration::from_secs(2)));
+    // A link that disconnects while waiting releases nothing it did not hold, and others go on.
+    a.s.write_all(&fa[..200 << 10]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut d = Raw::hello(addr, None, None);
+    d.s.write_all(&frame(4, b"d", 600 << 10)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    drop(d);
+    a.s.write_all(&fa[200 << 10..]).unwrap();
+    assert_eq!(a.recv().unwrap().0, 0);
+    a.s.write_all(&frame(5, b"e", 900 << 10)).unwrap();
+    assert_eq!(a.recv().unwrap().1, 5);
+    assert_alive(addr);
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! smem-store --listen tcp://127.0.0.1:5124 [--heartbeat-timeout S] [--handshake-timeout S]
 //!            [--max-links N] [--max-body-bytes N] [--max-value-bytes N] [--max-total-bytes N]
-//!            [--max-keys N] [--log-level debug|info|warn|error]
+//!            [--max-keys N] [--max-input-bytes N] [--log-level debug|info|warn|error]
 //!            [--tls-ca FILE --tls-cert FILE --tls-key FILE [--tls-crl FILE]
 //!             [--tls-key-password-file FILE]]
 //! ```
@@ -40,6 +40,8 @@ OPTIONS:
     --max-value-bytes N       largest stored value (default 67108864)
     --max-total-bytes N       bytes of keys+values stored in total (default 4294967296)
     --max-keys N              keys or values per message (default 1024)
+    --max-input-bytes N       bytes of large request bodies buffered at once, over all links
+                              (default 1073741824)
     --log-level LEVEL         debug, info, warn or error (default info; env SMEM_LOG_LEVEL)
     -h, --help                this text
 
@@ -138,6 +140,7 @@ fn parse_args(
             }
             "--max-value-bytes" => cfg.limits.max_value_len = num(&a, args.next())?,
             "--max-total-bytes" => cfg.limits.max_total_bytes = num(&a, args.next())?,
+            "--max-input-bytes" => cfg.limits.max_input_bytes = num(&a, args.next())?,
             "--max-keys" => {
                 let n: usize = num(&a, args.next())?;
                 cfg.limits.max_keys = n.min(1024);

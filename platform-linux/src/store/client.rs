@@ -39,8 +39,9 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Bound on each operation.
     pub op_timeout: Duration,
-    /// Sent as the handshake's reconnect byte (the client itself does not reconnect: after a
-    /// link loss, connect again).
+    /// After a link loss, the next operation connects again (handshake reconnect flag set,
+    /// same world size, the rank held before) instead of failing. Pending operations at the
+    /// time of the loss still fail, and watch receivers disconnect.
     pub reconnect: bool,
     /// Mutual TLS: the 16-byte header goes in clear, then TLS 1.3 (this process' certificate
     /// presented, the store's verified against the CA, CRLs and the URL's IP), then the
@@ -76,20 +77,15 @@ struct Reply {
     body: Vec<u8>,
 }
 
-struct Inner {
-    addr: SocketAddr,
+/// One TCP connection to the store and what is registered on it.
+struct Link {
     /// The socket, or the writing half of its TLS stream.
     writer: Mutex<Box<dyn Write + Send>>,
+    /// A second handle, so taking the link down never waits for a writer blocked in the kernel.
     shutdown_handle: TcpStream,
     pending: Mutex<HashMap<u32, SyncSender<Reply>>>,
     watches: Mutex<Watches>,
-    next_seq: AtomicU32,
-    connected: AtomicBool,
-    /// Rank held by the link (u64::MAX = none).
-    rank: AtomicU64,
-    op_timeout: Duration,
-    closed: Mutex<bool>,
-    closed_cv: Condvar,
+    up: AtomicBool,
 }
 
 #[derive(Default)]
@@ -97,6 +93,19 @@ struct Watches {
     by_seq: HashMap<u32, (Vec<u8>, Sender<Vec<u8>>)>,
     by_key: HashMap<Vec<u8>, u32>,
     rank_down: Option<(u32, Sender<u32>)>,
+}
+
+struct Inner {
+    addr: SocketAddr,
+    opts: ClientOptions,
+    /// The current link; the lock is held only to read or replace the `Arc`.
+    link: Mutex<Arc<Link>>,
+    next_seq: AtomicU32,
+    /// Rank held (u64::MAX = none): heartbeats are sent while one is held, and a reconnect
+    /// claims it again.
+    rank: AtomicU64,
+    closed: Mutex<bool>,
+    closed_cv: Condvar,
 }
 
 struct Handle {
@@ -109,8 +118,13 @@ impl Drop for Handle {
     }
 }
 
-/// A config store client. Cheap to clone; `Send + Sync`; every clone shares one link. The link
+/// A config store client. Cheap to clone; `Send + Sync`; every clone shares one link,
+/// requests from many threads are pipelined on it and replies matched by seqNo. The link
 /// closes when the last clone is dropped or on [`StoreClient::close`].
+///
+/// With [`ClientOptions::reconnect`], an operation that finds the link down connects again
+/// (handshake with the reconnect flag and the rank held before); operations pending when the
+/// link went down still fail, and watch receivers disconnect (watch again).
 #[derive(Clone)]
 pub struct StoreClient {
     handle: Arc<Handle>,
@@ -167,21 +181,66 @@ fn packed_values(op: &str, key: &[u8], body: &[u8]) -> Result<Vec<Vec<u8>>> {
     Ok(m.values.iter().map(<[u8]>::to_vec).collect())
 }
 
-impl Inner {
-    fn close(&self) {
-        let was = self.connected.swap(false, Ordering::SeqCst);
-        // A separate handle, so closing never waits for a writer blocked in the kernel.
-        let _ = self.shutdown_handle.shutdown(Shutdown::Both);
-        self.fail_all();
-        *lock(&self.closed) = true;
-        self.closed_cv.notify_all();
-        if was {
-            debug!("store client for {}: closed", self.addr);
-        }
-    }
+fn encode(
+    seq: u32,
+    mt: MessageType,
+    user_def: i64,
+    keys: &[&[u8]],
+    values: &[&[u8]],
+) -> Result<Vec<u8>> {
+    let len = message::encoded_len(keys.iter().copied(), values.iter().copied());
+    let body_len = u32::try_from(len)
+        .ok()
+        .filter(|l| *l <= smem_core::wire::MAX_BODY_LEN)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "store request of {len} bytes exceeds the 64 MiB frame limit; use smaller values"
+            ))
+        })?;
+    let mut buf = vec![0u8; FRAME_HEADER_LEN + len];
+    let header = MessageHeader {
+        user_def,
+        request_id: 0,
+        msg_type: mt,
+    };
+    FrameHeader::new(0, body_len, seq)
+        .emit(&mut buf)
+        .and_then(|_| {
+            message::emit(
+                &header,
+                keys.iter().copied(),
+                values.iter().copied(),
+                &mut buf[FRAME_HEADER_LEN..],
+            )
+        })
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::ProtocolError,
+                format!("encoding store request: {e}"),
+            )
+        })?;
+    Ok(buf)
+}
 
-    /// Fail every pending op (dropping its sender) and disconnect every watcher.
-    fn fail_all(&self) {
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(drop)
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::IoError,
+                format!("cannot spawn the {name} thread: {e}"),
+            )
+        })
+}
+
+impl Link {
+    /// Take the link down: fail every pending op (dropping its sender) and disconnect every
+    /// watcher.
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        let _ = self.shutdown_handle.shutdown(Shutdown::Both);
         lock(&self.pending).clear();
         let mut w = lock(&self.watches);
         w.by_seq.clear();
@@ -189,119 +248,31 @@ impl Inner {
         w.rank_down = None;
     }
 
-    fn next_seq(&self) -> u32 {
-        loop {
-            let s = self.next_seq.fetch_add(1, Ordering::Relaxed);
-            if s != 0 {
-                return s;
-            }
-        }
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
     }
 
-    fn send(
-        &self,
-        seq: u32,
-        mt: MessageType,
-        user_def: i64,
-        keys: &[&[u8]],
-        values: &[&[u8]],
-    ) -> Result<()> {
-        if !self.connected.load(Ordering::SeqCst) {
+    fn write(&self, addr: SocketAddr, frame: &[u8]) -> Result<()> {
+        if !self.is_up() {
             return Err(Error::new(
                 ErrorCode::IoError,
-                format!(
-                    "link to the config store at {} is closed; reconnect",
-                    self.addr
-                ),
+                format!("link to the config store at {addr} is down"),
             ));
         }
-        let len = message::encoded_len(keys.iter().copied(), values.iter().copied());
-        let body_len = u32::try_from(len)
-            .ok()
-            .filter(|l| *l <= smem_core::wire::MAX_BODY_LEN)
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "store request of {len} bytes exceeds the 64 MiB frame limit"
-                ))
-            })?;
-        let mut buf = vec![0u8; FRAME_HEADER_LEN + len];
-        let hdr = FrameHeader::new(0, body_len, seq);
-        let header = MessageHeader {
-            user_def,
-            request_id: 0,
-            msg_type: mt,
-        };
-        hdr.emit(&mut buf)
-            .and_then(|_| {
-                message::emit(
-                    &header,
-                    keys.iter().copied(),
-                    values.iter().copied(),
-                    &mut buf[FRAME_HEADER_LEN..],
-                )
-            })
-            .map_err(|e| {
-                Error::new(
-                    ErrorCode::ProtocolError,
-                    format!("encoding store request: {e}"),
-                )
-            })?;
         let mut w = lock(&self.writer);
-        if let Err(e) = w.write_all(&buf) {
+        if let Err(e) = w.write_all(frame) {
             drop(w);
-            self.close();
+            self.down();
             return Err(Error::io(
-                format!("sending to the config store at {}", self.addr),
+                format!("sending to the config store at {addr}"),
                 &e,
             ));
         }
         Ok(())
     }
 
-    fn call(
-        &self,
-        op: &str,
-        mt: MessageType,
-        user_def: i64,
-        keys: &[&[u8]],
-        values: &[&[u8]],
-        wait: Duration,
-    ) -> Result<Reply> {
-        let seq = self.next_seq();
-        let (tx, rx) = mpsc::sync_channel(1);
-        lock(&self.pending).insert(seq, tx);
-        if let Err(e) = self.send(seq, mt, user_def, keys, values) {
-            lock(&self.pending).remove(&seq);
-            return Err(e);
-        }
-        let key = keys.first().copied().unwrap_or_default();
-        match rx.recv_timeout(wait) {
-            Ok(r) => Ok(r),
-            Err(RecvTimeoutError::Timeout) => {
-                lock(&self.pending).remove(&seq);
-                Err(Error::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "store {op} of key {} got no reply within {} ms; is the store at {} alive?",
-                        show(key),
-                        wait.as_millis(),
-                        self.addr
-                    ),
-                ))
-            }
-            Err(RecvTimeoutError::Disconnected) => Err(Error::new(
-                ErrorCode::IoError,
-                format!(
-                    "store {op} of key {}: link to the config store at {} went down",
-                    show(key),
-                    self.addr
-                ),
-            )),
-        }
-    }
-
-    /// Reader thread body: read frames until the link dies, then fail everything.
-    fn read_loop(self: Arc<Self>, mut stream: Box<dyn Read + Send>) {
+    /// Reader thread body: read frames until the link dies, then take it down.
+    fn read_loop(self: Arc<Self>, mut stream: Box<dyn Read + Send>, addr: SocketAddr) {
         let mut hdr = [0u8; FRAME_HEADER_LEN];
         let why = loop {
             if let Err(e) = stream.read_exact(&mut hdr) {
@@ -325,10 +296,10 @@ impl Inner {
             }
             self.dispatch(h.seq_no, h.result, body);
         };
-        if self.connected.load(Ordering::SeqCst) {
-            debug!("store client for {}: link down ({why})", self.addr);
+        if self.is_up() {
+            debug!("store client for {addr}: link down ({why})");
         }
-        self.close();
+        self.down();
     }
 
     fn dispatch(&self, seq: u32, st: i16, body: Vec<u8>) {
@@ -343,10 +314,8 @@ impl Inner {
         let mut w = lock(&self.watches);
         if let Some((key, tx)) = w.by_seq.get(&seq) {
             let ok = st == status::OK
-                && match MessageView::parse(&body) {
-                    Ok(m) => m.values.get(0).is_some_and(|v| tx.send(v.to_vec()).is_ok()),
-                    Err(_) => false,
-                };
+                && MessageView::parse(&body)
+                    .is_ok_and(|m| m.values.get(0).is_some_and(|v| tx.send(v.to_vec()).is_ok()));
             if !ok {
                 if st != status::OK {
                     warn!(
@@ -380,36 +349,119 @@ impl Inner {
         }
         debug!("store client: reply for unknown seqNo {seq} (late after a timeout?)");
     }
-
-    fn heartbeat_loop(self: Arc<Self>) {
-        let mut closed = lock(&self.closed);
-        loop {
-            let (g, _) = self
-                .closed_cv
-                .wait_timeout(closed, HEARTBEAT_INTERVAL)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            closed = g;
-            if *closed || !self.connected.load(Ordering::SeqCst) {
-                return;
-            }
-            if self.rank.load(Ordering::SeqCst) != u64::MAX {
-                drop(closed);
-                let _ = self.send(0, MessageType::Heartbeat, 0, &[], &[]);
-                closed = lock(&self.closed);
-            }
-        }
-    }
 }
 
-fn send_header(stream: &mut TcpStream, opts: &ClientOptions, addr: SocketAddr) -> Result<()> {
+/// Connect (retrying refused connections until `connect_timeout`), handshake, start the reader.
+fn open_link(
+    addr: SocketAddr,
+    opts: &ClientOptions,
+    rank: Option<u32>,
+    reconnect: bool,
+) -> Result<Arc<Link>> {
+    // Saturating: an absurd timeout means "a very long time", never a panic.
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(opts.connect_timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+    let mut stream = loop {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(s) => break s,
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::Interrupted
+                    ) =>
+            {
+                std::thread::sleep(
+                    Duration::from_millis(20)
+                        .min(deadline.saturating_duration_since(Instant::now())),
+                );
+            }
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "cannot connect to the config store at {addr} within {} ms: {e}; is it running?",
+                        opts.connect_timeout.as_millis()
+                    ),
+                ));
+            }
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
+    let io = |e: io::Error| Error::io("configuring the store socket", &e);
+    stream.set_read_timeout(Some(left)).map_err(io)?;
+    stream
+        .set_write_timeout(Some(opts.op_timeout.max(Duration::from_millis(1))))
+        .map_err(io)?;
+    send_header(&mut stream, opts.world_size, rank, reconnect, addr)?;
+    let shutdown_handle = stream.try_clone().map_err(io)?;
+    let check = |r: &mut dyn Read| read_reply(r, opts, rank, addr);
+    let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match &opts.tls {
+        Some(tls) => {
+            // The reference's order: TLS right behind the clear header, the reply inside.
+            let mut tls = TlsStream::connect(stream, tls, addr.ip(), deadline)
+                .map_err(|e| e.context(format!("config store at {addr}")))?;
+            check(&mut tls)?;
+            tls.tcp().set_read_timeout(None).map_err(io)?;
+            debug!(
+                "store client: TLS link to {addr}, server {}",
+                tls.peer_identity()
+            );
+            let (r, w) = tls.into_split()?;
+            (Box::new(r), Box::new(w))
+        }
+        None => {
+            check(&mut stream)?;
+            stream.set_read_timeout(None).map_err(io)?;
+            (Box::new(stream.try_clone().map_err(io)?), Box::new(stream))
+        }
+    };
+    let link = Arc::new(Link {
+        writer: Mutex::new(writer),
+        shutdown_handle,
+        pending: Mutex::new(HashMap::new()),
+        watches: Mutex::new(Watches::default()),
+        up: AtomicBool::new(true),
+    });
+    let l = Arc::clone(&link);
+    if let Err(e) = spawn("smem-store-rx", move || l.read_loop(reader, addr)) {
+        link.down();
+        return Err(e);
+    }
+    Ok(link)
+}
+
+fn send_header(
+    stream: &mut TcpStream,
+    world: Option<u32>,
+    rank: Option<u32>,
+    reconnect: bool,
+    addr: SocketAddr,
+) -> Result<()> {
     let mut hs = [0u8; HANDSHAKE_LEN];
-    let _ = Handshake::new(opts.world_size, opts.rank, opts.reconnect).emit(&mut hs);
+    let _ = Handshake::new(world, rank, reconnect).emit(&mut hs);
     stream
         .write_all(&hs)
         .map_err(|e| Error::io(format!("handshake with the config store at {addr}"), &e))
 }
 
-fn read_reply(stream: &mut impl Read, opts: &ClientOptions, addr: SocketAddr) -> Result<()> {
+fn read_reply(
+    stream: &mut dyn Read,
+    opts: &ClientOptions,
+    rank: Option<u32>,
+    addr: SocketAddr,
+) -> Result<()> {
+    let world = opts.world_size;
     let mut r = [0u8; handshake::HANDSHAKE_REPLY_LEN];
     stream.read_exact(&mut r).map_err(|e| {
         if opts.tls.is_some() {
@@ -427,16 +479,155 @@ fn read_reply(stream: &mut impl Read, opts: &ClientOptions, addr: SocketAddr) ->
     match handshake::parse_reply(&r).unwrap_or(status::ERROR) {
         status::OK => Ok(()),
         status::WORLD_SIZE_MISMATCH => Err(Error::invalid(format!(
-            "config store at {addr} refused world size {:?}: another rank registered a different world size",
-            opts.world_size
+            "config store at {addr} refused world size {world:?}: another rank registered a different world size"
         ))),
         code => Err(Error::new(
             ErrorCode::StoreRejected,
             format!(
-                "config store at {addr} refused the handshake ({code}): rank {:?} is already held by a live link, too many links, or a protocol mismatch (TLS on one side only?)",
-                opts.rank
+                "config store at {addr} refused the handshake ({code}): rank {rank:?} is already held by a live link, too many links are open, or the protocol differs (TLS on one side only?)"
             ),
         )),
+    }
+}
+
+impl Inner {
+    fn is_closed(&self) -> bool {
+        *lock(&self.closed)
+    }
+
+    fn close(&self) {
+        *lock(&self.closed) = true;
+        self.closed_cv.notify_all();
+        let link = Arc::clone(&lock(&self.link));
+        if link.is_up() {
+            debug!("store client for {}: closed", self.addr);
+        }
+        link.down();
+    }
+
+    fn next_seq(&self) -> u32 {
+        loop {
+            let s = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            if s != 0 {
+                return s;
+            }
+        }
+    }
+
+    fn held_rank(&self) -> Option<u32> {
+        u32::try_from(self.rank.load(Ordering::SeqCst)).ok()
+    }
+
+    /// The current link; when it is down and `reconnect` is set, a new one (connected without
+    /// holding any lock; if two threads race, one link wins and the other is dropped).
+    fn link(&self) -> Result<Arc<Link>> {
+        let cur = Arc::clone(&lock(&self.link));
+        if cur.is_up() {
+            return Ok(cur);
+        }
+        if self.is_closed() {
+            return Err(Error::new(
+                ErrorCode::IoError,
+                format!("store client for {} was closed", self.addr),
+            ));
+        }
+        if !self.opts.reconnect {
+            return Err(Error::new(
+                ErrorCode::IoError,
+                format!(
+                    "link to the config store at {} is down; connect again (or set ClientOptions::reconnect)",
+                    self.addr
+                ),
+            ));
+        }
+        let new = open_link(self.addr, &self.opts, self.held_rank(), true)?;
+        let mut g = lock(&self.link);
+        if g.is_up() || self.is_closed() {
+            new.down();
+            return if g.is_up() {
+                Ok(Arc::clone(&g))
+            } else {
+                Err(Error::new(
+                    ErrorCode::IoError,
+                    format!("store client for {} was closed", self.addr),
+                ))
+            };
+        }
+        debug!("store client for {}: reconnected", self.addr);
+        *g = Arc::clone(&new);
+        Ok(new)
+    }
+
+    fn call(
+        &self,
+        op: &str,
+        mt: MessageType,
+        user_def: i64,
+        keys: &[&[u8]],
+        values: &[&[u8]],
+        wait: Duration,
+    ) -> Result<Reply> {
+        let seq = self.next_seq();
+        let frame = encode(seq, mt, user_def, keys, values)?;
+        let link = self.link()?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        lock(&link.pending).insert(seq, tx);
+        // If the link went down between `link()` and the insert, `down` may have cleared the
+        // map before our entry landed: check again so the op cannot wait for nothing.
+        if !link.is_up() {
+            lock(&link.pending).remove(&seq);
+        }
+        if let Err(e) = link.write(self.addr, &frame) {
+            lock(&link.pending).remove(&seq);
+            return Err(e);
+        }
+        let key = keys.first().copied().unwrap_or_default();
+        match rx.recv_timeout(wait) {
+            Ok(r) => Ok(r),
+            Err(RecvTimeoutError::Timeout) => {
+                lock(&link.pending).remove(&seq);
+                Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "store {op} of key {} got no reply within {} ms; is the store at {} alive?",
+                        show(key),
+                        wait.as_millis(),
+                        self.addr
+                    ),
+                ))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(Error::new(
+                ErrorCode::IoError,
+                format!(
+                    "store {op} of key {}: link to the config store at {} went down",
+                    show(key),
+                    self.addr
+                ),
+            )),
+        }
+    }
+
+    fn heartbeat_loop(self: Arc<Self>) {
+        let mut closed = lock(&self.closed);
+        loop {
+            let (g, _) = self
+                .closed_cv
+                .wait_timeout(closed, HEARTBEAT_INTERVAL)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            closed = g;
+            if *closed {
+                return;
+            }
+            if self.held_rank().is_some() {
+                drop(closed);
+                // Only on a live link: heartbeats never trigger a reconnect.
+                let link = Arc::clone(&lock(&self.link));
+                if let Ok(frame) = encode(0, MessageType::Heartbeat, 0, &[], &[]) {
+                    let _ = link.write(self.addr, &frame);
+                }
+                closed = lock(&self.closed);
+            }
+        }
     }
 }
 
@@ -447,97 +638,21 @@ impl StoreClient {
     /// `SM_TIMEOUT` when no connection could be made in time; `SM_INVALID_PARAM` for a world
     /// size mismatch; `SM_STORE_REJECTED` for other refusals; `SM_IO_ERROR` otherwise.
     pub fn connect(addr: SocketAddr, opts: ClientOptions) -> Result<Self> {
-        let deadline = Instant::now() + opts.connect_timeout;
-        let mut stream = loop {
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1));
-            match TcpStream::connect_timeout(&addr, left) {
-                Ok(s) => break s,
-                Err(e)
-                    if Instant::now() < deadline
-                        && matches!(
-                            e.kind(),
-                            io::ErrorKind::ConnectionRefused
-                                | io::ErrorKind::ConnectionReset
-                                | io::ErrorKind::Interrupted
-                        ) =>
-                {
-                    std::thread::sleep(
-                        Duration::from_millis(20)
-                            .min(deadline.saturating_duration_since(Instant::now())),
-                    );
-                }
-                Err(e) => {
-                    return Err(Error::new(
-                        ErrorCode::Timeout,
-                        format!(
-                            "cannot connect to the config store at {addr} within {} ms: {e}",
-                            opts.connect_timeout.as_millis()
-                        ),
-                    ));
-                }
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(100));
-        let io = |e: io::Error| Error::io("configuring the store socket", &e);
-        stream.set_read_timeout(Some(left)).map_err(io)?;
-        stream
-            .set_write_timeout(Some(opts.op_timeout.max(Duration::from_millis(1))))
-            .map_err(io)?;
-        send_header(&mut stream, &opts, addr)?;
-        let shutdown_handle = stream.try_clone().map_err(io)?;
-        let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match &opts.tls {
-            Some(tls) => {
-                // The reference's order: TLS right behind the clear header, the reply inside.
-                let mut tls = TlsStream::connect(stream, tls, addr.ip(), deadline)
-                    .map_err(|e| e.context(format!("config store at {addr}")))?;
-                read_reply(&mut tls, &opts, addr)?;
-                tls.tcp().set_read_timeout(None).map_err(io)?;
-                debug!(
-                    "store client: TLS link to {addr}, server {}",
-                    tls.peer_identity()
-                );
-                let (r, w) = tls.into_split()?;
-                (Box::new(r), Box::new(w))
-            }
-            None => {
-                read_reply(&mut stream, &opts, addr)?;
-                stream.set_read_timeout(None).map_err(io)?;
-                (Box::new(stream.try_clone().map_err(io)?), Box::new(stream))
-            }
-        };
+        let link = open_link(addr, &opts, opts.rank, opts.reconnect)?;
         let inner = Arc::new(Inner {
             addr,
-            writer: Mutex::new(writer),
-            shutdown_handle,
-            pending: Mutex::new(HashMap::new()),
-            watches: Mutex::new(Watches::default()),
-            next_seq: AtomicU32::new(1),
-            connected: AtomicBool::new(true),
             rank: AtomicU64::new(opts.rank.map_or(u64::MAX, u64::from)),
-            op_timeout: opts.op_timeout,
+            opts,
+            link: Mutex::new(link),
+            next_seq: AtomicU32::new(1),
             closed: Mutex::new(false),
             closed_cv: Condvar::new(),
         });
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(f)
-                .map_err(|e| {
-                    Error::new(
-                        ErrorCode::IoError,
-                        format!("cannot spawn {name} thread: {e}"),
-                    )
-                })
-        };
-        let r = Arc::clone(&inner);
-        spawn("smem-store-rx", Box::new(move || r.read_loop(reader)))?;
         let h = Arc::clone(&inner);
-        spawn("smem-store-hb", Box::new(move || h.heartbeat_loop()))?;
+        if let Err(e) = spawn("smem-store-hb", move || h.heartbeat_loop()) {
+            inner.close();
+            return Err(e);
+        }
         Ok(Self {
             handle: Arc::new(Handle { inner }),
         })
@@ -556,7 +671,7 @@ impl StoreClient {
         values: &[&[u8]],
     ) -> Result<Reply> {
         self.inner()
-            .call(op, mt, user_def, keys, values, self.inner().op_timeout)
+            .call(op, mt, user_def, keys, values, self.inner().opts.op_timeout)
     }
 
     /// Store `value` under `key`.
@@ -599,7 +714,7 @@ impl StoreClient {
         let ms = i64::try_from(timeout.as_millis())
             .unwrap_or(i64::MAX)
             .max(1);
-        let wait = timeout.saturating_add(self.inner().op_timeout);
+        let wait = timeout.saturating_add(self.inner().opts.op_timeout);
         let r = self
             .inner()
             .call("wait GET", MessageType::Get, ms, &[key], &[], wait)?;
@@ -781,8 +896,9 @@ impl StoreClient {
     pub fn watch(&self, key: &[u8]) -> Result<Receiver<Vec<u8>>> {
         let (tx, rx) = mpsc::channel();
         let inner = self.inner();
+        let link = inner.link()?;
         let seq = {
-            let mut w = lock(&inner.watches);
+            let mut w = lock(&link.watches);
             if let Some(&old) = w.by_key.get(key) {
                 // The server keeps the first seqNo of a repeated watch.
                 w.by_seq.insert(old, (key.to_vec(), tx));
@@ -794,11 +910,17 @@ impl StoreClient {
                 seq
             }
         };
-        if let Err(e) = inner.send(seq, MessageType::Watch, 0, &[key], &[]) {
-            let mut w = lock(&inner.watches);
+        let sent = encode(seq, MessageType::Watch, 0, &[key], &[])
+            .and_then(|f| link.write(inner.addr, &f));
+        if let Err(e) = sent {
+            let mut w = lock(&link.watches);
             w.by_seq.remove(&seq);
             w.by_key.remove(key);
             return Err(e);
+        }
+        if !link.is_up() {
+            // Went down while registering: make sure the receiver disconnects.
+            link.down();
         }
         Ok(rx)
     }
@@ -809,24 +931,28 @@ impl StoreClient {
     /// Link errors.
     pub fn unwatch(&self, key: &[u8]) -> Result<()> {
         let inner = self.inner();
+        let link = Arc::clone(&lock(&inner.link));
         {
-            let mut w = lock(&inner.watches);
+            let mut w = lock(&link.watches);
             if let Some(seq) = w.by_key.remove(key) {
                 w.by_seq.remove(&seq);
             }
         }
-        inner.send(inner.next_seq(), MessageType::Unwatch, 0, &[key], &[])
+        let frame = encode(inner.next_seq(), MessageType::Unwatch, 0, &[key], &[])?;
+        link.write(inner.addr, &frame)
     }
 
-    /// Be told the rank of every ranked link that goes down.
+    /// Be told the rank of every ranked link that goes down. The receiver disconnects when
+    /// the link dies.
     ///
     /// # Errors
     /// Link errors.
     pub fn watch_rank_down(&self) -> Result<Receiver<u32>> {
         let (tx, rx) = mpsc::channel();
         let inner = self.inner();
+        let link = inner.link()?;
         let seq = {
-            let mut w = lock(&inner.watches);
+            let mut w = lock(&link.watches);
             let seq = w
                 .rank_down
                 .as_ref()
@@ -834,19 +960,23 @@ impl StoreClient {
             w.rank_down = Some((seq, tx));
             seq
         };
-        inner.send(
+        let frame = encode(
             seq,
             MessageType::WatchRankState,
             0,
             &[WATCH_RANK_DOWN_KEY],
             &[],
         )?;
+        link.write(inner.addr, &frame)?;
+        if !link.is_up() {
+            link.down();
+        }
         Ok(rx)
     }
 
     /// Whether the link is up.
     pub fn is_connected(&self) -> bool {
-        self.inner().connected.load(Ordering::SeqCst)
+        !self.inner().is_closed() && lock(&self.inner().link).is_up()
     }
 
     /// Close the link; pending operations fail at once with `SM_IO_ERROR`.
@@ -856,7 +986,7 @@ impl StoreClient {
 
     /// The per-operation timeout.
     pub fn op_timeout(&self) -> Duration {
-        self.inner().op_timeout
+        self.inner().opts.op_timeout
     }
 
     /// The store's address.

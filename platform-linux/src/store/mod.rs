@@ -11,7 +11,20 @@
 //!   while no rank is held wipes nothing.
 //! - A frame whose `bodyLen` exceeds the configured maximum is answered `-400` and the link is
 //!   closed (the bytes after it cannot be trusted to be a header).
-//! - CONTROL is answered `-400 "unsupported control op"`; no QUERY_LINK_STATE push on reconnect.
+//! - CONTROL is answered `-400 "unsupported control op"` (`"invalid control op"` when `key[0]` is
+//!   not a decimal op); no QUERY_LINK_STATE push on reconnect.
+//! - Where the reference stays silent (unparseable ADD increment, WRITE offset too large,
+//!   `bodyLen` 0, a body under 42 bytes, UNWATCH with wrong counts) the server answers `-400`
+//!   with a reason. Texts of the answers the reference does give are the reference's
+//!   (probed against memfabric-hybrid 1.3.0).
+//! - A parked GET whose deadline cannot be represented (`now + userDef` overflows) waits
+//!   without limit; timers fire within a few ms of their deadline.
+//! - When the store is wiped, parked GETs and watchers get `-602 "store wiped: ..."`.
+//! - Limits ([`server::Limits`]) are configurable; large request bodies (> 64 KiB) reserve
+//!   bytes from a shared input budget and wait for it instead of growing memory without bound.
+//!
+//! `tests/store_compat.rs` runs the client against any store given in
+//! `SMEM_COMPAT_STORE_URL`, e.g. the reference server.
 
 pub mod client;
 pub mod server;

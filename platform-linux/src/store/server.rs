@@ -1,6 +1,6 @@
 //! The config store server (SPEC 5): one event-loop thread owning every link and all state.
 //!
-//! Invariants: only the loop thread touches [`State`]; every request either gets a reply, is
+//! Invariants: only the loop thread touches the `State`; every request either gets a reply, is
 //! one of the ops the protocol leaves unanswered (WATCH on an absent key, WATCH_RANK_STATE,
 //! HEARTBEAT, UNWATCH), or its link is closed with a logged reason. Every wire length is
 //! checked against the bytes present and the configured [`Limits`] before anything is
@@ -48,6 +48,10 @@ pub struct Limits {
     pub max_write_queue: usize,
     /// Parked GETs plus watches per link.
     pub max_waiters_per_link: usize,
+    /// Bytes reserved, over all links, for request bodies larger than 64 KiB that are still
+    /// arriving. A link whose next body does not fit waits (it is not read) until others
+    /// complete; small requests are never held back. A body larger than this is refused.
+    pub max_input_bytes: u64,
 }
 
 impl Default for Limits {
@@ -61,6 +65,7 @@ impl Default for Limits {
             max_total_bytes: 4 << 30,
             max_write_queue: 256 << 20,
             max_waiters_per_link: 65_536,
+            max_input_bytes: 1 << 30,
         }
     }
 }
@@ -209,12 +214,17 @@ const FIRST_LINK: u64 = 2;
 /// Links accepted past `max_links` only to answer their handshake with `-1`.
 const OVER_LIMIT_GRACE: usize = 64;
 const READ_CHUNK: usize = 64 * 1024;
+/// Bodies up to this size are read without a reservation from `max_input_bytes`.
+const SMALL_BODY: usize = 64 * 1024;
 /// Bytes read from one link per wake-up before others get a turn.
 const READ_BUDGET: usize = 4 << 20;
 const WRITE_LIMIT_TOTAL: u64 = 1 << 30;
 const ONE_GIB: u64 = 1 << 30;
 /// Plaintext handed to a TLS session per step of `flush` (a few TLS records).
 const TLS_WRITE_CHUNK: usize = 64 * 1024;
+/// Reference texts for wrong key/value counts.
+const ONE_KEY_NO_VALUES: &str = "invalid request: key should be one and no values.";
+const KEY_AND_VALUE_ONE: &str = "invalid request: key & value should be one.";
 
 type LinkId = u64;
 
@@ -236,6 +246,10 @@ struct Link {
     watches: HashMap<Vec<u8>, u32>,
     rank_watch: Option<u32>,
     parked: usize,
+    /// Bytes of `max_input_bytes` reserved for the large body at the head of `rbuf`.
+    reserved: usize,
+    /// Not read (no EPOLLIN) until a reservation fits.
+    paused: bool,
     /// TLS state once the clear-text header arrived on a TLS server.
     tls: Option<LinkTls>,
 }
@@ -251,6 +265,35 @@ struct LinkTls {
     seen_input: bool,
     /// `close_notify` queued after the last reply of a refused or closing link.
     closing: bool,
+}
+
+impl Link {
+    fn interest(&self) -> u32 {
+        let mut ev = EPOLL_HUP_ERR;
+        if !self.paused {
+            ev |= EPOLL_IN;
+        }
+        if self.want_write {
+            ev |= EPOLL_OUT;
+        }
+        ev
+    }
+
+    /// Body length of an incomplete large frame at the head of the read buffer, else 0.
+    fn head_need(&self) -> usize {
+        if !self.handshaken {
+            return 0;
+        }
+        match FrameHeader::parse(&self.rbuf) {
+            Ok(h)
+                if h.body_len as usize > SMALL_BODY
+                    && self.rbuf.len() < FRAME_HEADER_LEN + h.body_len as usize =>
+            {
+                h.body_len as usize
+            }
+            _ => 0,
+        }
+    }
 }
 
 struct Parked {
@@ -291,6 +334,10 @@ struct EventLoop {
     dirty: Vec<LinkId>,
     /// Links to close at the end of this turn, with the reason.
     doomed: Vec<(LinkId, String)>,
+    /// Sum of `Link::reserved`.
+    input_reserved: usize,
+    /// Links waiting for a reservation, first come first served.
+    paused: std::collections::VecDeque<LinkId>,
 }
 
 /// What one request produced: nothing, or a reply.
@@ -417,7 +464,9 @@ impl EventLoop {
     fn new(config: ServerConfig, listener: TcpListener, epoll: Epoll, waker: Arc<EventFd>) -> Self {
         let mut timers = BinaryHeap::new();
         if let Some(iv) = Self::heartbeat_interval(&config) {
-            timers.push(Reverse((Instant::now() + iv, Timer::HeartbeatScan)));
+            if let Some(at) = Instant::now().checked_add(iv) {
+                timers.push(Reverse((at, Timer::HeartbeatScan)));
+            }
         }
         Self {
             config,
@@ -440,6 +489,8 @@ impl EventLoop {
             },
             dirty: Vec::new(),
             doomed: Vec::new(),
+            input_reserved: 0,
+            paused: std::collections::VecDeque::new(),
         }
     }
 
@@ -552,6 +603,8 @@ impl EventLoop {
                 watches: HashMap::new(),
                 rank_watch: None,
                 parked: 0,
+                reserved: 0,
+                paused: false,
                 tls: None,
             },
         );
@@ -571,12 +624,21 @@ impl EventLoop {
         }
         let mut eof = None;
         let mut got = 0usize;
+        let mut full = false;
         let mut tls_failed = None;
         let is_tls = self.links.get(&id).is_some_and(|l| l.tls.is_some());
         {
             let Some(link) = self.links.get_mut(&id) else {
                 return;
             };
+            if link.paused {
+                // Only hang-up/error bits arrive while paused.
+                self.doomed.push((
+                    id,
+                    "peer closed the connection (while waiting for input budget)".into(),
+                ));
+                return;
+            }
             if link.close_after_flush.is_some() {
                 // Refused link: discard input until the reply is out.
                 let mut sink = [0u8; 4096];
@@ -587,27 +649,38 @@ impl EventLoop {
                     }
                     _ => {}
                 }
-            } else if let Some(tls) = link.tls.as_mut() {
-                match tls.session.on_readable(&mut link.stream, &mut link.rbuf) {
-                    Ok(outcome) => {
-                        tls.seen_input = true;
-                        got = outcome.appended;
-                        if outcome.eof {
-                            // Answer the peer's close_notify (OpenSSL peers wait for it in
-                            // SSL_shutdown), best effort: the link closes this turn.
-                            tls.session.send_close_notify();
-                            let _ = tls.session.flush_to(&mut link.stream);
-                            eof = Some("peer closed the connection".to_string());
+            } else {
+                // The head frame (within its reservation, or small) plus one chunk.
+                let cap =
+                    FRAME_HEADER_LEN + HANDSHAKE_LEN + link.reserved.max(SMALL_BODY) + READ_CHUNK;
+                if let Some(tls) = link.tls.as_mut() {
+                    // One call decrypts at most `tls::READ_BUDGET` more than `cap`.
+                    if link.rbuf.len() >= cap {
+                        full = true;
+                    } else {
+                        match tls.session.on_readable(&mut link.stream, &mut link.rbuf) {
+                            Ok(outcome) => {
+                                tls.seen_input = true;
+                                got = outcome.appended;
+                                if outcome.eof {
+                                    // Answer the peer's close_notify (OpenSSL peers wait for it
+                                    // in SSL_shutdown), best effort: the link closes this turn.
+                                    tls.session.send_close_notify();
+                                    let _ = tls.session.flush_to(&mut link.stream);
+                                    eof = Some("peer closed the connection".to_string());
+                                }
+                            }
+                            Err(e) => tls_failed = Some(e),
                         }
                     }
-                    Err(e) => tls_failed = Some(e),
                 }
-            } else {
-                let cap =
-                    self.config.limits.max_body_len as usize + FRAME_HEADER_LEN + HANDSHAKE_LEN;
-                while got < READ_BUDGET {
+                while !is_tls && got < READ_BUDGET {
                     let len = link.rbuf.len();
-                    let room = READ_CHUNK.min(cap.saturating_sub(len).max(1));
+                    let room = READ_CHUNK.min(cap.saturating_sub(len));
+                    if room == 0 {
+                        full = true;
+                        break;
+                    }
                     link.rbuf.resize(len + room, 0);
                     match link.stream.read(&mut link.rbuf[len..]) {
                         Ok(0) => {
@@ -640,8 +713,8 @@ impl EventLoop {
             return self.refuse_tls(id, &e);
         }
         if is_tls {
-            self.after_tls_input(id);
-        } else if got > 0 {
+            self.after_tls_input(id, full);
+        } else if got > 0 || full {
             self.process_input(id);
             // The clear header of a TLS link may have arrived with the start of the TLS bytes.
             if self.links.get(&id).is_some_and(|l| l.tls.is_some()) {
@@ -667,7 +740,7 @@ impl EventLoop {
         }
         tls.seen_input = true;
         match tls.session.feed(&prefix, &mut link.rbuf) {
-            Ok(_) => self.after_tls_input(id),
+            Ok(_) => self.after_tls_input(id, false),
             Err(e) => self.refuse_tls(id, &e),
         }
     }
@@ -675,7 +748,7 @@ impl EventLoop {
     /// After TLS input: once the TLS handshake is done (the client certificate verified), run
     /// the store handshake, then the frames that arrived. TLS output (handshake messages) is
     /// flushed at the end of the turn.
-    fn after_tls_input(&mut self, id: LinkId) {
+    fn after_tls_input(&mut self, id: LinkId, full: bool) {
         let Some(link) = self.links.get_mut(&id) else {
             return;
         };
@@ -695,7 +768,7 @@ impl EventLoop {
         if self
             .links
             .get(&id)
-            .is_some_and(|l| l.handshaken && !l.rbuf.is_empty())
+            .is_some_and(|l| l.handshaken && (full || !l.rbuf.is_empty()))
         {
             self.process_input(id);
         }
@@ -781,10 +854,12 @@ impl EventLoop {
             let Ok(hdr) = FrameHeader::parse(buf) else {
                 break;
             };
-            if hdr.body_len > self.config.limits.max_body_len {
+            let limit = u64::from(self.config.limits.max_body_len)
+                .min(self.config.limits.max_input_bytes.max(SMALL_BODY as u64));
+            if u64::from(hdr.body_len) > limit {
                 let msg = format!(
-                    "invalid request: frame body of {} bytes exceeds the limit of {}",
-                    hdr.body_len, self.config.limits.max_body_len
+                    "invalid request: frame body of {} bytes exceeds the limit of {limit}",
+                    hdr.body_len
                 );
                 self.queue_text(id, hdr.seq_no, status::INVALID_REQUEST, msg.as_bytes());
                 self.close_later(id, format!("bodyLen {} over the limit", hdr.body_len));
@@ -811,6 +886,66 @@ impl EventLoop {
                 rbuf.shrink_to(1 << 16);
             }
             link.rbuf = rbuf;
+        }
+        self.update_reservation(id);
+    }
+
+    /// Match the link's reservation to the large body (if any) now at the head of its read
+    /// buffer: reserve it, or pause the link until it fits.
+    fn update_reservation(&mut self, id: LinkId) {
+        let max = usize::try_from(self.config.limits.max_input_bytes).unwrap_or(usize::MAX);
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        if link.paused || link.close_after_flush.is_some() {
+            return;
+        }
+        let need = link.head_need();
+        if need == link.reserved {
+            return;
+        }
+        let released = link.reserved > 0;
+        self.input_reserved -= link.reserved;
+        link.reserved = 0;
+        if need > 0 {
+            if self.paused.is_empty() && self.input_reserved + need <= max {
+                link.reserved = need;
+                self.input_reserved += need;
+            } else {
+                debug!("config store: link {id} waits for {need} bytes of input budget");
+                link.paused = true;
+                self.paused.push_back(id);
+                let ev = link.interest();
+                if let Err(e) = self.epoll.modify(link.stream.as_raw_fd(), id, ev) {
+                    self.doomed.push((id, format!("epoll modify: {e}")));
+                }
+            }
+        }
+        if released {
+            self.resume_paused();
+        }
+    }
+
+    /// Give reservations to waiting links, in order, while they fit.
+    fn resume_paused(&mut self) {
+        let max = usize::try_from(self.config.limits.max_input_bytes).unwrap_or(usize::MAX);
+        while let Some(&id) = self.paused.front() {
+            let Some(link) = self.links.get_mut(&id) else {
+                self.paused.pop_front();
+                continue;
+            };
+            let need = link.head_need();
+            if need > 0 && self.input_reserved + need > max {
+                break;
+            }
+            self.paused.pop_front();
+            link.paused = false;
+            link.reserved = need;
+            self.input_reserved += need;
+            let ev = link.interest();
+            if let Err(e) = self.epoll.modify(link.stream.as_raw_fd(), id, ev) {
+                self.doomed.push((id, format!("epoll modify: {e}")));
+            }
         }
     }
 
@@ -997,7 +1132,7 @@ impl EventLoop {
         match m.header.msg_type {
             M::Set => {
                 if nk != 1 || nv != 1 {
-                    return Outcome::Text(BAD, "invalid request: SET needs 1 key and 1 value");
+                    return Outcome::Text(BAD, "invalid request: key value should be one");
                 }
                 let old_len = self.st.data.get(key).map(|v| v.len() + key.len());
                 let changed = self.st.data.get(key).is_none_or(|v| v != val);
@@ -1012,8 +1147,8 @@ impl EventLoop {
                 Outcome::Text(status::OK, "success")
             }
             M::Get => {
-                if nk != 1 {
-                    return Outcome::Text(BAD, "invalid request: GET needs 1 key");
+                if nk != 1 || nv != 0 {
+                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
                 }
                 if key.starts_with(AUTO_RANKING_PREFIX) {
                     return self.auto_rank(id);
@@ -1033,8 +1168,8 @@ impl EventLoop {
                 self.park(id, seq, key, ms)
             }
             M::Prefix => {
-                if nk != 1 {
-                    return Outcome::Text(BAD, "invalid request: PREFIX needs 1 key");
+                if nk != 1 || nv != 0 {
+                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
                 }
                 let (mut ks, mut vs) = (Vec::new(), Vec::new());
                 for (k, v) in &self.st.data {
@@ -1047,7 +1182,10 @@ impl EventLoop {
             }
             M::Watch => {
                 if nk != 1 {
-                    return Outcome::Text(BAD, "invalid request: WATCH needs 1 key");
+                    return Outcome::Text(
+                        BAD,
+                        "invalid request: key should be one and has values.",
+                    );
                 }
                 let Some(link) = self.links.get_mut(&id) else {
                     return Outcome::None;
@@ -1080,8 +1218,8 @@ impl EventLoop {
             }
             M::Add => self.add(key, val, nk, nv),
             M::Remove => {
-                if nk != 1 {
-                    return Outcome::Text(BAD, "invalid request: REMOVE needs 1 key");
+                if nk != 1 || nv != 0 {
+                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
                 }
                 match self.st.data.remove(key) {
                     Some(v) => {
@@ -1096,7 +1234,7 @@ impl EventLoop {
             }
             M::Append => {
                 if nk != 1 || nv != 1 {
-                    return Outcome::Text(BAD, "invalid request: APPEND needs 1 key and 1 value");
+                    return Outcome::Text(BAD, KEY_AND_VALUE_ONE);
                 }
                 let cur = self.st.data.get(key).map_or(0, Vec::len);
                 let new_len = cur.saturating_add(val.len());
@@ -1130,10 +1268,7 @@ impl EventLoop {
             }
             M::Cas => {
                 if nk != 1 || nv != 2 {
-                    return Outcome::Text(
-                        BAD,
-                        "invalid request: CAS needs 1 key and 2 values (expected, new)",
-                    );
+                    return Outcome::Text(BAD, "invalid request: count(key)=1 & count(value)=2");
                 }
                 let new = m.values.get(1).unwrap_or_default();
                 match self.st.data.get(key) {
@@ -1153,7 +1288,7 @@ impl EventLoop {
             }
             M::Write => {
                 if nk != 1 || nv != 1 {
-                    return Outcome::Text(BAD, "invalid request: WRITE needs 1 key and 1 value");
+                    return Outcome::Text(BAD, KEY_AND_VALUE_ONE);
                 }
                 let Some((off, data)) = val.split_first_chunk::<4>() else {
                     return Outcome::Text(BAD, "value size too small.");
@@ -1197,6 +1332,9 @@ impl EventLoop {
                 let rank = std::str::from_utf8(key)
                     .ok()
                     .and_then(|s| s.parse::<u32>().ok());
+                if nk != 1 || nv != 0 {
+                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
+                }
                 match (nk, rank) {
                     (1, Some(r)) => {
                         let alive = self.st.ranks.contains_key(&r);
@@ -1207,10 +1345,7 @@ impl EventLoop {
             }
             M::WatchRankState => {
                 if nk != 1 || key != WATCH_RANK_DOWN_KEY {
-                    return Outcome::Text(
-                        BAD,
-                        "invalid request: key should be WATCH_RANK_DOWN_KEY",
-                    );
+                    return Outcome::Text(BAD, "invalid request: key should be");
                 }
                 if let Some(link) = self.links.get_mut(&id) {
                     link.rank_watch.get_or_insert(seq);
@@ -1225,7 +1360,7 @@ impl EventLoop {
             }
             M::Unwatch => {
                 if nk != 1 {
-                    return Outcome::Text(BAD, "invalid request: UNWATCH needs 1 key");
+                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
                 }
                 if let Some(link) = self.links.get_mut(&id) {
                     if key == WATCH_RANK_DOWN_KEY {
@@ -1242,7 +1377,17 @@ impl EventLoop {
                 }
                 Outcome::None
             }
-            M::Control => Outcome::Text(BAD, "unsupported control op"),
+            M::Control => {
+                // key[0] = ControlOp (decimal, 0..=12); group membership is not implemented.
+                let op = std::str::from_utf8(key)
+                    .ok()
+                    .and_then(|s| s.parse::<u8>().ok());
+                if nk == 0 || op.is_none() {
+                    Outcome::Text(BAD, "invalid control op")
+                } else {
+                    Outcome::Text(BAD, "unsupported control op")
+                }
+            }
             _ => Outcome::Text(BAD, "invalid request message type"),
         }
     }
@@ -1261,7 +1406,7 @@ impl EventLoop {
     fn add(&mut self, key: &[u8], val: &[u8], nk: usize, nv: usize) -> Outcome {
         const BAD: i16 = status::INVALID_REQUEST;
         if nk != 1 || nv != 1 {
-            return Outcome::Text(BAD, "invalid request: ADD needs 1 key and 1 value");
+            return Outcome::Text(BAD, "invalid request: key value should be one.");
         }
         let inc = match parse_increment(val) {
             Increment::Ok(v) => v,
@@ -1466,7 +1611,9 @@ impl EventLoop {
                         }
                     }
                     if let Some(iv) = Self::heartbeat_interval(&self.config) {
-                        self.timers.push(Reverse((now + iv, Timer::HeartbeatScan)));
+                        if let Some(at) = now.checked_add(iv) {
+                            self.timers.push(Reverse((at, Timer::HeartbeatScan)));
+                        }
                     }
                 }
             }
@@ -1573,7 +1720,7 @@ impl EventLoop {
         let want = pending > 0 || tls_backlog;
         if want != link.want_write {
             link.want_write = want;
-            let ev = EPOLL_IN | EPOLL_HUP_ERR | if want { EPOLL_OUT } else { 0 };
+            let ev = link.interest();
             if let Err(e) = self.epoll.modify(link.stream.as_raw_fd(), id, ev) {
                 self.doomed.push((id, format!("epoll modify: {e}")));
             }
@@ -1585,6 +1732,10 @@ impl EventLoop {
             return;
         };
         let _ = self.epoll.delete(link.stream.as_raw_fd());
+        if link.reserved > 0 {
+            self.input_reserved -= link.reserved;
+            self.resume_paused();
+        }
         if link.handshaken {
             info!(
                 "config store: closing link {id} ({}, rank {:?}): {why}",
