@@ -95,6 +95,8 @@ pub struct TlsOptions {
     /// PEM private key of `cert_file`'s end-entity certificate.
     pub key_file: PathBuf,
     /// Password of an encrypted PKCS#8 key; wiped from memory when dropped, never printed.
+    /// (The key file's bytes are wiped too once parsed; the parsed key itself lives in ring's
+    /// structures, which do not wipe themselves.)
     pub key_password: Option<Zeroizing<String>>,
 }
 
@@ -300,7 +302,13 @@ pub fn set_global(options: Option<TlsOptions>) -> Result<()> {
         Some(options) => Some(Arc::new(options.load()?)),
         None => None,
     };
-    *GLOBAL.write().unwrap_or_else(PoisonError::into_inner) = loaded;
+    // The lock is held for a pointer swap only (the old value is dropped after): a fork in
+    // another thread can hardly catch it held, and readers never wait for file I/O.
+    let old = std::mem::replace(
+        &mut *GLOBAL.write().unwrap_or_else(PoisonError::into_inner),
+        loaded,
+    );
+    drop(old);
     Ok(())
 }
 
