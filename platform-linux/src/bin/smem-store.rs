@@ -37,32 +37,6 @@ OPTIONS:
     -h, --help                this text
 ";
 
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::max_level()
-    }
-
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            let _ = writeln!(
-                std::io::stderr(),
-                "[{}.{:03}] {:5} {}",
-                t.as_secs(),
-                t.subsec_millis(),
-                r.level(),
-                r.args()
-            );
-        }
-    }
-
-    fn flush(&self) {}
-}
-
 fn parse_level(s: &str) -> Option<log::LevelFilter> {
     match s.to_ascii_lowercase().as_str() {
         "debug" | "0" => Some(log::LevelFilter::Debug),
@@ -148,9 +122,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    static LOGGER: StderrLogger = StderrLogger;
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
+    smem_linux::logging::init();
+    let number = match level {
+        log::LevelFilter::Off | log::LevelFilter::Error => 3,
+        log::LevelFilter::Warn => 2,
+        log::LevelFilter::Info => 1,
+        log::LevelFilter::Debug | log::LevelFilter::Trace => 0,
+    };
+    if let Err(e) = smem_linux::logging::set_level(number) {
+        eprintln!("smem-store: {e}");
     }
     if let Err(e) = install_shutdown_signals() {
         eprintln!("smem-store: cannot install signal handlers: {e}");
