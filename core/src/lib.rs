@@ -13,6 +13,7 @@
 extern crate std;
 
 pub mod bm;
+pub mod collective;
 pub mod error;
 pub mod gva;
 pub mod limits;

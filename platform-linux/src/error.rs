@@ -19,7 +19,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// A new error with `code` and a message (say what was wrong and what to do).
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// `SM_INVALID_PARAM` with a message.
@@ -50,7 +53,10 @@ impl Error {
     /// The same error with `context: ` put before the message.
     #[must_use]
     pub fn context(self, context: impl fmt::Display) -> Self {
-        Self { code: self.code, message: format!("{context}: {}", self.message) }
+        Self {
+            code: self.code,
+            message: format!("{context}: {}", self.message),
+        }
     }
 }
 

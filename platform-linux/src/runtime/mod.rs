@@ -58,13 +58,18 @@ impl Default for BmConfig {
 pub struct BmHandle(pub u64);
 
 fn not_yet(what: &str) -> Error {
-    Error::new(ErrorCode::NotSupported, format!("{what} is not implemented yet in this build"))
+    Error::new(
+        ErrorCode::NotSupported,
+        format!("{what} is not implemented yet in this build"),
+    )
 }
 
 /// `smem_init`: process-wide initialisation (idempotent).
 pub fn init(flags: u32) -> Result<()> {
     if flags != 0 {
-        return Err(Error::invalid(format!("smem_init flags must be 0, got {flags:#x}")));
+        return Err(Error::invalid(format!(
+            "smem_init flags must be 0, got {flags:#x}"
+        )));
     }
     Ok(())
 }
@@ -97,7 +102,14 @@ pub fn bm_create(
     local_hbm_size: u64,
     flags: u32,
 ) -> Result<BmHandle> {
-    let _ = (id, member_size, data_op_type, local_dram_size, local_hbm_size, flags);
+    let _ = (
+        id,
+        member_size,
+        data_op_type,
+        local_dram_size,
+        local_hbm_size,
+        flags,
+    );
     Err(not_yet("smem_bm_create"))
 }
 
@@ -165,6 +177,8 @@ pub unsafe fn bm_copy_2d(
     copy_type: u32,
     flags: u32,
 ) -> Result<()> {
-    let _ = (handle, src, spitch, dest, dpitch, width, height, copy_type, flags);
+    let _ = (
+        handle, src, spitch, dest, dpitch, width, height, copy_type, flags,
+    );
     Err(not_yet("smem_bm_copy_2d"))
 }
