@@ -167,12 +167,14 @@ def main():
             continue
         n += 1
         conn = n
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         log(conn, "-", "accept", b"", {})
         if a.upstream:
             uh, up = a.upstream.rsplit(":", 1)
             try:
                 u = socket.create_connection((uh, int(up)), timeout=5)
                 u.settimeout(None)
+                u.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError as e:
                 log(conn, "-", "upstream_fail", b"", {"err": str(e)})
                 c.close()

@@ -1,1 +1,40 @@
-//! The config store: server and client over TCP (SPEC 5). TODO(skeleton).
+//! The config store: server and client over TCP (SPEC 5).
+//!
+//! - [`server`]: one event-loop thread (epoll over non-blocking sockets) that owns all state,
+//!   so no locks; per-link read buffer and bounded write queue; a timer heap for parked GETs,
+//!   handshake deadlines and heartbeat expiry.
+//! - [`client`]: a `Clone + Send + Sync` handle pipelining requests on one link, replies matched
+//!   by seqNo on a reader thread; every operation bounded by a deadline.
+//!
+//! Decisions where the SPEC leaves room (also see the module docs of each):
+//! - The store is wiped (SPEC 5.6) when the *last ranked* link closes; a rank-less link closing
+//!   while no rank is held wipes nothing.
+//! - A frame whose `bodyLen` exceeds the configured maximum is answered `-400` and the link is
+//!   closed (the bytes after it cannot be trusted to be a header).
+//! - CONTROL is answered `-400 "unsupported control op"` (`"invalid control op"` when `key[0]` is
+//!   not a decimal op); no QUERY_LINK_STATE push on reconnect.
+//! - Where the reference stays silent (unparseable ADD increment, WRITE offset too large,
+//!   `bodyLen` 0, a body under 42 bytes, UNWATCH with wrong counts) the server answers `-400`
+//!   with a reason. Texts of the answers the reference does give are the reference's
+//!   (probed against memfabric-hybrid 1.3.0).
+//! - A parked GET whose deadline cannot be represented (`now + userDef` overflows) waits
+//!   without limit; timers fire within a few ms of their deadline.
+//! - When the store is wiped, parked GETs and watchers get `-602 "store wiped: ..."`.
+//! - Limits ([`server::Limits`]) are configurable; large request bodies (> 64 KiB) reserve
+//!   bytes from a shared input budget and wait for it instead of growing memory without bound.
+//!
+//! `tests/store_compat.rs` runs the client against any store given in
+//! `SMEM_COMPAT_STORE_URL`, e.g. the reference server.
+
+pub mod client;
+pub mod server;
+
+pub use client::{CasResult, ClientOptions, StoreClient};
+pub use server::{Limits, ServerConfig, StoreServer};
+
+/// The key of WATCH_RANK_STATE / UNWATCH for rank-down events.
+pub const WATCH_RANK_DOWN_KEY: &[u8] = b"WATCH_RANK_DOWN_KEY";
+/// Prefix of GET keys that ask for an automatically assigned rank.
+pub const AUTO_RANKING_PREFIX: &[u8] = b"AutoRanking#";
+/// Env var with the heartbeat timeout in seconds (0 = off).
+pub const HEARTBEAT_ENV: &str = "MF_CONFIG_STORE_HEARTBEAT_TIMEOUT_S";

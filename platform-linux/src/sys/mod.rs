@@ -13,6 +13,7 @@ pub mod copy;
 pub mod fd;
 pub mod fork;
 pub mod mman;
+pub mod net;
 
 use std::io;
 

@@ -1,0 +1,419 @@
+//! `smem_shm.h`: SHM objects.
+//!
+//! Arguments are checked here exactly as documented in the header; then, until the SHM runtime
+//! lands in [`smem_linux::runtime`], every call that needs it fails with `SM_NOT_SUPPORTED`
+//! ("SHM is not implemented yet"). `smem_shm_config_init` is complete.
+
+use std::ffi::{c_char, c_void};
+use std::ptr;
+use std::time::Duration;
+
+use smem_core::ErrorCode;
+use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
+use smem_linux::{Error, Result};
+use static_assertions::{assert_eq_align, assert_eq_size, const_assert_eq};
+
+use crate::ffi::{self, ffi_status, ffi_value, ffi_with};
+
+/// `smem_shm_t`: an opaque SHM object handle.
+pub type smem_shm_t = *mut c_void;
+
+/// `SMEMS_DATA_OP_MTE`: loads / stores (same host).
+pub const SMEMS_DATA_OP_MTE: u32 = 1 << 0;
+/// `SMEMS_DATA_OP_SDMA`: device copy engine (same host).
+pub const SMEMS_DATA_OP_SDMA: u32 = 1 << 1;
+/// `SMEMS_DATA_OP_ROCE`: network engine.
+pub const SMEMS_DATA_OP_ROCE: u32 = 1 << 2;
+const DATA_OP_ALL: u32 = SMEMS_DATA_OP_MTE | SMEMS_DATA_OP_SDMA | SMEMS_DATA_OP_ROCE;
+
+/// `SMEM_SHM_EXTRA_CONTEXT_MAX`: largest extra context in bytes.
+pub const SMEM_SHM_EXTRA_CONTEXT_MAX: u32 = 65_536;
+/// `SMEM_SHM_ALLGATHER_MAX`: largest allgather `sendSize` in bytes.
+pub const SMEM_SHM_ALLGATHER_MAX: u32 = 65_536;
+
+/// Default of every SHM timeout, in seconds.
+const DEFAULT_TIMEOUT_S: u32 = 120;
+
+/// `smem_shm_config_t` (SPEC 2.3), the C layout exactly; C `bool` mirrored as `u8`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_snake_case)]
+pub struct smem_shm_config_t {
+    /// Seconds; bounds `smem_shm_init`; default 120.
+    pub shmInitTimeout: u32,
+    /// Seconds; bounds `smem_shm_create`; default 120.
+    pub shmCreateTimeout: u32,
+    /// Seconds; bounds barrier / allgather / can_reach; default 120.
+    pub controlOperationTimeout: u32,
+    /// Rank 0 hosts the store; default true.
+    pub startConfigStore: u8,
+    /// Default 0.
+    pub flags: u32,
+}
+
+assert_eq_size!(smem_shm_config_t, [u8; 20]);
+assert_eq_align!(smem_shm_config_t, u32);
+const_assert_eq!(
+    std::mem::offset_of!(smem_shm_config_t, startConfigStore),
+    12
+);
+const_assert_eq!(std::mem::offset_of!(smem_shm_config_t, flags), 16);
+
+impl Default for smem_shm_config_t {
+    fn default() -> Self {
+        Self {
+            shmInitTimeout: DEFAULT_TIMEOUT_S,
+            shmCreateTimeout: DEFAULT_TIMEOUT_S,
+            controlOperationTimeout: DEFAULT_TIMEOUT_S,
+            startConfigStore: 1,
+            flags: 0,
+        }
+    }
+}
+
+/// The checked SHM settings (what the SHM runtime will take).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShmSettings {
+    /// Bounds `smem_shm_init`.
+    pub init_timeout: Duration,
+    /// Bounds `smem_shm_create`.
+    pub create_timeout: Duration,
+    /// Bounds each control operation.
+    pub control_timeout: Duration,
+    /// Rank 0 hosts the store.
+    pub start_config_store: bool,
+    /// Reserved flags.
+    pub flags: u32,
+}
+
+fn timeout(secs: u32, what: &str) -> Result<Duration> {
+    if secs == 0 {
+        return Err(Error::invalid(format!(
+            "config->{what} is 0; it must be at least 1 second"
+        )));
+    }
+    Ok(Duration::from_secs(u64::from(secs)))
+}
+
+impl smem_shm_config_t {
+    /// The checked Rust form of these settings.
+    ///
+    /// # Errors
+    /// `SM_INVALID_PARAM` for a zero timeout.
+    pub fn to_settings(&self) -> Result<ShmSettings> {
+        Ok(ShmSettings {
+            init_timeout: timeout(self.shmInitTimeout, "shmInitTimeout")?,
+            create_timeout: timeout(self.shmCreateTimeout, "shmCreateTimeout")?,
+            control_timeout: timeout(self.controlOperationTimeout, "controlOperationTimeout")?,
+            start_config_store: self.startConfigStore != 0,
+            flags: self.flags,
+        })
+    }
+}
+
+/// The error of every call that needs the SHM runtime, until it lands.
+fn not_implemented(what: &str) -> Error {
+    Error::new(
+        ErrorCode::NotSupported,
+        format!("SHM is not implemented yet ({what})"),
+    )
+}
+
+fn check_handle(h: smem_shm_t) -> Result<()> {
+    if h.is_null() {
+        return Err(Error::invalid("handle is NULL"));
+    }
+    Ok(())
+}
+
+/// `smem_shm_config_init`: fills `*config` with the defaults.
+///
+/// # Safety
+/// `config` is NULL or valid for writing a `smem_shm_config_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smem_shm_config_init(config: *mut smem_shm_config_t) -> i32 {
+    ffi_status!("smem_shm_config_init", {
+        // SAFETY: forwarded contract of this function.
+        let out = unsafe { ffi::out_arg(config, "config") }?;
+        out.write(smem_shm_config_t::default());
+        Ok(())
+    })
+}
+
+/// `smem_shm_init`: joins the SHM domain as `rank_id`. `config` NULL means the defaults.
+///
+/// # Safety
+/// `config_store_ip_port` is NULL or a NUL-terminated string; `config` is NULL or points to a
+/// readable `smem_shm_config_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smem_shm_init(
+    config_store_ip_port: *const c_char,
+    world_size: u32,
+    rank_id: u32,
+    device_id: u16,
+    config: *mut smem_shm_config_t,
+) -> i32 {
+    ffi_status!("smem_shm_init", {
+        // SAFETY: forwarded contract of this function.
+        let url = unsafe { ffi::cstr_arg(config_store_ip_port, "configStoreIpPort") }?;
+        let c = if config.is_null() {
+            smem_shm_config_t::default()
+        } else {
+            // SAFETY: forwarded contract of this function.
+            unsafe { ffi::read_arg(config.cast_const(), "config") }?
+        };
+        if world_size == 0 || world_size as usize > WORLD_SIZE_MAX {
+            return Err(Error::invalid(format!(
+                "worldSize {world_size} is out of range 1..={WORLD_SIZE_MAX}"
+            )));
+        }
+        if rank_id >= world_size {
+            return Err(Error::invalid(format!(
+                "rankId {rank_id} is not below worldSize {world_size}"
+            )));
+        }
+        let settings = c.to_settings()?;
+        let _ = (url, device_id, settings);
+        Err(not_implemented("smem_shm_init"))
+    })
+}
+
+/// `smem_shm_uninit`: destroys every SHM object and leaves the domain. Safe when not
+/// initialised (this build: nothing to do).
+///
+/// # Safety
+/// Always safe to call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smem_shm_uninit(flags: u32) {
+    ffi_value!("smem_shm_uninit", (), {
+        if flags != 0 {
+            log::warn!(target: "smem::capi", "smem_shm_uninit: flags {flags:#x} are reserved and ignored");
+        }
+        Ok(())
+    })
+}
+
+/// `smem_shm_query_support_data_operation`: the engines this process can use; 0 on error.
+///
+/// # Safety
+/// Always safe to call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smem_shm_query_support_data_operation() -> u32 {
+    ffi_value!("smem_shm_query_support_data_operation", 0, {
+        Err(not_implemented("smem_shm_query_support_data_operation"))
+    })
+}
+
+/// `smem_shm_create`: collective creation of an SHM object; NULL on failure.
+///
+/// # Safety
+/// `gva` is NULL or valid for writing a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smem_shm_create(
+    id: u32,
+    rank_size: u32,
+    rank_id: u32,
+    symmetric_size: u64,
+    data_op_type: u32,
+    flags: u32,
+    gva: *mut *mut c_void,
+) -> smem_shm_t {
+    ffi_value!("smem_shm_create", ptr::null_mut(), {
+        // SAFETY: forwarded contract of this function.
+        let _out = unsafe { ffi::out_arg(gva, "gva") }?;
+        if id as usize >= SHM_OBJECTS_MAX {
+            return Err(Error::invalid(format!(
+                "id {id} is out of range 0..{SHM_OBJECTS_MAX}"
+            )));
+        }
+        if rank_size == 0 || rank_size as usize > WORLD_SIZE_MAX {
+            return Err(Error::invalid(format!(
+                "rankSize {rank_size} is out of range 1..={WORLD_SIZE_MAX}"
+            )));
+        }
+        if rank_id >= rank_size {
+            return Err(Error::invalid(format!(
+                "rankId {rank_id} is not below rankSize {rank_size}"
+            )));
+        }
+        if symmetric_size == 0 || symmetric_size % WINDOW_ALIGN != 0 {
+            return Err(Error::invalid(format!(
+                "symmetricSize {symmetric_size} is not a non-zero multiple of 2 MiB"
+            )));
+        }
+        if symmetric_size.checked_mul(u64::from(rank_size)).is_none() {
+            return Err(Error::invalid(format!(
+                "symmetricSize {symmetric_size} x rankSize {rank_size} overflows"
+            )));
+        }
+        if data_op_type == 0 || data_op_type & !DATA_OP_ALL != 0 {
+            return Err(Error::invalid(format!(
+                "dataOpType {data_op_type:#x} is not a non-empty set of SMEMS_DATA_OP_* bits ({DATA_OP_ALL:#x})"
+            )));
+        }
+        let _ = flags;
+        Err(not_implemented("smem_shm_create"))
+    })
+}
+
+/// `smem_shm_destroy`: destroys the object.
+///
+/// # Safety
+/// Always safe to call (the handle is never dereferenced).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smem_shm_destroy(handle: smem_shm_t, flags: u32) -> i32 {
+    ffi_status!("smem_shm_destroy", {
+        check_handle(handle)?;
+        let _ = flags;
+        Err(not_implemented("smem_shm_destroy"))
+    })
+}
+
+/// `smem_shm_set_extra_context`: stores `size` bytes (1..=65536) with the object.
+///
+/// # Safety
+/// `context` is NULL or valid for reading `size` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smem_shm_set_extra_context(
+    handle: smem_shm_t,
+    context: *const c_void,
+    size: u32,
+) -> i32 {
+    ffi_status!("smem_shm_set_extra_context", {
+        check_handle(handle)?;
+        if context.is_null() {
+            return Err(Error::invalid("context is NULL"));
+        }
+        if size == 0 || size > SMEM_SHM_EXTRA_CONTEXT_MAX {
+            return Err(Error::invalid(format!(
+                "context size {size} is out of range 1..={SMEM_SHM_EXTRA_CONTEXT_MAX}"
+            )));
+        }
+        // SAFETY: forwarded contract of this function.
+        let bytes = unsafe { ffi::slice_arg(context, size as usize, "context") }?;
+        let _ = bytes;
+        Err(not_implemented("smem_shm_set_extra_context"))
+    })
+}
+
+/// `smem_shm_get_extra_context`: copies up to `size` bytes of the stored context into
+/// `context` and returns the stored length (which may exceed `size`: truncated); negative code
+/// on failure. `context` may be NULL only with `size == 0` (length query).
+///
+/// # Safety
+/// `context` is NULL or valid for writing `size` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smem_shm_get_extra_context(
+    handle: smem_shm_t,
+    context: *mut c_void,
+    size: u32,
+) -> i32 {
+    ffi_with!("smem_shm_get_extra_context", |e: &Error| e.code().code(), {
+        check_handle(handle)?;
+        // SAFETY: forwarded contract of this function.
+        let buf = unsafe { ffi::slice_mut_arg(context, size as usize, "context") }?;
+        let _ = buf;
+        Err::<i32, _>(not_implemented("smem_shm_get_extra_context"))
+    })
+}
+
+/// `smem_shm_get_global_rank`: this process's rank in the object; `UINT32_MAX` on error.
+///
+/// # Safety
+/// Always safe to call (the handle is never dereferenced).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smem_shm_get_global_rank(handle: smem_shm_t) -> u32 {
+    ffi_value!("smem_shm_get_global_rank", u32::MAX, {
+        check_handle(handle)?;
+        Err(not_implemented("smem_shm_get_global_rank"))
+    })
+}
+
+/// `smem_shm_get_global_rank_size`: the object's rank count; `UINT32_MAX` on error.
+///
+/// # Safety
+/// Always safe to call (the handle is never dereferenced).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smem_shm_get_global_rank_size(handle: smem_shm_t) -> u32 {
+    ffi_value!("smem_shm_get_global_rank_size", u32::MAX, {
+        check_handle(handle)?;
+        Err(not_implemented("smem_shm_get_global_rank_size"))
+    })
+}
+
+/// `smem_shm_control_barrier`: returns when all ranks entered it.
+///
+/// # Safety
+/// Always safe to call (the handle is never dereferenced).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smem_shm_control_barrier(handle: smem_shm_t) -> i32 {
+    ffi_status!("smem_shm_control_barrier", {
+        check_handle(handle)?;
+        Err(not_implemented("smem_shm_control_barrier"))
+    })
+}
+
+/// `smem_shm_control_allgather`: gathers `send_size` bytes from every rank into `recv_buf`.
+///
+/// # Safety
+/// `send_buf` is NULL or valid for reading `send_size` bytes; `recv_buf` is NULL or valid for
+/// writing `recv_size` bytes; the two do not overlap.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smem_shm_control_allgather(
+    handle: smem_shm_t,
+    send_buf: *const c_char,
+    send_size: u32,
+    recv_buf: *mut c_char,
+    recv_size: u32,
+) -> i32 {
+    ffi_status!("smem_shm_control_allgather", {
+        check_handle(handle)?;
+        if send_buf.is_null() {
+            return Err(Error::invalid("sendBuf is NULL"));
+        }
+        if recv_buf.is_null() {
+            return Err(Error::invalid("recvBuf is NULL"));
+        }
+        if send_size == 0 || send_size > SMEM_SHM_ALLGATHER_MAX {
+            return Err(Error::invalid(format!(
+                "sendSize {send_size} is out of range 1..={SMEM_SHM_ALLGATHER_MAX}"
+            )));
+        }
+        // The exact check (recvSize == sendSize * rankSize) needs the object's rankSize.
+        let ranks = recv_size / send_size;
+        if recv_size % send_size != 0 || ranks == 0 || ranks as usize > WORLD_SIZE_MAX {
+            return Err(Error::invalid(format!(
+                "recvSize {recv_size} is not sendSize {send_size} x rankSize"
+            )));
+        }
+        // SAFETY: forwarded contract of this function.
+        let send = unsafe { ffi::slice_arg(send_buf.cast(), send_size as usize, "sendBuf") }?;
+        // SAFETY: forwarded contract of this function.
+        let recv = unsafe { ffi::slice_mut_arg(recv_buf.cast(), recv_size as usize, "recvBuf") }?;
+        let _ = (send, recv);
+        Err(not_implemented("smem_shm_control_allgather"))
+    })
+}
+
+/// `smem_shm_topology_can_reach`: writes the engines reaching `remote_rank` to `*reach_info`.
+///
+/// # Safety
+/// `reach_info` is NULL or valid for writing a `u32`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smem_shm_topology_can_reach(
+    handle: smem_shm_t,
+    remote_rank: u32,
+    reach_info: *mut u32,
+) -> i32 {
+    ffi_status!("smem_shm_topology_can_reach", {
+        check_handle(handle)?;
+        // SAFETY: forwarded contract of this function.
+        let _out = unsafe { ffi::out_arg(reach_info, "reachInfo") }?;
+        if remote_rank as usize >= WORLD_SIZE_MAX {
+            return Err(Error::invalid(format!(
+                "remoteRank {remote_rank} is out of range 0..{WORLD_SIZE_MAX}"
+            )));
+        }
+        Err(not_implemented("smem_shm_topology_can_reach"))
+    })
+}

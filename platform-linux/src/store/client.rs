@@ -1,0 +1,953 @@
+//! The config store client: one link, requests pipelined from any thread, replies matched by
+//! seqNo on a reader thread.
+//!
+//! Locks: the writer lock is held only for the socket write of one frame (bounded by a write
+//! timeout); no lock is held while waiting for a reply. Watch receivers are fed with `send` on
+//! unbounded channels, so the reader never blocks on a slow consumer.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use smem_core::ErrorCode;
+use smem_core::wire::handshake::{self, Handshake};
+use smem_core::wire::message::{self, MessageHeader};
+use smem_core::wire::{
+    FRAME_HEADER_LEN, FrameHeader, HANDSHAKE_LEN, MessageType, MessageView, status,
+};
+
+use super::{AUTO_RANKING_PREFIX, WATCH_RANK_DOWN_KEY};
+use crate::{Error, Result};
+
+/// Interval of the client's HEARTBEAT frames while it holds a rank.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Connection options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// World size sent in the handshake (`None` = unknown).
+    pub world_size: Option<u32>,
+    /// Rank sent in the handshake (`None` = unknown).
+    pub rank: Option<u32>,
+    /// How long [`StoreClient::connect`] retries refused connections.
+    pub connect_timeout: Duration,
+    /// Bound on each operation.
+    pub op_timeout: Duration,
+    /// After a link loss, the next operation connects again (handshake reconnect flag set,
+    /// same world size, the rank held before) instead of failing. Pending operations at the
+    /// time of the loss still fail, and watch receivers disconnect.
+    pub reconnect: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            world_size: None,
+            rank: None,
+            connect_timeout: Duration::from_secs(10),
+            op_timeout: Duration::from_secs(10),
+            reconnect: false,
+        }
+    }
+}
+
+/// Result of [`StoreClient::cas`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CasResult {
+    /// The value was `expected` (or absent) and now is `new`.
+    Swapped,
+    /// The value differed; this is the current value.
+    Mismatch(Vec<u8>),
+}
+
+struct Reply {
+    status: i16,
+    body: Vec<u8>,
+}
+
+/// One TCP connection to the store and what is registered on it.
+struct Link {
+    writer: Mutex<TcpStream>,
+    /// A second handle, so taking the link down never waits for a writer blocked in the kernel.
+    shutdown_handle: TcpStream,
+    pending: Mutex<HashMap<u32, SyncSender<Reply>>>,
+    watches: Mutex<Watches>,
+    up: AtomicBool,
+}
+
+#[derive(Default)]
+struct Watches {
+    by_seq: HashMap<u32, (Vec<u8>, Sender<Vec<u8>>)>,
+    by_key: HashMap<Vec<u8>, u32>,
+    rank_down: Option<(u32, Sender<u32>)>,
+}
+
+struct Inner {
+    addr: SocketAddr,
+    opts: ClientOptions,
+    /// The current link; the lock is held only to read or replace the `Arc`.
+    link: Mutex<Arc<Link>>,
+    next_seq: AtomicU32,
+    /// Rank held (u64::MAX = none): heartbeats are sent while one is held, and a reconnect
+    /// claims it again.
+    rank: AtomicU64,
+    closed: Mutex<bool>,
+    closed_cv: Condvar,
+}
+
+struct Handle {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.inner.close();
+    }
+}
+
+/// A config store client. Cheap to clone; `Send + Sync`; every clone shares one link,
+/// requests from many threads are pipelined on it and replies matched by seqNo. The link
+/// closes when the last clone is dropped or on [`StoreClient::close`].
+///
+/// With [`ClientOptions::reconnect`], an operation that finds the link down connects again
+/// (handshake with the reconnect flag and the rank held before); operations pending when the
+/// link went down still fail, and watch receivers disconnect (watch again).
+#[derive(Clone)]
+pub struct StoreClient {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for StoreClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreClient")
+            .field("addr", &self.handle.inner.addr)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn show(key: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&key[..key.len().min(64)]).into_owned();
+    if key.len() > 64 {
+        format!("{s:?}...")
+    } else {
+        format!("{s:?}")
+    }
+}
+
+fn text(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned()
+}
+
+fn rejected(op: &str, key: &[u8], r: &Reply) -> Error {
+    Error::new(
+        ErrorCode::StoreRejected,
+        format!(
+            "store {op} of key {} failed: status {} {:?}",
+            show(key),
+            r.status,
+            text(&r.body)
+        ),
+    )
+}
+
+fn protocol(op: &str, key: &[u8], what: &str) -> Error {
+    Error::new(
+        ErrorCode::ProtocolError,
+        format!("store {op} of key {}: malformed reply: {what}", show(key)),
+    )
+}
+
+/// Values of a packed reply.
+fn packed_values(op: &str, key: &[u8], body: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let m = MessageView::parse(body).map_err(|e| protocol(op, key, &e.to_string()))?;
+    Ok(m.values.iter().map(<[u8]>::to_vec).collect())
+}
+
+fn encode(
+    seq: u32,
+    mt: MessageType,
+    user_def: i64,
+    keys: &[&[u8]],
+    values: &[&[u8]],
+) -> Result<Vec<u8>> {
+    let len = message::encoded_len(keys.iter().copied(), values.iter().copied());
+    let body_len = u32::try_from(len)
+        .ok()
+        .filter(|l| *l <= smem_core::wire::MAX_BODY_LEN)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "store request of {len} bytes exceeds the 64 MiB frame limit; use smaller values"
+            ))
+        })?;
+    let mut buf = vec![0u8; FRAME_HEADER_LEN + len];
+    let header = MessageHeader {
+        user_def,
+        request_id: 0,
+        msg_type: mt,
+    };
+    FrameHeader::new(0, body_len, seq)
+        .emit(&mut buf)
+        .and_then(|_| {
+            message::emit(
+                &header,
+                keys.iter().copied(),
+                values.iter().copied(),
+                &mut buf[FRAME_HEADER_LEN..],
+            )
+        })
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::ProtocolError,
+                format!("encoding store request: {e}"),
+            )
+        })?;
+    Ok(buf)
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(drop)
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::IoError,
+                format!("cannot spawn the {name} thread: {e}"),
+            )
+        })
+}
+
+impl Link {
+    /// Take the link down: fail every pending op (dropping its sender) and disconnect every
+    /// watcher.
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        let _ = self.shutdown_handle.shutdown(Shutdown::Both);
+        lock(&self.pending).clear();
+        let mut w = lock(&self.watches);
+        w.by_seq.clear();
+        w.by_key.clear();
+        w.rank_down = None;
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+
+    fn write(&self, addr: SocketAddr, frame: &[u8]) -> Result<()> {
+        if !self.is_up() {
+            return Err(Error::new(
+                ErrorCode::IoError,
+                format!("link to the config store at {addr} is down"),
+            ));
+        }
+        let mut w = lock(&self.writer);
+        if let Err(e) = w.write_all(frame) {
+            drop(w);
+            self.down();
+            return Err(Error::io(
+                format!("sending to the config store at {addr}"),
+                &e,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reader thread body: read frames until the link dies, then take it down.
+    fn read_loop(self: Arc<Self>, mut stream: TcpStream, addr: SocketAddr) {
+        let mut hdr = [0u8; FRAME_HEADER_LEN];
+        let why = loop {
+            if let Err(e) = stream.read_exact(&mut hdr) {
+                break format!("read: {e}");
+            }
+            let Ok(h) = FrameHeader::parse(&hdr) else {
+                break "bad header".into();
+            };
+            if h.body_len > smem_core::wire::MAX_BODY_LEN {
+                break format!("reply bodyLen {} over 64 MiB", h.body_len);
+            }
+            // Grows with the bytes that actually arrive, not with the declared length.
+            let mut body = Vec::new();
+            match (&mut stream)
+                .take(u64::from(h.body_len))
+                .read_to_end(&mut body)
+            {
+                Ok(n) if n == h.body_len as usize => {}
+                Ok(_) => break "link closed inside a reply".into(),
+                Err(e) => break format!("read: {e}"),
+            }
+            self.dispatch(h.seq_no, h.result, body);
+        };
+        if self.is_up() {
+            debug!("store client for {addr}: link down ({why})");
+        }
+        self.down();
+    }
+
+    fn dispatch(&self, seq: u32, st: i16, body: Vec<u8>) {
+        if seq == 0 {
+            debug!("store client: ignoring server push (status {st})");
+            return;
+        }
+        if let Some(tx) = lock(&self.pending).remove(&seq) {
+            let _ = tx.try_send(Reply { status: st, body });
+            return;
+        }
+        let mut w = lock(&self.watches);
+        if let Some((key, tx)) = w.by_seq.get(&seq) {
+            let ok = st == status::OK
+                && MessageView::parse(&body)
+                    .is_ok_and(|m| m.values.get(0).is_some_and(|v| tx.send(v.to_vec()).is_ok()));
+            if !ok {
+                if st != status::OK {
+                    warn!(
+                        "store watch of key {} ended: status {st} {:?}",
+                        show(key),
+                        text(&body)
+                    );
+                }
+                let key = key.clone();
+                w.by_seq.remove(&seq);
+                if w.by_key.get(&key) == Some(&seq) {
+                    w.by_key.remove(&key);
+                }
+            }
+            return;
+        }
+        if let Some((rseq, tx)) = &w.rank_down {
+            if *rseq == seq {
+                let rank = MessageView::parse(&body).ok().and_then(|m| {
+                    m.values
+                        .get(0)
+                        .and_then(|v| v.try_into().ok())
+                        .map(u32::from_le_bytes)
+                });
+                let alive = st == status::OK && rank.is_some_and(|r| tx.send(r).is_ok());
+                if !alive {
+                    w.rank_down = None;
+                }
+                return;
+            }
+        }
+        debug!("store client: reply for unknown seqNo {seq} (late after a timeout?)");
+    }
+}
+
+/// Connect (retrying refused connections until `connect_timeout`), handshake, start the reader.
+fn open_link(
+    addr: SocketAddr,
+    opts: &ClientOptions,
+    rank: Option<u32>,
+    reconnect: bool,
+) -> Result<Arc<Link>> {
+    // Saturating: an absurd timeout means "a very long time", never a panic.
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(opts.connect_timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+    let mut stream = loop {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(s) => break s,
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::Interrupted
+                    ) =>
+            {
+                std::thread::sleep(
+                    Duration::from_millis(20)
+                        .min(deadline.saturating_duration_since(Instant::now())),
+                );
+            }
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "cannot connect to the config store at {addr} within {} ms: {e}; is it running?",
+                        opts.connect_timeout.as_millis()
+                    ),
+                ));
+            }
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
+    let io = |e: io::Error| Error::io("configuring the store socket", &e);
+    stream.set_read_timeout(Some(left)).map_err(io)?;
+    stream
+        .set_write_timeout(Some(opts.op_timeout.max(Duration::from_millis(1))))
+        .map_err(io)?;
+    handshake_io(&mut stream, opts.world_size, rank, reconnect, addr)?;
+    stream.set_read_timeout(None).map_err(io)?;
+    let reader = stream.try_clone().map_err(io)?;
+    let shutdown_handle = stream.try_clone().map_err(io)?;
+    let link = Arc::new(Link {
+        writer: Mutex::new(stream),
+        shutdown_handle,
+        pending: Mutex::new(HashMap::new()),
+        watches: Mutex::new(Watches::default()),
+        up: AtomicBool::new(true),
+    });
+    let l = Arc::clone(&link);
+    if let Err(e) = spawn("smem-store-rx", move || l.read_loop(reader, addr)) {
+        link.down();
+        return Err(e);
+    }
+    Ok(link)
+}
+
+fn handshake_io(
+    stream: &mut TcpStream,
+    world: Option<u32>,
+    rank: Option<u32>,
+    reconnect: bool,
+    addr: SocketAddr,
+) -> Result<()> {
+    let mut hs = [0u8; HANDSHAKE_LEN];
+    let _ = Handshake::new(world, rank, reconnect).emit(&mut hs);
+    stream
+        .write_all(&hs)
+        .map_err(|e| Error::io(format!("handshake with the config store at {addr}"), &e))?;
+    let mut r = [0u8; handshake::HANDSHAKE_REPLY_LEN];
+    stream.read_exact(&mut r).map_err(|e| {
+        Error::new(
+            ErrorCode::IoError,
+            format!("config store at {addr} closed the link during the handshake ({e}); it refused us or is overloaded"),
+        )
+    })?;
+    match handshake::parse_reply(&r).unwrap_or(status::ERROR) {
+        status::OK => Ok(()),
+        status::WORLD_SIZE_MISMATCH => Err(Error::invalid(format!(
+            "config store at {addr} refused world size {world:?}: another rank registered a different world size"
+        ))),
+        code => Err(Error::new(
+            ErrorCode::StoreRejected,
+            format!(
+                "config store at {addr} refused the handshake ({code}): rank {rank:?} is already held by a live link, too many links are open, or the protocol differs"
+            ),
+        )),
+    }
+}
+
+impl Inner {
+    fn is_closed(&self) -> bool {
+        *lock(&self.closed)
+    }
+
+    fn close(&self) {
+        *lock(&self.closed) = true;
+        self.closed_cv.notify_all();
+        let link = Arc::clone(&lock(&self.link));
+        if link.is_up() {
+            debug!("store client for {}: closed", self.addr);
+        }
+        link.down();
+    }
+
+    fn next_seq(&self) -> u32 {
+        loop {
+            let s = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            if s != 0 {
+                return s;
+            }
+        }
+    }
+
+    fn held_rank(&self) -> Option<u32> {
+        u32::try_from(self.rank.load(Ordering::SeqCst)).ok()
+    }
+
+    /// The current link; when it is down and `reconnect` is set, a new one (connected without
+    /// holding any lock; if two threads race, one link wins and the other is dropped).
+    fn link(&self) -> Result<Arc<Link>> {
+        let cur = Arc::clone(&lock(&self.link));
+        if cur.is_up() {
+            return Ok(cur);
+        }
+        if self.is_closed() {
+            return Err(Error::new(
+                ErrorCode::IoError,
+                format!("store client for {} was closed", self.addr),
+            ));
+        }
+        if !self.opts.reconnect {
+            return Err(Error::new(
+                ErrorCode::IoError,
+                format!(
+                    "link to the config store at {} is down; connect again (or set ClientOptions::reconnect)",
+                    self.addr
+                ),
+            ));
+        }
+        let new = open_link(self.addr, &self.opts, self.held_rank(), true)?;
+        let mut g = lock(&self.link);
+        if g.is_up() || self.is_closed() {
+            new.down();
+            return if g.is_up() {
+                Ok(Arc::clone(&g))
+            } else {
+                Err(Error::new(
+                    ErrorCode::IoError,
+                    format!("store client for {} was closed", self.addr),
+                ))
+            };
+        }
+        debug!("store client for {}: reconnected", self.addr);
+        *g = Arc::clone(&new);
+        Ok(new)
+    }
+
+    fn call(
+        &self,
+        op: &str,
+        mt: MessageType,
+        user_def: i64,
+        keys: &[&[u8]],
+        values: &[&[u8]],
+        wait: Duration,
+    ) -> Result<Reply> {
+        let seq = self.next_seq();
+        let frame = encode(seq, mt, user_def, keys, values)?;
+        let link = self.link()?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        lock(&link.pending).insert(seq, tx);
+        // If the link went down between `link()` and the insert, `down` may have cleared the
+        // map before our entry landed: check again so the op cannot wait for nothing.
+        if !link.is_up() {
+            lock(&link.pending).remove(&seq);
+        }
+        if let Err(e) = link.write(self.addr, &frame) {
+            lock(&link.pending).remove(&seq);
+            return Err(e);
+        }
+        let key = keys.first().copied().unwrap_or_default();
+        match rx.recv_timeout(wait) {
+            Ok(r) => Ok(r),
+            Err(RecvTimeoutError::Timeout) => {
+                lock(&link.pending).remove(&seq);
+                Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "store {op} of key {} got no reply within {} ms; is the store at {} alive?",
+                        show(key),
+                        wait.as_millis(),
+                        self.addr
+                    ),
+                ))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(Error::new(
+                ErrorCode::IoError,
+                format!(
+                    "store {op} of key {}: link to the config store at {} went down",
+                    show(key),
+                    self.addr
+                ),
+            )),
+        }
+    }
+
+    fn heartbeat_loop(self: Arc<Self>) {
+        let mut closed = lock(&self.closed);
+        loop {
+            let (g, _) = self
+                .closed_cv
+                .wait_timeout(closed, HEARTBEAT_INTERVAL)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            closed = g;
+            if *closed {
+                return;
+            }
+            if self.held_rank().is_some() {
+                drop(closed);
+                // Only on a live link: heartbeats never trigger a reconnect.
+                let link = Arc::clone(&lock(&self.link));
+                if let Ok(frame) = encode(0, MessageType::Heartbeat, 0, &[], &[]) {
+                    let _ = link.write(self.addr, &frame);
+                }
+                closed = lock(&self.closed);
+            }
+        }
+    }
+}
+
+impl StoreClient {
+    /// Connect and handshake, retrying refused connections until `connect_timeout`.
+    ///
+    /// # Errors
+    /// `SM_TIMEOUT` when no connection could be made in time; `SM_INVALID_PARAM` for a world
+    /// size mismatch; `SM_STORE_REJECTED` for other refusals; `SM_IO_ERROR` otherwise.
+    pub fn connect(addr: SocketAddr, opts: ClientOptions) -> Result<Self> {
+        let link = open_link(addr, &opts, opts.rank, opts.reconnect)?;
+        let inner = Arc::new(Inner {
+            addr,
+            rank: AtomicU64::new(opts.rank.map_or(u64::MAX, u64::from)),
+            opts,
+            link: Mutex::new(link),
+            next_seq: AtomicU32::new(1),
+            closed: Mutex::new(false),
+            closed_cv: Condvar::new(),
+        });
+        let h = Arc::clone(&inner);
+        if let Err(e) = spawn("smem-store-hb", move || h.heartbeat_loop()) {
+            inner.close();
+            return Err(e);
+        }
+        Ok(Self {
+            handle: Arc::new(Handle { inner }),
+        })
+    }
+
+    fn inner(&self) -> &Inner {
+        &self.handle.inner
+    }
+
+    fn call(
+        &self,
+        op: &str,
+        mt: MessageType,
+        user_def: i64,
+        keys: &[&[u8]],
+        values: &[&[u8]],
+    ) -> Result<Reply> {
+        self.inner()
+            .call(op, mt, user_def, keys, values, self.inner().opts.op_timeout)
+    }
+
+    /// Store `value` under `key`.
+    ///
+    /// # Errors
+    /// Link, timeout, or store refusal (e.g. over a limit).
+    pub fn set(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let r = self.call("SET", MessageType::Set, 0, &[key], &[value])?;
+        if r.status == status::OK {
+            Ok(())
+        } else {
+            Err(rejected("SET", key, &r))
+        }
+    }
+
+    /// The value of `key`, `None` if absent.
+    ///
+    /// # Errors
+    /// Link, timeout, or store refusal.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let r = self.call("GET", MessageType::Get, 0, &[key], &[])?;
+        match r.status {
+            status::OK => Ok(Some(
+                packed_values("GET", key, &r.body)?
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default(),
+            )),
+            status::NOT_EXIST => Ok(None),
+            _ => Err(rejected("GET", key, &r)),
+        }
+    }
+
+    /// Wait until `key` exists (parked GET), up to `timeout`.
+    ///
+    /// # Errors
+    /// `SM_TIMEOUT` naming the key when it did not appear in time; `SM_OBJECT_NOT_EXISTS`
+    /// when the store was wiped while waiting; link errors.
+    pub fn wait_get(&self, key: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        let ms = i64::try_from(timeout.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let wait = timeout.saturating_add(self.inner().opts.op_timeout);
+        let r = self
+            .inner()
+            .call("wait GET", MessageType::Get, ms, &[key], &[], wait)?;
+        match r.status {
+            status::OK => Ok(packed_values("GET", key, &r.body)?
+                .into_iter()
+                .next()
+                .unwrap_or_default()),
+            status::TIMEOUT | status::NOT_EXIST => Err(Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "key {} did not appear in the config store within {} ms",
+                    show(key),
+                    timeout.as_millis()
+                ),
+            )),
+            status::WIPED => Err(Error::new(
+                ErrorCode::ObjectNotExists,
+                format!(
+                    "config store was wiped (no ranked link left) while waiting for key {}",
+                    show(key)
+                ),
+            )),
+            _ => Err(rejected("wait GET", key, &r)),
+        }
+    }
+
+    /// Add `delta` to the decimal integer at `key` (absent = 0); returns the new value.
+    ///
+    /// # Errors
+    /// `SM_STORE_REJECTED` when the stored value is not a number or the sum overflows.
+    pub fn add(&self, key: &[u8], delta: i64) -> Result<i64> {
+        let d = delta.to_string();
+        let r = self.call("ADD", MessageType::Add, 0, &[key], &[d.as_bytes()])?;
+        if r.status != status::OK {
+            return Err(rejected("ADD", key, &r));
+        }
+        std::str::from_utf8(&r.body)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| protocol("ADD", key, "not a number"))
+    }
+
+    /// Delete `key`; `false` if it did not exist.
+    ///
+    /// # Errors
+    /// Link, timeout, or store refusal.
+    pub fn remove(&self, key: &[u8]) -> Result<bool> {
+        let r = self.call("REMOVE", MessageType::Remove, 0, &[key], &[])?;
+        match r.status {
+            status::OK => Ok(true),
+            status::NOT_EXIST => Ok(false),
+            _ => Err(rejected("REMOVE", key, &r)),
+        }
+    }
+
+    /// Append `value` to `key` (created if absent); returns the new length.
+    ///
+    /// # Errors
+    /// Link, timeout, or store refusal.
+    pub fn append(&self, key: &[u8], value: &[u8]) -> Result<u64> {
+        let r = self.call("APPEND", MessageType::Append, 0, &[key], &[value])?;
+        if r.status != status::OK {
+            return Err(rejected("APPEND", key, &r));
+        }
+        std::str::from_utf8(&r.body)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| protocol("APPEND", key, "not a length"))
+    }
+
+    /// Compare and swap: set `new` if `key` is absent or holds `expected`.
+    ///
+    /// # Errors
+    /// Link, timeout, or store refusal.
+    pub fn cas(&self, key: &[u8], expected: &[u8], new: &[u8]) -> Result<CasResult> {
+        let r = self.call("CAS", MessageType::Cas, 0, &[key], &[expected, new])?;
+        if r.status != status::OK {
+            return Err(rejected("CAS", key, &r));
+        }
+        let mut v = packed_values("CAS", key, &r.body)?;
+        match v.len() {
+            1 => Ok(CasResult::Swapped),
+            2 => Ok(CasResult::Mismatch(v.swap_remove(0))),
+            n => Err(protocol("CAS", key, &format!("{n} values"))),
+        }
+    }
+
+    /// Write `data` at `offset` of `key` (created / extended with zeros).
+    ///
+    /// # Errors
+    /// Link, timeout, or store refusal (offset + length over 1 GiB or the value limit).
+    pub fn write(&self, key: &[u8], offset: u32, data: &[u8]) -> Result<()> {
+        let mut v = Vec::with_capacity(4 + data.len());
+        v.extend_from_slice(&offset.to_le_bytes());
+        v.extend_from_slice(data);
+        let r = self.call("WRITE", MessageType::Write, 0, &[key], &[&v])?;
+        if r.status == status::OK {
+            Ok(())
+        } else {
+            Err(rejected("WRITE", key, &r))
+        }
+    }
+
+    /// Every `(key, value)` whose key starts with `prefix` (unordered).
+    ///
+    /// # Errors
+    /// Link, timeout, or store refusal (reply too large).
+    pub fn prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let r = self.call("PREFIX", MessageType::Prefix, 0, &[prefix], &[])?;
+        if r.status != status::OK {
+            return Err(rejected("PREFIX", prefix, &r));
+        }
+        let m =
+            MessageView::parse(&r.body).map_err(|e| protocol("PREFIX", prefix, &e.to_string()))?;
+        if m.keys.len() != m.values.len() {
+            return Err(protocol("PREFIX", prefix, "key and value counts differ"));
+        }
+        Ok(m.keys
+            .iter()
+            .zip(m.values.iter())
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect())
+    }
+
+    /// Whether a live link holds `rank`.
+    ///
+    /// # Errors
+    /// Link, timeout, or store refusal.
+    pub fn query_alive(&self, rank: u32) -> Result<bool> {
+        let k = rank.to_string();
+        let r = self.call(
+            "QUERY_ALIVE",
+            MessageType::QueryAlive,
+            0,
+            &[k.as_bytes()],
+            &[],
+        )?;
+        if r.status != status::OK {
+            return Err(rejected("QUERY_ALIVE", k.as_bytes(), &r));
+        }
+        Ok(!packed_values("QUERY_ALIVE", k.as_bytes(), &r.body)?.is_empty())
+    }
+
+    /// A rank assigned by the store (GET `AutoRanking#`+suffix); this link then holds it.
+    ///
+    /// # Errors
+    /// `SM_LIMIT_EXCEEDED` when every rank is taken (or no world size is known).
+    pub fn auto_rank(&self, key_suffix: &[u8]) -> Result<u32> {
+        let mut key = AUTO_RANKING_PREFIX.to_vec();
+        key.extend_from_slice(key_suffix);
+        let r = self.call("AutoRanking GET", MessageType::Get, 0, &[&key], &[])?;
+        if r.status != status::OK {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "config store cannot assign a rank: {} ({:?}); every rank of the world is taken or no world size was given",
+                    r.status,
+                    text(&r.body)
+                ),
+            ));
+        }
+        let v = packed_values("AutoRanking GET", &key, &r.body)?;
+        let rank = v
+            .first()
+            .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
+            .map(u32::from_le_bytes);
+        let rank = rank.ok_or_else(|| protocol("AutoRanking GET", &key, "rank is not 4 bytes"))?;
+        self.inner().rank.store(u64::from(rank), Ordering::SeqCst);
+        Ok(rank)
+    }
+
+    /// Watch `key`: the receiver gets the current value (if any) and the value of every later
+    /// wake. It disconnects on [`StoreClient::unwatch`], when the link dies or the store is
+    /// wiped. A second watch of the same key replaces the first receiver.
+    ///
+    /// # Errors
+    /// Link errors.
+    pub fn watch(&self, key: &[u8]) -> Result<Receiver<Vec<u8>>> {
+        let (tx, rx) = mpsc::channel();
+        let inner = self.inner();
+        let link = inner.link()?;
+        let seq = {
+            let mut w = lock(&link.watches);
+            if let Some(&old) = w.by_key.get(key) {
+                // The server keeps the first seqNo of a repeated watch.
+                w.by_seq.insert(old, (key.to_vec(), tx));
+                old
+            } else {
+                let seq = inner.next_seq();
+                w.by_seq.insert(seq, (key.to_vec(), tx));
+                w.by_key.insert(key.to_vec(), seq);
+                seq
+            }
+        };
+        let sent = encode(seq, MessageType::Watch, 0, &[key], &[])
+            .and_then(|f| link.write(inner.addr, &f));
+        if let Err(e) = sent {
+            let mut w = lock(&link.watches);
+            w.by_seq.remove(&seq);
+            w.by_key.remove(key);
+            return Err(e);
+        }
+        if !link.is_up() {
+            // Went down while registering: make sure the receiver disconnects.
+            link.down();
+        }
+        Ok(rx)
+    }
+
+    /// Stop watching `key` (its receiver disconnects).
+    ///
+    /// # Errors
+    /// Link errors.
+    pub fn unwatch(&self, key: &[u8]) -> Result<()> {
+        let inner = self.inner();
+        let link = Arc::clone(&lock(&inner.link));
+        {
+            let mut w = lock(&link.watches);
+            if let Some(seq) = w.by_key.remove(key) {
+                w.by_seq.remove(&seq);
+            }
+        }
+        let frame = encode(inner.next_seq(), MessageType::Unwatch, 0, &[key], &[])?;
+        link.write(inner.addr, &frame)
+    }
+
+    /// Be told the rank of every ranked link that goes down. The receiver disconnects when
+    /// the link dies.
+    ///
+    /// # Errors
+    /// Link errors.
+    pub fn watch_rank_down(&self) -> Result<Receiver<u32>> {
+        let (tx, rx) = mpsc::channel();
+        let inner = self.inner();
+        let link = inner.link()?;
+        let seq = {
+            let mut w = lock(&link.watches);
+            let seq = w
+                .rank_down
+                .as_ref()
+                .map_or_else(|| inner.next_seq(), |(s, _)| *s);
+            w.rank_down = Some((seq, tx));
+            seq
+        };
+        let frame = encode(
+            seq,
+            MessageType::WatchRankState,
+            0,
+            &[WATCH_RANK_DOWN_KEY],
+            &[],
+        )?;
+        link.write(inner.addr, &frame)?;
+        if !link.is_up() {
+            link.down();
+        }
+        Ok(rx)
+    }
+
+    /// Whether the link is up.
+    pub fn is_connected(&self) -> bool {
+        !self.inner().is_closed() && lock(&self.inner().link).is_up()
+    }
+
+    /// Close the link; pending operations fail at once with `SM_IO_ERROR`.
+    pub fn close(&self) {
+        self.inner().close();
+    }
+
+    /// The per-operation timeout.
+    pub fn op_timeout(&self) -> Duration {
+        self.inner().opts.op_timeout
+    }
+
+    /// The store's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner().addr
+    }
+}

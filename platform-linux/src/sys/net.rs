@@ -1,0 +1,193 @@
+//! epoll, eventfd and signal-flag wrappers for the config store's event loop and binary.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Readable interest (level-triggered).
+pub const EPOLL_IN: u32 = libc::EPOLLIN as u32;
+/// Writable interest.
+pub const EPOLL_OUT: u32 = libc::EPOLLOUT as u32;
+/// Hang-up / error bits reported by the kernel.
+pub const EPOLL_HUP_ERR: u32 = (libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32;
+
+/// One ready event: the token it was registered with and the ready bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Registration token.
+    pub token: u64,
+    /// `EPOLL_*` bits.
+    pub events: u32,
+}
+
+/// An epoll instance.
+#[derive(Debug)]
+pub struct Epoll {
+    fd: OwnedFd,
+}
+
+impl Epoll {
+    /// Create a close-on-exec epoll instance.
+    ///
+    /// # Errors
+    /// The OS error of `epoll_create1`.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new fd we own.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call; fds are plain ints.
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) })?;
+        Ok(())
+    }
+
+    /// Register `fd` with `token` for `events`.
+    ///
+    /// # Errors
+    /// The OS error of `epoll_ctl`.
+    pub fn add(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, events)
+    }
+
+    /// Change the interest of `fd`.
+    ///
+    /// # Errors
+    /// The OS error of `epoll_ctl`.
+    pub fn modify(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, events)
+    }
+
+    /// Remove `fd`.
+    ///
+    /// # Errors
+    /// The OS error of `epoll_ctl`.
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
+    }
+
+    /// Wait up to `timeout` (None = forever; rounded up to whole ms) and fill `out`; returns how
+    /// many entries are valid. EINTR is reported as 0 events.
+    ///
+    /// # Errors
+    /// The OS error of `epoll_wait`.
+    pub fn wait(&self, out: &mut [Ready], timeout: Option<Duration>) -> io::Result<usize> {
+        const MAX: usize = 256;
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; MAX];
+        let n_max = out.len().min(MAX);
+        let ms: libc::c_int = match timeout {
+            None => -1,
+            Some(d) => {
+                let ms = d.as_nanos().div_ceil(1_000_000);
+                libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+            }
+        };
+        // SAFETY: `evs` has room for `n_max` (<= MAX) events, which is what we pass.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                evs.as_mut_ptr(),
+                n_max as libc::c_int,
+                ms,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        let n = n as usize;
+        for (o, e) in out.iter_mut().zip(evs.iter()).take(n) {
+            *o = Ready {
+                token: e.u64,
+                events: e.events,
+            };
+        }
+        Ok(n)
+    }
+}
+
+/// A non-blocking eventfd used to wake an event loop.
+#[derive(Debug)]
+pub struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    /// Create a non-blocking, close-on-exec eventfd.
+    ///
+    /// # Errors
+    /// The OS error of `eventfd`.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: no pointers; a non-negative result is a new fd we own.
+        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
+    }
+
+    /// Make the fd readable.
+    pub fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64; failure (counter full) still leaves it readable.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    /// Reset the counter.
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut v).cast(), 8) };
+    }
+
+    /// The raw fd, for registering with [`Epoll`].
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+static SHUTDOWN_FLAG: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_shutdown_signal(_sig: libc::c_int) {
+    SHUTDOWN_FLAG.store(true, Ordering::SeqCst);
+}
+
+/// Install handlers for SIGINT and SIGTERM that set a process-wide flag read by
+/// [`shutdown_requested`]. Meant for the `smem-store` binary, not for library users.
+///
+/// # Errors
+/// The OS error of `sigaction`.
+pub fn install_shutdown_signals() -> io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction is valid; we set a handler that only stores an atomic
+        // (async-signal-safe) and pass valid pointers to sigaction.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_shutdown_signal as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            cvt(libc::sigaction(sig, &sa, std::ptr::null_mut()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether SIGINT or SIGTERM arrived since [`install_shutdown_signals`].
+pub fn shutdown_requested() -> bool {
+    SHUTDOWN_FLAG.load(Ordering::SeqCst)
+}

@@ -1,0 +1,155 @@
+//! The `smem-store` binary: `--help`, argument errors, serving, clean shutdown on SIGTERM and
+//! SIGINT.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use smem_core::url::StoreUrl;
+use smem_linux::store::{ClientOptions, StoreClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_smem-store");
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        // Only the child this test started.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn help_and_bad_arguments() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--listen"));
+    for args in [
+        &["--listen", "127.0.0.1:5"][..],
+        &[],
+        &["--bogus"],
+        &["--listen", "tcp://127.0.0.1:1", "--max-links", "x"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty());
+    }
+}
+
+fn serve_then_signal(signal: &str) {
+    let child = Command::new(BIN)
+        .args([
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--heartbeat-timeout",
+            "0",
+            "--max-links",
+            "100",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let addr = StoreUrl::parse(url).unwrap().addr;
+    let c = StoreClient::connect(addr, ClientOptions::default()).unwrap();
+    c.set(b"k", b"v").unwrap();
+    assert_eq!(c.get(b"k").unwrap().unwrap(), b"v");
+    let st = Command::new("kill")
+        .args([signal, &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = wait_exit(&mut child.0, Duration::from_secs(3)).expect("exits after the signal");
+    assert!(st.success(), "{st:?}");
+    let end = Instant::now() + Duration::from_secs(1);
+    while c.is_connected() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!c.is_connected());
+}
+
+#[test]
+fn serves_and_stops_on_sigterm() {
+    serve_then_signal("-TERM");
+}
+
+#[test]
+fn serves_and_stops_on_sigint() {
+    serve_then_signal("-INT");
+}
+
+#[test]
+fn heartbeat_timeout_from_env() {
+    use std::io::{Read, Write};
+    let child = Command::new(BIN)
+        .args(["--listen", "tcp://127.0.0.1:0"])
+        .env("MF_CONFIG_STORE_HEARTBEAT_TIMEOUT_S", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = StoreUrl::parse(line.trim().trim_start_matches("listening on "))
+        .unwrap()
+        .addr;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+    let mut hs = [0u8; 16];
+    smem_core::wire::Handshake::new(None, Some(0), false)
+        .emit(&mut hs)
+        .unwrap();
+    s.write_all(&hs).unwrap();
+    let mut rep = [0u8; 2];
+    s.read_exact(&mut rep).unwrap();
+    assert_eq!(rep, [0, 0]);
+    // One HEARTBEAT (mt 11, no keys/values, seqNo 0), then silence.
+    let mut body = [0u8; 42];
+    let h = smem_core::wire::MessageHeader {
+        user_def: 0,
+        request_id: 0,
+        msg_type: smem_core::wire::MessageType::Heartbeat,
+    };
+    smem_core::wire::Message::emit(&h, [], [], &mut body).unwrap();
+    let mut fh = [0u8; 16];
+    smem_core::wire::FrameHeader::new(0, 42, 0)
+        .emit(&mut fh)
+        .unwrap();
+    s.write_all(&fh).unwrap();
+    s.write_all(&body).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = matches!(s.read(&mut buf), Ok(0) | Err(_));
+    let took = start.elapsed();
+    assert!(closed, "link still open");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(3500),
+        "{took:?}"
+    );
+}

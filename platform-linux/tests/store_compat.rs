@@ -1,0 +1,84 @@
+//! Our client against any store at `SMEM_COMPAT_STORE_URL` (e.g. the reference
+//! memfabric-hybrid 1.3.0 server, or `smem-store`). Without the variable the test runs against
+//! an in-process `StoreServer`, so the same checks always run.
+//!
+//! ```text
+//! SMEM_COMPAT_STORE_URL=tcp://127.0.0.1:5124 cargo test -p smem-linux --test store_compat
+//! ```
+
+use std::time::{Duration, Instant};
+
+use smem_core::url::StoreUrl;
+use smem_linux::store::{CasResult, ClientOptions, ServerConfig, StoreClient, StoreServer};
+
+#[test]
+fn client_works_against_the_store() {
+    let (_server, addr) = match std::env::var("SMEM_COMPAT_STORE_URL") {
+        Ok(url) => (
+            None,
+            StoreUrl::parse(&url).expect("SMEM_COMPAT_STORE_URL").addr,
+        ),
+        Err(_) => {
+            let s = StoreServer::start(ServerConfig {
+                heartbeat_timeout: None,
+                ..ServerConfig::default()
+            })
+            .unwrap();
+            let a = s.local_addr();
+            (Some(s), a)
+        }
+    };
+    let o = ClientOptions {
+        world_size: Some(2),
+        ..ClientOptions::default()
+    };
+    let c = StoreClient::connect(addr, o.clone()).unwrap();
+    let rank = c.auto_rank(b"127.0.0.1").unwrap();
+    assert!(rank < 2);
+    assert_eq!(c.auto_rank(b"127.0.0.1").unwrap(), rank);
+    assert!(c.query_alive(rank).unwrap());
+    // A unique prefix so a long-running store is not disturbed by earlier runs.
+    let p = format!("compat/{}/", std::process::id());
+    let k = |s: &str| format!("{p}{s}").into_bytes();
+    c.set(&k("a"), b"1").unwrap();
+    assert_eq!(c.get(&k("a")).unwrap().unwrap(), b"1");
+    assert_eq!(c.get(&k("none")).unwrap(), None);
+    assert_eq!(c.add(&k("a"), 41).unwrap(), 42);
+    assert_eq!(c.append(&k("ap"), b"xy").unwrap(), 2);
+    assert_eq!(c.append(&k("ap"), b"z").unwrap(), 3);
+    assert_eq!(c.cas(&k("c"), b"", b"one").unwrap(), CasResult::Swapped);
+    assert_eq!(
+        c.cas(&k("c"), b"two", b"three").unwrap(),
+        CasResult::Mismatch(b"one".to_vec())
+    );
+    c.write(&k("w"), 2, b"hi").unwrap();
+    assert_eq!(c.get(&k("w")).unwrap().unwrap(), b"\0\0hi");
+    let mut all = c.prefix(p.as_bytes()).unwrap();
+    all.sort();
+    assert_eq!(all.len(), 4);
+    assert!(c.remove(&k("w")).unwrap());
+    assert!(!c.remove(&k("w")).unwrap());
+    // Parked GET: woken, and timing out on time.
+    let c2 = c.clone();
+    let key = k("later");
+    let t = std::thread::spawn(move || c2.wait_get(&key, Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(50));
+    c.set(&k("later"), b"now").unwrap();
+    assert_eq!(t.join().unwrap().unwrap(), b"now");
+    let start = Instant::now();
+    assert!(c.wait_get(&k("never"), Duration::from_millis(200)).is_err());
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    // Watch.
+    let rx = c.watch(&k("a")).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(2)).unwrap(), b"42");
+    c.set(&k("a"), b"43").unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(2)).unwrap(), b"43");
+    c.unwatch(&k("a")).unwrap();
+    // Rank down events from a second ranked link.
+    let down = c.watch_rank_down().unwrap();
+    let other = StoreClient::connect(addr, o).unwrap();
+    let r2 = other.auto_rank(b"127.0.0.1").unwrap();
+    assert_ne!(r2, rank);
+    other.close();
+    assert_eq!(down.recv_timeout(Duration::from_secs(5)).unwrap(), r2);
+}
