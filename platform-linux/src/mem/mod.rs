@@ -29,6 +29,9 @@ pub use host::{HostSegment, SegmentDescriptor, SegmentKind};
 
 use crate::sys;
 
+/// Env var that overrides [`host_identity`].
+pub const HOST_ID_ENV: &str = "SMEM_HOST_ID";
+
 /// The page size the kernel uses for our mappings.
 pub fn page_size() -> u64 {
     sys::page_size() as u64
@@ -38,12 +41,27 @@ pub fn page_size() -> u64 {
 /// share segments through `/proc` (same boot of the same kernel, same PID namespace).
 ///
 /// It is `boot_id` (from `/proc/sys/kernel/random/boot_id`) and the inode of the PID namespace
-/// (`/proc/self/ns/pid`), joined with `/`.
+/// (`/proc/self/ns/pid`), joined with `/`. The env var [`HOST_ID_ENV`] (`SMEM_HOST_ID`), when
+/// set and not empty, replaces it: processes with different values treat each other as being on
+/// different hosts (for tests, or to keep processes apart on purpose).
 ///
 /// # Errors
 /// `SM_IO_ERROR` when `/proc` cannot be read.
 pub fn host_identity() -> crate::Result<String> {
     use std::os::unix::fs::MetadataExt;
+    if let Some(forced) = std::env::var(HOST_ID_ENV).ok().filter(|v| !v.is_empty()) {
+        let clean: String = forced
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() && c != ';' && c != '=' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        return Ok(format!("forced:{clean}"));
+    }
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map_err(|e| {
         crate::Error::io(
             "reading /proc/sys/kernel/random/boot_id (is /proc mounted?)",

@@ -74,11 +74,27 @@ impl Drop for Ranks {
 
 /// Starts `ranks` of test `name` (its full name in this binary) with `role`.
 pub fn spawn(name: &str, role: &str, url: &str, world: u32, ranks: &[u32]) -> Ranks {
+    spawn_with(name, role, url, world, ranks, &[])
+}
+
+/// As [`spawn`], with extra env vars `(rank, name, value)` for single ranks.
+pub fn spawn_with(
+    name: &str,
+    role: &str,
+    url: &str,
+    world: u32,
+    ranks: &[u32],
+    extra: &[(u32, &str, &str)],
+) -> Ranks {
     let exe = std::env::current_exe().expect("test binary");
     let children = ranks
         .iter()
         .map(|&r| {
-            let c = Command::new(&exe)
+            let mut cmd = Command::new(&exe);
+            for (_, k, v) in extra.iter().filter(|e| e.0 == r) {
+                cmd.env(k, v);
+            }
+            let c = cmd
                 .args(["--exact", name, "--nocapture", "--test-threads=1"])
                 .env(ROLE, role)
                 .env(RANK, r.to_string())
