@@ -174,9 +174,14 @@ fn late_rank(role: &Role) {
     }
     barrier(&c, "early", n);
     if rank == 0 {
-        let e = write(h, win(3), b"x", H2G).expect_err("rank 3 not joined yet");
+        let e = write(h, win(3), b"x", H2G).err().unwrap_or_else(|| {
+            let log = c.get(b"smem/bm/o2/log").expect("log");
+            panic!("rank 3 not joined yet, but its window is reachable; log {log:?}")
+        });
         assert_eq!(e.code(), ErrorCode::ObjectNotExists, "{e}");
     }
+    // Rank 3 joins only after rank 0 saw its window unreachable.
+    barrier(&c, "checked-early", n);
     if rank == 3 {
         let e = write(h, win(3), b"x", H2G).expect_err("own window not joined");
         assert_eq!(e.code(), ErrorCode::InvalidParam, "{e}");
@@ -354,7 +359,7 @@ fn gva_candidate_taken_moves_base() {
             // Occupy a range and plant it as the first candidate.
             let res = smem_linux::mem::Reservation::reserve_anywhere(span, 2 * M).expect("reserve");
             let p = format!(
-                "v0 {:x} {span:x} {:x} {:x} {:x}",
+                "v0 1234 {:x} {span:x} {:x} {:x} {:x}",
                 res.base().raw(),
                 2 * M,
                 0,
@@ -578,5 +583,31 @@ fn fork_while_busy() {
     }
     let url = free_url();
     let out = spawn("fork_while_busy", "fork", &url, 1, &[0]).wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+}
+
+/// Members that pass different sizes get a clear `SM_INVALID_PARAM` from create, quickly.
+#[test]
+fn size_mismatch_is_refused() {
+    if let Some(r) = role() {
+        let (rank, n) = (r.rank, r.world);
+        runtime::bm_init(&r.url, n, 0, &config(rank, 20)).expect("init");
+        let c = client(&r.url);
+        let start = Instant::now();
+        let dram = if rank == 0 { 2 * M } else { 4 * M };
+        let e = runtime::bm_create(7, n, 1, dram, 0, 0).expect_err("sizes differ");
+        assert_eq!(e.code(), ErrorCode::InvalidParam, "{e}");
+        assert!(e.message().contains("different sizes"), "{e}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "mismatch found only by timeout"
+        );
+        barrier_last(&c, "done", n);
+        runtime::bm_uninit(0);
+        println!("rank-ok");
+        return;
+    }
+    let url = free_url();
+    let out = spawn("size_mismatch_is_refused", "mismatch", &url, 2, &[0, 1]).wait(DEADLINE);
     assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
 }

@@ -4,9 +4,9 @@
 //! # Store keys of object `<id>` (prefix `smem/bm/o<id>/`)
 //! | key | value | written by |
 //! |---|---|---|
-//! | `gva` | `v<n> <base> <span> <stride> <hbm> <dram>` (hex) | CAS by the rank proposing candidate `n` |
-//! | `gva/v<n>` | ADD counter: ranks holding candidate `n` (+ [`SUPERSEDED`], + [`ABORT`]) | every member |
-//! | `gva/r<r>` | last candidate rank `r` reserved (for the timeout message) | rank `r` |
+//! | `gva` | `v<n> <nonce> <base> <span> <stride> <hbm> <dram>` (hex) | CAS by the rank proposing candidate `n` |
+//! | `gva/v<nonce>.<n>` | ADD counter: ranks holding candidate `n` (+ [`SUPERSEDED`], + [`ABORT`]) | every member |
+//! | `gva/r<r>` | `<nonce>.<n>` last candidate rank `r` reserved (for the timeout message) | rank `r` |
 //! | `abort` | why create was aborted (sizes differ) | the rank that found it |
 //! | `log` | membership log: `+r;` join, `-r;` leave, `xr;` destroy (APPEND) | the rank itself |
 //! | `win/<r>` | window record: host identity, HBM and DRAM segment descriptors | rank `r` at join |
@@ -15,10 +15,10 @@
 //! # GVA agreement (create is collective over the `member_size` ranks)
 //! The first rank to find `gva` absent reserves a 2 MiB aligned span wherever its kernel puts it
 //! and proposes it (CAS on an absent key). Every rank tries to reserve exactly that span with
-//! no-clobber semantics; on success it adds 1 to `gva/v<n>`. A rank where the span is taken
+//! no-clobber semantics; on success it adds 1 to `gva/v<nonce>.<n>`. A rank where the span is taken
 //! reserves a fresh span of its own and proposes it as `n+1` with a CAS on the exact previous
-//! value (one proposal wins per round), then adds [`SUPERSEDED`] to `gva/v<n>` so every waiter
-//! wakes and moves. Create returns when `gva/v<n>` reaches `member_size`: no rank can propose
+//! value (one proposal wins per round), then adds [`SUPERSEDED`] to `gva/v<nonce>.<n>` so every waiter
+//! wakes and moves. Create returns when `gva/v<nonce>.<n>` reaches `member_size`: no rank can propose
 //! afterwards, because every rank holds the span. All waiting is on WATCHes, bounded by
 //! `createTimeout`.
 //!
@@ -134,6 +134,9 @@ pub(crate) struct BmObject {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Proposal {
     version: u64,
+    /// Random per agreement (chosen with candidate 0): names its counters, so counters of an
+    /// aborted or timed-out earlier agreement for the same id are never reused.
+    nonce: u64,
     base: u64,
     span: u64,
     stride: u64,
@@ -144,8 +147,8 @@ struct Proposal {
 impl Proposal {
     fn encode(&self) -> Vec<u8> {
         format!(
-            "v{} {:x} {:x} {:x} {:x} {:x}",
-            self.version, self.base, self.span, self.stride, self.hbm, self.dram
+            "v{} {:x} {:x} {:x} {:x} {:x} {:x}",
+            self.version, self.nonce, self.base, self.span, self.stride, self.hbm, self.dram
         )
         .into_bytes()
     }
@@ -157,6 +160,7 @@ impl Proposal {
         let mut hex = || u64::from_str_radix(it.next()?, 16).ok();
         let p = Self {
             version,
+            nonce: hex()?,
             base: hex()?,
             span: hex()?,
             stride: hex()?,
@@ -165,6 +169,23 @@ impl Proposal {
         };
         Some(p)
     }
+
+    /// Names this candidate in counter keys: `<nonce>.<version>`.
+    fn tag(&self) -> String {
+        format!("{:x}.{}", self.nonce, self.version)
+    }
+}
+
+/// A random `u64` (std's randomly seeded hasher; no extra dependency).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+fn counter_key(id: u32, tag: &str) -> Vec<u8> {
+    key(id, &format!("gva/v{tag}"))
 }
 
 /// What a member publishes at join: where its window's memory is.
@@ -342,6 +363,7 @@ impl BmObject {
         };
         let want = Proposal {
             version: 0,
+            nonce: 0,
             base: 0,
             span,
             stride,
@@ -905,7 +927,9 @@ fn drain(w: &Window) {
     }
 }
 
-/// Runs the GVA agreement (module docs) and returns the reservation and the agreed base.
+/// Runs the GVA agreement (module docs) and returns the reservation and the agreed base. On
+/// failure the candidate this rank counted for is uncounted, so a later attempt cannot complete
+/// with a count that includes a rank that gave up.
 fn agree_gva(
     store: &StoreClient,
     id: u32,
@@ -914,12 +938,42 @@ fn agree_gva(
     want: Proposal,
     deadline: Instant,
 ) -> Result<(Reservation, u64)> {
+    let mut held: Option<(String, Reservation)> = None;
+    let r = agree_inner(store, id, rank, members, want, deadline, &mut held);
+    if r.is_err() {
+        if let Some((tag, _)) = held.take() {
+            let _ = store.add(&counter_key(id, &tag), -1);
+        }
+    }
+    r
+}
+
+/// Counts this rank as holding candidate `p`.
+fn count_in(store: &StoreClient, id: u32, rank: u32, p: &Proposal) -> Result<()> {
+    store.set(&key(id, &format!("gva/r{rank}")), p.tag().as_bytes())?;
+    store.add(&counter_key(id, &p.tag()), 1)?;
+    Ok(())
+}
+
+fn agree_inner(
+    store: &StoreClient,
+    id: u32,
+    rank: u32,
+    members: u32,
+    want: Proposal,
+    deadline: Instant,
+    held: &mut Option<(String, Reservation)>,
+) -> Result<(Reservation, u64)> {
     let gva_key = key(id, "gva");
     let what = format!("smem_bm_create {id} (rank {rank})");
-    let mut held: Option<(u64, Reservation)> = None;
     loop {
         if remaining(deadline).is_zero() {
-            return Err(agree_timeout(store, id, &what, held.as_ref().map(|h| h.0)));
+            return Err(agree_timeout(
+                store,
+                id,
+                &what,
+                held.as_ref().map(|h| h.0.clone()),
+            ));
         }
         let cur = match store.get(&gva_key)? {
             Some(v) => v,
@@ -927,14 +981,14 @@ fn agree_gva(
                 let cand = Reservation::reserve_anywhere(want.span, WINDOW_ALIGN)?;
                 let p = Proposal {
                     version: 0,
+                    nonce: random_u64(),
                     base: cand.base().raw(),
                     ..want
                 };
                 match store.cas(&gva_key, b"", &p.encode())? {
                     CasResult::Swapped => {
-                        held = Some((0, cand));
-                        store.set(&key(id, &format!("gva/r{rank}")), b"0")?;
-                        store.add(&key(id, "gva/v0"), 1)?;
+                        *held = Some((p.tag(), cand));
+                        count_in(store, id, rank, &p)?;
                         p.encode()
                     }
                     CasResult::Mismatch(v) => v,
@@ -953,19 +1007,17 @@ fn agree_gva(
                 want.hbm, want.dram, p.hbm, p.dram, p.span
             );
             let _ = store.set(&key(id, "abort"), msg.as_bytes());
-            let _ = store.add(&key(id, &format!("gva/v{}", p.version)), ABORT);
+            let _ = store.add(&counter_key(id, &p.tag()), ABORT);
+            // The next attempt starts a fresh agreement (new nonce, new counters).
+            let _ = store.remove(&gva_key);
             return Err(Error::invalid(format!("{what}: {msg}")));
         }
-        if held.as_ref().map(|h| h.0) != Some(p.version) {
-            held = None;
+        if held.as_ref().map(|h| h.0.as_str()) != Some(p.tag().as_str()) {
+            *held = None;
             match Reservation::try_reserve_at(Gva(p.base), p.span) {
                 Ok(res) => {
-                    held = Some((p.version, res));
-                    store.set(
-                        &key(id, &format!("gva/r{rank}")),
-                        p.version.to_string().as_bytes(),
-                    )?;
-                    store.add(&key(id, &format!("gva/v{}", p.version)), 1)?;
+                    *held = Some((p.tag(), res));
+                    count_in(store, id, rank, &p)?;
                 }
                 Err(e) if e.code() == ErrorCode::ResourceInUse => {
                     debug!(
@@ -975,17 +1027,14 @@ fn agree_gva(
                     let cand = Reservation::reserve_anywhere(want.span, WINDOW_ALIGN)?;
                     let next = Proposal {
                         version: p.version + 1,
+                        nonce: p.nonce,
                         base: cand.base().raw(),
                         ..want
                     };
                     if store.cas(&gva_key, &cur, &next.encode())? == CasResult::Swapped {
-                        held = Some((next.version, cand));
-                        store.set(
-                            &key(id, &format!("gva/r{rank}")),
-                            next.version.to_string().as_bytes(),
-                        )?;
-                        store.add(&key(id, &format!("gva/v{}", next.version)), 1)?;
-                        store.add(&key(id, &format!("gva/v{}", p.version)), SUPERSEDED)?;
+                        *held = Some((next.tag(), cand));
+                        count_in(store, id, rank, &next)?;
+                        store.add(&counter_key(id, &p.tag()), SUPERSEDED)?;
                     }
                     continue;
                 }
@@ -993,7 +1042,7 @@ fn agree_gva(
             }
         }
         // Wait until every member holds this candidate, or it is superseded / aborted.
-        let counter = key(id, &format!("gva/v{}", p.version));
+        let counter = counter_key(id, &p.tag());
         let rx = store.watch(&counter)?;
         let outcome = loop {
             match rx.recv_timeout(remaining(deadline)) {
@@ -1014,7 +1063,7 @@ fn agree_gva(
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = store.unwatch(&counter);
-                    return Err(agree_timeout(store, id, &what, Some(p.version)));
+                    return Err(agree_timeout(store, id, &what, Some(p.tag())));
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(Error::new(
@@ -1048,16 +1097,16 @@ fn agree_gva(
     }
 }
 
-fn agree_timeout(store: &StoreClient, id: u32, what: &str, version: Option<u64>) -> Error {
+fn agree_timeout(store: &StoreClient, id: u32, what: &str, tag: Option<String>) -> Error {
     let mut have = Vec::new();
-    if let (Some(v), Ok(list)) = (version, store.prefix(&key(id, "gva/r"))) {
+    if let (Some(v), Ok(list)) = (tag, store.prefix(&key(id, "gva/r"))) {
         for (k, val) in list {
             let r = std::str::from_utf8(&k)
                 .ok()
                 .and_then(|s| s.rsplit_once("/r"))
                 .and_then(|(_, r)| r.parse::<u32>().ok());
             if let Some(r) = r {
-                if val == v.to_string().as_bytes() {
+                if val == v.as_bytes() {
                     have.push(r);
                 }
             }
@@ -1092,6 +1141,7 @@ mod tests {
     fn records_round_trip() {
         let p = Proposal {
             version: 3,
+            nonce: 0xabc,
             base: 0x7f00_0000_0000,
             span: 0x80_0000,
             stride: 0x40_0000,
