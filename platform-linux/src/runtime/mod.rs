@@ -10,7 +10,10 @@
 //! `bm_init` with identical arguments returns 0; with different ones `SM_REPEAT_CALL`.
 //! Objects: see [`object`] for the GVA agreement, the membership log and the key schedule.
 //! One host only: windows of peers on other hosts stay reserved and copies to them are
-//! `SM_NOT_SUPPORTED` until the network transport exists.
+//! `SM_NOT_SUPPORTED` until the network transport exists. `unifiedAddressSpace = false` is
+//! accepted and behaves like `true` (every member maps the pool at the same GVA anyway);
+//! `flags` and `dataOpType` (any of SDMA, ROCE, HOST_TCP) are accepted and do not change the
+//! same-host route (memory copy / device copy engine).
 //!
 //! # Locks
 //! `STATE` (init/uninit), `OBJECTS` (the handle table) and each slot's `RwLock` are only held
@@ -805,4 +808,76 @@ fn register_atfork() {
             warn!("pthread_atfork failed ({e}); forking while smem is busy may deadlock the child");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_directions() {
+        use CopyDirection::*;
+        assert_eq!(direction(LocalMemory::Host, Part::Dram, true), HostToHost);
+        assert_eq!(direction(LocalMemory::Host, Part::Hbm, true), HostToDevice);
+        assert_eq!(direction(LocalMemory::Host, Part::Hbm, false), DeviceToHost);
+        assert_eq!(
+            direction(LocalMemory::Device, Part::Dram, true),
+            DeviceToHost
+        );
+        assert_eq!(
+            direction(LocalMemory::Device, Part::Dram, false),
+            HostToDevice
+        );
+        assert_eq!(
+            direction(LocalMemory::Device, Part::Hbm, false),
+            DeviceToDevice
+        );
+    }
+
+    /// Nothing in this test binary calls `bm_init`, so every call sees an uninitialised process.
+    #[test]
+    fn calls_before_init_fail_cleanly() {
+        assert_eq!(
+            bm_rank_id().map_err(|e| e.code()),
+            Err(ErrorCode::NotInitialized)
+        );
+        assert_eq!(
+            bm_create(0, 1, 1, 1, 0, 0).map_err(|e| e.code()),
+            Err(ErrorCode::NotInitialized)
+        );
+        let forged = BmHandle(
+            Handle {
+                index: 3,
+                generation: 9,
+            }
+            .encode(),
+        );
+        assert_eq!(
+            bm_join(forged, 0).map_err(|e| e.code()),
+            Err(ErrorCode::ObjectNotExists)
+        );
+        assert_eq!(
+            bm_destroy(BmHandle(0)).map_err(|e| e.code()),
+            Err(ErrorCode::InvalidParam)
+        );
+        let beyond = BmHandle(
+            Handle {
+                index: 64,
+                generation: 0,
+            }
+            .encode(),
+        );
+        assert_eq!(
+            bm_ptr(beyond, 0).map_err(|e| e.code()),
+            Err(ErrorCode::InvalidParam)
+        );
+        // SAFETY: the handle is invalid, so no pointer is touched.
+        let r = unsafe { bm_copy(forged, 1, 2, 3, 0, 0) };
+        assert_eq!(r.map_err(|e| e.code()), Err(ErrorCode::ObjectNotExists));
+        let e = bm_init("http://x", 1, 0, &BmConfig::default()).expect_err("bad url");
+        assert_eq!(e.code(), ErrorCode::InvalidParam);
+        let e = bm_init("tcp://127.0.0.1:1", 0, 0, &BmConfig::default()).expect_err("world 0");
+        assert_eq!(e.code(), ErrorCode::InvalidParam);
+        bm_uninit(0);
+    }
 }
