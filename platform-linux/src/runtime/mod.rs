@@ -8,7 +8,8 @@
 //! rank (`smem/bm/rank/<r>` = host identity and pid) and waits until every rank of the world
 //! registered (unless `dynamicWorldSize`), naming the missing ranks on timeout. A second
 //! `bm_init` with identical arguments returns 0; with different ones `SM_REPEAT_CALL`.
-//! Objects: see [`object`] for the GVA agreement, the membership log and the key schedule.
+//! Objects: see the module docs of `runtime/object.rs` for the GVA agreement, the membership log
+//! and the store key schedule.
 //! One host only: windows of peers on other hosts stay reserved and copies to them are
 //! `SM_NOT_SUPPORTED` until the network transport exists. `unifiedAddressSpace = false` is
 //! accepted and behaves like `true` (every member maps the pool at the same GVA anyway);
