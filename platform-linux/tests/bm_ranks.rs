@@ -611,3 +611,49 @@ fn size_mismatch_is_refused() {
     let out = spawn("size_mismatch_is_refused", "mismatch", &url, 2, &[0, 1]).wait(DEADLINE);
     assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
 }
+
+/// SPEC 4: memory is pre-faulted at create, so the first copy into a fresh pool runs at about
+/// the speed of the second (without pre-faulting it is several times slower).
+#[test]
+fn first_copy_runs_at_steady_state_speed() {
+    if let Some(r) = role() {
+        runtime::bm_init(&r.url, 1, 0, &config(0, 30)).expect("init");
+        let len = 256 * M;
+        let h = runtime::bm_create(0, 1, 1, len, 0, 0).expect("create");
+        let base = runtime::bm_join(h, 0).expect("join");
+        let src = vec![0xa5u8; len as usize];
+        let mut secs = [0f64; 2];
+        for s in &mut secs {
+            let t = Instant::now();
+            write(h, base, &src, H2G).expect("copy");
+            *s = t.elapsed().as_secs_f64();
+        }
+        let gbps = |s: f64| len as f64 / s / 1e9;
+        println!(
+            "first={:.2}GB/s second={:.2}GB/s",
+            gbps(secs[0]),
+            gbps(secs[1])
+        );
+        assert!(
+            secs[0] < secs[1] * 3.0,
+            "first copy {:.3}s vs {:.3}s: not pre-faulted?",
+            secs[0],
+            secs[1]
+        );
+        runtime::bm_uninit(0);
+        println!("rank-ok");
+        return;
+    }
+    let url = free_url();
+    let out = spawn(
+        "first_copy_runs_at_steady_state_speed",
+        "speed",
+        &url,
+        1,
+        &[0],
+    )
+    .wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+    let line = out[&0].lines().find(|l| l.contains("first=")).unwrap_or("");
+    println!("{line}");
+}
