@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The test command of the README. Installs the reference wheel for the interop tests, then
-# runs every test of the workspace.
+# The test command of the README: installs the reference wheel (memfabric-hybrid 1.3.0, from
+# PyPI) into target/venv-mf for the interop tests, builds everything in release mode, and runs
+# every test of the workspace. Fails loudly if the wheel cannot be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash tests/interop/setup-venv.sh target/venv-mf
+export SMEM_REF_PYTHON="$PWD/target/venv-mf/bin/python"
 cargo build --workspace --release --bins --lib
 cargo test --workspace --release

@@ -150,7 +150,6 @@ fn bm_multirank_protocol_against_a_mock_runtime() {
 
 #[test]
 #[cfg_attr(miri, ignore)]
-#[ignore = "needs the BM runtime (runtime::bm_* return SM_NOT_SUPPORTED until it lands)"]
 fn bm_four_ranks_as_processes() {
     let dir = common::scratch("bm-multirank");
     let exe = build(&dir);

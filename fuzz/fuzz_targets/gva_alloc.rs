@@ -1,5 +1,2 @@
 #![no_main]
-// TODO(skeleton): calls smem_core::__fuzz::... once its owner lands it.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = data;
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| smem_core::__fuzz::mem::gva_alloc(data));

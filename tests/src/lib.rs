@@ -2,13 +2,14 @@
 //! spawning servers and ranks as real processes with deadlines, and killing them (by PID, only
 //! what we started) on drop, also when a test fails.
 
+pub mod compat;
 pub mod servers;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -32,11 +33,15 @@ pub fn profile_dir() -> PathBuf {
     dir
 }
 
-/// Path of a binary of the workspace built in the same profile as this test; builds it with
-/// cargo if it is not there yet.
+/// Path of a binary of the workspace built in the same profile as this test. The first call
+/// per binary runs `cargo build` for it (a no-op when fresh), so a test never runs a stale one.
 pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let path = profile_dir().join(name);
-    if !path.exists() {
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.iter().any(|b| b == name) {
         let release = profile_dir().ends_with("release");
         let mut cmd = std::process::Command::new(env!("CARGO"));
         cmd.current_dir(workspace_root())
@@ -49,6 +54,7 @@ pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
             status.success(),
             "cargo build -p {package} --bin {name} failed"
         );
+        built.push(name.to_string());
     }
     path
 }

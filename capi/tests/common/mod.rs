@@ -242,6 +242,7 @@ pub fn build_c_with(
     match link {
         Link::Shared => {
             cmd.arg(format!("-L{}", libs.display()))
+                .arg("-Wl,--disable-new-dtags")
                 .arg(format!("-Wl,-rpath,{}", libs.display()))
                 .arg("-lsmem");
         }

@@ -58,32 +58,6 @@ MUTUAL TLS (TLS 1.3; every client must present a certificate signed by the CA):
 /// Env var with the password of an encrypted TLS key.
 const KEY_PASSWORD_ENV: &str = "SMEM_TLS_KEY_PASSWORD";
 
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::max_level()
-    }
-
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            let _ = writeln!(
-                std::io::stderr(),
-                "[{}.{:03}] {:5} {}",
-                t.as_secs(),
-                t.subsec_millis(),
-                r.level(),
-                r.args()
-            );
-        }
-    }
-
-    fn flush(&self) {}
-}
-
 fn parse_level(s: &str) -> Option<log::LevelFilter> {
     match s.to_ascii_lowercase().as_str() {
         "debug" | "0" => Some(log::LevelFilter::Debug),
@@ -249,9 +223,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    static LOGGER: StderrLogger = StderrLogger;
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
+    smem_linux::logging::init();
+    let number = match level {
+        log::LevelFilter::Off | log::LevelFilter::Error => 3,
+        log::LevelFilter::Warn => 2,
+        log::LevelFilter::Info => 1,
+        log::LevelFilter::Debug | log::LevelFilter::Trace => 0,
+    };
+    if let Err(e) = smem_linux::logging::set_level(number) {
+        eprintln!("smem-store: {e}");
     }
     if let Err(e) = install_shutdown_signals() {
         eprintln!("smem-store: cannot install signal handlers: {e}");

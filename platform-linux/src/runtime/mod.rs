@@ -1,14 +1,60 @@
 //! The process-wide state behind the C API: BM pools (and later SHM objects).
 //!
 //! `capi` calls only these functions; it knows nothing of the store protocol or of memory.
-//! SKELETON: the signatures are the contract between `capi` and the runtime; bodies answer
-//! `SM_NOT_SUPPORTED` until the BM runtime lands.
-#![allow(unsafe_code)] // only `bm_copy`/`bm_copy_2d` are `unsafe fn`: they take caller pointers.
+//!
+//! # Life cycle
+//! `bm_init` connects to the config store (hosting it in-process first when this process is
+//! rank 0, or with `autoRanking` the process that can bind the URL's address), registers the
+//! rank (`smem/bm/rank/<r>` = host identity and pid) and waits until every rank of the world
+//! registered (unless `dynamicWorldSize`), naming the missing ranks on timeout. A second
+//! `bm_init` with identical arguments returns 0; with different ones `SM_REPEAT_CALL`.
+//! Objects: see the module docs of `runtime/object.rs` for the GVA agreement, the membership log
+//! and the store key schedule.
+//! One host only: windows of peers on other hosts stay reserved and copies to them are
+//! `SM_NOT_SUPPORTED` until the network transport exists. `unifiedAddressSpace = false` is
+//! accepted and behaves like `true` (every member maps the pool at the same GVA anyway);
+//! `flags` and `dataOpType` (any of SDMA, ROCE, HOST_TCP) are accepted and do not change the
+//! same-host route (memory copy / device copy engine).
+//!
+//! # Locks
+//! `STATE` (init/uninit), `OBJECTS` (the handle table) and each slot's `RwLock` are only held
+//! for short, non-blocking sections, in that order. The copy path takes one slot's read lock
+//! (per object, never global), validates with `smem_core::bm`, enters the window (atomics) and
+//! copies; it allocates nothing unless it fails.
+//!
+//! # Fork
+//! A `pthread_atfork` prepare handler takes `STATE`, `OBJECTS` and every slot lock, so no lock
+//! is held by another thread across `fork`; the parent releases them; the child forgets every
+//! object, store link and server of the parent (their threads do not exist in the child; their
+//! memory is not freed, the child's mappings keep sharing the parent's pages) and starts
+//! uninitialised, so it can call `bm_init` again. The GVA agreement then avoids the ranges the
+//! child still has reserved.
+#![allow(unsafe_code)] // `bm_copy`/`bm_copy_2d` are `unsafe fn` (caller pointers) and forward
+// that contract to the device copy, one `unsafe` block each.
 
-use std::time::Duration;
+mod object;
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{
+    Arc, LazyLock, Mutex, MutexGuard, Once, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
 use smem_core::ErrorCode;
+use smem_core::bm::{LocalMemory, Part, check_copy, check_copy_2d};
+use smem_core::gva::{Gva, GvaRange};
+use smem_core::limits::{BM_OBJECTS_MAX, WORLD_SIZE_MAX};
+use smem_core::table::{Handle, Table};
+use smem_core::url::StoreUrl;
 
+use self::object::{BmObject, CreateArgs, WindowGuard, rank_list};
+use crate::device::{self, CopyDirection, Device};
+use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer};
 use crate::{Error, Result};
 
 /// Settings of `smem_bm_init` (the Rust form of `smem_bm_config_t`).
@@ -57,11 +103,85 @@ impl Default for BmConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BmHandle(pub u64);
 
-fn not_yet(what: &str) -> Error {
+/// `smem_bm_data_op_type` bits this build accepts.
+const DATA_OP_ALL: u32 = 0b111;
+
+/// What every object of an initialised process shares.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) world_size: u32,
+    pub(crate) rank: u32,
+    pub(crate) device: Arc<dyn Device>,
+    pub(crate) store: StoreClient,
+    pub(crate) host_id: String,
+    pub(crate) config: BmConfig,
+}
+
+/// The arguments of a successful `bm_init`, to recognise an identical second call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct InitArgs {
+    url: String,
+    world_size: u32,
+    device_id: u16,
+    config: BmConfig,
+}
+
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    Uninit,
+    /// `bm_init` or `bm_uninit` is running.
+    Busy,
+    /// `startConfigStoreOnly`: hosts the store, takes no rank.
+    StoreOnly { args: InitArgs, server: StoreServer },
+    Ready {
+        args: InitArgs,
+        ctx: Arc<Ctx>,
+        server: Option<StoreServer>,
+        rank_down: Option<JoinHandle<()>>,
+    },
+}
+
+/// A published object with its handle generation (`None`: free slot).
+type Published = Option<(u32, Arc<BmObject>)>;
+type Slot = RwLock<Published>;
+
+static STATE: Mutex<State> = Mutex::new(State::Uninit);
+static OBJECTS: LazyLock<Mutex<Table<Arc<BmObject>, BM_OBJECTS_MAX>>> =
+    LazyLock::new(|| Mutex::new(Table::new()));
+static SLOTS: [Slot; BM_OBJECTS_MAX] = [const { RwLock::new(None) }; BM_OBJECTS_MAX];
+static CREATING: [AtomicBool; BM_OBJECTS_MAX] = [const { AtomicBool::new(false) }; BM_OBJECTS_MAX];
+static ATFORK: Once = Once::new();
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read(slot: &Slot) -> RwLockReadGuard<'_, Published> {
+    slot.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write(slot: &Slot) -> RwLockWriteGuard<'_, Published> {
+    slot.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn not_initialized(what: &str) -> Error {
     Error::new(
-        ErrorCode::NotSupported,
-        format!("{what} is not implemented yet in this build"),
+        ErrorCode::NotInitialized,
+        format!("{what}: smem_bm_init has not been called (or smem_bm_uninit was)"),
     )
+}
+
+fn ready_ctx(what: &str) -> Result<Arc<Ctx>> {
+    match &*lock(&STATE) {
+        State::Ready { ctx, .. } => Ok(Arc::clone(ctx)),
+        State::StoreOnly { .. } => Err(Error::invalid(format!(
+            "{what}: this process only hosts the config store (startConfigStoreOnly) and has no rank"
+        ))),
+        _ => Err(not_initialized(what)),
+    }
 }
 
 /// `smem_init`: process-wide initialisation (idempotent).
@@ -71,26 +191,290 @@ pub fn init(flags: u32) -> Result<()> {
             "smem_init flags must be 0, got {flags:#x}"
         )));
     }
+    register_atfork();
     Ok(())
 }
 
 /// `smem_uninit`: tears down everything this process created.
-pub fn uninit() {}
+pub fn uninit() {
+    bm_uninit(0);
+}
 
 /// `smem_bm_init`.
 pub fn bm_init(url: &str, world_size: u32, device_id: u16, config: &BmConfig) -> Result<()> {
-    let _ = (url, world_size, device_id, config);
-    Err(not_yet("smem_bm_init"))
+    let what = "smem_bm_init";
+    if world_size == 0 || world_size as usize > WORLD_SIZE_MAX {
+        return Err(Error::invalid(format!(
+            "{what}: worldSize {world_size} is outside 1..={WORLD_SIZE_MAX}"
+        )));
+    }
+    let parsed = StoreUrl::parse(url).map_err(|e| {
+        Error::invalid(format!(
+            "{what}: store URL {url:?}: {e}; expected tcp://IPv4:port or tcp://[IPv6]:port"
+        ))
+    })?;
+    let args = InitArgs {
+        url: url.to_owned(),
+        world_size,
+        device_id,
+        config: config.clone(),
+    };
+    {
+        let mut st = lock(&STATE);
+        match &*st {
+            State::Uninit => *st = State::Busy,
+            State::Ready { args: a, .. } | State::StoreOnly { args: a, .. } if *a == args => {
+                info!("{what}: already initialised with the same arguments");
+                return Ok(());
+            }
+            State::Busy => {
+                return Err(Error::new(
+                    ErrorCode::RepeatCall,
+                    format!("{what}: another smem_bm_init or smem_bm_uninit is running"),
+                ));
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::RepeatCall,
+                    format!(
+                        "{what}: already initialised with other arguments; call smem_bm_uninit first"
+                    ),
+                ));
+            }
+        }
+    }
+    register_atfork();
+    let result = start(parsed.addr, args);
+    let mut st = lock(&STATE);
+    match result {
+        Ok(new) => {
+            *st = new;
+            Ok(())
+        }
+        Err(e) => {
+            *st = State::Uninit;
+            Err(e)
+        }
+    }
+}
+
+fn rank_key(rank: u32) -> Vec<u8> {
+    format!("smem/bm/rank/{rank}").into_bytes()
+}
+
+/// Whether this process can listen on `addr` (its host is a local address and the port is free).
+fn can_host(addr: SocketAddr) -> bool {
+    TcpListener::bind(addr).is_ok()
+}
+
+fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
+    let what = "smem_bm_init";
+    let config = &args.config;
+    let deadline = Instant::now() + config.init_timeout;
+    if config.start_config_store_only {
+        let server = StoreServer::start(ServerConfig::new(addr))
+            .map_err(|e| e.context(format!("{what} (startConfigStoreOnly)")))?;
+        info!(
+            "{what}: hosting the config store at {} only (no rank)",
+            server.local_addr()
+        );
+        return Ok(State::StoreOnly { args, server });
+    }
+    let explicit = if config.auto_ranking {
+        None
+    } else {
+        let r = u32::from(config.rank_id);
+        if r >= args.world_size {
+            return Err(Error::invalid(format!(
+                "{what}: rankId {r} is not below worldSize {}; set config.rankId or enable autoRanking",
+                args.world_size
+            )));
+        }
+        Some(r)
+    };
+    let device = device::select(args.device_id).map_err(|e| e.context(what))?;
+    let host_id = crate::mem::host_identity()?;
+    let mut server = None;
+    if config.start_config_store {
+        match explicit {
+            Some(0) => {
+                server = Some(
+                    StoreServer::start(ServerConfig::new(addr))
+                        .map_err(|e| e.context(format!("{what}: rank 0 hosts the config store")))?,
+                )
+            }
+            Some(_) => {}
+            None => {
+                if can_host(addr) {
+                    match StoreServer::start(ServerConfig::new(addr)) {
+                        Ok(s) => server = Some(s),
+                        Err(e) => debug!("{what}: another process hosts the store ({e})"),
+                    }
+                }
+            }
+        }
+    }
+    let opts = ClientOptions {
+        world_size: Some(args.world_size),
+        rank: explicit,
+        connect_timeout: config.init_timeout,
+        op_timeout: config.control_timeout,
+        reconnect: false,
+        // `smem_set_ssl_option` (the store server above took it from `ServerConfig::new`).
+        tls: crate::tls::global(),
+    };
+    let store = StoreClient::connect(addr, opts)
+        .map_err(|e| e.context(format!("{what}: connecting to the config store at {addr}")))?;
+    let rank = match explicit {
+        Some(r) => r,
+        None => store.auto_rank(b"smem_bm").map_err(|e| e.context(what))?,
+    };
+    let me = format!("{host_id} {}", std::process::id());
+    store
+        .set(&rank_key(rank), me.as_bytes())
+        .map_err(|e| e.context(what))?;
+    if !config.dynamic_world_size {
+        wait_for_ranks(&store, args.world_size, deadline, config.init_timeout)?;
+    }
+    let ctx = Arc::new(Ctx {
+        world_size: args.world_size,
+        rank,
+        device,
+        store: store.clone(),
+        host_id,
+        config: config.clone(),
+    });
+    let rank_down = match store.watch_rank_down() {
+        Ok(rx) => std::thread::Builder::new()
+            .name("smem-bm-rankdown".into())
+            .spawn(move || {
+                while let Ok(r) = rx.recv() {
+                    let objs: Vec<Arc<BmObject>> =
+                        lock(&OBJECTS).iter().map(|(_, o)| Arc::clone(o)).collect();
+                    for o in objs {
+                        o.peer_down(r);
+                    }
+                }
+            })
+            .ok(),
+        Err(e) => {
+            warn!(
+                "{what}: cannot watch for ranks going down ({e}); dead peers are dropped only when they leave"
+            );
+            None
+        }
+    };
+    info!(
+        "{what}: rank {rank} of {} ready (store {addr}{})",
+        args.world_size,
+        if server.is_some() {
+            ", hosted here"
+        } else {
+            ""
+        }
+    );
+    Ok(State::Ready {
+        args,
+        ctx,
+        server,
+        rank_down,
+    })
+}
+
+fn wait_for_ranks(
+    store: &StoreClient,
+    world_size: u32,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<()> {
+    for r in 0..world_size {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        match store.wait_get(&rank_key(r), left) {
+            Ok(_) => {}
+            Err(e) if e.code() == ErrorCode::Timeout => {
+                let listed = store.prefix(b"smem/bm/rank/");
+                let detail = match listed {
+                    Ok(list) => {
+                        let present: BTreeSet<u32> = list
+                            .iter()
+                            .filter_map(|(k, _)| {
+                                std::str::from_utf8(k)
+                                    .ok()?
+                                    .strip_prefix("smem/bm/rank/")?
+                                    .parse()
+                                    .ok()
+                            })
+                            .collect();
+                        let missing: Vec<u32> =
+                            (0..world_size).filter(|x| !present.contains(x)).collect();
+                        format!(
+                            "{} of {world_size} ranks did not register: missing rank(s) {}",
+                            missing.len(),
+                            rank_list(&missing)
+                        )
+                    }
+                    Err(e) => format!(
+                        "rank {r} (at least) did not register; the list of ranks is unavailable ({e})"
+                    ),
+                };
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "smem_bm_init: {detail}; waited {} s; start them or raise initTimeout",
+                        timeout.as_secs_f32()
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.context("smem_bm_init: waiting for the other ranks")),
+        }
+    }
+    Ok(())
 }
 
 /// `smem_bm_uninit`.
 pub fn bm_uninit(flags: u32) {
     let _ = flags;
+    let old = {
+        let mut st = lock(&STATE);
+        match &*st {
+            State::Busy | State::Uninit => return,
+            _ => std::mem::replace(&mut *st, State::Busy),
+        }
+    };
+    let handles: Vec<Handle> = lock(&OBJECTS).iter().map(|(h, _)| h).collect();
+    for h in handles {
+        if let Err(e) = destroy_handle(h) {
+            warn!("smem_bm_uninit: destroying BM object {}: {e}", h.index);
+        }
+    }
+    match old {
+        State::Ready {
+            ctx,
+            server,
+            rank_down,
+            ..
+        } => {
+            let _ = ctx.store.remove(&rank_key(ctx.rank));
+            ctx.store.close();
+            if let Some(t) = rank_down {
+                let _ = t.join();
+            }
+            if let Some(s) = server {
+                s.shutdown();
+            }
+        }
+        State::StoreOnly { server, .. } => server.shutdown(),
+        _ => {}
+    }
+    *lock(&STATE) = State::Uninit;
+    info!("smem_bm_uninit: done");
 }
 
 /// `smem_bm_get_rank_id`.
 pub fn bm_rank_id() -> Result<u32> {
-    Err(not_yet("smem_bm_get_rank_id"))
+    Ok(ready_ctx("smem_bm_get_rank_id")?.rank)
 }
 
 /// `smem_bm_create`.
@@ -102,45 +486,176 @@ pub fn bm_create(
     local_hbm_size: u64,
     flags: u32,
 ) -> Result<BmHandle> {
-    let _ = (
+    let what = format!("smem_bm_create {id}");
+    let _ = flags;
+    let ctx = ready_ctx(&what)?;
+    let index = id as usize;
+    if index >= BM_OBJECTS_MAX {
+        return Err(Error::invalid(format!(
+            "{what}: id must be below {BM_OBJECTS_MAX}"
+        )));
+    }
+    if member_size == 0 || member_size > ctx.world_size {
+        return Err(Error::invalid(format!(
+            "{what}: memberSize {member_size} must be in 1..={} (worldSize)",
+            ctx.world_size
+        )));
+    }
+    if ctx.rank >= member_size {
+        return Err(Error::invalid(format!(
+            "{what}: rank {} is not a member of an object of memberSize {member_size}",
+            ctx.rank
+        )));
+    }
+    if data_op_type & !DATA_OP_ALL != 0 {
+        return Err(Error::invalid(format!(
+            "{what}: unknown dataOpType bits {data_op_type:#x}; use SDMA, ROCE, HOST_TCP"
+        )));
+    }
+    if local_dram_size == 0 && local_hbm_size == 0 {
+        return Err(Error::invalid(format!(
+            "{what}: localDRAMSize and localHBMSize are both 0; give at least one"
+        )));
+    }
+    {
+        let objects = lock(&OBJECTS);
+        if objects.handle_at(index).is_some() || CREATING[index].swap(true, Ordering::SeqCst) {
+            return Err(Error::new(
+                ErrorCode::DuplicatedObject,
+                format!("{what}: an object with this id exists in this process; destroy it first"),
+            ));
+        }
+    }
+    let args = CreateArgs {
         id,
         member_size,
-        data_op_type,
-        local_dram_size,
-        local_hbm_size,
-        flags,
-    );
-    Err(not_yet("smem_bm_create"))
+        dram: local_dram_size,
+        hbm: local_hbm_size,
+    };
+    let created = BmObject::create(&ctx, ctx.rank, &args);
+    let mut objects = lock(&OBJECTS);
+    CREATING[index].store(false, Ordering::SeqCst);
+    let obj = created?;
+    let handle = objects
+        .insert_at(index, Arc::clone(&obj))
+        .map_err(|(e, _)| Error::new(ErrorCode::DuplicatedObject, format!("{what}: {e}")))?;
+    *write(&SLOTS[index]) = Some((handle.generation, obj));
+    Ok(BmHandle(handle.encode()))
+}
+
+fn decode(handle: BmHandle, what: &str) -> Result<Handle> {
+    Handle::decode(handle.0)
+        .filter(|h| (h.index as usize) < BM_OBJECTS_MAX)
+        .ok_or_else(|| Error::invalid(format!("{what}: {:#x} is not a BM handle", handle.0)))
+}
+
+fn stale(what: &str) -> Error {
+    Error::new(
+        ErrorCode::ObjectNotExists,
+        format!("{what}: the BM object was destroyed (stale handle)"),
+    )
+}
+
+/// The object behind `handle` (control path).
+fn lookup(handle: BmHandle, what: &str) -> Result<Arc<BmObject>> {
+    let h = decode(handle, what)?;
+    match &*read(&SLOTS[h.index as usize]) {
+        Some((generation, obj)) if *generation == h.generation => Ok(Arc::clone(obj)),
+        _ => Err(stale(what)),
+    }
+}
+
+fn destroy_handle(h: Handle) -> Result<()> {
+    let what = "smem_bm_destroy";
+    let obj = {
+        let mut objects = lock(&OBJECTS);
+        let obj = objects.remove(h).map_err(|_| stale(what))?;
+        // Waits for copies of other threads that are inside the object.
+        *write(&SLOTS[h.index as usize]) = None;
+        obj
+    };
+    let r = obj.destroy();
+    obj.quiesce();
+    drop(obj);
+    r
 }
 
 /// `smem_bm_destroy`.
 pub fn bm_destroy(handle: BmHandle) -> Result<()> {
-    let _ = handle;
-    Err(not_yet("smem_bm_destroy"))
+    destroy_handle(decode(handle, "smem_bm_destroy")?)
 }
 
 /// `smem_bm_join`: returns this rank's window base (GVA).
 pub fn bm_join(handle: BmHandle, flags: u32) -> Result<u64> {
-    let _ = (handle, flags);
-    Err(not_yet("smem_bm_join"))
+    let _ = flags;
+    lookup(handle, "smem_bm_join")?.join()
 }
 
 /// `smem_bm_leave`.
 pub fn bm_leave(handle: BmHandle, flags: u32) -> Result<()> {
-    let _ = (handle, flags);
-    Err(not_yet("smem_bm_leave"))
+    let _ = flags;
+    lookup(handle, "smem_bm_leave")?.leave()
 }
 
 /// `smem_bm_get_local_mem_size`.
 pub fn bm_local_mem_size(handle: BmHandle) -> Result<u64> {
-    let _ = handle;
-    Err(not_yet("smem_bm_get_local_mem_size"))
+    Ok(lookup(handle, "smem_bm_get_local_mem_size")?
+        .layout
+        .local_mem_size())
 }
 
 /// `smem_bm_ptr`: `base + peer * stride`.
 pub fn bm_ptr(handle: BmHandle, peer: u16) -> Result<u64> {
-    let _ = (handle, peer);
-    Err(not_yet("smem_bm_ptr"))
+    let obj = lookup(handle, "smem_bm_ptr")?;
+    obj.layout
+        .window_base(u32::from(peer))
+        .map(Gva::raw)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "smem_bm_ptr: peer {peer} is not below memberSize {}",
+                obj.layout.member_size()
+            ))
+        })
+}
+
+/// The direction of a copy between a local memory and a window part.
+fn direction(local: LocalMemory, part: Part, writes_global: bool) -> CopyDirection {
+    let global_is_device = part == Part::Hbm;
+    let local_is_device = local == LocalMemory::Device;
+    let (src_dev, dst_dev) = if writes_global {
+        (local_is_device, global_is_device)
+    } else {
+        (global_is_device, local_is_device)
+    };
+    match (src_dev, dst_dev) {
+        (true, true) => CopyDirection::DeviceToDevice,
+        (true, false) => CopyDirection::DeviceToHost,
+        (false, true) => CopyDirection::HostToDevice,
+        (false, false) => CopyDirection::HostToHost,
+    }
+}
+
+/// When the local side lies in the object's own GVA span (e.g. a copy between two windows),
+/// it must be one joined part, held like the global side.
+fn enter_local(obj: &BmObject, local: u64, len: u64) -> Result<Option<WindowGuard<'_>>> {
+    let span = obj.layout.span();
+    let Some(range) = GvaRange::new(Gva(local), len) else {
+        return Ok(None);
+    };
+    if !range.overlaps(&span) {
+        return Ok(None);
+    }
+    let loc = obj.layout.locate(Gva(local), len).map_err(|e| {
+        Error::invalid(format!(
+            "local side of the copy lies in this object's GVA range: {e}"
+        ))
+    })?;
+    obj.enter(loc.rank).map(Some)
+}
+
+fn global_addr(obj: &BmObject, rank: u32, part: Part, offset: u64) -> u64 {
+    // Validated by `check_copy*`: inside the object's span, so no overflow.
+    obj.layout.window_base(rank).map_or(0, Gva::raw) + obj.layout.part_offset(part) + offset
 }
 
 /// `smem_bm_copy`.
@@ -157,8 +672,33 @@ pub unsafe fn bm_copy(
     copy_type: u32,
     flags: u32,
 ) -> Result<()> {
-    let _ = (handle, src, dest, size, copy_type, flags);
-    Err(not_yet("smem_bm_copy"))
+    let _ = flags;
+    let what = "smem_bm_copy";
+    let h = decode(handle, what)?;
+    let slot = read(&SLOTS[h.index as usize]);
+    let obj = match &*slot {
+        Some((generation, obj)) if *generation == h.generation => obj,
+        _ => return Err(stale(what)),
+    };
+    let plan = check_copy(&obj.layout, copy_type, src, dest, size)
+        .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+    let _global = obj.enter(plan.global.rank).map_err(|e| e.context(what))?;
+    let _local = enter_local(obj, plan.local, size).map_err(|e| e.context(what))?;
+    let g = global_addr(obj, plan.global.rank, plan.global.part, plan.global.offset);
+    let writes = plan.kind.writes_global();
+    let (s, d) = if writes {
+        (plan.local, g)
+    } else {
+        (g, plan.local)
+    };
+    let dir = direction(plan.kind.local_memory(), plan.global.part, writes);
+    let len = usize::try_from(size)
+        .map_err(|_| Error::invalid(format!("{what}: size {size} too large")))?;
+    // SAFETY: the global side is `len` bytes inside one mapped part of a joined window, kept
+    // mapped by `_global` (unmappers wait for it); the local side is valid by the caller's
+    // contract (or, inside the object, held mapped by `_local`); `check_copy` proved the two
+    // ranges disjoint.
+    unsafe { obj.ctx.device.copy(s as *const u8, d as *mut u8, len, dir) }
 }
 
 /// `smem_bm_copy_2d`.
@@ -177,8 +717,170 @@ pub unsafe fn bm_copy_2d(
     copy_type: u32,
     flags: u32,
 ) -> Result<()> {
-    let _ = (
-        handle, src, spitch, dest, dpitch, width, height, copy_type, flags,
-    );
-    Err(not_yet("smem_bm_copy_2d"))
+    let _ = flags;
+    let what = "smem_bm_copy_2d";
+    let h = decode(handle, what)?;
+    let slot = read(&SLOTS[h.index as usize]);
+    let obj = match &*slot {
+        Some((generation, obj)) if *generation == h.generation => obj,
+        _ => return Err(stale(what)),
+    };
+    let plan = check_copy_2d(
+        &obj.layout,
+        copy_type,
+        src,
+        spitch,
+        dest,
+        dpitch,
+        width,
+        height,
+    )
+    .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+    let _global = obj.enter(plan.global.rank).map_err(|e| e.context(what))?;
+    // The local span: checked for overflow by `check_copy_2d`.
+    let local_span = (height - 1) * plan.local_pitch + width;
+    let _local = enter_local(obj, plan.local, local_span).map_err(|e| e.context(what))?;
+    let g = global_addr(obj, plan.global.rank, plan.global.part, plan.global.offset);
+    let writes = plan.kind.writes_global();
+    let (s, sp, d, dp) = if writes {
+        (plan.local, plan.local_pitch, g, plan.global_pitch)
+    } else {
+        (g, plan.global_pitch, plan.local, plan.local_pitch)
+    };
+    let dir = direction(plan.kind.local_memory(), plan.global.part, writes);
+    let conv =
+        |v: u64| usize::try_from(v).map_err(|_| Error::invalid(format!("{what}: {v} too large")));
+    let (sp, dp, w, hgt) = (conv(sp)?, conv(dp)?, conv(width)?, conv(height)?);
+    // SAFETY: as in `bm_copy`: every global row lies in the validated strided span inside one
+    // mapped part held by `_global`; local rows are valid by the caller's contract; the spans
+    // are disjoint (`check_copy_2d`).
+    unsafe {
+        obj.ctx
+            .device
+            .copy_2d(s as *const u8, sp, d as *mut u8, dp, w, hgt, dir)
+    }
+}
+
+/// Locks held across `fork` by the thread that forks (see the module docs).
+struct ForkGuards {
+    state: MutexGuard<'static, State>,
+    objects: MutexGuard<'static, Table<Arc<BmObject>, BM_OBJECTS_MAX>>,
+    slots: Vec<RwLockWriteGuard<'static, Published>>,
+}
+
+thread_local! {
+    static FORK_GUARDS: RefCell<Option<ForkGuards>> = const { RefCell::new(None) };
+}
+
+extern "C" fn fork_prepare() {
+    let guards = ForkGuards {
+        state: lock(&STATE),
+        objects: lock(&OBJECTS),
+        slots: SLOTS.iter().map(write).collect(),
+    };
+    FORK_GUARDS.with(|g| *g.borrow_mut() = Some(guards));
+}
+
+extern "C" fn fork_parent() {
+    FORK_GUARDS.with(|g| drop(g.borrow_mut().take()));
+}
+
+extern "C" fn fork_child() {
+    FORK_GUARDS.with(|g| {
+        if let Some(mut guards) = g.borrow_mut().take() {
+            // The parent's threads do not exist here: forget (never drop) what they served.
+            std::mem::forget(std::mem::take(&mut *guards.state));
+            std::mem::forget(std::mem::take(&mut *guards.objects));
+            for s in guards.slots.iter_mut() {
+                std::mem::forget(s.take());
+            }
+            for c in &CREATING {
+                c.store(false, Ordering::SeqCst);
+            }
+        }
+    });
+}
+
+fn register_atfork() {
+    ATFORK.call_once(|| {
+        if let Err(e) = crate::sys::fork::register_atfork(
+            Some(fork_prepare),
+            Some(fork_parent),
+            Some(fork_child),
+        ) {
+            warn!("pthread_atfork failed ({e}); forking while smem is busy may deadlock the child");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_directions() {
+        use CopyDirection::*;
+        assert_eq!(direction(LocalMemory::Host, Part::Dram, true), HostToHost);
+        assert_eq!(direction(LocalMemory::Host, Part::Hbm, true), HostToDevice);
+        assert_eq!(direction(LocalMemory::Host, Part::Hbm, false), DeviceToHost);
+        assert_eq!(
+            direction(LocalMemory::Device, Part::Dram, true),
+            DeviceToHost
+        );
+        assert_eq!(
+            direction(LocalMemory::Device, Part::Dram, false),
+            HostToDevice
+        );
+        assert_eq!(
+            direction(LocalMemory::Device, Part::Hbm, false),
+            DeviceToDevice
+        );
+    }
+
+    /// Nothing in this test binary calls `bm_init`, so every call sees an uninitialised process.
+    #[test]
+    fn calls_before_init_fail_cleanly() {
+        assert_eq!(
+            bm_rank_id().map_err(|e| e.code()),
+            Err(ErrorCode::NotInitialized)
+        );
+        assert_eq!(
+            bm_create(0, 1, 1, 1, 0, 0).map_err(|e| e.code()),
+            Err(ErrorCode::NotInitialized)
+        );
+        let forged = BmHandle(
+            Handle {
+                index: 3,
+                generation: 9,
+            }
+            .encode(),
+        );
+        assert_eq!(
+            bm_join(forged, 0).map_err(|e| e.code()),
+            Err(ErrorCode::ObjectNotExists)
+        );
+        assert_eq!(
+            bm_destroy(BmHandle(0)).map_err(|e| e.code()),
+            Err(ErrorCode::InvalidParam)
+        );
+        let beyond = BmHandle(
+            Handle {
+                index: 64,
+                generation: 0,
+            }
+            .encode(),
+        );
+        assert_eq!(
+            bm_ptr(beyond, 0).map_err(|e| e.code()),
+            Err(ErrorCode::InvalidParam)
+        );
+        // SAFETY: the handle is invalid, so no pointer is touched.
+        let r = unsafe { bm_copy(forged, 1, 2, 3, 0, 0) };
+        assert_eq!(r.map_err(|e| e.code()), Err(ErrorCode::ObjectNotExists));
+        let e = bm_init("http://x", 1, 0, &BmConfig::default()).expect_err("bad url");
+        assert_eq!(e.code(), ErrorCode::InvalidParam);
+        let e = bm_init("tcp://127.0.0.1:1", 0, 0, &BmConfig::default()).expect_err("world 0");
+        assert_eq!(e.code(), ErrorCode::InvalidParam);
+        bm_uninit(0);
+    }
 }

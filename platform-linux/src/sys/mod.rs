@@ -1,3 +1,41 @@
-//! Thin safe wrappers over libc calls. The only place in this crate with `unsafe`. TODO(skeleton).
+//! Thin safe wrappers over libc calls: the only place in this crate with `unsafe` blocks.
+//!
+//! Each libc call is wrapped once, in a function that returns `io::Result` (errno mapped with
+//! [`std::io::Error::last_os_error`]) and hands file descriptors out as [`OwnedFd`] /
+//! takes them as [`BorrowedFd`] (rustix style). Every `unsafe` block states why it is sound in a
+//! `// SAFETY:` comment. Raw memory is only reachable through the owning [`mman::Region`] (whose
+//! `Drop` unmaps) and the `unsafe fn`s of [`copy`].
+//!
+//! [`OwnedFd`]: std::os::fd::OwnedFd
+//! [`BorrowedFd`]: std::os::fd::BorrowedFd
 
+pub mod copy;
+pub mod fd;
+pub mod fork;
+pub mod mman;
 pub mod net;
+
+use std::io;
+
+/// Maps a libc `int` return value (`-1` = error in errno) to `io::Result`.
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// The system page size (4096 on the machines we target; read once from `sysconf`).
+pub fn page_size() -> usize {
+    use std::sync::OnceLock;
+    static PAGE: OnceLock<usize> = OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(v)
+            .ok()
+            .filter(|p| p.is_power_of_two())
+            .unwrap_or(4096)
+    })
+}

@@ -1,33 +1,14 @@
-//! Our client against any store at `SMEM_COMPAT_STORE_URL` (e.g. the reference
-//! memfabric-hybrid 1.3.0 server, or `smem-store`). Without the variable the test runs against
-//! an in-process `StoreServer`, so the same checks always run.
-//!
-//! ```text
-//! SMEM_COMPAT_STORE_URL=tcp://127.0.0.1:5124 cargo test -p smem-linux --test store_compat
-//! ```
+//! One pass over every client operation with the documented results, against any store
+//! server: ours (in-process or `smem-store`) or the reference's.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use smem_core::url::StoreUrl;
-use smem_linux::store::{CasResult, ClientOptions, ServerConfig, StoreClient, StoreServer};
+use smem_linux::store::{CasResult, ClientOptions, StoreClient};
 
-#[test]
-fn client_works_against_the_store() {
-    let (_server, addr) = match std::env::var("SMEM_COMPAT_STORE_URL") {
-        Ok(url) => (
-            None,
-            StoreUrl::parse(&url).expect("SMEM_COMPAT_STORE_URL").addr,
-        ),
-        Err(_) => {
-            let s = StoreServer::start(ServerConfig {
-                heartbeat_timeout: None,
-                ..ServerConfig::default()
-            })
-            .unwrap();
-            let a = s.local_addr();
-            (Some(s), a)
-        }
-    };
+/// Runs every op of SPEC 5.4 through our client against the server at `addr` and asserts the
+/// documented results. The server must be fresh or fixed to world size 2.
+pub fn exercise_every_op(addr: SocketAddr) {
     let o = ClientOptions {
         world_size: Some(2),
         ..ClientOptions::default()
@@ -66,8 +47,16 @@ fn client_works_against_the_store() {
     c.set(&k("later"), b"now").unwrap();
     assert_eq!(t.join().unwrap().unwrap(), b"now");
     let start = Instant::now();
-    assert!(c.wait_get(&k("never"), Duration::from_millis(200)).is_err());
-    assert!(start.elapsed() >= Duration::from_millis(200));
+    let r = c.wait_get(&k("never"), Duration::from_millis(200));
+    let waited = start.elapsed();
+    assert!(
+        r.is_err(),
+        "a parked GET of a key nobody sets succeeded: {r:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(195),
+        "parked GET returned after {waited:?}: {r:?}"
+    );
     // Watch.
     let rx = c.watch(&k("a")).unwrap();
     assert_eq!(rx.recv_timeout(Duration::from_secs(2)).unwrap(), b"42");

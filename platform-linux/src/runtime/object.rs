@@ -1,0 +1,1175 @@
+//! One BM object in this process: its GVA reservation, local segments, window states, the
+//! membership log watcher, and the copy path.
+//!
+//! # Store keys of object `<id>` (prefix `smem/bm/o<id>/`)
+//! | key | value | written by |
+//! |---|---|---|
+//! | `gva` | `v<n> <nonce> <base> <span> <stride> <hbm> <dram>` (hex) | CAS by the rank proposing candidate `n` |
+//! | `gva/v<nonce>.<n>` | ADD counter: ranks holding candidate `n` (+ [`SUPERSEDED`], + [`ABORT`]) | every member |
+//! | `gva/r<r>` | `<nonce>.<n>` last candidate rank `r` reserved (for the timeout message) | rank `r` |
+//! | `abort` | why create was aborted (sizes differ) | the rank that found it |
+//! | `log` | membership log: `+r;` join, `-r;` leave, `xr;` destroy (APPEND) | the rank itself |
+//! | `win/<r>` | window record: host identity, HBM and DRAM segment descriptors | rank `r` at join |
+//! | `ack/<off>/<m>` | `ok`, `remote` or `err <why>`: member `m` applied the log entry ending at `off` | member `m` |
+//!
+//! # GVA agreement (create is collective over the `member_size` ranks)
+//! The first rank to find `gva` absent reserves a 2 MiB aligned span wherever its kernel puts it
+//! and proposes it (CAS on an absent key). Every rank tries to reserve exactly that span with
+//! no-clobber semantics; on success it adds 1 to `gva/v<nonce>.<n>`. A rank where the span is taken
+//! reserves a fresh span of its own and proposes it as `n+1` with a CAS on the exact previous
+//! value (one proposal wins per round), then adds [`SUPERSEDED`] to `gva/v<nonce>.<n>` so every waiter
+//! wakes and moves. Create returns when `gva/v<nonce>.<n>` reaches `member_size`: no rank can propose
+//! afterwards, because every rank holds the span. All waiting is on WATCHes, bounded by
+//! `createTimeout`.
+//!
+//! # Membership
+//! Every member watches `log` from create on: the watch delivers the whole log, then each
+//! appended entry, in one order for everybody. The watcher thread maps the windows of joining
+//! peers on the same host (`MAP_SHARED` at `base + r*stride`), unmaps leaving ones, and acks
+//! every entry of another rank. Join/leave append their entry and wait for the acks of every
+//! other holder of the object that is alive, so when join returns every earlier member reaches
+//! the new window, and when leave returns nobody maps the leaver's window any more.
+//!
+//! # Copy path
+//! No lock, no allocation: each window has an atomic state and an in-flight counter. A copy
+//! increments the counter, then checks the state is `MAPPED`; an unmapper sets `CLOSING`, waits
+//! for the counter to drain, then unmaps (SeqCst on both sides, so one of them sees the other).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use smem_core::ErrorCode;
+use smem_core::bm::{Part, WindowLayout, part_lens};
+use smem_core::gva::Gva;
+use smem_core::limits::WINDOW_ALIGN;
+
+use super::Ctx;
+use crate::device::DeviceSegment;
+use crate::mem::{HostSegment, Reservation, SegmentDescriptor, SegmentKind};
+use crate::store::{CasResult, StoreClient};
+use crate::{Error, Result};
+
+/// Added to a candidate's counter when a newer candidate replaced it.
+pub(crate) const SUPERSEDED: i64 = 1 << 40;
+/// Added to a candidate's counter when create was aborted (sizes differ).
+pub(crate) const ABORT: i64 = 1 << 50;
+
+/// Window states.
+pub(crate) const ABSENT: u8 = 0;
+pub(crate) const MAPPED: u8 = 1;
+pub(crate) const REMOTE: u8 = 2;
+pub(crate) const CLOSING: u8 = 3;
+
+fn key(id: u32, rest: &str) -> Vec<u8> {
+    format!("smem/bm/o{id}/{rest}").into_bytes()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// One rank's window: state and in-flight copies.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    pub(crate) state: AtomicU8,
+    pub(crate) inflight: AtomicU32,
+}
+
+/// Holds a window's in-flight count for the duration of a copy.
+pub(crate) struct WindowGuard<'a>(&'a Window);
+
+impl Drop for WindowGuard<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Control state of an object, behind its mutex (never taken by the copy path).
+#[derive(Debug, Default)]
+struct Ctl {
+    /// Bytes of the log applied so far.
+    processed: u64,
+    /// Ranks joined according to the log.
+    joined: BTreeSet<u32>,
+    /// Ranks that still hold the object (all members after create, minus destroyed or dead).
+    holders: BTreeSet<u32>,
+    /// Ranks whose parts are mapped here: (rank, hbm mapped, dram mapped).
+    mapped: Vec<(u32, bool, bool)>,
+    /// For this rank's own entries: end offset -> other holders at that point.
+    own_entries: Vec<(u64, Vec<u32>)>,
+    /// This rank joined (its own join completed).
+    joined_self: bool,
+    /// The watcher stopped (link down or unwatched).
+    watcher_gone: bool,
+}
+
+/// A BM object of this process.
+#[derive(Debug)]
+pub(crate) struct BmObject {
+    pub(crate) id: u32,
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) layout: WindowLayout,
+    rank: u32,
+    reservation: Reservation,
+    hbm: Option<DeviceSegment>,
+    dram: Option<HostSegment>,
+    pub(crate) windows: Box<[Window]>,
+    ctl: Mutex<Ctl>,
+    ctl_cv: Condvar,
+    /// Serialises join / leave / destroy of this object.
+    op: Mutex<()>,
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The parsed `gva` proposal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Proposal {
+    version: u64,
+    /// Random per agreement (chosen with candidate 0): names its counters, so counters of an
+    /// aborted or timed-out earlier agreement for the same id are never reused.
+    nonce: u64,
+    base: u64,
+    span: u64,
+    stride: u64,
+    hbm: u64,
+    dram: u64,
+}
+
+impl Proposal {
+    fn encode(&self) -> Vec<u8> {
+        format!(
+            "v{} {:x} {:x} {:x} {:x} {:x} {:x}",
+            self.version, self.nonce, self.base, self.span, self.stride, self.hbm, self.dram
+        )
+        .into_bytes()
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(b).ok()?;
+        let mut it = s.split(' ');
+        let version = it.next()?.strip_prefix('v')?.parse().ok()?;
+        let mut hex = || u64::from_str_radix(it.next()?, 16).ok();
+        let p = Self {
+            version,
+            nonce: hex()?,
+            base: hex()?,
+            span: hex()?,
+            stride: hex()?,
+            hbm: hex()?,
+            dram: hex()?,
+        };
+        Some(p)
+    }
+
+    /// Names this candidate in counter keys: `<nonce>.<version>`.
+    fn tag(&self) -> String {
+        format!("{:x}.{}", self.nonce, self.version)
+    }
+}
+
+/// A random `u64` (std's randomly seeded hasher; no extra dependency).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+fn counter_key(id: u32, tag: &str) -> Vec<u8> {
+    key(id, &format!("gva/v{tag}"))
+}
+
+/// What a member publishes at join: where its window's memory is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct WindowRecord {
+    host: String,
+    hbm: Option<SegmentDescriptor>,
+    dram: Option<SegmentDescriptor>,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+impl WindowRecord {
+    fn encode(&self) -> Vec<u8> {
+        let d =
+            |x: &Option<SegmentDescriptor>| x.map_or_else(|| "-".to_owned(), |d| hex(&d.encode()));
+        format!(
+            "host={};hbm={};dram={}",
+            self.host,
+            d(&self.hbm),
+            d(&self.dram)
+        )
+        .into_bytes()
+    }
+
+    fn decode(b: &[u8]) -> Result<Self> {
+        let bad = || {
+            Error::new(
+                ErrorCode::ProtocolError,
+                "malformed window record in the config store",
+            )
+        };
+        let s = std::str::from_utf8(b).map_err(|_| bad())?;
+        let mut host = None;
+        let mut hbm = None;
+        let mut dram = None;
+        for field in s.split(';') {
+            let (k, v) = field.split_once('=').ok_or_else(bad)?;
+            let desc = |v: &str| -> Result<Option<SegmentDescriptor>> {
+                if v == "-" {
+                    return Ok(None);
+                }
+                SegmentDescriptor::decode(&unhex(v).ok_or_else(bad)?).map(Some)
+            };
+            match k {
+                "host" => host = Some(v.to_owned()),
+                "hbm" => hbm = desc(v)?,
+                "dram" => dram = desc(v)?,
+                _ => {}
+            }
+        }
+        Ok(Self {
+            host: host.ok_or_else(bad)?,
+            hbm,
+            dram,
+        })
+    }
+}
+
+/// A log entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    Join(u32),
+    Leave(u32),
+    Destroy(u32),
+}
+
+impl Entry {
+    fn encode(self) -> String {
+        match self {
+            Self::Join(r) => format!("+{r};"),
+            Self::Leave(r) => format!("-{r};"),
+            Self::Destroy(r) => format!("x{r};"),
+        }
+    }
+}
+
+/// Splits log bytes into entries with their end offsets (relative to the piece start).
+fn parse_entries(piece: &[u8]) -> Vec<(usize, Option<Entry>)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, b) in piece.iter().enumerate() {
+        if *b != b';' {
+            continue;
+        }
+        let e = &piece[start..i];
+        let entry = e.split_first().and_then(|(kind, num)| {
+            let r: u32 = std::str::from_utf8(num).ok()?.parse().ok()?;
+            match kind {
+                b'+' => Some(Entry::Join(r)),
+                b'-' => Some(Entry::Leave(r)),
+                b'x' => Some(Entry::Destroy(r)),
+                _ => None,
+            }
+        });
+        out.push((i + 1, entry));
+        start = i + 1;
+    }
+    out
+}
+
+/// Names a list of ranks compactly: `0-3,7`.
+pub(crate) fn rank_list(ranks: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < ranks.len() {
+        let mut j = i;
+        while j + 1 < ranks.len() && ranks[j + 1] == ranks[j] + 1 {
+            j += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if j > i {
+            out.push_str(&format!("{}-{}", ranks[i], ranks[j]));
+        } else {
+            out.push_str(&ranks[i].to_string());
+        }
+        i = j + 1;
+    }
+    out
+}
+
+/// Sizes of a new object, validated.
+pub(crate) struct CreateArgs {
+    pub(crate) id: u32,
+    pub(crate) member_size: u32,
+    pub(crate) dram: u64,
+    pub(crate) hbm: u64,
+}
+
+impl BmObject {
+    /// Allocates local memory, agrees on the GVA base with the other members, maps the local
+    /// window and starts watching the membership log.
+    pub(crate) fn create(ctx: &Arc<Ctx>, rank: u32, args: &CreateArgs) -> Result<Arc<Self>> {
+        let deadline = Instant::now() + ctx.config.create_timeout;
+        let (hbm_len, dram_len, stride) = part_lens(args.hbm, args.dram)
+            .map_err(|e| Error::invalid(format!("smem_bm_create: {e}")))?;
+        let span = stride
+            .checked_mul(u64::from(args.member_size))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "smem_bm_create: {} windows of {stride:#x} bytes overflow the address space",
+                    args.member_size
+                ))
+            })?;
+        let id = args.id;
+        let hbm = if hbm_len > 0 {
+            Some(
+                ctx.device
+                    .alloc(&format!("smem-bm{id}-hbm"), hbm_len)
+                    .map_err(|e| e.context(format!("smem_bm_create {id}: HBM part")))?,
+            )
+        } else {
+            None
+        };
+        let dram = if dram_len > 0 {
+            Some(
+                HostSegment::create(&format!("smem-bm{id}-dram"), SegmentKind::Host, dram_len)
+                    .map_err(|e| e.context(format!("smem_bm_create {id}: DRAM part")))?,
+            )
+        } else {
+            None
+        };
+        let want = Proposal {
+            version: 0,
+            nonce: 0,
+            base: 0,
+            span,
+            stride,
+            hbm: hbm_len,
+            dram: dram_len,
+        };
+        let (reservation, base) =
+            agree_gva(&ctx.store, id, rank, args.member_size, want, deadline)?;
+        let layout = WindowLayout::new(Gva(base), stride, args.member_size, hbm_len, dram_len)
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::ProtocolError,
+                    format!("smem_bm_create {id}: agreed layout invalid: {e}"),
+                )
+            })?;
+        let own = layout
+            .window_base(rank)
+            .and_then(|w| w.checked_offset_from(layout.base()))
+            .ok_or_else(|| Error::invalid("rank outside the object"))?;
+        if let Some(seg) = &hbm {
+            reservation.map_segment(own, seg.fd(), hbm_len)?;
+        }
+        if let Some(seg) = &dram {
+            reservation.map_segment(own + hbm_len, seg.fd(), dram_len)?;
+        }
+        let windows: Box<[Window]> = (0..args.member_size).map(|_| Window::default()).collect();
+        let ctl = Ctl {
+            holders: (0..args.member_size).collect(),
+            ..Ctl::default()
+        };
+        let obj = Arc::new(Self {
+            id,
+            ctx: Arc::clone(ctx),
+            layout,
+            rank,
+            reservation,
+            hbm,
+            dram,
+            windows,
+            ctl: Mutex::new(ctl),
+            ctl_cv: Condvar::new(),
+            op: Mutex::new(()),
+            watcher: Mutex::new(None),
+        });
+        obj.start_watcher()?;
+        info!(
+            "smem_bm_create {id}: rank {rank} of {} at GVA {base:#x}, stride {stride:#x}",
+            args.member_size
+        );
+        Ok(obj)
+    }
+
+    fn start_watcher(self: &Arc<Self>) -> Result<()> {
+        let rx = self.ctx.store.watch(&key(self.id, "log")).map_err(|e| {
+            e.context(format!(
+                "smem_bm_create {}: watching the membership log",
+                self.id
+            ))
+        })?;
+        let me = Arc::clone(self);
+        let t = std::thread::Builder::new()
+            .name(format!("smem-bm{}-watch", self.id))
+            .spawn(move || {
+                while let Ok(piece) = rx.recv() {
+                    me.apply(&piece);
+                }
+                let mut ctl = lock(&me.ctl);
+                ctl.watcher_gone = true;
+                me.ctl_cv.notify_all();
+            })
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::NewObjectFailed,
+                    format!("cannot start the BM watcher thread: {e}"),
+                )
+            })?;
+        *lock(&self.watcher) = Some(t);
+        Ok(())
+    }
+
+    /// The window offset of `rank` from the object base.
+    fn window_offset(&self, rank: u32) -> u64 {
+        u64::from(rank) * self.layout.stride()
+    }
+
+    /// Applies a piece of the membership log (watcher thread).
+    fn apply(&self, piece: &[u8]) {
+        let mut ctl = lock(&self.ctl);
+        let base = ctl.processed;
+        for (end, entry) in parse_entries(piece) {
+            let off = base + end as u64;
+            match entry {
+                None => warn!(
+                    "BM object {}: ignoring a malformed membership log entry",
+                    self.id
+                ),
+                Some(e) => self.apply_entry(&mut ctl, e, off),
+            }
+            ctl.processed = off;
+        }
+        // Bytes after the last ';' (never written by us) are skipped.
+        ctl.processed = base + piece.len() as u64;
+        self.ctl_cv.notify_all();
+    }
+
+    fn apply_entry(&self, ctl: &mut Ctl, entry: Entry, off: u64) {
+        let (Entry::Join(r) | Entry::Leave(r) | Entry::Destroy(r)) = entry;
+        if r >= self.layout.member_size() {
+            warn!(
+                "BM object {}: log names rank {r}, outside {} members",
+                self.id,
+                self.layout.member_size()
+            );
+            return;
+        }
+        if r == self.rank {
+            match entry {
+                Entry::Join(_) => {
+                    ctl.joined.insert(r);
+                }
+                Entry::Leave(_) => {
+                    ctl.joined.remove(&r);
+                }
+                Entry::Destroy(_) => {
+                    ctl.joined.remove(&r);
+                    ctl.holders.remove(&r);
+                }
+            }
+            let others: Vec<u32> = ctl
+                .holders
+                .iter()
+                .copied()
+                .filter(|&h| h != self.rank)
+                .collect();
+            ctl.own_entries.push((off, others));
+            return;
+        }
+        let ack = match entry {
+            Entry::Join(_) => {
+                ctl.joined.insert(r);
+                self.unmap_peer(ctl, r);
+                match self.map_peer(ctl, r) {
+                    Ok(true) => "ok".to_owned(),
+                    Ok(false) => "remote".to_owned(),
+                    Err(e) => {
+                        warn!("BM object {}: cannot map rank {r}'s window: {e}", self.id);
+                        format!(
+                            "err rank {} could not map rank {r}'s window: {e}",
+                            self.rank
+                        )
+                    }
+                }
+            }
+            Entry::Leave(_) | Entry::Destroy(_) => {
+                ctl.joined.remove(&r);
+                if matches!(entry, Entry::Destroy(_)) {
+                    ctl.holders.remove(&r);
+                }
+                self.unmap_peer(ctl, r);
+                "ok".to_owned()
+            }
+        };
+        if ctl.holders.contains(&self.rank) {
+            let k = key(self.id, &format!("ack/{off}/{}", self.rank));
+            if let Err(e) = self.ctx.store.set(&k, ack.as_bytes()) {
+                warn!("BM object {}: cannot ack log entry at {off}: {e}", self.id);
+            }
+        }
+    }
+
+    /// Maps rank `r`'s window from its record. `Ok(false)`: another host (left reserved).
+    fn map_peer(&self, ctl: &mut Ctl, r: u32) -> Result<bool> {
+        let rec = self
+            .ctx
+            .store
+            .get(&key(self.id, &format!("win/{r}")))?
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::ObjectNotExists,
+                    format!("rank {r} joined but published no window record"),
+                )
+            })?;
+        let rec = WindowRecord::decode(&rec)?;
+        let w = &self.windows[r as usize];
+        if rec.host != self.ctx.host_id {
+            w.state.store(REMOTE, Ordering::SeqCst);
+            debug!(
+                "BM object {}: rank {r} is on host {} (not ours); its window stays reserved",
+                self.id, rec.host
+            );
+            return Ok(false);
+        }
+        let check = |d: &Option<SegmentDescriptor>, want: u64, part: Part| -> Result<()> {
+            let got = d.map_or(0, |d| d.len);
+            if got != want {
+                return Err(Error::invalid(format!(
+                    "rank {r}'s {part} part is {got:#x} bytes but this object's is {want:#x}; every member must create with the same sizes"
+                )));
+            }
+            Ok(())
+        };
+        check(&rec.hbm, self.layout.hbm_len(), Part::Hbm)?;
+        check(&rec.dram, self.layout.dram_len(), Part::Dram)?;
+        let off = self.window_offset(r);
+        let mut hbm_mapped = false;
+        if let Some(d) = &rec.hbm {
+            let seg = self.ctx.device.open_peer(d)?;
+            self.reservation.map_segment(off, seg.fd(), d.len)?;
+            hbm_mapped = true;
+        }
+        if let Some(d) = &rec.dram {
+            let res = (|| {
+                if d.kind != SegmentKind::Host {
+                    return Err(Error::invalid(format!(
+                        "rank {r}'s DRAM descriptor is a {:?} segment",
+                        d.kind
+                    )));
+                }
+                let seg = HostSegment::open(d)?;
+                self.reservation
+                    .map_segment(off + self.layout.hbm_len(), seg.fd(), d.len)
+            })();
+            if let Err(e) = res {
+                if hbm_mapped {
+                    let _ = self.reservation.unmap(off, self.layout.hbm_len());
+                }
+                return Err(e);
+            }
+        }
+        // The segments' descriptors close here; the mappings keep the memory.
+        ctl.mapped.push((r, hbm_mapped, rec.dram.is_some()));
+        w.state.store(MAPPED, Ordering::SeqCst);
+        Ok(true)
+    }
+
+    /// Stops copies into rank `r`'s window and unmaps it (if mapped).
+    fn unmap_peer(&self, ctl: &mut Ctl, r: u32) {
+        let w = &self.windows[r as usize];
+        w.state.store(CLOSING, Ordering::SeqCst);
+        drain(w);
+        if let Some(i) = ctl.mapped.iter().position(|m| m.0 == r) {
+            let (_, hbm, dram) = ctl.mapped.swap_remove(i);
+            let off = self.window_offset(r);
+            if hbm {
+                if let Err(e) = self.reservation.unmap(off, self.layout.hbm_len()) {
+                    warn!("BM object {}: unmapping rank {r}'s HBM part: {e}", self.id);
+                }
+            }
+            if dram {
+                if let Err(e) = self
+                    .reservation
+                    .unmap(off + self.layout.hbm_len(), self.layout.dram_len())
+                {
+                    warn!("BM object {}: unmapping rank {r}'s DRAM part: {e}", self.id);
+                }
+            }
+        }
+        w.state.store(ABSENT, Ordering::SeqCst);
+    }
+
+    /// A rank's link went down: drop its window like a destroy.
+    pub(crate) fn peer_down(&self, r: u32) {
+        if r == self.rank || r >= self.layout.member_size() {
+            return;
+        }
+        let mut ctl = lock(&self.ctl);
+        ctl.joined.remove(&r);
+        ctl.holders.remove(&r);
+        self.unmap_peer(&mut ctl, r);
+        info!(
+            "BM object {}: rank {r} is down; its window was dropped",
+            self.id
+        );
+    }
+
+    /// Appends `entry` and waits until every other alive holder acked it; returns the ranks
+    /// whose ack said `err`.
+    fn announce(&self, entry: Entry, what: &str, deadline: Instant) -> Result<()> {
+        let store = &self.ctx.store;
+        let len = store.append(&key(self.id, "log"), entry.encode().as_bytes())?;
+        let others = {
+            let mut ctl = lock(&self.ctl);
+            loop {
+                if let Some(i) = ctl.own_entries.iter().position(|e| e.0 == len) {
+                    break ctl.own_entries.swap_remove(i).1;
+                }
+                if ctl.watcher_gone {
+                    return Err(Error::new(
+                        ErrorCode::IoError,
+                        format!(
+                            "{what}: the membership watch of BM object {} stopped (config store link down?)",
+                            self.id
+                        ),
+                    ));
+                }
+                let left = remaining(deadline);
+                if left.is_zero() {
+                    return Err(Error::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "{what}: the membership log of BM object {} was not delivered in time",
+                            self.id
+                        ),
+                    ));
+                }
+                ctl = self
+                    .ctl_cv
+                    .wait_timeout(ctl, left)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+            }
+        };
+        let mut failures = Vec::new();
+        let mut missing = Vec::new();
+        for m in others {
+            let k = key(self.id, &format!("ack/{len}/{m}"));
+            let v = loop {
+                let left = remaining(deadline);
+                // Short slices so a member that dies meanwhile is noticed.
+                match store.wait_get(
+                    &k,
+                    left.min(Duration::from_secs(1))
+                        .max(Duration::from_millis(1)),
+                ) {
+                    Ok(v) => break Some(v),
+                    Err(e) if e.code() == ErrorCode::Timeout => {
+                        if !store.query_alive(m).unwrap_or(true)
+                            || !lock(&self.ctl).holders.contains(&m)
+                        {
+                            debug!("{what}: rank {m} is gone; not waiting for its ack");
+                            break None;
+                        }
+                        if remaining(deadline).is_zero() {
+                            missing.push(m);
+                            break None;
+                        }
+                    }
+                    Err(e) => return Err(e.context(what)),
+                }
+            };
+            let _ = store.remove(&k);
+            if let Some(v) = v {
+                if let Some(msg) = v.strip_prefix(b"err ") {
+                    failures.push(String::from_utf8_lossy(msg).into_owned());
+                }
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "{what}: rank(s) {} did not apply the membership change within the create timeout",
+                    rank_list(&missing)
+                ),
+            ));
+        }
+        if !failures.is_empty() {
+            return Err(Error::new(
+                ErrorCode::Error,
+                format!("{what}: {}", failures.join("; ")),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `smem_bm_join`: publishes the window and waits for every other holder to map it.
+    pub(crate) fn join(&self) -> Result<u64> {
+        let _op = lock(&self.op);
+        let what = format!(
+            "smem_bm_join of BM object {} by rank {}",
+            self.id, self.rank
+        );
+        if lock(&self.ctl).joined_self {
+            return Err(Error::new(
+                ErrorCode::RepeatCall,
+                format!("{what}: already joined"),
+            ));
+        }
+        let deadline = Instant::now() + self.ctx.config.create_timeout;
+        let rec = WindowRecord {
+            host: self.ctx.host_id.clone(),
+            hbm: self.hbm.as_ref().map(DeviceSegment::descriptor),
+            dram: self.dram.as_ref().map(HostSegment::descriptor),
+        };
+        self.ctx
+            .store
+            .set(&key(self.id, &format!("win/{}", self.rank)), &rec.encode())
+            .map_err(|e| e.context(&what))?;
+        if let Err(e) = self.announce(Entry::Join(self.rank), &what, deadline) {
+            // Roll back so nobody keeps a half-joined window.
+            let _ = self.announce(
+                Entry::Leave(self.rank),
+                &what,
+                Instant::now() + Duration::from_secs(5),
+            );
+            return Err(e);
+        }
+        lock(&self.ctl).joined_self = true;
+        self.windows[self.rank as usize]
+            .state
+            .store(MAPPED, Ordering::SeqCst);
+        let base = self.layout.window_base(self.rank).map_or(0, Gva::raw);
+        info!("{what}: window at {base:#x}");
+        Ok(base)
+    }
+
+    /// `smem_bm_leave`: peers drop the window before this returns.
+    pub(crate) fn leave(&self) -> Result<()> {
+        let _op = lock(&self.op);
+        self.leave_locked()
+    }
+
+    fn leave_locked(&self) -> Result<()> {
+        let what = format!(
+            "smem_bm_leave of BM object {} by rank {}",
+            self.id, self.rank
+        );
+        if !lock(&self.ctl).joined_self {
+            return Err(Error::invalid(format!("{what}: this rank has not joined")));
+        }
+        let w = &self.windows[self.rank as usize];
+        w.state.store(CLOSING, Ordering::SeqCst);
+        drain(w);
+        w.state.store(ABSENT, Ordering::SeqCst);
+        lock(&self.ctl).joined_self = false;
+        let deadline = Instant::now() + self.ctx.config.create_timeout;
+        let r = self.announce(Entry::Leave(self.rank), &what, deadline);
+        let _ = self
+            .ctx
+            .store
+            .remove(&key(self.id, &format!("win/{}", self.rank)));
+        r
+    }
+
+    /// `smem_bm_destroy` (store side): leaves if joined, tells the others, stops the watcher and
+    /// removes the object's keys when this was the last holder. Local memory is freed when the
+    /// last reference to the object drops.
+    pub(crate) fn destroy(&self) -> Result<()> {
+        let _op = lock(&self.op);
+        let mut result = Ok(());
+        if lock(&self.ctl).joined_self {
+            result = self.leave_locked();
+        }
+        let what = format!(
+            "smem_bm_destroy of BM object {} by rank {}",
+            self.id, self.rank
+        );
+        let deadline = Instant::now()
+            + self
+                .ctx
+                .config
+                .control_timeout
+                .min(self.ctx.config.create_timeout);
+        // Nobody waits for acks of a destroy; holders drop us when they read it.
+        let store = &self.ctx.store;
+        match store.append(
+            &key(self.id, "log"),
+            Entry::Destroy(self.rank).encode().as_bytes(),
+        ) {
+            Ok(len) => {
+                let last = {
+                    let mut ctl = lock(&self.ctl);
+                    loop {
+                        if let Some(i) = ctl.own_entries.iter().position(|e| e.0 == len) {
+                            break Some(ctl.own_entries.swap_remove(i).1.is_empty());
+                        }
+                        let left = remaining(deadline);
+                        if ctl.watcher_gone || left.is_zero() {
+                            break None;
+                        }
+                        ctl = self
+                            .ctl_cv
+                            .wait_timeout(ctl, left)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .0;
+                    }
+                };
+                if last == Some(true) {
+                    if let Ok(keys) = store.prefix(&key(self.id, "")) {
+                        for (k, _) in keys {
+                            let _ = store.remove(&k);
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!("{what}: cannot announce the destroy: {e}"),
+        }
+        self.stop_watcher();
+        result
+    }
+
+    fn stop_watcher(&self) {
+        let _ = self.ctx.store.unwatch(&key(self.id, "log"));
+        if let Some(t) = lock(&self.watcher).take() {
+            if std::thread::current().id() != t.thread().id() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Marks every window absent and waits for in-flight copies (before freeing memory).
+    pub(crate) fn quiesce(&self) {
+        for w in self.windows.iter() {
+            w.state.store(CLOSING, Ordering::SeqCst);
+            drain(w);
+            w.state.store(ABSENT, Ordering::SeqCst);
+        }
+    }
+
+    /// Enters rank `rank`'s window for a copy, or says why it cannot be reached.
+    #[inline]
+    pub(crate) fn enter(&self, rank: u32) -> Result<WindowGuard<'_>> {
+        let w = self
+            .windows
+            .get(rank as usize)
+            .ok_or_else(|| Error::invalid(format!("rank {rank} has no window")))?;
+        w.inflight.fetch_add(1, Ordering::SeqCst);
+        let state = w.state.load(Ordering::SeqCst);
+        if state == MAPPED {
+            return Ok(WindowGuard(w));
+        }
+        w.inflight.fetch_sub(1, Ordering::SeqCst);
+        Err(self.unreachable(rank, state))
+    }
+
+    #[cold]
+    fn unreachable(&self, rank: u32, state: u8) -> Error {
+        match state {
+            REMOTE => Error::new(
+                ErrorCode::NotSupported,
+                format!(
+                    "rank {rank}'s window of BM object {} is on another host; cross-host copies need the network transport, which this build does not have",
+                    self.id
+                ),
+            ),
+            _ if rank == self.rank => Error::invalid(format!(
+                "rank {rank}'s own window of BM object {} is not joined; call smem_bm_join first",
+                self.id
+            )),
+            _ => Error::new(
+                ErrorCode::ObjectNotExists,
+                format!(
+                    "rank {rank}'s window of BM object {} is not joined (never joined, left, or its process died)",
+                    self.id
+                ),
+            ),
+        }
+    }
+}
+
+/// Waits until no copy is in flight in `w` (copies are bounded memory copies).
+fn drain(w: &Window) {
+    let mut spins = 0u32;
+    while w.inflight.load(Ordering::SeqCst) != 0 {
+        spins += 1;
+        if spins < 100 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Runs the GVA agreement (module docs) and returns the reservation and the agreed base. On
+/// failure the candidate this rank counted for is uncounted, so a later attempt cannot complete
+/// with a count that includes a rank that gave up.
+fn agree_gva(
+    store: &StoreClient,
+    id: u32,
+    rank: u32,
+    members: u32,
+    want: Proposal,
+    deadline: Instant,
+) -> Result<(Reservation, u64)> {
+    let mut held: Option<(String, Reservation)> = None;
+    let r = agree_inner(store, id, rank, members, want, deadline, &mut held);
+    if r.is_err() {
+        if let Some((tag, _)) = held.take() {
+            let _ = store.add(&counter_key(id, &tag), -1);
+        }
+    }
+    r
+}
+
+/// Counts this rank as holding candidate `p`.
+fn count_in(store: &StoreClient, id: u32, rank: u32, p: &Proposal) -> Result<()> {
+    store.set(&key(id, &format!("gva/r{rank}")), p.tag().as_bytes())?;
+    store.add(&counter_key(id, &p.tag()), 1)?;
+    Ok(())
+}
+
+fn agree_inner(
+    store: &StoreClient,
+    id: u32,
+    rank: u32,
+    members: u32,
+    want: Proposal,
+    deadline: Instant,
+    held: &mut Option<(String, Reservation)>,
+) -> Result<(Reservation, u64)> {
+    let gva_key = key(id, "gva");
+    let what = format!("smem_bm_create {id} (rank {rank})");
+    loop {
+        if remaining(deadline).is_zero() {
+            return Err(agree_timeout(
+                store,
+                id,
+                &what,
+                held.as_ref().map(|h| h.0.clone()),
+            ));
+        }
+        let cur = match store.get(&gva_key)? {
+            Some(v) => v,
+            None => {
+                let cand = Reservation::reserve_anywhere(want.span, WINDOW_ALIGN)?;
+                let p = Proposal {
+                    version: 0,
+                    nonce: random_u64(),
+                    base: cand.base().raw(),
+                    ..want
+                };
+                match store.cas(&gva_key, b"", &p.encode())? {
+                    CasResult::Swapped => {
+                        *held = Some((p.tag(), cand));
+                        count_in(store, id, rank, &p)?;
+                        p.encode()
+                    }
+                    CasResult::Mismatch(v) => v,
+                }
+            }
+        };
+        let p = Proposal::decode(&cur).ok_or_else(|| {
+            Error::new(
+                ErrorCode::ProtocolError,
+                format!("{what}: malformed GVA proposal in the store"),
+            )
+        })?;
+        if (p.span, p.stride, p.hbm, p.dram) != (want.span, want.stride, want.hbm, want.dram) {
+            let msg = format!(
+                "members of BM object {id} were created with different sizes: rank {rank} has HBM {:#x} + DRAM {:#x} x {members} members, another member HBM {:#x} + DRAM {:#x} (span {:#x}); every member must pass the same sizes and memberSize",
+                want.hbm, want.dram, p.hbm, p.dram, p.span
+            );
+            let _ = store.set(&key(id, "abort"), msg.as_bytes());
+            let _ = store.add(&counter_key(id, &p.tag()), ABORT);
+            // The next attempt starts a fresh agreement (new nonce, new counters).
+            let _ = store.remove(&gva_key);
+            return Err(Error::invalid(format!("{what}: {msg}")));
+        }
+        if held.as_ref().map(|h| h.0.as_str()) != Some(p.tag().as_str()) {
+            *held = None;
+            match Reservation::try_reserve_at(Gva(p.base), p.span) {
+                Ok(res) => {
+                    *held = Some((p.tag(), res));
+                    count_in(store, id, rank, &p)?;
+                }
+                Err(e) if e.code() == ErrorCode::ResourceInUse => {
+                    debug!(
+                        "{what}: candidate v{} at {:#x} is taken here; proposing another",
+                        p.version, p.base
+                    );
+                    let cand = Reservation::reserve_anywhere(want.span, WINDOW_ALIGN)?;
+                    let next = Proposal {
+                        version: p.version + 1,
+                        nonce: p.nonce,
+                        base: cand.base().raw(),
+                        ..want
+                    };
+                    if store.cas(&gva_key, &cur, &next.encode())? == CasResult::Swapped {
+                        *held = Some((next.tag(), cand));
+                        count_in(store, id, rank, &next)?;
+                        store.add(&counter_key(id, &p.tag()), SUPERSEDED)?;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.context(&what)),
+            }
+        }
+        // Wait until every member holds this candidate, or it is superseded / aborted.
+        let counter = counter_key(id, &p.tag());
+        let rx = store.watch(&counter)?;
+        let outcome = loop {
+            match rx.recv_timeout(remaining(deadline)) {
+                Ok(v) => {
+                    let n: i64 = std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    if n >= ABORT {
+                        break Err(());
+                    }
+                    if n >= SUPERSEDED {
+                        break Ok(false);
+                    }
+                    if n >= i64::from(members) {
+                        break Ok(true);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = store.unwatch(&counter);
+                    return Err(agree_timeout(store, id, &what, Some(p.tag())));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::new(
+                        ErrorCode::IoError,
+                        format!("{what}: the config store link went down during the GVA agreement"),
+                    ));
+                }
+            }
+        };
+        let _ = store.unwatch(&counter);
+        match outcome {
+            Ok(true) => {
+                let (_, res) = held.take().ok_or_else(|| {
+                    Error::new(ErrorCode::Error, "GVA agreement lost its reservation")
+                })?;
+                return Ok((res, p.base));
+            }
+            Ok(false) => {}
+            Err(()) => {
+                let msg = store
+                    .get(&key(id, "abort"))
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                return Err(Error::invalid(format!(
+                    "{what}: aborted by another member: {}",
+                    String::from_utf8_lossy(&msg)
+                )));
+            }
+        }
+    }
+}
+
+fn agree_timeout(store: &StoreClient, id: u32, what: &str, tag: Option<String>) -> Error {
+    let mut have = Vec::new();
+    if let (Some(v), Ok(list)) = (tag, store.prefix(&key(id, "gva/r"))) {
+        for (k, val) in list {
+            let r = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|s| s.rsplit_once("/r"))
+                .and_then(|(_, r)| r.parse::<u32>().ok());
+            if let Some(r) = r {
+                if val == v.as_bytes() {
+                    have.push(r);
+                }
+            }
+        }
+    }
+    have.sort_unstable();
+    Error::new(
+        ErrorCode::Timeout,
+        format!(
+            "{what}: the members did not agree on a GVA range within the create timeout; ranks holding the current candidate: [{}]; the others have not called smem_bm_create yet or cannot reserve it",
+            rank_list(&have)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_entries_parse_with_offsets() {
+        let e = parse_entries(b"+0;+12;-0;x3;?;");
+        assert_eq!(e[0], (3, Some(Entry::Join(0))));
+        assert_eq!(e[1], (7, Some(Entry::Join(12))));
+        assert_eq!(e[2], (10, Some(Entry::Leave(0))));
+        assert_eq!(e[3], (13, Some(Entry::Destroy(3))));
+        assert_eq!(e[4], (15, None));
+        assert_eq!(Entry::Join(5).encode(), "+5;");
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let p = Proposal {
+            version: 3,
+            nonce: 0xabc,
+            base: 0x7f00_0000_0000,
+            span: 0x80_0000,
+            stride: 0x40_0000,
+            hbm: 0x20_0000,
+            dram: 0x20_0000,
+        };
+        assert_eq!(Proposal::decode(&p.encode()), Some(p));
+        assert_eq!(Proposal::decode(b"v1 zz"), None);
+        let d = SegmentDescriptor {
+            kind: SegmentKind::Host,
+            pid: 1,
+            fd: 3,
+            inode: 9,
+            len: 0x20_0000,
+        };
+        let r = WindowRecord {
+            host: "boot/123".into(),
+            hbm: None,
+            dram: Some(d),
+        };
+        assert_eq!(WindowRecord::decode(&r.encode()), Ok(r));
+        assert!(WindowRecord::decode(b"hbm=-").is_err());
+    }
+
+    #[test]
+    fn rank_lists_are_compact() {
+        assert_eq!(rank_list(&[0, 1, 2, 3, 7, 9, 10]), "0-3,7,9-10");
+        assert_eq!(rank_list(&[]), "");
+        assert_eq!(rank_list(&[5]), "5");
+    }
+}

@@ -1,0 +1,316 @@
+//! Address-space reservations and shared mappings: `mmap`, `munmap`, `madvise`.
+//!
+//! [`Region`] owns a range of this process's address space from creation to `Drop`. It starts
+//! as an inaccessible reservation (`PROT_NONE`, `MAP_NORESERVE`: no memory, no swap accounting)
+//! and parts of it can be replaced by shared file mappings and turned back into reservation.
+//! The region tracks which parts are mapped, so its safe byte accessors never touch a
+//! `PROT_NONE` page.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Mutex;
+
+use super::page_size;
+
+/// `MAP_FIXED_NOREPLACE` (Linux 4.17). Older kernels ignore it and treat the address as a hint,
+/// which [`Region::reserve`] detects by comparing the returned address.
+const MAP_FIXED_NOREPLACE: libc::c_int = libc::MAP_FIXED_NOREPLACE;
+
+/// An owned range of address space (see the module docs). `Drop` unmaps all of it.
+#[derive(Debug)]
+pub struct Region {
+    /// Start address (page aligned). Stored as an integer: the region hands out no references.
+    addr: usize,
+    /// Length in bytes (a multiple of the page size).
+    len: usize,
+    /// Mapped parts as sorted, disjoint `(offset, len)` pairs.
+    mapped: Mutex<Vec<(usize, usize)>>,
+}
+
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+fn mmap_ret(ret: *mut libc::c_void) -> io::Result<usize> {
+    if ret == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+impl Region {
+    /// Reserves `len` bytes (`PROT_NONE`, `MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE`).
+    ///
+    /// With `Some(addr)` the reservation is exactly at `addr` or fails with `EEXIST` when any
+    /// part of that range is already mapped (`MAP_FIXED_NOREPLACE`: nothing is ever clobbered).
+    /// A kernel that ignores the flag places the mapping elsewhere; that is detected, undone,
+    /// and also reported as `EEXIST`. With `None` the kernel picks the address.
+    ///
+    /// # Errors
+    /// `EINVAL` for a zero or unaligned `len`/`addr`, `EEXIST`, `ENOMEM`.
+    pub fn reserve(addr: Option<usize>, len: usize) -> io::Result<Self> {
+        let page = page_size();
+        if len == 0
+            || len % page != 0
+            || addr.is_some_and(|a| a % page != 0 || a.checked_add(len).is_none())
+        {
+            return Err(einval());
+        }
+        let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        if addr.is_some() {
+            flags |= MAP_FIXED_NOREPLACE;
+        }
+        let hint = addr.unwrap_or(0) as *mut libc::c_void;
+        // SAFETY: without MAP_FIXED the kernel never replaces an existing mapping
+        // (MAP_FIXED_NOREPLACE fails instead), so no memory anyone uses is affected.
+        let got = mmap_ret(unsafe { libc::mmap(hint, len, libc::PROT_NONE, flags, -1, 0) })?;
+        if let Some(want) = addr {
+            if got != want {
+                // SAFETY: `got..got+len` is the mapping the kernel just created for us.
+                unsafe { libc::munmap(got as *mut libc::c_void, len) };
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+        }
+        Ok(Self {
+            addr: got,
+            len,
+            mapped: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Reserves `len` bytes at a kernel-chosen address that is a multiple of `align` (a power of
+    /// two, at least a page): over-reserves by `align` and trims both ends.
+    ///
+    /// # Errors
+    /// As [`Region::reserve`].
+    pub fn reserve_aligned(len: usize, align: usize) -> io::Result<Self> {
+        if !align.is_power_of_two() || align < page_size() {
+            return Err(einval());
+        }
+        let total = len.checked_add(align).ok_or_else(einval)?;
+        let big = Self::reserve(None, total)?;
+        let start = big.addr.checked_add(align - 1).ok_or_else(einval)? & !(align - 1);
+        let head = start - big.addr;
+        let tail = total - head - len;
+        let end = start + len;
+        // Forget `big` so its Drop does not unmap the part we keep.
+        std::mem::forget(big);
+        if head > 0 {
+            // SAFETY: the head lies in the reservation made above, which we own and hand out to
+            // no one.
+            unsafe { libc::munmap((start - head) as *mut libc::c_void, head) };
+        }
+        if tail > 0 {
+            // SAFETY: as above, for the tail.
+            unsafe { libc::munmap(end as *mut libc::c_void, tail) };
+        }
+        Ok(Self {
+            addr: start,
+            len,
+            mapped: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The start address.
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always `false`: a region is never empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    fn check_part(&self, offset: usize, len: usize) -> io::Result<()> {
+        let page = page_size();
+        let end = offset.checked_add(len).ok_or_else(einval)?;
+        if len == 0 || offset % page != 0 || len % page != 0 || end > self.len {
+            return Err(einval());
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(usize, usize)>> {
+        self.mapped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Maps `len` bytes of `fd` from `fd_offset`, shared and read/write, over the part
+    /// `offset..offset+len` of the region (which must be reserved, not mapped), then asks for
+    /// transparent huge pages (ignored where not allowed) and pre-faults the page tables, so
+    /// the first access runs at full speed.
+    ///
+    /// # Errors
+    /// `EINVAL` for a bad or unaligned part, `EBUSY` when part of it is mapped, the OS error of
+    /// `mmap`. On error the part is reserved again.
+    pub fn map_shared(
+        &self,
+        offset: usize,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+        len: usize,
+    ) -> io::Result<()> {
+        self.check_part(offset, len)?;
+        let fd_off = libc::off_t::try_from(fd_offset).map_err(|_| einval())?;
+        let mut mapped = self.lock();
+        if mapped
+            .iter()
+            .any(|&(o, l)| o < offset + len && offset < o + l)
+        {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        let at = self.addr + offset;
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let flags = libc::MAP_SHARED | libc::MAP_FIXED;
+        // SAFETY: `at..at+len` lies inside this region, which owns that address range and has
+        // handed out no references into it; it is reserved (checked above), so replacing it
+        // affects no memory in use.
+        let r = mmap_ret(unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                len,
+                prot,
+                flags,
+                fd.as_raw_fd(),
+                fd_off,
+            )
+        });
+        if let Err(e) = r {
+            drop(mapped);
+            let _ = self.reserve_again(offset, len);
+            return Err(e);
+        }
+        let pos = mapped
+            .iter()
+            .position(|&(o, _)| o > offset)
+            .unwrap_or(mapped.len());
+        mapped.insert(pos, (offset, len));
+        drop(mapped);
+        // SAFETY: madvise on a range we just mapped; MADV_HUGEPAGE only changes page-size policy.
+        let _ = unsafe { libc::madvise(at as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+        // SAFETY: MADV_POPULATE_WRITE faults the pages in as if written, without changing data.
+        let pop = unsafe { libc::madvise(at as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) };
+        if pop != 0 {
+            // Kernels before 5.14: map again with MAP_POPULATE (same file range, same place).
+            let flags = flags | libc::MAP_POPULATE;
+            // SAFETY: replaces our own mapping of the same file range with an identical,
+            // populated one; the bytes live in the file, so nothing is lost.
+            let r = mmap_ret(unsafe {
+                libc::mmap(
+                    at as *mut libc::c_void,
+                    len,
+                    prot,
+                    flags,
+                    fd.as_raw_fd(),
+                    fd_off,
+                )
+            });
+            if let Err(e) = r {
+                let _ = self.unmap(offset, len);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns the mapped part `offset..offset+len` (exactly one earlier `map_shared`) back into
+    /// reservation (`PROT_NONE`): any later access faults instead of reaching the old memory.
+    ///
+    /// # Errors
+    /// `EINVAL` when the part is not exactly one mapped part; the OS error.
+    pub fn unmap(&self, offset: usize, len: usize) -> io::Result<()> {
+        let mut mapped = self.lock();
+        let pos = mapped
+            .iter()
+            .position(|&p| p == (offset, len))
+            .ok_or_else(einval)?;
+        mapped.remove(pos);
+        drop(mapped);
+        self.reserve_again(offset, len)
+    }
+
+    fn reserve_again(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.check_part(offset, len)?;
+        let at = self.addr + offset;
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED;
+        // SAFETY: the part lies inside this region, which owns it; the caller has removed it from
+        // the mapped set, so no accessor of ours uses it any more.
+        mmap_ret(unsafe {
+            libc::mmap(at as *mut libc::c_void, len, libc::PROT_NONE, flags, -1, 0)
+        })?;
+        Ok(())
+    }
+
+    /// Whether `offset..offset+len` lies inside one mapped part.
+    pub fn is_mapped(&self, offset: usize, len: usize) -> bool {
+        let Some(end) = offset.checked_add(len) else {
+            return false;
+        };
+        self.lock()
+            .iter()
+            .any(|&(o, l)| o <= offset && end <= o + l)
+    }
+
+    /// The address of byte `offset`, if `offset..offset+len` lies inside one mapped part.
+    pub fn mapped_addr(&self, offset: usize, len: usize) -> Option<usize> {
+        self.is_mapped(offset, len).then(|| self.addr + offset)
+    }
+
+    /// Copies `buf.len()` bytes out of the region from `offset` (which must be mapped).
+    ///
+    /// # Errors
+    /// `EFAULT` when the range is not inside one mapped part.
+    pub fn read(&self, offset: usize, buf: &mut [u8]) -> io::Result<()> {
+        let mapped = self.lock();
+        let end = offset.checked_add(buf.len()).ok_or_else(einval)?;
+        if !mapped.iter().any(|&(o, l)| o <= offset && end <= o + l) {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+        // SAFETY: the range is mapped read/write and stays mapped while we hold the lock
+        // (unmap takes it); `buf` is a distinct Rust buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (self.addr + offset) as *const u8,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Copies `data` into the region at `offset` (which must be mapped).
+    ///
+    /// # Errors
+    /// `EFAULT` when the range is not inside one mapped part.
+    pub fn write(&self, offset: usize, data: &[u8]) -> io::Result<()> {
+        let mapped = self.lock();
+        let end = offset.checked_add(data.len()).ok_or_else(einval)?;
+        if !mapped.iter().any(|&(o, l)| o <= offset && end <= o + l) {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+        // SAFETY: as in `read`; the destination is mapped writable and is not Rust memory.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (self.addr + offset) as *mut u8,
+                data.len(),
+            )
+        };
+        Ok(())
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: the region owns `addr..addr+len` and hands out no references; after Drop
+        // nothing of ours refers to it.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}

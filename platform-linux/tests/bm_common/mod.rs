@@ -1,0 +1,195 @@
+//! Helpers of the multi-process BM tests: each rank is this test binary run again with
+//! `SMEM_BM_TEST_*` env vars; children are killed when the parent fails or times out.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use smem_linux::runtime::BmConfig;
+use smem_linux::store::{ClientOptions, StoreClient};
+
+pub const ROLE: &str = "SMEM_BM_TEST_ROLE";
+pub const RANK: &str = "SMEM_BM_TEST_RANK";
+pub const URL: &str = "SMEM_BM_TEST_URL";
+pub const WORLD: &str = "SMEM_BM_TEST_WORLD";
+
+/// The settings of a child rank, when this process is one.
+#[derive(Clone, Debug)]
+pub struct Role {
+    pub role: String,
+    pub rank: u32,
+    pub url: String,
+    pub world: u32,
+}
+
+pub fn role() -> Option<Role> {
+    let role = std::env::var(ROLE).ok()?;
+    Some(Role {
+        role,
+        rank: std::env::var(RANK).ok()?.parse().ok()?,
+        url: std::env::var(URL).ok()?,
+        world: std::env::var(WORLD).ok()?.parse().ok()?,
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_url() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    format!("tcp://127.0.0.1:{port}")
+}
+
+pub fn addr_of(url: &str) -> SocketAddr {
+    url.trim_start_matches("tcp://")
+        .parse()
+        .expect("socket address")
+}
+
+/// A config with short timeouts for tests.
+pub fn config(rank: u32, secs: u64) -> BmConfig {
+    BmConfig {
+        init_timeout: Duration::from_secs(secs),
+        create_timeout: Duration::from_secs(secs),
+        control_timeout: Duration::from_secs(secs),
+        rank_id: u16::try_from(rank).expect("rank fits u16"),
+        ..BmConfig::default()
+    }
+}
+
+/// Children that are killed unless they all finished.
+pub struct Ranks {
+    children: Vec<(u32, Child)>,
+}
+
+impl Drop for Ranks {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `ranks` of test `name` (its full name in this binary) with `role`.
+pub fn spawn(name: &str, role: &str, url: &str, world: u32, ranks: &[u32]) -> Ranks {
+    spawn_with(name, role, url, world, ranks, &[])
+}
+
+/// As [`spawn`], with extra env vars `(rank, name, value)` for single ranks.
+pub fn spawn_with(
+    name: &str,
+    role: &str,
+    url: &str,
+    world: u32,
+    ranks: &[u32],
+    extra: &[(u32, &str, &str)],
+) -> Ranks {
+    let exe = std::env::current_exe().expect("test binary");
+    let children = ranks
+        .iter()
+        .map(|&r| {
+            let mut cmd = Command::new(&exe);
+            for (_, k, v) in extra.iter().filter(|e| e.0 == r) {
+                cmd.env(k, v);
+            }
+            let c = cmd
+                .args(["--exact", name, "--nocapture", "--test-threads=1"])
+                .env(ROLE, role)
+                .env(RANK, r.to_string())
+                .env(URL, url)
+                .env(WORLD, world.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn rank");
+            (r, c)
+        })
+        .collect();
+    Ranks { children }
+}
+
+impl Ranks {
+    /// Waits for every child until `deadline`; returns each rank's stdout. Panics (after
+    /// killing the rest) when one fails or the deadline passes.
+    pub fn wait(mut self, deadline: Duration) -> BTreeMap<u32, String> {
+        let start = Instant::now();
+        let mut out = BTreeMap::new();
+        while !self.children.is_empty() {
+            let mut i = 0;
+            while i < self.children.len() {
+                let done = self.children[i].1.try_wait().expect("try_wait").is_some();
+                if done {
+                    let (r, c) = self.children.swap_remove(i);
+                    let o = c.wait_with_output().expect("output");
+                    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+                    assert!(
+                        o.status.success(),
+                        "rank {r} failed ({}):\nstdout: {stdout}\nstderr: {}",
+                        o.status,
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                    out.insert(r, stdout);
+                } else {
+                    i += 1;
+                }
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "ranks {:?} did not finish within {deadline:?}",
+                self.children.iter().map(|c| c.0).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        out
+    }
+}
+
+/// A rank-less store client for test barriers.
+pub fn client(url: &str) -> StoreClient {
+    let opts = ClientOptions {
+        connect_timeout: Duration::from_secs(20),
+        op_timeout: Duration::from_secs(20),
+        ..ClientOptions::default()
+    };
+    StoreClient::connect(addr_of(url), opts).expect("test store client")
+}
+
+/// Returns when `n` processes called `barrier` with `name`.
+pub fn barrier(c: &StoreClient, name: &str, n: u32) {
+    let k = format!("test/barrier/{name}");
+    let v = c.add(k.as_bytes(), 1).expect("barrier add");
+    let go = format!("{k}/go");
+    if v == i64::from(n) {
+        c.set(go.as_bytes(), b"1").expect("barrier go");
+    }
+    c.wait_get(go.as_bytes(), Duration::from_secs(30))
+        .expect("barrier wait");
+}
+
+/// The pattern byte of a copy from rank `from` into window `to`.
+pub fn pattern(from: u32, to: u32, part: u8) -> u8 {
+    (from as u8)
+        .wrapping_mul(31)
+        .wrapping_add((to as u8).wrapping_mul(7))
+        .wrapping_add(part)
+        .wrapping_add(1)
+}
+
+/// The last barrier before `bm_uninit`: the rank hosting the store may shut it down as soon
+/// as it passed, which only happens after everybody arrived, so a link loss while waiting
+/// means the barrier completed.
+pub fn barrier_last(c: &StoreClient, name: &str, n: u32) {
+    let k = format!("test/barrier/{name}");
+    let v = c.add(k.as_bytes(), 1).expect("barrier add");
+    let go = format!("{k}/go");
+    if v == i64::from(n) {
+        c.set(go.as_bytes(), b"1").expect("barrier go");
+    }
+    match c.wait_get(go.as_bytes(), Duration::from_secs(30)) {
+        Ok(_) => {}
+        Err(e) if e.code() == smem_core::ErrorCode::IoError => {}
+        Err(e) => panic!("last barrier: {e}"),
+    }
+}

@@ -1,0 +1,659 @@
+//! Multi-process BM tests on one host: every rank is this binary run again as a child process
+//! (see `bm_common`), each run bounded by a deadline; children are killed on failure.
+
+mod bm_common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use bm_common::{Role, barrier, barrier_last, client, config, free_url, pattern, role, spawn};
+use smem_core::ErrorCode;
+use smem_linux::runtime::{self, BmHandle};
+
+const M: u64 = 1 << 20;
+const L2G: u32 = 0;
+const G2L: u32 = 1;
+const G2H: u32 = 2;
+const H2G: u32 = 3;
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// The word after `tag` in a child's output (libtest may print it after the test name).
+fn tagged<'a>(out: &'a str, tag: &str) -> &'a str {
+    let at = out.find(tag).unwrap_or_else(|| panic!("no {tag} in {out}"));
+    out[at + tag.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+}
+
+fn write(h: BmHandle, dst: u64, data: &[u8], t: u32) -> smem_linux::Result<()> {
+    // SAFETY: `data` is a live slice of `data.len()` readable bytes.
+    unsafe { runtime::bm_copy(h, data.as_ptr() as u64, dst, data.len() as u64, t, 0) }
+}
+
+fn read(h: BmHandle, src: u64, len: usize, t: u32) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    // SAFETY: `buf` is a live buffer of `len` writable bytes.
+    unsafe { runtime::bm_copy(h, src, buf.as_mut_ptr() as u64, len as u64, t, 0) }
+        .expect("read from a window");
+    buf
+}
+
+/// 4 ranks create, join, copy into every window (HBM and DRAM, 1D and 2D, the last byte of a
+/// part), verify every byte from every side, leave, destroy.
+#[test]
+fn four_ranks_copy_every_pair() {
+    if let Some(r) = role() {
+        return pairs_rank(&r);
+    }
+    let url = free_url();
+    let out = spawn(
+        "four_ranks_copy_every_pair",
+        "pairs",
+        &url,
+        4,
+        &[0, 1, 2, 3],
+    )
+    .wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+}
+
+fn pairs_rank(role: &Role) {
+    let (rank, n) = (role.rank, role.world);
+    runtime::bm_init(&role.url, n, 0, &config(rank, 30)).expect("init");
+    assert_eq!(runtime::bm_rank_id().expect("rank"), rank);
+    // Same arguments again: 0; other arguments: SM_REPEAT_CALL.
+    runtime::bm_init(&role.url, n, 0, &config(rank, 30)).expect("identical re-init");
+    let again =
+        runtime::bm_init(&role.url, n, 1, &config(rank, 30)).expect_err("different re-init");
+    assert_eq!(again.code(), ErrorCode::RepeatCall);
+    let c = client(&role.url);
+    let h = runtime::bm_create(1, n, 1, 3 * M, M, 0).expect("create");
+    let dup = runtime::bm_create(1, n, 1, 3 * M, M, 0).expect_err("duplicate id");
+    assert_eq!(dup.code(), ErrorCode::DuplicatedObject);
+    assert_eq!(runtime::bm_local_mem_size(h).expect("size"), 6 * M);
+    let base = runtime::bm_join(h, 0).expect("join");
+    assert_eq!(base, runtime::bm_ptr(h, rank as u16).expect("ptr"));
+    assert!(runtime::bm_ptr(h, n as u16).is_err());
+    barrier(&c, "joined", n);
+
+    let (hbm_len, dram_len) = (2 * M, 4 * M);
+    for p in 0..n {
+        let win = runtime::bm_ptr(h, p as u16).expect("ptr");
+        let off = u64::from(rank) * 4096;
+        write(h, win + off, &[pattern(rank, p, 0); 4096], L2G).expect("L2G into HBM");
+        write(h, win + hbm_len + off, &[pattern(rank, p, 1); 4096], H2G).expect("H2G into DRAM");
+        // The last bytes of each part are usable; one byte more is refused.
+        let last = win + hbm_len + dram_len - 1 - u64::from(rank);
+        write(h, last, &[pattern(rank, p, 2)], H2G).expect("last byte of DRAM");
+        let e = write(h, win + hbm_len - 1, &[0, 0], L2G).expect_err("crosses HBM end");
+        assert_eq!(e.code(), ErrorCode::InvalidParam);
+        // 2D: 4 rows of 100 bytes, pitch 1000, in the DRAM part from 1 MiB.
+        let rows: Vec<u8> = (0..400)
+            .map(|i| pattern(rank, p, 3).wrapping_add((i / 100) as u8))
+            .collect();
+        let dst = win + hbm_len + M + u64::from(rank) * 4000;
+        // SAFETY: `rows` holds 4 rows of 100 bytes at pitch 100.
+        unsafe { runtime::bm_copy_2d(h, rows.as_ptr() as u64, 100, dst, 1000, 100, 4, H2G, 0) }
+            .expect("2D H2G");
+    }
+    barrier(&c, "written", n);
+    for p in 0..n {
+        let win = runtime::bm_ptr(h, p as u16).expect("ptr");
+        for from in 0..n {
+            let off = u64::from(from) * 4096;
+            assert!(
+                read(h, win + off, 4096, G2L)
+                    .iter()
+                    .all(|&b| b == pattern(from, p, 0)),
+                "HBM of {p} from {from}"
+            );
+            assert!(
+                read(h, win + hbm_len + off, 4096, G2H)
+                    .iter()
+                    .all(|&b| b == pattern(from, p, 1)),
+                "DRAM of {p} from {from}"
+            );
+            let last = win + hbm_len + dram_len - 1 - u64::from(from);
+            assert_eq!(read(h, last, 1, G2H), [pattern(from, p, 2)]);
+            let mut rows = vec![0u8; 400];
+            let src = win + hbm_len + M + u64::from(from) * 4000;
+            // SAFETY: `rows` is 400 writable bytes: 4 rows of 100 at pitch 100.
+            unsafe {
+                runtime::bm_copy_2d(h, src, 1000, rows.as_mut_ptr() as u64, 100, 100, 4, G2H, 0)
+            }
+            .expect("2D G2H");
+            for (i, b) in rows.iter().enumerate() {
+                assert_eq!(*b, pattern(from, p, 3).wrapping_add((i / 100) as u8));
+            }
+        }
+    }
+    // Bad arguments touch nothing.
+    let e = write(h, base, &[1], 7).expect_err("bad type");
+    assert_eq!(e.code(), ErrorCode::InvalidParam);
+    barrier(&c, "checked", n);
+    runtime::bm_leave(h, 0).expect("leave");
+    barrier(&c, "left", n);
+    runtime::bm_destroy(h).expect("destroy");
+    assert_eq!(
+        runtime::bm_destroy(h).expect_err("stale").code(),
+        ErrorCode::ObjectNotExists
+    );
+    barrier_last(&c, "destroyed", n);
+    println!("rank-ok");
+    runtime::bm_uninit(0);
+}
+
+/// A late joiner becomes reachable without calls by the others; a leaver's window is refused
+/// cleanly; a member that dies is dropped.
+#[test]
+fn late_joiner_leaver_and_dead_member() {
+    if let Some(r) = role() {
+        return late_rank(&r);
+    }
+    let url = free_url();
+    let out = spawn(
+        "late_joiner_leaver_and_dead_member",
+        "late",
+        &url,
+        4,
+        &[0, 1, 2, 3],
+    )
+    .wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+}
+
+fn late_rank(role: &Role) {
+    let (rank, n) = (role.rank, role.world);
+    runtime::bm_init(&role.url, n, 0, &config(rank, 30)).expect("init");
+    let c = client(&role.url);
+    let h = runtime::bm_create(2, n, 1, 2 * M, 0, 0).expect("create");
+    let win = |p: u32| runtime::bm_ptr(h, p as u16).expect("ptr");
+    if rank < 3 {
+        runtime::bm_join(h, 0).expect("join");
+    }
+    barrier(&c, "early", n);
+    if rank == 0 {
+        let e = write(h, win(3), b"x", H2G).err().unwrap_or_else(|| {
+            let log = c.get(b"smem/bm/o2/log").expect("log");
+            panic!("rank 3 not joined yet, but its window is reachable; log {log:?}")
+        });
+        assert_eq!(e.code(), ErrorCode::ObjectNotExists, "{e}");
+    }
+    // Rank 3 joins only after rank 0 saw its window unreachable.
+    barrier(&c, "checked-early", n);
+    if rank == 3 {
+        let e = write(h, win(3), b"x", H2G).expect_err("own window not joined");
+        assert_eq!(e.code(), ErrorCode::InvalidParam, "{e}");
+        runtime::bm_join(h, 0).expect("late join");
+    }
+    barrier(&c, "late-joined", n);
+    if rank < 3 {
+        write(
+            h,
+            win(3) + u64::from(rank) * 8,
+            &[pattern(rank, 3, 0); 8],
+            H2G,
+        )
+        .expect("write to the late joiner");
+    }
+    barrier(&c, "late-written", n);
+    if rank == 3 {
+        for from in 0..3 {
+            assert_eq!(
+                read(h, win(3) + u64::from(from) * 8, 8, G2H),
+                [pattern(from, 3, 0); 8]
+            );
+        }
+    }
+    if rank == 1 {
+        runtime::bm_leave(h, 0).expect("leave");
+        let e = write(h, win(1), b"x", H2G).expect_err("own window after leave");
+        assert_eq!(e.code(), ErrorCode::InvalidParam);
+    }
+    barrier(&c, "left", n);
+    if rank != 1 {
+        let e = write(h, win(1), b"x", H2G).expect_err("leaver's window");
+        assert_eq!(e.code(), ErrorCode::ObjectNotExists, "{e}");
+        assert!(e.message().contains("rank 1"), "{e}");
+    }
+    barrier(&c, "die", n);
+    if rank == 2 {
+        println!("rank-ok");
+        // Dies without leaving: its link to the store drops.
+        std::process::exit(0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match write(h, win(2), b"x", H2G) {
+            Err(e) => {
+                assert_eq!(e.code(), ErrorCode::ObjectNotExists, "{e}");
+                break;
+            }
+            Ok(()) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "dead rank 2's window is still mapped"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    barrier(&c, "end", n - 1);
+    runtime::bm_destroy(h).expect("destroy");
+    barrier_last(&c, "destroyed", n - 1);
+    println!("rank-ok");
+    runtime::bm_uninit(0);
+}
+
+/// 8 ranks with autoRanking: the store hands out 0..7 exactly once; the pool works.
+#[test]
+fn auto_ranking_eight_ranks() {
+    if let Some(r) = role() {
+        return auto_rank(&r);
+    }
+    let url = free_url();
+    let out = spawn(
+        "auto_ranking_eight_ranks",
+        "auto",
+        &url,
+        8,
+        &[0, 1, 2, 3, 4, 5, 6, 7],
+    )
+    .wait(DEADLINE);
+    let ranks: BTreeSet<u32> = out
+        .values()
+        .map(|o| tagged(o, "rank=").parse().expect("number"))
+        .collect();
+    assert_eq!(ranks, (0..8).collect());
+}
+
+fn auto_rank(role: &Role) {
+    let n = role.world;
+    let cfg = runtime::BmConfig {
+        auto_ranking: true,
+        rank_id: u16::MAX,
+        ..config(0, 30)
+    };
+    runtime::bm_init(&role.url, n, 0, &cfg).expect("init");
+    let rank = runtime::bm_rank_id().expect("rank");
+    let c = client(&role.url);
+    let h = runtime::bm_create(0, n, 1, 2 * M, 0, 0).expect("create");
+    runtime::bm_join(h, 0).expect("join");
+    barrier(&c, "joined", n);
+    for p in 0..n {
+        write(
+            h,
+            runtime::bm_ptr(h, p as u16).expect("ptr") + u64::from(rank),
+            &[pattern(rank, p, 0)],
+            H2G,
+        )
+        .expect("write");
+    }
+    barrier(&c, "written", n);
+    let own = read(
+        h,
+        runtime::bm_ptr(h, rank as u16).expect("ptr"),
+        n as usize,
+        G2H,
+    );
+    for (from, b) in own.iter().enumerate() {
+        assert_eq!(*b, pattern(from as u32, rank, 0));
+    }
+    println!("rank={rank}");
+    // The store lives in one of the ranks: everybody finishes before anybody uninits.
+    barrier(&c, "done", n);
+    runtime::bm_destroy(h).expect("destroy");
+    barrier_last(&c, "destroyed", n);
+    runtime::bm_uninit(0);
+}
+
+/// World of 3, rank 2 never arrives: init fails with SM_TIMEOUT naming it.
+#[test]
+fn missing_rank_times_out_by_name() {
+    if let Some(r) = role() {
+        let cfg = config(r.rank, 2);
+        let start = Instant::now();
+        let e = runtime::bm_init(&r.url, r.world, 0, &cfg).expect_err("rank 2 never comes");
+        // Rank 0 hosts the store and gives it up when its own init fails, so rank 1 may see
+        // the link go down instead of its own timeout.
+        if r.rank == 0 || e.code() != ErrorCode::IoError {
+            assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+            let named = e.message().contains("missing rank(s) 2;")
+                || (r.rank == 1 && e.message().contains("rank 2 (at least)"));
+            assert!(named, "{e}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timeout not honoured"
+        );
+        assert_eq!(
+            runtime::bm_rank_id().expect_err("not initialised").code(),
+            ErrorCode::NotInitialized
+        );
+        println!("timeout-ok");
+        return;
+    }
+    let url = free_url();
+    let out = spawn(
+        "missing_rank_times_out_by_name",
+        "missing",
+        &url,
+        3,
+        &[0, 1],
+    )
+    .wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("timeout-ok")), "{out:?}");
+}
+
+/// The candidate base is taken in rank 0: the members agree on another one, nothing clobbered.
+#[test]
+fn gva_candidate_taken_moves_base() {
+    if let Some(r) = role() {
+        let (rank, n) = (r.rank, r.world);
+        runtime::bm_init(&r.url, n, 0, &config(rank, 30)).expect("init");
+        let c = client(&r.url);
+        let span = 2 * 2 * M;
+        let mut blocker = None;
+        if rank == 0 {
+            // Occupy a range and plant it as the first candidate.
+            let res = smem_linux::mem::Reservation::reserve_anywhere(span, 2 * M).expect("reserve");
+            let p = format!(
+                "v0 1234 {:x} {span:x} {:x} {:x} {:x}",
+                res.base().raw(),
+                2 * M,
+                0,
+                2 * M
+            );
+            c.set(b"smem/bm/o5/gva", p.as_bytes()).expect("plant");
+            c.set(b"test/blocked", res.base().raw().to_string().as_bytes())
+                .expect("publish");
+            blocker = Some(res);
+        }
+        barrier(&c, "planted", n);
+        let h = runtime::bm_create(5, n, 1, 2 * M, 0, 0).expect("create despite a taken candidate");
+        let base = runtime::bm_ptr(h, 0).expect("ptr");
+        let blocked: u64 = String::from_utf8(c.get(b"test/blocked").expect("get").expect("set"))
+            .expect("utf8")
+            .parse()
+            .expect("number");
+        assert_ne!(base, blocked, "the taken range must not be used");
+        runtime::bm_join(h, 0).expect("join");
+        barrier(&c, "joined", n);
+        let other = 1 - rank;
+        write(
+            h,
+            runtime::bm_ptr(h, other as u16).expect("ptr"),
+            &[7, rank as u8],
+            H2G,
+        )
+        .expect("write");
+        barrier(&c, "written", n);
+        assert_eq!(
+            read(h, runtime::bm_ptr(h, rank as u16).expect("ptr"), 2, G2H),
+            [7, other as u8]
+        );
+        println!("base={base:x}");
+        barrier(&c, "done", n);
+        runtime::bm_destroy(h).expect("destroy");
+        barrier_last(&c, "destroyed", n);
+        drop(blocker);
+        runtime::bm_uninit(0);
+        println!("rank-ok");
+        return;
+    }
+    let url = free_url();
+    let out = spawn("gva_candidate_taken_moves_base", "gva", &url, 2, &[0, 1]).wait(DEADLINE);
+    let bases: BTreeSet<&str> = out.values().map(|o| tagged(o, "base=")).collect();
+    assert_eq!(bases.len(), 1, "ranks disagree on the base: {out:?}");
+}
+
+/// A window owned by a rank of another host (forced with `SMEM_HOST_ID`) stays reserved: join
+/// works, copies to it are `SM_NOT_SUPPORTED` with a clear message.
+#[test]
+fn other_host_window_refused() {
+    if let Some(r) = role() {
+        let (rank, n) = (r.rank, r.world);
+        runtime::bm_init(&r.url, n, 0, &config(rank, 30)).expect("init");
+        let c = client(&r.url);
+        let h = runtime::bm_create(4, n, 1, 2 * M, 0, 0).expect("create");
+        runtime::bm_join(h, 0).expect("join");
+        barrier(&c, "joined", n);
+        let other = runtime::bm_ptr(h, (1 - rank) as u16).expect("ptr");
+        let e = write(h, other, b"x", H2G).expect_err("other host");
+        assert_eq!(e.code(), ErrorCode::NotSupported, "{e}");
+        assert!(e.message().contains("another host"), "{e}");
+        // The own window still works.
+        write(h, runtime::bm_ptr(h, rank as u16).expect("ptr"), b"y", H2G).expect("own window");
+        barrier(&c, "checked", n);
+        runtime::bm_destroy(h).expect("destroy");
+        barrier_last(&c, "destroyed", n);
+        runtime::bm_uninit(0);
+        println!("rank-ok");
+        return;
+    }
+    let url = free_url();
+    let extra = [(1, smem_linux::mem::HOST_ID_ENV, "elsewhere")];
+    let out = bm_common::spawn_with(
+        "other_host_window_refused",
+        "host",
+        &url,
+        2,
+        &[0, 1],
+        &extra,
+    )
+    .wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+}
+
+/// Copies racing a leave either land before it or fail cleanly after it; nothing crashes.
+#[test]
+fn copies_racing_a_leave() {
+    if let Some(r) = role() {
+        let (rank, n) = (r.rank, r.world);
+        runtime::bm_init(&r.url, n, 0, &config(rank, 30)).expect("init");
+        let c = client(&r.url);
+        let h = runtime::bm_create(6, n, 1, 2 * M, 0, 0).expect("create");
+        runtime::bm_join(h, 0).expect("join");
+        barrier(&c, "joined", n);
+        if rank == 0 {
+            let target = runtime::bm_ptr(h, 1).expect("ptr");
+            let data = vec![0x5a_u8; 64 * 1024];
+            let threads: Vec<_> = (0..2)
+                .map(|t| {
+                    let data = data.clone();
+                    std::thread::spawn(move || {
+                        let (mut ok, deadline) = (0u64, Instant::now() + Duration::from_secs(20));
+                        loop {
+                            match write(h, target + t * 64 * 1024, &data, H2G) {
+                                Ok(()) => ok += 1,
+                                Err(e) => {
+                                    assert_eq!(e.code(), ErrorCode::ObjectNotExists, "{e}");
+                                    return ok;
+                                }
+                            }
+                            assert!(Instant::now() < deadline, "the leave never took effect");
+                        }
+                    })
+                })
+                .collect();
+            barrier(&c, "copying", n);
+            let oks: Vec<u64> = threads
+                .into_iter()
+                .map(|t| t.join().expect("copier"))
+                .collect();
+            assert!(
+                oks.iter().all(|&k| k > 0),
+                "no copy landed before the leave: {oks:?}"
+            );
+        } else {
+            barrier(&c, "copying", n);
+            std::thread::sleep(Duration::from_millis(100));
+            runtime::bm_leave(h, 0).expect("leave under copies");
+        }
+        barrier(&c, "done", n);
+        runtime::bm_destroy(h).expect("destroy");
+        barrier_last(&c, "destroyed", n);
+        runtime::bm_uninit(0);
+        println!("rank-ok");
+        return;
+    }
+    let url = free_url();
+    let out = spawn("copies_racing_a_leave", "race", &url, 2, &[0, 1]).wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+}
+
+/// `fork` while the store and the pool are busy: the child initialises its own world and works;
+/// the parent keeps working.
+#[test]
+fn fork_while_busy() {
+    if let Some(r) = role() {
+        runtime::bm_init(&r.url, 1, 0, &config(0, 30)).expect("init");
+        let h = runtime::bm_create(0, 1, 1, 2 * M, 2 * M, 0).expect("create");
+        let base = runtime::bm_join(h, 0).expect("join");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy: Vec<_> = (0..2)
+            .map(|i| {
+                let stop = std::sync::Arc::clone(&stop);
+                let url = r.url.clone();
+                std::thread::spawn(move || {
+                    let c = client(&url);
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        c.set(format!("busy/{i}").as_bytes(), n.to_string().as_bytes())
+                            .expect("busy set");
+                        write(h, base + i * 4096, &[n as u8; 4096], H2G).expect("busy copy");
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..3 {
+            let child_url = free_url();
+            // SAFETY: the child only runs smem calls (whose fork handlers reset its state) and
+            // leaves with `_exit`, never returning into the test harness.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                let ok = std::panic::catch_unwind(|| {
+                    runtime::bm_init(&child_url, 1, 0, &config(0, 10)).expect("child init");
+                    let h = runtime::bm_create(0, 1, 1, 2 * M, 0, 0).expect("child create");
+                    let b = runtime::bm_join(h, 0).expect("child join");
+                    write(h, b, b"child", H2G).expect("child copy");
+                    assert_eq!(read(h, b, 5, G2H), b"child");
+                    runtime::bm_uninit(0);
+                })
+                .is_ok();
+                // SAFETY: ends the forked child without running the parent's destructors.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut status = 0;
+            loop {
+                // SAFETY: waits for our own child; `status` is a valid out pointer.
+                let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                if got == pid {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    // SAFETY: kills and reaps our own child.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, &mut status, 0);
+                    }
+                    panic!("forked child hung (deadlock after fork?)");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "forked child failed: {status:#x}"
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in busy {
+            t.join().expect("busy thread");
+        }
+        write(h, base + 2 * M, b"parent", L2G).expect("parent still works");
+        assert_eq!(read(h, base + 2 * M, 6, G2L), b"parent");
+        runtime::bm_uninit(0);
+        println!("rank-ok");
+        return;
+    }
+    let url = free_url();
+    let out = spawn("fork_while_busy", "fork", &url, 1, &[0]).wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+}
+
+/// Members that pass different sizes get a clear `SM_INVALID_PARAM` from create, quickly.
+#[test]
+fn size_mismatch_is_refused() {
+    if let Some(r) = role() {
+        let (rank, n) = (r.rank, r.world);
+        runtime::bm_init(&r.url, n, 0, &config(rank, 20)).expect("init");
+        let c = client(&r.url);
+        let start = Instant::now();
+        let dram = if rank == 0 { 2 * M } else { 4 * M };
+        let e = runtime::bm_create(7, n, 1, dram, 0, 0).expect_err("sizes differ");
+        assert_eq!(e.code(), ErrorCode::InvalidParam, "{e}");
+        assert!(e.message().contains("different sizes"), "{e}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "mismatch found only by timeout"
+        );
+        barrier_last(&c, "done", n);
+        runtime::bm_uninit(0);
+        println!("rank-ok");
+        return;
+    }
+    let url = free_url();
+    let out = spawn("size_mismatch_is_refused", "mismatch", &url, 2, &[0, 1]).wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+}
+
+/// SPEC 4: memory is pre-faulted at create, so the first copy into a fresh pool runs at about
+/// the speed of the second (without pre-faulting it is several times slower).
+#[test]
+fn first_copy_runs_at_steady_state_speed() {
+    if let Some(r) = role() {
+        runtime::bm_init(&r.url, 1, 0, &config(0, 30)).expect("init");
+        let len = 256 * M;
+        let h = runtime::bm_create(0, 1, 1, len, 0, 0).expect("create");
+        let base = runtime::bm_join(h, 0).expect("join");
+        let src = vec![0xa5u8; len as usize];
+        let mut secs = [0f64; 2];
+        for s in &mut secs {
+            let t = Instant::now();
+            write(h, base, &src, H2G).expect("copy");
+            *s = t.elapsed().as_secs_f64();
+        }
+        let gbps = |s: f64| len as f64 / s / 1e9;
+        println!(
+            "first={:.2}GB/s second={:.2}GB/s",
+            gbps(secs[0]),
+            gbps(secs[1])
+        );
+        assert!(
+            secs[0] < secs[1] * 3.0,
+            "first copy {:.3}s vs {:.3}s: not pre-faulted?",
+            secs[0],
+            secs[1]
+        );
+        runtime::bm_uninit(0);
+        println!("rank-ok");
+        return;
+    }
+    let url = free_url();
+    let out = spawn(
+        "first_copy_runs_at_steady_state_speed",
+        "speed",
+        &url,
+        1,
+        &[0],
+    )
+    .wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+    let line = out[&0].lines().find(|l| l.contains("first=")).unwrap_or("");
+    println!("{line}");
+}
