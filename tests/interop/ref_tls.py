@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drive the reference (memfabric-hybrid 1.3.0) config store over TLS, for interop checks.
 
-    <venv>/bin/python ref_tls.py pki DIR
+    <venv>/bin/python ref_tls.py pki DIR          (venv: tests/interop/setup-venv.sh)
         Writes an RSA-3072 CA, server and client certificates and an empty CRL to DIR with the
         openssl command line (the reference refuses keys under 3072 bits), and a copy of the
         system OpenSSL 3 libraries under DIR/ssl (the reference dlopens libssl.so/libcrypto.so
@@ -16,6 +16,7 @@
         DIR/server.key`); it logs "connect store success" once the TLS and store handshakes
         passed (the rest of shm init then fails without an Ascend driver, as expected here).
 
+Run both ways by `cargo test -p smem-tests --test interop_tls`.
 The wheel's public `smem_set_conf_store_tls` is a stub that returns 0 without effect, so this
 calls the exported `smem_config_store_set_tls(const smem_tls_options_t *, const char
 *openssl_dir, const char *)` (read from libmf_smem.so) through ctypes.
