@@ -29,8 +29,9 @@ fn stub_home() -> &'static Path {
         if let Ok(h) = std::env::var("ACL_TEST_STUB_HOME") {
             return PathBuf::from(h);
         }
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("acl-stub-{}", std::process::id()));
+        // One directory for every run; each build goes to a private name first and is renamed
+        // into place, so concurrent test processes never see a half-written library.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("acl-stub");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/acl_stub/acl_stub.c");
         for (sub, extra) in [
             ("lib64", None),
@@ -51,13 +52,10 @@ fn stub_home() -> &'static Path {
             if let Some(x) = extra {
                 cc.arg(x);
             }
-            let st = cc
-                .arg(&src)
-                .arg("-o")
-                .arg(out.join("libascendcl.so"))
-                .status()
-                .expect("run cc");
+            let tmp = out.join(format!(".libascendcl.so.{}", std::process::id()));
+            let st = cc.arg(&src).arg("-o").arg(&tmp).status().expect("run cc");
             assert!(st.success(), "building the ACL stub failed");
+            std::fs::rename(&tmp, out.join("libascendcl.so")).expect("rename the stub");
         }
         dir
     })
@@ -426,6 +424,11 @@ fn injected_failures_are_named() {
                 check(dev.open_peer(&seg.descriptor()).expect_err("import"), &r);
             }
             "aclrtDeviceGetBareTgid" => check(dev.sharing_pid().expect_err("tgid"), &r),
+            "aclrtFree" | "aclrtIpcMemClose" => {
+                // Release paths cannot return an error: they log it (checked by the parent).
+                smem_linux::logging::init();
+                drop(dev.alloc("x", M2).expect("alloc"));
+            }
             "aclrtMemcpy" | "aclrtMemcpy2d" => {
                 let seg = dev.alloc("x", M2).expect("alloc");
                 let p = seg.device_addr().expect("addr");
@@ -484,11 +487,15 @@ fn injected_failures_are_named() {
         "aclrtMemcpy",
         "aclrtMemcpy2d",
         "aclrtSetCurrentContext",
+        "aclrtFree",
+        "aclrtIpcMemClose",
     ];
     for call in calls {
         let spec = format!("{call}:1=424242");
         let (ok, out) = child(ME, call, &[("ACL_STUB_FAIL", &spec)]);
         assert!(ok && out.contains("role-ok"), "{call}: {out}");
+        let named = format!("{call} failed with ACL error 424242");
+        assert!(out.contains(&named), "{call}: {out}");
     }
 }
 

@@ -352,6 +352,44 @@ mod tests {
 }
 
 #[cfg(test)]
+mod descriptor_tests {
+    use super::*;
+    use crate::mem::SegmentKind;
+
+    #[test]
+    fn round_trips_and_rejects() {
+        let acl = DeviceDescriptor::AclIpc {
+            len: 0x20_0000,
+            key: "stub-1-2-3".into(),
+        };
+        let b = acl.encode();
+        assert_eq!(&b[..4], b"SMAK");
+        assert_eq!(DeviceDescriptor::decode(&b), Ok(acl.clone()));
+        assert_eq!(acl.len(), 0x20_0000);
+        let sim = DeviceDescriptor::Mapped(SegmentDescriptor {
+            kind: SegmentKind::SimDevice,
+            pid: 7,
+            fd: 9,
+            inode: 11,
+            len: 0x40_0000,
+        });
+        assert_eq!(DeviceDescriptor::decode(&sim.encode()), Ok(sim));
+        let bad = |b: &[u8]| DeviceDescriptor::decode(b).map_err(|e| e.code());
+        assert_eq!(bad(&b[..15]), Err(ErrorCode::ProtocolError));
+        assert_eq!(bad(&b[..16]), Err(ErrorCode::ProtocolError)); // empty key
+        let mut v2 = b.clone();
+        v2[4] = 2;
+        assert_eq!(bad(&v2), Err(ErrorCode::ProtocolError));
+        let mut space = b.clone();
+        space.push(b' ');
+        assert_eq!(bad(&space), Err(ErrorCode::ProtocolError));
+        let mut long = b[..16].to_vec();
+        long.extend(std::iter::repeat_n(b'k', DeviceDescriptor::KEY_MAX + 1));
+        assert_eq!(bad(&long), Err(ErrorCode::ProtocolError));
+    }
+}
+
+#[cfg(test)]
 mod xproc_tests {
     use std::time::Duration;
 
