@@ -491,7 +491,12 @@ fn injected_failures_are_named() {
         "aclrtIpcMemClose",
     ];
     for call in calls {
-        let spec = format!("{call}:1=424242");
+        // Opening probes the thread's context first (an ignored failure): fail every call.
+        let spec = if call == "aclrtGetCurrentContext" {
+            format!("{call}=424242")
+        } else {
+            format!("{call}:1=424242")
+        };
         let (ok, out) = child(ME, call, &[("ACL_STUB_FAIL", &spec)]);
         assert!(ok && out.contains("role-ok"), "{call}: {out}");
         let named = format!("{call} failed with ACL error 424242");
@@ -569,19 +574,56 @@ fn bm_object_on_acl() {
     let (ok, out) = child(ME, "ok", &base);
     assert!(ok && out.contains("role-ok"), "{out}");
     let calls = std::fs::read_to_string(&trace).expect("trace");
+    let _ = std::fs::remove_file(&trace);
     for call in [
         "aclrtMalloc",
         "aclrtIpcMemGetExportKey",
         "aclrtMemcpy",
         "aclrtFree",
     ] {
-        assert!(
-            calls.lines().any(|l| l == call),
-            "{call} not called:\n{calls}"
-        );
+        assert!(called(&calls, call), "{call} not called:\n{calls}");
     }
     let mut env = base.to_vec();
     env.push(("ACL_STUB_FAIL", "aclrtMalloc=424242"));
     let (ok, out) = child(ME, "malloc-fails", &env);
     assert!(ok && out.contains("role-ok"), "{out}");
+}
+
+/// Whether the stub trace (`NAME dev=D` lines) shows a call of `call`.
+fn called(trace: &str, call: &str) -> bool {
+    trace.lines().any(|l| l.split(' ').next() == Some(call))
+}
+
+/// The application's choice of device on its thread survives smem's calls: opening device 5
+/// and copying through it on a thread that uses device 2 switches to 5 for the calls only.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn thread_context_is_restored() {
+    const ME: &str = "thread_context_is_restored";
+    if role().is_some() {
+        let dev2 = AclDevice::open_path(&stub_lib(), 2).expect("dev 2");
+        let dev5 = AclDevice::open_path(&stub_lib(), 5).expect("dev 5");
+        let seg5 = dev5.alloc("five", M2).expect("alloc on 5");
+        h2d(&dev5, seg5.device_addr().expect("addr"), b"five");
+        let seg2 = dev2.alloc("two", M2).expect("alloc on 2");
+        drop((seg5, seg2));
+        println!("role-ok");
+        return;
+    }
+    let trace = stub_home().join(format!("trace-ctx-{}", std::process::id()));
+    let _ = std::fs::remove_file(&trace);
+    let t = trace.to_string_lossy().into_owned();
+    let (ok, out) = child(ME, "ctx", &[("ACL_STUB_TRACE", &t)]);
+    assert!(ok && out.contains("role-ok"), "{out}");
+    let calls = std::fs::read_to_string(&trace).expect("trace");
+    let _ = std::fs::remove_file(&trace);
+    let lines: Vec<&str> = calls.lines().collect();
+    let at = |l: &str| lines.iter().position(|x| *x == l);
+    // Device 5's memory calls ran in its context ...
+    let m5 = at("aclrtMalloc dev=5").unwrap_or_else(|| panic!("{calls}"));
+    assert!(at("aclrtMemcpy dev=5").is_some(), "{calls}");
+    // ... and device 2's allocation found the thread back on device 2 without switching.
+    let m2 = at("aclrtMalloc dev=2").unwrap_or_else(|| panic!("{calls}"));
+    assert!(m5 < m2, "{calls}");
+    assert_eq!(lines[m2 - 1], "aclrtGetCurrentContext dev=2", "{calls}");
 }

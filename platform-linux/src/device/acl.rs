@@ -6,9 +6,15 @@
 //! A file that exists under `ASCEND_HOME_PATH` but fails to load (or lacks a symbol) is an
 //! error, never skipped for another copy. Every symbol is resolved at load (`sys::acl`). Then
 //! `aclInit(NULL)` (an application that initialised ACL itself is fine), `aclrtSetDevice(id)`,
-//! and the device context is remembered: every thread that calls into ACL through this backend
-//! (copy callers, the BM watcher thread, whoever drops a segment) first makes it current with
-//! `aclrtSetCurrentContext`, once per thread and backend instance.
+//! and the device context is remembered.
+//!
+//! # Contexts
+//! ACL contexts are per thread, and the threads calling in here are the application's (copy
+//! callers, whoever drops an object) or ours (the BM watcher). Every ACL call of this backend
+//! runs inside a [`ContextGuard`]: it reads the thread's current context, switches to the
+//! device's when it differs, and switches back afterwards, so the application's own choice of
+//! device on its threads is never changed by smem (opening the device restores it too). The
+//! common case (the thread already uses this device) costs one `aclrtGetCurrentContext`.
 //!
 //! # Device memory and the GVA
 //! Device memory cannot be mapped into host address space, so an `acl` segment is never mapped
@@ -32,11 +38,9 @@
 //! A failed ACL call becomes an `SM_ERROR` (`SM_MALLOC_FAILED` for `aclrtMalloc`) whose message
 //! names the call and its ACL error code.
 
-use std::cell::Cell;
 use std::ffi::CString;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::debug;
 use smem_core::ErrorCode;
@@ -76,26 +80,45 @@ pub(super) struct Shared {
     api: AclApi,
     ctx: Context,
     device_id: u16,
-    /// Identifies this instance in the per-thread "context is current" marker.
-    instance: u64,
 }
 
-static INSTANCES: AtomicU64 = AtomicU64::new(1);
+/// This device's context is current on the calling thread while it lives; the thread's
+/// previous context (if it had one and it differs) is restored on drop.
+pub(super) struct ContextGuard<'a> {
+    shared: &'a Shared,
+    restore: Option<Context>,
+}
 
-thread_local! {
-    /// The instance whose context is current on this thread (0: none).
-    static CURRENT: Cell<u64> = const { Cell::new(0) };
+impl Drop for ContextGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(prev) = self.restore {
+            if let Err(e) = self.shared.api.set_context(prev) {
+                log::warn!(
+                    "acl: restoring the thread's device context: {}",
+                    self.shared.fail(e)
+                );
+            }
+        }
+    }
 }
 
 impl Shared {
-    /// Makes this device's context current on the calling thread (once per thread).
-    fn bind(&self) -> Result<()> {
-        if CURRENT.with(Cell::get) == self.instance {
-            return Ok(());
+    /// Makes this device's context current on the calling thread (module docs).
+    fn bind(&self) -> Result<ContextGuard<'_>> {
+        // A thread without a context (an error here) gets ours and keeps it: there is nothing
+        // to restore.
+        let prev = self.api.current_context().ok();
+        if prev == Some(self.ctx) {
+            return Ok(ContextGuard {
+                shared: self,
+                restore: None,
+            });
         }
         self.api.set_context(self.ctx).map_err(|e| self.fail(e))?;
-        CURRENT.with(|c| c.set(self.instance));
-        Ok(())
+        Ok(ContextGuard {
+            shared: self,
+            restore: prev,
+        })
     }
 
     fn fail(&self, e: AclCallError) -> Error {
@@ -165,6 +188,8 @@ impl AclDevice {
             )
         };
         api.init().map_err(init)?;
+        // The caller's thread keeps its current context (module docs).
+        let prev = api.current_context().ok();
         api.set_device(i32::from(device_id)).map_err(init)?;
         let ctx = match api.current_context() {
             Ok(c) => c,
@@ -173,13 +198,17 @@ impl AclDevice {
                 return Err(init(e));
             }
         };
+        if let Some(prev) = prev.filter(|&p| p != ctx) {
+            if let Err(e) = api.set_context(prev) {
+                let _ = api.reset_device(i32::from(device_id));
+                return Err(init(e));
+            }
+        }
         let shared = Shared {
             api,
             ctx,
             device_id,
-            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         };
-        CURRENT.with(|c| c.set(shared.instance));
         debug!("acl: device {device_id} opened through {path}");
         Ok(Self {
             shared: Arc::new(shared),
@@ -240,10 +269,13 @@ impl AclSegment {
 impl Drop for AclSegment {
     fn drop(&mut self) {
         let what = if self.owned { "exported" } else { "imported" };
-        if let Err(e) = self.shared.bind() {
-            log::warn!("acl: cannot release {what} device memory: {e}");
-            return;
-        }
+        let _ctx = match self.shared.bind() {
+            Ok(g) => g,
+            Err(e) => {
+                log::warn!("acl: cannot release {what} device memory: {e}");
+                return;
+            }
+        };
         // SAFETY: the segment is being dropped: the runtime stopped every copy through this
         // address (window drained) before dropping it.
         if let Err(e) = unsafe { self.shared.api.ipc_close(&self.key) } {
@@ -273,7 +305,7 @@ impl Device for AclDevice {
             .ok()
             .filter(|&n| n > 0)
             .ok_or_else(|| Error::invalid(format!("{name}: bad device segment length {len:#x}")))?;
-        s.bind()?;
+        let _ctx = s.bind()?;
         let addr = s
             .api
             .malloc(n)
@@ -304,7 +336,7 @@ impl Device for AclDevice {
         if pids.is_empty() {
             return Ok(());
         }
-        self.shared.bind()?;
+        let _ctx = self.shared.bind()?;
         self.shared
             .api
             .set_import_pids(&a.key, pids)
@@ -312,7 +344,7 @@ impl Device for AclDevice {
     }
 
     fn sharing_pid(&self) -> Result<i32> {
-        self.shared.bind()?;
+        let _ctx = self.shared.bind()?;
         self.shared.api.bare_tgid().map_err(|e| self.shared.fail(e))
     }
 
@@ -325,7 +357,7 @@ impl Device for AclDevice {
         let ckey = CString::new(key.as_str())
             .map_err(|_| Error::invalid("IPC key with a NUL byte in a window record"))?;
         let s = &self.shared;
-        s.bind()?;
+        let _ctx = s.bind()?;
         let addr = s.api.import_by_key(&ckey).map_err(|e| s.fail(e))?;
         Ok(DeviceSegment {
             inner: SegmentInner::Acl(AclSegment {
@@ -350,7 +382,7 @@ impl Device for AclDevice {
             unsafe { copy::copy_bytes(src, dst, len) };
             return Ok(());
         }
-        self.shared.bind()?;
+        let _ctx = self.shared.bind()?;
         // SAFETY: the caller upholds `Device::copy`'s contract: `src`/`dst` are valid in the
         // memories `dir` names (device addresses for device sides) and disjoint.
         unsafe { self.shared.api.memcpy(dst, src, len, Self::copy_kind(dir)) }
@@ -374,7 +406,7 @@ impl Device for AclDevice {
                 Ok(())
             }
             CopyDirection::HostToDevice | CopyDirection::DeviceToHost => {
-                self.shared.bind()?;
+                let _ctx = self.shared.bind()?;
                 // SAFETY: the caller upholds `Device::copy_2d`'s contract for every row.
                 unsafe {
                     self.shared.api.memcpy_2d(
@@ -391,7 +423,7 @@ impl Device for AclDevice {
             }
             CopyDirection::DeviceToDevice => {
                 // aclrtMemcpy2d supports host<->device only: one aclrtMemcpy per row.
-                self.shared.bind()?;
+                let _ctx = self.shared.bind()?;
                 for row in 0..height {
                     let s = src.wrapping_add(row.wrapping_mul(spitch));
                     let d = dst.wrapping_add(row.wrapping_mul(dpitch));

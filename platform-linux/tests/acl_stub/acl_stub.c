@@ -15,7 +15,8 @@
  * Environment:
  *   ACL_STUB_FAIL=NAME[:N][=CODE],...  the Nth call (every call without :N) of NAME returns CODE
  *                                      (default 507899, ACL_ERROR_RT_INTERNAL_ERROR)
- *   ACL_STUB_TRACE=PATH                append "NAME\n" to PATH for every call
+ *   ACL_STUB_TRACE=PATH                append "NAME dev=D\n" to PATH for every call, D = the
+ *                                      device of the calling thread's context at entry (-1: none)
  * Build with -DSTUB_OMIT_IPC_CLOSE to leave out aclrtIpcMemClose (missing-symbol tests).
  */
 #define _GNU_SOURCE
@@ -71,6 +72,11 @@ static int g_init;
 static int g_ctx_storage[64];
 static __thread aclrtContext t_ctx;
 
+static int current_dev(void)
+{
+    return t_ctx ? (int)((int *)t_ctx - g_ctx_storage) : -1;
+}
+
 /* ---- failure injection and tracing ---- */
 
 static unsigned long g_calls[32];
@@ -100,7 +106,7 @@ static int enter(const char *name)
         int fd = open(trace, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
         if (fd >= 0) {
             char line[64];
-            int len = snprintf(line, sizeof line, "%s\n", name);
+            int len = snprintf(line, sizeof line, "%s dev=%d\n", name, current_dev());
             if (write(fd, line, (size_t)len) < 0) { /* tracing is best effort */ }
             close(fd);
         }
