@@ -184,6 +184,14 @@ fn selection_by_env() {
                 );
                 assert!(m.contains("/nonexistent/lib64/libascendcl.so"), "{m}");
             }
+            "default-acl-broken" => {
+                let e = got.expect_err("device does not open");
+                let m = e.message();
+                assert!(
+                    m.contains("aclrtSetDevice") && m.contains("SMEM_DEVICE=sim"),
+                    "{m}"
+                );
+            }
             "explicit-acl-partial" => {
                 let e = got.expect_err("partial runtime");
                 assert!(e.message().contains("aclrtIpcMemClose"), "{e}");
@@ -203,8 +211,15 @@ fn selection_by_env() {
         std::os::unix::fs::symlink(stub_home().join("lib64"), &link).expect("symlink");
     }
     let rt_home = stub_home().join("rt-layout").to_string_lossy().into_owned();
-    let cases: [(&str, Vec<(&str, &str)>); 6] = [
+    let cases: [(&str, Vec<(&str, &str)>); 7] = [
         ("default-acl", vec![("ASCEND_HOME_PATH", &home)]),
+        (
+            "default-acl-broken",
+            vec![
+                ("ASCEND_HOME_PATH", &home),
+                ("ACL_STUB_FAIL", "aclrtSetDevice=507033"),
+            ],
+        ),
         ("runtime-lib64", vec![("ASCEND_HOME_PATH", &rt_home)]),
         ("default-sim", vec![("ASCEND_HOME_PATH", "/nonexistent")]),
         (

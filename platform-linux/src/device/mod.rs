@@ -312,7 +312,13 @@ pub fn select_named(name: &str, device_id: u16) -> Result<Arc<dyn Device>> {
                 Arc::new(SimDevice::new(device_id)),
                 format!("default, no Ascend runtime: {}", e.message()),
             ),
-            Err(e) => return Err(e.context("default device backend acl")),
+            // The runtime loaded but the device did not open: an error, not a silent fallback to
+            // host memory on a machine that has the Ascend runtime.
+            Err(e) => {
+                return Err(e.context(
+                    "default device backend acl (the Ascend runtime loaded; set SMEM_DEVICE=sim to use host memory instead)",
+                ));
+            }
         },
         other => {
             return Err(Error::invalid(format!(
