@@ -11,7 +11,7 @@
 //! # Contexts
 //! ACL contexts are per thread, and the threads calling in here are the application's (copy
 //! callers, whoever drops an object) or ours (the BM watcher). Every ACL call of this backend
-//! runs inside a [`ContextGuard`]: it reads the thread's current context, switches to the
+//! runs inside a `ContextGuard`: it reads the thread's current context, switches to the
 //! device's when it differs, and switches back afterwards, so the application's own choice of
 //! device on its threads is never changed by smem (opening the device restores it too). The
 //! common case (the thread already uses this device) costs one `aclrtGetCurrentContext`.

@@ -43,7 +43,7 @@
 //! becomes `MAPPED` and cleared after it was drained; the copy path translates a validated GVA
 //! range of an HBM part to `dev + offset`. The imported segments are kept in `Ctl::imported`
 //! and released (IPC key closed) when the window is dropped. At join the owner allows the
-//! processes of the same-host members to import its HBM segment ([`Device::share`], with the
+//! processes of the same-host members to import its HBM segment ([`crate::device::Device::share`], with the
 //! ids they published in their rank records at init).
 
 use std::collections::BTreeSet;
