@@ -54,7 +54,8 @@ const USAGE: &str = "usage: smem-demo [--ranks N] [--dram-mib M] [--hbm-mib M] [
   --dram-mib M   DRAM contributed by each rank, MiB (default 64)
   --hbm-mib M    HBM (sim device) contributed by each rank, MiB (default 32)
   --iters K      repetitions of each write phase (default 3)
-  --timeout-s S  deadline of each rank, seconds (default 120)";
+  --timeout-s S  deadline of each rank, seconds (default 120)
+  --port P       loopback port of the config store (default: a free one)";
 
 #[derive(Clone, Debug)]
 struct Args {
@@ -63,8 +64,9 @@ struct Args {
     hbm_mib: u64,
     iters: u32,
     timeout_s: u64,
-    /// Hidden: this process is rank R of a demo whose store listens on `port`.
+    /// Hidden: this process is rank R of the demo.
     rank: Option<u32>,
+    /// The store's loopback port (0: the launcher picks a free one).
     port: u16,
 }
 
@@ -167,7 +169,11 @@ fn kill_all(children: &mut [(u32, Child, Option<std::process::ExitStatus>)]) {
 }
 
 fn launch(args: &Args) -> ExitCode {
-    let port = match free_port() {
+    let port = match if args.port != 0 {
+        Ok(args.port)
+    } else {
+        free_port()
+    } {
         Ok(p) => p,
         Err(e) => {
             eprintln!("smem-demo: no free loopback port: {e}");
