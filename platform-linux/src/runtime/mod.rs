@@ -19,8 +19,10 @@
 //! # Locks
 //! `STATE` (init/uninit), `OBJECTS` (the handle table) and each slot's `RwLock` are only held
 //! for short, non-blocking sections, in that order. The copy path takes one slot's read lock
-//! (per object, never global), validates with `smem_core::bm`, enters the window (atomics) and
-//! copies; it allocates nothing unless it fails.
+//! (per object, never global) for the whole copy, validates with `smem_core::bm`, checks the
+//! window's state and copies; it allocates nothing unless it fails. Unmapping a window waits for
+//! the copies in flight by taking the slot's write lock once ([`wait_for_copies`]); no thread
+//! holding a slot lock waits for anything else, so this cannot deadlock.
 //!
 //! # Fork
 //! A `pthread_atfork` prepare handler takes `STATE`, `OBJECTS` and every slot lock, so no lock
@@ -552,6 +554,15 @@ fn stale(what: &str) -> Error {
         ErrorCode::ObjectNotExists,
         format!("{what}: the BM object was destroyed (stale handle)"),
     )
+}
+
+/// Waits until no copy is in flight in BM object `id` (each copy holds the slot's read lock;
+/// the lock prefers writers, so this is not starved by new copies). The caller has already
+/// marked what it unmaps `CLOSING`, so copies that start afterwards fail cleanly.
+pub(crate) fn wait_for_copies(id: u32) {
+    if let Some(slot) = SLOTS.get(id as usize) {
+        drop(write(slot));
+    }
 }
 
 /// The object behind `handle` (control path).
