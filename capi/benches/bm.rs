@@ -39,16 +39,7 @@ fn smem(h: smem_bm_t, dir: Dir, host: *mut u8, win: *mut u8, len: u64) {
         Dir::G2h => (win.cast_const(), host, SMEMB_COPY_G2H),
     };
     // SAFETY: `host` is a live buffer of at least `len` bytes; the window side is validated.
-    let rc = unsafe {
-        smem_bm_copy(
-            h,
-            src.cast::<c_void>(),
-            dst.cast::<c_void>(),
-            len,
-            t,
-            0,
-        )
-    };
+    let rc = unsafe { smem_bm_copy(h, src.cast::<c_void>(), dst.cast::<c_void>(), len, t, 0) };
     debug_assert_eq!(rc, 0);
     black_box(rc);
 }

@@ -134,8 +134,11 @@ fn children_of(ppid: u32) -> Vec<u32> {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s[s.rfind(')').map_or(0, |i| i + 1)..].trim_start().starts_with('Z'))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s[s.rfind(')').map_or(0, |i| i + 1)..]
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 fn dev_shm() -> BTreeSet<String> {

@@ -49,7 +49,8 @@ const ROWS_2D: u64 = 64;
 /// The id of the demo's BM object.
 const OBJECT_ID: u32 = 7;
 
-const USAGE: &str = "usage: smem-demo [--ranks N] [--dram-mib M] [--hbm-mib M] [--iters K] [--timeout-s S]
+const USAGE: &str =
+    "usage: smem-demo [--ranks N] [--dram-mib M] [--hbm-mib M] [--iters K] [--timeout-s S]
   --ranks N      ranks (processes) in the pool, 2..=64 (default 4)
   --dram-mib M   DRAM contributed by each rank, MiB (default 64)
   --hbm-mib M    HBM (sim device) contributed by each rank, MiB (default 32)
@@ -85,9 +86,7 @@ fn parse_args() -> Result<Args, String> {
         if flag == "-h" || flag == "--help" {
             return Err(String::new());
         }
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?;
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let num = |v: &str| -> Result<u64, String> {
             v.parse::<u64>()
                 .map_err(|_| format!("{flag}: {v:?} is not a number"))
@@ -356,16 +355,8 @@ impl Pool {
         };
         // SAFETY: the local side is a live buffer of this process (or a part of this rank's own
         // joined window) of at least `len` bytes; the global side is validated by the call.
-        let rc = unsafe {
-            smem_bm_copy(
-                self.h,
-                src as *const c_void,
-                dst as *mut c_void,
-                len,
-                t,
-                0,
-            )
-        };
+        let rc =
+            unsafe { smem_bm_copy(self.h, src as *const c_void, dst as *mut c_void, len, t, 0) };
         check(rc, &format!("smem_bm_copy(type {t}, {len} bytes)"))
     }
 }
@@ -632,11 +623,7 @@ fn run_rank(args: &Args, rank: u32) -> Res<()> {
     // 1. H2G: host -> slice `rank` of every peer's DRAM part.
     let ds = pool.dram_slice;
     let mut buf = host_buf(ds);
-    let mut ph = Phase::new(
-        "H2G",
-        u64::from(args.iters) * peers.len() as u64 * ds,
-        rank,
-    );
+    let mut ph = Phase::new("H2G", u64::from(args.iters) * peers.len() as u64 * ds, rank);
     for iter in 0..args.iters {
         for &p in &peers {
             fill(&mut buf, 0, |i| word(rank, p, 0, iter, i));
@@ -678,11 +665,7 @@ fn run_rank(args: &Args, rank: u32) -> Res<()> {
     let hs = pool.hbm_slice;
     let mut hbuf = host_buf(hs);
     let own = pool.hbm(rank, rank)?;
-    let mut ph = Phase::new(
-        "L2G",
-        u64::from(args.iters) * peers.len() as u64 * hs,
-        rank,
-    );
+    let mut ph = Phase::new("L2G", u64::from(args.iters) * peers.len() as u64 * hs, rank);
     for iter in 0..args.iters {
         for &p in &peers {
             // Stage the data in this rank's own HBM (not timed), then device -> peer device.
@@ -691,9 +674,7 @@ fn run_rank(args: &Args, rank: u32) -> Res<()> {
             let dst = pool.hbm(p, rank)?;
             for off in (0..hs).step_by(CHUNK as usize) {
                 let len = CHUNK.min(hs - off);
-                ph.timed(len, || {
-                    pool.copy(own + off, dst + off, len, SMEMB_COPY_L2G)
-                })?;
+                ph.timed(len, || pool.copy(own + off, dst + off, len, SMEMB_COPY_L2G))?;
             }
         }
     }
@@ -808,7 +789,10 @@ fn run_rank(args: &Args, rank: u32) -> Res<()> {
 
     // Tear down: leave + destroy everywhere, then the others uninit, then rank 0 (the store).
     ctl.c
-        .add(b"demo/verified", i64::try_from(verified).unwrap_or(i64::MAX))
+        .add(
+            b"demo/verified",
+            i64::try_from(verified).unwrap_or(i64::MAX),
+        )
         .map_err(|e| format!("stats: {e}"))?;
     ctl.barrier("counted")?;
     // SAFETY: `h` is the live handle.

@@ -39,7 +39,10 @@ fn ok(rc: i32, what: &str) {
 fn config(rank: u16) -> smem_bm_config_t {
     let mut cfg = std::mem::MaybeUninit::<smem_bm_config_t>::uninit();
     // SAFETY: `cfg` is writable memory for one config.
-    ok(unsafe { smem_bm_config_init(cfg.as_mut_ptr()) }, "config_init");
+    ok(
+        unsafe { smem_bm_config_init(cfg.as_mut_ptr()) },
+        "config_init",
+    );
     // SAFETY: config_init returned 0: every field is written.
     let mut cfg = unsafe { cfg.assume_init() };
     cfg.rankId = rank;

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -22,6 +23,7 @@ use smem_core::wire::{
 };
 
 use super::{AUTO_RANKING_PREFIX, WATCH_RANK_DOWN_KEY};
+use crate::sys::fork::DetachOnFork;
 use crate::{Error, Result};
 
 /// Interval of the client's HEARTBEAT frames while it holds a rank.
@@ -72,6 +74,9 @@ struct Reply {
 
 /// One TCP connection to the store and what is registered on it.
 struct Link {
+    /// Keeps the two descriptors below out of forked children; declared first, so it is
+    /// dropped (unregistered) before they close.
+    _detach: [DetachOnFork; 2],
     writer: Mutex<TcpStream>,
     /// A second handle, so taking the link down never waits for a writer blocked in the kernel.
     shutdown_handle: TcpStream,
@@ -264,7 +269,9 @@ impl Link {
     }
 
     /// Reader thread body: read frames until the link dies, then take it down.
-    fn read_loop(self: Arc<Self>, mut stream: TcpStream, addr: SocketAddr) {
+    fn read_loop(self: Arc<Self>, mut stream: TcpStream, detach: DetachOnFork, addr: SocketAddr) {
+        // A local, so it is dropped (unregistered) before the `stream` parameter closes.
+        let _detach = detach;
         let mut hdr = [0u8; FRAME_HEADER_LEN];
         let why = loop {
             if let Err(e) = stream.read_exact(&mut hdr) {
@@ -399,7 +406,12 @@ fn open_link(
     stream.set_read_timeout(None).map_err(io)?;
     let reader = stream.try_clone().map_err(io)?;
     let shutdown_handle = stream.try_clone().map_err(io)?;
+    let reader_detach = DetachOnFork::new(reader.as_fd());
     let link = Arc::new(Link {
+        _detach: [
+            DetachOnFork::new(stream.as_fd()),
+            DetachOnFork::new(shutdown_handle.as_fd()),
+        ],
         writer: Mutex::new(stream),
         shutdown_handle,
         pending: Mutex::new(HashMap::new()),
@@ -407,7 +419,9 @@ fn open_link(
         up: AtomicBool::new(true),
     });
     let l = Arc::clone(&link);
-    if let Err(e) = spawn("smem-store-rx", move || l.read_loop(reader, addr)) {
+    if let Err(e) = spawn("smem-store-rx", move || {
+        l.read_loop(reader, reader_detach, addr)
+    }) {
         link.down();
         return Err(e);
     }
