@@ -535,10 +535,8 @@ fn run_rank(args: &Args, rank: u32) -> Res<()> {
     check(unsafe { smem_init(0) }, "smem_init")?;
     let mut cfg = std::mem::MaybeUninit::<smem_bm_config_t>::uninit();
     // SAFETY: `cfg` is writable memory for one config; smem_bm_config_init fills all of it.
-    check(
-        unsafe { smem_bm_config_init(cfg.as_mut_ptr()) },
-        "smem_bm_config_init",
-    )?;
+    let rc = unsafe { smem_bm_config_init(cfg.as_mut_ptr()) };
+    check(rc, "smem_bm_config_init")?;
     // SAFETY: smem_bm_config_init returned 0, so every field is written.
     let mut cfg = unsafe { cfg.assume_init() };
     cfg.rankId = u16::try_from(rank).map_err(|_| "rank too big")?;
@@ -548,10 +546,8 @@ fn run_rank(args: &Args, rank: u32) -> Res<()> {
     let c_url = CString::new(url.clone()).map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     // SAFETY: `c_url` is a NUL-terminated string and `cfg` a valid config, both live.
-    check(
-        unsafe { smem_bm_init(c_url.as_ptr(), n, 0, &cfg) },
-        "smem_bm_init",
-    )?;
+    let rc = unsafe { smem_bm_init(c_url.as_ptr(), n, 0, &cfg) };
+    check(rc, "smem_bm_init")?;
     let store: SocketAddr = format!("127.0.0.1:{}", args.port)
         .parse()
         .map_err(|e| format!("{e}"))?;

@@ -21,7 +21,7 @@
 //! for short, non-blocking sections, in that order. The copy path takes one slot's read lock
 //! (per object, never global) for the whole copy, validates with `smem_core::bm`, checks the
 //! window's state and copies; it allocates nothing unless it fails. Unmapping a window waits for
-//! the copies in flight by taking the slot's write lock once ([`wait_for_copies`]); no thread
+//! the copies in flight by taking the slot's write lock once (`wait_for_copies`); no thread
 //! holding a slot lock waits for anything else, so this cannot deadlock.
 //!
 //! # Fork

@@ -34,7 +34,7 @@
 //! No allocation and two atomic read-modify-writes: a copy holds its object's slot read lock
 //! (per object, see `runtime/mod.rs`) for its whole duration and checks that the window's atomic
 //! state is `MAPPED`. An unmapper sets the state to `CLOSING`, then takes that slot's write lock
-//! once ([`super::wait_for_copies`]): that waits for every copy in flight in the object, and
+//! once (`super::wait_for_copies`): that waits for every copy in flight in the object, and
 //! every later copy sees `CLOSING` (the lock orders it after the store) and fails cleanly. The
 //! lock prefers writers, so a stream of copies cannot starve an unmapper. (An earlier version
 //! counted in-flight copies per window on top of the slot lock: four atomic RMWs per copy,

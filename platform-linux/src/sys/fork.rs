@@ -63,9 +63,10 @@ impl DetachOnFork {
         let start = DETACH_HINT.load(Ordering::Relaxed);
         for i in 0..DETACH_MAX {
             let at = (start + i) % DETACH_MAX;
-            if DETACH[at]
-                .compare_exchange(-1, fd, Ordering::SeqCst, Ordering::Relaxed)
-                .is_ok()
+            if DETACH[at].load(Ordering::Relaxed) == -1
+                && DETACH[at]
+                    .compare_exchange(-1, fd, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
             {
                 DETACH_HINT.store((at + 1) % DETACH_MAX, Ordering::Relaxed);
                 return Self {
