@@ -10,7 +10,8 @@
 //!
 //! Method: for each size, samples alternate between `smem_bm_copy` and `memcpy`; a sample is a
 //! batch of copies of about 1 MiB in total (at least one copy), timed with one `Instant` pair.
-//! GB/s is the median over samples; ratio = smem / memcpy. Latency: one 64 B copy per sample,
+//! GB/s is the median over samples; ratio = the median of smem / memcpy over adjacent sample
+//! pairs (other load on the machine then moves both sides of a pair alike). Latency: one 64 B copy per sample,
 //! `SMEM_BENCH_LATENCY_SAMPLES` per method, median and p99 (timer overhead included in both).
 
 #[path = "../tests/pool/mod.rs"]
@@ -65,8 +66,17 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
 }
 
-/// Median GB/s of (smem, memcpy) for one size and direction.
-fn cell(h: smem_bm_t, dir: Dir, host: *mut u8, win: *mut u8, len: u64, secs: f64) -> (f64, f64) {
+/// Median GB/s of smem and memcpy for one size and direction, and the median of the ratios of
+/// adjacent (smem, memcpy) sample pairs (robust against load changes of the machine during
+/// the cell, which move both samples of a pair alike).
+fn cell(
+    h: smem_bm_t,
+    dir: Dir,
+    host: *mut u8,
+    win: *mut u8,
+    len: u64,
+    secs: f64,
+) -> (f64, f64, f64) {
     let batch = (MIB / len).max(1);
     // Warm-up (and check that the copy works at all).
     smem(h, dir, host, win, len);
@@ -85,7 +95,8 @@ fn cell(h: smem_bm_t, dir: Dir, host: *mut u8, win: *mut u8, len: u64, secs: f64
         }
         b.push((batch * len) as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
-    (median(&mut a), median(&mut b))
+    let mut ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
+    (median(&mut a), median(&mut b), median(&mut ratios))
 }
 
 fn size_name(len: u64) -> String {
@@ -128,9 +139,8 @@ fn main() {
     let mut len = 4 * KIB;
     let mut worst: Option<(f64, u64)> = None;
     while len <= max {
-        let (h2g, m1) = cell(p.h, Dir::H2g, hp, win, len, secs);
-        let (g2h, m2) = cell(p.h, Dir::G2h, hp, win, len, secs);
-        let (r1, r2) = (h2g / m1, g2h / m2);
+        let (h2g, m1, r1) = cell(p.h, Dir::H2g, hp, win, len, secs);
+        let (g2h, m2, r2) = cell(p.h, Dir::G2h, hp, win, len, secs);
         println!(
             "{:>9} | {h2g:>10.2} {m1:>10.2} {:>5.1}% | {g2h:>10.2} {m2:>10.2} {:>5.1}%",
             size_name(len),
