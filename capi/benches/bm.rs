@@ -5,7 +5,7 @@
 //! a 64 B copy.
 //!
 //! Run: `cargo bench -p smem-capi --bench bm`. `SMEM_BENCH_SECONDS` sets the time per
-//! (size, direction) cell (default 0.6); `SMEM_BENCH_MAX_MIB` the largest size (default 256; 0
+//! (size, direction) cell (default 1.5); `SMEM_BENCH_MAX_MIB` the largest size (default 256; 0
 //! skips the bandwidth table); `SMEM_BENCH_LATENCY_SAMPLES` the 64 B samples (default 200,000).
 //!
 //! Method: for each size, samples alternate between `smem_bm_copy` and `memcpy`; a sample is a
@@ -113,7 +113,7 @@ fn main() {
     let secs: f64 = std::env::var("SMEM_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0.6);
+        .unwrap_or(1.5);
     let max: u64 = std::env::var("SMEM_BENCH_MAX_MIB")
         .ok()
         .and_then(|s| s.parse().ok())
