@@ -132,7 +132,7 @@ fn dead_parent_is_reported_down_while_its_fork_lives() {
     let took = killed.elapsed();
     assert_eq!(rank, 1);
     assert!(alive(child.0), "the forked child still runs");
-    assert!(took < Duration::from_secs(2), "rank down after {took:?}");
+    assert!(took < Duration::from_secs(5), "rank down after {took:?}");
     assert!(!watcher.query_alive(1).expect("query"));
     drop(child);
     server.shutdown();
@@ -161,7 +161,7 @@ fn dead_store_host_releases_links_and_port_while_its_fork_lives() {
         .expect_err("the store is gone");
     let took = killed.elapsed();
     assert_eq!(e.code(), ErrorCode::IoError, "{e}");
-    assert!(took < Duration::from_secs(2), "link closed after {took:?}");
+    assert!(took < Duration::from_secs(5), "link closed after {took:?}");
     assert!(alive(child.0), "the forked child still runs");
     TcpListener::bind(addr_of(&url)).expect("the port is free again");
 }
