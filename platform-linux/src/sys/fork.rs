@@ -132,3 +132,51 @@ extern "C" fn detach_in_child() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+    use super::DetachOnFork;
+
+    /// The address family of socket `fd` (`getsockname`), or -1.
+    fn family(fd: RawFd) -> i32 {
+        // SAFETY: all-zero bytes are a valid `sockaddr_storage`.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `ss` and `len` are valid out pointers of the stated size.
+        let rc = unsafe { libc::getsockname(fd, (&raw mut ss).cast(), &mut len) };
+        if rc == 0 { i32::from(ss.ss_family) } else { -1 }
+    }
+
+    /// In a forked child a registered descriptor is an unconnected `AF_UNIX` placeholder and an
+    /// unregistered one is untouched; the parent's descriptors are untouched either way.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn child_gets_placeholders_for_registered_sockets() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let a = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let b = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let guard = DetachOnFork::new(a.as_fd());
+        let (fa, fb) = (a.as_raw_fd(), b.as_raw_fd());
+        // SAFETY: the child only calls getsockname and _exit (async-signal-safe).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let ok = family(fa) == libc::AF_UNIX && family(fb) == libc::AF_INET;
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a valid out pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child saw the wrong descriptors: {status:#x}"
+        );
+        assert_eq!(family(fa), libc::AF_INET);
+        assert!(a.peer_addr().is_ok(), "the parent's link is intact");
+        drop(guard);
+    }
+}
