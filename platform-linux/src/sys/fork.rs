@@ -144,7 +144,7 @@ mod tests {
     fn family(fd: RawFd) -> i32 {
         // SAFETY: all-zero bytes are a valid `sockaddr_storage`.
         let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         // SAFETY: `ss` and `len` are valid out pointers of the stated size.
         let rc = unsafe { libc::getsockname(fd, (&raw mut ss).cast(), &mut len) };
         if rc == 0 { i32::from(ss.ss_family) } else { -1 }
