@@ -33,6 +33,7 @@
 // that contract to the device copy, one `unsafe` block each.
 
 mod object;
+pub mod shm;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -181,6 +182,15 @@ fn ready_ctx(what: &str) -> Result<Arc<Ctx>> {
             "{what}: this process only hosts the config store (startConfigStoreOnly) and has no rank"
         ))),
         _ => Err(not_initialized(what)),
+    }
+}
+
+/// The store URL and rank of this process's BM runtime when it is initialised with a rank
+/// (the SHM runtime then shares that store; see `runtime/shm.rs`).
+pub(crate) fn bm_store_user() -> Option<(String, u32)> {
+    match &*lock(&STATE) {
+        State::Ready { args, ctx, .. } => Some((args.url.clone(), ctx.rank)),
+        _ => None,
     }
 }
 
