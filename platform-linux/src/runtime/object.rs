@@ -397,8 +397,14 @@ impl BmObject {
             hbm: hbm_len,
             dram: dram_len,
         };
-        let (reservation, base) =
-            agree_gva(&ctx.store, &bm_ns(id), rank, args.member_size, want, deadline)?;
+        let (reservation, base) = agree_gva(
+            &ctx.store,
+            &bm_ns(id),
+            rank,
+            args.member_size,
+            want,
+            deadline,
+        )?;
         let layout = WindowLayout::new(Gva(base), stride, args.member_size, hbm_len, dram_len)
             .map_err(|e| {
                 Error::new(
@@ -1031,8 +1037,7 @@ fn agree_inner(
         if (p.span, p.stride, p.hbm, p.dram) != (want.span, want.stride, want.hbm, want.dram) {
             let msg = format!(
                 "members of {} were created with different sizes: rank {rank} has HBM {:#x} + DRAM {:#x} x {members} members, another member HBM {:#x} + DRAM {:#x} (span {:#x}); every member must pass the same sizes and memberSize",
-                ns.object,
-                want.hbm, want.dram, p.hbm, p.dram, p.span
+                ns.object, want.hbm, want.dram, p.hbm, p.dram, p.span
             );
             let _ = store.set(&ns.key("abort"), msg.as_bytes());
             let _ = store.add(&counter_key(ns, &p.tag()), ABORT);

@@ -73,7 +73,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use smem_core::ErrorCode;
-use smem_core::collective::{ALLGATHER_SEND_MAX, Collective, Reply, StoreOp, Step};
+use smem_core::collective::{ALLGATHER_SEND_MAX, Collective, Reply, Step, StoreOp};
 use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
 use smem_core::table::{Handle, Table};
 use smem_core::url::StoreUrl;
