@@ -207,6 +207,7 @@ pub fn init(flags: u32) -> Result<()> {
 
 /// `smem_uninit`: tears down everything this process created.
 pub fn uninit() {
+    shm::shm_uninit(0);
     bm_uninit(0);
 }
 

@@ -1036,14 +1036,17 @@ fn decode(handle: ShmHandle, what: &str) -> Result<Handle> {
 }
 
 fn lookup(handle: ShmHandle, what: &str) -> Result<Arc<ShmObject>> {
-    let h = decode(handle, what)?;
     match &*lock(&STATE) {
-        State::Ready(ready) => ready.objects.get(h).map(Arc::clone).map_err(|_| {
-            Error::new(
-                ErrorCode::ObjectNotExists,
-                format!("{what}: the SHM object was destroyed (stale handle)"),
-            )
-        }),
+        State::Ready(ready) => ready
+            .objects
+            .get(decode(handle, what)?)
+            .map(Arc::clone)
+            .map_err(|_| {
+                Error::new(
+                    ErrorCode::ObjectNotExists,
+                    format!("{what}: the SHM object was destroyed (stale handle)"),
+                )
+            }),
         _ => Err(not_initialized(what)),
     }
 }
@@ -1055,9 +1058,8 @@ fn lookup(handle: ShmHandle, what: &str) -> Result<Arc<ShmObject>> {
 pub fn shm_destroy(handle: ShmHandle, flags: u32) -> Result<()> {
     let what = "smem_shm_destroy";
     let _ = flags;
-    let h = decode(handle, what)?;
     let obj = match &mut *lock(&STATE) {
-        State::Ready(ready) => ready.objects.remove(h).map_err(|_| {
+        State::Ready(ready) => ready.objects.remove(decode(handle, what)?).map_err(|_| {
             Error::new(
                 ErrorCode::ObjectNotExists,
                 format!("{what}: the SHM object was already destroyed (stale handle)"),
@@ -1228,7 +1230,7 @@ mod tests {
         );
         assert_eq!(
             code(shm_destroy(ShmHandle(0), 0)),
-            Err(ErrorCode::InvalidParam)
+            Err(ErrorCode::NotInitialized)
         );
         assert_eq!(
             shm_create(64, 1, 0, WINDOW_ALIGN, DATA_OP_MTE, 0).map_err(|e| e.code()),
