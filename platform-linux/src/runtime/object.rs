@@ -34,9 +34,20 @@
 //! No lock, no allocation: each window has an atomic state and an in-flight counter. A copy
 //! increments the counter, then checks the state is `MAPPED`; an unmapper sets `CLOSING`, waits
 //! for the counter to drain, then unmaps (SeqCst on both sides, so one of them sees the other).
+//!
+//! # Device memory that cannot be mapped (`acl`)
+//! When the device backend's segments are device-resident ([`DeviceSegment::device_addr`]),
+//! the HBM part of every window stays reserved in the GVA. Each window then carries the device
+//! address of its HBM part in this process (`Window::dev`: the own `aclrtMalloc` address, or
+//! the address of a same-host peer's segment imported at its join), stored before the window
+//! becomes `MAPPED` and cleared after it was drained; the copy path translates a validated GVA
+//! range of an HBM part to `dev + offset`. The imported segments are kept in `Ctl::imported`
+//! and released (IPC key closed) when the window is dropped. At join the owner allows the
+//! processes of the same-host members to import its HBM segment ([`crate::device::Device::share`], with the
+//! ids they published in their rank records at init).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -49,7 +60,7 @@ use smem_core::gva::Gva;
 use smem_core::limits::WINDOW_ALIGN;
 
 use super::Ctx;
-use crate::device::DeviceSegment;
+use crate::device::{DeviceDescriptor, DeviceSegment};
 use crate::mem::{HostSegment, Reservation, SegmentDescriptor, SegmentKind};
 use crate::store::{CasResult, StoreClient};
 use crate::{Error, Result};
@@ -91,6 +102,9 @@ fn remaining(deadline: Instant) -> Duration {
 pub(crate) struct Window {
     pub(crate) state: AtomicU8,
     pub(crate) inflight: AtomicU32,
+    /// Device address of the HBM part when it is device memory not mapped into the GVA
+    /// (module docs); 0 when the part is mapped (or absent).
+    pub(crate) dev: AtomicU64,
 }
 
 /// Holds a window's in-flight count for the duration of a copy.
@@ -113,6 +127,8 @@ struct Ctl {
     holders: BTreeSet<u32>,
     /// Ranks whose parts are mapped here: (rank, hbm mapped, dram mapped).
     mapped: Vec<(u32, bool, bool)>,
+    /// Device segments of same-host peers imported (not mapped) here, by rank.
+    imported: Vec<(u32, DeviceSegment)>,
     /// For this rank's own entries: end offset -> other holders at that point.
     own_entries: Vec<(u64, Vec<u32>)>,
     /// This rank joined (its own join completed).
@@ -219,7 +235,7 @@ impl AgreeNs {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct WindowRecord {
     pub(crate) host: String,
-    pub(crate) hbm: Option<SegmentDescriptor>,
+    pub(crate) hbm: Option<DeviceDescriptor>,
     pub(crate) dram: Option<SegmentDescriptor>,
 }
 
@@ -238,13 +254,12 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 
 impl WindowRecord {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let d =
-            |x: &Option<SegmentDescriptor>| x.map_or_else(|| "-".to_owned(), |d| hex(&d.encode()));
+        let d = |x: Option<Vec<u8>>| x.map_or_else(|| "-".to_owned(), |b| hex(&b));
         format!(
             "host={};hbm={};dram={}",
             self.host,
-            d(&self.hbm),
-            d(&self.dram)
+            d(self.hbm.as_ref().map(DeviceDescriptor::encode)),
+            d(self.dram.map(|x| x.encode().to_vec()))
         )
         .into_bytes()
     }
@@ -270,7 +285,10 @@ impl WindowRecord {
             };
             match k {
                 "host" => host = Some(v.to_owned()),
-                "hbm" => hbm = desc(v)?,
+                "hbm" if v != "-" => {
+                    hbm = Some(DeviceDescriptor::decode(&unhex(v).ok_or_else(bad)?)?);
+                }
+                "hbm" => {}
                 "dram" => dram = desc(v)?,
                 _ => {}
             }
@@ -416,13 +434,22 @@ impl BmObject {
             .window_base(rank)
             .and_then(|w| w.checked_offset_from(layout.base()))
             .ok_or_else(|| Error::invalid("rank outside the object"))?;
+        let windows: Box<[Window]> = (0..args.member_size).map(|_| Window::default()).collect();
         if let Some(seg) = &hbm {
-            reservation.map_segment(own, seg.fd(), hbm_len)?;
+            match (seg.mapping_fd(), seg.device_addr()) {
+                (Some(fd), _) => reservation.map_segment(own, fd, hbm_len)?,
+                (None, Some(addr)) => windows[rank as usize].dev.store(addr, Ordering::SeqCst),
+                (None, None) => {
+                    return Err(Error::new(
+                        ErrorCode::Error,
+                        "device segment neither mappable nor addressable",
+                    ));
+                }
+            }
         }
         if let Some(seg) = &dram {
             reservation.map_segment(own + hbm_len, seg.fd(), dram_len)?;
         }
-        let windows: Box<[Window]> = (0..args.member_size).map(|_| Window::default()).collect();
         let ctl = Ctl {
             holders: (0..args.member_size).collect(),
             ..Ctl::default()
@@ -589,8 +616,7 @@ impl BmObject {
             );
             return Ok(false);
         }
-        let check = |d: &Option<SegmentDescriptor>, want: u64, part: Part| -> Result<()> {
-            let got = d.map_or(0, |d| d.len);
+        let check = |got: u64, want: u64, part: Part| -> Result<()> {
             if got != want {
                 return Err(Error::invalid(format!(
                     "rank {r}'s {part} part is {got:#x} bytes but this object's is {want:#x}; every member must create with the same sizes"
@@ -598,14 +624,34 @@ impl BmObject {
             }
             Ok(())
         };
-        check(&rec.hbm, self.layout.hbm_len(), Part::Hbm)?;
-        check(&rec.dram, self.layout.dram_len(), Part::Dram)?;
+        check(
+            rec.hbm.as_ref().map_or(0, DeviceDescriptor::len),
+            self.layout.hbm_len(),
+            Part::Hbm,
+        )?;
+        check(
+            rec.dram.map_or(0, |d| d.len),
+            self.layout.dram_len(),
+            Part::Dram,
+        )?;
         let off = self.window_offset(r);
         let mut hbm_mapped = false;
+        let mut imported = None;
         if let Some(d) = &rec.hbm {
             let seg = self.ctx.device.open_peer(d)?;
-            self.reservation.map_segment(off, seg.fd(), d.len)?;
-            hbm_mapped = true;
+            match (seg.mapping_fd(), seg.device_addr()) {
+                (Some(fd), _) => {
+                    self.reservation.map_segment(off, fd, d.len())?;
+                    hbm_mapped = true;
+                }
+                (None, Some(addr)) => imported = Some((addr, seg)),
+                (None, None) => {
+                    return Err(Error::new(
+                        ErrorCode::Error,
+                        "device segment neither mappable nor addressable",
+                    ));
+                }
+            }
         }
         if let Some(d) = &rec.dram {
             let res = (|| {
@@ -628,6 +674,10 @@ impl BmObject {
         }
         // The segments' descriptors close here; the mappings keep the memory.
         ctl.mapped.push((r, hbm_mapped, rec.dram.is_some()));
+        if let Some((addr, seg)) = imported {
+            w.dev.store(addr, Ordering::SeqCst);
+            ctl.imported.push((r, seg));
+        }
         w.state.store(MAPPED, Ordering::SeqCst);
         Ok(true)
     }
@@ -653,6 +703,11 @@ impl BmObject {
                     warn!("BM object {}: unmapping rank {r}'s DRAM part: {e}", self.id);
                 }
             }
+        }
+        if let Some(i) = ctl.imported.iter().position(|m| m.0 == r) {
+            w.dev.store(0, Ordering::SeqCst);
+            // Releases the imported device memory (no copy is in flight: drained above).
+            drop(ctl.imported.swap_remove(i));
         }
         w.state.store(ABSENT, Ordering::SeqCst);
     }
@@ -776,6 +831,15 @@ impl BmObject {
             ));
         }
         let deadline = Instant::now() + self.ctx.config.create_timeout;
+        if let Some(seg) = &self.hbm {
+            let pids = self
+                .same_host_sharing_pids()
+                .map_err(|e| e.context(&what))?;
+            self.ctx
+                .device
+                .share(seg, &pids)
+                .map_err(|e| e.context(format!("{what}: sharing the HBM part")))?;
+        }
         let rec = WindowRecord {
             host: self.ctx.host_id.clone(),
             hbm: self.hbm.as_ref().map(DeviceSegment::descriptor),
@@ -801,6 +865,38 @@ impl BmObject {
         let base = self.layout.window_base(self.rank).map_or(0, Gva::raw);
         info!("{what}: window at {base:#x}");
         Ok(base)
+    }
+
+    /// The sharing ids (rank records, see `runtime::rank_key`) of the other members on this
+    /// host; every member registered before create completed.
+    fn same_host_sharing_pids(&self) -> Result<Vec<i32>> {
+        let mut pids = Vec::new();
+        for r in (0..self.layout.member_size()).filter(|&r| r != self.rank) {
+            let Some(v) = self.ctx.store.get(&super::rank_key(r))? else {
+                continue;
+            };
+            let v = String::from_utf8_lossy(&v);
+            let mut fields = v.split(' ');
+            let (Some(host), Some(_pid), Some(share)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            if host == self.ctx.host_id {
+                if let Ok(p) = share.parse::<i32>() {
+                    pids.push(p);
+                }
+            }
+        }
+        Ok(pids)
+    }
+
+    /// The device address of rank `rank`'s HBM part when it is device memory not mapped into
+    /// the GVA (call only while inside the window, see [`BmObject::enter`]).
+    #[inline]
+    pub(crate) fn device_base(&self, rank: u32) -> Option<u64> {
+        let dev = self.windows.get(rank as usize)?.dev.load(Ordering::SeqCst);
+        (dev != 0).then_some(dev)
     }
 
     /// `smem_bm_leave`: peers drop the window before this returns.
@@ -1198,6 +1294,30 @@ mod tests {
         };
         assert_eq!(WindowRecord::decode(&r.encode()), Ok(r));
         assert!(WindowRecord::decode(b"hbm=-").is_err());
+        let r = WindowRecord {
+            host: "boot/123".into(),
+            hbm: Some(DeviceDescriptor::AclIpc {
+                len: 0x40_0000,
+                key: "stub-12-7-99".into(),
+            }),
+            dram: None,
+        };
+        assert_eq!(WindowRecord::decode(&r.encode()), Ok(r));
+        let sim = WindowRecord {
+            host: "h".into(),
+            hbm: Some(DeviceDescriptor::Mapped(SegmentDescriptor {
+                kind: SegmentKind::SimDevice,
+                ..d
+            })),
+            dram: Some(d),
+        };
+        assert_eq!(WindowRecord::decode(&sim.encode()), Ok(sim));
+        // An ACL descriptor with a bad key is refused.
+        let bad = format!(
+            "host=h;hbm={};dram=-",
+            hex(b"SMAK\x01\0\0\0\0\0\x20\0\0\0\0\0a b")
+        );
+        assert!(WindowRecord::decode(bad.as_bytes()).is_err());
     }
 
     #[test]

@@ -327,6 +327,8 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
         connect_timeout: config.init_timeout,
         op_timeout: config.control_timeout,
         reconnect: false,
+        // `smem_set_ssl_option` (the store server above took it from `ServerConfig::new`).
+        tls: crate::tls::global(),
     };
     let store = StoreClient::connect(addr, opts)
         .map_err(|e| e.context(format!("{what}: connecting to the config store at {addr}")))?;

@@ -22,6 +22,7 @@ use smem_core::wire::{
 };
 
 use super::{AUTO_RANKING_PREFIX, WATCH_RANK_DOWN_KEY};
+use crate::tls::{LoadedTls, TlsStream};
 use crate::{Error, Result};
 
 /// Interval of the client's HEARTBEAT frames while it holds a rank.
@@ -42,6 +43,11 @@ pub struct ClientOptions {
     /// same world size, the rank held before) instead of failing. Pending operations at the
     /// time of the loss still fail, and watch receivers disconnect.
     pub reconnect: bool,
+    /// Mutual TLS: the 16-byte header goes in clear, then TLS 1.3 (this process' certificate
+    /// presented, the store's verified against the CA, CRLs and the URL's IP), then the
+    /// reply and every frame inside TLS. `None`: plain TCP. The default is the process-wide
+    /// setting ([`crate::tls::set_global`], i.e. `smem_set_ssl_option`).
+    pub tls: Option<Arc<LoadedTls>>,
 }
 
 impl Default for ClientOptions {
@@ -52,6 +58,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             op_timeout: Duration::from_secs(10),
             reconnect: false,
+            tls: crate::tls::global(),
         }
     }
 }
@@ -72,7 +79,8 @@ struct Reply {
 
 /// One TCP connection to the store and what is registered on it.
 struct Link {
-    writer: Mutex<TcpStream>,
+    /// The socket, or the writing half of its TLS stream.
+    writer: Mutex<Box<dyn Write + Send>>,
     /// A second handle, so taking the link down never waits for a writer blocked in the kernel.
     shutdown_handle: TcpStream,
     pending: Mutex<HashMap<u32, SyncSender<Reply>>>,
@@ -264,7 +272,7 @@ impl Link {
     }
 
     /// Reader thread body: read frames until the link dies, then take it down.
-    fn read_loop(self: Arc<Self>, mut stream: TcpStream, addr: SocketAddr) {
+    fn read_loop(self: Arc<Self>, mut stream: Box<dyn Read + Send>, addr: SocketAddr) {
         let mut hdr = [0u8; FRAME_HEADER_LEN];
         let why = loop {
             if let Err(e) = stream.read_exact(&mut hdr) {
@@ -395,12 +403,31 @@ fn open_link(
     stream
         .set_write_timeout(Some(opts.op_timeout.max(Duration::from_millis(1))))
         .map_err(io)?;
-    handshake_io(&mut stream, opts.world_size, rank, reconnect, addr)?;
-    stream.set_read_timeout(None).map_err(io)?;
-    let reader = stream.try_clone().map_err(io)?;
+    send_header(&mut stream, opts.world_size, rank, reconnect, addr)?;
     let shutdown_handle = stream.try_clone().map_err(io)?;
+    let check = |r: &mut dyn Read| read_reply(r, opts, rank, addr);
+    let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match &opts.tls {
+        Some(tls) => {
+            // The reference's order: TLS right behind the clear header, the reply inside.
+            let mut tls = TlsStream::connect(stream, tls, addr.ip(), deadline)
+                .map_err(|e| e.context(format!("config store at {addr}")))?;
+            check(&mut tls)?;
+            tls.tcp().set_read_timeout(None).map_err(io)?;
+            debug!(
+                "store client: TLS link to {addr}, server {}",
+                tls.peer_identity()
+            );
+            let (r, w) = tls.into_split()?;
+            (Box::new(r), Box::new(w))
+        }
+        None => {
+            check(&mut stream)?;
+            stream.set_read_timeout(None).map_err(io)?;
+            (Box::new(stream.try_clone().map_err(io)?), Box::new(stream))
+        }
+    };
     let link = Arc::new(Link {
-        writer: Mutex::new(stream),
+        writer: Mutex::new(writer),
         shutdown_handle,
         pending: Mutex::new(HashMap::new()),
         watches: Mutex::new(Watches::default()),
@@ -414,7 +441,7 @@ fn open_link(
     Ok(link)
 }
 
-fn handshake_io(
+fn send_header(
     stream: &mut TcpStream,
     world: Option<u32>,
     rank: Option<u32>,
@@ -425,9 +452,25 @@ fn handshake_io(
     let _ = Handshake::new(world, rank, reconnect).emit(&mut hs);
     stream
         .write_all(&hs)
-        .map_err(|e| Error::io(format!("handshake with the config store at {addr}"), &e))?;
+        .map_err(|e| Error::io(format!("handshake with the config store at {addr}"), &e))
+}
+
+fn read_reply(
+    stream: &mut dyn Read,
+    opts: &ClientOptions,
+    rank: Option<u32>,
+    addr: SocketAddr,
+) -> Result<()> {
+    let world = opts.world_size;
     let mut r = [0u8; handshake::HANDSHAKE_REPLY_LEN];
     stream.read_exact(&mut r).map_err(|e| {
+        if opts.tls.is_some() {
+            // E.g. the store refused our certificate: its alert arrives here.
+            let e = crate::tls::stream_error(&format!("TLS link to the config store at {addr}"), &e);
+            if e.code() == ErrorCode::TlsError {
+                return e;
+            }
+        }
         Error::new(
             ErrorCode::IoError,
             format!("config store at {addr} closed the link during the handshake ({e}); it refused us or is overloaded"),
@@ -441,7 +484,7 @@ fn handshake_io(
         code => Err(Error::new(
             ErrorCode::StoreRejected,
             format!(
-                "config store at {addr} refused the handshake ({code}): rank {rank:?} is already held by a live link, too many links are open, or the protocol differs"
+                "config store at {addr} refused the handshake ({code}): rank {rank:?} is already held by a live link, too many links are open, or the protocol differs (TLS on one side only?)"
             ),
         )),
     }
