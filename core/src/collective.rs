@@ -13,8 +13,9 @@
 //! removes the three keys of `g - 1`: every rank has entered `g`, so every rank has finished
 //! `g - 1` (it returned from its GET of `{p}{g-1}d` and, for an allgather, its GET of
 //! `{p}{g-1}v`), and no rank can reach `g + 1`'s cleanup of `g` before this rank entered
-//! `g + 1`. So at most two generations of keys exist per object whatever the number of calls,
-//! and the store does not grow. Cleaning up after the release keeps the removals off the
+//! `g + 1`. So an object holds at most eight keys whatever the number of calls (`g - 1` until
+//! cleaned, `g`, and the slot and counter of `g + 1` from ranks that already ran on; `g + 2`
+//! needs this rank), and the store does not grow. Cleaning up after the release keeps the removals off the
 //! critical path: the others run on while the last arriver cleans.
 //!
 //! The machines own no I/O: [`Collective::poll`] says which store operation to run next,
