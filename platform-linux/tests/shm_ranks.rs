@@ -454,6 +454,17 @@ fn timeouts_name_what_is_missing() {
         &[],
     )
     .wait_ok(DEADLINE);
+    // World of 2, rank 1 (alive) never enters the barrier.
+    let url = free_url();
+    spawn(
+        "timeouts_name_what_is_missing",
+        "control",
+        &url,
+        2,
+        &[0, 1],
+        &[],
+    )
+    .wait_ok(DEADLINE);
 }
 
 fn timeout_rank(role: &Role) {
@@ -472,6 +483,32 @@ fn timeout_rank(role: &Role) {
             took >= Duration::from_secs(secs) && took < Duration::from_secs(secs + 3),
             "{took:?}"
         );
+    } else if role.role == "control" {
+        cfg.init_timeout = Duration::from_secs(20);
+        cfg.create_timeout = Duration::from_secs(20);
+        shm::shm_init(&role.url, n, rank, 0, &cfg).expect("init");
+        let (h, _) = shm::shm_create(0, n, rank, 2 * MIB, DATA_OP_MTE, 0).expect("create");
+        if rank == 0 {
+            let start = Instant::now();
+            let e = shm::shm_control_barrier(h).expect_err("rank 1 never enters");
+            let took = start.elapsed();
+            assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+            assert!(e.message().contains("1 of 2 members arrived"), "{e}");
+            assert!(
+                took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+                "{took:?}"
+            );
+            let mut recv = [0u8; 2];
+            let e = shm::shm_control_allgather(h, &[1], &mut recv).expect_err("nor the allgather");
+            assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+            client(&role.url).set(b"test/done", b"1").unwrap();
+        } else {
+            client(&role.url)
+                .wait_get(b"test/done", Duration::from_secs(20))
+                .unwrap();
+        }
+        shm::shm_destroy(h, 0).expect("destroy");
+        shm::shm_uninit(0);
     } else {
         cfg.init_timeout = Duration::from_secs(20);
         shm::shm_init(&role.url, n, rank, 0, &cfg).expect("init");

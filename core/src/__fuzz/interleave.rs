@@ -121,7 +121,8 @@ fn step(
             Reply::Done
         }
     };
-    m.complete(reply).expect("an honest store never fails a machine");
+    m.complete(reply)
+        .expect("an honest store never fails a machine");
     assert!(
         store.kv.len() <= KEYS_MAX,
         "the store grew to {} keys",
