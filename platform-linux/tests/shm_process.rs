@@ -1,0 +1,177 @@
+//! SHM in one process with other things: `fork` while control operations run (the child
+//! starts uninitialised and can init again; the parent keeps working), and BM + SHM sharing
+//! one config store (BM initialised first on the same URL).
+
+mod shm_common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use shm_common::{Role, client, config, free_url, role, spawn};
+use smem_core::ErrorCode;
+use smem_linux::runtime::{self, BmConfig, shm};
+
+const MIB: u64 = 1 << 20;
+
+fn round_trip(h: shm::ShmHandle, base: u64, text: &[u8]) {
+    // SAFETY: rank 0's window of a 1-rank object is this process's own mapped window of at
+    // least 2 MiB; the object outlives this call.
+    let got = unsafe {
+        let p = base as *mut u8;
+        std::ptr::copy_nonoverlapping(text.as_ptr(), p, text.len());
+        std::slice::from_raw_parts(p, text.len()).to_vec()
+    };
+    assert_eq!(got, text);
+    shm::shm_control_barrier(h).expect("barrier");
+    let mut recv = vec![0u8; text.len()];
+    shm::shm_control_allgather(h, text, &mut recv).expect("allgather");
+    assert_eq!(recv, text);
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn fork_while_control_operations_run() {
+    if let Some(r) = role() {
+        return fork_rank(&r);
+    }
+    let url = free_url();
+    spawn(
+        "fork_while_control_operations_run",
+        "fork",
+        &url,
+        1,
+        &[0],
+        &[],
+    )
+    .wait_ok(Duration::from_secs(60));
+}
+
+fn fork_rank(r: &Role) {
+    shm::shm_init(&r.url, 1, 0, 0, &config(20)).expect("init");
+    let (h, base) = shm::shm_create(3, 1, 0, 2 * MIB, shm::DATA_OP_MTE, 0).expect("create");
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                shm::shm_control_barrier(h).expect("busy barrier");
+                let mut recv = [0u8; 8];
+                shm::shm_control_allgather(h, &n.to_le_bytes(), &mut recv).expect("busy gather");
+                assert_eq!(recv, n.to_le_bytes());
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    for _ in 0..3 {
+        let child_url = free_url();
+        // SAFETY: the child only runs smem calls (whose fork handlers reset its state) and
+        // leaves with `_exit`, never returning into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let ok = std::panic::catch_unwind(|| {
+                // The parent's object is not the child's.
+                assert_eq!(
+                    shm::shm_control_barrier(h).map_err(|e| e.code()),
+                    Err(ErrorCode::NotInitialized)
+                );
+                shm::shm_init(&child_url, 1, 0, 0, &config(10)).expect("child init");
+                let (ch, cbase) =
+                    shm::shm_create(3, 1, 0, 2 * MIB, shm::DATA_OP_MTE, 0).expect("child create");
+                round_trip(ch, cbase, b"child");
+                shm::shm_uninit(0);
+            })
+            .is_ok();
+            // SAFETY: ends the forked child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut status = 0;
+        loop {
+            // SAFETY: waits for our own child; `status` is a valid out pointer.
+            let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if got == pid {
+                break;
+            }
+            if Instant::now() > deadline {
+                // SAFETY: kills and reaps our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                panic!("forked child hung (deadlock after fork?)");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "forked child failed: {status:#x}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let n = busy.join().expect("busy thread");
+    assert!(n > 0);
+    round_trip(h, base, b"parent");
+    shm::shm_uninit(0);
+    println!("rank 0 ok");
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn bm_and_shm_share_one_store() {
+    if let Some(r) = role() {
+        return shared_rank(&r);
+    }
+    let url = free_url();
+    spawn(
+        "bm_and_shm_share_one_store",
+        "shared",
+        &url,
+        2,
+        &[0, 1],
+        &[],
+    )
+    .wait_ok(Duration::from_secs(60));
+}
+
+fn shared_rank(r: &Role) {
+    let (rank, n) = (r.rank, r.world);
+    let bm = BmConfig {
+        init_timeout: Duration::from_secs(20),
+        create_timeout: Duration::from_secs(20),
+        control_timeout: Duration::from_secs(20),
+        rank_id: rank as u16,
+        ..BmConfig::default()
+    };
+    runtime::bm_init(&r.url, n, 0, &bm).expect("bm init");
+    // SHM on the same store must use the BM rank.
+    let e = shm::shm_init(&r.url, n, 1 - rank, 0, &config(20)).expect_err("other rank");
+    assert_eq!(e.code(), ErrorCode::InvalidParam, "{e}");
+    shm::shm_init(&r.url, n, rank, 0, &config(20)).expect("shm init on the BM store");
+    let (h, _) = shm::shm_create(0, n, rank, 2 * MIB, shm::DATA_OP_MTE, 0).expect("create");
+    let mut recv = [0u8; 2];
+    shm::shm_control_allgather(h, &[rank as u8 + 1], &mut recv).expect("allgather");
+    assert_eq!(recv, [1, 2]);
+    // BM works beside it.
+    let b = runtime::bm_create(0, n, 1, 2 * MIB, 0, 0).expect("bm create");
+    runtime::bm_join(b, 0).expect("bm join");
+    shm::shm_control_barrier(h).expect("barrier");
+    runtime::bm_destroy(b).expect("bm destroy");
+    shm::shm_control_barrier(h).expect("barrier");
+    shm::shm_uninit(0);
+    if rank == 0 {
+        // Host of the store: last to go.
+        let c = client(&r.url);
+        let until = Instant::now() + Duration::from_secs(20);
+        while c.get(b"smem/bm/rank/1").unwrap().is_some() {
+            assert!(Instant::now() < until, "rank 1 did not uninit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    runtime::bm_uninit(0);
+    println!("rank {rank} ok");
+}
