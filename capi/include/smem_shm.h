@@ -66,6 +66,9 @@ int32_t smem_shm_config_init(smem_shm_config_t *config);
  * Checked: configStoreIpPort non-NULL UTF-8, 1 <= worldSize <= SMEM_WORLD_SIZE_MAX,
  * rankId < worldSize, timeouts >= 1 (SM_INVALID_PARAM).
  * A second call while initialised: SM_OK if every argument is identical, else SM_REPEAT_CALL.
+ * SM_TIMEOUT names the ranks that did not register in time. When smem_bm_init of this process
+ * already uses the same store URL, SHM shares that store (no second server; rankId must equal
+ * the BM rank); smem_bm_init after smem_shm_init on the same store is not supported.
  */
 int32_t smem_shm_init(const char *configStoreIpPort, uint32_t worldSize, uint32_t rankId,
                       uint16_t deviceId, smem_shm_config_t *config);

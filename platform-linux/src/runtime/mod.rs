@@ -1,4 +1,4 @@
-//! The process-wide state behind the C API: BM pools (and later SHM objects).
+//! The process-wide state behind the C API: BM pools (here) and SHM objects ([`shm`]).
 //!
 //! `capi` calls only these functions; it knows nothing of the store protocol or of memory.
 //!
