@@ -175,3 +175,41 @@ fn shared_rank(r: &Role) {
     runtime::bm_uninit(0);
     println!("rank {rank} ok");
 }
+
+/// `startConfigStore = false`: no rank hosts the store; a standalone server (here, the test
+/// process) does. The instance keys are gone after every member destroyed the object.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn standalone_store() {
+    if let Some(r) = role() {
+        return standalone_rank(&r);
+    }
+    let url = free_url();
+    let addr = url.trim_start_matches("tcp://").parse().expect("address");
+    let server = smem_linux::store::StoreServer::start(smem_linux::store::ServerConfig::new(addr))
+        .expect("standalone store");
+    spawn("standalone_store", "standalone", &url, 3, &[0, 1, 2], &[])
+        .wait_ok(Duration::from_secs(60));
+    server.shutdown();
+}
+
+fn standalone_rank(r: &Role) {
+    let (rank, n) = (r.rank, r.world);
+    let mut cfg = config(20);
+    cfg.start_config_store = false;
+    shm::shm_init(&r.url, n, rank, 0, &cfg).expect("init");
+    let (h, _) = shm::shm_create(7, n, rank, 2 * MIB, shm::DATA_OP_SDMA, 0).expect("create");
+    let mut recv = [0u8; 3];
+    shm::shm_control_allgather(h, &[rank as u8], &mut recv).expect("allgather");
+    assert_eq!(recv, [0, 1, 2]);
+    shm::shm_control_barrier(h).expect("barrier");
+    shm::shm_destroy(h, 0).expect("destroy");
+    let c = client(&r.url);
+    let until = Instant::now() + Duration::from_secs(20);
+    while !c.prefix(b"smem/shm/7.").unwrap().is_empty() {
+        assert!(Instant::now() < until, "instance keys left behind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shm::shm_uninit(0);
+    println!("rank {rank} ok");
+}
