@@ -371,6 +371,9 @@ fn rank_dying_inside_a_barrier_fails_the_others_in_time() {
             if f.rank == 3 {
                 assert!(!f.status.success(), "rank 3 should have been killed");
             } else {
+                for line in f.stdout.lines().filter(|l| l.contains("failed in")) {
+                    println!("{op}: {line}");
+                }
                 assert!(
                     f.status.success() && f.stdout.contains(&format!("rank {} ok", f.rank)),
                     "{op}: rank {}: {}\n{}",
