@@ -47,7 +47,10 @@
 //! # Control operations
 //! Barrier and allgather run the sans-I/O machines of `smem_core::collective` (generation `g`
 //! = the call's number; generation 0 is the barrier ending create), so the store holds at most
-//! two generations of keys per object whatever the number of calls. Each is bounded by
+//! eight control keys per object whatever the number of calls. The removals of the previous
+//! generation's keys (asked of the last arriver) go to the `smem-shm-gc` thread, off the
+//! critical path (a 4-rank barrier takes about half the time); its queue is bounded, and when it
+//! is full they run inline, so at most [`GC_QUEUE`] + 1 more keys wait per process. Each is bounded by
 //! `controlOperationTimeout`; waits on the store are sliced, and when the store reports that the
 //! link of a member's process went down, the operation fails at once with `SM_IO_ERROR` naming
 //! the rank instead of waiting for the timeout. After a failed control operation the members
@@ -66,7 +69,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -94,6 +97,9 @@ pub const DATA_OP_ALL: u32 = DATA_OP_MTE | DATA_OP_SDMA | DATA_OP_ROCE;
 
 /// Largest extra context, in bytes.
 pub const EXTRA_CONTEXT_MAX: usize = 65_536;
+
+/// Keys of finished control operations waiting for removal, at most (per process).
+const GC_QUEUE: usize = 16;
 
 /// Longest single wait on the store before checking whether a member died.
 const WAIT_SLICE: Duration = Duration::from_millis(250);
@@ -138,6 +144,9 @@ struct ShmCtx {
     config: ShmConfig,
     /// World rank -> how many times the store reported its link down.
     downs: Mutex<HashMap<u32, u64>>,
+    /// Keys of finished control operations, removed by the `smem-shm-gc` thread off the
+    /// critical path (`None`: that thread could not start; removals run inline).
+    gc: Option<SyncSender<Vec<u8>>>,
 }
 
 impl ShmCtx {
@@ -354,6 +363,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
         host_id,
         config: config.clone(),
         downs: Mutex::new(HashMap::new()),
+        gc: start_gc(&store),
     });
     let rank_down = match store.watch_rank_down() {
         Ok(rx) => {
@@ -394,6 +404,27 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
         last_epoch: [0; SHM_OBJECTS_MAX],
         epoch_at_init,
     })
+}
+
+/// Starts the thread removing keys of finished control operations. Its queue holds at most
+/// [`GC_QUEUE`] keys; when it is full, removals run inline (backpressure), so the store holds at
+/// most that many extra keys per process whatever the number of calls. The thread ends when the
+/// context (its sender) is dropped; removals failing because the link closed are ignored.
+fn start_gc(store: &StoreClient) -> Option<SyncSender<Vec<u8>>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(GC_QUEUE);
+    let store = store.clone();
+    std::thread::Builder::new()
+        .name("smem-shm-gc".into())
+        .spawn(move || {
+            while let Ok(k) = rx.recv() {
+                if let Err(e) = store.remove(&k) {
+                    debug!("SHM: removing a finished control operation's key: {e}");
+                }
+            }
+        })
+        .map_err(|e| warn!("SHM: cannot start the key removal thread ({e}); removing inline"))
+        .ok()?;
+    Some(tx)
 }
 
 fn wait_for_ranks(
@@ -774,7 +805,15 @@ impl ShmObject {
                         Reply::Value(v.len())
                     }
                     StoreOp::Remove { key } => {
-                        store.remove(key.as_bytes())?;
+                        // Keys of generation g - 1, which every member has finished: nobody
+                        // waits for them, so their removal leaves the critical path.
+                        let queued = match &self.ctx.gc {
+                            Some(tx) => tx.try_send(key.as_bytes().to_vec()).is_ok(),
+                            None => false,
+                        };
+                        if !queued {
+                            store.remove(key.as_bytes())?;
+                        }
                         Reply::Done
                     }
                     _ => return Err(unknown_step(what)),
