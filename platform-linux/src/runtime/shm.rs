@@ -52,7 +52,7 @@
 //! critical path (a 4-rank barrier takes about half the time); its queue is bounded, and when it
 //! is full they run inline, so at most 17 more keys wait per process. Each is bounded by
 //! `controlOperationTimeout`; waits on the store are sliced, and when the store reports that the
-//! link of a member's process went down, the operation fails at once with `SM_IO_ERROR` naming
+//! link of a member's process went down, the operation fails within 250 ms with `SM_IO_ERROR` naming
 //! the rank instead of waiting for the timeout. After a failed control operation the members
 //! may disagree on the call sequence; destroy the object.
 //!
