@@ -213,3 +213,51 @@ fn standalone_rank(r: &Role) {
     shm::shm_uninit(0);
     println!("rank {rank} ok");
 }
+
+/// Members passing different `symmetricSize`s get a clear `SM_INVALID_PARAM` from create,
+/// quickly (not the create timeout); the id can then be created again with matching sizes.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn size_mismatch_is_refused() {
+    if let Some(r) = role() {
+        return mismatch_rank(&r);
+    }
+    let url = free_url();
+    spawn(
+        "size_mismatch_is_refused",
+        "mismatch",
+        &url,
+        2,
+        &[0, 1],
+        &[],
+    )
+    .wait_ok(Duration::from_secs(60));
+}
+
+fn mismatch_rank(r: &Role) {
+    let (rank, n) = (r.rank, r.world);
+    shm::shm_init(&r.url, n, rank, 0, &config(20)).expect("init");
+    let size = 2 * MIB * (u64::from(rank) + 1);
+    let start = Instant::now();
+    let e = shm::shm_create(4, n, rank, size, shm::DATA_OP_MTE, 0).expect_err("sizes differ");
+    assert_eq!(e.code(), ErrorCode::InvalidParam, "{e}");
+    assert!(e.message().contains("different sizes"), "{e}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    let (h, _) = shm::shm_create(4, n, rank, 2 * MIB, shm::DATA_OP_MTE, 0).expect("same sizes");
+    shm::shm_control_barrier(h).expect("barrier");
+    shm::shm_destroy(h, 0).expect("destroy");
+    if rank == 0 {
+        let c = client(&r.url);
+        let until = Instant::now() + Duration::from_secs(20);
+        while c.prefix(b"smem/shm/rank/").unwrap().len() > 1 {
+            assert!(Instant::now() < until, "rank 1 did not uninit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    shm::shm_uninit(0);
+    println!("rank {rank} ok");
+}

@@ -575,7 +575,14 @@ impl ShmObject {
         )
     }
 
-    fn create(ctx: &Arc<ShmCtx>, args: &CreateArgs, epoch_floor: u64) -> Result<Self> {
+    /// Creates the object; `used` is set to the instance number as soon as it is known (also
+    /// when create then fails), so a retry waits for a newer instance.
+    fn create(
+        ctx: &Arc<ShmCtx>,
+        args: &CreateArgs,
+        epoch_floor: u64,
+        used: &mut u64,
+    ) -> Result<Self> {
         let id = args.id;
         let what = format!("smem_shm_create {id} (rank {})", args.rank);
         let deadline = Instant::now() + ctx.config.create_timeout;
@@ -599,6 +606,7 @@ impl ShmObject {
         } else {
             wait_open(store, id, epoch_floor, deadline, &what)?
         };
+        *used = epoch;
         let prefix = format!("smem/shm/{id}.{epoch}/");
         let r = Self::create_instance(ctx, args, epoch, &prefix, span, deadline, &what);
         if r.is_err() {
@@ -1053,15 +1061,16 @@ pub fn shm_create(
         rank: rank_id,
         symmetric_size,
     };
-    let created = ShmObject::create(&ctx, &args, floor);
+    let mut used = 0;
+    let created = ShmObject::create(&ctx, &args, floor, &mut used);
     let mut st = lock(&STATE);
     let State::Ready(ready) = &mut *st else {
         // Uninit ran meanwhile: the new object is dropped (unmapped) here.
         return Err(not_initialized(&what));
     };
     ready.creating[index] = false;
+    ready.last_epoch[index] = ready.last_epoch[index].max(used);
     let obj = created?;
-    ready.last_epoch[index] = obj.epoch;
     let base = obj.base;
     let handle = ready
         .objects
