@@ -261,3 +261,46 @@ fn mismatch_rank(r: &Role) {
     shm::shm_uninit(0);
     println!("rank {rank} ok");
 }
+
+/// A registration key left behind by a dead process (standalone store) does not count as a
+/// rank: init waits for a live link and names the rank when the timeout passes.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn stale_registration_is_not_a_rank() {
+    if let Some(r) = role() {
+        let mut cfg = config(2);
+        cfg.start_config_store = false;
+        let start = Instant::now();
+        let e = shm::shm_init(&r.url, 2, 0, 0, &cfg).expect_err("rank 1 is stale");
+        assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+        assert!(
+            e.message()
+                .contains("rank(s) 1 registered but hold no live"),
+            "{e}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        println!("rank 0 ok");
+        return;
+    }
+    let url = free_url();
+    let addr = url.trim_start_matches("tcp://").parse().expect("address");
+    let server = smem_linux::store::StoreServer::start(smem_linux::store::ServerConfig::new(addr))
+        .expect("standalone store");
+    let c = client(&url);
+    c.set(b"smem/shm/rank/1", b"gone 1").expect("stale key");
+    spawn(
+        "stale_registration_is_not_a_rank",
+        "stale",
+        &url,
+        2,
+        &[0],
+        &[],
+    )
+    .wait_ok(Duration::from_secs(60));
+    drop(c);
+    server.shutdown();
+}

@@ -464,7 +464,34 @@ fn wait_for_ranks(
             Err(e) => return Err(e.context("smem_shm_init: waiting for the other ranks")),
         }
     }
-    Ok(())
+    // A key left by a process that died without smem_shm_uninit (standalone store) is not a
+    // rank: every registered rank must also hold a live link.
+    let mut dead: Vec<u32> = Vec::new();
+    loop {
+        dead.clear();
+        for r in 0..world_size {
+            if !store
+                .query_alive(r)
+                .map_err(|e| e.context("smem_shm_init"))?
+            {
+                dead.push(r);
+            }
+        }
+        if dead.is_empty() {
+            return Ok(());
+        }
+        if remaining(deadline).is_zero() {
+            return Err(Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "smem_shm_init: rank(s) {} registered but hold no live config store link (a process that died without smem_shm_uninit?); waited {} s",
+                    rank_list(&dead),
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `smem_shm_uninit`: destroys every SHM object of this process and leaves the domain.
