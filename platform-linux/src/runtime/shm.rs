@@ -3,7 +3,8 @@
 //! # Life cycle
 //! `shm_init` connects to the config store (rank 0 hosts it in-process when
 //! `startConfigStore`), registers the rank (`smem/shm/rank/<r>` = host identity and pid) and
-//! waits until every rank of the world registered, naming the missing ranks when
+//! waits until every rank of the world registered and holds a live store link (a key left by a
+//! process that died without uninit does not count), naming the missing ranks when
 //! `shmInitTimeout` passes. A second `shm_init` with identical arguments returns 0, with other
 //! arguments `SM_REPEAT_CALL`.
 //!
