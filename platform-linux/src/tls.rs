@@ -464,6 +464,13 @@ struct SplitSocket {
     broken: bool,
 }
 
+impl TlsReader {
+    /// The TCP socket this half reads from (for descriptor bookkeeping such as fork handling).
+    pub fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
 impl SplitShared {
     /// Encrypts `plain` (may be empty: pending alerts / handshake bytes only) and writes it.
     fn send(&self, plain: &[u8]) -> io::Result<()> {

@@ -19,8 +19,10 @@
 //! # Locks
 //! `STATE` (init/uninit), `OBJECTS` (the handle table) and each slot's `RwLock` are only held
 //! for short, non-blocking sections, in that order. The copy path takes one slot's read lock
-//! (per object, never global), validates with `smem_core::bm`, enters the window (atomics) and
-//! copies; it allocates nothing unless it fails.
+//! (per object, never global) for the whole copy, validates with `smem_core::bm`, checks the
+//! window's state and copies; it allocates nothing unless it fails. Unmapping a window waits for
+//! the copies in flight by taking the slot's write lock once (`wait_for_copies`); no thread
+//! holding a slot lock waits for anything else, so this cannot deadlock.
 //!
 //! # Fork
 //! A `pthread_atfork` prepare handler takes `STATE`, `OBJECTS` and every slot lock, so no lock
@@ -28,7 +30,10 @@
 //! object, store link and server of the parent (their threads do not exist in the child; their
 //! memory is not freed, the child's mappings keep sharing the parent's pages) and starts
 //! uninitialised, so it can call `bm_init` again. The GVA agreement then avoids the ranges the
-//! child still has reserved.
+//! child still has reserved. The store sockets of the parent (client links, the listener and
+//! links of a hosted store) are not inherited as such: [`crate::sys::fork::DetachOnFork`]
+//! replaces them in the child with unconnected placeholders, so the store sees this process's
+//! link close when it dies even while a forked child lives, and a hosted store's port is freed.
 #![allow(unsafe_code)] // `bm_copy`/`bm_copy_2d` are `unsafe fn` (caller pointers) and forward
 // that contract to the device copy, one `unsafe` block each.
 
@@ -569,6 +574,15 @@ fn stale(what: &str) -> Error {
         ErrorCode::ObjectNotExists,
         format!("{what}: the BM object was destroyed (stale handle)"),
     )
+}
+
+/// Waits until no copy is in flight in BM object `id` (each copy holds the slot's read lock;
+/// the lock prefers writers, so this is not starved by new copies). The caller has already
+/// marked what it unmaps `CLOSING`, so copies that start afterwards fail cleanly.
+pub(crate) fn wait_for_copies(id: u32) {
+    if let Some(slot) = SLOTS.get(id as usize) {
+        drop(write(slot));
+    }
 }
 
 /// The object behind `handle` (control path).

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -22,6 +23,7 @@ use smem_core::wire::{
 };
 
 use super::{AUTO_RANKING_PREFIX, WATCH_RANK_DOWN_KEY};
+use crate::sys::fork::DetachOnFork;
 use crate::tls::{LoadedTls, TlsStream};
 use crate::{Error, Result};
 
@@ -79,6 +81,9 @@ struct Reply {
 
 /// One TCP connection to the store and what is registered on it.
 struct Link {
+    /// Keeps the descriptors of this link out of forked children; declared first, so it is
+    /// dropped (unregistered) before they close.
+    _detach: [DetachOnFork; 2],
     /// The socket, or the writing half of its TLS stream.
     writer: Mutex<Box<dyn Write + Send>>,
     /// A second handle, so taking the link down never waits for a writer blocked in the kernel.
@@ -272,7 +277,14 @@ impl Link {
     }
 
     /// Reader thread body: read frames until the link dies, then take it down.
-    fn read_loop(self: Arc<Self>, mut stream: Box<dyn Read + Send>, addr: SocketAddr) {
+    fn read_loop(
+        self: Arc<Self>,
+        mut stream: Box<dyn Read + Send>,
+        detach: DetachOnFork,
+        addr: SocketAddr,
+    ) {
+        // A local, so it is dropped (unregistered) before the `stream` parameter closes.
+        let _detach = detach;
         let mut hdr = [0u8; FRAME_HEADER_LEN];
         let why = loop {
             if let Err(e) = stream.read_exact(&mut hdr) {
@@ -406,7 +418,12 @@ fn open_link(
     send_header(&mut stream, opts.world_size, rank, reconnect, addr)?;
     let shutdown_handle = stream.try_clone().map_err(io)?;
     let check = |r: &mut dyn Read| read_reply(r, opts, rank, addr);
-    let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match &opts.tls {
+    let (reader, writer, reader_fd, writer_fd): (
+        Box<dyn Read + Send>,
+        Box<dyn Write + Send>,
+        RawFd,
+        RawFd,
+    ) = match &opts.tls {
         Some(tls) => {
             // The reference's order: TLS right behind the clear header, the reply inside.
             let mut tls = TlsStream::connect(stream, tls, addr.ip(), deadline)
@@ -417,16 +434,27 @@ fn open_link(
                 "store client: TLS link to {addr}, server {}",
                 tls.peer_identity()
             );
+            let writer_fd = tls.tcp().as_raw_fd();
             let (r, w) = tls.into_split()?;
-            (Box::new(r), Box::new(w))
+            let reader_fd = r.socket().as_raw_fd();
+            (Box::new(r), Box::new(w), reader_fd, writer_fd)
         }
         None => {
             check(&mut stream)?;
             stream.set_read_timeout(None).map_err(io)?;
-            (Box::new(stream.try_clone().map_err(io)?), Box::new(stream))
+            let reader = stream.try_clone().map_err(io)?;
+            let (reader_fd, writer_fd) = (reader.as_raw_fd(), stream.as_raw_fd());
+            (Box::new(reader), Box::new(stream), reader_fd, writer_fd)
         }
     };
+    // The descriptors stay open as long as `reader`, `writer` and `shutdown_handle` live, and
+    // each guard is dropped before its descriptor closes (field and local order).
+    let reader_detach = DetachOnFork::from_raw(reader_fd);
     let link = Arc::new(Link {
+        _detach: [
+            DetachOnFork::from_raw(writer_fd),
+            DetachOnFork::new(shutdown_handle.as_fd()),
+        ],
         writer: Mutex::new(writer),
         shutdown_handle,
         pending: Mutex::new(HashMap::new()),
@@ -434,7 +462,9 @@ fn open_link(
         up: AtomicBool::new(true),
     });
     let l = Arc::clone(&link);
-    if let Err(e) = spawn("smem-store-rx", move || l.read_loop(reader, addr)) {
+    if let Err(e) = spawn("smem-store-rx", move || {
+        l.read_loop(reader, reader_detach, addr)
+    }) {
         link.down();
         return Err(e);
     }

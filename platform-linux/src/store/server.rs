@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use smem_core::wire::{
 };
 
 use super::{AUTO_RANKING_PREFIX, HEARTBEAT_ENV, WATCH_RANK_DOWN_KEY};
+use crate::sys::fork::DetachOnFork;
 use crate::sys::net::{EPOLL_HUP_ERR, EPOLL_IN, EPOLL_OUT, Epoll, EventFd, Ready};
 use crate::tls::{LoadedTls, ServerTlsSession};
 use crate::{Error, Result};
@@ -229,6 +230,9 @@ const KEY_AND_VALUE_ONE: &str = "invalid request: key & value should be one.";
 type LinkId = u64;
 
 struct Link {
+    /// Keeps `stream` out of forked children; declared first, so it is dropped (unregistered)
+    /// before the stream closes.
+    _detach: DetachOnFork,
     stream: TcpStream,
     peer: SocketAddr,
     handshaken: bool,
@@ -323,6 +327,9 @@ struct State {
 
 struct EventLoop {
     config: ServerConfig,
+    /// Keeps `listener` out of forked children (a child must not hold the port); declared
+    /// before it, so it is unregistered before the listener closes.
+    _detach_listener: DetachOnFork,
     listener: TcpListener,
     epoll: Epoll,
     waker: Arc<EventFd>,
@@ -470,6 +477,7 @@ impl EventLoop {
         }
         Self {
             config,
+            _detach_listener: DetachOnFork::new(listener.as_fd()),
             listener,
             epoll,
             waker,
@@ -589,6 +597,7 @@ impl EventLoop {
         self.links.insert(
             id,
             Link {
+                _detach: DetachOnFork::new(stream.as_fd()),
                 stream,
                 peer,
                 handshaken: false,
