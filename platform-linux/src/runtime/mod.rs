@@ -1,4 +1,4 @@
-//! The process-wide state behind the C API: BM pools (and later SHM objects).
+//! The process-wide state behind the C API: BM pools (here) and SHM objects ([`shm`]).
 //!
 //! `capi` calls only these functions; it knows nothing of the store protocol or of memory.
 //!
@@ -38,6 +38,7 @@
 // that contract to the device copy, one `unsafe` block each.
 
 mod object;
+pub mod shm;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -189,6 +190,15 @@ fn ready_ctx(what: &str) -> Result<Arc<Ctx>> {
     }
 }
 
+/// The store URL and rank of this process's BM runtime when it is initialised with a rank
+/// (the SHM runtime then shares that store; see `runtime/shm.rs`).
+pub(crate) fn bm_store_user() -> Option<(String, u32)> {
+    match &*lock(&STATE) {
+        State::Ready { args, ctx, .. } => Some((args.url.clone(), ctx.rank)),
+        _ => None,
+    }
+}
+
 /// `smem_init`: process-wide initialisation (idempotent).
 pub fn init(flags: u32) -> Result<()> {
     if flags != 0 {
@@ -202,6 +212,7 @@ pub fn init(flags: u32) -> Result<()> {
 
 /// `smem_uninit`: tears down everything this process created.
 pub fn uninit() {
+    shm::shm_uninit(0);
     bm_uninit(0);
 }
 

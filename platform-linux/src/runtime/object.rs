@@ -85,6 +85,15 @@ fn key(id: u32, rest: &str) -> Vec<u8> {
     format!("smem/bm/o{id}/{rest}").into_bytes()
 }
 
+/// The GVA agreement namespace of BM object `id`.
+fn bm_ns(id: u32) -> AgreeNs {
+    AgreeNs {
+        prefix: format!("smem/bm/o{id}/"),
+        object: format!("BM object {id}"),
+        call: format!("smem_bm_create {id}"),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -147,16 +156,16 @@ pub(crate) struct BmObject {
 
 /// The parsed `gva` proposal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Proposal {
-    version: u64,
+pub(crate) struct Proposal {
+    pub(crate) version: u64,
     /// Random per agreement (chosen with candidate 0): names its counters, so counters of an
     /// aborted or timed-out earlier agreement for the same id are never reused.
-    nonce: u64,
-    base: u64,
-    span: u64,
-    stride: u64,
-    hbm: u64,
-    dram: u64,
+    pub(crate) nonce: u64,
+    pub(crate) base: u64,
+    pub(crate) span: u64,
+    pub(crate) stride: u64,
+    pub(crate) hbm: u64,
+    pub(crate) dram: u64,
 }
 
 impl Proposal {
@@ -192,23 +201,41 @@ impl Proposal {
 }
 
 /// A random `u64` (std's randomly seeded hasher; no extra dependency).
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
     h.finish()
 }
 
-fn counter_key(id: u32, tag: &str) -> Vec<u8> {
-    key(id, &format!("gva/v{tag}"))
+fn counter_key(ns: &AgreeNs, tag: &str) -> Vec<u8> {
+    ns.key(&format!("gva/v{tag}"))
+}
+
+/// Where a GVA agreement keeps its keys and how its messages name the object (shared by the
+/// BM and SHM runtimes).
+#[derive(Clone, Debug)]
+pub(crate) struct AgreeNs {
+    /// Key prefix of the object, e.g. `smem/bm/o3/`.
+    pub(crate) prefix: String,
+    /// The object in messages, e.g. `BM object 3`.
+    pub(crate) object: String,
+    /// The creating call in messages, e.g. `smem_bm_create 3`.
+    pub(crate) call: String,
+}
+
+impl AgreeNs {
+    fn key(&self, rest: &str) -> Vec<u8> {
+        format!("{}{rest}", self.prefix).into_bytes()
+    }
 }
 
 /// What a member publishes at join: where its window's memory is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct WindowRecord {
-    host: String,
-    hbm: Option<DeviceDescriptor>,
-    dram: Option<SegmentDescriptor>,
+pub(crate) struct WindowRecord {
+    pub(crate) host: String,
+    pub(crate) hbm: Option<DeviceDescriptor>,
+    pub(crate) dram: Option<SegmentDescriptor>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -225,7 +252,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 impl WindowRecord {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let d = |x: Option<Vec<u8>>| x.map_or_else(|| "-".to_owned(), |b| hex(&b));
         format!(
             "host={};hbm={};dram={}",
@@ -236,7 +263,7 @@ impl WindowRecord {
         .into_bytes()
     }
 
-    fn decode(b: &[u8]) -> Result<Self> {
+    pub(crate) fn decode(b: &[u8]) -> Result<Self> {
         let bad = || {
             Error::new(
                 ErrorCode::ProtocolError,
@@ -387,8 +414,14 @@ impl BmObject {
             hbm: hbm_len,
             dram: dram_len,
         };
-        let (reservation, base) =
-            agree_gva(&ctx.store, id, rank, args.member_size, want, deadline)?;
+        let (reservation, base) = agree_gva(
+            &ctx.store,
+            &bm_ns(id),
+            rank,
+            args.member_size,
+            want,
+            deadline,
+        )?;
         let layout = WindowLayout::new(Gva(base), stride, args.member_size, hbm_len, dram_len)
             .map_err(|e| {
                 Error::new(
@@ -1014,47 +1047,47 @@ impl BmObject {
 /// Runs the GVA agreement (module docs) and returns the reservation and the agreed base. On
 /// failure the candidate this rank counted for is uncounted, so a later attempt cannot complete
 /// with a count that includes a rank that gave up.
-fn agree_gva(
+pub(crate) fn agree_gva(
     store: &StoreClient,
-    id: u32,
+    ns: &AgreeNs,
     rank: u32,
     members: u32,
     want: Proposal,
     deadline: Instant,
 ) -> Result<(Reservation, u64)> {
     let mut held: Option<(String, Reservation)> = None;
-    let r = agree_inner(store, id, rank, members, want, deadline, &mut held);
+    let r = agree_inner(store, ns, rank, members, want, deadline, &mut held);
     if r.is_err() {
         if let Some((tag, _)) = held.take() {
-            let _ = store.add(&counter_key(id, &tag), -1);
+            let _ = store.add(&counter_key(ns, &tag), -1);
         }
     }
     r
 }
 
 /// Counts this rank as holding candidate `p`.
-fn count_in(store: &StoreClient, id: u32, rank: u32, p: &Proposal) -> Result<()> {
-    store.set(&key(id, &format!("gva/r{rank}")), p.tag().as_bytes())?;
-    store.add(&counter_key(id, &p.tag()), 1)?;
+fn count_in(store: &StoreClient, ns: &AgreeNs, rank: u32, p: &Proposal) -> Result<()> {
+    store.set(&ns.key(&format!("gva/r{rank}")), p.tag().as_bytes())?;
+    store.add(&counter_key(ns, &p.tag()), 1)?;
     Ok(())
 }
 
 fn agree_inner(
     store: &StoreClient,
-    id: u32,
+    ns: &AgreeNs,
     rank: u32,
     members: u32,
     want: Proposal,
     deadline: Instant,
     held: &mut Option<(String, Reservation)>,
 ) -> Result<(Reservation, u64)> {
-    let gva_key = key(id, "gva");
-    let what = format!("smem_bm_create {id} (rank {rank})");
+    let gva_key = ns.key("gva");
+    let what = format!("{} (rank {rank})", ns.call);
     loop {
         if remaining(deadline).is_zero() {
             return Err(agree_timeout(
                 store,
-                id,
+                ns,
                 &what,
                 held.as_ref().map(|h| h.0.clone()),
             ));
@@ -1072,7 +1105,7 @@ fn agree_inner(
                 match store.cas(&gva_key, b"", &p.encode())? {
                     CasResult::Swapped => {
                         *held = Some((p.tag(), cand));
-                        count_in(store, id, rank, &p)?;
+                        count_in(store, ns, rank, &p)?;
                         p.encode()
                     }
                     CasResult::Mismatch(v) => v,
@@ -1087,11 +1120,11 @@ fn agree_inner(
         })?;
         if (p.span, p.stride, p.hbm, p.dram) != (want.span, want.stride, want.hbm, want.dram) {
             let msg = format!(
-                "members of BM object {id} were created with different sizes: rank {rank} has HBM {:#x} + DRAM {:#x} x {members} members, another member HBM {:#x} + DRAM {:#x} (span {:#x}); every member must pass the same sizes and memberSize",
-                want.hbm, want.dram, p.hbm, p.dram, p.span
+                "members of {} were created with different sizes: rank {rank} has HBM {:#x} + DRAM {:#x} x {members} members, another member HBM {:#x} + DRAM {:#x} (span {:#x}); every member must pass the same sizes and memberSize",
+                ns.object, want.hbm, want.dram, p.hbm, p.dram, p.span
             );
-            let _ = store.set(&key(id, "abort"), msg.as_bytes());
-            let _ = store.add(&counter_key(id, &p.tag()), ABORT);
+            let _ = store.set(&ns.key("abort"), msg.as_bytes());
+            let _ = store.add(&counter_key(ns, &p.tag()), ABORT);
             // The next attempt starts a fresh agreement (new nonce, new counters).
             let _ = store.remove(&gva_key);
             return Err(Error::invalid(format!("{what}: {msg}")));
@@ -1101,7 +1134,7 @@ fn agree_inner(
             match Reservation::try_reserve_at(Gva(p.base), p.span) {
                 Ok(res) => {
                     *held = Some((p.tag(), res));
-                    count_in(store, id, rank, &p)?;
+                    count_in(store, ns, rank, &p)?;
                 }
                 Err(e) if e.code() == ErrorCode::ResourceInUse => {
                     debug!(
@@ -1117,8 +1150,8 @@ fn agree_inner(
                     };
                     if store.cas(&gva_key, &cur, &next.encode())? == CasResult::Swapped {
                         *held = Some((next.tag(), cand));
-                        count_in(store, id, rank, &next)?;
-                        store.add(&counter_key(id, &p.tag()), SUPERSEDED)?;
+                        count_in(store, ns, rank, &next)?;
+                        store.add(&counter_key(ns, &p.tag()), SUPERSEDED)?;
                     }
                     continue;
                 }
@@ -1126,7 +1159,7 @@ fn agree_inner(
             }
         }
         // Wait until every member holds this candidate, or it is superseded / aborted.
-        let counter = counter_key(id, &p.tag());
+        let counter = counter_key(ns, &p.tag());
         let rx = store.watch(&counter)?;
         let outcome = loop {
             match rx.recv_timeout(remaining(deadline)) {
@@ -1147,7 +1180,7 @@ fn agree_inner(
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = store.unwatch(&counter);
-                    return Err(agree_timeout(store, id, &what, Some(p.tag())));
+                    return Err(agree_timeout(store, ns, &what, Some(p.tag())));
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(Error::new(
@@ -1168,7 +1201,7 @@ fn agree_inner(
             Ok(false) => {}
             Err(()) => {
                 let msg = store
-                    .get(&key(id, "abort"))
+                    .get(&ns.key("abort"))
                     .ok()
                     .flatten()
                     .unwrap_or_default();
@@ -1181,9 +1214,9 @@ fn agree_inner(
     }
 }
 
-fn agree_timeout(store: &StoreClient, id: u32, what: &str, tag: Option<String>) -> Error {
+fn agree_timeout(store: &StoreClient, ns: &AgreeNs, what: &str, tag: Option<String>) -> Error {
     let mut have = Vec::new();
-    if let (Some(v), Ok(list)) = (tag, store.prefix(&key(id, "gva/r"))) {
+    if let (Some(v), Ok(list)) = (tag, store.prefix(&ns.key("gva/r"))) {
         for (k, val) in list {
             let r = std::str::from_utf8(&k)
                 .ok()
@@ -1200,8 +1233,9 @@ fn agree_timeout(store: &StoreClient, id: u32, what: &str, tag: Option<String>) 
     Error::new(
         ErrorCode::Timeout,
         format!(
-            "{what}: the members did not agree on a GVA range within the create timeout; ranks holding the current candidate: [{}]; the others have not called smem_bm_create yet or cannot reserve it",
-            rank_list(&have)
+            "{what}: the members did not agree on a GVA range within the create timeout; ranks holding the current candidate: [{}]; the others have not called {} yet or cannot reserve it",
+            rank_list(&have),
+            ns.call
         ),
     )
 }
