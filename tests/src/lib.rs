@@ -50,7 +50,11 @@ pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
         );
     };
     let exe = std::env::current_exe().ok();
-    if exe.as_deref().and_then(modified).is_some_and(|exe_time| bin_time < exe_time) {
+    if exe
+        .as_deref()
+        .and_then(modified)
+        .is_some_and(|exe_time| bin_time < exe_time)
+    {
         eprintln!(
             "warning: {} is older than this test; run `cargo build -p {package} --bin {name}` if              you changed it",
             path.display()
