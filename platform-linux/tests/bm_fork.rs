@@ -163,6 +163,9 @@ fn dead_store_host_releases_links_and_port_while_its_fork_lives() {
     assert_eq!(e.code(), ErrorCode::IoError, "{e}");
     assert!(took < Duration::from_secs(5), "link closed after {took:?}");
     assert!(alive(child.0), "the forked child still runs");
+    // The kernel closes a killed process's descriptors one by one: reap it first, so the
+    // listener is certainly closed (the client above may see its link close before that).
+    let _ = p.0.wait();
     TcpListener::bind(addr_of(&url)).expect("the port is free again");
 }
 
