@@ -47,6 +47,7 @@ use super::wire::{
 };
 use crate::device::{CopyDirection, Device};
 use crate::sys;
+use crate::sys::fork::DetachOnFork;
 use crate::{Error, Result};
 
 /// Bytes per request of a large copy.
@@ -237,8 +238,8 @@ fn set_timeouts(s: &TcpStream, timeout: Duration) -> io::Result<()> {
 /// What the server threads share.
 struct ServerShared {
     served: Mutex<HashMap<u32, Weak<dyn Served>>>,
-    /// Clones of the open connections, to shut them down.
-    conns: Mutex<HashMap<u64, TcpStream>>,
+    /// Clones of the open connections, to shut them down (each kept out of forked children).
+    conns: Mutex<HashMap<u64, (DetachOnFork, TcpStream)>>,
     next_conn: AtomicU64,
     stop: AtomicBool,
     timeout: Duration,
@@ -321,7 +322,7 @@ impl Server {
         }
         // Wake the accept thread; it sees `stop` and returns.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        for (_, c) in lock(&self.shared.conns).drain() {
+        for (_, (_, c)) in lock(&self.shared.conns).drain() {
             let _ = c.shutdown(Shutdown::Both);
         }
         if let Some(t) = lock(&self.accept).take() {
@@ -332,6 +333,8 @@ impl Server {
 }
 
 fn accept_loop(listener: &TcpListener, sh: &Arc<ServerShared>) {
+    // Forked children must not keep the port (or, below, connections) open after we die.
+    let _detach = DetachOnFork::new(listener.as_fd());
     for incoming in listener.incoming() {
         if sh.stop.load(Ordering::SeqCst) {
             return;
@@ -358,7 +361,7 @@ fn accept_loop(listener: &TcpListener, sh: &Arc<ServerShared>) {
             }
             match stream.try_clone() {
                 Ok(c) => {
-                    conns.insert(id, c);
+                    conns.insert(id, (DetachOnFork::new(c.as_fd()), c));
                 }
                 Err(e) => {
                     warn!("transport: refusing the connection from {peer}: {e}");
@@ -370,6 +373,7 @@ fn accept_loop(listener: &TcpListener, sh: &Arc<ServerShared>) {
         let spawned = std::thread::Builder::new()
             .name("smem-net-conn".into())
             .spawn(move || {
+                let detach = DetachOnFork::new(stream.as_fd());
                 if let Err(why) = serve_conn(&stream, &sh2) {
                     if !sh2.stop.load(Ordering::SeqCst) {
                         warn!("transport: closing the connection from {peer}: {why}");
@@ -377,6 +381,8 @@ fn accept_loop(listener: &TcpListener, sh: &Arc<ServerShared>) {
                 }
                 let _ = stream.shutdown(Shutdown::Both);
                 lock(&sh2.conns).remove(&id);
+                // Unregistered before `stream` closes with the closure.
+                drop(detach);
             });
         if let Err(e) = spawned {
             warn!("transport: cannot start a connection thread: {e}");
@@ -617,6 +623,9 @@ fn pieces(t: &Transfer<'_>) -> Vec<Piece> {
 /// A client connection (the TLS engine adds its stream here).
 #[derive(Debug)]
 struct Conn {
+    /// Keeps the socket out of forked children; declared first, so it is unregistered before
+    /// the stream closes.
+    _detach: DetachOnFork,
     stream: TcpStream,
     next_seq: u32,
 }
@@ -685,6 +694,7 @@ impl Pool {
             ));
         }
         Ok(Conn {
+            _detach: DetachOnFork::new(stream.as_fd()),
             stream,
             next_seq: 0,
         })
