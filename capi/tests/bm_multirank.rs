@@ -191,7 +191,24 @@ fn bm_four_ranks_as_processes() {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn bm_four_ranks_as_processes_acl() {
-    let dir = common::scratch("bm-multirank-acl");
+    run_acl(false);
+}
+
+/// The `acl` program with every rank on its own "host": HBM windows of other ranks are reached
+/// through the TCP transport, whose server moves the bytes into and out of its stub device
+/// memory with `aclrtMemcpy2d` (and the client stages local device memory the same way).
+#[test]
+#[cfg_attr(miri, ignore)]
+fn bm_four_ranks_acl_on_separate_hosts_over_tcp() {
+    run_acl(true);
+}
+
+fn run_acl(separate_hosts: bool) {
+    let dir = common::scratch(if separate_hosts {
+        "bm-multirank-acl-tcp"
+    } else {
+        "bm-multirank-acl"
+    });
     let exe = build(&dir);
     let lib64 = dir.join("lib64");
     std::fs::create_dir_all(&lib64).expect("mkdir lib64");
@@ -213,7 +230,7 @@ fn bm_four_ranks_as_processes_acl() {
         Duration::from_secs(60),
     );
     let trace = dir.join("acl-trace");
-    run_ranks(
+    run_ranks_with(
         &exe,
         &dir,
         &[
@@ -222,8 +239,22 @@ fn bm_four_ranks_as_processes_acl() {
             ("ACL_STUB_TRACE", trace.to_str().unwrap()),
             ("SMEM_LOG_LEVEL", "info"),
         ],
+        &|r| {
+            if separate_hosts {
+                vec![("SMEM_HOST_ID".to_owned(), format!("acl-host-{r}"))]
+            } else {
+                Vec::new()
+            }
+        },
+        &|_| Vec::new(),
     );
     let calls = std::fs::read_to_string(&trace).expect("stub trace");
+    let same_host_only = [
+        "aclrtIpcMemGetExportKey",
+        "aclrtIpcMemSetImportPid",
+        "aclrtIpcMemImportByKey",
+        "aclrtIpcMemClose",
+    ];
     for call in [
         "aclrtMalloc",
         "aclrtIpcMemGetExportKey",
@@ -234,6 +265,9 @@ fn bm_four_ranks_as_processes_acl() {
         "aclrtIpcMemClose",
         "aclrtFree",
     ] {
+        if separate_hosts && same_host_only.contains(&call) {
+            continue;
+        }
         assert!(
             calls.lines().any(|l| l.split(' ').next() == Some(call)),
             "{call} was never called through the acl backend"
