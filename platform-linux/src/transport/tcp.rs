@@ -56,8 +56,12 @@ pub(crate) const CHUNK: u64 = 2 * 1024 * 1024;
 pub(crate) const WRITE_WINDOW: usize = 8;
 /// Read requests in flight on one connection.
 pub(crate) const READ_WINDOW: usize = 4;
-/// Connections one server accepts at a time.
-pub(crate) const MAX_CONNECTIONS: usize = 1024;
+/// Connections one server accepts at a time (each has a thread).
+pub(crate) const MAX_CONNECTIONS: usize = 4096;
+/// A server connection idle this long is closed (clients reconnect transparently).
+const IDLE_CLOSE: Duration = Duration::from_secs(300);
+/// Stack of a connection thread (it only moves bytes).
+const CONN_STACK: usize = 256 * 1024;
 /// Idle connections kept per peer.
 const MAX_IDLE_PER_PEER: usize = 8;
 /// Rows narrower than this are gathered into one buffer rather than sent one by one.
@@ -372,6 +376,7 @@ fn accept_loop(listener: &TcpListener, sh: &Arc<ServerShared>) {
         let sh2 = Arc::clone(sh);
         let spawned = std::thread::Builder::new()
             .name("smem-net-conn".into())
+            .stack_size(CONN_STACK)
             .spawn(move || {
                 let detach = DetachOnFork::new(stream.as_fd());
                 if let Err(why) = serve_conn(&stream, &sh2) {
@@ -391,9 +396,10 @@ fn accept_loop(listener: &TcpListener, sh: &Arc<ServerShared>) {
     }
 }
 
-/// Waits for the next request header; `Ok(false)` when the peer closed between requests or the
-/// server stops. A connection may stay idle between requests for as long as it likes.
+/// Waits for the next request header; `Ok(false)` when the peer closed between requests, the
+/// server stops, or the connection was idle for [`IDLE_CLOSE`] (the client's pool reconnects).
 fn read_header(s: &TcpStream, sh: &ServerShared, hdr: &mut [u8; REQUEST_LEN]) -> Result<bool> {
+    let idle_since = std::time::Instant::now();
     let got = loop {
         match (&*s).read(hdr) {
             Ok(0) => return Ok(false),
@@ -406,7 +412,7 @@ fn read_header(s: &TcpStream, sh: &ServerShared, hdr: &mut [u8; REQUEST_LEN]) ->
                         | io::ErrorKind::Interrupted
                 ) =>
             {
-                if sh.stop.load(Ordering::SeqCst) {
+                if sh.stop.load(Ordering::SeqCst) || idle_since.elapsed() >= IDLE_CLOSE {
                     return Ok(false);
                 }
             }
@@ -1057,6 +1063,31 @@ mod tests {
         assert_eq!(fake.bytes(0, 16), [9u8; 16]);
         server.shutdown();
         pool.clear();
+    }
+
+    /// A cached connection the server closed meanwhile (idle close, restart) is replaced
+    /// transparently: the next copy succeeds.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn closed_cached_connection_is_replaced() {
+        let server = Server::start("127.0.0.1".parse().expect("ip"), T).expect("server");
+        let fake = Fake::new(1 << 20, 5);
+        server.serve(7, Arc::downgrade(&fake) as Weak<dyn Served>);
+        let pool = Pool::default();
+        let mut one = [4u8; 64];
+        // SAFETY: `one` is live.
+        unsafe { pool.transfer(&xfer(server.addr(), Op::Write, 0, &mut one, 5), T) }
+            .expect("first");
+        for (_, (_, c)) in lock(&server.shared.conns).iter() {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let mut two = [5u8; 64];
+        // SAFETY: `two` is live.
+        unsafe { pool.transfer(&xfer(server.addr(), Op::Write, 64, &mut two, 5), T) }
+            .expect("after the server closed the cached connection");
+        assert_eq!(fake.bytes(64, 64), [5u8; 64]);
+        server.shutdown();
     }
 
     /// Garbage gets the connection closed (the reason is logged); the server keeps serving.
