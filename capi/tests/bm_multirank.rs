@@ -53,12 +53,35 @@ fn bm_multirank_program_builds_and_checks_its_arguments() {
 /// Runs WORLD copies of `exe` (rank, world, port arguments, plus `env`), each bounded by
 /// [`DEADLINE`]; kills all and panics with every rank's output when one fails.
 fn run_ranks(exe: &Path, dir: &Path, env: &[(&str, &str)]) {
+    run_ranks_with(exe, dir, env, &|_| Vec::new(), &|_| Vec::new());
+}
+
+/// As [`run_ranks`], with extra env vars per rank and a command prefix per rank (e.g.
+/// `ip netns exec NAME`).
+fn run_ranks_with(
+    exe: &Path,
+    dir: &Path,
+    env: &[(&str, &str)],
+    per_rank: &dyn Fn(u32) -> Vec<(String, String)>,
+    prefix: &dyn Fn(u32) -> Vec<String>,
+) {
     let port = free_port().to_string();
     let mut ranks: Vec<(Child, PathBuf, PathBuf)> = (0..WORLD)
         .map(|r| {
-            let mut cmd = Command::new(exe);
+            let pre = prefix(r);
+            let mut cmd = match pre.split_first() {
+                Some((first, rest)) => {
+                    let mut c = Command::new(first);
+                    c.args(rest).arg(exe);
+                    c
+                }
+                None => Command::new(exe),
+            };
             cmd.arg(r.to_string()).arg(WORLD.to_string()).arg(&port);
             for (k, v) in env {
+                cmd.env(k, v);
+            }
+            for (k, v) in per_rank(r) {
                 cmd.env(k, v);
             }
             common::spawn_captured(&mut cmd, dir, &format!("rank{r}"))
@@ -168,7 +191,24 @@ fn bm_four_ranks_as_processes() {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn bm_four_ranks_as_processes_acl() {
-    let dir = common::scratch("bm-multirank-acl");
+    run_acl(false);
+}
+
+/// The `acl` program with every rank on its own "host": HBM windows of other ranks are reached
+/// through the TCP transport, whose server moves the bytes into and out of its stub device
+/// memory with `aclrtMemcpy2d` (and the client stages local device memory the same way).
+#[test]
+#[cfg_attr(miri, ignore)]
+fn bm_four_ranks_acl_on_separate_hosts_over_tcp() {
+    run_acl(true);
+}
+
+fn run_acl(separate_hosts: bool) {
+    let dir = common::scratch(if separate_hosts {
+        "bm-multirank-acl-tcp"
+    } else {
+        "bm-multirank-acl"
+    });
     let exe = build(&dir);
     let lib64 = dir.join("lib64");
     std::fs::create_dir_all(&lib64).expect("mkdir lib64");
@@ -190,7 +230,7 @@ fn bm_four_ranks_as_processes_acl() {
         Duration::from_secs(60),
     );
     let trace = dir.join("acl-trace");
-    run_ranks(
+    run_ranks_with(
         &exe,
         &dir,
         &[
@@ -199,8 +239,22 @@ fn bm_four_ranks_as_processes_acl() {
             ("ACL_STUB_TRACE", trace.to_str().unwrap()),
             ("SMEM_LOG_LEVEL", "info"),
         ],
+        &|r| {
+            if separate_hosts {
+                vec![("SMEM_HOST_ID".to_owned(), format!("acl-host-{r}"))]
+            } else {
+                Vec::new()
+            }
+        },
+        &|_| Vec::new(),
     );
     let calls = std::fs::read_to_string(&trace).expect("stub trace");
+    let same_host_only = [
+        "aclrtIpcMemGetExportKey",
+        "aclrtIpcMemSetImportPid",
+        "aclrtIpcMemImportByKey",
+        "aclrtIpcMemClose",
+    ];
     for call in [
         "aclrtMalloc",
         "aclrtIpcMemGetExportKey",
@@ -211,10 +265,146 @@ fn bm_four_ranks_as_processes_acl() {
         "aclrtIpcMemClose",
         "aclrtFree",
     ] {
+        if separate_hosts && same_host_only.contains(&call) {
+            continue;
+        }
         assert!(
             calls.lines().any(|l| l.split(' ').next() == Some(call)),
             "{call} was never called through the acl backend"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same C program with every rank on its own "host" (`SMEM_HOST_ID` differs per rank): every
+/// window of another rank is reached through the TCP transport on loopback (the program creates
+/// its object with `SMEMB_DATA_OP_SDMA | SMEMB_DATA_OP_HOST_TCP`), every byte verified.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn bm_four_ranks_on_separate_hosts_over_tcp() {
+    let dir = common::scratch("bm-multirank-tcp");
+    let exe = build(&dir);
+    run_ranks_with(
+        &exe,
+        &dir,
+        &[("SMEM_DEVICE", "sim"), ("SMEM_LOG_LEVEL", "info")],
+        &|r| vec![("SMEM_HOST_ID".to_owned(), format!("c-host-{r}"))],
+        &|_| Vec::new(),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two network namespaces `smem-t-<pid>-a` / `-b` joined by a veth pair (10.250.0.1/30 and
+/// 10.250.0.2/30, addresses that exist only inside them), removed on drop, also when the test
+/// fails.
+struct NetnsPair {
+    a: String,
+    b: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl NetnsPair {
+    /// `Err(reason)` when namespaces cannot be made here (no `ip`, not permitted).
+    fn create() -> Result<Self, String> {
+        let pid = std::process::id();
+        let (a, b) = (format!("smem-t-{pid}-a"), format!("smem-t-{pid}-b"));
+        ip(&["netns", "add", &a])?;
+        let mut pair = Self {
+            a: a.clone(),
+            b: String::new(),
+        };
+        ip(&["netns", "add", &b])?;
+        pair.b = b.clone();
+        // The veth pair is created inside `a` with its peer end moved straight into `b`: it
+        // never appears in the test runner's own namespace.
+        ip(&[
+            "-n", &a, "link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b", "netns",
+            &b,
+        ])?;
+        for (ns, dev, addr) in [
+            (&a, "veth-a", "10.250.0.1/30"),
+            (&b, "veth-b", "10.250.0.2/30"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(pair)
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            if !ns.is_empty() {
+                if let Err(e) = ip(&["netns", "del", ns]) {
+                    eprintln!("cleanup: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The C program across two "hosts": ranks 0 and 1 in namespace a (rank 0 hosts the store at
+/// 10.250.0.1), ranks 2 and 3 in namespace b; each namespace is one host (`SMEM_HOST_ID`, since
+/// the namespaces share this machine's PID namespace and could otherwise share memory
+/// directly), so ranks of one host use shared memory and copies between the hosts cross the
+/// veth link through the TCP transport. Skips with a printed reason where `ip netns` is not
+/// permitted.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn bm_four_ranks_across_network_namespaces() {
+    let pair = match NetnsPair::create() {
+        Ok(p) => p,
+        Err(why) => {
+            println!(
+                "SKIPPED bm_four_ranks_across_network_namespaces: cannot create network namespaces here ({why}); needs root (CAP_NET_ADMIN) and iproute2"
+            );
+            return;
+        }
+    };
+    let dir = common::scratch("bm-multirank-netns");
+    let exe = build(&dir);
+    let ns = |r: u32| {
+        if r < 2 {
+            pair.a.clone()
+        } else {
+            pair.b.clone()
+        }
+    };
+    run_ranks_with(
+        &exe,
+        &dir,
+        &[
+            ("SMEM_DEVICE", "sim"),
+            ("SMEM_LOG_LEVEL", "info"),
+            ("SMEM_TEST_STORE_HOST", "10.250.0.1"),
+        ],
+        &|r| vec![("SMEM_HOST_ID".to_owned(), format!("netns-{}", ns(r)))],
+        &|r| {
+            vec![
+                "ip".to_owned(),
+                "netns".to_owned(),
+                "exec".to_owned(),
+                ns(r),
+            ]
+        },
+    );
+    drop(pair);
     let _ = std::fs::remove_dir_all(&dir);
 }

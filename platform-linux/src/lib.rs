@@ -19,4 +19,5 @@ pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tls;
+pub mod transport;
 pub use error::{Error, Result};

@@ -6,7 +6,9 @@ mod bm_common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use bm_common::{Role, barrier, barrier_last, client, config, free_url, pattern, role, spawn};
+use bm_common::{
+    Role, addr_of, barrier, barrier_last, client, config, free_url, pattern, role, spawn,
+};
 use smem_core::ErrorCode;
 use smem_linux::runtime::{self, BmHandle};
 
@@ -58,8 +60,143 @@ fn four_ranks_copy_every_pair() {
     assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
 }
 
+/// The same over the network transport: every rank has its own `SMEM_HOST_ID`, so every other
+/// window is "on another host" and reached through TCP on loopback (1D, 2D, last bytes, guards),
+/// plus a 64 MiB copy into and out of the next rank's window, every byte verified.
+#[test]
+fn four_ranks_copy_every_pair_over_tcp() {
+    if let Some(r) = role() {
+        return pairs_rank(&r);
+    }
+    let url = free_url();
+    let ids = ["host-a", "host-b", "host-c", "host-d"];
+    let extra: Vec<(u32, &str, &str)> = (0..4)
+        .map(|r| (r, smem_linux::mem::HOST_ID_ENV, ids[r as usize]))
+        .collect();
+    let out = bm_common::spawn_with(
+        "four_ranks_copy_every_pair_over_tcp",
+        "pairs-net",
+        &url,
+        4,
+        &[0, 1, 2, 3],
+        &extra,
+    )
+    .wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+    for o in out.values() {
+        println!("{}", o.lines().find(|l| l.contains("big:")).unwrap_or(""));
+    }
+}
+
+/// The same across two network namespaces joined by a veth pair: ranks 0 and 1 in one (rank 0
+/// hosts the store at 10.250.0.1), ranks 2 and 3 in the other, one `SMEM_HOST_ID` per namespace
+/// (they share this machine's PID namespace, so they could otherwise share memory directly):
+/// ranks of one namespace use shared memory, copies between them cross the veth link. Skips
+/// with a printed reason where `ip netns` is not permitted (needs root and iproute2).
+#[test]
+fn four_ranks_copy_every_pair_across_network_namespaces() {
+    if let Some(r) = role() {
+        return pairs_rank(&r);
+    }
+    let pair = match bm_common::NetnsPair::create("p") {
+        Ok(p) => p,
+        Err(why) => {
+            println!(
+                "SKIPPED four_ranks_copy_every_pair_across_network_namespaces: cannot create network namespaces here ({why}); needs root (CAP_NET_ADMIN) and iproute2"
+            );
+            return;
+        }
+    };
+    let port = addr_of(&free_url()).port();
+    let url = format!("tcp://10.250.0.1:{port}");
+    let ns = |r: u32| {
+        if r < 2 {
+            pair.a.clone()
+        } else {
+            pair.b.clone()
+        }
+    };
+    let ids = [format!("netns-{}", pair.a), format!("netns-{}", pair.b)];
+    let extra: Vec<(u32, &str, &str)> = (0..4)
+        .map(|r| {
+            (
+                r,
+                smem_linux::mem::HOST_ID_ENV,
+                ids[(r / 2) as usize].as_str(),
+            )
+        })
+        .collect();
+    let out = bm_common::spawn_in(
+        "four_ranks_copy_every_pair_across_network_namespaces",
+        "pairs-net",
+        &url,
+        4,
+        &[0, 1, 2, 3],
+        &extra,
+        &|r| {
+            vec![
+                "ip".to_owned(),
+                "netns".to_owned(),
+                "exec".to_owned(),
+                ns(r),
+            ]
+        },
+    )
+    .wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+    for o in out.values() {
+        println!("{}", o.lines().find(|l| l.contains("big:")).unwrap_or(""));
+    }
+    drop(pair);
+}
+
+/// `SMEMB_DATA_OP_SDMA | SMEMB_DATA_OP_HOST_TCP`.
+const SDMA_TCP: u32 = 1 | 4;
+
+/// 64 MiB from each rank into the next rank's window and back out, every byte checked.
+fn big_copy(c: &smem_linux::store::StoreClient, rank: u32, n: u32) {
+    let len = 64 * M;
+    let h = runtime::bm_create(3, n, SDMA_TCP, len, 0, 0).expect("create 64 MiB");
+    runtime::bm_join(h, 0).expect("join");
+    barrier(c, "big-joined", n);
+    let fill = |from: u32, i: usize| {
+        (from as u8).wrapping_mul(29).wrapping_add((i / 4093) as u8) ^ (i as u8)
+    };
+    let data: Vec<u8> = (0..len as usize).map(|i| fill(rank, i)).collect();
+    let next = (rank + 1) % n;
+    let t = Instant::now();
+    write(h, runtime::bm_ptr(h, next as u16).expect("ptr"), &data, H2G).expect("64 MiB H2G");
+    let w = t.elapsed();
+    barrier(c, "big-written", n);
+    let prev = (rank + n - 1) % n;
+    let own = read(
+        h,
+        runtime::bm_ptr(h, rank as u16).expect("ptr"),
+        len as usize,
+        G2H,
+    );
+    assert!(
+        own.iter().enumerate().all(|(i, &b)| b == fill(prev, i)),
+        "64 MiB from rank {prev} corrupted"
+    );
+    let t = Instant::now();
+    let back = read(
+        h,
+        runtime::bm_ptr(h, next as u16).expect("ptr"),
+        len as usize,
+        G2H,
+    );
+    let r = t.elapsed();
+    assert!(back == data, "64 MiB read back from rank {next} differs");
+    println!("big: write {w:?} read {r:?}");
+    barrier(c, "big-checked", n);
+    runtime::bm_destroy(h).expect("destroy");
+}
+
 fn pairs_rank(role: &Role) {
     let (rank, n) = (role.rank, role.world);
+    let net = role.role == "pairs-net";
+    let ops = if net { SDMA_TCP } else { 1 };
     runtime::bm_init(&role.url, n, 0, &config(rank, 30)).expect("init");
     assert_eq!(runtime::bm_rank_id().expect("rank"), rank);
     // Same arguments again: 0; other arguments: SM_REPEAT_CALL.
@@ -68,8 +205,8 @@ fn pairs_rank(role: &Role) {
         runtime::bm_init(&role.url, n, 1, &config(rank, 30)).expect_err("different re-init");
     assert_eq!(again.code(), ErrorCode::RepeatCall);
     let c = client(&role.url);
-    let h = runtime::bm_create(1, n, 1, 3 * M, M, 0).expect("create");
-    let dup = runtime::bm_create(1, n, 1, 3 * M, M, 0).expect_err("duplicate id");
+    let h = runtime::bm_create(1, n, ops, 3 * M, M, 0).expect("create");
+    let dup = runtime::bm_create(1, n, ops, 3 * M, M, 0).expect_err("duplicate id");
     assert_eq!(dup.code(), ErrorCode::DuplicatedObject);
     assert_eq!(runtime::bm_local_mem_size(h).expect("size"), 6 * M);
     let base = runtime::bm_join(h, 0).expect("join");
@@ -134,7 +271,16 @@ fn pairs_rank(role: &Role) {
     barrier(&c, "checked", n);
     runtime::bm_leave(h, 0).expect("leave");
     barrier(&c, "left", n);
+    if net {
+        // Every other window left: copies to it are refused cleanly.
+        let other = runtime::bm_ptr(h, ((rank + 1) % n) as u16).expect("ptr");
+        let e = write(h, other, &[1], H2G).expect_err("left window");
+        assert_eq!(e.code(), ErrorCode::ObjectNotExists, "{e}");
+    }
     runtime::bm_destroy(h).expect("destroy");
+    if net {
+        big_copy(&c, rank, n);
+    }
     assert_eq!(
         runtime::bm_destroy(h).expect_err("stale").code(),
         ErrorCode::ObjectNotExists
@@ -450,10 +596,44 @@ fn other_host_window_refused() {
 #[test]
 fn copies_racing_a_leave() {
     if let Some(r) = role() {
+        return race_rank(&r);
+    }
+    let url = free_url();
+    let out = spawn("copies_racing_a_leave", "race", &url, 2, &[0, 1]).wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+}
+
+/// The same with the two ranks on different hosts: the racing copies go through the transport
+/// and fail with the same clean error once the owner stopped serving its window.
+#[test]
+fn copies_racing_a_leave_over_tcp() {
+    if let Some(r) = role() {
+        return race_rank(&r);
+    }
+    let url = free_url();
+    let extra = [
+        (0, smem_linux::mem::HOST_ID_ENV, "race-a"),
+        (1, smem_linux::mem::HOST_ID_ENV, "race-b"),
+    ];
+    let out = bm_common::spawn_with(
+        "copies_racing_a_leave_over_tcp",
+        "race-net",
+        &url,
+        2,
+        &[0, 1],
+        &extra,
+    )
+    .wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+}
+
+fn race_rank(r: &Role) {
+    {
         let (rank, n) = (r.rank, r.world);
+        let ops = if r.role == "race-net" { SDMA_TCP } else { 1 };
         runtime::bm_init(&r.url, n, 0, &config(rank, 30)).expect("init");
         let c = client(&r.url);
-        let h = runtime::bm_create(6, n, 1, 2 * M, 0, 0).expect("create");
+        let h = runtime::bm_create(6, n, ops, 2 * M, 0, 0).expect("create");
         runtime::bm_join(h, 0).expect("join");
         barrier(&c, "joined", n);
         if rank == 0 {
@@ -496,11 +676,7 @@ fn copies_racing_a_leave() {
         barrier_last(&c, "destroyed", n);
         runtime::bm_uninit(0);
         println!("rank-ok");
-        return;
     }
-    let url = free_url();
-    let out = spawn("copies_racing_a_leave", "race", &url, 2, &[0, 1]).wait(DEADLINE);
-    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
 }
 
 /// `fork` while the store and the pool are busy: the child initialises its own world and works;
@@ -674,4 +850,115 @@ fn thread_faults() -> u64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state): minflt is field 10, majflt field 12.
     f[7].parse::<u64>().expect("minflt") + f[9].parse::<u64>().expect("majflt")
+}
+
+/// A remote rank (another host, reached over TCP) killed with SIGKILL while rank 0 streams
+/// 64 MiB copies into its window: the copy in progress fails within the control timeout, no
+/// copy after the kill reports success, and rank 0 keeps working.
+#[test]
+fn remote_rank_killed_mid_copy() {
+    const TIMEOUT_S: u64 = 8;
+    if let Some(r) = role() {
+        let (rank, n) = (r.rank, r.world);
+        runtime::bm_init(&r.url, n, 0, &config(rank, TIMEOUT_S)).expect("init");
+        let c = client(&r.url);
+        let h = runtime::bm_create(8, n, SDMA_TCP, 64 * M, 0, 0).expect("create");
+        runtime::bm_join(h, 0).expect("join");
+        barrier(&c, "joined", n);
+        if rank == 1 {
+            // Wait until rank 0 is copying, then die without any cleanup.
+            c.wait_get(b"test/copying", Duration::from_secs(30))
+                .expect("rank 0 copies");
+            std::thread::sleep(Duration::from_millis(50));
+            // A forked child outlives this rank for a while: it must not keep the rank's
+            // transport sockets open (they are detached in forked children), or rank 0 would
+            // only notice the death after its timeout.
+            // SAFETY: the child only sleeps and leaves with `_exit` (async-signal-safe calls).
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: plain libc calls in the forked child.
+                unsafe {
+                    libc::sleep(6);
+                    libc::_exit(0);
+                }
+            }
+            println!("rank 1 dies");
+            // SAFETY: kills this process (no memory is touched).
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            unreachable!("SIGKILL");
+        }
+        let target = runtime::bm_ptr(h, 1).expect("ptr");
+        let data = vec![0x3c_u8; 64 * M as usize];
+        write(h, target, &data, H2G).expect("first copy, before the kill");
+        c.set(b"test/copying", b"1").expect("flag");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (err, took) = loop {
+            let t = Instant::now();
+            match write(h, target, &data, H2G) {
+                Ok(()) => assert!(Instant::now() < deadline, "copies never failed"),
+                Err(e) => break (e, t.elapsed()),
+            }
+        };
+        assert!(
+            matches!(
+                err.code(),
+                ErrorCode::IoError | ErrorCode::Timeout | ErrorCode::ObjectNotExists
+            ),
+            "{err}"
+        );
+        assert!(
+            took < Duration::from_secs(TIMEOUT_S / 2),
+            "the failing copy took {took:?}: the dead rank's sockets stayed open (in its fork?)"
+        );
+        // Once the store saw the link go down, the window is dropped: clean refusal.
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            match write(h, target, &data[..4096], H2G) {
+                Err(e) if e.code() == ErrorCode::ObjectNotExists => break,
+                Err(_) => {}
+                Ok(()) => panic!("a copy to the dead rank reported success"),
+            }
+            assert!(Instant::now() < until, "dead rank's window never dropped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The own window still works.
+        let own = runtime::bm_ptr(h, 0).expect("ptr");
+        write(h, own, b"alive", H2G).expect("own window");
+        println!("error after kill: {err} (in {took:?})");
+        runtime::bm_destroy(h).expect("destroy");
+        runtime::bm_uninit(0);
+        println!("rank-ok");
+        return;
+    }
+    let url = free_url();
+    let extra = [
+        (0, smem_linux::mem::HOST_ID_ENV, "kill-a"),
+        (1, smem_linux::mem::HOST_ID_ENV, "kill-b"),
+    ];
+    let out = bm_common::spawn_with(
+        "remote_rank_killed_mid_copy",
+        "kill",
+        &url,
+        2,
+        &[0, 1],
+        &extra,
+    )
+    .wait_any(DEADLINE);
+    let (status0, text0) = &out[&0];
+    assert!(
+        status0.success() && text0.contains("rank-ok"),
+        "rank 0: {text0}"
+    );
+    let (status1, text1) = &out[&1];
+    assert!(
+        !status1.success() && text1.contains("rank 1 dies"),
+        "rank 1: {text1}"
+    );
+    println!(
+        "{}",
+        text0
+            .lines()
+            .find(|l| l.contains("error after kill"))
+            .unwrap_or("")
+    );
 }

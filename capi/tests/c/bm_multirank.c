@@ -7,7 +7,8 @@
  * SMEM_DEVICE=acl over the stub libascendcl.so of platform-linux/tests/acl_stub, whose "device
  * memory" is host memory too, so host buffers serve as L2G sources / G2L targets), each
  * with a deadline, and kills all of them when one fails. Rank 0 hosts the config store
- * (startConfigStore, the default) at tcp://127.0.0.1:PORT.
+ * (startConfigStore, the default) at tcp://127.0.0.1:PORT, or at tcp://$SMEM_TEST_STORE_HOST:PORT
+ * when that IPv4 address is set (ranks in network namespaces joined by a veth pair).
  *
  * Object 0: every rank contributes HBM 1 B (rounded to 2 MiB) and DRAM 3 MiB + 1 (rounded to
  * 4 MiB). Window layout (SPEC 2.2): HBM part at the window start, DRAM part after it.
@@ -435,6 +436,7 @@ static void verify_own_and_peers(void)
 int main(int argc, char **argv)
 {
     char url[64];
+    const char *host;
     int port, r, leaver;
     if (argc != 4) {
         fprintf(stderr, "usage: %s RANK WORLD_SIZE PORT\n", argv[0]);
@@ -448,7 +450,11 @@ int main(int argc, char **argv)
         return 2;
     }
     alarm(240); /* last-resort deadline; the driver has its own */
-    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port);
+    host = getenv("SMEM_TEST_STORE_HOST");
+    if (host == NULL || host[0] == '\0' || strlen(host) > 15) {
+        host = "127.0.0.1";
+    }
+    snprintf(url, sizeof url, "tcp://%s:%d", host, port);
     leaver = g_ws - 1;
 
     check_init(url, g_ws);

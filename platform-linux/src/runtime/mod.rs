@@ -10,11 +10,13 @@
 //! `bm_init` with identical arguments returns 0; with different ones `SM_REPEAT_CALL`.
 //! Objects: see the module docs of `runtime/object.rs` for the GVA agreement, the membership log
 //! and the store key schedule.
-//! One host only: windows of peers on other hosts stay reserved and copies to them are
-//! `SM_NOT_SUPPORTED` until the network transport exists. `unifiedAddressSpace = false` is
+//! Windows of peers on other hosts stay reserved; objects created with `HOST_TCP` or `ROCE`
+//! reach them through the network transport ([`crate::transport`]), others get
+//! `SM_NOT_SUPPORTED` for them. `unifiedAddressSpace = false` is
 //! accepted and behaves like `true` (every member maps the pool at the same GVA anyway);
-//! `flags` and `dataOpType` (any of SDMA, ROCE, HOST_TCP) are accepted and do not change the
-//! same-host route (memory copy / device copy engine).
+//! `flags` and `dataOpType` do not change the same-host route (memory copy / device copy
+//! engine). The route is chosen per window at join (its atomic state): the copy path reads it
+//! once, with no lookup beyond the object's table slot.
 //!
 //! # Locks
 //! `STATE` (init/uninit), `OBJECTS` (the handle table) and each slot's `RwLock` are only held
@@ -61,6 +63,7 @@ use smem_core::url::StoreUrl;
 use self::object::{BmObject, CreateArgs, WindowGuard, rank_list};
 use crate::device::{self, CopyDirection, Device};
 use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer};
+use crate::transport::{Node, Op, Transfer};
 use crate::{Error, Result};
 
 /// Settings of `smem_bm_init` (the Rust form of `smem_bm_config_t`).
@@ -121,6 +124,28 @@ pub(crate) struct Ctx {
     pub(crate) store: StoreClient,
     pub(crate) host_id: String,
     pub(crate) config: BmConfig,
+    /// The network transport, started by the first object that uses it.
+    transport: Mutex<Option<Arc<Node>>>,
+}
+
+impl Ctx {
+    /// The network transport of this process, started on first use: its listener binds the
+    /// local address of the config store link (the address the other hosts reach us by).
+    pub(crate) fn transport(&self) -> Result<Arc<Node>> {
+        let mut t = lock(&self.transport);
+        if let Some(n) = &*t {
+            return Ok(Arc::clone(n));
+        }
+        let local = self.store.local_addr().ok_or_else(|| {
+            Error::new(
+                ErrorCode::IoError,
+                "the config store link is down; cannot tell which address to serve windows on",
+            )
+        })?;
+        let node = Node::start(local.ip(), self.config.control_timeout)?;
+        *t = Some(Arc::clone(&node));
+        Ok(node)
+    }
 }
 
 /// The arguments of a successful `bm_init`, to recognise an identical second call.
@@ -363,6 +388,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
         store: store.clone(),
         host_id,
         config: config.clone(),
+        transport: Mutex::new(None),
     });
     let rank_down = match store.watch_rank_down() {
         Ok(rx) => std::thread::Builder::new()
@@ -476,6 +502,9 @@ pub fn bm_uninit(flags: u32) {
             rank_down,
             ..
         } => {
+            if let Some(node) = lock(&ctx.transport).take() {
+                node.shutdown();
+            }
             let _ = ctx.store.remove(&rank_key(ctx.rank));
             ctx.store.close();
             if let Some(t) = rank_down {
@@ -551,6 +580,7 @@ pub fn bm_create(
         member_size,
         dram: local_dram_size,
         hbm: local_hbm_size,
+        data_op: data_op_type,
     };
     let created = BmObject::create(&ctx, ctx.rank, &args);
     let mut objects = lock(&OBJECTS);
@@ -695,6 +725,12 @@ fn enter_local(obj: &BmObject, local: u64, len: u64, memory: LocalMemory) -> Res
         ))
     })?;
     let guard = obj.enter(loc.rank)?;
+    if guard.net {
+        return Err(Error::invalid(format!(
+            "the local side of the copy lies in rank {}'s window, which is on another host; copy between a local buffer and a window",
+            loc.rank
+        )));
+    }
     Ok(LocalSide {
         _guard: Some(guard),
         addr: global_addr(obj, loc.rank, loc.part, loc.offset),
@@ -703,6 +739,52 @@ fn enter_local(obj: &BmObject, local: u64, len: u64, memory: LocalMemory) -> Res
             Part::Dram => LocalMemory::Host,
         },
     })
+}
+
+/// A copy between local memory and a window of another host, through the network transport
+/// (never inlined into the copy path of mapped windows).
+///
+/// # Safety
+/// The local rows (`local + i * local_pitch`, `width` bytes, `i < height`) must be readable
+/// (`writes`) or writable (otherwise) for the call, in the memory `local_memory` names.
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn remote_copy(
+    obj: &BmObject,
+    global: smem_core::bm::Location,
+    global_pitch: u64,
+    local: u64,
+    local_pitch: u64,
+    width: u64,
+    height: u64,
+    writes: bool,
+    local_memory: LocalMemory,
+) -> Result<()> {
+    let node = obj.node.as_ref().ok_or_else(|| {
+        Error::new(
+            ErrorCode::NotSupported,
+            "this object does not use the network transport",
+        )
+    })?;
+    let (peer, token) = obj.remote_of(global.rank)?;
+    let t = Transfer {
+        peer,
+        rank: global.rank,
+        object: obj.id,
+        token,
+        op: if writes { Op::Write } else { Op::Read },
+        remote_offset: obj.layout.part_offset(global.part) + global.offset,
+        remote_pitch: global_pitch,
+        local,
+        local_pitch,
+        width,
+        height,
+        local_device: (local_memory == LocalMemory::Device).then_some(&*obj.ctx.device),
+    };
+    // SAFETY: forwarded contract of this function; the remote range was validated by
+    // `check_copy*` against the layout (and is validated again by its owner).
+    unsafe { node.pool().transfer(&t, node.timeout()) }
 }
 
 /// The address of `offset` in `rank`'s `part`: in the GVA when the part is mapped, else (device
@@ -744,9 +826,26 @@ pub unsafe fn bm_copy(
     };
     let plan = check_copy(&obj.layout, copy_type, src, dest, size)
         .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
-    let _global = obj.enter(plan.global.rank).map_err(|e| e.context(what))?;
+    let global = obj.enter(plan.global.rank).map_err(|e| e.context(what))?;
     let local = enter_local(obj, plan.local, size, plan.kind.local_memory())
         .map_err(|e| e.context(what))?;
+    if global.net {
+        // SAFETY: the local side is valid by the caller's contract (or held by `local`).
+        return unsafe {
+            remote_copy(
+                obj,
+                plan.global,
+                size,
+                local.addr,
+                size,
+                size,
+                1,
+                plan.kind.writes_global(),
+                local.memory,
+            )
+        }
+        .map_err(|e| e.context(what));
+    }
     let g = global_addr(obj, plan.global.rank, plan.global.part, plan.global.offset);
     let writes = plan.kind.writes_global();
     let (s, d) = if writes {
@@ -758,7 +857,7 @@ pub unsafe fn bm_copy(
     let len = usize::try_from(size)
         .map_err(|_| Error::invalid(format!("{what}: size {size} too large")))?;
     // SAFETY: the global side is `len` bytes inside one part of a joined window (mapped, or at
-    // its device address), kept so by `_global` (unmappers wait for it); the local side is
+    // its device address), kept so by `global` (unmappers wait for it); the local side is
     // valid by the caller's contract (or, inside the object, held by `local`); `check_copy`
     // proved the two ranges disjoint.
     unsafe { obj.ctx.device.copy(s as *const u8, d as *mut u8, len, dir) }
@@ -799,11 +898,28 @@ pub unsafe fn bm_copy_2d(
         height,
     )
     .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
-    let _global = obj.enter(plan.global.rank).map_err(|e| e.context(what))?;
+    let global = obj.enter(plan.global.rank).map_err(|e| e.context(what))?;
     // The local span: checked for overflow by `check_copy_2d`.
     let local_span = (height - 1) * plan.local_pitch + width;
     let local = enter_local(obj, plan.local, local_span, plan.kind.local_memory())
         .map_err(|e| e.context(what))?;
+    if global.net {
+        // SAFETY: every local row is valid by the caller's contract (or held by `local`).
+        return unsafe {
+            remote_copy(
+                obj,
+                plan.global,
+                plan.global_pitch,
+                local.addr,
+                plan.local_pitch,
+                width,
+                height,
+                plan.kind.writes_global(),
+                local.memory,
+            )
+        }
+        .map_err(|e| e.context(what));
+    }
     let g = global_addr(obj, plan.global.rank, plan.global.part, plan.global.offset);
     let writes = plan.kind.writes_global();
     let (s, sp, d, dp) = if writes {
@@ -816,7 +932,7 @@ pub unsafe fn bm_copy_2d(
         |v: u64| usize::try_from(v).map_err(|_| Error::invalid(format!("{what}: {v} too large")));
     let (sp, dp, w, hgt) = (conv(sp)?, conv(dp)?, conv(width)?, conv(height)?);
     // SAFETY: as in `bm_copy`: every global row lies in the validated strided span inside one
-    // mapped part held by `_global`; local rows are valid by the caller's contract; the spans
+    // mapped part held by `global`; local rows are valid by the caller's contract; the spans
     // are disjoint (`check_copy_2d`).
     unsafe {
         obj.ctx

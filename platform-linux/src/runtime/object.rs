@@ -9,7 +9,7 @@
 //! | `gva/r<r>` | `<nonce>.<n>` last candidate rank `r` reserved (for the timeout message) | rank `r` |
 //! | `abort` | why create was aborted (sizes differ) | the rank that found it |
 //! | `log` | membership log: `+r;` join, `-r;` leave, `xr;` destroy (APPEND) | the rank itself |
-//! | `win/<r>` | window record: host identity, HBM and DRAM segment descriptors | rank `r` at join |
+//! | `win/<r>` | window record: host identity, HBM and DRAM segment descriptors, and with the network transport its data endpoint and window generation token | rank `r` at join |
 //! | `ack/<off>/<m>` | `ok`, `remote` or `err <why>`: member `m` applied the log entry ending at `off` | member `m` |
 //!
 //! # GVA agreement (create is collective over the `member_size` ranks)
@@ -40,6 +40,12 @@
 //! counted in-flight copies per window on top of the slot lock: four atomic RMWs per copy,
 //! measurably slower for copies under 64 KiB.)
 //!
+//! Windows of other hosts reached through the network transport ([`crate::transport`]) have
+//! the state `NET`: the copy path then hands the copy to the transport, under the same slot
+//! read lock. Peers' transport requests into this rank's own window hold the object's `served`
+//! gate (an atomic state and in-flight count, taken by the server threads, which hold no slot
+//! lock); leave and destroy close the gate and wait for it to drain before the window goes.
+//!
 //! # Device memory that cannot be mapped (`acl`)
 //! When the device backend's segments are device-resident ([`DeviceSegment::device_addr`]),
 //! the HBM part of every window stays reserved in the GVA. Each window then carries the device
@@ -52,9 +58,10 @@
 //! ids they published in their rank records at init).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -65,9 +72,10 @@ use smem_core::gva::Gva;
 use smem_core::limits::WINDOW_ALIGN;
 
 use super::Ctx;
-use crate::device::{DeviceDescriptor, DeviceSegment};
+use crate::device::{Device, DeviceDescriptor, DeviceSegment};
 use crate::mem::{HostSegment, Reservation, SegmentDescriptor, SegmentKind};
 use crate::store::{CasResult, StoreClient};
+use crate::transport::{self, Node, Pinned, Served};
 use crate::{Error, Result};
 
 /// Added to a candidate's counter when a newer candidate replaced it.
@@ -80,6 +88,8 @@ pub(crate) const ABSENT: u8 = 0;
 pub(crate) const MAPPED: u8 = 1;
 pub(crate) const REMOTE: u8 = 2;
 pub(crate) const CLOSING: u8 = 3;
+/// Another host's window, reached through the network transport.
+pub(crate) const NET: u8 = 4;
 
 fn key(id: u32, rest: &str) -> Vec<u8> {
     format!("smem/bm/o{id}/{rest}").into_bytes()
@@ -109,11 +119,35 @@ pub(crate) struct Window {
     /// Device address of the HBM part when it is device memory not mapped into the GVA
     /// (module docs); 0 when the part is mapped (or absent).
     pub(crate) dev: AtomicU64,
+    /// `NET` windows: the owner's data endpoint and window generation token (read on the
+    /// network path only).
+    remote: Mutex<Option<(SocketAddr, u64)>>,
 }
 
-/// Proof that a window was `MAPPED` when a copy entered it. The window stays mapped while the
-/// copy holds its object's slot read lock, which the borrow ties this guard to.
-pub(crate) struct WindowGuard<'a>(#[allow(dead_code)] &'a Window);
+/// Proof that a window was `MAPPED` (or `NET`) when a copy entered it. The window stays so
+/// while the copy holds its object's slot read lock, which the borrow ties this guard to.
+pub(crate) struct WindowGuard<'a> {
+    #[allow(dead_code)]
+    window: &'a Window,
+    /// The window is reached through the network transport (state `NET`), not mapped.
+    pub(crate) net: bool,
+}
+
+/// The gate of peers' transport requests into this rank's own window.
+#[derive(Debug, Default)]
+struct Gate {
+    state: AtomicU8,
+    inflight: AtomicU32,
+}
+
+/// Holds the gate's in-flight count while a request uses the window.
+struct GateGuard<'a>(&'a Gate);
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Control state of an object, behind its mutex (never taken by the copy path).
 #[derive(Debug, Default)]
@@ -147,6 +181,12 @@ pub(crate) struct BmObject {
     hbm: Option<DeviceSegment>,
     dram: Option<HostSegment>,
     pub(crate) windows: Box<[Window]>,
+    /// The network transport, when the object was created with HOST_TCP or ROCE.
+    pub(crate) node: Option<Arc<Node>>,
+    /// Gate of peers' transport requests into this rank's own window (`MAPPED` while served).
+    served: Gate,
+    /// Generation token of this rank's window while it is served (0: not served).
+    token: AtomicU64,
     ctl: Mutex<Ctl>,
     ctl_cv: Condvar,
     /// Serialises join / leave / destroy of this object.
@@ -236,6 +276,9 @@ pub(crate) struct WindowRecord {
     pub(crate) host: String,
     pub(crate) hbm: Option<DeviceDescriptor>,
     pub(crate) dram: Option<SegmentDescriptor>,
+    /// The member's transport endpoint and window generation token, when it serves the window
+    /// over the network.
+    pub(crate) net: Option<(SocketAddr, u64)>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -254,13 +297,16 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 impl WindowRecord {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let d = |x: Option<Vec<u8>>| x.map_or_else(|| "-".to_owned(), |b| hex(&b));
-        format!(
+        let mut s = format!(
             "host={};hbm={};dram={}",
             self.host,
             d(self.hbm.as_ref().map(DeviceDescriptor::encode)),
             d(self.dram.map(|x| x.encode().to_vec()))
-        )
-        .into_bytes()
+        );
+        if let Some((ep, token)) = self.net {
+            s.push_str(&format!(";ep={ep};tok={token:x}"));
+        }
+        s.into_bytes()
     }
 
     pub(crate) fn decode(b: &[u8]) -> Result<Self> {
@@ -274,6 +320,8 @@ impl WindowRecord {
         let mut host = None;
         let mut hbm = None;
         let mut dram = None;
+        let mut ep: Option<SocketAddr> = None;
+        let mut tok: Option<u64> = None;
         for field in s.split(';') {
             let (k, v) = field.split_once('=').ok_or_else(bad)?;
             let desc = |v: &str| -> Result<Option<SegmentDescriptor>> {
@@ -289,13 +337,21 @@ impl WindowRecord {
                 }
                 "hbm" => {}
                 "dram" => dram = desc(v)?,
+                "ep" => ep = Some(v.parse().map_err(|_| bad())?),
+                "tok" => tok = Some(u64::from_str_radix(v, 16).map_err(|_| bad())?),
                 _ => {}
             }
         }
+        let net = match (ep, tok) {
+            (Some(ep), Some(tok)) if tok != 0 => Some((ep, tok)),
+            (None, None) => None,
+            _ => return Err(bad()),
+        };
         Ok(Self {
             host: host.ok_or_else(bad)?,
             hbm,
             dram,
+            net,
         })
     }
 }
@@ -370,6 +426,7 @@ pub(crate) struct CreateArgs {
     pub(crate) member_size: u32,
     pub(crate) dram: u64,
     pub(crate) hbm: u64,
+    pub(crate) data_op: u32,
 }
 
 impl BmObject {
@@ -388,6 +445,20 @@ impl BmObject {
                 ))
             })?;
         let id = args.id;
+        let node = if transport::uses_transport(args.data_op) && transport::tls_enabled() {
+            transport::note_tls_refusal();
+            None
+        } else if transport::uses_transport(args.data_op) {
+            if args.data_op & transport::DATA_OP_ROCE != 0 {
+                transport::note_roce_fallback();
+            }
+            Some(
+                ctx.transport()
+                    .map_err(|e| e.context(format!("smem_bm_create {id}: network transport")))?,
+            )
+        } else {
+            None
+        };
         let hbm = if hbm_len > 0 {
             Some(
                 ctx.device
@@ -462,6 +533,9 @@ impl BmObject {
             hbm,
             dram,
             windows,
+            node,
+            served: Gate::default(),
+            token: AtomicU64::new(0),
             ctl: Mutex::new(ctl),
             ctl_cv: Condvar::new(),
             op: Mutex::new(()),
@@ -607,14 +681,6 @@ impl BmObject {
             })?;
         let rec = WindowRecord::decode(&rec)?;
         let w = &self.windows[r as usize];
-        if rec.host != self.ctx.host_id {
-            w.state.store(REMOTE, Ordering::SeqCst);
-            debug!(
-                "BM object {}: rank {r} is on host {} (not ours); its window stays reserved",
-                self.id, rec.host
-            );
-            return Ok(false);
-        }
         let check = |got: u64, want: u64, part: Part| -> Result<()> {
             if got != want {
                 return Err(Error::invalid(format!(
@@ -633,6 +699,26 @@ impl BmObject {
             self.layout.dram_len(),
             Part::Dram,
         )?;
+        if rec.host != self.ctx.host_id {
+            match (&self.node, rec.net) {
+                (Some(_), Some(net)) => {
+                    *lock(&w.remote) = Some(net);
+                    w.state.store(NET, Ordering::SeqCst);
+                    debug!(
+                        "BM object {}: rank {r} is on host {}; its window is reached through the network transport at {}",
+                        self.id, rec.host, net.0
+                    );
+                }
+                _ => {
+                    w.state.store(REMOTE, Ordering::SeqCst);
+                    debug!(
+                        "BM object {}: rank {r} is on host {} (not ours) and no network transport connects us; its window stays reserved",
+                        self.id, rec.host
+                    );
+                }
+            }
+            return Ok(false);
+        }
         let off = self.window_offset(r);
         let mut hbm_mapped = false;
         let mut imported = None;
@@ -817,7 +903,7 @@ impl BmObject {
     }
 
     /// `smem_bm_join`: publishes the window and waits for every other holder to map it.
-    pub(crate) fn join(&self) -> Result<u64> {
+    pub(crate) fn join(self: &Arc<Self>) -> Result<u64> {
         let _op = lock(&self.op);
         let what = format!(
             "smem_bm_join of BM object {} by rank {}",
@@ -839,16 +925,30 @@ impl BmObject {
                 .share(seg, &pids)
                 .map_err(|e| e.context(format!("{what}: sharing the HBM part")))?;
         }
+        let net = self.node.as_ref().map(|node| {
+            let token = random_u64().max(1);
+            self.token.store(token, Ordering::SeqCst);
+            self.served.state.store(MAPPED, Ordering::SeqCst);
+            let me: Weak<dyn Served> = Arc::downgrade(self) as Weak<dyn Served>;
+            node.serve(self.id, me);
+            (node.endpoint(), token)
+        });
         let rec = WindowRecord {
             host: self.ctx.host_id.clone(),
             hbm: self.hbm.as_ref().map(DeviceSegment::descriptor),
             dram: self.dram.as_ref().map(HostSegment::descriptor),
+            net,
         };
-        self.ctx
+        if let Err(e) = self
+            .ctx
             .store
             .set(&key(self.id, &format!("win/{}", self.rank)), &rec.encode())
-            .map_err(|e| e.context(&what))?;
+        {
+            self.stop_serving();
+            return Err(e.context(&what));
+        }
         if let Err(e) = self.announce(Entry::Join(self.rank), &what, deadline) {
+            self.stop_serving();
             // Roll back so nobody keeps a half-joined window.
             let _ = self.announce(
                 Entry::Leave(self.rank),
@@ -916,6 +1016,7 @@ impl BmObject {
         w.state.store(CLOSING, Ordering::SeqCst);
         super::wait_for_copies(self.id);
         w.state.store(ABSENT, Ordering::SeqCst);
+        self.stop_serving();
         lock(&self.ctl).joined_self = false;
         let deadline = Instant::now() + self.ctx.config.create_timeout;
         let r = self.announce(Entry::Leave(self.rank), &what, deadline);
@@ -992,8 +1093,36 @@ impl BmObject {
         }
     }
 
+    /// Stops serving this rank's window to the network and waits for requests in flight.
+    fn stop_serving(&self) {
+        if let Some(node) = &self.node {
+            node.unserve(self.id);
+        }
+        self.served.state.store(CLOSING, Ordering::SeqCst);
+        drain(&self.served);
+        self.served.state.store(ABSENT, Ordering::SeqCst);
+        self.token.store(0, Ordering::SeqCst);
+    }
+
+    /// The data endpoint and window token of `rank`'s window (state `NET`).
+    pub(crate) fn remote_of(&self, rank: u32) -> Result<(SocketAddr, u64)> {
+        self.windows
+            .get(rank as usize)
+            .and_then(|w| *lock(&w.remote))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::ObjectNotExists,
+                    format!(
+                        "rank {rank}'s window of BM object {} has no data endpoint",
+                        self.id
+                    ),
+                )
+            })
+    }
+
     /// Marks every window absent and waits for in-flight copies (before freeing memory).
     pub(crate) fn quiesce(&self) {
+        self.stop_serving();
         for w in self.windows.iter() {
             w.state.store(CLOSING, Ordering::SeqCst);
         }
@@ -1013,8 +1142,11 @@ impl BmObject {
             .ok_or_else(|| Error::invalid(format!("rank {rank} has no window")))?;
         // Ordered after an unmapper's `CLOSING` store by the slot lock the caller holds.
         let state = w.state.load(Ordering::Acquire);
-        if state == MAPPED {
-            return Ok(WindowGuard(w));
+        if state == MAPPED || state == NET {
+            return Ok(WindowGuard {
+                window: w,
+                net: state == NET,
+            });
         }
         Err(self.unreachable(rank, state))
     }
@@ -1022,10 +1154,24 @@ impl BmObject {
     #[cold]
     fn unreachable(&self, rank: u32, state: u8) -> Error {
         match state {
+            REMOTE if self.node.is_none() && transport::tls_enabled() => Error::new(
+                ErrorCode::NotSupported,
+                format!(
+                    "rank {rank}'s window of BM object {} is on another host; the network transport cannot use TLS yet and TLS is enabled, so it is not reachable",
+                    self.id
+                ),
+            ),
+            REMOTE if self.node.is_none() => Error::new(
+                ErrorCode::NotSupported,
+                format!(
+                    "rank {rank}'s window of BM object {} is on another host; cross-host copies need the network transport: create the object with SMEMB_DATA_OP_HOST_TCP (or ROCE)",
+                    self.id
+                ),
+            ),
             REMOTE => Error::new(
                 ErrorCode::NotSupported,
                 format!(
-                    "rank {rank}'s window of BM object {} is on another host; cross-host copies need the network transport, which this build does not have",
+                    "rank {rank}'s window of BM object {} is on another host and rank {rank} does not serve it over the network (it created the object without SMEMB_DATA_OP_HOST_TCP / ROCE)",
                     self.id
                 ),
             ),
@@ -1040,6 +1186,64 @@ impl BmObject {
                     self.id
                 ),
             ),
+        }
+    }
+}
+
+impl Served for BmObject {
+    fn pin(&self, token: u64, offset: u64, span: u64) -> Result<Pinned<'_>> {
+        let w = &self.served;
+        w.inflight.fetch_add(1, Ordering::SeqCst);
+        let hold = GateGuard(w);
+        if w.state.load(Ordering::SeqCst) != MAPPED
+            || token == 0
+            || self.token.load(Ordering::SeqCst) != token
+        {
+            return Err(Error::new(
+                ErrorCode::ObjectNotExists,
+                format!(
+                    "rank {}'s window of BM object {} is not served (not joined, left, destroyed, or joined again since)",
+                    self.rank, self.id
+                ),
+            ));
+        }
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::invalid(format!(
+                "{span} bytes at offset {offset:#x} of rank {}'s window of BM object {}: {e}",
+                self.rank, self.id
+            ))
+        };
+        let start = self
+            .layout
+            .window_base(self.rank)
+            .and_then(|b| b.checked_add(offset))
+            .ok_or_else(|| bad(&"offset overflows"))?;
+        let loc = self.layout.locate(start, span).map_err(|e| bad(&e))?;
+        if loc.rank != self.rank {
+            return Err(bad(&"the range leaves the window"));
+        }
+        // A device-resident HBM part is addressed at its device address (module docs).
+        let addr = match (loc.part, self.device_base(self.rank)) {
+            (Part::Hbm, Some(dev)) => dev.wrapping_add(loc.offset),
+            _ => start.raw(),
+        };
+        Ok(Pinned {
+            addr,
+            device: (loc.part == Part::Hbm).then_some(&*self.ctx.device as &dyn Device),
+            _hold: Box::new(hold),
+        })
+    }
+}
+
+/// Waits until no request is in flight through the gate (each is one bounded chunk).
+fn drain(w: &Gate) {
+    let mut spins = 0u32;
+    while w.inflight.load(Ordering::SeqCst) != 0 {
+        spins += 1;
+        if spins < 100 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
         }
     }
 }
@@ -1279,8 +1483,15 @@ mod tests {
             host: "boot/123".into(),
             hbm: None,
             dram: Some(d),
+            net: None,
         };
-        assert_eq!(WindowRecord::decode(&r.encode()), Ok(r));
+        assert_eq!(WindowRecord::decode(&r.encode()), Ok(r.clone()));
+        let n = WindowRecord {
+            net: Some(("10.250.0.2:4711".parse().expect("addr"), 0xfeed)),
+            ..r
+        };
+        assert_eq!(WindowRecord::decode(&n.encode()), Ok(n));
+        assert!(WindowRecord::decode(b"host=a;hbm=-;dram=-;ep=1.2.3.4:5").is_err());
         assert!(WindowRecord::decode(b"hbm=-").is_err());
         let r = WindowRecord {
             host: "boot/123".into(),
@@ -1289,6 +1500,7 @@ mod tests {
                 key: "stub-12-7-99".into(),
             }),
             dram: None,
+            net: None,
         };
         assert_eq!(WindowRecord::decode(&r.encode()), Ok(r));
         let sim = WindowRecord {
@@ -1298,6 +1510,7 @@ mod tests {
                 ..d
             })),
             dram: Some(d),
+            net: None,
         };
         assert_eq!(WindowRecord::decode(&sim.encode()), Ok(sim));
         // An ACL descriptor with a bad key is refused.

@@ -678,6 +678,8 @@ impl ShmObject {
             host: ctx.host_id.clone(),
             hbm: None,
             dram: Some(segment.descriptor()),
+            // SHM windows of other hosts are not served over the network (yet).
+            net: None,
         };
         store
             .set(&win_key(prefix, rank), &encode_window(&rec, ctx.rank))
@@ -1281,6 +1283,7 @@ mod tests {
             host: "boot/1".into(),
             hbm: None,
             dram: None,
+            net: None,
         };
         let (back, w) = decode_window(&encode_window(&rec, 17)).unwrap();
         assert_eq!((back, w), (rec.clone(), 17));

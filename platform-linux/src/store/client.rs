@@ -1023,4 +1023,14 @@ impl StoreClient {
     pub fn addr(&self) -> SocketAddr {
         self.inner().addr
     }
+
+    /// The local address of the current link: the address this process reaches the store
+    /// from (the network transport binds its listener there). `None` when the link is down.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        let link = Arc::clone(&lock(&self.inner().link));
+        if !link.is_up() {
+            return None;
+        }
+        link.shutdown_handle.local_addr().ok()
+    }
 }

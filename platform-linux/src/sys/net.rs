@@ -1,7 +1,8 @@
-//! epoll, eventfd and signal-flag wrappers for the config store's event loop and binary.
+//! epoll, eventfd and signal-flag wrappers for the config store's event loop and binary, and
+//! the raw-pointer socket I/O of the network transport (bytes straight into / out of mappings).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -190,4 +191,106 @@ pub fn install_shutdown_signals() -> io::Result<()> {
 /// Whether SIGINT or SIGTERM arrived since [`install_shutdown_signals`].
 pub fn shutdown_requested() -> bool {
     SHUTDOWN_FLAG.load(Ordering::SeqCst)
+}
+
+fn would_block_to_timeout(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no progress within the socket timeout",
+        )
+    } else {
+        e
+    }
+}
+
+/// Receives exactly `len` bytes into `buf` from a blocking stream socket (EINTR retried).
+///
+/// # Errors
+/// `UnexpectedEof` when the peer closes first, `TimedOut` when the socket's receive timeout
+/// (`SO_RCVTIMEO`) passes without progress, or the OS error.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes for the whole call. The bytes may be shared
+/// memory that other processes read concurrently; they see a mix of old and new bytes until
+/// the call returns.
+pub unsafe fn recv_exact(fd: BorrowedFd<'_>, buf: *mut u8, len: usize) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < len {
+        // SAFETY: `buf + done .. buf + len` is inside the caller's writable range.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.add(done).cast(),
+                len - done,
+                libc::MSG_WAITALL,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(would_block_to_timeout(e));
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection",
+            ));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Sends all `len` bytes at `buf` on a blocking stream socket, without `SIGPIPE`
+/// (`MSG_NOSIGNAL`); with `more`, the kernel may hold them back for the next send
+/// (`MSG_MORE`), so a header and its payload leave in one segment.
+///
+/// # Errors
+/// `TimedOut` when the socket's send timeout passes without progress, or the OS error
+/// (`EPIPE`/`ECONNRESET` when the peer is gone).
+///
+/// # Safety
+/// `buf` must be valid for reads of `len` bytes for the whole call.
+pub unsafe fn send_all(
+    fd: BorrowedFd<'_>,
+    buf: *const u8,
+    len: usize,
+    more: bool,
+) -> io::Result<()> {
+    let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
+    let mut done = 0usize;
+    while done < len {
+        // SAFETY: `buf + done .. buf + len` is inside the caller's readable range.
+        let n = unsafe { libc::send(fd.as_raw_fd(), buf.add(done).cast(), len - done, flags) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(would_block_to_timeout(e));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// [`send_all`] of a slice.
+///
+/// # Errors
+/// As [`send_all`].
+pub fn send_slice(fd: BorrowedFd<'_>, data: &[u8], more: bool) -> io::Result<()> {
+    // SAFETY: `data` is a live slice, readable for its length during the call.
+    unsafe { send_all(fd, data.as_ptr(), data.len(), more) }
+}
+
+/// [`recv_exact`] into a slice.
+///
+/// # Errors
+/// As [`recv_exact`].
+pub fn recv_slice(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<()> {
+    // SAFETY: `buf` is a live, exclusively borrowed slice, writable for its length.
+    unsafe { recv_exact(fd, buf.as_mut_ptr(), buf.len()) }
 }

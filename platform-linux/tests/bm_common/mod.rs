@@ -86,11 +86,32 @@ pub fn spawn_with(
     ranks: &[u32],
     extra: &[(u32, &str, &str)],
 ) -> Ranks {
+    spawn_in(name, role, url, world, ranks, extra, &|_| Vec::new())
+}
+
+/// As [`spawn_with`], each rank's command run through `prefix(rank)` (e.g. `ip netns exec NS`).
+pub fn spawn_in(
+    name: &str,
+    role: &str,
+    url: &str,
+    world: u32,
+    ranks: &[u32],
+    extra: &[(u32, &str, &str)],
+    prefix: &dyn Fn(u32) -> Vec<String>,
+) -> Ranks {
     let exe = std::env::current_exe().expect("test binary");
     let children = ranks
         .iter()
         .map(|&r| {
-            let mut cmd = Command::new(&exe);
+            let pre = prefix(r);
+            let mut cmd = match pre.split_first() {
+                Some((first, rest)) => {
+                    let mut c = Command::new(first);
+                    c.args(rest).arg(&exe);
+                    c
+                }
+                None => Command::new(&exe),
+            };
             for (_, k, v) in extra.iter().filter(|e| e.0 == r) {
                 cmd.env(k, v);
             }
@@ -131,6 +152,42 @@ impl Ranks {
                         String::from_utf8_lossy(&o.stderr)
                     );
                     out.insert(r, stdout);
+                } else {
+                    i += 1;
+                }
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "ranks {:?} did not finish within {deadline:?}",
+                self.children.iter().map(|c| c.0).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        out
+    }
+}
+
+impl Ranks {
+    /// Waits for every child until `deadline` without judging exit statuses; returns each
+    /// rank's status and stdout + stderr. Panics (after killing the rest) on the deadline.
+    pub fn wait_any(
+        mut self,
+        deadline: Duration,
+    ) -> BTreeMap<u32, (std::process::ExitStatus, String)> {
+        let start = Instant::now();
+        let mut out = BTreeMap::new();
+        while !self.children.is_empty() {
+            let mut i = 0;
+            while i < self.children.len() {
+                if self.children[i].1.try_wait().expect("try_wait").is_some() {
+                    let (r, c) = self.children.swap_remove(i);
+                    let o = c.wait_with_output().expect("output");
+                    let text = format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                    out.insert(r, (o.status, text));
                 } else {
                     i += 1;
                 }
@@ -191,5 +248,73 @@ pub fn barrier_last(c: &StoreClient, name: &str, n: u32) {
         Ok(_) => {}
         Err(e) if e.code() == smem_core::ErrorCode::IoError => {}
         Err(e) => panic!("last barrier: {e}"),
+    }
+}
+
+/// Two network namespaces `smem-t-<pid>-<tag>a` / `-<tag>b` joined by a veth pair
+/// (10.250.0.1/30 in a, 10.250.0.2/30 in b: addresses that exist only inside them), removed on
+/// drop, also when the test fails. The veth pair is created inside `a` with its peer end moved
+/// straight into `b`, so it never appears in the test runner's own namespace.
+pub struct NetnsPair {
+    pub a: String,
+    pub b: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl NetnsPair {
+    /// `Err(reason)` when namespaces cannot be made here (no `ip`, not permitted).
+    pub fn create(tag: &str) -> Result<Self, String> {
+        let pid = std::process::id();
+        let (a, b) = (
+            format!("smem-t-{pid}-{tag}a"),
+            format!("smem-t-{pid}-{tag}b"),
+        );
+        ip(&["netns", "add", &a])?;
+        let mut pair = Self {
+            a: a.clone(),
+            b: String::new(),
+        };
+        ip(&["netns", "add", &b])?;
+        pair.b = b.clone();
+        ip(&[
+            "-n", &a, "link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b", "netns",
+            &b,
+        ])?;
+        for (ns, dev, addr) in [
+            (&a, "veth-a", "10.250.0.1/30"),
+            (&b, "veth-b", "10.250.0.2/30"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(pair)
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            if !ns.is_empty() {
+                if let Err(e) = ip(&["netns", "del", ns]) {
+                    eprintln!("cleanup: {e}");
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,1240 @@
+//! The TCP engine: a listener per process serving its windows, and a cache of client
+//! connections per peer endpoint. Wire format in [`super::wire`].
+//!
+//! # Server
+//! One accept thread and one thread per connection (at most [`MAX_CONNECTIONS`]). Each request
+//! is validated before any byte moves: protocol fields by [`Request::parse`] (a violation logs
+//! the reason and closes the connection), then the range by the served window ([`Served::pin`]:
+//! object id, window generation token, bounds inside one part, window still served). A WRITE
+//! that fails validation has its payload read and discarded (bounded by the 16 MiB request
+//! limit) and gets an error reply. Data moves straight between the socket and the window's
+//! mapping (`recv`/`send` on the mapped bytes; device memory and many small rows go through a
+//! bounce buffer). A WRITE is acknowledged only after all its bytes are in place.
+//!
+//! # Client
+//! A copy is split into requests of at most [`CHUNK`] bytes (whole rows where rows are smaller),
+//! written back to back on one connection with up to [`WRITE_WINDOW`] acknowledgements
+//! outstanding (writes) or [`READ_WINDOW`] requests in flight (reads), so large copies stream
+//! at the connection's rate and a small copy is one round trip. Connections are cached per
+//! peer and reused (`TCP_NODELAY`); each socket operation is bounded by the control timeout.
+//! A copy returns `Ok` only when every request was acknowledged; a peer that dies mid-copy
+//! gives an error (its socket resets at once; a silent peer after the timeout).
+//!
+//! # TLS hook
+//! The hello carries [`FLAG_TLS`]; this build never sets it and refuses it. The TLS engine
+//! wraps the stream right after the hello exchange (both ends, mutual TLS with the store's
+//! certificates) and replaces the raw `recv`/`send` of [`Conn`]'s methods with the TLS
+//! stream's; until then [`super::tls_enabled`] keeps the transport from starting.
+// The copy paths take raw addresses of mapped windows and of the caller's memory; the `unsafe`
+// blocks here forward those contracts to `sys::net` and the device copy, each with a SAFETY note.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use log::{debug, warn};
+use smem_core::ErrorCode;
+
+use super::wire::{
+    FLAG_TLS, HELLO_LEN, Hello, MAX_MESSAGE_LEN, Op, REPLY_LEN, REQUEST_LEN, Reply, Request,
+    VERSION,
+};
+use crate::device::{CopyDirection, Device};
+use crate::sys;
+use crate::sys::fork::DetachOnFork;
+use crate::{Error, Result};
+
+/// Bytes per request of a large copy.
+pub(crate) const CHUNK: u64 = 2 * 1024 * 1024;
+/// Write requests sent before the client waits for the oldest acknowledgement.
+pub(crate) const WRITE_WINDOW: usize = 8;
+/// Read requests in flight on one connection.
+pub(crate) const READ_WINDOW: usize = 4;
+/// Connections one server accepts at a time (each has a thread).
+pub(crate) const MAX_CONNECTIONS: usize = 4096;
+/// A server connection idle this long is closed (clients reconnect transparently).
+const IDLE_CLOSE: Duration = Duration::from_secs(300);
+/// Stack of a connection thread (it only moves bytes).
+const CONN_STACK: usize = 256 * 1024;
+/// Idle connections kept per peer.
+const MAX_IDLE_PER_PEER: usize = 8;
+/// Rows narrower than this are gathered into one buffer rather than sent one by one.
+const SMALL_ROW: u64 = 16 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Keeps a served range valid while it is borrowed (e.g. a window's in-flight count).
+pub(crate) trait Hold {}
+impl<T> Hold for T {}
+
+/// A range of a served window, pinned for the duration of one request.
+pub(crate) struct Pinned<'a> {
+    /// Address of the first byte of the range in this process.
+    pub(crate) addr: u64,
+    /// Set when the range is device memory: bytes move through this device's copy engine.
+    pub(crate) device: Option<&'a dyn Device>,
+    /// Released when the request is done.
+    pub(crate) _hold: Box<dyn Hold + 'a>,
+}
+
+/// A window this process serves (the BM object implements it).
+pub(crate) trait Served: Send + Sync {
+    /// Pins `span` bytes at `offset` from the start of the window whose current generation is
+    /// `token`.
+    ///
+    /// # Errors
+    /// `SM_OBJECT_NOT_EXISTS` when the window is not served (left, destroyed, other generation),
+    /// `SM_INVALID_PARAM` when the range does not lie in one part of the window.
+    fn pin(&self, token: u64, offset: u64, span: u64) -> Result<Pinned<'_>>;
+}
+
+/// Rows of memory in this process: `rows` rows of `width` bytes, `pitch` apart.
+struct Rows<'a> {
+    addr: u64,
+    pitch: u64,
+    width: u64,
+    rows: u64,
+    device: Option<&'a dyn Device>,
+}
+
+impl Rows<'_> {
+    fn len(&self) -> u64 {
+        self.width * self.rows
+    }
+
+    fn gathered(&self) -> bool {
+        self.device.is_some() || (self.rows > 1 && self.width < SMALL_ROW)
+    }
+}
+
+fn dev_err(e: Error) -> io::Error {
+    io::Error::other(format!("device copy: {e}"))
+}
+
+fn usize_of(v: u64) -> io::Result<usize> {
+    usize::try_from(v).map_err(|_| io::Error::other("length exceeds the address space"))
+}
+
+/// Receives `rows.len()` bytes from `fd` into `rows`.
+///
+/// # Safety
+/// Every row of `rows` must be writable (in the memory `rows.device` names) for the call.
+unsafe fn recv_rows(fd: &TcpStream, rows: &Rows<'_>, scratch: &mut Vec<u8>) -> io::Result<()> {
+    let (width, pitch, n) = (
+        usize_of(rows.width)?,
+        usize_of(rows.pitch)?,
+        usize_of(rows.rows)?,
+    );
+    if rows.gathered() {
+        scratch.resize(usize_of(rows.len())?, 0);
+        sys::net::recv_slice(fd.as_fd(), scratch)?;
+        let dst = rows.addr as *mut u8;
+        match rows.device {
+            // SAFETY: `scratch` holds `n` rows of `width` bytes; the rows at `dst` are writable
+            // device memory by this function's contract; host and device ranges are disjoint.
+            Some(dev) => unsafe {
+                dev.copy_2d(
+                    scratch.as_ptr(),
+                    width,
+                    dst,
+                    pitch,
+                    width,
+                    n,
+                    CopyDirection::HostToDevice,
+                )
+            }
+            .map_err(dev_err)?,
+            // SAFETY: as above, host memory; `scratch` is our own buffer, disjoint from `dst`.
+            None => unsafe { sys::copy::copy_2d(scratch.as_ptr(), width, dst, pitch, width, n) },
+        }
+        return Ok(());
+    }
+    for r in 0..n {
+        // SAFETY: row `r` lies at `addr + r * pitch` and is writable for `width` bytes by this
+        // function's contract (the row span was checked for overflow by the caller).
+        unsafe { sys::net::recv_exact(fd.as_fd(), (rows.addr as *mut u8).add(r * pitch), width)? };
+    }
+    Ok(())
+}
+
+/// Sends the bytes of `rows` on `fd`; `more` = more data follows at once.
+///
+/// # Safety
+/// Every row of `rows` must be readable (in the memory `rows.device` names) for the call.
+unsafe fn send_rows(
+    fd: &TcpStream,
+    rows: &Rows<'_>,
+    scratch: &mut Vec<u8>,
+    more: bool,
+) -> io::Result<()> {
+    let (width, pitch, n) = (
+        usize_of(rows.width)?,
+        usize_of(rows.pitch)?,
+        usize_of(rows.rows)?,
+    );
+    if rows.gathered() {
+        scratch.resize(usize_of(rows.len())?, 0);
+        let src = rows.addr as *const u8;
+        match rows.device {
+            // SAFETY: the rows at `src` are readable device memory by this function's contract;
+            // `scratch` has room for `n` rows of `width` bytes and is disjoint from them.
+            Some(dev) => unsafe {
+                dev.copy_2d(
+                    src,
+                    pitch,
+                    scratch.as_mut_ptr(),
+                    width,
+                    width,
+                    n,
+                    CopyDirection::DeviceToHost,
+                )
+            }
+            .map_err(dev_err)?,
+            // SAFETY: as above, host memory.
+            None => unsafe {
+                sys::copy::copy_2d(src, pitch, scratch.as_mut_ptr(), width, width, n)
+            },
+        }
+        return sys::net::send_slice(fd.as_fd(), scratch, more);
+    }
+    for r in 0..n {
+        let last = r + 1 == n;
+        // SAFETY: row `r` is readable for `width` bytes by this function's contract.
+        unsafe {
+            sys::net::send_all(
+                fd.as_fd(),
+                (rows.addr as *const u8).add(r * pitch),
+                width,
+                more || !last,
+            )?
+        };
+    }
+    Ok(())
+}
+
+/// Reads and throws away `len` bytes (the payload of a refused WRITE).
+fn discard(fd: &TcpStream, len: u64, scratch: &mut Vec<u8>) -> io::Result<()> {
+    let mut left = len;
+    scratch.resize(64 * 1024, 0);
+    while left > 0 {
+        let n = left.min(scratch.len() as u64) as usize;
+        sys::net::recv_slice(fd.as_fd(), &mut scratch[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+fn set_timeouts(s: &TcpStream, timeout: Duration) -> io::Result<()> {
+    let t = Some(timeout.max(Duration::from_millis(1)));
+    s.set_read_timeout(t)?;
+    s.set_write_timeout(t)?;
+    s.set_nodelay(true)
+}
+
+/// What the server threads share.
+struct ServerShared {
+    served: Mutex<HashMap<u32, Weak<dyn Served>>>,
+    /// Clones of the open connections, to shut them down (each kept out of forked children).
+    conns: Mutex<HashMap<u64, (DetachOnFork, TcpStream)>>,
+    next_conn: AtomicU64,
+    stop: AtomicBool,
+    timeout: Duration,
+}
+
+impl ServerShared {
+    fn lookup(&self, object: u32) -> Option<Arc<dyn Served>> {
+        lock(&self.served).get(&object).and_then(Weak::upgrade)
+    }
+}
+
+/// The listener of this process and its connection threads.
+pub(crate) struct Server {
+    addr: SocketAddr,
+    shared: Arc<ServerShared>,
+    accept: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("addr", &self.addr).finish()
+    }
+}
+
+impl Server {
+    /// Binds `ip:0` and starts accepting.
+    pub(crate) fn start(ip: IpAddr, timeout: Duration) -> Result<Self> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).map_err(|e| {
+            Error::io(
+                format_args!("transport: binding a data listener on {ip}"),
+                &e,
+            )
+        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("transport: listener address", &e))?;
+        let shared = Arc::new(ServerShared {
+            served: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            timeout,
+        });
+        let sh = Arc::clone(&shared);
+        let t = std::thread::Builder::new()
+            .name("smem-net-accept".into())
+            .spawn(move || accept_loop(&listener, &sh))
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::NewObjectFailed,
+                    format!("transport: cannot start the accept thread: {e}"),
+                )
+            })?;
+        Ok(Self {
+            addr,
+            shared,
+            accept: Mutex::new(Some(t)),
+        })
+    }
+
+    /// The address peers connect to.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves `window` as object `object` (replacing an earlier registration).
+    pub(crate) fn serve(&self, object: u32, window: Weak<dyn Served>) {
+        lock(&self.shared.served).insert(object, window);
+    }
+
+    /// Stops serving object `object` (requests for it are refused from now on).
+    pub(crate) fn unserve(&self, object: u32) {
+        lock(&self.shared.served).remove(&object);
+    }
+
+    /// Stops accepting, closes every connection and joins the accept thread.
+    pub(crate) fn shutdown(&self) {
+        if self.shared.stop.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Wake the accept thread; it sees `stop` and returns.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        for (_, (_, c)) in lock(&self.shared.conns).drain() {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        if let Some(t) = lock(&self.accept).take() {
+            let _ = t.join();
+        }
+        lock(&self.shared.served).clear();
+    }
+}
+
+fn accept_loop(listener: &TcpListener, sh: &Arc<ServerShared>) {
+    // Forked children must not keep the port (or, below, connections) open after we die.
+    let _detach = DetachOnFork::new(listener.as_fd());
+    for incoming in listener.incoming() {
+        if sh.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let stream = match incoming {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("transport: accept failed ({e}); retrying");
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        };
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let id = sh.next_conn.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut conns = lock(&sh.conns);
+            if conns.len() >= MAX_CONNECTIONS {
+                warn!(
+                    "transport: refusing the connection from {peer}: {MAX_CONNECTIONS} connections are open"
+                );
+                continue;
+            }
+            match stream.try_clone() {
+                Ok(c) => {
+                    conns.insert(id, (DetachOnFork::new(c.as_fd()), c));
+                }
+                Err(e) => {
+                    warn!("transport: refusing the connection from {peer}: {e}");
+                    continue;
+                }
+            }
+        }
+        let sh2 = Arc::clone(sh);
+        let spawned = std::thread::Builder::new()
+            .name("smem-net-conn".into())
+            .stack_size(CONN_STACK)
+            .spawn(move || {
+                let detach = DetachOnFork::new(stream.as_fd());
+                if let Err(why) = serve_conn(&stream, &sh2) {
+                    if !sh2.stop.load(Ordering::SeqCst) {
+                        warn!("transport: closing the connection from {peer}: {why}");
+                    }
+                }
+                let _ = stream.shutdown(Shutdown::Both);
+                lock(&sh2.conns).remove(&id);
+                // Unregistered before `stream` closes with the closure.
+                drop(detach);
+            });
+        if let Err(e) = spawned {
+            warn!("transport: cannot start a connection thread: {e}");
+            lock(&sh.conns).remove(&id);
+        }
+    }
+}
+
+/// Waits for the next request header; `Ok(false)` when the peer closed between requests, the
+/// server stops, or the connection was idle for [`IDLE_CLOSE`] (the client's pool reconnects).
+fn read_header(s: &TcpStream, sh: &ServerShared, hdr: &mut [u8; REQUEST_LEN]) -> Result<bool> {
+    let idle_since = std::time::Instant::now();
+    let got = loop {
+        match (&*s).read(hdr) {
+            Ok(0) => return Ok(false),
+            Ok(n) => break n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                if sh.stop.load(Ordering::SeqCst) || idle_since.elapsed() >= IDLE_CLOSE {
+                    return Ok(false);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(false),
+            Err(e) => return Err(Error::io("reading a request", &e)),
+        }
+    };
+    if got < REQUEST_LEN {
+        sys::net::recv_slice(s.as_fd(), &mut hdr[got..])
+            .map_err(|e| Error::io("reading the rest of a request header", &e))?;
+    }
+    Ok(true)
+}
+
+fn send_reply(s: &TcpStream, reply: &Reply, msg: &[u8], more: bool) -> io::Result<()> {
+    sys::net::send_slice(s.as_fd(), &reply.emit(), more || !msg.is_empty())?;
+    if !msg.is_empty() {
+        sys::net::send_slice(s.as_fd(), msg, more)?;
+    }
+    Ok(())
+}
+
+fn error_reply(s: &TcpStream, req: &Request, e: &Error) -> io::Result<()> {
+    let mut msg = e.message().as_bytes();
+    msg = &msg[..msg.len().min(MAX_MESSAGE_LEN as usize)];
+    let reply = Reply {
+        op: req.op,
+        seq: req.seq,
+        status: e.code().code(),
+        msg_len: msg.len() as u32,
+        len: 0,
+    };
+    send_reply(s, &reply, msg, false)
+}
+
+/// Serves one connection until it closes. `Err` = a reason to log.
+fn serve_conn(s: &TcpStream, sh: &ServerShared) -> Result<()> {
+    set_timeouts(s, sh.timeout).map_err(|e| Error::io("configuring the socket", &e))?;
+    let mut hb = [0u8; HELLO_LEN];
+    sys::net::recv_slice(s.as_fd(), &mut hb).map_err(|e| Error::io("reading the hello", &e))?;
+    let hello = Hello::parse(&hb).map_err(|why| Error::new(ErrorCode::ProtocolError, why))?;
+    let refuse = if hello.version != VERSION {
+        Some(format!(
+            "protocol version {} (ours is {VERSION})",
+            hello.version
+        ))
+    } else if hello.flags & FLAG_TLS != 0 {
+        Some("the peer asks for TLS, which this build's transport does not have".to_owned())
+    } else if hello.flags != 0 {
+        Some(format!("unknown hello flags {:#x}", hello.flags))
+    } else {
+        None
+    };
+    let answer = Hello {
+        version: VERSION,
+        flags: 0,
+        status: if refuse.is_some() {
+            ErrorCode::NotSupported.code()
+        } else {
+            0
+        },
+    };
+    sys::net::send_slice(s.as_fd(), &answer.emit(), false)
+        .map_err(|e| Error::io("sending the hello", &e))?;
+    if let Some(why) = refuse {
+        return Err(Error::new(ErrorCode::NotSupported, why));
+    }
+    let mut scratch = Vec::new();
+    let mut hdr = [0u8; REQUEST_LEN];
+    let io = |what: &'static str| move |e: io::Error| Error::io(what, &e);
+    loop {
+        if !read_header(s, sh, &mut hdr)? {
+            return Ok(());
+        }
+        let req = Request::parse(&hdr).map_err(|why| Error::new(ErrorCode::ProtocolError, why))?;
+        let obj = sh.lookup(req.object);
+        let pinned = match &obj {
+            Some(o) => o.pin(req.token, req.offset, req.span()),
+            None => Err(Error::new(
+                ErrorCode::ObjectNotExists,
+                format!(
+                    "BM object {} is not served by this rank (never joined here, left or destroyed)",
+                    req.object
+                ),
+            )),
+        };
+        match (req.op, pinned) {
+            (Op::Write, Ok(p)) => {
+                let rows = Rows {
+                    addr: p.addr,
+                    pitch: req.pitch,
+                    width: req.width,
+                    rows: req.rows(),
+                    device: p.device,
+                };
+                // SAFETY: `pin` validated the strided span inside one part of the window and
+                // keeps it mapped (and writable) until `p` drops, after the receive.
+                unsafe { recv_rows(s, &rows, &mut scratch) }.map_err(io("receiving WRITE data"))?;
+                drop(p);
+                let ok = Reply {
+                    op: Op::Write,
+                    seq: req.seq,
+                    status: 0,
+                    msg_len: 0,
+                    len: 0,
+                };
+                send_reply(s, &ok, &[], false).map_err(io("acknowledging a WRITE"))?;
+            }
+            (Op::Write, Err(e)) => {
+                discard(s, req.len, &mut scratch).map_err(io("discarding refused WRITE data"))?;
+                debug!("transport: refused a WRITE: {e}");
+                error_reply(s, &req, &e).map_err(io("refusing a WRITE"))?;
+            }
+            (Op::Read, Ok(p)) => {
+                let rows = Rows {
+                    addr: p.addr,
+                    pitch: req.pitch,
+                    width: req.width,
+                    rows: req.rows(),
+                    device: p.device,
+                };
+                let ok = Reply {
+                    op: Op::Read,
+                    seq: req.seq,
+                    status: 0,
+                    msg_len: 0,
+                    len: req.len,
+                };
+                send_reply(s, &ok, &[], true).map_err(io("answering a READ"))?;
+                // SAFETY: as for WRITE; the rows are readable while `p` is held.
+                unsafe { send_rows(s, &rows, &mut scratch, false) }
+                    .map_err(io("sending READ data"))?;
+                drop(p);
+            }
+            (Op::Read, Err(e)) => {
+                debug!("transport: refused a READ: {e}");
+                error_reply(s, &req, &e).map_err(io("refusing a READ"))?;
+            }
+        }
+    }
+}
+
+/// One copy between this process and a peer's window.
+pub(crate) struct Transfer<'a> {
+    /// The peer's data endpoint.
+    pub(crate) peer: SocketAddr,
+    /// The peer's rank (for messages).
+    pub(crate) rank: u32,
+    /// BM object id.
+    pub(crate) object: u32,
+    /// Generation of the peer's window.
+    pub(crate) token: u64,
+    /// `Write`: local memory into the window; `Read`: the window into local memory.
+    pub(crate) op: Op,
+    /// Offset of the first row from the window start.
+    pub(crate) remote_offset: u64,
+    /// Distance between remote rows.
+    pub(crate) remote_pitch: u64,
+    /// Address of the first local row.
+    pub(crate) local: u64,
+    /// Distance between local rows.
+    pub(crate) local_pitch: u64,
+    /// Bytes per row.
+    pub(crate) width: u64,
+    /// Rows (1 for a 1D copy).
+    pub(crate) height: u64,
+    /// Set when the local memory is device memory.
+    pub(crate) local_device: Option<&'a dyn Device>,
+}
+
+/// One request of a transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Piece {
+    remote: u64,
+    local: u64,
+    width: u64,
+    rows: u64,
+}
+
+/// Splits a transfer into requests of at most [`CHUNK`] bytes.
+fn pieces(t: &Transfer<'_>) -> Vec<Piece> {
+    let mut out = Vec::new();
+    if t.width <= CHUNK {
+        let per = (CHUNK / t.width).max(1);
+        let mut r = 0;
+        while r < t.height {
+            let n = per.min(t.height - r);
+            out.push(Piece {
+                remote: t.remote_offset + r * t.remote_pitch,
+                local: t.local.wrapping_add(r * t.local_pitch),
+                width: t.width,
+                rows: n,
+            });
+            r += n;
+        }
+    } else {
+        for r in 0..t.height {
+            let mut k = 0;
+            while k < t.width {
+                let w = CHUNK.min(t.width - k);
+                out.push(Piece {
+                    remote: t.remote_offset + r * t.remote_pitch + k,
+                    local: t.local.wrapping_add(r * t.local_pitch + k),
+                    width: w,
+                    rows: 1,
+                });
+                k += w;
+            }
+        }
+    }
+    out
+}
+
+/// A client connection (the TLS engine adds its stream here).
+#[derive(Debug)]
+struct Conn {
+    /// Keeps the socket out of forked children; declared first, so it is unregistered before
+    /// the stream closes.
+    _detach: DetachOnFork,
+    stream: TcpStream,
+    next_seq: u32,
+}
+
+/// Cached connections per peer.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
+}
+
+/// Why a transfer attempt failed: worth one retry on a fresh connection or not.
+enum Failure {
+    /// The connection broke (a cached one may have been closed by the peer meanwhile).
+    Link(Error),
+    /// The peer answered with an error, or the failure is final.
+    Final(Error),
+}
+
+impl Pool {
+    fn take(&self, peer: SocketAddr) -> Option<Conn> {
+        lock(&self.idle).get_mut(&peer).and_then(Vec::pop)
+    }
+
+    fn put(&self, peer: SocketAddr, c: Conn) {
+        let mut idle = lock(&self.idle);
+        let v = idle.entry(peer).or_default();
+        if v.len() < MAX_IDLE_PER_PEER {
+            v.push(c);
+        }
+    }
+
+    /// Closes every cached connection.
+    pub(crate) fn clear(&self) {
+        for (_, v) in lock(&self.idle).drain() {
+            for c in v {
+                let _ = c.stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    fn connect(peer: SocketAddr, rank: u32, timeout: Duration) -> Result<Conn> {
+        let what = || format!("connecting to rank {rank}'s data endpoint {peer}");
+        let stream = TcpStream::connect_timeout(&peer, timeout.max(Duration::from_millis(1)))
+            .map_err(|e| Error::io(what(), &e))?;
+        set_timeouts(&stream, timeout).map_err(|e| Error::io(what(), &e))?;
+        let hello = Hello {
+            version: VERSION,
+            flags: 0,
+            status: 0,
+        };
+        sys::net::send_slice(stream.as_fd(), &hello.emit(), false)
+            .map_err(|e| Error::io(what(), &e))?;
+        let mut hb = [0u8; HELLO_LEN];
+        sys::net::recv_slice(stream.as_fd(), &mut hb).map_err(|e| Error::io(what(), &e))?;
+        let answer = Hello::parse(&hb)
+            .map_err(|why| Error::new(ErrorCode::ProtocolError, format!("{}: {why}", what())))?;
+        if answer.status != 0 || answer.version != VERSION {
+            return Err(Error::new(
+                ErrorCode::NotSupported,
+                format!(
+                    "{}: the peer refused the connection (status {}, version {})",
+                    what(),
+                    answer.status,
+                    answer.version
+                ),
+            ));
+        }
+        Ok(Conn {
+            _detach: DetachOnFork::new(stream.as_fd()),
+            stream,
+            next_seq: 0,
+        })
+    }
+
+    /// Runs `t` to completion: `Ok` only when every byte was acknowledged in place.
+    ///
+    /// # Safety
+    /// Every local row of `t` (`local + i * local_pitch`, `width` bytes, `i < height`) must be
+    /// readable (`Write`) or writable (`Read`) in the memory `local_device` names, for the call.
+    pub(crate) unsafe fn transfer(&self, t: &Transfer<'_>, timeout: Duration) -> Result<()> {
+        let pieces = pieces(t);
+        let total = t.width.saturating_mul(t.height);
+        let streams = if total >= PARALLEL_MIN {
+            streams().min(pieces.len())
+        } else {
+            1
+        };
+        if streams <= 1 {
+            // SAFETY: forwarded contract of this function.
+            return unsafe { self.run_on_one(t, &pieces, timeout) };
+        }
+        // Contiguous groups of requests, one connection each, run side by side.
+        let per = pieces.len().div_ceil(streams);
+        let results: Vec<Result<()>> = std::thread::scope(|scope| {
+            let mut groups = pieces.chunks(per);
+            let first = groups.next().unwrap_or(&[]);
+            let others: Vec<_> = groups
+                .map(|g| {
+                    scope.spawn(move || {
+                        // SAFETY: forwarded contract; the groups' local rows are disjoint.
+                        unsafe { self.run_on_one(t, g, timeout) }
+                    })
+                })
+                .collect();
+            // SAFETY: as above.
+            let mut out = vec![unsafe { self.run_on_one(t, first, timeout) }];
+            for h in others {
+                out.push(h.join().unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorCode::Error,
+                        "transport: a copy stream panicked",
+                    ))
+                }));
+            }
+            out
+        });
+        results.into_iter().collect()
+    }
+
+    /// Runs `pieces` of `t` on one connection (cached or new).
+    ///
+    /// # Safety
+    /// As [`Pool::transfer`], for the local rows of `pieces`.
+    unsafe fn run_on_one(
+        &self,
+        t: &Transfer<'_>,
+        pieces: &[Piece],
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            let (conn, cached) = match self.take(t.peer) {
+                Some(c) => (c, true),
+                None => (Self::connect(t.peer, t.rank, timeout)?, false),
+            };
+            let mut conn = conn;
+            // SAFETY: forwarded contract of this function.
+            let r = unsafe { run(&mut conn, t, pieces) };
+            match r {
+                Ok(()) => {
+                    self.put(t.peer, conn);
+                    return Ok(());
+                }
+                // A cached connection may have been closed by the peer while idle (e.g. it
+                // restarted its server); requests are idempotent, so retry once on a new one.
+                // Not after a timeout: a stalled peer must fail within one timeout.
+                Err(Failure::Link(e))
+                    if cached && attempt == 0 && e.code() != ErrorCode::Timeout =>
+                {
+                    debug!(
+                        "transport: cached connection to {} failed ({e}); reconnecting",
+                        t.peer
+                    );
+                    attempt += 1;
+                }
+                Err(Failure::Link(e) | Failure::Final(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Copies of at least this many bytes are spread over several connections.
+pub(crate) const PARALLEL_MIN: u64 = 16 * 1024 * 1024;
+/// Connections per large copy unless [`super::STREAMS_ENV`] says otherwise.
+pub(crate) const DEFAULT_STREAMS: usize = 4;
+
+/// Connections per large copy (read once).
+fn streams() -> usize {
+    static STREAMS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *STREAMS.get_or_init(|| {
+        std::env::var(super::STREAMS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map_or(DEFAULT_STREAMS, |n| n.clamp(1, 16))
+    })
+}
+
+fn link_err(t: &Transfer<'_>, what: &str, e: &io::Error) -> Failure {
+    Failure::Link(Error::io(
+        format_args!("rank {}'s data endpoint {}: {what}", t.rank, t.peer),
+        e,
+    ))
+}
+
+/// Reads one reply header (and its message); checks it answers `seq`.
+fn read_reply(c: &Conn, t: &Transfer<'_>, op: Op, seq: u32) -> std::result::Result<Reply, Failure> {
+    let mut b = [0u8; REPLY_LEN];
+    sys::net::recv_slice(c.stream.as_fd(), &mut b)
+        .map_err(|e| link_err(t, "waiting for the acknowledgement", &e))?;
+    let proto = |why: &str| {
+        Failure::Final(Error::new(
+            ErrorCode::ProtocolError,
+            format!("rank {}'s data endpoint {}: {why}", t.rank, t.peer),
+        ))
+    };
+    let reply = Reply::parse(&b).map_err(proto)?;
+    if reply.op != op || reply.seq != seq {
+        return Err(proto("reply out of order"));
+    }
+    if reply.status != 0 {
+        let mut msg = vec![0u8; reply.msg_len as usize];
+        sys::net::recv_slice(c.stream.as_fd(), &mut msg)
+            .map_err(|e| link_err(t, "reading an error reply", &e))?;
+        let code = ErrorCode::from_code(reply.status).unwrap_or(ErrorCode::Error);
+        return Err(Failure::Final(Error::new(
+            code,
+            format!(
+                "rank {} refused the copy: {}",
+                t.rank,
+                String::from_utf8_lossy(&msg)
+            ),
+        )));
+    }
+    Ok(reply)
+}
+
+/// Runs the requests of `t` on `c`.
+///
+/// # Safety
+/// As [`Pool::transfer`].
+unsafe fn run(
+    c: &mut Conn,
+    t: &Transfer<'_>,
+    pieces: &[Piece],
+) -> std::result::Result<(), Failure> {
+    let mut scratch = Vec::new();
+    let request = |c: &mut Conn, p: &Piece| {
+        let seq = c.next_seq;
+        c.next_seq = c.next_seq.wrapping_add(1);
+        let req = Request {
+            op: t.op,
+            seq,
+            object: t.object,
+            token: t.token,
+            offset: p.remote,
+            len: p.width * p.rows,
+            width: p.width,
+            pitch: if p.rows > 1 { t.remote_pitch } else { p.width },
+        };
+        (seq, req.emit())
+    };
+    let local = |p: &Piece| Rows {
+        addr: p.local,
+        pitch: if p.rows > 1 { t.local_pitch } else { p.width },
+        width: p.width,
+        rows: p.rows,
+        device: t.local_device,
+    };
+    let mut waiting = std::collections::VecDeque::new();
+    match t.op {
+        Op::Write => {
+            for p in pieces {
+                let (seq, hdr) = request(c, p);
+                sys::net::send_slice(c.stream.as_fd(), &hdr, true)
+                    .map_err(|e| link_err(t, "sending a WRITE", &e))?;
+                // SAFETY: the local rows are readable by the caller's contract.
+                unsafe { send_rows(&c.stream, &local(p), &mut scratch, false) }
+                    .map_err(|e| link_err(t, "sending WRITE data", &e))?;
+                waiting.push_back(seq);
+                if waiting.len() >= WRITE_WINDOW {
+                    let s = waiting.pop_front().unwrap_or_default();
+                    read_reply(c, t, Op::Write, s)?;
+                }
+            }
+            while let Some(s) = waiting.pop_front() {
+                read_reply(c, t, Op::Write, s)?;
+            }
+        }
+        Op::Read => {
+            let mut next = 0;
+            let send_next =
+                |c: &mut Conn, next: &mut usize, waiting: &mut std::collections::VecDeque<u32>| {
+                    if let Some(p) = pieces.get(*next) {
+                        let (seq, hdr) = request(c, p);
+                        sys::net::send_slice(c.stream.as_fd(), &hdr, false)
+                            .map_err(|e| link_err(t, "sending a READ", &e))?;
+                        waiting.push_back(seq);
+                        *next += 1;
+                    }
+                    Ok(())
+                };
+            while next < pieces.len().min(READ_WINDOW) {
+                send_next(c, &mut next, &mut waiting)?;
+            }
+            for p in pieces {
+                let s = waiting.pop_front().unwrap_or_default();
+                let reply = read_reply(c, t, Op::Read, s)?;
+                if reply.len != p.width * p.rows {
+                    return Err(Failure::Final(Error::new(
+                        ErrorCode::ProtocolError,
+                        format!(
+                            "rank {}'s data endpoint {}: READ reply of {} bytes for {} requested",
+                            t.rank,
+                            t.peer,
+                            reply.len,
+                            p.width * p.rows
+                        ),
+                    )));
+                }
+                send_next(c, &mut next, &mut waiting)?;
+                // SAFETY: the local rows are writable by the caller's contract.
+                unsafe { recv_rows(&c.stream, &local(p), &mut scratch) }
+                    .map_err(|e| link_err(t, "receiving READ data", &e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A served window over a plain buffer.
+    struct Fake {
+        buf: Mutex<Vec<u8>>,
+        addr: u64,
+        len: u64,
+        token: u64,
+    }
+
+    impl Fake {
+        fn new(len: usize, token: u64) -> Arc<Self> {
+            let mut v = vec![0u8; len];
+            let addr = v.as_mut_ptr() as u64;
+            Arc::new(Self {
+                buf: Mutex::new(v),
+                addr,
+                len: len as u64,
+                token,
+            })
+        }
+
+        fn bytes(&self, at: usize, n: usize) -> Vec<u8> {
+            lock(&self.buf)[at..at + n].to_vec()
+        }
+    }
+
+    impl Served for Fake {
+        fn pin(&self, token: u64, offset: u64, span: u64) -> Result<Pinned<'_>> {
+            if token != self.token {
+                return Err(Error::new(ErrorCode::ObjectNotExists, "other generation"));
+            }
+            if offset.checked_add(span).is_none_or(|e| e > self.len) {
+                return Err(Error::invalid("outside the window"));
+            }
+            Ok(Pinned {
+                addr: self.addr + offset,
+                device: None,
+                _hold: Box::new(()),
+            })
+        }
+    }
+
+    const T: Duration = Duration::from_secs(5);
+
+    fn xfer(peer: SocketAddr, op: Op, off: u64, local: &mut [u8], token: u64) -> Transfer<'static> {
+        Transfer {
+            peer,
+            rank: 1,
+            object: 7,
+            token,
+            op,
+            remote_offset: off,
+            remote_pitch: local.len() as u64,
+            local: local.as_mut_ptr() as u64,
+            local_pitch: local.len() as u64,
+            width: local.len() as u64,
+            height: 1,
+            local_device: None,
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn write_read_refuse_over_loopback() {
+        let server = Server::start("127.0.0.1".parse().expect("ip"), T).expect("server");
+        let fake = Fake::new(8 << 20, 5);
+        let weak: Weak<dyn Served> = Arc::downgrade(&fake) as Weak<dyn Served>;
+        server.serve(7, weak);
+        let pool = Pool::default();
+        let peer = server.addr();
+        // 5 MiB + 3: several chunks, pipelined.
+        let mut data: Vec<u8> = (0..(5 << 20) + 3).map(|i| (i % 251) as u8).collect();
+        // SAFETY: `data` is a live buffer for the whole call.
+        unsafe { pool.transfer(&xfer(peer, Op::Write, 1000, &mut data, 5), T) }.expect("write");
+        assert!(fake.bytes(1000, data.len()) == data);
+        let mut back = vec![0u8; data.len()];
+        // SAFETY: as above.
+        unsafe { pool.transfer(&xfer(peer, Op::Read, 1000, &mut back, 5), T) }.expect("read");
+        assert!(back == data);
+        // 2D: 3 rows of 10 bytes, remote pitch 100, local pitch 16.
+        let mut rows = [0u8; 42];
+        for (i, b) in rows.iter_mut().enumerate() {
+            *b = i as u8 + 1;
+        }
+        let mut t = xfer(peer, Op::Write, 50, &mut rows, 5);
+        (t.width, t.height, t.remote_pitch, t.local_pitch) = (10, 3, 100, 16);
+        // SAFETY: 3 rows of 10 bytes at pitch 16 lie inside `rows` (42 bytes).
+        unsafe { pool.transfer(&t, T) }.expect("2d");
+        assert_eq!(fake.bytes(150, 10), rows[16..26]);
+        assert_eq!(fake.bytes(250, 10), rows[32..42]);
+        // Refusals: wrong generation, out of range, unknown object; the link stays usable.
+        let mut one = [9u8; 16];
+        // SAFETY: `one` is live.
+        let e = unsafe { pool.transfer(&xfer(peer, Op::Write, 0, &mut one, 6), T) }
+            .expect_err("stale token");
+        assert_eq!(e.code(), ErrorCode::ObjectNotExists, "{e}");
+        // SAFETY: `one` is live.
+        let e = unsafe { pool.transfer(&xfer(peer, Op::Read, (8 << 20) - 8, &mut one, 5), T) }
+            .expect_err("past the end");
+        assert_eq!(e.code(), ErrorCode::InvalidParam, "{e}");
+        let mut t = xfer(peer, Op::Write, 0, &mut one, 5);
+        t.object = 8;
+        // SAFETY: `one` is live.
+        let e = unsafe { pool.transfer(&t, T) }.expect_err("unknown object");
+        assert_eq!(e.code(), ErrorCode::ObjectNotExists, "{e}");
+        assert_eq!(
+            fake.bytes(0, 16),
+            [0u8; 16],
+            "refused writes touched the window"
+        );
+        // SAFETY: `one` is live.
+        unsafe { pool.transfer(&xfer(peer, Op::Write, 0, &mut one, 5), T) }
+            .expect("after refusals");
+        assert_eq!(fake.bytes(0, 16), [9u8; 16]);
+        server.shutdown();
+        pool.clear();
+    }
+
+    /// A cached connection the server closed meanwhile (idle close, restart) is replaced
+    /// transparently: the next copy succeeds.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn closed_cached_connection_is_replaced() {
+        let server = Server::start("127.0.0.1".parse().expect("ip"), T).expect("server");
+        let fake = Fake::new(1 << 20, 5);
+        server.serve(7, Arc::downgrade(&fake) as Weak<dyn Served>);
+        let pool = Pool::default();
+        let mut one = [4u8; 64];
+        // SAFETY: `one` is live.
+        unsafe { pool.transfer(&xfer(server.addr(), Op::Write, 0, &mut one, 5), T) }
+            .expect("first");
+        for (_, (_, c)) in lock(&server.shared.conns).iter() {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let mut two = [5u8; 64];
+        // SAFETY: `two` is live.
+        unsafe { pool.transfer(&xfer(server.addr(), Op::Write, 64, &mut two, 5), T) }
+            .expect("after the server closed the cached connection");
+        assert_eq!(fake.bytes(64, 64), [5u8; 64]);
+        server.shutdown();
+    }
+
+    /// Garbage gets the connection closed (the reason is logged); the server keeps serving.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn garbage_closes_the_connection() {
+        let server = Server::start("127.0.0.1".parse().expect("ip"), T).expect("server");
+        let fake = Fake::new(1 << 20, 5);
+        server.serve(7, Arc::downgrade(&fake) as Weak<dyn Served>);
+        let closed = |s: &mut TcpStream| {
+            s.set_read_timeout(Some(T)).expect("timeout");
+            let mut b = [0u8; 64];
+            let start = Instant::now();
+            loop {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) if start.elapsed() < T => {}
+                    Ok(_) => return false,
+                }
+            }
+        };
+        // Not a hello.
+        let mut s = TcpStream::connect(server.addr()).expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("send");
+        assert!(closed(&mut s));
+        // A hello, then a header with an unknown op.
+        let mut s = TcpStream::connect(server.addr()).expect("connect");
+        let hello = Hello {
+            version: VERSION,
+            flags: 0,
+            status: 0,
+        };
+        s.write_all(&hello.emit()).expect("hello");
+        let mut hb = [0u8; HELLO_LEN];
+        s.read_exact(&mut hb).expect("hello answer");
+        assert_eq!(Hello::parse(&hb).expect("hello").status, 0);
+        let mut bad = [0u8; REQUEST_LEN];
+        bad[0] = super::super::wire::REQUEST_MAGIC;
+        bad[1] = 77;
+        s.write_all(&bad).expect("garbage");
+        assert!(closed(&mut s));
+        // A hello asking for TLS is refused.
+        let mut s = TcpStream::connect(server.addr()).expect("connect");
+        let tls = Hello {
+            flags: FLAG_TLS,
+            ..hello
+        };
+        s.write_all(&tls.emit()).expect("hello");
+        s.read_exact(&mut hb).expect("hello answer");
+        assert_eq!(
+            Hello::parse(&hb).expect("hello").status,
+            ErrorCode::NotSupported.code()
+        );
+        assert!(closed(&mut s));
+        // Still serving.
+        let pool = Pool::default();
+        let mut one = [3u8; 8];
+        // SAFETY: `one` is live.
+        unsafe { pool.transfer(&xfer(server.addr(), Op::Write, 8, &mut one, 5), T) }.expect("ok");
+        server.shutdown();
+    }
+
+    /// A peer that dies mid-WRITE: the copy is an error, never a success.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn peer_dying_mid_copy_is_an_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let peer = listener.local_addr().expect("addr");
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut hb = [0u8; HELLO_LEN];
+            s.read_exact(&mut hb).expect("hello");
+            let ok = Hello {
+                version: VERSION,
+                flags: 0,
+                status: 0,
+            };
+            s.write_all(&ok.emit()).expect("answer");
+            // Take 1 MiB of the copy, then die.
+            let mut sink = vec![0u8; 1 << 20];
+            s.read_exact(&mut sink).expect("some data");
+        });
+        let pool = Pool::default();
+        let mut data = vec![1u8; 16 << 20];
+        let start = Instant::now();
+        // SAFETY: `data` is live.
+        let e = unsafe { pool.transfer(&xfer(peer, Op::Write, 0, &mut data, 5), T) }
+            .expect_err("a cut-off copy is not a success");
+        assert!(
+            matches!(e.code(), ErrorCode::IoError | ErrorCode::Timeout),
+            "{e}"
+        );
+        assert!(start.elapsed() < T, "took {:?}", start.elapsed());
+        t.join().expect("fake peer");
+    }
+
+    fn transfer(width: u64, height: u64, rp: u64, lp: u64) -> Transfer<'static> {
+        Transfer {
+            peer: "127.0.0.1:1".parse().expect("addr"),
+            rank: 1,
+            object: 0,
+            token: 1,
+            op: Op::Write,
+            remote_offset: 100,
+            remote_pitch: rp,
+            local: 1000,
+            local_pitch: lp,
+            width,
+            height,
+            local_device: None,
+        }
+    }
+
+    #[test]
+    fn pieces_cover_every_byte_once() {
+        let p = pieces(&transfer(5 * CHUNK / 2, 1, 0, 0));
+        assert_eq!(
+            p.iter().map(|x| (x.remote, x.width)).collect::<Vec<_>>(),
+            [
+                (100, CHUNK),
+                (100 + CHUNK, CHUNK),
+                (100 + 2 * CHUNK, CHUNK / 2)
+            ]
+        );
+        let p = pieces(&transfer(4096, 1, 4096, 4096));
+        assert_eq!(
+            p,
+            [Piece {
+                remote: 100,
+                local: 1000,
+                width: 4096,
+                rows: 1
+            }]
+        );
+        // Rows grouped up to CHUNK bytes per request.
+        let rows = 3 * CHUNK / 1000;
+        let p = pieces(&transfer(1000, rows, 3000, 1200));
+        assert_eq!(p.iter().map(|x| x.rows).sum::<u64>(), rows);
+        assert!(p.iter().all(|x| x.rows * x.width <= CHUNK));
+        assert_eq!(p[1].remote, 100 + p[0].rows * 3000);
+        assert_eq!(p[1].local, 1000 + p[0].rows * 1200);
+        // Rows wider than a chunk are split per row.
+        let p = pieces(&transfer(CHUNK + 1, 2, 2 * CHUNK, 3 * CHUNK));
+        assert_eq!(p.len(), 4);
+        assert_eq!(p[2].remote, 100 + 2 * CHUNK);
+        assert_eq!(p[3].local, 1000 + 3 * CHUNK + CHUNK);
+        assert_eq!(p[3].width, 1);
+    }
+}
