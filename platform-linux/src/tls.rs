@@ -1087,4 +1087,4 @@ const SPLIT_WRITE_CHUNK: usize = 256 * 1024;
 static GLOBAL: RwLock<Option<Arc<LoadedTls>>> = RwLock::new(None);
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

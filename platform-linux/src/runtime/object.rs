@@ -445,10 +445,7 @@ impl BmObject {
                 ))
             })?;
         let id = args.id;
-        let node = if transport::uses_transport(args.data_op) && transport::tls_enabled() {
-            transport::note_tls_refusal();
-            None
-        } else if transport::uses_transport(args.data_op) {
+        let node = if transport::uses_transport(args.data_op) {
             if args.data_op & transport::DATA_OP_ROCE != 0 {
                 transport::note_roce_fallback();
             }
@@ -1154,13 +1151,6 @@ impl BmObject {
     #[cold]
     fn unreachable(&self, rank: u32, state: u8) -> Error {
         match state {
-            REMOTE if self.node.is_none() && transport::tls_enabled() => Error::new(
-                ErrorCode::NotSupported,
-                format!(
-                    "rank {rank}'s window of BM object {} is on another host; the network transport cannot use TLS yet and TLS is enabled, so it is not reachable",
-                    self.id
-                ),
-            ),
             REMOTE if self.node.is_none() => Error::new(
                 ErrorCode::NotSupported,
                 format!(

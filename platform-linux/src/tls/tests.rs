@@ -16,7 +16,7 @@ use smem_core::ErrorCode;
 use super::*;
 
 #[path = "../../tests/support/pki.rs"]
-mod pki;
+pub(crate) mod pki;
 
 use pki::{Ca, LeafSpec, Pki, TempDir};
 

@@ -29,11 +29,14 @@
 //! bytes violating the protocol has its connection closed with the reason logged.
 //!
 //! # TLS
-//! Not in this build. The hook is [`tls_enabled`] (TLS configured with `smem_set_ssl_option`,
-//! i.e. [`crate::tls::global`]): then the transport is not started rather than moving pool data
-//! in clear text; objects still work on their host, windows of other hosts answer
-//! `SM_NOT_SUPPORTED` saying why, and [`engines_available`] reports nothing. The TLS engine
-//! wraps each connection after the hello exchange (see the `tcp` module docs) and lifts this.
+//! When TLS is configured (`smem_set_ssl_option`, i.e. [`crate::tls::global`] when the `Node`
+//! starts), every transport connection runs mutual TLS 1.3 with the store's certificates: the
+//! hello (in clear) carries the TLS flag both ways, then the client starts the handshake and
+//! every request, reply and data byte goes inside TLS. Both sides present certificates chaining
+//! to the CA (CRLs honoured); the client checks the server certificate's IP SANs against the
+//! endpoint's IP as the store client does. Data is staged through a buffer (no zero-copy on
+//! this path). A TLS peer and a plaintext peer refuse each other at the hello with an error
+//! saying so (`SM_TLS_ERROR` at the client), never a hang.
 //!
 //! # For SHM
 //! [`engines_available`] tells which network data operations this process can serve;
@@ -47,12 +50,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Once, Weak};
 use std::time::Duration;
 
-use log::{info, warn};
-use smem_core::ErrorCode;
+use log::info;
 
 pub(crate) use self::tcp::{Pinned, Served, Transfer};
 pub(crate) use self::wire::Op;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Env var: connections one large copy (16 MiB and more) is spread over, `1..=16`; default 4.
 pub const STREAMS_ENV: &str = "SMEM_TRANSPORT_STREAMS";
@@ -63,7 +65,6 @@ pub const DATA_OP_ROCE: u32 = 1 << 1;
 pub const DATA_OP_HOST_TCP: u32 = 1 << 2;
 
 static ROCE_NOTE: Once = Once::new();
-static TLS_NOTE: Once = Once::new();
 
 /// Whether a BM object created with `data_op_type` serves and reaches windows over the network.
 pub fn uses_transport(data_op_type: u32) -> bool {
@@ -71,30 +72,17 @@ pub fn uses_transport(data_op_type: u32) -> bool {
 }
 
 /// The BM data operations (`smem_bm_data_op_type` bits) the network transport of this process
-/// can serve: `HOST_TCP | ROCE` (ROCE is carried by TCP in this build), or 0 while TLS is
-/// enabled (the transport cannot provide it yet). Cheap (no I/O); callable at any time, from
+/// can serve: `HOST_TCP | ROCE` (ROCE is carried by TCP in this build, with TLS when enabled).
+/// Cheap (no I/O); callable at any time, from
 /// any thread. SHM maps a non-zero answer to `SMEMS_DATA_OP_ROCE` for peers on other hosts.
 pub fn engines_available() -> u32 {
-    if tls_enabled() {
-        0
-    } else {
-        DATA_OP_HOST_TCP | DATA_OP_ROCE
-    }
+    DATA_OP_HOST_TCP | DATA_OP_ROCE
 }
 
-/// TLS hook: whether the process configured TLS (`smem_set_ssl_option` with `enableTls`). The
-/// transport does not speak TLS yet, so it is not started while this holds.
+/// Whether the process configured TLS (`smem_set_ssl_option` with `enableTls`): a transport
+/// started now runs mutual TLS.
 pub fn tls_enabled() -> bool {
     crate::tls::global().is_some()
-}
-
-/// Logs, once per process, that cross-host windows are unreachable because of TLS.
-pub(crate) fn note_tls_refusal() {
-    TLS_NOTE.call_once(|| {
-        warn!(
-            "transport: TLS is enabled and the network transport cannot use TLS yet; windows of ranks on other hosts are not reachable (SM_NOT_SUPPORTED)"
-        );
-    });
 }
 
 /// Whether this machine has an RDMA device (`/sys/class/infiniband` lists one).
@@ -126,22 +114,21 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// Starts serving on `ip` (port 0).
+    /// Starts serving on `ip` (port 0), with mutual TLS when [`crate::tls::global`] is set.
     ///
     /// # Errors
-    /// `SM_NOT_SUPPORTED` when TLS is enabled; the bind / thread error.
+    /// The bind / thread error.
     pub(crate) fn start(ip: IpAddr, timeout: Duration) -> Result<Arc<Self>> {
-        if tls_enabled() {
-            return Err(Error::new(
-                ErrorCode::NotSupported,
-                "TLS is enabled, but the network transport (SMEMB_DATA_OP_HOST_TCP / ROCE) cannot use TLS in this build; create the object without HOST_TCP/ROCE or disable TLS",
-            ));
-        }
-        let server = tcp::Server::start(ip, timeout)?;
-        info!("transport: serving windows at {}", server.addr());
+        let tls = crate::tls::global();
+        let server = tcp::Server::start(ip, timeout, tls.clone())?;
+        info!(
+            "transport: serving windows at {}{}",
+            server.addr(),
+            if tls.is_some() { " (mutual TLS)" } else { "" }
+        );
         Ok(Arc::new(Self {
             server,
-            pool: tcp::Pool::default(),
+            pool: tcp::Pool::new(tls),
             timeout,
         }))
     }

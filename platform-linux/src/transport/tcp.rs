@@ -20,11 +20,14 @@
 //! A copy returns `Ok` only when every request was acknowledged; a peer that dies mid-copy
 //! gives an error (its socket resets at once; a silent peer after the timeout).
 //!
-//! # TLS hook
-//! The hello carries [`FLAG_TLS`]; this build never sets it and refuses it. The TLS engine
-//! wraps the stream right after the hello exchange (both ends, mutual TLS with the store's
-//! certificates) and replaces the raw `recv`/`send` of [`Conn`]'s methods with the TLS
-//! stream's; until then [`super::tls_enabled`] keeps the transport from starting.
+//! # TLS
+//! With TLS (server and pool built with the loaded settings), the hello carries [`FLAG_TLS`]
+//! both ways; a hello whose flag differs from ours is refused (the answer carries our flag, so
+//! the client says which side lacks TLS). Right after the hello the client starts the TLS 1.3
+//! handshake over the same socket (blocking rustls streams, one thread per connection on the
+//! server as for plain connections), and [`Link`] carries every later byte inside TLS: data is
+//! staged through a buffer and small writes are coalesced until a message is complete. The
+//! plaintext path is unchanged (zero-copy `recv`/`send` on the mapped bytes).
 // The copy paths take raw addresses of mapped windows and of the caller's memory; the `unsafe`
 // blocks here forward those contracts to `sys::net` and the device copy, each with a SAFETY note.
 #![allow(unsafe_code)]
@@ -32,7 +35,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
@@ -48,6 +51,7 @@ use super::wire::{
 use crate::device::{CopyDirection, Device};
 use crate::sys;
 use crate::sys::fork::DetachOnFork;
+use crate::tls::LoadedTls;
 use crate::{Error, Result};
 
 /// Bytes per request of a large copy.
@@ -123,11 +127,163 @@ fn usize_of(v: u64) -> io::Result<usize> {
     usize::try_from(v).map_err(|_| io::Error::other("length exceeds the address space"))
 }
 
-/// Receives `rows.len()` bytes from `fd` into `rows`.
+/// Both ways of carrying the transport's bytes on one connection: the plain socket (data moves
+/// straight between the socket and memory) or a TLS stream (data is staged through a buffer and
+/// encrypted; writes are coalesced until a message is complete).
+enum Link<'a> {
+    Plain(&'a TcpStream),
+    Tls(&'a mut TlsWire),
+}
+
+/// Bytes gathered before the TLS stream is written, so a header and its payload share records.
+const TLS_OUT_MAX: usize = 256 * 1024;
+
+/// A TLS connection of the transport (client or server side).
+struct TlsWire {
+    /// Keeps the stream's own descriptor out of forked children; declared first.
+    _detach: DetachOnFork,
+    io: Box<dyn TlsIo>,
+    /// Plaintext waiting to be written (see [`Link::send`]).
+    out: Vec<u8>,
+    /// Plaintext staging for reads into raw memory.
+    buf: Vec<u8>,
+}
+
+trait TlsIo: Read + io::Write + Send {}
+impl<T: Read + io::Write + Send> TlsIo for T {}
+
+impl TlsWire {
+    fn new(fd: std::os::fd::RawFd, io: Box<dyn TlsIo>) -> Self {
+        Self {
+            _detach: DetachOnFork::from_raw(fd),
+            io,
+            out: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            let r = self.io.write_all(&self.out).and_then(|()| self.io.flush());
+            self.out.clear();
+            r.map_err(tls_timeout)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for TlsWire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsWire").finish_non_exhaustive()
+    }
+}
+
+/// A TLS stream reports a socket timeout as `WouldBlock`; the transport reports `TimedOut`.
+fn tls_timeout(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no progress within the socket timeout",
+        )
+    } else {
+        e
+    }
+}
+
+impl Link<'_> {
+    /// Fills `buf`.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            Link::Plain(s) => sys::net::recv_slice(s.as_fd(), buf),
+            Link::Tls(t) => t.io.read_exact(buf).map_err(tls_timeout),
+        }
+    }
+
+    /// Sends `data`; `more` = more of the same message follows at once.
+    fn send(&mut self, data: &[u8], more: bool) -> io::Result<()> {
+        match self {
+            Link::Plain(s) => sys::net::send_slice(s.as_fd(), data, more),
+            Link::Tls(t) => {
+                t.out.extend_from_slice(data);
+                if !more || t.out.len() >= TLS_OUT_MAX {
+                    t.flush()?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Receives `len` bytes into `dst`.
+    ///
+    /// # Safety
+    /// As [`sys::net::recv_exact`].
+    unsafe fn recv_raw(&mut self, dst: *mut u8, len: usize) -> io::Result<()> {
+        match self {
+            // SAFETY: forwarded contract.
+            Link::Plain(s) => unsafe { sys::net::recv_exact(s.as_fd(), dst, len) },
+            Link::Tls(t) => {
+                t.buf.resize(TLS_OUT_MAX.min(len.max(1)), 0);
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(t.buf.len());
+                    t.io.read_exact(&mut t.buf[..n]).map_err(tls_timeout)?;
+                    // SAFETY: `dst + done .. + n` is inside the caller's writable range; `buf`
+                    // is our own buffer, disjoint from it.
+                    unsafe { std::ptr::copy_nonoverlapping(t.buf.as_ptr(), dst.add(done), n) };
+                    done += n;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends the `len` bytes at `src`; `more` as [`Self::send`].
+    ///
+    /// # Safety
+    /// As [`sys::net::send_all`].
+    unsafe fn send_raw(&mut self, src: *const u8, len: usize, more: bool) -> io::Result<()> {
+        match self {
+            // SAFETY: forwarded contract.
+            Link::Plain(s) => unsafe { sys::net::send_all(s.as_fd(), src, len, more) },
+            Link::Tls(t) => {
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(TLS_OUT_MAX);
+                    let at = t.out.len();
+                    t.out.reserve(n);
+                    // SAFETY: `src + done .. + n` is readable by the caller's contract; `out`
+                    // has room for `n` more bytes past `at` (reserved) and is our own buffer.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(src.add(done), t.out.as_mut_ptr().add(at), n);
+                        t.out.set_len(at + n);
+                    }
+                    done += n;
+                    if t.out.len() >= TLS_OUT_MAX {
+                        t.flush()?;
+                    }
+                }
+                if !more {
+                    t.flush()?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// One read of at most `buf.len()` bytes (`Ok(0)`: the peer closed).
+    fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Link::Plain(s) => (&**s).read(buf),
+            Link::Tls(t) => t.io.read(buf),
+        }
+    }
+}
+
+/// Receives `rows.len()` bytes from `link` into `rows`.
 ///
 /// # Safety
 /// Every row of `rows` must be writable (in the memory `rows.device` names) for the call.
-unsafe fn recv_rows(fd: &TcpStream, rows: &Rows<'_>, scratch: &mut Vec<u8>) -> io::Result<()> {
+unsafe fn recv_rows(link: &mut Link<'_>, rows: &Rows<'_>, scratch: &mut Vec<u8>) -> io::Result<()> {
     let (width, pitch, n) = (
         usize_of(rows.width)?,
         usize_of(rows.pitch)?,
@@ -135,7 +291,7 @@ unsafe fn recv_rows(fd: &TcpStream, rows: &Rows<'_>, scratch: &mut Vec<u8>) -> i
     );
     if rows.gathered() {
         scratch.resize(usize_of(rows.len())?, 0);
-        sys::net::recv_slice(fd.as_fd(), scratch)?;
+        link.recv(scratch)?;
         let dst = rows.addr as *mut u8;
         match rows.device {
             // SAFETY: `scratch` holds `n` rows of `width` bytes; the rows at `dst` are writable
@@ -160,17 +316,17 @@ unsafe fn recv_rows(fd: &TcpStream, rows: &Rows<'_>, scratch: &mut Vec<u8>) -> i
     for r in 0..n {
         // SAFETY: row `r` lies at `addr + r * pitch` and is writable for `width` bytes by this
         // function's contract (the row span was checked for overflow by the caller).
-        unsafe { sys::net::recv_exact(fd.as_fd(), (rows.addr as *mut u8).add(r * pitch), width)? };
+        unsafe { link.recv_raw((rows.addr as *mut u8).add(r * pitch), width)? };
     }
     Ok(())
 }
 
-/// Sends the bytes of `rows` on `fd`; `more` = more data follows at once.
+/// Sends the bytes of `rows` on `link`; `more` = more data follows at once.
 ///
 /// # Safety
 /// Every row of `rows` must be readable (in the memory `rows.device` names) for the call.
 unsafe fn send_rows(
-    fd: &TcpStream,
+    link: &mut Link<'_>,
     rows: &Rows<'_>,
     scratch: &mut Vec<u8>,
     more: bool,
@@ -203,14 +359,13 @@ unsafe fn send_rows(
                 sys::copy::copy_2d(src, pitch, scratch.as_mut_ptr(), width, width, n)
             },
         }
-        return sys::net::send_slice(fd.as_fd(), scratch, more);
+        return link.send(scratch, more);
     }
     for r in 0..n {
         let last = r + 1 == n;
         // SAFETY: row `r` is readable for `width` bytes by this function's contract.
         unsafe {
-            sys::net::send_all(
-                fd.as_fd(),
+            link.send_raw(
                 (rows.addr as *const u8).add(r * pitch),
                 width,
                 more || !last,
@@ -221,12 +376,12 @@ unsafe fn send_rows(
 }
 
 /// Reads and throws away `len` bytes (the payload of a refused WRITE).
-fn discard(fd: &TcpStream, len: u64, scratch: &mut Vec<u8>) -> io::Result<()> {
+fn discard(link: &mut Link<'_>, len: u64, scratch: &mut Vec<u8>) -> io::Result<()> {
     let mut left = len;
     scratch.resize(64 * 1024, 0);
     while left > 0 {
         let n = left.min(scratch.len() as u64) as usize;
-        sys::net::recv_slice(fd.as_fd(), &mut scratch[..n])?;
+        link.recv(&mut scratch[..n])?;
         left -= n as u64;
     }
     Ok(())
@@ -247,6 +402,8 @@ struct ServerShared {
     next_conn: AtomicU64,
     stop: AtomicBool,
     timeout: Duration,
+    /// Set when connections must run mutual TLS.
+    tls: Option<Arc<LoadedTls>>,
 }
 
 impl ServerShared {
@@ -269,8 +426,12 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Binds `ip:0` and starts accepting.
-    pub(crate) fn start(ip: IpAddr, timeout: Duration) -> Result<Self> {
+    /// Binds `ip:0` and starts accepting; with `tls`, every connection runs mutual TLS.
+    pub(crate) fn start(
+        ip: IpAddr,
+        timeout: Duration,
+        tls: Option<Arc<LoadedTls>>,
+    ) -> Result<Self> {
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).map_err(|e| {
             Error::io(
                 format_args!("transport: binding a data listener on {ip}"),
@@ -286,6 +447,7 @@ impl Server {
             next_conn: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             timeout,
+            tls,
         });
         let sh = Arc::clone(&shared);
         let t = std::thread::Builder::new()
@@ -398,10 +560,10 @@ fn accept_loop(listener: &TcpListener, sh: &Arc<ServerShared>) {
 
 /// Waits for the next request header; `Ok(false)` when the peer closed between requests, the
 /// server stops, or the connection was idle for [`IDLE_CLOSE`] (the client's pool reconnects).
-fn read_header(s: &TcpStream, sh: &ServerShared, hdr: &mut [u8; REQUEST_LEN]) -> Result<bool> {
+fn read_header(s: &mut Link<'_>, sh: &ServerShared, hdr: &mut [u8; REQUEST_LEN]) -> Result<bool> {
     let idle_since = std::time::Instant::now();
     let got = loop {
-        match (&*s).read(hdr) {
+        match s.read_some(hdr) {
             Ok(0) => return Ok(false),
             Ok(n) => break n,
             Err(e)
@@ -416,26 +578,33 @@ fn read_header(s: &TcpStream, sh: &ServerShared, hdr: &mut [u8; REQUEST_LEN]) ->
                     return Ok(false);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(false),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                return Ok(false);
+            }
             Err(e) => return Err(Error::io("reading a request", &e)),
         }
     };
     if got < REQUEST_LEN {
-        sys::net::recv_slice(s.as_fd(), &mut hdr[got..])
+        s.recv(&mut hdr[got..])
             .map_err(|e| Error::io("reading the rest of a request header", &e))?;
     }
     Ok(true)
 }
 
-fn send_reply(s: &TcpStream, reply: &Reply, msg: &[u8], more: bool) -> io::Result<()> {
-    sys::net::send_slice(s.as_fd(), &reply.emit(), more || !msg.is_empty())?;
+fn send_reply(s: &mut Link<'_>, reply: &Reply, msg: &[u8], more: bool) -> io::Result<()> {
+    s.send(&reply.emit(), more || !msg.is_empty())?;
     if !msg.is_empty() {
-        sys::net::send_slice(s.as_fd(), msg, more)?;
+        s.send(msg, more)?;
     }
     Ok(())
 }
 
-fn error_reply(s: &TcpStream, req: &Request, e: &Error) -> io::Result<()> {
+fn error_reply(s: &mut Link<'_>, req: &Request, e: &Error) -> io::Result<()> {
     let mut msg = e.message().as_bytes();
     msg = &msg[..msg.len().min(MAX_MESSAGE_LEN as usize)];
     let reply = Reply {
@@ -448,27 +617,55 @@ fn error_reply(s: &TcpStream, req: &Request, e: &Error) -> io::Result<()> {
     send_reply(s, &reply, msg, false)
 }
 
+/// Runs the server side of the TLS handshake on `s` (bounded by its socket timeouts): the
+/// client must present a certificate chaining to the CA (CRLs honoured).
+fn server_handshake(s: &TcpStream, tls: &LoadedTls) -> Result<TlsWire> {
+    let mut conn = rustls::ServerConnection::new(crate::tls::server_config(tls))
+        .map_err(|e| Error::new(ErrorCode::TlsError, format!("TLS server session: {e}")))?;
+    let mut sock = s
+        .try_clone()
+        .map_err(|e| Error::io("TLS handshake: cloning the socket", &e))?;
+    while conn.is_handshaking() {
+        match conn.complete_io(&mut sock) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(crate::tls::stream_error("TLS handshake", &e)),
+        }
+    }
+    let fd = sock.as_raw_fd();
+    Ok(TlsWire::new(
+        fd,
+        Box::new(rustls::StreamOwned::new(conn, sock)),
+    ))
+}
+
 /// Serves one connection until it closes. `Err` = a reason to log.
 fn serve_conn(s: &TcpStream, sh: &ServerShared) -> Result<()> {
     set_timeouts(s, sh.timeout).map_err(|e| Error::io("configuring the socket", &e))?;
     let mut hb = [0u8; HELLO_LEN];
     sys::net::recv_slice(s.as_fd(), &mut hb).map_err(|e| Error::io("reading the hello", &e))?;
     let hello = Hello::parse(&hb).map_err(|why| Error::new(ErrorCode::ProtocolError, why))?;
+    let ours = if sh.tls.is_some() { FLAG_TLS } else { 0 };
     let refuse = if hello.version != VERSION {
         Some(format!(
             "protocol version {} (ours is {VERSION})",
             hello.version
         ))
-    } else if hello.flags & FLAG_TLS != 0 {
-        Some("the peer asks for TLS, which this build's transport does not have".to_owned())
-    } else if hello.flags != 0 {
+    } else if hello.flags & !FLAG_TLS != 0 {
         Some(format!("unknown hello flags {:#x}", hello.flags))
+    } else if hello.flags & FLAG_TLS != 0 && ours == 0 {
+        Some(
+            "the peer asks for TLS, but TLS is not enabled in this process (smem_set_ssl_option)"
+                .to_owned(),
+        )
+    } else if hello.flags & FLAG_TLS == 0 && ours != 0 {
+        Some("the peer does not use TLS, and this process requires it (TLS is enabled)".to_owned())
     } else {
         None
     };
     let answer = Hello {
         version: VERSION,
-        flags: 0,
+        flags: ours,
         status: if refuse.is_some() {
             ErrorCode::NotSupported.code()
         } else {
@@ -480,6 +677,15 @@ fn serve_conn(s: &TcpStream, sh: &ServerShared) -> Result<()> {
     if let Some(why) = refuse {
         return Err(Error::new(ErrorCode::NotSupported, why));
     }
+    let mut wire = match &sh.tls {
+        Some(tls) => Some(server_handshake(s, tls)?),
+        None => None,
+    };
+    let mut link = match &mut wire {
+        Some(w) => Link::Tls(w),
+        None => Link::Plain(s),
+    };
+    let s = &mut link;
     let mut scratch = Vec::new();
     let mut hdr = [0u8; REQUEST_LEN];
     let io = |what: &'static str| move |e: io::Error| Error::io(what, &e);
@@ -626,20 +832,33 @@ fn pieces(t: &Transfer<'_>) -> Vec<Piece> {
     out
 }
 
-/// A client connection (the TLS engine adds its stream here).
+/// A client connection.
 #[derive(Debug)]
 struct Conn {
     /// Keeps the socket out of forked children; declared first, so it is unregistered before
     /// the stream closes.
     _detach: DetachOnFork,
     stream: TcpStream,
+    /// The TLS stream (over a clone of `stream`) when the transport runs TLS.
+    tls: Option<TlsWire>,
     next_seq: u32,
+}
+
+impl Conn {
+    fn link(&mut self) -> Link<'_> {
+        match &mut self.tls {
+            Some(w) => Link::Tls(w),
+            None => Link::Plain(&self.stream),
+        }
+    }
 }
 
 /// Cached connections per peer.
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
+    /// Set when connections must run mutual TLS.
+    tls: Option<Arc<LoadedTls>>,
 }
 
 /// Why a transfer attempt failed: worth one retry on a fresh connection or not.
@@ -651,6 +870,14 @@ enum Failure {
 }
 
 impl Pool {
+    /// An empty pool; with `tls`, every connection runs mutual TLS.
+    pub(crate) fn new(tls: Option<Arc<LoadedTls>>) -> Self {
+        Self {
+            idle: Mutex::default(),
+            tls,
+        }
+    }
+
     fn take(&self, peer: SocketAddr) -> Option<Conn> {
         lock(&self.idle).get_mut(&peer).and_then(Vec::pop)
     }
@@ -672,14 +899,15 @@ impl Pool {
         }
     }
 
-    fn connect(peer: SocketAddr, rank: u32, timeout: Duration) -> Result<Conn> {
+    fn connect(&self, peer: SocketAddr, rank: u32, timeout: Duration) -> Result<Conn> {
         let what = || format!("connecting to rank {rank}'s data endpoint {peer}");
         let stream = TcpStream::connect_timeout(&peer, timeout.max(Duration::from_millis(1)))
             .map_err(|e| Error::io(what(), &e))?;
         set_timeouts(&stream, timeout).map_err(|e| Error::io(what(), &e))?;
+        let ours = if self.tls.is_some() { FLAG_TLS } else { 0 };
         let hello = Hello {
             version: VERSION,
-            flags: 0,
+            flags: ours,
             status: 0,
         };
         sys::net::send_slice(stream.as_fd(), &hello.emit(), false)
@@ -688,6 +916,21 @@ impl Pool {
         sys::net::recv_slice(stream.as_fd(), &mut hb).map_err(|e| Error::io(what(), &e))?;
         let answer = Hello::parse(&hb)
             .map_err(|why| Error::new(ErrorCode::ProtocolError, format!("{}: {why}", what())))?;
+        let theirs = answer.flags & FLAG_TLS;
+        if answer.version == VERSION && theirs != ours {
+            return Err(Error::new(
+                ErrorCode::TlsError,
+                format!(
+                    "{}: {}",
+                    what(),
+                    if ours == 0 {
+                        "the peer's transport requires TLS, and TLS is not enabled in this process (smem_set_ssl_option)"
+                    } else {
+                        "TLS is enabled in this process, and the peer's transport does not use TLS"
+                    }
+                ),
+            ));
+        }
         if answer.status != 0 || answer.version != VERSION {
             return Err(Error::new(
                 ErrorCode::NotSupported,
@@ -699,9 +942,27 @@ impl Pool {
                 ),
             ));
         }
+        let tls = match &self.tls {
+            Some(tls) => {
+                let sock = stream.try_clone().map_err(|e| Error::io(what(), &e))?;
+                let fd = sock.as_raw_fd();
+                // Server identity: its certificate's IP SANs against the endpoint's IP, as
+                // the store client checks them.
+                let s = crate::tls::TlsStream::connect(
+                    sock,
+                    tls,
+                    peer.ip(),
+                    std::time::Instant::now() + timeout.max(Duration::from_millis(1)),
+                )
+                .map_err(|e| e.context(what()))?;
+                Some(TlsWire::new(fd, Box::new(s)))
+            }
+            None => None,
+        };
         Ok(Conn {
             _detach: DetachOnFork::new(stream.as_fd()),
             stream,
+            tls,
             next_seq: 0,
         })
     }
@@ -765,7 +1026,7 @@ impl Pool {
         loop {
             let (conn, cached) = match self.take(t.peer) {
                 Some(c) => (c, true),
-                None => (Self::connect(t.peer, t.rank, timeout)?, false),
+                None => (self.connect(t.peer, t.rank, timeout)?, false),
             };
             let mut conn = conn;
             // SAFETY: forwarded contract of this function.
@@ -810,6 +1071,15 @@ fn streams() -> usize {
 }
 
 fn link_err(t: &Transfer<'_>, what: &str, e: &io::Error) -> Failure {
+    if e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+    {
+        // Refused by TLS (e.g. our certificate): final, a reconnect would be refused too.
+        return Failure::Final(crate::tls::stream_error(
+            &format!("rank {}'s data endpoint {}: {what}", t.rank, t.peer),
+            e,
+        ));
+    }
     Failure::Link(Error::io(
         format_args!("rank {}'s data endpoint {}: {what}", t.rank, t.peer),
         e,
@@ -817,9 +1087,15 @@ fn link_err(t: &Transfer<'_>, what: &str, e: &io::Error) -> Failure {
 }
 
 /// Reads one reply header (and its message); checks it answers `seq`.
-fn read_reply(c: &Conn, t: &Transfer<'_>, op: Op, seq: u32) -> std::result::Result<Reply, Failure> {
+fn read_reply(
+    c: &mut Conn,
+    t: &Transfer<'_>,
+    op: Op,
+    seq: u32,
+) -> std::result::Result<Reply, Failure> {
     let mut b = [0u8; REPLY_LEN];
-    sys::net::recv_slice(c.stream.as_fd(), &mut b)
+    c.link()
+        .recv(&mut b)
         .map_err(|e| link_err(t, "waiting for the acknowledgement", &e))?;
     let proto = |why: &str| {
         Failure::Final(Error::new(
@@ -833,7 +1109,8 @@ fn read_reply(c: &Conn, t: &Transfer<'_>, op: Op, seq: u32) -> std::result::Resu
     }
     if reply.status != 0 {
         let mut msg = vec![0u8; reply.msg_len as usize];
-        sys::net::recv_slice(c.stream.as_fd(), &mut msg)
+        c.link()
+            .recv(&mut msg)
             .map_err(|e| link_err(t, "reading an error reply", &e))?;
         let code = ErrorCode::from_code(reply.status).unwrap_or(ErrorCode::Error);
         return Err(Failure::Final(Error::new(
@@ -885,10 +1162,11 @@ unsafe fn run(
         Op::Write => {
             for p in pieces {
                 let (seq, hdr) = request(c, p);
-                sys::net::send_slice(c.stream.as_fd(), &hdr, true)
+                c.link()
+                    .send(&hdr, true)
                     .map_err(|e| link_err(t, "sending a WRITE", &e))?;
                 // SAFETY: the local rows are readable by the caller's contract.
-                unsafe { send_rows(&c.stream, &local(p), &mut scratch, false) }
+                unsafe { send_rows(&mut c.link(), &local(p), &mut scratch, false) }
                     .map_err(|e| link_err(t, "sending WRITE data", &e))?;
                 waiting.push_back(seq);
                 if waiting.len() >= WRITE_WINDOW {
@@ -906,7 +1184,8 @@ unsafe fn run(
                 |c: &mut Conn, next: &mut usize, waiting: &mut std::collections::VecDeque<u32>| {
                     if let Some(p) = pieces.get(*next) {
                         let (seq, hdr) = request(c, p);
-                        sys::net::send_slice(c.stream.as_fd(), &hdr, false)
+                        c.link()
+                            .send(&hdr, false)
                             .map_err(|e| link_err(t, "sending a READ", &e))?;
                         waiting.push_back(seq);
                         *next += 1;
@@ -933,7 +1212,7 @@ unsafe fn run(
                 }
                 send_next(c, &mut next, &mut waiting)?;
                 // SAFETY: the local rows are writable by the caller's contract.
-                unsafe { recv_rows(&c.stream, &local(p), &mut scratch) }
+                unsafe { recv_rows(&mut c.link(), &local(p), &mut scratch) }
                     .map_err(|e| link_err(t, "receiving READ data", &e))?;
             }
         }
@@ -1011,7 +1290,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore)]
     fn write_read_refuse_over_loopback() {
-        let server = Server::start("127.0.0.1".parse().expect("ip"), T).expect("server");
+        let server = Server::start("127.0.0.1".parse().expect("ip"), T, None).expect("server");
         let fake = Fake::new(8 << 20, 5);
         let weak: Weak<dyn Served> = Arc::downgrade(&fake) as Weak<dyn Served>;
         server.serve(7, weak);
@@ -1070,7 +1349,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore)]
     fn closed_cached_connection_is_replaced() {
-        let server = Server::start("127.0.0.1".parse().expect("ip"), T).expect("server");
+        let server = Server::start("127.0.0.1".parse().expect("ip"), T, None).expect("server");
         let fake = Fake::new(1 << 20, 5);
         server.serve(7, Arc::downgrade(&fake) as Weak<dyn Served>);
         let pool = Pool::default();
@@ -1094,7 +1373,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore)]
     fn garbage_closes_the_connection() {
-        let server = Server::start("127.0.0.1".parse().expect("ip"), T).expect("server");
+        let server = Server::start("127.0.0.1".parse().expect("ip"), T, None).expect("server");
         let fake = Fake::new(1 << 20, 5);
         server.serve(7, Arc::downgrade(&fake) as Weak<dyn Served>);
         let closed = |s: &mut TcpStream| {
@@ -1149,6 +1428,144 @@ mod tests {
         // SAFETY: `one` is live.
         unsafe { pool.transfer(&xfer(server.addr(), Op::Write, 8, &mut one, 5), T) }.expect("ok");
         server.shutdown();
+    }
+
+    use crate::tls::tests::pki;
+
+    fn load(ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> Arc<LoadedTls> {
+        Arc::new(
+            crate::tls::TlsOptions::new(ca, cert, key)
+                .load()
+                .expect("TLS settings"),
+        )
+    }
+
+    /// Over mutual TLS: pipelined writes and reads, 2D, refusals inside TLS; a plaintext client,
+    /// a client with a certificate of another CA or expired, and a server whose certificate
+    /// names another IP are refused with an error (never a hang); the server keeps serving.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn tls_copies_and_refusals() {
+        let pki = pki::Pki::new("transport");
+        let server_tls = load(&pki.ca_file, &pki.server_cert, &pki.server_key);
+        let client_tls = load(&pki.ca_file, &pki.client_cert, &pki.client_key);
+        let server =
+            Server::start("127.0.0.1".parse().expect("ip"), T, Some(server_tls)).expect("server");
+        let fake = Fake::new(8 << 20, 5);
+        server.serve(7, Arc::downgrade(&fake) as Weak<dyn Served>);
+        let peer = server.addr();
+        let pool = Pool::new(Some(Arc::clone(&client_tls)));
+        let mut data: Vec<u8> = (0..(5 << 20) + 3).map(|i| (i % 253) as u8).collect();
+        // SAFETY: `data` is a live buffer for the whole call.
+        unsafe { pool.transfer(&xfer(peer, Op::Write, 1000, &mut data, 5), T) }.expect("write");
+        assert!(fake.bytes(1000, data.len()) == data);
+        let mut back = vec![0u8; data.len()];
+        // SAFETY: as above.
+        unsafe { pool.transfer(&xfer(peer, Op::Read, 1000, &mut back, 5), T) }.expect("read");
+        assert!(back == data);
+        // 2D with small rows (gathered) and a refusal on the same TLS connection.
+        let mut rows = [0u8; 42];
+        for (i, b) in rows.iter_mut().enumerate() {
+            *b = i as u8 + 100;
+        }
+        let mut t = xfer(peer, Op::Write, 50, &mut rows, 5);
+        (t.width, t.height, t.remote_pitch, t.local_pitch) = (10, 3, 100, 16);
+        // SAFETY: 3 rows of 10 bytes at pitch 16 lie inside `rows` (42 bytes).
+        unsafe { pool.transfer(&t, T) }.expect("2d");
+        assert_eq!(fake.bytes(250, 10), rows[32..42]);
+        let mut one = [9u8; 16];
+        // SAFETY: `one` is live.
+        let e = unsafe { pool.transfer(&xfer(peer, Op::Write, 0, &mut one, 6), T) }
+            .expect_err("stale token");
+        assert_eq!(e.code(), ErrorCode::ObjectNotExists, "{e}");
+
+        let refused = |pool: &Pool, peer: SocketAddr| {
+            let mut one = [7u8; 16];
+            let start = Instant::now();
+            // SAFETY: `one` is live.
+            let e = unsafe { pool.transfer(&xfer(peer, Op::Write, 0, &mut one, 5), T) }
+                .expect_err("refused");
+            assert!(start.elapsed() < T, "took {:?}", start.elapsed());
+            e
+        };
+        // A plaintext client.
+        let e = refused(&Pool::default(), peer);
+        assert_eq!(e.code(), ErrorCode::TlsError, "{e}");
+        assert!(e.message().contains("requires TLS"), "{e}");
+        // A client whose certificate is from another CA, or expired.
+        let other = pki::Ca::new("other CA");
+        let intruder = other.issue(&pki::LeafSpec::loopback("intruder", 66));
+        let cert = pki.dir.write("intruder.pem", intruder.cert_pem());
+        let key = pki.dir.write("intruder.key", intruder.key_pem());
+        let e = refused(&Pool::new(Some(load(&pki.ca_file, &cert, &key))), peer);
+        assert!(
+            matches!(e.code(), ErrorCode::TlsError | ErrorCode::IoError),
+            "{e}"
+        );
+        let mut old = pki::LeafSpec::loopback("old", 67);
+        old.expired = true;
+        let (cert, key) = pki.leaf_files("old", &old);
+        let e = refused(&Pool::new(Some(load(&pki.ca_file, &cert, &key))), peer);
+        assert!(
+            matches!(e.code(), ErrorCode::TlsError | ErrorCode::IoError),
+            "{e}"
+        );
+        // A TLS hello followed by plaintext: the handshake fails and the connection closes.
+        let mut s = TcpStream::connect(peer).expect("connect");
+        s.set_read_timeout(Some(T)).expect("timeout");
+        let hello = Hello {
+            version: VERSION,
+            flags: FLAG_TLS,
+            status: 0,
+        };
+        s.write_all(&hello.emit()).expect("hello");
+        let mut hb = [0u8; HELLO_LEN];
+        s.read_exact(&mut hb).expect("hello answer");
+        let answer = Hello::parse(&hb).expect("hello");
+        assert_eq!((answer.status, answer.flags), (0, FLAG_TLS));
+        s.write_all(&[0u8; REQUEST_LEN]).expect("plaintext");
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.len() < 64, "{rest:?}");
+        assert_eq!(
+            fake.bytes(0, 16),
+            [0u8; 16],
+            "refused peers touched the window"
+        );
+        // Still serving the good client (on a fresh connection too).
+        pool.clear();
+        let mut ok = [3u8; 16];
+        // SAFETY: `ok` is live.
+        unsafe { pool.transfer(&xfer(peer, Op::Write, 0, &mut ok, 5), T) }.expect("still serving");
+        assert_eq!(fake.bytes(0, 16), [3u8; 16]);
+
+        // A TLS client and a plaintext server.
+        let plain = Server::start("127.0.0.1".parse().expect("ip"), T, None).expect("server");
+        plain.serve(7, Arc::downgrade(&fake) as Weak<dyn Served>);
+        let e = refused(&pool, plain.addr());
+        assert_eq!(e.code(), ErrorCode::TlsError, "{e}");
+        assert!(e.message().contains("does not use TLS"), "{e}");
+        plain.shutdown();
+        // A server whose certificate names another IP than the endpoint's.
+        let spec = pki::LeafSpec {
+            ips: vec!["10.9.9.9".parse().expect("ip")],
+            dns: vec![],
+            ..pki::LeafSpec::loopback("elsewhere", 68)
+        };
+        let (cert, key) = pki.leaf_files("elsewhere", &spec);
+        let wrong = Server::start(
+            "127.0.0.1".parse().expect("ip"),
+            T,
+            Some(load(&pki.ca_file, &cert, &key)),
+        )
+        .expect("server");
+        wrong.serve(7, Arc::downgrade(&fake) as Weak<dyn Served>);
+        let e = refused(&pool, wrong.addr());
+        assert_eq!(e.code(), ErrorCode::TlsError, "{e}");
+        assert!(e.message().contains("10.9.9.9"), "{e}");
+        wrong.shutdown();
+        server.shutdown();
+        pool.clear();
     }
 
     /// A peer that dies mid-WRITE: the copy is an error, never a success.
