@@ -1349,10 +1349,29 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore)]
     fn closed_cached_connection_is_replaced() {
-        let server = Server::start("127.0.0.1".parse().expect("ip"), T, None).expect("server");
+        cached_connection_closed_by_the_server(None, None);
+    }
+
+    /// The same over TLS (the server closes without `close_notify`).
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn closed_cached_tls_connection_is_replaced() {
+        let pki = pki::Pki::new("transport-cached");
+        cached_connection_closed_by_the_server(
+            Some(load(&pki.ca_file, &pki.server_cert, &pki.server_key)),
+            Some(load(&pki.ca_file, &pki.client_cert, &pki.client_key)),
+        );
+    }
+
+    fn cached_connection_closed_by_the_server(
+        server_tls: Option<Arc<LoadedTls>>,
+        client_tls: Option<Arc<LoadedTls>>,
+    ) {
+        let server =
+            Server::start("127.0.0.1".parse().expect("ip"), T, server_tls).expect("server");
         let fake = Fake::new(1 << 20, 5);
         server.serve(7, Arc::downgrade(&fake) as Weak<dyn Served>);
-        let pool = Pool::default();
+        let pool = Pool::new(client_tls);
         let mut one = [4u8; 64];
         // SAFETY: `one` is live.
         unsafe { pool.transfer(&xfer(server.addr(), Op::Write, 0, &mut one, 5), T) }
