@@ -11,6 +11,9 @@
 //!
 //! Run: `cargo bench -p smem-tests --bench transport`. `SMEM_BENCH_SECONDS` sets the time per
 //! cell (default 1.0); `SMEM_BENCH_MAX_MIB` caps the largest size (default 256).
+//! `SMEM_BENCH_TLS_DIR=DIR` runs both ranks with TLS enabled (store and transport), with
+//! `DIR/ca.pem`, `DIR/server.pem` + `server.key` (rank 0) and `DIR/client.pem` + `client.key`
+//! (rank 1), certificates valid for 127.0.0.1; the raw baseline stays plain TCP.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -44,6 +47,22 @@ fn seconds() -> f64 {
         .unwrap_or(1.0)
 }
 
+/// Enables TLS as `smem_set_ssl_option` does when `SMEM_BENCH_TLS_DIR` is set.
+fn enable_tls(rank: u16) -> bool {
+    let Ok(dir) = std::env::var("SMEM_BENCH_TLS_DIR") else {
+        return false;
+    };
+    let dir = std::path::Path::new(&dir);
+    let who = if rank == 0 { "server" } else { "client" };
+    smem_linux::tls::set_global(Some(smem_linux::tls::TlsOptions::new(
+        dir.join("ca.pem"),
+        dir.join(format!("{who}.pem")),
+        dir.join(format!("{who}.key")),
+    )))
+    .expect("enable TLS");
+    true
+}
+
 fn config(rank: u16) -> BmConfig {
     BmConfig {
         init_timeout: Duration::from_secs(60),
@@ -70,6 +89,7 @@ fn client(url: &str) -> StoreClient {
 /// Rank 1: serves its window and the raw TCP endpoint until rank 0 says done.
 fn serve(url: &str) {
     let len = max_len();
+    enable_tls(1);
     runtime::bm_init(url, 2, 0, &config(1)).expect("init");
     let c = client(url);
     let h = runtime::bm_create(0, 2, HOST_TCP, len, 0, 0).expect("create");
@@ -157,6 +177,7 @@ fn write_all_vectored(s: &mut TcpStream, a: &[u8], b: &[u8]) {
 /// Rank 0: measures and prints.
 fn measure_all(url: &str) {
     let max = max_len();
+    let tls = enable_tls(0);
     runtime::bm_init(url, 2, 0, &config(0)).expect("init");
     let c = client(url);
     let h = runtime::bm_create(0, 2, HOST_TCP, max, 0, 0).expect("create");
@@ -195,7 +216,8 @@ fn measure_all(url: &str) {
         }
     });
     println!(
-        "remote copies over the TCP transport (loopback, 2 ranks as processes, different SMEM_HOST_ID), best of {ROUNDS} interleaved rounds, {:.1} s per cell",
+        "remote copies over the TCP transport{} (loopback, 2 ranks as processes, different SMEM_HOST_ID), best of {ROUNDS} interleaved rounds, {:.1} s per cell",
+        if tls { " with mutual TLS" } else { "" },
         seconds()
     );
     println!(
