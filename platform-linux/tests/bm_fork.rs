@@ -10,7 +10,6 @@
 mod bm_common;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -166,7 +165,14 @@ fn dead_store_host_releases_links_and_port_while_its_fork_lives() {
     // The kernel closes a killed process's descriptors one by one: reap it first, so the
     // listener is certainly closed (the client above may see its link close before that).
     let _ = p.0.wait();
-    TcpListener::bind(addr_of(&url)).expect("the port is free again");
+    // "Free" = nobody listens on it any more (the forked child holds no copy of the listener).
+    // A plain bind would be racy: tests running in parallel may take the port as an ephemeral
+    // client port the moment it is released.
+    let port = addr_of(&url).port();
+    assert!(
+        !listening_on(port),
+        "a process still listens on the dead store host's port {port}"
+    );
 }
 
 /// SPEC 4: while the in-process store serves 64 busy clients (and copies run), children forked
@@ -298,4 +304,20 @@ fn fork_under_load(r: &Role) {
     }
     runtime::bm_uninit(0);
     println!("rank-ok");
+}
+
+/// Whether any socket of this network namespace listens on TCP `port` (`/proc/net/tcp{,6}`,
+/// state 0A = LISTEN).
+fn listening_on(port: u16) -> bool {
+    let hex_port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|path| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                f.len() > 3 && f[1].ends_with(&hex_port) && f[3] == "0A"
+            })
+    })
 }
