@@ -16,7 +16,7 @@
 //! Oracle: a model of the arena and of every joined window. After each call the arena must
 //! equal its model (so a rejected copy touched no byte); a successful copy must have moved
 //! exactly the modelled bytes; at the end of each input every joined window must equal its
-//! model, and after cleanup the process's descriptor and mapping counts must not grow.
+//! model, and after cleanup no segment stays mapped and the descriptor count does not grow.
 
 #![allow(unsafe_code, clippy::undocumented_unsafe_blocks, dead_code)]
 
@@ -157,9 +157,11 @@ fn count_dir(path: &str) -> usize {
     std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
 }
 
+/// Mappings of shared-memory segments (`/memfd:...`): what BM objects map. (All mappings
+/// together are no leak measure under AddressSanitizer, whose allocator maps as it grows.)
 fn count_maps() -> usize {
     std::fs::read_to_string("/proc/self/maps")
-        .map(|s| s.lines().count())
+        .map(|s| s.lines().filter(|l| l.contains("/memfd:")).count())
         .unwrap_or(0)
 }
 
@@ -293,7 +295,8 @@ impl State {
                 let k = inp.byte() as usize % self.objs.len();
                 let off = match inp.byte() % 4 {
                     0 => u64::from(inp.u32() % (8 << 20)),
-                    1 => TWO_MIB * u64::from(inp.byte() % 4) - u64::from(inp.byte() % 2),
+                    1 => (TWO_MIB * u64::from(inp.byte() % 4))
+                        .wrapping_sub(u64::from(inp.byte() % 2)),
                     2 => u64::from(inp.u32()),
                     _ => inp.u64(),
                 };
@@ -532,8 +535,8 @@ impl State {
                 let t = u32::from(inp.byte() % 5);
                 let width = Self::size(inp) % (1 << 16);
                 let height = u64::from(inp.byte() % 8);
-                let spitch = width + u64::from(inp.byte()) - 8;
-                let dpitch = width + u64::from(inp.byte()) - 8;
+                let spitch = (width + u64::from(inp.byte())).wrapping_sub(8);
+                let dpitch = (width + u64::from(inp.byte())).wrapping_sub(8);
                 let span = |p: u64| {
                     height
                         .checked_sub(1)
@@ -767,13 +770,13 @@ pub(crate) fn run(data: &[u8]) {
     st.arena.check("cleanup");
     let (fds, maps) = (count_dir("/proc/self/fd"), count_maps());
     assert!(
-        fds <= st.base_fds + 16,
+        fds <= st.base_fds + 8,
         "descriptor leak: {fds} open, {} after init",
         st.base_fds
     );
     assert!(
-        maps <= st.base_maps + 64,
-        "mapping leak: {maps} mappings, {} after init",
+        maps <= st.base_maps,
+        "mapping leak: {maps} segment mappings with no object left, {} after init",
         st.base_maps
     );
 }

@@ -16,13 +16,16 @@ before=$(find "artifacts/$target" -name 'crash-*' -o -name 'leak-*' -o -name 'ti
 echo "fuzzing $target for $minutes min ($jobs job(s)); log: $log"
 set +e
 cargo +nightly fuzz run "$target" "corpus/$target" --jobs "$jobs" -- \
-    -max_total_time="$secs" -max_len=4096 -timeout=30 -rss_limit_mb=4096 \
+    -max_total_time="$(( secs > 0 ? secs : 20 ))" -max_len=4096 -timeout=30 -rss_limit_mb=4096 \
     -print_final_stats=1 -artifact_prefix="artifacts/$target/" >"$log" 2>&1
 rc=$?
 set -e
 after=$(find "artifacts/$target" -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' | wc -l)
-execs=$(grep -h 'stat::number_of_executed_units' "$log" fuzz-*.log 2>/dev/null | awk '{s += $2} END {print s + 0}')
-last=$(grep -hE '^#[0-9]+' "$log" fuzz-*.log 2>/dev/null | tail -n 1)
+# (With --jobs N, libFuzzer writes one fuzz-K.log per job here.)
+logs=("$log")
+for f in fuzz-*.log; do if [[ -e $f ]]; then logs+=("$f"); fi; done
+execs=$(cat "${logs[@]}" | awk '/stat::number_of_executed_units/ {s += $2} END {print s + 0}')
+last=$(cat "${logs[@]}" | grep -E '^#[0-9]+' | tail -n 1 || true)
 cov=$(sed -nE 's/.* cov: ([0-9]+).*/\1/p' <<<"$last")
 ft=$(sed -nE 's/.* ft: ([0-9]+).*/\1/p' <<<"$last")
 corpus=$(find "corpus/$target" -type f | wc -l)
