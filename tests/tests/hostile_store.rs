@@ -467,3 +467,85 @@ fn hostile_clients_at_scale() {
     drop(idle);
     drop(server);
 }
+
+/// Senders that dribble their handshake at one byte a second never finish it within the
+/// handshake deadline: the server closes each of them on time, while a well-behaved client is
+/// served throughout.
+#[test]
+fn one_byte_a_second_senders_hit_the_handshake_deadline() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    const SENDERS: usize = 32;
+    let deadline = Duration::from_secs(2);
+    let server = StoreServer::start(ServerConfig {
+        limits: limits(),
+        heartbeat_timeout: None,
+        handshake_timeout: deadline,
+        ..ServerConfig::default()
+    })
+    .expect("start store");
+    let addr = server.local_addr();
+    let good = StoreClient::connect(addr, ClientOptions::default()).expect("good client");
+    let start = Instant::now();
+    let mut slow: Vec<(TcpStream, Option<Duration>)> = (0..SENDERS)
+        .map(|_| {
+            let s = TcpStream::connect(addr).expect("connect");
+            s.set_nonblocking(true).expect("nonblocking");
+            (s, None)
+        })
+        .collect();
+    let hs = handshake_bytes();
+    let mut worst = Duration::ZERO;
+    let mut sent = 0;
+    while slow.iter().any(|(_, closed)| closed.is_none()) {
+        assert!(
+            start.elapsed() < deadline * 3,
+            "slow senders still open after {:?}",
+            start.elapsed()
+        );
+        // One byte a second from each sender still open.
+        if start.elapsed() >= Duration::from_secs(sent) && (sent as usize) < hs.len() {
+            for (s, closed) in &mut slow {
+                if closed.is_none() {
+                    let _ = s.write(&hs[sent as usize..=sent as usize]);
+                }
+            }
+            sent += 1;
+        }
+        for (s, closed) in &mut slow {
+            if closed.is_none() {
+                let mut b = [0u8; 2];
+                match s.read(&mut b) {
+                    Ok(0) => *closed = Some(start.elapsed()),
+                    Ok(_) => panic!("a partial handshake was answered"),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => *closed = Some(start.elapsed()),
+                }
+            }
+        }
+        let t = Instant::now();
+        good.set(b"hostile/one-byte", b"alive").expect("good SET");
+        worst = worst.max(t.elapsed());
+        thread::sleep(Duration::from_millis(20));
+    }
+    let first = slow.iter().filter_map(|s| s.1).min().unwrap_or_default();
+    let last = slow.iter().filter_map(|s| s.1).max().unwrap_or_default();
+    println!(
+        "{SENDERS} one-byte-a-second senders closed between {first:?} and {last:?} (handshake \
+         deadline {deadline:?}, {sent} bytes sent each); good client worst SET {worst:?}"
+    );
+    assert!(
+        first >= deadline - Duration::from_millis(50),
+        "closed early: {first:?}"
+    );
+    assert!(
+        last < deadline + Duration::from_secs(1),
+        "closed late: {last:?}"
+    );
+    assert!(worst < P99_BOUND, "good client stalled {worst:?}");
+    assert_eq!(
+        good.get(b"hostile/one-byte").expect("GET").as_deref(),
+        Some(&b"alive"[..])
+    );
+}
