@@ -406,6 +406,7 @@ fn deadline() -> Duration {
 /// A survivor's `event` line is an error, within the deadline; returns it.
 fn expect_err(r: &mut Rank, event: &str) -> String {
     let l = r.expect(&format!("{event} "), deadline() + SLACK);
+    println!("rank {}: {l}", r.rank);
     assert!(
         l.starts_with(&format!("{event} err")),
         "rank {}: {event} should fail: {l}",
@@ -792,6 +793,7 @@ fn store_host_killed_during_copies() {
         // window may go on succeeding until the loop's limit, or fail cleanly. Either way no
         // crash and no hang, and the next control operation fails within its deadline.
         let l = r.expect("copy_", Duration::from_secs(TIMEOUT_S + 2) + SLACK);
+        println!("rank {}: {l}", r.rank);
         assert!(
             l.starts_with("copy_failed") || l.starts_with("copy_never_failed"),
             "{l}"
