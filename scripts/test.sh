@@ -6,5 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/interop/setup-venv.sh target/venv-mf
 export SMEM_REF_PYTHON="$PWD/target/venv-mf/bin/python"
-cargo build --workspace --release --bins --lib
-cargo test --workspace --release
+cargo test --workspace --release --no-fail-fast

@@ -147,10 +147,12 @@ const char *smem_get_and_clear_last_err_msg(void);
  * created afterwards: TLS 1.3, mutual authentication against caFile, CRL checked when given.
  * Call it before smem_bm_init / smem_shm_init. The settings are copied; the caller may free
  * them when this returns.
+ * The files (PEM; key PKCS#8 plain or encrypted, PKCS#1 or SEC1) are loaded and checked here.
  * Returns SM_OK; SM_INVALID_PARAM for a NULL tlsOption, or, when enableTls is true, a NULL or
- * non-UTF-8 caFile / certFile / keyFile or a non-UTF-8 crlFile / keyPassword.
+ * non-UTF-8 caFile / certFile / keyFile or a non-UTF-8 crlFile / keyPassword; SM_TLS_ERROR
+ * when a file cannot be used (the message names the file and the problem, e.g. a wrong key
+ * password); on error the previous setting stays.
  * With enableTls == false the file fields are ignored and TLS is off (SM_OK).
- * This build: enableTls == true returns SM_NOT_SUPPORTED ("TLS is not built yet").
  */
 int32_t smem_set_ssl_option(const smem_tls_option *tlsOption);
 

@@ -7,8 +7,13 @@
  * allgather) go through the config store. Conventions (return values, last error, NULL
  * checks): smem.h.
  *
- * This build: arguments are validated as documented, then the calls that need the SHM
- * runtime return SM_NOT_SUPPORTED ("SHM is not implemented yet"); smem_shm_config_init works.
+ * Store keys of an object live under a per-instance prefix, so an object created again with
+ * the same id never sees keys of the earlier one; the last member to destroy it removes them.
+ * Control operations keep at most two generations of keys per object (the store does not grow
+ * with the number of calls). A member whose process dies makes the others' barrier / allgather
+ * fail with SM_IO_ERROR (its store link went down) or SM_TIMEOUT, never hang.
+ * This build has no network engine: windows of members on other hosts stay reserved (not
+ * mapped) and smem_shm_topology_can_reach reports 0 for them.
  */
 #ifndef SMEM_SHM_H
 #define SMEM_SHM_H
@@ -61,6 +66,9 @@ int32_t smem_shm_config_init(smem_shm_config_t *config);
  * Checked: configStoreIpPort non-NULL UTF-8, 1 <= worldSize <= SMEM_WORLD_SIZE_MAX,
  * rankId < worldSize, timeouts >= 1 (SM_INVALID_PARAM).
  * A second call while initialised: SM_OK if every argument is identical, else SM_REPEAT_CALL.
+ * SM_TIMEOUT names the ranks that did not register in time. When smem_bm_init of this process
+ * already uses the same store URL, SHM shares that store (no second server; rankId must equal
+ * the BM rank); smem_bm_init after smem_shm_init on the same store is not supported.
  */
 int32_t smem_shm_init(const char *configStoreIpPort, uint32_t worldSize, uint32_t rankId,
                       uint16_t deviceId, smem_shm_config_t *config);
@@ -69,7 +77,8 @@ int32_t smem_shm_init(const char *configStoreIpPort, uint32_t worldSize, uint32_
  * flags: reserved, pass 0. */
 void smem_shm_uninit(uint32_t flags);
 
-/** The smem_shm_data_op_type bits this process can use; 0 on error (or when none). */
+/** The smem_shm_data_op_type bits this process can use (this build: MTE | SDMA; no network
+ * engine yet); 0 on error. Does not need smem_shm_init. */
 uint32_t smem_shm_query_support_data_operation(void);
 
 /**
@@ -78,6 +87,10 @@ uint32_t smem_shm_query_support_data_operation(void);
  * contributes symmetricSize bytes (non-zero multiple of 2 MiB). dataOpType: non-empty set of
  * smem_shm_data_op_type bits. flags: reserved, pass 0. On success writes *gva = base of the
  * object (rank 0's window) and returns the handle; NULL (last error set) on failure.
+ * When it returns on any member, every member has mapped the window of every same-host member
+ * at gva + r*symmetricSize (read/write, pre-faulted). Errors: SM_INVALID_PARAM (arguments,
+ * rankSize > worldSize, members passing different sizes), SM_DUPLICATED_OBJECT (id exists in
+ * this process), SM_NOT_INITIALIZED, SM_TIMEOUT (a member did not call create in time).
  */
 smem_shm_t smem_shm_create(uint32_t id, uint32_t rankSize, uint32_t rankId,
                            uint64_t symmetricSize, smem_shm_data_op_type dataOpType,
@@ -111,7 +124,7 @@ uint32_t smem_shm_get_global_rank(smem_shm_t handle);
 uint32_t smem_shm_get_global_rank_size(smem_shm_t handle);
 
 /** Returns when all rankSize ranks entered the barrier; SM_TIMEOUT after
- * controlOperationTimeout. */
+ * controlOperationTimeout; SM_IO_ERROR when a member died or the store link went down. */
 int32_t smem_shm_control_barrier(smem_shm_t handle);
 
 /**

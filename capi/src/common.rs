@@ -2,7 +2,7 @@
 
 use std::ffi::{CString, c_char, c_int};
 
-use smem_core::ErrorCode;
+use smem_linux::tls::{self, TlsOptions};
 use smem_linux::{Error, Result, logging, runtime};
 use static_assertions::{assert_eq_align, assert_eq_size, const_assert_eq};
 
@@ -177,8 +177,12 @@ pub unsafe extern "C" fn smem_set_extern_logger(func: Option<CLogFn>) -> i32 {
 
 /// `smem_set_ssl_option`: validates and copies the TLS settings.
 ///
-/// Returns `SM_OK` (TLS off), `SM_INVALID_PARAM` (NULL option, bad path fields when enabled),
-/// or, in this build, `SM_NOT_SUPPORTED` when `enableTls` is set.
+/// The files are loaded and checked at once ([`smem_linux::tls::set_global`]); config stores
+/// and store clients created afterwards use TLS 1.3 with mutual authentication.
+///
+/// Returns `SM_OK`, `SM_INVALID_PARAM` (NULL option, bad path fields when enabled), or
+/// `SM_TLS_ERROR` naming the file and what is wrong with it (missing, no certificate, wrong key
+/// password, unsupported key, bad CRL...); on error the previous setting stays.
 ///
 /// # Safety
 /// `tls_option` is NULL or points to a readable `smem_tls_option` whose non-NULL strings are
@@ -191,15 +195,24 @@ pub unsafe extern "C" fn smem_set_ssl_option(tls_option: *const smem_tls_option)
         // SAFETY: forwarded contract of this function.
         match unsafe { tls_settings(&opt) }? {
             None => {
+                tls::set_global(None)?;
                 log::info!(target: "smem::capi", "TLS disabled by smem_set_ssl_option");
                 Ok(())
             }
             Some(settings) => {
                 log::debug!(target: "smem::capi", "TLS requested: {settings:?}");
-                Err(Error::new(
-                    ErrorCode::NotSupported,
-                    "TLS is not built yet (issue: mutual TLS)",
-                ))
+                let mut options =
+                    TlsOptions::new(settings.ca_file, settings.cert_file, settings.key_file);
+                if let Some(crl) = settings.crl_file {
+                    options = options.with_crl_file(crl);
+                }
+                if let Some(password) = settings.key_password {
+                    options = options.with_key_password(password);
+                }
+                // Loads and checks the files now; stores and clients created later use it.
+                tls::set_global(Some(options))?;
+                log::info!(target: "smem::capi", "TLS 1.3 with mutual authentication enabled");
+                Ok(())
             }
         }
     })

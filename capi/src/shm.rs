@@ -1,8 +1,11 @@
 //! `smem_shm.h`: SHM objects.
 //!
-//! Arguments are checked here exactly as documented in the header; then, until the SHM runtime
-//! lands in [`smem_linux::runtime`], every call that needs it fails with `SM_NOT_SUPPORTED`
-//! ("SHM is not implemented yet"). `smem_shm_config_init` is complete.
+//! Arguments are checked here exactly as documented in the header; everything else is
+//! [`smem_linux::runtime::shm`]'s.
+//!
+//! Handles: a `smem_shm_t` is the [`ShmHandle`] value (never 0) cast to a pointer; it is never
+//! dereferenced here, so a stale or forged handle is a clean `SM_OBJECT_NOT_EXISTS` /
+//! `SM_INVALID_PARAM` from the runtime's generation-checked table.
 
 use std::ffi::{c_char, c_void};
 use std::ptr;
@@ -10,6 +13,7 @@ use std::time::Duration;
 
 use smem_core::ErrorCode;
 use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
+use smem_linux::runtime::shm::{self as rt, ShmConfig, ShmHandle};
 use smem_linux::{Error, Result};
 use static_assertions::{assert_eq_align, assert_eq_size, const_assert_eq};
 
@@ -71,21 +75,6 @@ impl Default for smem_shm_config_t {
     }
 }
 
-/// The checked SHM settings (what the SHM runtime will take).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShmSettings {
-    /// Bounds `smem_shm_init`.
-    pub init_timeout: Duration,
-    /// Bounds `smem_shm_create`.
-    pub create_timeout: Duration,
-    /// Bounds each control operation.
-    pub control_timeout: Duration,
-    /// Rank 0 hosts the store.
-    pub start_config_store: bool,
-    /// Reserved flags.
-    pub flags: u32,
-}
-
 fn timeout(secs: u32, what: &str) -> Result<Duration> {
     if secs == 0 {
         return Err(Error::invalid(format!(
@@ -100,8 +89,8 @@ impl smem_shm_config_t {
     ///
     /// # Errors
     /// `SM_INVALID_PARAM` for a zero timeout.
-    pub fn to_settings(&self) -> Result<ShmSettings> {
-        Ok(ShmSettings {
+    pub fn to_settings(&self) -> Result<ShmConfig> {
+        Ok(ShmConfig {
             init_timeout: timeout(self.shmInitTimeout, "shmInitTimeout")?,
             create_timeout: timeout(self.shmCreateTimeout, "shmCreateTimeout")?,
             control_timeout: timeout(self.controlOperationTimeout, "controlOperationTimeout")?,
@@ -111,19 +100,30 @@ impl smem_shm_config_t {
     }
 }
 
-/// The error of every call that needs the SHM runtime, until it lands.
-fn not_implemented(what: &str) -> Error {
-    Error::new(
-        ErrorCode::NotSupported,
-        format!("SHM is not implemented yet ({what})"),
-    )
-}
-
-fn check_handle(h: smem_shm_t) -> Result<()> {
+/// The handle behind a `smem_shm_t`.
+fn check_handle(h: smem_shm_t) -> Result<ShmHandle> {
     if h.is_null() {
         return Err(Error::invalid("handle is NULL"));
     }
-    Ok(())
+    Ok(ShmHandle(h.addr() as u64))
+}
+
+/// The `smem_shm_t` of a runtime handle.
+fn to_c_handle(h: ShmHandle) -> Result<smem_shm_t> {
+    let addr = usize::try_from(h.0).unwrap_or(0);
+    if addr == 0 {
+        return Err(Error::new(
+            ErrorCode::Error,
+            "internal error: the runtime returned handle 0",
+        ));
+    }
+    Ok(ptr::without_provenance_mut(addr))
+}
+
+/// A GVA as a C pointer.
+fn gva_ptr(addr: u64) -> *mut c_void {
+    // GVAs are real addresses of this process (reserved or mapped); expose them as such.
+    ptr::with_exposed_provenance_mut(usize::try_from(addr).unwrap_or(0))
 }
 
 /// `smem_shm_config_init`: fills `*config` with the defaults.
@@ -173,13 +173,12 @@ pub unsafe extern "C" fn smem_shm_init(
             )));
         }
         let settings = c.to_settings()?;
-        let _ = (url, device_id, settings);
-        Err(not_implemented("smem_shm_init"))
+        rt::shm_init(url, world_size, rank_id, device_id, &settings)
     })
 }
 
 /// `smem_shm_uninit`: destroys every SHM object and leaves the domain. Safe when not
-/// initialised (this build: nothing to do).
+/// initialised.
 ///
 /// # Safety
 /// Always safe to call.
@@ -189,6 +188,7 @@ pub unsafe extern "C" fn smem_shm_uninit(flags: u32) {
         if flags != 0 {
             log::warn!(target: "smem::capi", "smem_shm_uninit: flags {flags:#x} are reserved and ignored");
         }
+        rt::shm_uninit(flags);
         Ok(())
     })
 }
@@ -200,7 +200,7 @@ pub unsafe extern "C" fn smem_shm_uninit(flags: u32) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smem_shm_query_support_data_operation() -> u32 {
     ffi_value!("smem_shm_query_support_data_operation", 0, {
-        Err(not_implemented("smem_shm_query_support_data_operation"))
+        Ok(rt::shm_query_support_data_operation())
     })
 }
 
@@ -220,7 +220,7 @@ pub unsafe extern "C" fn smem_shm_create(
 ) -> smem_shm_t {
     ffi_value!("smem_shm_create", ptr::null_mut(), {
         // SAFETY: forwarded contract of this function.
-        let _out = unsafe { ffi::out_arg(gva, "gva") }?;
+        let out = unsafe { ffi::out_arg(gva, "gva") }?;
         if id as usize >= SHM_OBJECTS_MAX {
             return Err(Error::invalid(format!(
                 "id {id} is out of range 0..{SHM_OBJECTS_MAX}"
@@ -251,8 +251,11 @@ pub unsafe extern "C" fn smem_shm_create(
                 "dataOpType {data_op_type:#x} is not a non-empty set of SMEMS_DATA_OP_* bits ({DATA_OP_ALL:#x})"
             )));
         }
-        let _ = flags;
-        Err(not_implemented("smem_shm_create"))
+        let (h, base) =
+            rt::shm_create(id, rank_size, rank_id, symmetric_size, data_op_type, flags)?;
+        let c = to_c_handle(h)?;
+        out.write(gva_ptr(base));
+        Ok(c)
     })
 }
 
@@ -263,9 +266,7 @@ pub unsafe extern "C" fn smem_shm_create(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smem_shm_destroy(handle: smem_shm_t, flags: u32) -> i32 {
     ffi_status!("smem_shm_destroy", {
-        check_handle(handle)?;
-        let _ = flags;
-        Err(not_implemented("smem_shm_destroy"))
+        rt::shm_destroy(check_handle(handle)?, flags)
     })
 }
 
@@ -280,7 +281,7 @@ pub unsafe extern "C" fn smem_shm_set_extra_context(
     size: u32,
 ) -> i32 {
     ffi_status!("smem_shm_set_extra_context", {
-        check_handle(handle)?;
+        let h = check_handle(handle)?;
         if context.is_null() {
             return Err(Error::invalid("context is NULL"));
         }
@@ -291,8 +292,7 @@ pub unsafe extern "C" fn smem_shm_set_extra_context(
         }
         // SAFETY: forwarded contract of this function.
         let bytes = unsafe { ffi::slice_arg(context, size as usize, "context") }?;
-        let _ = bytes;
-        Err(not_implemented("smem_shm_set_extra_context"))
+        rt::shm_set_extra_context(h, bytes)
     })
 }
 
@@ -309,11 +309,18 @@ pub unsafe extern "C" fn smem_shm_get_extra_context(
     size: u32,
 ) -> i32 {
     ffi_with!("smem_shm_get_extra_context", |e: &Error| e.code().code(), {
-        check_handle(handle)?;
+        let h = check_handle(handle)?;
         // SAFETY: forwarded contract of this function.
         let buf = unsafe { ffi::slice_mut_arg(context, size as usize, "context") }?;
-        let _ = buf;
-        Err::<i32, _>(not_implemented("smem_shm_get_extra_context"))
+        let stored = rt::shm_get_extra_context(h)?;
+        let n = buf.len().min(stored.len());
+        buf[..n].copy_from_slice(&stored[..n]);
+        i32::try_from(stored.len()).map_err(|_| {
+            Error::new(
+                ErrorCode::Error,
+                "internal error: stored context longer than i32::MAX",
+            )
+        })
     })
 }
 
@@ -324,8 +331,7 @@ pub unsafe extern "C" fn smem_shm_get_extra_context(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smem_shm_get_global_rank(handle: smem_shm_t) -> u32 {
     ffi_value!("smem_shm_get_global_rank", u32::MAX, {
-        check_handle(handle)?;
-        Err(not_implemented("smem_shm_get_global_rank"))
+        rt::shm_global_rank(check_handle(handle)?)
     })
 }
 
@@ -336,8 +342,7 @@ pub unsafe extern "C" fn smem_shm_get_global_rank(handle: smem_shm_t) -> u32 {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smem_shm_get_global_rank_size(handle: smem_shm_t) -> u32 {
     ffi_value!("smem_shm_get_global_rank_size", u32::MAX, {
-        check_handle(handle)?;
-        Err(not_implemented("smem_shm_get_global_rank_size"))
+        rt::shm_global_rank_size(check_handle(handle)?)
     })
 }
 
@@ -348,8 +353,7 @@ pub unsafe extern "C" fn smem_shm_get_global_rank_size(handle: smem_shm_t) -> u3
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smem_shm_control_barrier(handle: smem_shm_t) -> i32 {
     ffi_status!("smem_shm_control_barrier", {
-        check_handle(handle)?;
-        Err(not_implemented("smem_shm_control_barrier"))
+        rt::shm_control_barrier(check_handle(handle)?)
     })
 }
 
@@ -367,7 +371,7 @@ pub unsafe extern "C" fn smem_shm_control_allgather(
     recv_size: u32,
 ) -> i32 {
     ffi_status!("smem_shm_control_allgather", {
-        check_handle(handle)?;
+        let h = check_handle(handle)?;
         if send_buf.is_null() {
             return Err(Error::invalid("sendBuf is NULL"));
         }
@@ -390,8 +394,7 @@ pub unsafe extern "C" fn smem_shm_control_allgather(
         let send = unsafe { ffi::slice_arg(send_buf.cast(), send_size as usize, "sendBuf") }?;
         // SAFETY: forwarded contract of this function.
         let recv = unsafe { ffi::slice_mut_arg(recv_buf.cast(), recv_size as usize, "recvBuf") }?;
-        let _ = (send, recv);
-        Err(not_implemented("smem_shm_control_allgather"))
+        rt::shm_control_allgather(h, send, recv)
     })
 }
 
@@ -406,14 +409,15 @@ pub unsafe extern "C" fn smem_shm_topology_can_reach(
     reach_info: *mut u32,
 ) -> i32 {
     ffi_status!("smem_shm_topology_can_reach", {
-        check_handle(handle)?;
+        let h = check_handle(handle)?;
         // SAFETY: forwarded contract of this function.
-        let _out = unsafe { ffi::out_arg(reach_info, "reachInfo") }?;
+        let out = unsafe { ffi::out_arg(reach_info, "reachInfo") }?;
         if remote_rank as usize >= WORLD_SIZE_MAX {
             return Err(Error::invalid(format!(
                 "remoteRank {remote_rank} is out of range 0..{WORLD_SIZE_MAX}"
             )));
         }
-        Err(not_implemented("smem_shm_topology_can_reach"))
+        out.write(rt::shm_topology_can_reach(h, remote_rank)?);
+        Ok(())
     })
 }

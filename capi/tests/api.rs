@@ -12,7 +12,7 @@ use smem::*;
 
 const SM_OK: i32 = 0;
 const SM_INVALID_PARAM: i32 = -2000;
-const SM_NOT_SUPPORTED: i32 = -2102;
+const SM_TLS_ERROR: i32 = -2101;
 const MIB2: u64 = 2 << 20;
 
 fn last_err() -> String {
@@ -190,9 +190,10 @@ fn ssl_option_checks() {
     );
     on.crlFile = ptr::null();
     on.keyPassword = c"secret".as_ptr();
-    assert_eq!(unsafe { smem_set_ssl_option(&on) }, SM_NOT_SUPPORTED);
+    // The files are read at once: a missing one is named.
+    assert_eq!(unsafe { smem_set_ssl_option(&on) }, SM_TLS_ERROR);
     let msg = take_err();
-    assert!(msg.contains("TLS is not built yet"), "{msg}");
+    assert!(msg.contains("CA file ca.pem: cannot read"), "{msg}");
     assert!(!msg.contains("secret"), "{msg}");
 }
 

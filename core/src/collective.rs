@@ -9,10 +9,14 @@
 //! | `{p}{g}c`    | ADD 1              | arrival counter; the rank that reads `n` is last  |
 //! | `{p}{g}d`    | SET / parked GET   | "done": set by the last arriver, waited on by all |
 //!
-//! The last arriver of generation `g` first removes the three keys of `g - 1`: every rank has
-//! entered `g`, so every rank has finished `g - 1` (it returned from its GET of `{p}{g-1}d`
-//! and, for an allgather, its GET of `{p}{g-1}v`). So at most two generations of keys exist per
-//! object whatever the number of calls, and the store does not grow.
+//! The last arriver of generation `g` sets `{p}{g}d` (releasing the others at once), then
+//! removes the three keys of `g - 1`: every rank has entered `g`, so every rank has finished
+//! `g - 1` (it returned from its GET of `{p}{g-1}d` and, for an allgather, its GET of
+//! `{p}{g-1}v`), and no rank can reach `g + 1`'s cleanup of `g` before this rank entered
+//! `g + 1`. So an object holds at most eight keys whatever the number of calls (`g - 1` until
+//! cleaned, `g`, and the slot and counter of `g + 1` from ranks that already ran on; `g + 2`
+//! needs this rank), and the store does not grow. Cleaning up after the release keeps the removals off the
+//! critical path: the others run on while the last arriver cleans.
 //!
 //! The machines own no I/O: [`Collective::poll`] says which store operation to run next,
 //! [`Collective::complete`] takes its outcome. Any reply is accepted in any state without
@@ -309,24 +313,20 @@ impl Collective {
                         size: self.size,
                     })
                 } else if v == i64::from(self.size) {
-                    Ok(if self.generation == 0 {
-                        Phase::SetDone
-                    } else {
-                        Phase::CleanupCounter
-                    })
+                    Ok(Phase::SetDone)
                 } else {
                     Ok(Phase::WaitDone)
                 }
             }
+            (Phase::SetDone, Reply::Done) => Ok(if self.generation == 0 {
+                self.after_release()
+            } else {
+                Phase::CleanupCounter
+            }),
             (Phase::CleanupCounter, Reply::Done) => Ok(Phase::CleanupDone),
             (Phase::CleanupDone, Reply::Done) => Ok(Phase::CleanupValue),
-            (Phase::CleanupValue, Reply::Done) => Ok(Phase::SetDone),
-            (Phase::SetDone, Reply::Done) | (Phase::WaitDone, Reply::Value(_)) => {
-                Ok(if self.send_len.is_some() {
-                    Phase::Gather
-                } else {
-                    Phase::Finished
-                })
+            (Phase::CleanupValue, Reply::Done) | (Phase::WaitDone, Reply::Value(_)) => {
+                Ok(self.after_release())
             }
             (Phase::Gather, Reply::Value(got)) => {
                 let expected = self.gathered_len();
@@ -348,6 +348,15 @@ impl Collective {
                 self.phase = Phase::Failed;
                 Err(e)
             }
+        }
+    }
+
+    /// The phase after `{p}{g}d` was seen or set (and, for the last arriver, the cleanup).
+    fn after_release(&self) -> Phase {
+        if self.send_len.is_some() {
+            Phase::Gather
+        } else {
+            Phase::Finished
         }
     }
 
@@ -527,6 +536,21 @@ mod tests {
             })
         );
         m.complete(Reply::Added(4)).unwrap();
+        assert_eq!(
+            m.poll(),
+            Step::Run(StoreOp::Set {
+                key: "shm/1.2/17d",
+                value: b"1"
+            })
+        );
+        m.complete(Reply::Done).unwrap();
         assert_eq!(m.poll(), Step::Run(StoreOp::Remove { key: "shm/1.2/16c" }));
+        m.complete(Reply::Done).unwrap();
+        m.complete(Reply::Done).unwrap();
+        m.complete(Reply::Done).unwrap();
+        assert_eq!(
+            m.poll(),
+            Step::Run(StoreOp::GetGathered { key: "shm/1.2/17v" })
+        );
     }
 }

@@ -18,4 +18,5 @@ pub mod runtime;
 pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tls;
 pub use error::{Error, Result};

@@ -30,6 +30,7 @@ fn opts(world: Option<u32>, rank: Option<u32>) -> ClientOptions {
         connect_timeout: Duration::from_secs(5),
         op_timeout: Duration::from_secs(5),
         reconnect: false,
+        ..ClientOptions::default()
     }
 }
 

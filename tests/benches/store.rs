@@ -2,7 +2,7 @@
 //! concurrent clients, against our `smem-store` and the reference server (memfabric-hybrid
 //! wheel), measured in the same run with the same client (ours), each server in its own process.
 //!
-//! Run: `cargo bench -p smem-tests --bench store` (set `SMEM_REF_PYTHON` to a Python with the
+//! Run: `cargo build --release --bins && cargo bench -p smem-tests --bench store` (set `SMEM_REF_PYTHON` to a Python with the
 //! wheel, or run `tests/interop/setup-venv.sh` first; without it only our server is measured).
 //! `SMEM_BENCH_SECONDS` sets the time per (server, op, clients) cell (default 1.5).
 

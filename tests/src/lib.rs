@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout};
-use std::sync::{Mutex, mpsc};
+use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
@@ -33,28 +33,32 @@ pub fn profile_dir() -> PathBuf {
     dir
 }
 
-/// Path of a binary of the workspace built in the same profile as this test. The first call
-/// per binary runs `cargo build` for it (a no-op when fresh), so a test never runs a stale one.
+/// Path of a binary of the workspace built in the same profile as this test.
+///
+/// `cargo test --workspace` (what `scripts/test.sh` runs) builds every binary of the workspace
+/// with the same feature resolution as the tests. Tests never run cargo themselves: a nested
+/// `cargo build` resolves features differently and would rewrite the libraries under the
+/// running suite. A missing binary fails the test with the command to run; one older than this
+/// test executable gets a warning.
 pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let path = profile_dir().join(name);
-    let mut built = BUILT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !built.iter().any(|b| b == name) {
-        let release = profile_dir().ends_with("release");
-        let mut cmd = std::process::Command::new(env!("CARGO"));
-        cmd.current_dir(workspace_root())
-            .args(["build", "-q", "-p", package, "--bin", name]);
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(
-            status.success(),
-            "cargo build -p {package} --bin {name} failed"
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(bin_time) = modified(&path) else {
+        panic!(
+            "{} is missing: run `cargo test --workspace` (or `cargo build -p {package} --bin              {name}` in this profile) first",
+            path.display()
         );
-        built.push(name.to_string());
+    };
+    let exe = std::env::current_exe().ok();
+    if exe
+        .as_deref()
+        .and_then(modified)
+        .is_some_and(|exe_time| bin_time < exe_time)
+    {
+        eprintln!(
+            "warning: {} is older than this test; run `cargo build -p {package} --bin {name}` if              you changed it",
+            path.display()
+        );
     }
     path
 }

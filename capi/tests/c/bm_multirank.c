@@ -3,8 +3,9 @@
  *
  *   bm_multirank RANK WORLD_SIZE PORT
  *
- * Driven by capi/tests/bm_multirank.rs, which starts WORLD_SIZE copies (SMEM_DEVICE=sim, so
- * "device memory" is host memory and host buffers serve as L2G sources / G2L targets), each
+ * Driven by capi/tests/bm_multirank.rs, which starts WORLD_SIZE copies (SMEM_DEVICE=sim, or
+ * SMEM_DEVICE=acl over the stub libascendcl.so of platform-linux/tests/acl_stub, whose "device
+ * memory" is host memory too, so host buffers serve as L2G sources / G2L targets), each
  * with a deadline, and kills all of them when one fails. Rank 0 hosts the config store
  * (startConfigStore, the default) at tcp://127.0.0.1:PORT.
  *
@@ -12,6 +13,7 @@
  * 4 MiB). Window layout (SPEC 2.2): HBM part at the window start, DRAM part after it.
  *   HBM  [0, 64K)             owner-only guard (crossing checks must not touch it)
  *   HBM  [64K + w*64K, +64K)  slot written by rank w with L2G
+ *   HBM  [1M + w*64K, +64K)   2D region written by rank w (H2G/G2H, then L2G/G2L)
  *   HBM  [2M - 64K, 2M)       owner-only guard
  *   DRAM [0, 64K)             owner-only guard
  *   DRAM [64K + w*64K, +64K)  slot written by rank w with H2G
@@ -290,21 +292,22 @@ static void write_peers(void)
     }
 }
 
-static void check_copy_2d(void)
+/* 2D rows from this rank into `region` (a peer's window) and back, with the given copy types;
+ * the bytes between the rows keep their background. */
+static void check_2d_at(uint8_t *region, int q, smem_bm_copy_type to, smem_bm_copy_type from,
+                        uint8_t *src)
 {
-    static uint8_t src[ROWS * LOC_PITCH], back[ROWS * LOC_PITCH], span[ROWS * WIN_PITCH];
-    int q = (g_rank + 1) % g_ws;
-    uint8_t *region = dram(q, 1 * MIB + (uint64_t)g_rank * SLOT);
+    static uint8_t back[ROWS * LOC_PITCH], span[ROWS * WIN_PITCH];
     uint64_t row, i;
     /* Background first, so the bytes between rows can be checked afterwards. */
     memset(span, 0xEE, sizeof span);
     copy_retry(span, region, sizeof span, SMEMB_COPY_H2G, "2D background");
-    fill(src, sizeof src, g_rank, q, 3);
-    EXPECT_RC(smem_bm_copy_2d(g_h, src, LOC_PITCH, region, WIN_PITCH, ROW_W, ROWS,
-                              SMEMB_COPY_H2G, 0), SM_OK);
+    fill(src, ROWS * LOC_PITCH, g_rank, q, 3);
+    EXPECT_RC(smem_bm_copy_2d(g_h, src, LOC_PITCH, region, WIN_PITCH, ROW_W, ROWS, to, 0),
+              SM_OK);
     memset(back, 0, sizeof back);
-    EXPECT_RC(smem_bm_copy_2d(g_h, region, WIN_PITCH, back, LOC_PITCH, ROW_W, ROWS,
-                              SMEMB_COPY_G2H, 0), SM_OK);
+    EXPECT_RC(smem_bm_copy_2d(g_h, region, WIN_PITCH, back, LOC_PITCH, ROW_W, ROWS, from, 0),
+              SM_OK);
     copy_retry(region, span, sizeof span, SMEMB_COPY_G2H, "2D span");
     for (row = 0; row < ROWS; row++) {
         for (i = 0; i < LOC_PITCH; i++) {
@@ -322,6 +325,20 @@ static void check_copy_2d(void)
             }
         }
     }
+}
+
+static void check_copy_2d(void)
+{
+    static uint8_t src[ROWS * LOC_PITCH];
+    int q = (g_rank + 1) % g_ws;
+    uint8_t *region = dram(q, 1 * MIB + (uint64_t)g_rank * SLOT);
+    /* HBM: host and local ("device") memory to and from the peer's HBM part. */
+    check_2d_at(hbm(q, 1 * MIB + (uint64_t)g_rank * SLOT), q, SMEMB_COPY_H2G, SMEMB_COPY_G2H,
+                src);
+    check_2d_at(hbm(q, 1 * MIB + (uint64_t)g_rank * SLOT), q, SMEMB_COPY_L2G, SMEMB_COPY_G2L,
+                src);
+    /* DRAM last: the previous rank verifies these rows in phase 2. */
+    check_2d_at(region, q, SMEMB_COPY_H2G, SMEMB_COPY_G2H, src);
     /* Pitches smaller than the width and spans leaving the part are refused. */
     EXPECT_RC(smem_bm_copy_2d(g_h, src, LOC_PITCH, region, ROW_W - 1, ROW_W, ROWS,
                               SMEMB_COPY_H2G, 0), SM_INVALID_PARAM);

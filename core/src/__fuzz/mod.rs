@@ -2,8 +2,11 @@
 //! is a one-liner calling one of these; they assert round trips and invariants, and panic
 //! (which the fuzzer reports) only when an invariant of ours is broken.
 
+pub mod interleave;
 pub mod mem;
 pub mod store;
+
+pub use interleave::collective_interleaved;
 
 use crate::collective::{Collective, Reply, Step};
 

@@ -1,8 +1,8 @@
 //! The `sim` backend: "HBM" is host memory in a `memfd`, handled exactly like a device segment.
 #![allow(unsafe_code)] // forwarding the trait's copy contract to `sys::copy`, see below
 
-use super::{CopyDirection, Device, DeviceSegment};
-use crate::mem::{HostSegment, SegmentDescriptor, SegmentKind};
+use super::{CopyDirection, Device, DeviceDescriptor, DeviceSegment, SegmentInner};
+use crate::mem::{HostSegment, SegmentKind};
 use crate::sys::copy;
 use crate::{Error, Result};
 
@@ -30,17 +30,24 @@ impl Device for SimDevice {
 
     fn alloc(&self, name: &str, len: u64) -> Result<DeviceSegment> {
         let inner = HostSegment::create(name, SegmentKind::SimDevice, len)?;
-        Ok(DeviceSegment { inner })
+        Ok(DeviceSegment {
+            inner: SegmentInner::Host(inner),
+        })
     }
 
-    fn open_peer(&self, desc: &SegmentDescriptor) -> Result<DeviceSegment> {
-        if desc.kind != SegmentKind::SimDevice {
+    fn open_peer(&self, desc: &DeviceDescriptor) -> Result<DeviceSegment> {
+        let DeviceDescriptor::Mapped(d) = desc else {
+            return Err(Error::invalid(format!(
+                "the sim device cannot open a {desc}: the peer uses another device backend; use the same SMEM_DEVICE on every rank"
+            )));
+        };
+        if d.kind != SegmentKind::SimDevice {
             return Err(Error::invalid(format!(
                 "the sim device cannot open a {desc}: the peer uses another device backend; use the same SMEM_DEVICE on every rank"
             )));
         }
         Ok(DeviceSegment {
-            inner: HostSegment::open(desc)?,
+            inner: SegmentInner::Host(HostSegment::open(d)?),
         })
     }
 

@@ -1,4 +1,4 @@
-//! The process-wide state behind the C API: BM pools (and later SHM objects).
+//! The process-wide state behind the C API: BM pools (here) and SHM objects ([`shm`]).
 //!
 //! `capi` calls only these functions; it knows nothing of the store protocol or of memory.
 //!
@@ -19,8 +19,10 @@
 //! # Locks
 //! `STATE` (init/uninit), `OBJECTS` (the handle table) and each slot's `RwLock` are only held
 //! for short, non-blocking sections, in that order. The copy path takes one slot's read lock
-//! (per object, never global), validates with `smem_core::bm`, enters the window (atomics) and
-//! copies; it allocates nothing unless it fails.
+//! (per object, never global) for the whole copy, validates with `smem_core::bm`, checks the
+//! window's state and copies; it allocates nothing unless it fails. Unmapping a window waits for
+//! the copies in flight by taking the slot's write lock once (`wait_for_copies`); no thread
+//! holding a slot lock waits for anything else, so this cannot deadlock.
 //!
 //! # Fork
 //! A `pthread_atfork` prepare handler takes `STATE`, `OBJECTS` and every slot lock, so no lock
@@ -28,11 +30,15 @@
 //! object, store link and server of the parent (their threads do not exist in the child; their
 //! memory is not freed, the child's mappings keep sharing the parent's pages) and starts
 //! uninitialised, so it can call `bm_init` again. The GVA agreement then avoids the ranges the
-//! child still has reserved.
+//! child still has reserved. The store sockets of the parent (client links, the listener and
+//! links of a hosted store) are not inherited as such: [`crate::sys::fork::DetachOnFork`]
+//! replaces them in the child with unconnected placeholders, so the store sees this process's
+//! link close when it dies even while a forked child lives, and a hosted store's port is freed.
 #![allow(unsafe_code)] // `bm_copy`/`bm_copy_2d` are `unsafe fn` (caller pointers) and forward
 // that contract to the device copy, one `unsafe` block each.
 
 mod object;
+pub mod shm;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -184,6 +190,15 @@ fn ready_ctx(what: &str) -> Result<Arc<Ctx>> {
     }
 }
 
+/// The store URL and rank of this process's BM runtime when it is initialised with a rank
+/// (the SHM runtime then shares that store; see `runtime/shm.rs`).
+pub(crate) fn bm_store_user() -> Option<(String, u32)> {
+    match &*lock(&STATE) {
+        State::Ready { args, ctx, .. } => Some((args.url.clone(), ctx.rank)),
+        _ => None,
+    }
+}
+
 /// `smem_init`: process-wide initialisation (idempotent).
 pub fn init(flags: u32) -> Result<()> {
     if flags != 0 {
@@ -197,6 +212,7 @@ pub fn init(flags: u32) -> Result<()> {
 
 /// `smem_uninit`: tears down everything this process created.
 pub fn uninit() {
+    shm::shm_uninit(0);
     bm_uninit(0);
 }
 
@@ -258,7 +274,10 @@ pub fn bm_init(url: &str, world_size: u32, device_id: u16, config: &BmConfig) ->
     }
 }
 
-fn rank_key(rank: u32) -> Vec<u8> {
+/// The store key of rank `rank`'s record: `"<host identity> <pid> <device sharing id>"`
+/// (the last is what the device's IPC allow-lists know this process as, see
+/// `Device::sharing_pid`).
+pub(crate) fn rank_key(rank: u32) -> Vec<u8> {
     format!("smem/bm/rank/{rank}").into_bytes()
 }
 
@@ -320,6 +339,8 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
         connect_timeout: config.init_timeout,
         op_timeout: config.control_timeout,
         reconnect: false,
+        // `smem_set_ssl_option` (the store server above took it from `ServerConfig::new`).
+        tls: crate::tls::global(),
     };
     let store = StoreClient::connect(addr, opts)
         .map_err(|e| e.context(format!("{what}: connecting to the config store at {addr}")))?;
@@ -327,7 +348,8 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
         Some(r) => r,
         None => store.auto_rank(b"smem_bm").map_err(|e| e.context(what))?,
     };
-    let me = format!("{host_id} {}", std::process::id());
+    let share_pid = device.sharing_pid().map_err(|e| e.context(what))?;
+    let me = format!("{host_id} {} {share_pid}", std::process::id());
     store
         .set(&rank_key(rank), me.as_bytes())
         .map_err(|e| e.context(what))?;
@@ -554,6 +576,15 @@ fn stale(what: &str) -> Error {
     )
 }
 
+/// Waits until no copy is in flight in BM object `id` (each copy holds the slot's read lock;
+/// the lock prefers writers, so this is not starved by new copies). The caller has already
+/// marked what it unmaps `CLOSING`, so copies that start afterwards fail cleanly.
+pub(crate) fn wait_for_copies(id: u32) {
+    if let Some(slot) = SLOTS.get(id as usize) {
+        drop(write(slot));
+    }
+}
+
 /// The object behind `handle` (control path).
 fn lookup(handle: BmHandle, what: &str) -> Result<Arc<BmObject>> {
     let h = decode(handle, what)?;
@@ -633,25 +664,58 @@ fn direction(local: LocalMemory, part: Part, writes_global: bool) -> CopyDirecti
     }
 }
 
+/// The local side of a copy, as the device sees it.
+struct LocalSide<'a> {
+    /// Held while the local side lies in a window of this object.
+    _guard: Option<WindowGuard<'a>>,
+    /// The address to copy from / to (translated when it is a device-resident HBM part).
+    addr: u64,
+    /// The memory it is: the copy type's, or the part's when it lies in this object.
+    memory: LocalMemory,
+}
+
 /// When the local side lies in the object's own GVA span (e.g. a copy between two windows),
-/// it must be one joined part, held like the global side.
-fn enter_local(obj: &BmObject, local: u64, len: u64) -> Result<Option<WindowGuard<'_>>> {
+/// it must be one joined part, held like the global side, and is addressed like one.
+fn enter_local(obj: &BmObject, local: u64, len: u64, memory: LocalMemory) -> Result<LocalSide<'_>> {
+    let outside = LocalSide {
+        _guard: None,
+        addr: local,
+        memory,
+    };
     let span = obj.layout.span();
     let Some(range) = GvaRange::new(Gva(local), len) else {
-        return Ok(None);
+        return Ok(outside);
     };
     if !range.overlaps(&span) {
-        return Ok(None);
+        return Ok(outside);
     }
     let loc = obj.layout.locate(Gva(local), len).map_err(|e| {
         Error::invalid(format!(
             "local side of the copy lies in this object's GVA range: {e}"
         ))
     })?;
-    obj.enter(loc.rank).map(Some)
+    let guard = obj.enter(loc.rank)?;
+    Ok(LocalSide {
+        _guard: Some(guard),
+        addr: global_addr(obj, loc.rank, loc.part, loc.offset),
+        memory: match loc.part {
+            Part::Hbm => LocalMemory::Device,
+            Part::Dram => LocalMemory::Host,
+        },
+    })
 }
 
+/// The address of `offset` in `rank`'s `part`: in the GVA when the part is mapped, else (device
+/// memory not mapped into the GVA, see `runtime/object.rs`) at the window's device address.
+/// Call only while inside the window ([`BmObject::enter`]).
+#[inline]
 fn global_addr(obj: &BmObject, rank: u32, part: Part, offset: u64) -> u64 {
+    if part == Part::Hbm {
+        if let Some(dev) = obj.device_base(rank) {
+            // `offset` is inside the part (validated), and the part inside the allocation.
+            return dev.wrapping_add(offset);
+        }
+    }
     // Validated by `check_copy*`: inside the object's span, so no overflow.
     obj.layout.window_base(rank).map_or(0, Gva::raw) + obj.layout.part_offset(part) + offset
 }
@@ -681,21 +745,22 @@ pub unsafe fn bm_copy(
     let plan = check_copy(&obj.layout, copy_type, src, dest, size)
         .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
     let _global = obj.enter(plan.global.rank).map_err(|e| e.context(what))?;
-    let _local = enter_local(obj, plan.local, size).map_err(|e| e.context(what))?;
+    let local = enter_local(obj, plan.local, size, plan.kind.local_memory())
+        .map_err(|e| e.context(what))?;
     let g = global_addr(obj, plan.global.rank, plan.global.part, plan.global.offset);
     let writes = plan.kind.writes_global();
     let (s, d) = if writes {
-        (plan.local, g)
+        (local.addr, g)
     } else {
-        (g, plan.local)
+        (g, local.addr)
     };
-    let dir = direction(plan.kind.local_memory(), plan.global.part, writes);
+    let dir = direction(local.memory, plan.global.part, writes);
     let len = usize::try_from(size)
         .map_err(|_| Error::invalid(format!("{what}: size {size} too large")))?;
-    // SAFETY: the global side is `len` bytes inside one mapped part of a joined window, kept
-    // mapped by `_global` (unmappers wait for it); the local side is valid by the caller's
-    // contract (or, inside the object, held mapped by `_local`); `check_copy` proved the two
-    // ranges disjoint.
+    // SAFETY: the global side is `len` bytes inside one part of a joined window (mapped, or at
+    // its device address), kept so by `_global` (unmappers wait for it); the local side is
+    // valid by the caller's contract (or, inside the object, held by `local`); `check_copy`
+    // proved the two ranges disjoint.
     unsafe { obj.ctx.device.copy(s as *const u8, d as *mut u8, len, dir) }
 }
 
@@ -737,15 +802,16 @@ pub unsafe fn bm_copy_2d(
     let _global = obj.enter(plan.global.rank).map_err(|e| e.context(what))?;
     // The local span: checked for overflow by `check_copy_2d`.
     let local_span = (height - 1) * plan.local_pitch + width;
-    let _local = enter_local(obj, plan.local, local_span).map_err(|e| e.context(what))?;
+    let local = enter_local(obj, plan.local, local_span, plan.kind.local_memory())
+        .map_err(|e| e.context(what))?;
     let g = global_addr(obj, plan.global.rank, plan.global.part, plan.global.offset);
     let writes = plan.kind.writes_global();
     let (s, sp, d, dp) = if writes {
-        (plan.local, plan.local_pitch, g, plan.global_pitch)
+        (local.addr, plan.local_pitch, g, plan.global_pitch)
     } else {
-        (g, plan.global_pitch, plan.local, plan.local_pitch)
+        (g, plan.global_pitch, local.addr, plan.local_pitch)
     };
-    let dir = direction(plan.kind.local_memory(), plan.global.part, writes);
+    let dir = direction(local.memory, plan.global.part, writes);
     let conv =
         |v: u64| usize::try_from(v).map_err(|_| Error::invalid(format!("{what}: {v} too large")));
     let (sp, dp, w, hgt) = (conv(sp)?, conv(dp)?, conv(width)?, conv(height)?);

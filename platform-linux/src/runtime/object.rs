@@ -31,12 +31,28 @@
 //! the new window, and when leave returns nobody maps the leaver's window any more.
 //!
 //! # Copy path
-//! No lock, no allocation: each window has an atomic state and an in-flight counter. A copy
-//! increments the counter, then checks the state is `MAPPED`; an unmapper sets `CLOSING`, waits
-//! for the counter to drain, then unmaps (SeqCst on both sides, so one of them sees the other).
+//! No allocation and two atomic read-modify-writes: a copy holds its object's slot read lock
+//! (per object, see `runtime/mod.rs`) for its whole duration and checks that the window's atomic
+//! state is `MAPPED`. An unmapper sets the state to `CLOSING`, then takes that slot's write lock
+//! once (`super::wait_for_copies`): that waits for every copy in flight in the object, and
+//! every later copy sees `CLOSING` (the lock orders it after the store) and fails cleanly. The
+//! lock prefers writers, so a stream of copies cannot starve an unmapper. (An earlier version
+//! counted in-flight copies per window on top of the slot lock: four atomic RMWs per copy,
+//! measurably slower for copies under 64 KiB.)
+//!
+//! # Device memory that cannot be mapped (`acl`)
+//! When the device backend's segments are device-resident ([`DeviceSegment::device_addr`]),
+//! the HBM part of every window stays reserved in the GVA. Each window then carries the device
+//! address of its HBM part in this process (`Window::dev`: the own `aclrtMalloc` address, or
+//! the address of a same-host peer's segment imported at its join), stored before the window
+//! becomes `MAPPED` and cleared after it was drained; the copy path translates a validated GVA
+//! range of an HBM part to `dev + offset`. The imported segments are kept in `Ctl::imported`
+//! and released (IPC key closed) when the window is dropped. At join the owner allows the
+//! processes of the same-host members to import its HBM segment ([`crate::device::Device::share`], with the
+//! ids they published in their rank records at init).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -49,7 +65,7 @@ use smem_core::gva::Gva;
 use smem_core::limits::WINDOW_ALIGN;
 
 use super::Ctx;
-use crate::device::DeviceSegment;
+use crate::device::{DeviceDescriptor, DeviceSegment};
 use crate::mem::{HostSegment, Reservation, SegmentDescriptor, SegmentKind};
 use crate::store::{CasResult, StoreClient};
 use crate::{Error, Result};
@@ -69,6 +85,15 @@ fn key(id: u32, rest: &str) -> Vec<u8> {
     format!("smem/bm/o{id}/{rest}").into_bytes()
 }
 
+/// The GVA agreement namespace of BM object `id`.
+fn bm_ns(id: u32) -> AgreeNs {
+    AgreeNs {
+        prefix: format!("smem/bm/o{id}/"),
+        object: format!("BM object {id}"),
+        call: format!("smem_bm_create {id}"),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -77,21 +102,18 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
-/// One rank's window: state and in-flight copies.
+/// One rank's window: its state (see the module docs, "Copy path").
 #[derive(Debug, Default)]
 pub(crate) struct Window {
     pub(crate) state: AtomicU8,
-    pub(crate) inflight: AtomicU32,
+    /// Device address of the HBM part when it is device memory not mapped into the GVA
+    /// (module docs); 0 when the part is mapped (or absent).
+    pub(crate) dev: AtomicU64,
 }
 
-/// Holds a window's in-flight count for the duration of a copy.
-pub(crate) struct WindowGuard<'a>(&'a Window);
-
-impl Drop for WindowGuard<'_> {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
+/// Proof that a window was `MAPPED` when a copy entered it. The window stays mapped while the
+/// copy holds its object's slot read lock, which the borrow ties this guard to.
+pub(crate) struct WindowGuard<'a>(#[allow(dead_code)] &'a Window);
 
 /// Control state of an object, behind its mutex (never taken by the copy path).
 #[derive(Debug, Default)]
@@ -104,6 +126,8 @@ struct Ctl {
     holders: BTreeSet<u32>,
     /// Ranks whose parts are mapped here: (rank, hbm mapped, dram mapped).
     mapped: Vec<(u32, bool, bool)>,
+    /// Device segments of same-host peers imported (not mapped) here, by rank.
+    imported: Vec<(u32, DeviceSegment)>,
     /// For this rank's own entries: end offset -> other holders at that point.
     own_entries: Vec<(u64, Vec<u32>)>,
     /// This rank joined (its own join completed).
@@ -132,16 +156,16 @@ pub(crate) struct BmObject {
 
 /// The parsed `gva` proposal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Proposal {
-    version: u64,
+pub(crate) struct Proposal {
+    pub(crate) version: u64,
     /// Random per agreement (chosen with candidate 0): names its counters, so counters of an
     /// aborted or timed-out earlier agreement for the same id are never reused.
-    nonce: u64,
-    base: u64,
-    span: u64,
-    stride: u64,
-    hbm: u64,
-    dram: u64,
+    pub(crate) nonce: u64,
+    pub(crate) base: u64,
+    pub(crate) span: u64,
+    pub(crate) stride: u64,
+    pub(crate) hbm: u64,
+    pub(crate) dram: u64,
 }
 
 impl Proposal {
@@ -177,23 +201,41 @@ impl Proposal {
 }
 
 /// A random `u64` (std's randomly seeded hasher; no extra dependency).
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
     h.finish()
 }
 
-fn counter_key(id: u32, tag: &str) -> Vec<u8> {
-    key(id, &format!("gva/v{tag}"))
+fn counter_key(ns: &AgreeNs, tag: &str) -> Vec<u8> {
+    ns.key(&format!("gva/v{tag}"))
+}
+
+/// Where a GVA agreement keeps its keys and how its messages name the object (shared by the
+/// BM and SHM runtimes).
+#[derive(Clone, Debug)]
+pub(crate) struct AgreeNs {
+    /// Key prefix of the object, e.g. `smem/bm/o3/`.
+    pub(crate) prefix: String,
+    /// The object in messages, e.g. `BM object 3`.
+    pub(crate) object: String,
+    /// The creating call in messages, e.g. `smem_bm_create 3`.
+    pub(crate) call: String,
+}
+
+impl AgreeNs {
+    fn key(&self, rest: &str) -> Vec<u8> {
+        format!("{}{rest}", self.prefix).into_bytes()
+    }
 }
 
 /// What a member publishes at join: where its window's memory is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct WindowRecord {
-    host: String,
-    hbm: Option<SegmentDescriptor>,
-    dram: Option<SegmentDescriptor>,
+pub(crate) struct WindowRecord {
+    pub(crate) host: String,
+    pub(crate) hbm: Option<DeviceDescriptor>,
+    pub(crate) dram: Option<SegmentDescriptor>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -210,19 +252,18 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 impl WindowRecord {
-    fn encode(&self) -> Vec<u8> {
-        let d =
-            |x: &Option<SegmentDescriptor>| x.map_or_else(|| "-".to_owned(), |d| hex(&d.encode()));
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let d = |x: Option<Vec<u8>>| x.map_or_else(|| "-".to_owned(), |b| hex(&b));
         format!(
             "host={};hbm={};dram={}",
             self.host,
-            d(&self.hbm),
-            d(&self.dram)
+            d(self.hbm.as_ref().map(DeviceDescriptor::encode)),
+            d(self.dram.map(|x| x.encode().to_vec()))
         )
         .into_bytes()
     }
 
-    fn decode(b: &[u8]) -> Result<Self> {
+    pub(crate) fn decode(b: &[u8]) -> Result<Self> {
         let bad = || {
             Error::new(
                 ErrorCode::ProtocolError,
@@ -243,7 +284,10 @@ impl WindowRecord {
             };
             match k {
                 "host" => host = Some(v.to_owned()),
-                "hbm" => hbm = desc(v)?,
+                "hbm" if v != "-" => {
+                    hbm = Some(DeviceDescriptor::decode(&unhex(v).ok_or_else(bad)?)?);
+                }
+                "hbm" => {}
                 "dram" => dram = desc(v)?,
                 _ => {}
             }
@@ -370,8 +414,14 @@ impl BmObject {
             hbm: hbm_len,
             dram: dram_len,
         };
-        let (reservation, base) =
-            agree_gva(&ctx.store, id, rank, args.member_size, want, deadline)?;
+        let (reservation, base) = agree_gva(
+            &ctx.store,
+            &bm_ns(id),
+            rank,
+            args.member_size,
+            want,
+            deadline,
+        )?;
         let layout = WindowLayout::new(Gva(base), stride, args.member_size, hbm_len, dram_len)
             .map_err(|e| {
                 Error::new(
@@ -383,13 +433,22 @@ impl BmObject {
             .window_base(rank)
             .and_then(|w| w.checked_offset_from(layout.base()))
             .ok_or_else(|| Error::invalid("rank outside the object"))?;
+        let windows: Box<[Window]> = (0..args.member_size).map(|_| Window::default()).collect();
         if let Some(seg) = &hbm {
-            reservation.map_segment(own, seg.fd(), hbm_len)?;
+            match (seg.mapping_fd(), seg.device_addr()) {
+                (Some(fd), _) => reservation.map_segment(own, fd, hbm_len)?,
+                (None, Some(addr)) => windows[rank as usize].dev.store(addr, Ordering::SeqCst),
+                (None, None) => {
+                    return Err(Error::new(
+                        ErrorCode::Error,
+                        "device segment neither mappable nor addressable",
+                    ));
+                }
+            }
         }
         if let Some(seg) = &dram {
             reservation.map_segment(own + hbm_len, seg.fd(), dram_len)?;
         }
-        let windows: Box<[Window]> = (0..args.member_size).map(|_| Window::default()).collect();
         let ctl = Ctl {
             holders: (0..args.member_size).collect(),
             ..Ctl::default()
@@ -556,8 +615,7 @@ impl BmObject {
             );
             return Ok(false);
         }
-        let check = |d: &Option<SegmentDescriptor>, want: u64, part: Part| -> Result<()> {
-            let got = d.map_or(0, |d| d.len);
+        let check = |got: u64, want: u64, part: Part| -> Result<()> {
             if got != want {
                 return Err(Error::invalid(format!(
                     "rank {r}'s {part} part is {got:#x} bytes but this object's is {want:#x}; every member must create with the same sizes"
@@ -565,14 +623,34 @@ impl BmObject {
             }
             Ok(())
         };
-        check(&rec.hbm, self.layout.hbm_len(), Part::Hbm)?;
-        check(&rec.dram, self.layout.dram_len(), Part::Dram)?;
+        check(
+            rec.hbm.as_ref().map_or(0, DeviceDescriptor::len),
+            self.layout.hbm_len(),
+            Part::Hbm,
+        )?;
+        check(
+            rec.dram.map_or(0, |d| d.len),
+            self.layout.dram_len(),
+            Part::Dram,
+        )?;
         let off = self.window_offset(r);
         let mut hbm_mapped = false;
+        let mut imported = None;
         if let Some(d) = &rec.hbm {
             let seg = self.ctx.device.open_peer(d)?;
-            self.reservation.map_segment(off, seg.fd(), d.len)?;
-            hbm_mapped = true;
+            match (seg.mapping_fd(), seg.device_addr()) {
+                (Some(fd), _) => {
+                    self.reservation.map_segment(off, fd, d.len())?;
+                    hbm_mapped = true;
+                }
+                (None, Some(addr)) => imported = Some((addr, seg)),
+                (None, None) => {
+                    return Err(Error::new(
+                        ErrorCode::Error,
+                        "device segment neither mappable nor addressable",
+                    ));
+                }
+            }
         }
         if let Some(d) = &rec.dram {
             let res = (|| {
@@ -595,6 +673,10 @@ impl BmObject {
         }
         // The segments' descriptors close here; the mappings keep the memory.
         ctl.mapped.push((r, hbm_mapped, rec.dram.is_some()));
+        if let Some((addr, seg)) = imported {
+            w.dev.store(addr, Ordering::SeqCst);
+            ctl.imported.push((r, seg));
+        }
         w.state.store(MAPPED, Ordering::SeqCst);
         Ok(true)
     }
@@ -603,7 +685,7 @@ impl BmObject {
     fn unmap_peer(&self, ctl: &mut Ctl, r: u32) {
         let w = &self.windows[r as usize];
         w.state.store(CLOSING, Ordering::SeqCst);
-        drain(w);
+        super::wait_for_copies(self.id);
         if let Some(i) = ctl.mapped.iter().position(|m| m.0 == r) {
             let (_, hbm, dram) = ctl.mapped.swap_remove(i);
             let off = self.window_offset(r);
@@ -620,6 +702,11 @@ impl BmObject {
                     warn!("BM object {}: unmapping rank {r}'s DRAM part: {e}", self.id);
                 }
             }
+        }
+        if let Some(i) = ctl.imported.iter().position(|m| m.0 == r) {
+            w.dev.store(0, Ordering::SeqCst);
+            // Releases the imported device memory (no copy is in flight: drained above).
+            drop(ctl.imported.swap_remove(i));
         }
         w.state.store(ABSENT, Ordering::SeqCst);
     }
@@ -743,6 +830,15 @@ impl BmObject {
             ));
         }
         let deadline = Instant::now() + self.ctx.config.create_timeout;
+        if let Some(seg) = &self.hbm {
+            let pids = self
+                .same_host_sharing_pids()
+                .map_err(|e| e.context(&what))?;
+            self.ctx
+                .device
+                .share(seg, &pids)
+                .map_err(|e| e.context(format!("{what}: sharing the HBM part")))?;
+        }
         let rec = WindowRecord {
             host: self.ctx.host_id.clone(),
             hbm: self.hbm.as_ref().map(DeviceSegment::descriptor),
@@ -770,6 +866,38 @@ impl BmObject {
         Ok(base)
     }
 
+    /// The sharing ids (rank records, see `runtime::rank_key`) of the other members on this
+    /// host; every member registered before create completed.
+    fn same_host_sharing_pids(&self) -> Result<Vec<i32>> {
+        let mut pids = Vec::new();
+        for r in (0..self.layout.member_size()).filter(|&r| r != self.rank) {
+            let Some(v) = self.ctx.store.get(&super::rank_key(r))? else {
+                continue;
+            };
+            let v = String::from_utf8_lossy(&v);
+            let mut fields = v.split(' ');
+            let (Some(host), Some(_pid), Some(share)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            if host == self.ctx.host_id {
+                if let Ok(p) = share.parse::<i32>() {
+                    pids.push(p);
+                }
+            }
+        }
+        Ok(pids)
+    }
+
+    /// The device address of rank `rank`'s HBM part when it is device memory not mapped into
+    /// the GVA (call only while inside the window, see [`BmObject::enter`]).
+    #[inline]
+    pub(crate) fn device_base(&self, rank: u32) -> Option<u64> {
+        let dev = self.windows.get(rank as usize)?.dev.load(Ordering::SeqCst);
+        (dev != 0).then_some(dev)
+    }
+
     /// `smem_bm_leave`: peers drop the window before this returns.
     pub(crate) fn leave(&self) -> Result<()> {
         let _op = lock(&self.op);
@@ -786,7 +914,7 @@ impl BmObject {
         }
         let w = &self.windows[self.rank as usize];
         w.state.store(CLOSING, Ordering::SeqCst);
-        drain(w);
+        super::wait_for_copies(self.id);
         w.state.store(ABSENT, Ordering::SeqCst);
         lock(&self.ctl).joined_self = false;
         let deadline = Instant::now() + self.ctx.config.create_timeout;
@@ -868,24 +996,26 @@ impl BmObject {
     pub(crate) fn quiesce(&self) {
         for w in self.windows.iter() {
             w.state.store(CLOSING, Ordering::SeqCst);
-            drain(w);
+        }
+        super::wait_for_copies(self.id);
+        for w in self.windows.iter() {
             w.state.store(ABSENT, Ordering::SeqCst);
         }
     }
 
-    /// Enters rank `rank`'s window for a copy, or says why it cannot be reached.
+    /// Enters rank `rank`'s window for a copy, or says why it cannot be reached. The caller
+    /// holds this object's slot read lock until the copy is done.
     #[inline]
     pub(crate) fn enter(&self, rank: u32) -> Result<WindowGuard<'_>> {
         let w = self
             .windows
             .get(rank as usize)
             .ok_or_else(|| Error::invalid(format!("rank {rank} has no window")))?;
-        w.inflight.fetch_add(1, Ordering::SeqCst);
-        let state = w.state.load(Ordering::SeqCst);
+        // Ordered after an unmapper's `CLOSING` store by the slot lock the caller holds.
+        let state = w.state.load(Ordering::Acquire);
         if state == MAPPED {
             return Ok(WindowGuard(w));
         }
-        w.inflight.fetch_sub(1, Ordering::SeqCst);
         Err(self.unreachable(rank, state))
     }
 
@@ -914,63 +1044,50 @@ impl BmObject {
     }
 }
 
-/// Waits until no copy is in flight in `w` (copies are bounded memory copies).
-fn drain(w: &Window) {
-    let mut spins = 0u32;
-    while w.inflight.load(Ordering::SeqCst) != 0 {
-        spins += 1;
-        if spins < 100 {
-            std::hint::spin_loop();
-        } else {
-            std::thread::yield_now();
-        }
-    }
-}
-
 /// Runs the GVA agreement (module docs) and returns the reservation and the agreed base. On
 /// failure the candidate this rank counted for is uncounted, so a later attempt cannot complete
 /// with a count that includes a rank that gave up.
-fn agree_gva(
+pub(crate) fn agree_gva(
     store: &StoreClient,
-    id: u32,
+    ns: &AgreeNs,
     rank: u32,
     members: u32,
     want: Proposal,
     deadline: Instant,
 ) -> Result<(Reservation, u64)> {
     let mut held: Option<(String, Reservation)> = None;
-    let r = agree_inner(store, id, rank, members, want, deadline, &mut held);
+    let r = agree_inner(store, ns, rank, members, want, deadline, &mut held);
     if r.is_err() {
         if let Some((tag, _)) = held.take() {
-            let _ = store.add(&counter_key(id, &tag), -1);
+            let _ = store.add(&counter_key(ns, &tag), -1);
         }
     }
     r
 }
 
 /// Counts this rank as holding candidate `p`.
-fn count_in(store: &StoreClient, id: u32, rank: u32, p: &Proposal) -> Result<()> {
-    store.set(&key(id, &format!("gva/r{rank}")), p.tag().as_bytes())?;
-    store.add(&counter_key(id, &p.tag()), 1)?;
+fn count_in(store: &StoreClient, ns: &AgreeNs, rank: u32, p: &Proposal) -> Result<()> {
+    store.set(&ns.key(&format!("gva/r{rank}")), p.tag().as_bytes())?;
+    store.add(&counter_key(ns, &p.tag()), 1)?;
     Ok(())
 }
 
 fn agree_inner(
     store: &StoreClient,
-    id: u32,
+    ns: &AgreeNs,
     rank: u32,
     members: u32,
     want: Proposal,
     deadline: Instant,
     held: &mut Option<(String, Reservation)>,
 ) -> Result<(Reservation, u64)> {
-    let gva_key = key(id, "gva");
-    let what = format!("smem_bm_create {id} (rank {rank})");
+    let gva_key = ns.key("gva");
+    let what = format!("{} (rank {rank})", ns.call);
     loop {
         if remaining(deadline).is_zero() {
             return Err(agree_timeout(
                 store,
-                id,
+                ns,
                 &what,
                 held.as_ref().map(|h| h.0.clone()),
             ));
@@ -988,7 +1105,7 @@ fn agree_inner(
                 match store.cas(&gva_key, b"", &p.encode())? {
                     CasResult::Swapped => {
                         *held = Some((p.tag(), cand));
-                        count_in(store, id, rank, &p)?;
+                        count_in(store, ns, rank, &p)?;
                         p.encode()
                     }
                     CasResult::Mismatch(v) => v,
@@ -1003,11 +1120,11 @@ fn agree_inner(
         })?;
         if (p.span, p.stride, p.hbm, p.dram) != (want.span, want.stride, want.hbm, want.dram) {
             let msg = format!(
-                "members of BM object {id} were created with different sizes: rank {rank} has HBM {:#x} + DRAM {:#x} x {members} members, another member HBM {:#x} + DRAM {:#x} (span {:#x}); every member must pass the same sizes and memberSize",
-                want.hbm, want.dram, p.hbm, p.dram, p.span
+                "members of {} were created with different sizes: rank {rank} has HBM {:#x} + DRAM {:#x} x {members} members, another member HBM {:#x} + DRAM {:#x} (span {:#x}); every member must pass the same sizes and memberSize",
+                ns.object, want.hbm, want.dram, p.hbm, p.dram, p.span
             );
-            let _ = store.set(&key(id, "abort"), msg.as_bytes());
-            let _ = store.add(&counter_key(id, &p.tag()), ABORT);
+            let _ = store.set(&ns.key("abort"), msg.as_bytes());
+            let _ = store.add(&counter_key(ns, &p.tag()), ABORT);
             // The next attempt starts a fresh agreement (new nonce, new counters).
             let _ = store.remove(&gva_key);
             return Err(Error::invalid(format!("{what}: {msg}")));
@@ -1017,7 +1134,7 @@ fn agree_inner(
             match Reservation::try_reserve_at(Gva(p.base), p.span) {
                 Ok(res) => {
                     *held = Some((p.tag(), res));
-                    count_in(store, id, rank, &p)?;
+                    count_in(store, ns, rank, &p)?;
                 }
                 Err(e) if e.code() == ErrorCode::ResourceInUse => {
                     debug!(
@@ -1033,8 +1150,8 @@ fn agree_inner(
                     };
                     if store.cas(&gva_key, &cur, &next.encode())? == CasResult::Swapped {
                         *held = Some((next.tag(), cand));
-                        count_in(store, id, rank, &next)?;
-                        store.add(&counter_key(id, &p.tag()), SUPERSEDED)?;
+                        count_in(store, ns, rank, &next)?;
+                        store.add(&counter_key(ns, &p.tag()), SUPERSEDED)?;
                     }
                     continue;
                 }
@@ -1042,7 +1159,7 @@ fn agree_inner(
             }
         }
         // Wait until every member holds this candidate, or it is superseded / aborted.
-        let counter = counter_key(id, &p.tag());
+        let counter = counter_key(ns, &p.tag());
         let rx = store.watch(&counter)?;
         let outcome = loop {
             match rx.recv_timeout(remaining(deadline)) {
@@ -1063,7 +1180,7 @@ fn agree_inner(
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = store.unwatch(&counter);
-                    return Err(agree_timeout(store, id, &what, Some(p.tag())));
+                    return Err(agree_timeout(store, ns, &what, Some(p.tag())));
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(Error::new(
@@ -1084,7 +1201,7 @@ fn agree_inner(
             Ok(false) => {}
             Err(()) => {
                 let msg = store
-                    .get(&key(id, "abort"))
+                    .get(&ns.key("abort"))
                     .ok()
                     .flatten()
                     .unwrap_or_default();
@@ -1097,9 +1214,9 @@ fn agree_inner(
     }
 }
 
-fn agree_timeout(store: &StoreClient, id: u32, what: &str, tag: Option<String>) -> Error {
+fn agree_timeout(store: &StoreClient, ns: &AgreeNs, what: &str, tag: Option<String>) -> Error {
     let mut have = Vec::new();
-    if let (Some(v), Ok(list)) = (tag, store.prefix(&key(id, "gva/r"))) {
+    if let (Some(v), Ok(list)) = (tag, store.prefix(&ns.key("gva/r"))) {
         for (k, val) in list {
             let r = std::str::from_utf8(&k)
                 .ok()
@@ -1116,8 +1233,9 @@ fn agree_timeout(store: &StoreClient, id: u32, what: &str, tag: Option<String>) 
     Error::new(
         ErrorCode::Timeout,
         format!(
-            "{what}: the members did not agree on a GVA range within the create timeout; ranks holding the current candidate: [{}]; the others have not called smem_bm_create yet or cannot reserve it",
-            rank_list(&have)
+            "{what}: the members did not agree on a GVA range within the create timeout; ranks holding the current candidate: [{}]; the others have not called {} yet or cannot reserve it",
+            rank_list(&have),
+            ns.call
         ),
     )
 }
@@ -1164,6 +1282,30 @@ mod tests {
         };
         assert_eq!(WindowRecord::decode(&r.encode()), Ok(r));
         assert!(WindowRecord::decode(b"hbm=-").is_err());
+        let r = WindowRecord {
+            host: "boot/123".into(),
+            hbm: Some(DeviceDescriptor::AclIpc {
+                len: 0x40_0000,
+                key: "stub-12-7-99".into(),
+            }),
+            dram: None,
+        };
+        assert_eq!(WindowRecord::decode(&r.encode()), Ok(r));
+        let sim = WindowRecord {
+            host: "h".into(),
+            hbm: Some(DeviceDescriptor::Mapped(SegmentDescriptor {
+                kind: SegmentKind::SimDevice,
+                ..d
+            })),
+            dram: Some(d),
+        };
+        assert_eq!(WindowRecord::decode(&sim.encode()), Ok(sim));
+        // An ACL descriptor with a bad key is refused.
+        let bad = format!(
+            "host=h;hbm={};dram=-",
+            hex(b"SMAK\x01\0\0\0\0\0\x20\0\0\0\0\0a b")
+        );
+        assert!(WindowRecord::decode(bad.as_bytes()).is_err());
     }
 
     #[test]

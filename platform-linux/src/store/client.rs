@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -22,6 +23,8 @@ use smem_core::wire::{
 };
 
 use super::{AUTO_RANKING_PREFIX, WATCH_RANK_DOWN_KEY};
+use crate::sys::fork::DetachOnFork;
+use crate::tls::{LoadedTls, TlsStream};
 use crate::{Error, Result};
 
 /// Interval of the client's HEARTBEAT frames while it holds a rank.
@@ -42,6 +45,11 @@ pub struct ClientOptions {
     /// same world size, the rank held before) instead of failing. Pending operations at the
     /// time of the loss still fail, and watch receivers disconnect.
     pub reconnect: bool,
+    /// Mutual TLS: the 16-byte header goes in clear, then TLS 1.3 (this process' certificate
+    /// presented, the store's verified against the CA, CRLs and the URL's IP), then the
+    /// reply and every frame inside TLS. `None`: plain TCP. The default is the process-wide
+    /// setting ([`crate::tls::set_global`], i.e. `smem_set_ssl_option`).
+    pub tls: Option<Arc<LoadedTls>>,
 }
 
 impl Default for ClientOptions {
@@ -52,6 +60,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             op_timeout: Duration::from_secs(10),
             reconnect: false,
+            tls: crate::tls::global(),
         }
     }
 }
@@ -72,7 +81,11 @@ struct Reply {
 
 /// One TCP connection to the store and what is registered on it.
 struct Link {
-    writer: Mutex<TcpStream>,
+    /// Keeps the descriptors of this link out of forked children; declared first, so it is
+    /// dropped (unregistered) before they close.
+    _detach: [DetachOnFork; 2],
+    /// The socket, or the writing half of its TLS stream.
+    writer: Mutex<Box<dyn Write + Send>>,
     /// A second handle, so taking the link down never waits for a writer blocked in the kernel.
     shutdown_handle: TcpStream,
     pending: Mutex<HashMap<u32, SyncSender<Reply>>>,
@@ -264,7 +277,14 @@ impl Link {
     }
 
     /// Reader thread body: read frames until the link dies, then take it down.
-    fn read_loop(self: Arc<Self>, mut stream: TcpStream, addr: SocketAddr) {
+    fn read_loop(
+        self: Arc<Self>,
+        mut stream: Box<dyn Read + Send>,
+        detach: DetachOnFork,
+        addr: SocketAddr,
+    ) {
+        // A local, so it is dropped (unregistered) before the `stream` parameter closes.
+        let _detach = detach;
         let mut hdr = [0u8; FRAME_HEADER_LEN];
         let why = loop {
             if let Err(e) = stream.read_exact(&mut hdr) {
@@ -395,26 +415,63 @@ fn open_link(
     stream
         .set_write_timeout(Some(opts.op_timeout.max(Duration::from_millis(1))))
         .map_err(io)?;
-    handshake_io(&mut stream, opts.world_size, rank, reconnect, addr)?;
-    stream.set_read_timeout(None).map_err(io)?;
-    let reader = stream.try_clone().map_err(io)?;
+    send_header(&mut stream, opts.world_size, rank, reconnect, addr)?;
     let shutdown_handle = stream.try_clone().map_err(io)?;
+    let check = |r: &mut dyn Read| read_reply(r, opts, rank, addr);
+    let (reader, writer, reader_fd, writer_fd): (
+        Box<dyn Read + Send>,
+        Box<dyn Write + Send>,
+        RawFd,
+        RawFd,
+    ) = match &opts.tls {
+        Some(tls) => {
+            // The reference's order: TLS right behind the clear header, the reply inside.
+            let mut tls = TlsStream::connect(stream, tls, addr.ip(), deadline)
+                .map_err(|e| e.context(format!("config store at {addr}")))?;
+            check(&mut tls)?;
+            tls.tcp().set_read_timeout(None).map_err(io)?;
+            debug!(
+                "store client: TLS link to {addr}, server {}",
+                tls.peer_identity()
+            );
+            let writer_fd = tls.tcp().as_raw_fd();
+            let (r, w) = tls.into_split()?;
+            let reader_fd = r.socket().as_raw_fd();
+            (Box::new(r), Box::new(w), reader_fd, writer_fd)
+        }
+        None => {
+            check(&mut stream)?;
+            stream.set_read_timeout(None).map_err(io)?;
+            let reader = stream.try_clone().map_err(io)?;
+            let (reader_fd, writer_fd) = (reader.as_raw_fd(), stream.as_raw_fd());
+            (Box::new(reader), Box::new(stream), reader_fd, writer_fd)
+        }
+    };
+    // The descriptors stay open as long as `reader`, `writer` and `shutdown_handle` live, and
+    // each guard is dropped before its descriptor closes (field and local order).
+    let reader_detach = DetachOnFork::from_raw(reader_fd);
     let link = Arc::new(Link {
-        writer: Mutex::new(stream),
+        _detach: [
+            DetachOnFork::from_raw(writer_fd),
+            DetachOnFork::new(shutdown_handle.as_fd()),
+        ],
+        writer: Mutex::new(writer),
         shutdown_handle,
         pending: Mutex::new(HashMap::new()),
         watches: Mutex::new(Watches::default()),
         up: AtomicBool::new(true),
     });
     let l = Arc::clone(&link);
-    if let Err(e) = spawn("smem-store-rx", move || l.read_loop(reader, addr)) {
+    if let Err(e) = spawn("smem-store-rx", move || {
+        l.read_loop(reader, reader_detach, addr)
+    }) {
         link.down();
         return Err(e);
     }
     Ok(link)
 }
 
-fn handshake_io(
+fn send_header(
     stream: &mut TcpStream,
     world: Option<u32>,
     rank: Option<u32>,
@@ -425,9 +482,25 @@ fn handshake_io(
     let _ = Handshake::new(world, rank, reconnect).emit(&mut hs);
     stream
         .write_all(&hs)
-        .map_err(|e| Error::io(format!("handshake with the config store at {addr}"), &e))?;
+        .map_err(|e| Error::io(format!("handshake with the config store at {addr}"), &e))
+}
+
+fn read_reply(
+    stream: &mut dyn Read,
+    opts: &ClientOptions,
+    rank: Option<u32>,
+    addr: SocketAddr,
+) -> Result<()> {
+    let world = opts.world_size;
     let mut r = [0u8; handshake::HANDSHAKE_REPLY_LEN];
     stream.read_exact(&mut r).map_err(|e| {
+        if opts.tls.is_some() {
+            // E.g. the store refused our certificate: its alert arrives here.
+            let e = crate::tls::stream_error(&format!("TLS link to the config store at {addr}"), &e);
+            if e.code() == ErrorCode::TlsError {
+                return e;
+            }
+        }
         Error::new(
             ErrorCode::IoError,
             format!("config store at {addr} closed the link during the handshake ({e}); it refused us or is overloaded"),
@@ -441,7 +514,7 @@ fn handshake_io(
         code => Err(Error::new(
             ErrorCode::StoreRejected,
             format!(
-                "config store at {addr} refused the handshake ({code}): rank {rank:?} is already held by a live link, too many links are open, or the protocol differs"
+                "config store at {addr} refused the handshake ({code}): rank {rank:?} is already held by a live link, too many links are open, or the protocol differs (TLS on one side only?)"
             ),
         )),
     }

@@ -22,6 +22,12 @@
 //! - When the store is wiped, parked GETs and watchers get `-602 "store wiped: ..."`.
 //! - Limits ([`server::Limits`]) are configurable; large request bodies (> 64 KiB) reserve
 //!   bytes from a shared input budget and wait for it instead of growing memory without bound.
+//! - Mutual TLS ([`crate::tls`], `ServerConfig::tls` / `ClientOptions::tls`, by default the
+//!   process-wide [`crate::tls::set_global`]): the 16-byte header in clear, then TLS 1.3, then
+//!   the `i16` reply and every frame inside TLS, as the reference does (checked both ways
+//!   against the wheel). Refusals after the TLS handshake are sent inside TLS; a TLS peer that
+//!   fails (no/bad/expired/revoked certificate, not TLS) is logged and closed; a link that
+//!   sends no ClientHello within the handshake timeout gets a clear `-1` (a plaintext client).
 //!
 //! `tests/store_compat.rs` runs the client against any store given in
 //! `SMEM_COMPAT_STORE_URL`, e.g. the reference server.

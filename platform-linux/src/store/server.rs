@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,7 +24,9 @@ use smem_core::wire::{
 };
 
 use super::{AUTO_RANKING_PREFIX, HEARTBEAT_ENV, WATCH_RANK_DOWN_KEY};
+use crate::sys::fork::DetachOnFork;
 use crate::sys::net::{EPOLL_HUP_ERR, EPOLL_IN, EPOLL_OUT, Epoll, EventFd, Ready};
+use crate::tls::{LoadedTls, ServerTlsSession};
 use crate::{Error, Result};
 
 /// Configurable limits. Over a limit a request gets `-400` with a reason (or, for links, the
@@ -81,13 +83,21 @@ pub struct ServerConfig {
     pub heartbeat_timeout: Option<Duration>,
     /// How often heartbeats are checked (the reference: 2 s). Capped at half the timeout.
     pub heartbeat_check_interval: Duration,
-    /// A connection must complete its 16-byte handshake within this.
+    /// A connection must complete its 16-byte handshake (and, with TLS, the TLS handshake)
+    /// within this.
     pub handshake_timeout: Duration,
+    /// Mutual TLS (SPEC 2.1): the 16-byte header in clear, then TLS 1.3 with a client
+    /// certificate required; the `i16` reply and every frame inside TLS (the reference's
+    /// order, see [`crate::tls`]). `None`: plain TCP. [`ServerConfig::new`] takes the
+    /// process-wide setting ([`crate::tls::set_global`], i.e. `smem_set_ssl_option`), so a
+    /// store created after TLS was enabled cannot come up in clear by omission.
+    pub tls: Option<Arc<LoadedTls>>,
 }
 
 impl ServerConfig {
     /// Defaults for `listen`: heartbeat timeout from `MF_CONFIG_STORE_HEARTBEAT_TIMEOUT_S`
-    /// (default 60 s, 0 = off), 10 s handshake timeout, default limits.
+    /// (default 60 s, 0 = off), 10 s handshake timeout, default limits, the process-wide TLS
+    /// setting ([`crate::tls::global`]).
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
@@ -95,6 +105,7 @@ impl ServerConfig {
             heartbeat_timeout: heartbeat_timeout_from_env(),
             heartbeat_check_interval: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
+            tls: crate::tls::global(),
         }
     }
 }
@@ -210,6 +221,8 @@ const SMALL_BODY: usize = 64 * 1024;
 const READ_BUDGET: usize = 4 << 20;
 const WRITE_LIMIT_TOTAL: u64 = 1 << 30;
 const ONE_GIB: u64 = 1 << 30;
+/// Plaintext handed to a TLS session per step of `flush` (a few TLS records).
+const TLS_WRITE_CHUNK: usize = 64 * 1024;
 /// Reference texts for wrong key/value counts.
 const ONE_KEY_NO_VALUES: &str = "invalid request: key should be one and no values.";
 const KEY_AND_VALUE_ONE: &str = "invalid request: key & value should be one.";
@@ -217,6 +230,9 @@ const KEY_AND_VALUE_ONE: &str = "invalid request: key & value should be one.";
 type LinkId = u64;
 
 struct Link {
+    /// Keeps `stream` out of forked children; declared first, so it is dropped (unregistered)
+    /// before the stream closes.
+    _detach: DetachOnFork,
     stream: TcpStream,
     peer: SocketAddr,
     handshaken: bool,
@@ -238,6 +254,21 @@ struct Link {
     reserved: usize,
     /// Not read (no EPOLLIN) until a reservation fits.
     paused: bool,
+    /// TLS state once the clear-text header arrived on a TLS server.
+    tls: Option<LinkTls>,
+}
+
+/// A link's TLS session and the store handshake waiting for the TLS handshake to finish.
+struct LinkTls {
+    session: ServerTlsSession,
+    /// The clear-text header, processed once the peer's certificate is verified.
+    pending: Option<Handshake>,
+    /// TLS bytes read from the socket together with the header, not yet fed.
+    prefix: Vec<u8>,
+    /// Whether any TLS byte arrived (to tell a plaintext client from a slow one).
+    seen_input: bool,
+    /// `close_notify` queued after the last reply of a refused or closing link.
+    closing: bool,
 }
 
 impl Link {
@@ -296,6 +327,9 @@ struct State {
 
 struct EventLoop {
     config: ServerConfig,
+    /// Keeps `listener` out of forked children (a child must not hold the port); declared
+    /// before it, so it is unregistered before the listener closes.
+    _detach_listener: DetachOnFork,
     listener: TcpListener,
     epoll: Epoll,
     waker: Arc<EventFd>,
@@ -447,6 +481,7 @@ impl EventLoop {
         }
         Self {
             config,
+            _detach_listener: DetachOnFork::new(listener.as_fd()),
             listener,
             epoll,
             waker,
@@ -567,6 +602,7 @@ impl EventLoop {
         self.links.insert(
             id,
             Link {
+                _detach: DetachOnFork::new(stream.as_fd()),
                 stream,
                 peer,
                 handshaken: false,
@@ -583,6 +619,7 @@ impl EventLoop {
                 parked: 0,
                 reserved: 0,
                 paused: false,
+                tls: None,
             },
         );
         let at = Instant::now().checked_add(self.config.handshake_timeout);
@@ -602,6 +639,8 @@ impl EventLoop {
         let mut eof = None;
         let mut got = 0usize;
         let mut full = false;
+        let mut tls_failed = None;
+        let is_tls = self.links.get(&id).is_some_and(|l| l.tls.is_some());
         {
             let scratch = &mut self.scratch[..];
             let Some(link) = self.links.get_mut(&id) else {
@@ -629,7 +668,28 @@ impl EventLoop {
                 // The head frame (within its reservation, or small) plus one chunk.
                 let cap =
                     FRAME_HEADER_LEN + HANDSHAKE_LEN + link.reserved.max(SMALL_BODY) + READ_CHUNK;
-                while got < READ_BUDGET {
+                if let Some(tls) = link.tls.as_mut() {
+                    // One call decrypts at most `tls::READ_BUDGET` more than `cap`.
+                    if link.rbuf.len() >= cap {
+                        full = true;
+                    } else {
+                        match tls.session.on_readable(&mut link.stream, &mut link.rbuf) {
+                            Ok(outcome) => {
+                                tls.seen_input = true;
+                                got = outcome.appended;
+                                if outcome.eof {
+                                    // Answer the peer's close_notify (OpenSSL peers wait for it
+                                    // in SSL_shutdown), best effort: the link closes this turn.
+                                    tls.session.send_close_notify();
+                                    let _ = tls.session.flush_to(&mut link.stream);
+                                    eof = Some("peer closed the connection".to_string());
+                                }
+                            }
+                            Err(e) => tls_failed = Some(e),
+                        }
+                    }
+                }
+                while !is_tls && got < READ_BUDGET {
                     let len = link.rbuf.len();
                     let room = READ_CHUNK.min(cap.saturating_sub(len));
                     if room == 0 {
@@ -661,12 +721,87 @@ impl EventLoop {
                 }
             }
         }
-        if got > 0 || full {
+        if let Some(e) = tls_failed {
+            return self.refuse_tls(id, &e);
+        }
+        if is_tls {
+            self.after_tls_input(id, full);
+        } else if got > 0 || full {
             self.process_input(id);
+            // The clear header of a TLS link may have arrived with the start of the TLS bytes.
+            if self.links.get(&id).is_some_and(|l| l.tls.is_some()) {
+                self.start_tls(id);
+            }
         }
         if let Some(reason) = eof {
             self.doomed.push((id, reason));
         }
+    }
+
+    /// Feeds the TLS bytes that came with the clear header to the new session.
+    fn start_tls(&mut self, id: LinkId) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let Some(tls) = link.tls.as_mut() else {
+            return;
+        };
+        let prefix = std::mem::take(&mut tls.prefix);
+        if prefix.is_empty() {
+            return;
+        }
+        tls.seen_input = true;
+        match tls.session.feed(&prefix, &mut link.rbuf) {
+            Ok(_) => self.after_tls_input(id, false),
+            Err(e) => self.refuse_tls(id, &e),
+        }
+    }
+
+    /// After TLS input: once the TLS handshake is done (the client certificate verified), run
+    /// the store handshake, then the frames that arrived. TLS output (handshake messages) is
+    /// flushed at the end of the turn.
+    fn after_tls_input(&mut self, id: LinkId, full: bool) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let Some(tls) = link.tls.as_mut() else {
+            return;
+        };
+        if tls.session.handshake_done() {
+            if let Some(hs) = tls.pending.take() {
+                info!(
+                    "config store: link {id} from {}: TLS peer {}",
+                    link.peer,
+                    tls.session.peer_identity().unwrap_or("?")
+                );
+                self.handshake(id, hs);
+            }
+        }
+        if self
+            .links
+            .get(&id)
+            .is_some_and(|l| l.handshaken && (full || !l.rbuf.is_empty()))
+        {
+            self.process_input(id);
+        }
+        self.dirty.push(id);
+    }
+
+    /// The peer failed TLS (no or bad certificate, not TLS at all...): log the reason, send
+    /// the alert rustls queued (best effort), close.
+    fn refuse_tls(&mut self, id: LinkId, err: &Error) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        warn!(
+            "config store: refusing TLS link {id} from {}: {}",
+            link.peer,
+            err.message()
+        );
+        if let Some(tls) = link.tls.as_mut() {
+            let _ = tls.session.flush_to(&mut link.stream);
+        }
+        self.doomed.push((id, format!("TLS: {}", err.message())));
     }
 
     /// Consume whole handshakes/frames from the link's read buffer.
@@ -698,12 +833,33 @@ impl EventLoop {
             }
             let buf = &rbuf[consumed..];
             if !link.handshaken {
-                if buf.len() < HANDSHAKE_LEN {
+                if link.tls.is_some() || buf.len() < HANDSHAKE_LEN {
+                    // TLS links: the header was taken; the TLS handshake is in progress.
                     break;
                 }
                 // 16 bytes are present, so parse cannot fail.
                 let Ok(hs) = Handshake::parse(buf) else { break };
                 consumed += HANDSHAKE_LEN;
+                if let Some(config) = &self.config.tls {
+                    let session = match ServerTlsSession::new(config) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            self.doomed.push((id, e.to_string()));
+                            break;
+                        }
+                    };
+                    // Everything after the header is TLS (the reference client pipelines its
+                    // ClientHello); `start_tls` feeds it once the buffer is back in the link.
+                    link.tls = Some(LinkTls {
+                        session,
+                        pending: Some(hs),
+                        prefix: rbuf[consumed..].to_vec(),
+                        seen_input: false,
+                        closing: false,
+                    });
+                    consumed = rbuf.len();
+                    break;
+                }
                 self.handshake(id, hs);
                 continue;
             }
@@ -1434,12 +1590,27 @@ impl EventLoop {
                     }
                 }
                 Timer::Handshake(id) => {
-                    if self.links.get(&id).is_some_and(|l| !l.handshaken) {
-                        self.doomed.push((
-                            id,
-                            "no complete handshake within the handshake timeout".into(),
-                        ));
+                    let Some(link) = self.links.get_mut(&id) else {
+                        continue;
+                    };
+                    if link.handshaken || link.close_after_flush.is_some() {
+                        continue;
                     }
+                    let why = match &link.tls {
+                        Some(tls) if !tls.seen_input => {
+                            // A plaintext client waits for a clear reply that never comes:
+                            // give it one (-1) so it fails cleanly, and say why here.
+                            let _ = link.stream.write(&status::ERROR.to_le_bytes());
+                            "no TLS ClientHello after the clear header within the handshake \
+                             timeout (plaintext client talking to a TLS store?)"
+                        }
+                        Some(_) => "TLS handshake not completed within the handshake timeout",
+                        None => "no complete handshake within the handshake timeout",
+                    };
+                    if link.tls.is_some() {
+                        warn!("config store: link {id} from {}: {why}", link.peer);
+                    }
+                    self.doomed.push((id, why.into()));
                 }
                 Timer::HeartbeatScan => {
                     let Some(limit) = self.config.heartbeat_timeout else {
@@ -1489,7 +1660,35 @@ impl EventLoop {
             return;
         };
         let mut failed = None;
-        while link.wpos < link.wbuf.len() {
+        let mut tls_backlog = false;
+        if let Some(tls) = link.tls.as_mut() {
+            // Plaintext moves into the session one chunk at a time, only once the session's
+            // own output is flushed: the backlog stays in `wbuf`, where the limits see it.
+            loop {
+                match tls.session.flush_to(&mut link.stream) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tls_backlog = true;
+                        break;
+                    }
+                    Err(e) => {
+                        failed = Some(format!("write error: {e}"));
+                        break;
+                    }
+                }
+                if link.wpos < link.wbuf.len() {
+                    let end = link.wbuf.len().min(link.wpos + TLS_WRITE_CHUNK);
+                    tls.session.queue_plaintext(&link.wbuf[link.wpos..end]);
+                    link.wpos = end;
+                } else if link.close_after_flush.is_some() && !tls.closing {
+                    tls.closing = true;
+                    tls.session.send_close_notify();
+                } else {
+                    break;
+                }
+            }
+        }
+        while link.tls.is_none() && link.wpos < link.wbuf.len() {
             match link.stream.write(&link.wbuf[link.wpos..]) {
                 Ok(0) => {
                     failed = Some("peer stopped accepting data".to_string());
@@ -1526,13 +1725,13 @@ impl EventLoop {
             self.doomed.push((id, why));
             return;
         }
-        if pending == 0 {
+        if pending == 0 && !tls_backlog {
             if let Some(why) = link.close_after_flush.take() {
                 self.doomed.push((id, why));
                 return;
             }
         }
-        let want = pending > 0;
+        let want = pending > 0 || tls_backlog;
         if want != link.want_write {
             link.want_write = want;
             let ev = link.interest();

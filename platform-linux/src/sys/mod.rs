@@ -9,7 +9,9 @@
 //! [`OwnedFd`]: std::os::fd::OwnedFd
 //! [`BorrowedFd`]: std::os::fd::BorrowedFd
 
+pub mod acl;
 pub mod copy;
+pub mod dl;
 pub mod fd;
 pub mod fork;
 pub mod mman;

@@ -1,0 +1,1329 @@
+//! The SHM runtime: symmetric memory objects and their control operations (SPEC 2.3).
+//!
+//! # Life cycle
+//! `shm_init` connects to the config store (rank 0 hosts it in-process when
+//! `startConfigStore`), registers the rank (`smem/shm/rank/<r>` = host identity and pid) and
+//! waits until every rank of the world registered and holds a live store link (a key left by a
+//! process that died without uninit does not count), naming the missing ranks when
+//! `shmInitTimeout` passes. A second `shm_init` with identical arguments returns 0, with other
+//! arguments `SM_REPEAT_CALL`.
+//!
+//! # Sharing the store with BM
+//! SHM has its own store link (its own reader thread, so a long barrier never delays BM traffic
+//! and the two runtimes can be torn down independently). When the BM runtime of this process is
+//! already initialised on the same store URL, SHM does not start a second server and its link
+//! does not claim the rank in the handshake (the store allows one live link per rank; BM's link
+//! holds it), and the SHM rank must equal the BM rank. Initialising BM *after* SHM on the same
+//! store in one process is not supported (BM would try to host the store and claim the rank
+//! again): init BM first, or give SHM its own store.
+//!
+//! # Store keys (`smem/shm/`)
+//! | key | value | written by |
+//! |---|---|---|
+//! | `rank/<r>` | `<host identity> <pid>` | world rank `r` at init |
+//! | `epoch` | ADD counter: the last object instance number handed out | rank 0 of each object |
+//! | `open/<id>` | instance number `e` of the newest object `id` | rank 0 of the object |
+//! | `<id>.<e>/gva`, `gva/...`, `abort` | GVA agreement (see `runtime/object.rs`) | every member |
+//! | `<id>.<e>/win/<r>` | window record: host, memfd descriptor, `wrank=` world rank | member `r` |
+//! | `<id>.<e>/ctx` | the extra context | `set_extra_context` |
+//! | `<id>.<e>/c/<g>{c,d,v}` | control operation `g` (`smem_core::collective`) | every member |
+//! | `<id>.<e>/fin` | ADD counter of members that destroyed the object | every member |
+//!
+//! Every object *instance* has its own key prefix `smem/shm/<id>.<e>/`, so an object created
+//! again under the same id never reads a stale key of an earlier one. Rank 0 of the object
+//! takes `e` from `epoch` and publishes it in `open/<id>`; the other members wait (watch) until
+//! `open/<id>` holds an instance newer than any they used before for that id (and newer than
+//! `epoch` was when this process called `shm_init`, so keys of an earlier session are never
+//! taken either). The member whose destroy brings `fin` to the rank count removes every key of
+//! the instance; `open/<id>` stays (one key per id, overwritten by the next create).
+//!
+//! # Create
+//! Collective over `rankSize` ranks, bounded by `shmCreateTimeout`: allocate the local memfd
+//! window (pages allocated and pre-faulted), agree on one GVA range of `rankSize *
+//! symmetricSize` bytes through the store with no-clobber reservations (the agreement of the BM
+//! runtime), map the own window, publish it, map every same-host peer's window `MAP_SHARED` at
+//! `base + r*symmetricSize` (windows of other hosts stay reserved), then one barrier: when
+//! create returns on any member, every member has mapped every same-host window.
+//!
+//! # Control operations
+//! Barrier and allgather run the sans-I/O machines of `smem_core::collective` (generation `g`
+//! = the call's number; generation 0 is the barrier ending create), so the store holds at most
+//! eight control keys per object whatever the number of calls. The removals of the previous
+//! generation's keys (asked of the last arriver) go to the `smem-shm-gc` thread, off the
+//! critical path (a 4-rank barrier takes about half the time); its queue is bounded, and when it
+//! is full they run inline, so at most 17 more keys wait per process. Each is bounded by
+//! `controlOperationTimeout`; waits on the store are sliced, and when the store reports that the
+//! link of a member's process went down, the operation fails within 250 ms with `SM_IO_ERROR` naming
+//! the rank instead of waiting for the timeout. After a failed control operation the members
+//! may disagree on the call sequence; destroy the object.
+//!
+//! # Reach
+//! `topology_can_reach`: a member on this host (same host identity, see
+//! [`crate::mem::host_identity`]) is reached by loads/stores and the copy engine
+//! (`MTE | SDMA`); a member on another host by nothing until a network engine exists (then
+//! `ROCE`).
+//!
+//! # Fork
+//! A `pthread_atfork` prepare handler takes the SHM state lock; the child forgets every object,
+//! link and server of the parent (their threads do not exist there) and starts uninitialised.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::mpsc::{RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use smem_core::ErrorCode;
+use smem_core::collective::{ALLGATHER_SEND_MAX, Collective, Reply, Step, StoreOp};
+use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
+use smem_core::table::{Handle, Table};
+use smem_core::url::StoreUrl;
+
+use super::object::{AgreeNs, Proposal, WindowRecord, agree_gva, rank_list};
+use crate::mem::{HostSegment, Reservation, SegmentKind};
+use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer};
+use crate::{Error, Result};
+
+/// `SMEMS_DATA_OP_MTE`: loads / stores (same host).
+pub const DATA_OP_MTE: u32 = 1 << 0;
+/// `SMEMS_DATA_OP_SDMA`: device copy engine (same host).
+pub const DATA_OP_SDMA: u32 = 1 << 1;
+/// `SMEMS_DATA_OP_ROCE`: network engine (other hosts).
+pub const DATA_OP_ROCE: u32 = 1 << 2;
+/// Every `smem_shm_data_op_type` bit.
+pub const DATA_OP_ALL: u32 = DATA_OP_MTE | DATA_OP_SDMA | DATA_OP_ROCE;
+
+/// Largest extra context, in bytes.
+pub const EXTRA_CONTEXT_MAX: usize = 65_536;
+
+/// Keys of finished control operations waiting for removal, at most (per process).
+const GC_QUEUE: usize = 16;
+
+/// Longest single wait on the store before checking whether a member died.
+const WAIT_SLICE: Duration = Duration::from_millis(250);
+
+/// Settings of `smem_shm_init` (the Rust form of `smem_shm_config_t`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShmConfig {
+    /// Bounds `shm_init`.
+    pub init_timeout: Duration,
+    /// Bounds `shm_create`.
+    pub create_timeout: Duration,
+    /// Bounds each control operation (barrier, allgather) and each store operation.
+    pub control_timeout: Duration,
+    /// Rank 0 hosts the config store in-process.
+    pub start_config_store: bool,
+    /// Reserved flags.
+    pub flags: u32,
+}
+
+impl Default for ShmConfig {
+    fn default() -> Self {
+        Self {
+            init_timeout: Duration::from_secs(120),
+            create_timeout: Duration::from_secs(120),
+            control_timeout: Duration::from_secs(120),
+            start_config_store: true,
+            flags: 0,
+        }
+    }
+}
+
+/// An opaque, generation-checked SHM object handle as handed to C (never 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShmHandle(pub u64);
+
+/// What every SHM object of an initialised process shares.
+#[derive(Debug)]
+struct ShmCtx {
+    rank: u32,
+    store: StoreClient,
+    host_id: String,
+    config: ShmConfig,
+    /// World rank -> how many times the store reported its link down.
+    downs: Mutex<HashMap<u32, u64>>,
+    /// Keys of finished control operations, removed by the `smem-shm-gc` thread off the
+    /// critical path (`None`: that thread could not start; removals run inline).
+    gc: Option<SyncSender<Vec<u8>>>,
+}
+
+impl ShmCtx {
+    fn downs_of(&self, world_rank: u32) -> u64 {
+        lock(&self.downs).get(&world_rank).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct InitArgs {
+    url: String,
+    world_size: u32,
+    rank: u32,
+    device_id: u16,
+    config: ShmConfig,
+}
+
+#[derive(Debug)]
+struct Ready {
+    args: InitArgs,
+    ctx: Arc<ShmCtx>,
+    server: Option<StoreServer>,
+    rank_down: Option<JoinHandle<()>>,
+    objects: Table<Arc<ShmObject>, SHM_OBJECTS_MAX>,
+    creating: [bool; SHM_OBJECTS_MAX],
+    /// Per id: the newest instance this process created (0: none).
+    last_epoch: [u64; SHM_OBJECTS_MAX],
+    /// `smem/shm/epoch` when this process registered: older instances belong to earlier sessions.
+    epoch_at_init: u64,
+}
+
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    Uninit,
+    /// `shm_init` or `shm_uninit` is running.
+    Busy,
+    Ready(Box<Ready>),
+}
+
+static STATE: Mutex<State> = Mutex::new(State::Uninit);
+static ATFORK: Once = Once::new();
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+fn rank_key(rank: u32) -> Vec<u8> {
+    format!("smem/shm/rank/{rank}").into_bytes()
+}
+
+const EPOCH_KEY: &[u8] = b"smem/shm/epoch";
+
+fn open_key(id: u32) -> Vec<u8> {
+    format!("smem/shm/open/{id}").into_bytes()
+}
+
+fn not_initialized(what: &str) -> Error {
+    Error::new(
+        ErrorCode::NotInitialized,
+        format!("{what}: smem_shm_init has not been called (or smem_shm_uninit was)"),
+    )
+}
+
+fn parse_u64(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
+}
+
+/// `smem_shm_init`.
+///
+/// # Errors
+/// `SM_INVALID_PARAM` for bad arguments, `SM_REPEAT_CALL` when already initialised with other
+/// arguments, `SM_TIMEOUT` naming the missing ranks, store errors.
+pub fn shm_init(
+    url: &str,
+    world_size: u32,
+    rank_id: u32,
+    device_id: u16,
+    config: &ShmConfig,
+) -> Result<()> {
+    let what = "smem_shm_init";
+    if world_size == 0 || world_size as usize > WORLD_SIZE_MAX {
+        return Err(Error::invalid(format!(
+            "{what}: worldSize {world_size} is outside 1..={WORLD_SIZE_MAX}"
+        )));
+    }
+    if rank_id >= world_size {
+        return Err(Error::invalid(format!(
+            "{what}: rankId {rank_id} is not below worldSize {world_size}"
+        )));
+    }
+    for (t, name) in [
+        (config.init_timeout, "shmInitTimeout"),
+        (config.create_timeout, "shmCreateTimeout"),
+        (config.control_timeout, "controlOperationTimeout"),
+    ] {
+        if t.is_zero() {
+            return Err(Error::invalid(format!("{what}: {name} is 0")));
+        }
+    }
+    let parsed = StoreUrl::parse(url).map_err(|e| {
+        Error::invalid(format!(
+            "{what}: store URL {url:?}: {e}; expected tcp://IPv4:port or tcp://[IPv6]:port"
+        ))
+    })?;
+    let args = InitArgs {
+        url: url.to_owned(),
+        world_size,
+        rank: rank_id,
+        device_id,
+        config: config.clone(),
+    };
+    {
+        let mut st = lock(&STATE);
+        match &*st {
+            State::Uninit => *st = State::Busy,
+            State::Ready(r) if r.args == args => {
+                info!("{what}: already initialised with the same arguments");
+                return Ok(());
+            }
+            State::Busy => {
+                return Err(Error::new(
+                    ErrorCode::RepeatCall,
+                    format!("{what}: another smem_shm_init or smem_shm_uninit is running"),
+                ));
+            }
+            State::Ready(_) => {
+                return Err(Error::new(
+                    ErrorCode::RepeatCall,
+                    format!(
+                        "{what}: already initialised with other arguments; call smem_shm_uninit first"
+                    ),
+                ));
+            }
+        }
+    }
+    register_atfork();
+    let result = start(parsed.addr, args);
+    let mut st = lock(&STATE);
+    match result {
+        Ok(ready) => {
+            *st = State::Ready(Box::new(ready));
+            Ok(())
+        }
+        Err(e) => {
+            *st = State::Uninit;
+            Err(e)
+        }
+    }
+}
+
+fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
+    let what = "smem_shm_init";
+    let config = &args.config;
+    let deadline = Instant::now() + config.init_timeout;
+    let rank = args.rank;
+    let host_id = crate::mem::host_identity()?;
+    // The BM runtime of this process on the same store holds the rank and maybe the server.
+    let bm = super::bm_store_user().filter(|(url, _)| *url == args.url);
+    if let Some((_, bm_rank)) = &bm {
+        if *bm_rank != rank {
+            return Err(Error::invalid(format!(
+                "{what}: this process is BM rank {bm_rank} on the same config store {}; SHM must use the same rank, not {rank}",
+                args.url
+            )));
+        }
+        info!(
+            "{what}: sharing the config store {} with the BM runtime of this process",
+            args.url
+        );
+    }
+    let server = if config.start_config_store && rank == 0 && bm.is_none() {
+        Some(
+            StoreServer::start(ServerConfig::new(addr))
+                .map_err(|e| e.context(format!("{what}: rank 0 hosts the config store")))?,
+        )
+    } else {
+        None
+    };
+    let opts = ClientOptions {
+        world_size: Some(args.world_size),
+        rank: if bm.is_some() { None } else { Some(rank) },
+        connect_timeout: config.init_timeout,
+        op_timeout: config.control_timeout,
+        reconnect: false,
+        // `smem_set_ssl_option` (the store server above took it from `ServerConfig::new`).
+        tls: crate::tls::global(),
+    };
+    let store = StoreClient::connect(addr, opts)
+        .map_err(|e| e.context(format!("{what}: connecting to the config store at {addr}")))?;
+    // Read before registering: no rank can create an object of this session before every
+    // rank registered, so every instance of this session is newer.
+    let epoch_at_init = store
+        .get(EPOCH_KEY)
+        .map_err(|e| e.context(what))?
+        .and_then(|v| parse_u64(&v))
+        .unwrap_or(0);
+    let me = format!("{host_id} {}", std::process::id());
+    store
+        .set(&rank_key(rank), me.as_bytes())
+        .map_err(|e| e.context(what))?;
+    if let Err(e) = wait_for_ranks(&store, args.world_size, deadline, config.init_timeout) {
+        let _ = store.remove(&rank_key(rank));
+        store.close();
+        return Err(e);
+    }
+    let ctx = Arc::new(ShmCtx {
+        rank,
+        store: store.clone(),
+        host_id,
+        config: config.clone(),
+        downs: Mutex::new(HashMap::new()),
+        gc: start_gc(&store),
+    });
+    let rank_down = match store.watch_rank_down() {
+        Ok(rx) => {
+            let c = Arc::clone(&ctx);
+            std::thread::Builder::new()
+                .name("smem-shm-rankdown".into())
+                .spawn(move || {
+                    while let Ok(r) = rx.recv() {
+                        debug!("SHM: the store reports rank {r} down");
+                        *lock(&c.downs).entry(r).or_insert(0) += 1;
+                    }
+                })
+                .ok()
+        }
+        Err(e) => {
+            warn!(
+                "{what}: cannot watch for ranks going down ({e}); a dead member is noticed only by the control operation timeout"
+            );
+            None
+        }
+    };
+    info!(
+        "{what}: rank {rank} of {} ready (store {addr}{})",
+        args.world_size,
+        if server.is_some() {
+            ", hosted here"
+        } else {
+            ""
+        }
+    );
+    Ok(Ready {
+        args,
+        ctx,
+        server,
+        rank_down,
+        objects: Table::new(),
+        creating: [false; SHM_OBJECTS_MAX],
+        last_epoch: [0; SHM_OBJECTS_MAX],
+        epoch_at_init,
+    })
+}
+
+/// Starts the thread removing keys of finished control operations. Its queue holds at most
+/// [`GC_QUEUE`] keys; when it is full, removals run inline (backpressure), so the store holds at
+/// most that many extra keys per process whatever the number of calls. The thread ends when the
+/// context (its sender) is dropped; removals failing because the link closed are ignored.
+fn start_gc(store: &StoreClient) -> Option<SyncSender<Vec<u8>>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(GC_QUEUE);
+    let store = store.clone();
+    std::thread::Builder::new()
+        .name("smem-shm-gc".into())
+        .spawn(move || {
+            while let Ok(k) = rx.recv() {
+                if let Err(e) = store.remove(&k) {
+                    debug!("SHM: removing a finished control operation's key: {e}");
+                }
+            }
+        })
+        .map_err(|e| warn!("SHM: cannot start the key removal thread ({e}); removing inline"))
+        .ok()?;
+    Some(tx)
+}
+
+fn wait_for_ranks(
+    store: &StoreClient,
+    world_size: u32,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<()> {
+    for r in 0..world_size {
+        let left = remaining(deadline).max(Duration::from_millis(1));
+        match store.wait_get(&rank_key(r), left) {
+            Ok(_) => {}
+            Err(e) if e.code() == ErrorCode::Timeout => {
+                let present: Vec<u32> = store
+                    .prefix(b"smem/shm/rank/")
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|(k, _)| {
+                        std::str::from_utf8(k)
+                            .ok()?
+                            .strip_prefix("smem/shm/rank/")?
+                            .parse()
+                            .ok()
+                    })
+                    .collect();
+                let missing: Vec<u32> = (r..world_size).filter(|x| !present.contains(x)).collect();
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "smem_shm_init: {} of {world_size} ranks did not register: missing rank(s) {}; waited {} s; start them or raise shmInitTimeout",
+                        missing.len(),
+                        rank_list(&missing),
+                        timeout.as_secs()
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.context("smem_shm_init: waiting for the other ranks")),
+        }
+    }
+    // A key left by a process that died without smem_shm_uninit (standalone store) is not a
+    // rank: every registered rank must also hold a live link.
+    let mut dead: Vec<u32> = Vec::new();
+    loop {
+        dead.clear();
+        for r in 0..world_size {
+            if !store
+                .query_alive(r)
+                .map_err(|e| e.context("smem_shm_init"))?
+            {
+                dead.push(r);
+            }
+        }
+        if dead.is_empty() {
+            return Ok(());
+        }
+        if remaining(deadline).is_zero() {
+            return Err(Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "smem_shm_init: rank(s) {} registered but hold no live config store link (a process that died without smem_shm_uninit?); waited {} s",
+                    rank_list(&dead),
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `smem_shm_uninit`: destroys every SHM object of this process and leaves the domain.
+pub fn shm_uninit(flags: u32) {
+    let _ = flags;
+    let old = {
+        let mut st = lock(&STATE);
+        match &*st {
+            State::Busy | State::Uninit => return,
+            State::Ready(_) => std::mem::replace(&mut *st, State::Busy),
+        }
+    };
+    if let State::Ready(mut ready) = old {
+        let handles: Vec<Handle> = ready.objects.iter().map(|(h, _)| h).collect();
+        for h in handles {
+            if let Ok(obj) = ready.objects.remove(h) {
+                obj.destroy();
+            }
+        }
+        let _ = ready.ctx.store.remove(&rank_key(ready.ctx.rank));
+        ready.ctx.store.close();
+        if let Some(t) = ready.rank_down.take() {
+            let _ = t.join();
+        }
+        if let Some(s) = ready.server.take() {
+            s.shutdown();
+        }
+    }
+    *lock(&STATE) = State::Uninit;
+    info!("smem_shm_uninit: done");
+}
+
+/// `smem_shm_query_support_data_operation`: the engines this process can use: loads/stores and
+/// the copy engine for windows of this host; no network engine exists in this build.
+pub fn shm_query_support_data_operation() -> u32 {
+    DATA_OP_MTE | DATA_OP_SDMA
+}
+
+/// One member as seen from this process.
+#[derive(Debug)]
+struct Peer {
+    /// On this host (its window is mapped here).
+    same_host: bool,
+    /// Its world rank (for the store's rank-down reports).
+    world_rank: u32,
+    /// How many times its world rank was reported down when the object was created.
+    downs_at_create: u64,
+}
+
+/// An SHM object of this process.
+#[derive(Debug)]
+struct ShmObject {
+    id: u32,
+    epoch: u64,
+    prefix: String,
+    ctx: Arc<ShmCtx>,
+    rank: u32,
+    rank_size: u32,
+    symmetric_size: u64,
+    base: u64,
+    peers: Vec<Peer>,
+    /// The next control operation's generation; held for the whole operation.
+    next_generation: Mutex<u64>,
+    /// The GVA range with every same-host window mapped; dropping it unmaps them all.
+    _reservation: Reservation,
+    segment: HostSegment,
+}
+
+/// Arguments of `shm_create`, validated.
+struct CreateArgs {
+    id: u32,
+    rank_size: u32,
+    rank: u32,
+    symmetric_size: u64,
+}
+
+fn win_key(prefix: &str, r: u32) -> Vec<u8> {
+    format!("{prefix}win/{r}").into_bytes()
+}
+
+/// Encodes a member's window record: the BM record plus `;wrank=<world rank>`.
+fn encode_window(rec: &WindowRecord, world_rank: u32) -> Vec<u8> {
+    let mut v = rec.encode();
+    v.extend_from_slice(format!(";wrank={world_rank}").as_bytes());
+    v
+}
+
+fn decode_window(b: &[u8]) -> Result<(WindowRecord, u32)> {
+    let rec = WindowRecord::decode(b)?;
+    let wrank = std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.split(';').find_map(|f| f.strip_prefix("wrank=")))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::ProtocolError,
+                "SHM window record without a world rank",
+            )
+        })?;
+    Ok((rec, wrank))
+}
+
+impl ShmObject {
+    fn what(&self, call: &str) -> String {
+        format!(
+            "{call} of SHM object {} (rank {} of {})",
+            self.id, self.rank, self.rank_size
+        )
+    }
+
+    /// Creates the object; `used` is set to the instance number as soon as it is known (also
+    /// when create then fails), so a retry waits for a newer instance.
+    fn create(
+        ctx: &Arc<ShmCtx>,
+        args: &CreateArgs,
+        epoch_floor: u64,
+        used: &mut u64,
+    ) -> Result<Self> {
+        let id = args.id;
+        let what = format!("smem_shm_create {id} (rank {})", args.rank);
+        let deadline = Instant::now() + ctx.config.create_timeout;
+        let store = &ctx.store;
+        let span = args
+            .symmetric_size
+            .checked_mul(u64::from(args.rank_size))
+            .ok_or_else(|| Error::invalid(format!("{what}: rankSize x symmetricSize overflows")))?;
+        let epoch = if args.rank == 0 {
+            let e = store.add(EPOCH_KEY, 1).map_err(|e| e.context(&what))?;
+            let e = u64::try_from(e).map_err(|_| {
+                Error::new(
+                    ErrorCode::ProtocolError,
+                    format!("{what}: smem/shm/epoch is negative"),
+                )
+            })?;
+            store
+                .set(&open_key(id), e.to_string().as_bytes())
+                .map_err(|e| e.context(&what))?;
+            e
+        } else {
+            wait_open(store, id, epoch_floor, deadline, &what)?
+        };
+        *used = epoch;
+        let prefix = format!("smem/shm/{id}.{epoch}/");
+        let r = Self::create_instance(ctx, args, epoch, &prefix, span, deadline, &what);
+        if r.is_err() {
+            let _ = store.remove(&win_key(&prefix, args.rank));
+        }
+        r
+    }
+
+    fn create_instance(
+        ctx: &Arc<ShmCtx>,
+        args: &CreateArgs,
+        epoch: u64,
+        prefix: &str,
+        span: u64,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<Self> {
+        let store = &ctx.store;
+        let (id, rank, size) = (args.id, args.rank, args.symmetric_size);
+        let segment = HostSegment::create(&format!("smem-shm{id}"), SegmentKind::Host, size)
+            .map_err(|e| e.context(what))?;
+        let want = Proposal {
+            version: 0,
+            nonce: 0,
+            base: 0,
+            span,
+            stride: size,
+            hbm: 0,
+            dram: size,
+        };
+        let ns = AgreeNs {
+            prefix: prefix.to_owned(),
+            object: format!("SHM object {id}"),
+            call: format!("smem_shm_create {id}"),
+        };
+        let (reservation, base) = agree_gva(store, &ns, rank, args.rank_size, want, deadline)?;
+        reservation
+            .map_segment(u64::from(rank) * size, segment.fd(), size)
+            .map_err(|e| e.context(what))?;
+        let rec = WindowRecord {
+            host: ctx.host_id.clone(),
+            hbm: None,
+            dram: Some(segment.descriptor()),
+        };
+        store
+            .set(&win_key(prefix, rank), &encode_window(&rec, ctx.rank))
+            .map_err(|e| e.context(what))?;
+        let mut peers = Vec::with_capacity(args.rank_size as usize);
+        for r in 0..args.rank_size {
+            if r == rank {
+                peers.push(Peer {
+                    same_host: true,
+                    world_rank: ctx.rank,
+                    downs_at_create: ctx.downs_of(ctx.rank),
+                });
+                continue;
+            }
+            let left = remaining(deadline).max(Duration::from_millis(1));
+            let raw = store.wait_get(&win_key(prefix, r), left).map_err(|e| {
+                e.context(format!(
+                    "{what}: waiting for rank {r} to publish its window"
+                ))
+            })?;
+            let (prec, wrank) = decode_window(&raw).map_err(|e| e.context(what))?;
+            let same_host = prec.host == ctx.host_id;
+            if same_host {
+                let d = prec.dram.ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::ProtocolError,
+                        format!("{what}: rank {r}'s window record has no segment"),
+                    )
+                })?;
+                if d.len != size {
+                    return Err(Error::invalid(format!(
+                        "{what}: rank {r}'s window is {:#x} bytes, this one {size:#x}; every member must pass the same symmetricSize",
+                        d.len
+                    )));
+                }
+                let seg = HostSegment::open(&d)
+                    .map_err(|e| e.context(format!("{what}: opening rank {r}'s window")))?;
+                reservation
+                    .map_segment(u64::from(r) * size, seg.fd(), size)
+                    .map_err(|e| e.context(format!("{what}: mapping rank {r}'s window")))?;
+            } else {
+                debug!(
+                    "{what}: rank {r} is on host {} (not ours); its window stays reserved",
+                    prec.host
+                );
+            }
+            peers.push(Peer {
+                same_host,
+                world_rank: wrank,
+                downs_at_create: ctx.downs_of(wrank),
+            });
+        }
+        let obj = Self {
+            id,
+            epoch,
+            prefix: prefix.to_owned(),
+            ctx: Arc::clone(ctx),
+            rank,
+            rank_size: args.rank_size,
+            symmetric_size: size,
+            base,
+            peers,
+            next_generation: Mutex::new(1),
+            _reservation: reservation,
+            segment,
+        };
+        // Generation 0: nobody returns before every member mapped every window.
+        let m = Collective::barrier(&obj.collective_prefix(), 0, rank, args.rank_size)
+            .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+        obj.run(m, &[], None, deadline, what)?;
+        info!(
+            "{what}: instance {epoch} at GVA {base:#x}, {} windows of {size:#x} bytes",
+            args.rank_size
+        );
+        Ok(obj)
+    }
+
+    fn collective_prefix(&self) -> String {
+        format!("{}c/", self.prefix)
+    }
+
+    /// A member whose process died since create, if any.
+    fn dead_member(&self) -> Option<u32> {
+        let downs = lock(&self.ctx.downs);
+        self.peers.iter().enumerate().find_map(|(r, p)| {
+            let now = downs.get(&p.world_rank).copied().unwrap_or(0);
+            (now > p.downs_at_create && r as u32 != self.rank).then_some(r as u32)
+        })
+    }
+
+    /// A parked GET of `key` in slices, failing early when a member died.
+    fn wait_key(&self, key: &[u8], deadline: Instant, what: &str) -> Result<Vec<u8>> {
+        let store = &self.ctx.store;
+        loop {
+            let left = remaining(deadline);
+            if left.is_zero() {
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!("{what}: not every member arrived in time"),
+                ));
+            }
+            match store.wait_get(key, left.min(WAIT_SLICE)) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.code() == ErrorCode::Timeout => {
+                    if let Some(r) = self.dead_member() {
+                        return Err(Error::new(
+                            ErrorCode::IoError,
+                            format!(
+                                "{what}: rank {r} (world rank {}) died: its config store link went down",
+                                self.peers[r as usize].world_rank
+                            ),
+                        ));
+                    }
+                }
+                Err(e) => return Err(e.context(what)),
+            }
+        }
+    }
+
+    /// Drives one collective machine to its end.
+    fn run(
+        &self,
+        mut m: Collective,
+        send: &[u8],
+        mut recv: Option<&mut [u8]>,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<()> {
+        let store = &self.ctx.store;
+        let mut counter_key = Vec::new();
+        loop {
+            let reply = match m.poll() {
+                Step::Finished => break,
+                Step::Run(op) => match op {
+                    StoreOp::WriteSendBytes { key, offset } => {
+                        store.write(key.as_bytes(), offset, send)?;
+                        Reply::Done
+                    }
+                    StoreOp::Add { key, delta } => {
+                        counter_key.clear();
+                        counter_key.extend_from_slice(key.as_bytes());
+                        Reply::Added(store.add(key.as_bytes(), delta)?)
+                    }
+                    StoreOp::Set { key, value } => {
+                        store.set(key.as_bytes(), value)?;
+                        Reply::Done
+                    }
+                    StoreOp::WaitGet { key } => {
+                        let v = self
+                            .wait_key(key.as_bytes(), deadline, what)
+                            .map_err(|e| self.arrivals(e, &counter_key))?;
+                        Reply::Value(v.len())
+                    }
+                    StoreOp::GetGathered { key } => {
+                        let v = store.get(key.as_bytes())?.unwrap_or_default();
+                        if let Some(out) = recv.as_deref_mut() {
+                            if out.len() == v.len() {
+                                out.copy_from_slice(&v);
+                            }
+                        }
+                        Reply::Value(v.len())
+                    }
+                    StoreOp::Remove { key } => {
+                        // Keys of generation g - 1, which every member has finished: nobody
+                        // waits for them, so their removal leaves the critical path.
+                        let queued = match &self.ctx.gc {
+                            Some(tx) => tx.try_send(key.as_bytes().to_vec()).is_ok(),
+                            None => false,
+                        };
+                        if !queued {
+                            store.remove(key.as_bytes())?;
+                        }
+                        Reply::Done
+                    }
+                    _ => return Err(unknown_step(what)),
+                },
+                _ => return Err(unknown_step(what)),
+            };
+            m.complete(reply).map_err(|e| {
+                let code = match e {
+                    smem_core::collective::CollectiveError::GatheredLength { .. } => {
+                        ErrorCode::InvalidParam
+                    }
+                    _ => ErrorCode::ProtocolError,
+                };
+                Error::new(code, format!("{what}: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Adds how many members arrived to a timeout message.
+    fn arrivals(&self, e: Error, counter_key: &[u8]) -> Error {
+        if e.code() != ErrorCode::Timeout || counter_key.is_empty() {
+            return e;
+        }
+        let n = self
+            .ctx
+            .store
+            .get(counter_key)
+            .ok()
+            .flatten()
+            .and_then(|v| parse_u64(&v));
+        match n {
+            Some(n) => Error::new(
+                e.code(),
+                format!(
+                    "{}; {n} of {} members arrived within controlOperationTimeout",
+                    e.message(),
+                    self.rank_size
+                ),
+            ),
+            None => e,
+        }
+    }
+
+    fn barrier(&self) -> Result<()> {
+        let what = self.what("smem_shm_control_barrier");
+        let mut g = lock(&self.next_generation);
+        let deadline = Instant::now() + self.ctx.config.control_timeout;
+        let m = Collective::barrier(&self.collective_prefix(), *g, self.rank, self.rank_size)
+            .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+        *g += 1;
+        self.run(m, &[], None, deadline, &what)
+    }
+
+    fn allgather(&self, send: &[u8], recv: &mut [u8]) -> Result<()> {
+        let what = self.what("smem_shm_control_allgather");
+        let len = send.len();
+        if len == 0 || len > ALLGATHER_SEND_MAX as usize {
+            return Err(Error::invalid(format!(
+                "{what}: sendSize {len} is outside 1..={ALLGATHER_SEND_MAX}"
+            )));
+        }
+        let want = len as u64 * u64::from(self.rank_size);
+        if recv.len() as u64 != want {
+            return Err(Error::invalid(format!(
+                "{what}: recvSize {} must be sendSize {len} x rankSize {} = {want}",
+                recv.len(),
+                self.rank_size
+            )));
+        }
+        let mut g = lock(&self.next_generation);
+        let deadline = Instant::now() + self.ctx.config.control_timeout;
+        let m = Collective::allgather(
+            &self.collective_prefix(),
+            *g,
+            self.rank,
+            self.rank_size,
+            len as u32,
+        )
+        .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+        *g += 1;
+        self.run(m, send, Some(recv), deadline, &what)
+    }
+
+    fn reach(&self, remote: u32) -> Result<u32> {
+        let peer = self.peers.get(remote as usize).ok_or_else(|| {
+            Error::invalid(format!(
+                "smem_shm_topology_can_reach of SHM object {}: remoteRank {remote} is not below rankSize {}",
+                self.id, self.rank_size
+            ))
+        })?;
+        Ok(if peer.same_host {
+            DATA_OP_MTE | DATA_OP_SDMA
+        } else {
+            // Another host: reached through a network engine, of which this build has none.
+            0
+        })
+    }
+
+    /// Store side of destroy: counts this member out; the last one removes the instance's
+    /// keys. Store failures are logged (the local memory is released anyway).
+    fn destroy(&self) {
+        let what = self.what("smem_shm_destroy");
+        let store = &self.ctx.store;
+        let _ = store.remove(&win_key(&self.prefix, self.rank));
+        match store.add(format!("{}fin", self.prefix).as_bytes(), 1) {
+            Ok(n) if n >= i64::from(self.rank_size) => match store.prefix(self.prefix.as_bytes()) {
+                Ok(keys) => {
+                    for (k, _) in keys {
+                        let _ = store.remove(&k);
+                    }
+                }
+                Err(e) => warn!("{what}: cannot list the object's keys to remove them: {e}"),
+            },
+            Ok(_) => {}
+            Err(e) => warn!("{what}: cannot count this member out in the config store: {e}"),
+        }
+        debug!(
+            "{what}: instance {} at {:#x} ({:#x} bytes local) released",
+            self.epoch,
+            self.base,
+            self.segment.len()
+        );
+    }
+}
+
+fn unknown_step(what: &str) -> Error {
+    Error::new(
+        ErrorCode::Error,
+        format!("{what}: unknown collective step (smem-core is newer than this runtime)"),
+    )
+}
+
+/// Waits until `open/<id>` names an instance newer than `floor`.
+fn wait_open(
+    store: &StoreClient,
+    id: u32,
+    floor: u64,
+    deadline: Instant,
+    what: &str,
+) -> Result<u64> {
+    let key = open_key(id);
+    let rx = store.watch(&key).map_err(|e| e.context(what))?;
+    let r = loop {
+        match rx.recv_timeout(remaining(deadline)) {
+            Ok(v) => match parse_u64(&v) {
+                Some(e) if e > floor => break Ok(e),
+                _ => {}
+            },
+            Err(RecvTimeoutError::Timeout) => {
+                break Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "{what}: rank 0 of the object did not create it within shmCreateTimeout"
+                    ),
+                ));
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                break Err(Error::new(
+                    ErrorCode::IoError,
+                    format!("{what}: the config store link went down"),
+                ));
+            }
+        }
+    };
+    let _ = store.unwatch(&key);
+    r
+}
+
+/// `smem_shm_create`: returns the handle and the object's base GVA (rank 0's window).
+///
+/// # Errors
+/// `SM_INVALID_PARAM` for bad arguments, `SM_DUPLICATED_OBJECT` when id exists in this
+/// process, `SM_TIMEOUT` after `shmCreateTimeout`, store and memory errors.
+pub fn shm_create(
+    id: u32,
+    rank_size: u32,
+    rank_id: u32,
+    symmetric_size: u64,
+    data_op: u32,
+    flags: u32,
+) -> Result<(ShmHandle, u64)> {
+    let what = format!("smem_shm_create {id}");
+    let _ = flags;
+    let index = id as usize;
+    if index >= SHM_OBJECTS_MAX {
+        return Err(Error::invalid(format!(
+            "{what}: id must be below {SHM_OBJECTS_MAX}"
+        )));
+    }
+    if rank_size == 0 || rank_size as usize > WORLD_SIZE_MAX {
+        return Err(Error::invalid(format!(
+            "{what}: rankSize {rank_size} is outside 1..={WORLD_SIZE_MAX}"
+        )));
+    }
+    if rank_id >= rank_size {
+        return Err(Error::invalid(format!(
+            "{what}: rankId {rank_id} is not below rankSize {rank_size}"
+        )));
+    }
+    if symmetric_size == 0 || symmetric_size % WINDOW_ALIGN != 0 {
+        return Err(Error::invalid(format!(
+            "{what}: symmetricSize {symmetric_size:#x} is not a non-zero multiple of 2 MiB"
+        )));
+    }
+    if data_op == 0 || data_op & !DATA_OP_ALL != 0 {
+        return Err(Error::invalid(format!(
+            "{what}: dataOpType {data_op:#x} is not a non-empty set of SMEMS_DATA_OP_* bits"
+        )));
+    }
+    let (ctx, floor) = {
+        let mut st = lock(&STATE);
+        let State::Ready(ready) = &mut *st else {
+            return Err(not_initialized(&what));
+        };
+        if rank_size > ready.args.world_size {
+            return Err(Error::invalid(format!(
+                "{what}: rankSize {rank_size} is larger than worldSize {}",
+                ready.args.world_size
+            )));
+        }
+        if ready.objects.handle_at(index).is_some() || ready.creating[index] {
+            return Err(Error::new(
+                ErrorCode::DuplicatedObject,
+                format!("{what}: an object with this id exists in this process; destroy it first"),
+            ));
+        }
+        ready.creating[index] = true;
+        (
+            Arc::clone(&ready.ctx),
+            ready.last_epoch[index].max(ready.epoch_at_init),
+        )
+    };
+    let args = CreateArgs {
+        id,
+        rank_size,
+        rank: rank_id,
+        symmetric_size,
+    };
+    let mut used = 0;
+    let created = ShmObject::create(&ctx, &args, floor, &mut used);
+    let mut st = lock(&STATE);
+    let State::Ready(ready) = &mut *st else {
+        // Uninit ran meanwhile: the new object is dropped (unmapped) here.
+        return Err(not_initialized(&what));
+    };
+    ready.creating[index] = false;
+    ready.last_epoch[index] = ready.last_epoch[index].max(used);
+    let obj = created?;
+    let base = obj.base;
+    let handle = ready
+        .objects
+        .insert_at(index, Arc::new(obj))
+        .map_err(|(e, _)| Error::new(ErrorCode::DuplicatedObject, format!("{what}: {e}")))?;
+    Ok((ShmHandle(handle.encode()), base))
+}
+
+fn decode(handle: ShmHandle, what: &str) -> Result<Handle> {
+    Handle::decode(handle.0)
+        .filter(|h| (h.index as usize) < SHM_OBJECTS_MAX)
+        .ok_or_else(|| Error::invalid(format!("{what}: {:#x} is not an SHM handle", handle.0)))
+}
+
+fn lookup(handle: ShmHandle, what: &str) -> Result<Arc<ShmObject>> {
+    match &*lock(&STATE) {
+        State::Ready(ready) => ready
+            .objects
+            .get(decode(handle, what)?)
+            .map(Arc::clone)
+            .map_err(|_| {
+                Error::new(
+                    ErrorCode::ObjectNotExists,
+                    format!("{what}: the SHM object was destroyed (stale handle)"),
+                )
+            }),
+        _ => Err(not_initialized(what)),
+    }
+}
+
+/// `smem_shm_destroy`: unmaps every window and releases the local memory.
+///
+/// # Errors
+/// `SM_INVALID_PARAM` for a malformed handle, `SM_OBJECT_NOT_EXISTS` for a destroyed one.
+pub fn shm_destroy(handle: ShmHandle, flags: u32) -> Result<()> {
+    let what = "smem_shm_destroy";
+    let _ = flags;
+    let obj = match &mut *lock(&STATE) {
+        State::Ready(ready) => ready.objects.remove(decode(handle, what)?).map_err(|_| {
+            Error::new(
+                ErrorCode::ObjectNotExists,
+                format!("{what}: the SHM object was already destroyed (stale handle)"),
+            )
+        })?,
+        _ => return Err(not_initialized(what)),
+    };
+    obj.destroy();
+    Ok(())
+}
+
+/// `smem_shm_set_extra_context`: stores `context` (1..=65536 bytes) with the object.
+///
+/// # Errors
+/// `SM_INVALID_PARAM` for a bad size or handle, store errors.
+pub fn shm_set_extra_context(handle: ShmHandle, context: &[u8]) -> Result<()> {
+    let what = "smem_shm_set_extra_context";
+    if context.is_empty() || context.len() > EXTRA_CONTEXT_MAX {
+        return Err(Error::invalid(format!(
+            "{what}: size {} is outside 1..={EXTRA_CONTEXT_MAX}",
+            context.len()
+        )));
+    }
+    let obj = lookup(handle, what)?;
+    obj.ctx
+        .store
+        .set(format!("{}ctx", obj.prefix).as_bytes(), context)
+        .map_err(|e| e.context(obj.what(what)))
+}
+
+/// `smem_shm_get_extra_context`: the stored extra context.
+///
+/// # Errors
+/// `SM_OBJECT_NOT_EXISTS` when none was set; handle and store errors.
+pub fn shm_get_extra_context(handle: ShmHandle) -> Result<Vec<u8>> {
+    let what = "smem_shm_get_extra_context";
+    let obj = lookup(handle, what)?;
+    obj.ctx
+        .store
+        .get(format!("{}ctx", obj.prefix).as_bytes())
+        .map_err(|e| e.context(obj.what(what)))?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::ObjectNotExists,
+                format!("{}: no extra context was set", obj.what(what)),
+            )
+        })
+}
+
+/// `smem_shm_get_global_rank`: this process's rank in the object.
+///
+/// # Errors
+/// Handle errors.
+pub fn shm_global_rank(handle: ShmHandle) -> Result<u32> {
+    Ok(lookup(handle, "smem_shm_get_global_rank")?.rank)
+}
+
+/// `smem_shm_get_global_rank_size`: the object's rank count.
+///
+/// # Errors
+/// Handle errors.
+pub fn shm_global_rank_size(handle: ShmHandle) -> Result<u32> {
+    Ok(lookup(handle, "smem_shm_get_global_rank_size")?.rank_size)
+}
+
+/// `smem_shm_control_barrier`.
+///
+/// # Errors
+/// `SM_TIMEOUT` after `controlOperationTimeout`, `SM_IO_ERROR` when a member died or the store
+/// link went down, handle errors.
+pub fn shm_control_barrier(handle: ShmHandle) -> Result<()> {
+    lookup(handle, "smem_shm_control_barrier")?.barrier()
+}
+
+/// `smem_shm_control_allgather`: rank r's `send` lands at `recv[r*len..]`.
+///
+/// # Errors
+/// `SM_INVALID_PARAM` for bad sizes (`recv` untouched), otherwise as
+/// [`shm_control_barrier`].
+pub fn shm_control_allgather(handle: ShmHandle, send: &[u8], recv: &mut [u8]) -> Result<()> {
+    lookup(handle, "smem_shm_control_allgather")?.allgather(send, recv)
+}
+
+/// `smem_shm_topology_can_reach`: the `SMEMS_DATA_OP_*` bits reaching `remote_rank`.
+///
+/// # Errors
+/// `SM_INVALID_PARAM` when `remote_rank >= rankSize`; handle errors.
+pub fn shm_topology_can_reach(handle: ShmHandle, remote_rank: u32) -> Result<u32> {
+    lookup(handle, "smem_shm_topology_can_reach")?.reach(remote_rank)
+}
+
+/// The window size of the object (`symmetricSize`).
+///
+/// # Errors
+/// Handle errors.
+pub fn shm_symmetric_size(handle: ShmHandle) -> Result<u64> {
+    Ok(lookup(handle, "smem_shm_symmetric_size")?.symmetric_size)
+}
+
+thread_local! {
+    static FORK_GUARD: RefCell<Option<MutexGuard<'static, State>>> = const { RefCell::new(None) };
+}
+
+extern "C" fn fork_prepare() {
+    let g = lock(&STATE);
+    FORK_GUARD.with(|s| *s.borrow_mut() = Some(g));
+}
+
+extern "C" fn fork_parent() {
+    FORK_GUARD.with(|s| drop(s.borrow_mut().take()));
+}
+
+extern "C" fn fork_child() {
+    FORK_GUARD.with(|s| {
+        if let Some(mut g) = s.borrow_mut().take() {
+            // The parent's threads do not exist here: forget (never drop) what they served.
+            std::mem::forget(std::mem::take(&mut *g));
+        }
+    });
+}
+
+fn register_atfork() {
+    ATFORK.call_once(|| {
+        if let Err(e) = crate::sys::fork::register_atfork(
+            Some(fork_prepare),
+            Some(fork_parent),
+            Some(fork_child),
+        ) {
+            warn!("pthread_atfork failed ({e}); forking while SHM is busy may deadlock the child");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_records_carry_the_world_rank() {
+        let rec = WindowRecord {
+            host: "boot/1".into(),
+            hbm: None,
+            dram: None,
+        };
+        let (back, w) = decode_window(&encode_window(&rec, 17)).unwrap();
+        assert_eq!((back, w), (rec.clone(), 17));
+        assert!(decode_window(&rec.encode()).is_err());
+    }
+
+    /// Nothing in this test binary calls `shm_init`.
+    #[test]
+    fn calls_before_init_fail_cleanly() {
+        let forged = ShmHandle(
+            Handle {
+                index: 3,
+                generation: 1,
+            }
+            .encode(),
+        );
+        let code = |r: Result<()>| r.map_err(|e| e.code());
+        assert_eq!(
+            shm_create(0, 1, 0, WINDOW_ALIGN, DATA_OP_MTE, 0).map_err(|e| e.code()),
+            Err(ErrorCode::NotInitialized)
+        );
+        assert_eq!(
+            code(shm_control_barrier(forged)),
+            Err(ErrorCode::NotInitialized)
+        );
+        assert_eq!(
+            code(shm_destroy(ShmHandle(0), 0)),
+            Err(ErrorCode::NotInitialized)
+        );
+        assert_eq!(
+            shm_create(64, 1, 0, WINDOW_ALIGN, DATA_OP_MTE, 0).map_err(|e| e.code()),
+            Err(ErrorCode::InvalidParam)
+        );
+        assert_eq!(
+            shm_create(0, 1, 0, WINDOW_ALIGN + 4096, DATA_OP_MTE, 0).map_err(|e| e.code()),
+            Err(ErrorCode::InvalidParam)
+        );
+        let e = shm_init("tcp://127.0.0.1:1", 2, 2, 0, &ShmConfig::default()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidParam);
+        assert_eq!(
+            shm_query_support_data_operation(),
+            DATA_OP_MTE | DATA_OP_SDMA
+        );
+        shm_uninit(0);
+    }
+}

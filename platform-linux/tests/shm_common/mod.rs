@@ -1,0 +1,218 @@
+//! Helpers of the multi-process SHM tests and benchmark: each rank is the test binary run
+//! again with `SMEM_SHM_TEST_*` env vars; output goes to files (no pipe can fill up); every
+//! child is killed when the parent fails, times out or drops the [`Ranks`].
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use smem_linux::runtime::shm::ShmConfig;
+use smem_linux::store::{ClientOptions, StoreClient};
+
+pub const ROLE: &str = "SMEM_SHM_TEST_ROLE";
+pub const RANK: &str = "SMEM_SHM_TEST_RANK";
+pub const URL: &str = "SMEM_SHM_TEST_URL";
+pub const WORLD: &str = "SMEM_SHM_TEST_WORLD";
+
+/// The settings of a child rank, when this process is one.
+#[derive(Clone, Debug)]
+pub struct Role {
+    pub role: String,
+    pub rank: u32,
+    pub url: String,
+    pub world: u32,
+}
+
+pub fn role() -> Option<Role> {
+    Some(Role {
+        role: std::env::var(ROLE).ok()?,
+        rank: std::env::var(RANK).ok()?.parse().ok()?,
+        url: std::env::var(URL).ok()?,
+        world: std::env::var(WORLD).ok()?.parse().ok()?,
+    })
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_url() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    format!("tcp://127.0.0.1:{}", l.local_addr().expect("addr").port())
+}
+
+/// Short timeouts for tests.
+pub fn config(secs: u64) -> ShmConfig {
+    ShmConfig {
+        init_timeout: Duration::from_secs(secs),
+        create_timeout: Duration::from_secs(secs),
+        control_timeout: Duration::from_secs(secs),
+        ..ShmConfig::default()
+    }
+}
+
+/// A rank-less store client (for checks of the store's contents).
+pub fn client(url: &str) -> StoreClient {
+    let addr = url.trim_start_matches("tcp://").parse().expect("address");
+    let opts = ClientOptions {
+        connect_timeout: Duration::from_secs(20),
+        op_timeout: Duration::from_secs(20),
+        ..ClientOptions::default()
+    };
+    StoreClient::connect(addr, opts).expect("test store client")
+}
+
+/// One finished rank.
+#[derive(Debug)]
+pub struct Finished {
+    pub rank: u32,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Children that are killed unless they all finished.
+pub struct Ranks {
+    children: Vec<(u32, Child, PathBuf, PathBuf)>,
+    dir: PathBuf,
+}
+
+impl Drop for Ranks {
+    fn drop(&mut self) {
+        for (_, c, _, _) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts `ranks` of test `name` (its full name in this binary) as `role`, with extra env vars
+/// `(rank, name, value)` for single ranks (`u32::MAX`: every rank).
+pub fn spawn(
+    name: &str,
+    role: &str,
+    url: &str,
+    world: u32,
+    ranks: &[u32],
+    extra: &[(u32, &str, &str)],
+) -> Ranks {
+    let exe = std::env::current_exe().expect("test binary");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "shm-{role}-{}-{}",
+        std::process::id(),
+        url.rsplit(':').next().unwrap_or("0")
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let mut out = Ranks {
+        children: Vec::new(),
+        dir: dir.clone(),
+    };
+    for &r in ranks {
+        let mut cmd = Command::new(&exe);
+        for (_, k, v) in extra.iter().filter(|e| e.0 == r || e.0 == u32::MAX) {
+            cmd.env(k, v);
+        }
+        let (o, e) = (dir.join(format!("{r}.out")), dir.join(format!("{r}.err")));
+        let c = cmd
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(ROLE, role)
+            .env(RANK, r.to_string())
+            .env(URL, url)
+            .env(WORLD, world.to_string())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&o).expect("stdout file"))
+            .stderr(std::fs::File::create(&e).expect("stderr file"))
+            .spawn()
+            .expect("spawn rank");
+        out.children.push((r, c, o, e));
+    }
+    out
+}
+
+impl Ranks {
+    /// Waits for every child until `deadline`, then returns how each ended. Kills every child
+    /// still running when the deadline passes and panics with every output.
+    pub fn finish(mut self, deadline: Duration) -> Vec<Finished> {
+        let start = Instant::now();
+        let mut status: Vec<Option<ExitStatus>> = vec![None; self.children.len()];
+        loop {
+            for (i, (_, c, _, _)) in self.children.iter_mut().enumerate() {
+                if status[i].is_none() {
+                    status[i] = c.try_wait().expect("try_wait");
+                }
+            }
+            if status.iter().all(Option::is_some) {
+                break;
+            }
+            if start.elapsed() > deadline {
+                let report = self.report();
+                panic!("ranks did not finish within {deadline:?}: {status:?}\n{report}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.children
+            .iter()
+            .zip(status)
+            .map(|((r, _, o, e), s)| Finished {
+                rank: *r,
+                status: s.expect("finished"),
+                stdout: std::fs::read_to_string(o).unwrap_or_default(),
+                stderr: std::fs::read_to_string(e).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Like [`Ranks::finish`], and every rank must have succeeded and printed `rank <r> ok`;
+    /// panics (after killing the rest) as soon as one fails.
+    pub fn wait_ok(mut self, deadline: Duration) -> Vec<Finished> {
+        let start = Instant::now();
+        loop {
+            let mut all = true;
+            for (r, c, _, _) in &mut self.children {
+                match c.try_wait().expect("try_wait") {
+                    Some(s) if !s.success() => {
+                        let r = *r;
+                        let report = self.report();
+                        panic!("rank {r} failed ({s})\n{report}");
+                    }
+                    Some(_) => {}
+                    None => all = false,
+                }
+            }
+            if all {
+                break;
+            }
+            if start.elapsed() > deadline {
+                let report = self.report();
+                panic!("ranks did not finish within {deadline:?}\n{report}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let done = self.finish(Duration::from_secs(5));
+        for f in &done {
+            assert!(
+                f.stdout.contains(&format!("rank {} ok", f.rank)),
+                "rank {} did not report ok:\n{}\n{}",
+                f.rank,
+                f.stdout,
+                f.stderr
+            );
+        }
+        done
+    }
+
+    fn report(&mut self) -> String {
+        let mut s = String::new();
+        for (r, c, o, e) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+            s.push_str(&format!(
+                "--- rank {r} stdout:\n{}--- rank {r} stderr:\n{}",
+                std::fs::read_to_string(o).unwrap_or_default(),
+                std::fs::read_to_string(e).unwrap_or_default()
+            ));
+        }
+        s
+    }
+}
