@@ -176,8 +176,20 @@ fn init_runtime(url: &[u8], cfg: &smem_bm_config_t) -> i32 {
     unsafe { smem_bm_init(url.as_ptr().cast(), 1, 0, cfg) }
 }
 
+unsafe extern "C" {
+    fn atexit(cb: extern "C" fn()) -> c_int;
+}
+
+/// Tears the runtime down when the process exits (libFuzzer's time limit, the end of a test
+/// binary): its store thread and buffers are freed before LeakSanitizer's exit-time check,
+/// which otherwise counts the memory of the still-running store thread as leaked.
+extern "C" fn uninit_at_exit() {
+    unsafe { smem_bm_uninit(0) };
+}
+
 fn setup() -> State {
     unsafe {
+        assert_eq!(atexit(uninit_at_exit), 0);
         assert_eq!(smem_init(0), 0);
         smem_set_log_level(3);
     }
