@@ -345,6 +345,10 @@ struct EventLoop {
     input_reserved: usize,
     /// Links waiting for a reservation, first come first served.
     paused: std::collections::VecDeque<LinkId>,
+    /// Every read lands here first and only the bytes received are appended to the link's
+    /// buffer, so a link holds no spare (zero-filled, hence resident) read capacity: 64 KiB
+    /// per idle link would pin 128 MiB at 2048 links, outside every limit.
+    scratch: Vec<u8>,
 }
 
 /// What one request produced: nothing, or a reply.
@@ -499,6 +503,7 @@ impl EventLoop {
             doomed: Vec::new(),
             input_reserved: 0,
             paused: std::collections::VecDeque::new(),
+            scratch: vec![0; READ_CHUNK],
         }
     }
 
@@ -637,6 +642,7 @@ impl EventLoop {
         let mut tls_failed = None;
         let is_tls = self.links.get(&id).is_some_and(|l| l.tls.is_some());
         {
+            let scratch = &mut self.scratch[..];
             let Some(link) = self.links.get_mut(&id) else {
                 return;
             };
@@ -690,22 +696,19 @@ impl EventLoop {
                         full = true;
                         break;
                     }
-                    link.rbuf.resize(len + room, 0);
-                    match link.stream.read(&mut link.rbuf[len..]) {
+                    match link.stream.read(&mut scratch[..room]) {
                         Ok(0) => {
-                            link.rbuf.truncate(len);
                             eof = Some("peer closed the connection".to_string());
                             break;
                         }
                         Ok(n) => {
-                            link.rbuf.truncate(len + n);
+                            link.rbuf.extend_from_slice(&scratch[..n]);
                             got += n;
                             if n < room {
                                 break;
                             }
                         }
                         Err(e) => {
-                            link.rbuf.truncate(len);
                             if e.kind() == io::ErrorKind::Interrupted {
                                 continue;
                             }
@@ -891,7 +894,9 @@ impl EventLoop {
         }
         if let Some(link) = self.links.get_mut(&id) {
             rbuf.drain(..consumed.min(rbuf.len()));
-            if rbuf.capacity() > 1 << 20 && rbuf.len() < 1 << 16 {
+            if rbuf.is_empty() && rbuf.capacity() > SMALL_BODY {
+                rbuf = Vec::new();
+            } else if rbuf.capacity() > 1 << 20 && rbuf.len() < 1 << 16 {
                 rbuf.shrink_to(1 << 16);
             }
             link.rbuf = rbuf;
