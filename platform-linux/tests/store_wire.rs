@@ -364,6 +364,10 @@ fn pipelining_and_deferred_replies_reuse_seq() {
 
 #[test]
 fn parked_get_fires_on_time() {
+    // Never early; late by at most LATE (the server fires within a few ms on an idle machine;
+    // the bound leaves room for a loaded CI box while still telling us apart from the
+    // reference's unordered scan, which is seen up to 1.47 s late). Firing order is exact.
+    const LATE: u64 = 250;
     let _serial = serial();
     let s = start(config());
     let mut r = Raw::hello(s.local_addr(), None, Some(0));
@@ -377,7 +381,7 @@ fn parked_get_fires_on_time() {
             "{ms}: early {took:?}"
         );
         assert!(
-            took < Duration::from_millis(ms as u64 + 50),
+            took < Duration::from_millis(ms as u64 + LATE),
             "{ms}: late {took:?}"
         );
     }
@@ -392,7 +396,7 @@ fn parked_get_fires_on_time() {
         let ms = [0, 300, 100, 200][want as usize];
         let took = start.elapsed();
         assert!(
-            took >= Duration::from_millis(ms) && took < Duration::from_millis(ms + 50),
+            took >= Duration::from_millis(ms) && took < Duration::from_millis(ms + LATE),
             "{took:?}"
         );
     }
