@@ -17,6 +17,23 @@ pub struct Vars {
     pub world: &'static str,
 }
 
+impl Vars {
+    /// The BM tests' `SMEM_BM_TEST_*`.
+    pub const BM: Self = Self {
+        role: "SMEM_BM_TEST_ROLE",
+        rank: "SMEM_BM_TEST_RANK",
+        url: "SMEM_BM_TEST_URL",
+        world: "SMEM_BM_TEST_WORLD",
+    };
+    /// The SHM tests' `SMEM_SHM_TEST_*`.
+    pub const SHM: Self = Self {
+        role: "SMEM_SHM_TEST_ROLE",
+        rank: "SMEM_SHM_TEST_RANK",
+        url: "SMEM_SHM_TEST_URL",
+        world: "SMEM_SHM_TEST_WORLD",
+    };
+}
+
 /// The settings of a child rank, when this process is one.
 #[derive(Clone, Debug)]
 pub struct Role {

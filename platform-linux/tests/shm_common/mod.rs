@@ -15,17 +15,8 @@ mod procs;
 #[allow(unused_imports)] // each test binary uses some
 pub use procs::{Role, addr_of, as_rank, client, fork_and_wait, free_url};
 
-pub const ROLE: &str = "SMEM_SHM_TEST_ROLE";
-pub const RANK: &str = "SMEM_SHM_TEST_RANK";
-pub const URL: &str = "SMEM_SHM_TEST_URL";
-pub const WORLD: &str = "SMEM_SHM_TEST_WORLD";
-
-pub const VARS: procs::Vars = procs::Vars {
-    role: ROLE,
-    rank: RANK,
-    url: URL,
-    world: WORLD,
-};
+/// The env vars of a child rank: `SMEM_SHM_TEST_{ROLE,RANK,URL,WORLD}`.
+pub const VARS: procs::Vars = procs::Vars::SHM;
 
 pub fn role() -> Option<Role> {
     procs::role_from(&VARS)
