@@ -18,7 +18,7 @@ use smem_linux::runtime::{self, BmConfig, BmHandle};
 use smem_linux::{Error, Result};
 use static_assertions::{assert_eq_align, assert_eq_size, const_assert_eq};
 
-use crate::ffi::{self, ffi_status, ffi_value};
+use crate::ffi::{self, ffi_status, ffi_value, gva_ptr, timeout};
 
 /// `smem_bm_t`: an opaque BM object handle.
 pub type smem_bm_t = *mut c_void;
@@ -102,15 +102,6 @@ impl From<&BmConfig> for smem_bm_config_t {
     }
 }
 
-fn timeout(secs: u32, what: &str) -> Result<Duration> {
-    if secs == 0 {
-        return Err(Error::invalid(format!(
-            "config->{what} is 0; it must be at least 1 second"
-        )));
-    }
-    Ok(Duration::from_secs(u64::from(secs)))
-}
-
 impl smem_bm_config_t {
     /// The checked Rust form of these settings.
     ///
@@ -134,28 +125,12 @@ impl smem_bm_config_t {
 
 /// The handle behind a `smem_bm_t`.
 fn handle(h: smem_bm_t) -> Result<BmHandle> {
-    if h.is_null() {
-        return Err(Error::invalid("handle is NULL"));
-    }
-    Ok(BmHandle(h.addr() as u64))
+    ffi::handle_arg(h).map(BmHandle)
 }
 
 /// The `smem_bm_t` of a runtime handle.
 fn to_c_handle(h: BmHandle) -> Result<smem_bm_t> {
-    let addr = usize::try_from(h.0).unwrap_or(0);
-    if addr == 0 {
-        return Err(Error::new(
-            ErrorCode::Error,
-            "internal error: the runtime returned handle 0",
-        ));
-    }
-    Ok(ptr::without_provenance_mut(addr))
-}
-
-/// A GVA as a C pointer.
-fn gva_ptr(addr: u64) -> *mut c_void {
-    // GVAs are real addresses of this process (reserved or mapped); expose them as such.
-    ptr::with_exposed_provenance_mut(usize::try_from(addr).unwrap_or(0))
+    ffi::c_handle(h.0)
 }
 
 /// A caller pointer as the runtime's address (provenance exposed so the runtime may use it).

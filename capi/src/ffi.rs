@@ -17,7 +17,9 @@
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, Ordering};
+use std::time::Duration;
 
+use smem_core::ErrorCode;
 use smem_linux::{Error, Result};
 
 /// Runs an exported function's body (a block evaluating to `Result<()>`) behind the panic
@@ -217,6 +219,42 @@ pub(crate) fn call_c_logger(level: i32, msg: &CStr) -> bool {
     // signature; `msg` is a valid NUL-terminated string for the duration of the call.
     unsafe { f(level, msg.as_ptr()) };
     true
+}
+
+/// A config timeout of `secs` seconds (`what`: the config field); 0 is refused.
+pub(crate) fn timeout(secs: u32, what: &str) -> Result<Duration> {
+    if secs == 0 {
+        return Err(Error::invalid(format!(
+            "config->{what} is 0; it must be at least 1 second"
+        )));
+    }
+    Ok(Duration::from_secs(u64::from(secs)))
+}
+
+/// The runtime handle behind a C handle (`smem_bm_t`, `smem_shm_t`).
+pub(crate) fn handle_arg(h: *mut c_void) -> Result<u64> {
+    if h.is_null() {
+        return Err(Error::invalid("handle is NULL"));
+    }
+    Ok(h.addr() as u64)
+}
+
+/// The C handle of runtime handle `h`.
+pub(crate) fn c_handle(h: u64) -> Result<*mut c_void> {
+    let addr = usize::try_from(h).unwrap_or(0);
+    if addr == 0 {
+        return Err(Error::new(
+            ErrorCode::Error,
+            "internal error: the runtime returned handle 0",
+        ));
+    }
+    Ok(ptr::without_provenance_mut(addr))
+}
+
+/// A GVA as a C pointer.
+pub(crate) fn gva_ptr(addr: u64) -> *mut c_void {
+    // GVAs are real addresses of this process (reserved or mapped); expose them as such.
+    ptr::with_exposed_provenance_mut(usize::try_from(addr).unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 
 use std::ffi::{c_char, c_void};
 use std::ptr;
-use std::time::Duration;
 
 use smem_core::ErrorCode;
 use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
@@ -17,7 +16,7 @@ use smem_linux::runtime::shm::{self as rt, ShmConfig, ShmHandle};
 use smem_linux::{Error, Result};
 use static_assertions::{assert_eq_align, assert_eq_size, const_assert_eq};
 
-use crate::ffi::{self, ffi_status, ffi_value, ffi_with};
+use crate::ffi::{self, ffi_status, ffi_value, ffi_with, gva_ptr, timeout};
 
 /// `smem_shm_t`: an opaque SHM object handle.
 pub type smem_shm_t = *mut c_void;
@@ -75,15 +74,6 @@ impl Default for smem_shm_config_t {
     }
 }
 
-fn timeout(secs: u32, what: &str) -> Result<Duration> {
-    if secs == 0 {
-        return Err(Error::invalid(format!(
-            "config->{what} is 0; it must be at least 1 second"
-        )));
-    }
-    Ok(Duration::from_secs(u64::from(secs)))
-}
-
 impl smem_shm_config_t {
     /// The checked Rust form of these settings.
     ///
@@ -102,28 +92,12 @@ impl smem_shm_config_t {
 
 /// The handle behind a `smem_shm_t`.
 fn check_handle(h: smem_shm_t) -> Result<ShmHandle> {
-    if h.is_null() {
-        return Err(Error::invalid("handle is NULL"));
-    }
-    Ok(ShmHandle(h.addr() as u64))
+    ffi::handle_arg(h).map(ShmHandle)
 }
 
 /// The `smem_shm_t` of a runtime handle.
 fn to_c_handle(h: ShmHandle) -> Result<smem_shm_t> {
-    let addr = usize::try_from(h.0).unwrap_or(0);
-    if addr == 0 {
-        return Err(Error::new(
-            ErrorCode::Error,
-            "internal error: the runtime returned handle 0",
-        ));
-    }
-    Ok(ptr::without_provenance_mut(addr))
-}
-
-/// A GVA as a C pointer.
-fn gva_ptr(addr: u64) -> *mut c_void {
-    // GVAs are real addresses of this process (reserved or mapped); expose them as such.
-    ptr::with_exposed_provenance_mut(usize::try_from(addr).unwrap_or(0))
+    ffi::c_handle(h.0)
 }
 
 /// `smem_shm_config_init`: fills `*config` with the defaults.

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use bm_common::{RANK, ROLE, Role, URL, WORLD, addr_of, client, config, free_url, role, spawn};
+use bm_common::{
+    Role, VARS, addr_of, as_rank, client, config, fork_and_wait, free_url, role, spawn,
+};
 use smem_core::ErrorCode;
 use smem_linux::runtime;
 use smem_linux::store::{ClientOptions, ServerConfig, StoreClient, StoreServer};
@@ -54,14 +56,10 @@ fn alive(pid: i32) -> bool {
 /// Starts this binary as scenario `role` of test `name`; returns it and the pid of the child it
 /// forked (printed as `forked <pid>`).
 fn start_forker(name: &str, role: &str, url: &str, rank: u32) -> (Guard, KillPid) {
+    let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+    as_rank(&mut cmd, &VARS, name, role, rank, url, 2);
     let mut c = Guard(
-        Command::new(std::env::current_exe().expect("exe"))
-            .args(["--exact", name, "--nocapture", "--test-threads=1"])
-            .env(ROLE, role)
-            .env(RANK, rank.to_string())
-            .env(URL, url)
-            .env(WORLD, "2")
-            .stdout(Stdio::piped())
+        cmd.stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start the forking process"),
@@ -239,14 +237,14 @@ fn fork_under_load(r: &Role) {
         let child_url = free_url();
         let parent_url = r.url.clone();
         let before = ops.load(Ordering::Relaxed);
-        // SAFETY: the child only runs smem calls (whose fork handlers reset its state) and
-        // leaves with `_exit`, never returning into the test harness.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            // SAFETY: plain libc call: a hang past 20 s ends the child (SIGALRM).
-            unsafe { libc::alarm(20) };
-            let ok = std::panic::catch_unwind(|| {
+        fork_and_wait(
+            Duration::from_secs(25),
+            Duration::from_millis(5),
+            &format!("forked child {f}"),
+            &format!("forked child {f} did not finish within its deadline"),
+            || {
+                // SAFETY: plain libc call: a hang past 20 s ends the child (SIGALRM).
+                unsafe { libc::alarm(20) };
                 runtime::bm_init(&child_url, 1, 0, &config(0, 10)).expect("child init");
                 let h = runtime::bm_create(0, 1, 1, 2 * M, 0, 0).expect("child create");
                 let b = runtime::bm_join(h, 0).expect("child join");
@@ -258,32 +256,7 @@ fn fork_under_load(r: &Role) {
                 c.set(format!("child/{f}").as_bytes(), b"1")
                     .expect("child set on the busy store");
                 runtime::bm_uninit(0);
-            })
-            .is_ok();
-            // SAFETY: ends the forked child without running the parent's destructors.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(25);
-        let mut status = 0;
-        loop {
-            // SAFETY: waits for our own child; `status` is a valid out pointer.
-            let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if got == pid {
-                break;
-            }
-            if Instant::now() > deadline {
-                // SAFETY: kills and reaps our own child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                panic!("forked child {f} did not finish within its deadline");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "forked child {f} failed: {status:#x}"
+            },
         );
         assert!(
             ops.load(Ordering::Relaxed) > before,

@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use bm_common::{
-    Role, addr_of, barrier, barrier_last, client, config, free_url, pattern, role, spawn,
+    Role, addr_of, barrier, barrier_last, client, config, fork_and_wait, free_url, pattern, role,
+    spawn,
 };
 use smem_core::ErrorCode;
 use smem_linux::runtime::{self, BmHandle};
@@ -707,44 +708,19 @@ fn fork_while_busy() {
         std::thread::sleep(Duration::from_millis(50));
         for _ in 0..3 {
             let child_url = free_url();
-            // SAFETY: the child only runs smem calls (whose fork handlers reset its state) and
-            // leaves with `_exit`, never returning into the test harness.
-            let pid = unsafe { libc::fork() };
-            assert!(pid >= 0, "fork failed");
-            if pid == 0 {
-                let ok = std::panic::catch_unwind(|| {
+            fork_and_wait(
+                Duration::from_secs(20),
+                Duration::from_millis(10),
+                "forked child",
+                "forked child hung (deadlock after fork?)",
+                || {
                     runtime::bm_init(&child_url, 1, 0, &config(0, 10)).expect("child init");
                     let h = runtime::bm_create(0, 1, 1, 2 * M, 0, 0).expect("child create");
                     let b = runtime::bm_join(h, 0).expect("child join");
                     write(h, b, b"child", H2G).expect("child copy");
                     assert_eq!(read(h, b, 5, G2H), b"child");
                     runtime::bm_uninit(0);
-                })
-                .is_ok();
-                // SAFETY: ends the forked child without running the parent's destructors.
-                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-            }
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let mut status = 0;
-            loop {
-                // SAFETY: waits for our own child; `status` is a valid out pointer.
-                let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-                if got == pid {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    // SAFETY: kills and reaps our own child.
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                        libc::waitpid(pid, &mut status, 0);
-                    }
-                    panic!("forked child hung (deadlock after fork?)");
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            assert!(
-                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                "forked child failed: {status:#x}"
+                },
             );
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);

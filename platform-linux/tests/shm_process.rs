@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use shm_common::{Role, client, config, free_url, role, spawn};
+use shm_common::{Role, client, config, fork_and_wait, free_url, role, spawn};
 use smem_core::ErrorCode;
 use smem_linux::runtime::{self, BmConfig, shm};
 
@@ -68,12 +68,12 @@ fn fork_rank(r: &Role) {
     std::thread::sleep(Duration::from_millis(50));
     for _ in 0..3 {
         let child_url = free_url();
-        // SAFETY: the child only runs smem calls (whose fork handlers reset its state) and
-        // leaves with `_exit`, never returning into the test harness.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            let ok = std::panic::catch_unwind(|| {
+        fork_and_wait(
+            Duration::from_secs(20),
+            Duration::from_millis(10),
+            "forked child",
+            "forked child hung (deadlock after fork?)",
+            || {
                 // The parent's object is not the child's.
                 assert_eq!(
                     shm::shm_control_barrier(h).map_err(|e| e.code()),
@@ -84,32 +84,7 @@ fn fork_rank(r: &Role) {
                     shm::shm_create(3, 1, 0, 2 * MIB, shm::DATA_OP_MTE, 0).expect("child create");
                 round_trip(ch, cbase, b"child");
                 shm::shm_uninit(0);
-            })
-            .is_ok();
-            // SAFETY: ends the forked child without running the parent's destructors.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut status = 0;
-        loop {
-            // SAFETY: waits for our own child; `status` is a valid out pointer.
-            let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if got == pid {
-                break;
-            }
-            if Instant::now() > deadline {
-                // SAFETY: kills and reaps our own child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                panic!("forked child hung (deadlock after fork?)");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "forked child failed: {status:#x}"
+            },
         );
     }
     stop.store(true, Ordering::Relaxed);

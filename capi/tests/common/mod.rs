@@ -2,6 +2,8 @@
 //! building) `libsmem.so` / `libsmem.a`, running commands with a deadline.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod ranks;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -241,6 +241,77 @@ pub fn uninit() {
     bm_uninit(0);
 }
 
+/// How an init call finds its runtime's state (see [`guarded_init`]).
+pub(crate) enum Found {
+    Uninit,
+    /// Initialised with the same arguments.
+    Same,
+    /// Another init or uninit runs.
+    Busy,
+    /// Initialised with other arguments.
+    Other,
+}
+
+/// Parses the store URL of init call `what`.
+pub(crate) fn parse_store_url(what: &str, url: &str) -> Result<StoreUrl> {
+    StoreUrl::parse(url).map_err(|e| {
+        Error::invalid(format!(
+            "{what}: store URL {url:?}: {e}; expected tcp://IPv4:port or tcp://[IPv6]:port"
+        ))
+    })
+}
+
+/// The init guard shared by `smem_bm_init` and `smem_shm_init` (`api`: `smem_bm` / `smem_shm`):
+/// claims `state` (as `busy`) when `found` says it is uninitialised, succeeds at once when it
+/// was initialised with the same `args`, refuses otherwise; then runs `start` with `args` out of
+/// the lock and stores its state, or `uninit` when it failed.
+pub(crate) fn guarded_init<S, A>(
+    state: &Mutex<S>,
+    api: &str,
+    args: A,
+    found: impl FnOnce(&S, &A) -> Found,
+    [busy, uninit]: [S; 2],
+    start: impl FnOnce(A) -> Result<S>,
+) -> Result<()> {
+    let what = format!("{api}_init");
+    {
+        let mut st = lock(state);
+        match found(&st, &args) {
+            Found::Uninit => *st = busy,
+            Found::Same => {
+                info!("{what}: already initialised with the same arguments");
+                return Ok(());
+            }
+            Found::Busy => {
+                return Err(Error::new(
+                    ErrorCode::RepeatCall,
+                    format!("{what}: another {api}_init or {api}_uninit is running"),
+                ));
+            }
+            Found::Other => {
+                return Err(Error::new(
+                    ErrorCode::RepeatCall,
+                    format!(
+                        "{what}: already initialised with other arguments; call {api}_uninit first"
+                    ),
+                ));
+            }
+        }
+    }
+    let result = start(args);
+    let mut st = lock(state);
+    match result {
+        Ok(new) => {
+            *st = new;
+            Ok(())
+        }
+        Err(e) => {
+            *st = uninit;
+            Err(e)
+        }
+    }
+}
+
 /// `smem_bm_init`.
 pub fn bm_init(url: &str, world_size: u32, device_id: u16, config: &BmConfig) -> Result<()> {
     let what = "smem_bm_init";
@@ -249,54 +320,31 @@ pub fn bm_init(url: &str, world_size: u32, device_id: u16, config: &BmConfig) ->
             "{what}: worldSize {world_size} is outside 1..={WORLD_SIZE_MAX}"
         )));
     }
-    let parsed = StoreUrl::parse(url).map_err(|e| {
-        Error::invalid(format!(
-            "{what}: store URL {url:?}: {e}; expected tcp://IPv4:port or tcp://[IPv6]:port"
-        ))
-    })?;
+    let parsed = parse_store_url(what, url)?;
     let args = InitArgs {
         url: url.to_owned(),
         world_size,
         device_id,
         config: config.clone(),
     };
-    {
-        let mut st = lock(&STATE);
-        match &*st {
-            State::Uninit => *st = State::Busy,
-            State::Ready { args: a, .. } | State::StoreOnly { args: a, .. } if *a == args => {
-                info!("{what}: already initialised with the same arguments");
-                return Ok(());
+    guarded_init(
+        &STATE,
+        "smem_bm",
+        args,
+        |st, args| match st {
+            State::Uninit => Found::Uninit,
+            State::Ready { args: a, .. } | State::StoreOnly { args: a, .. } if a == args => {
+                Found::Same
             }
-            State::Busy => {
-                return Err(Error::new(
-                    ErrorCode::RepeatCall,
-                    format!("{what}: another smem_bm_init or smem_bm_uninit is running"),
-                ));
-            }
-            _ => {
-                return Err(Error::new(
-                    ErrorCode::RepeatCall,
-                    format!(
-                        "{what}: already initialised with other arguments; call smem_bm_uninit first"
-                    ),
-                ));
-            }
-        }
-    }
-    register_atfork();
-    let result = start(parsed.addr, args);
-    let mut st = lock(&STATE);
-    match result {
-        Ok(new) => {
-            *st = new;
-            Ok(())
-        }
-        Err(e) => {
-            *st = State::Uninit;
-            Err(e)
-        }
-    }
+            State::Busy => Found::Busy,
+            _ => Found::Other,
+        },
+        [State::Busy, State::Uninit],
+        |args| {
+            register_atfork();
+            start(parsed.addr, args)
+        },
+    )
 }
 
 /// The store key of rank `rank`'s record: `"<host identity> <pid> <device sharing id>"`

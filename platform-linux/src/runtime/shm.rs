@@ -80,8 +80,8 @@ use smem_core::ErrorCode;
 use smem_core::collective::{ALLGATHER_SEND_MAX, Collective, Reply, Step, StoreOp};
 use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
 use smem_core::table::{Handle, Table};
-use smem_core::url::StoreUrl;
 
+use super::Found;
 use super::object::{AgreeNs, Proposal, WindowRecord, agree_gva, rank_list};
 use crate::mem::{HostSegment, Reservation, SegmentKind};
 use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer};
@@ -252,11 +252,7 @@ pub fn shm_init(
             return Err(Error::invalid(format!("{what}: {name} is 0")));
         }
     }
-    let parsed = StoreUrl::parse(url).map_err(|e| {
-        Error::invalid(format!(
-            "{what}: store URL {url:?}: {e}; expected tcp://IPv4:port or tcp://[IPv6]:port"
-        ))
-    })?;
+    let parsed = super::parse_store_url(what, url)?;
     let args = InitArgs {
         url: url.to_owned(),
         world_size,
@@ -264,43 +260,22 @@ pub fn shm_init(
         device_id,
         config: config.clone(),
     };
-    {
-        let mut st = lock(&STATE);
-        match &*st {
-            State::Uninit => *st = State::Busy,
-            State::Ready(r) if r.args == args => {
-                info!("{what}: already initialised with the same arguments");
-                return Ok(());
-            }
-            State::Busy => {
-                return Err(Error::new(
-                    ErrorCode::RepeatCall,
-                    format!("{what}: another smem_shm_init or smem_shm_uninit is running"),
-                ));
-            }
-            State::Ready(_) => {
-                return Err(Error::new(
-                    ErrorCode::RepeatCall,
-                    format!(
-                        "{what}: already initialised with other arguments; call smem_shm_uninit first"
-                    ),
-                ));
-            }
-        }
-    }
-    register_atfork();
-    let result = start(parsed.addr, args);
-    let mut st = lock(&STATE);
-    match result {
-        Ok(ready) => {
-            *st = State::Ready(Box::new(ready));
-            Ok(())
-        }
-        Err(e) => {
-            *st = State::Uninit;
-            Err(e)
-        }
-    }
+    super::guarded_init(
+        &STATE,
+        "smem_shm",
+        args,
+        |st, args| match st {
+            State::Uninit => Found::Uninit,
+            State::Ready(r) if r.args == *args => Found::Same,
+            State::Busy => Found::Busy,
+            State::Ready(_) => Found::Other,
+        },
+        [State::Busy, State::Uninit],
+        |args| {
+            register_atfork();
+            start(parsed.addr, args).map(|ready| State::Ready(Box::new(ready)))
+        },
+    )
 }
 
 fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {

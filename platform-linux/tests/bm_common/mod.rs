@@ -3,48 +3,23 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use smem_linux::runtime::BmConfig;
-use smem_linux::store::{ClientOptions, StoreClient};
+use smem_linux::store::StoreClient;
 
-pub const ROLE: &str = "SMEM_BM_TEST_ROLE";
-pub const RANK: &str = "SMEM_BM_TEST_RANK";
-pub const URL: &str = "SMEM_BM_TEST_URL";
-pub const WORLD: &str = "SMEM_BM_TEST_WORLD";
+#[path = "../common/procs.rs"]
+mod procs;
 
-/// The settings of a child rank, when this process is one.
-#[derive(Clone, Debug)]
-pub struct Role {
-    pub role: String,
-    pub rank: u32,
-    pub url: String,
-    pub world: u32,
-}
+#[allow(unused_imports)] // each test binary uses some
+pub use procs::{Role, addr_of, as_rank, client, fork_and_wait, free_url};
+
+/// The env vars of a child rank: `SMEM_BM_TEST_{ROLE,RANK,URL,WORLD}`.
+pub const VARS: procs::Vars = procs::Vars::BM;
 
 pub fn role() -> Option<Role> {
-    let role = std::env::var(ROLE).ok()?;
-    Some(Role {
-        role,
-        rank: std::env::var(RANK).ok()?.parse().ok()?,
-        url: std::env::var(URL).ok()?,
-        world: std::env::var(WORLD).ok()?.parse().ok()?,
-    })
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released).
-pub fn free_url() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    format!("tcp://127.0.0.1:{port}")
-}
-
-pub fn addr_of(url: &str) -> SocketAddr {
-    url.trim_start_matches("tcp://")
-        .parse()
-        .expect("socket address")
+    procs::role_from(&VARS)
 }
 
 /// A config with short timeouts for tests.
@@ -115,12 +90,8 @@ pub fn spawn_in(
             for (_, k, v) in extra.iter().filter(|e| e.0 == r) {
                 cmd.env(k, v);
             }
+            as_rank(&mut cmd, &VARS, name, role, r, url, world);
             let c = cmd
-                .args(["--exact", name, "--nocapture", "--test-threads=1"])
-                .env(ROLE, role)
-                .env(RANK, r.to_string())
-                .env(URL, url)
-                .env(WORLD, world.to_string())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -201,16 +172,6 @@ impl Ranks {
         }
         out
     }
-}
-
-/// A rank-less store client for test barriers.
-pub fn client(url: &str) -> StoreClient {
-    let opts = ClientOptions {
-        connect_timeout: Duration::from_secs(20),
-        op_timeout: Duration::from_secs(20),
-        ..ClientOptions::default()
-    };
-    StoreClient::connect(addr_of(url), opts).expect("test store client")
 }
 
 /// Returns when `n` processes called `barrier` with `name`.

@@ -3,41 +3,23 @@
 //! child is killed when the parent fails, times out or drops the [`Ranks`].
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use smem_linux::runtime::shm::ShmConfig;
-use smem_linux::store::{ClientOptions, StoreClient};
 
-pub const ROLE: &str = "SMEM_SHM_TEST_ROLE";
-pub const RANK: &str = "SMEM_SHM_TEST_RANK";
-pub const URL: &str = "SMEM_SHM_TEST_URL";
-pub const WORLD: &str = "SMEM_SHM_TEST_WORLD";
+#[path = "../common/procs.rs"]
+mod procs;
 
-/// The settings of a child rank, when this process is one.
-#[derive(Clone, Debug)]
-pub struct Role {
-    pub role: String,
-    pub rank: u32,
-    pub url: String,
-    pub world: u32,
-}
+#[allow(unused_imports)] // each test binary uses some
+pub use procs::{Role, addr_of, as_rank, client, fork_and_wait, free_url};
+
+/// The env vars of a child rank: `SMEM_SHM_TEST_{ROLE,RANK,URL,WORLD}`.
+pub const VARS: procs::Vars = procs::Vars::SHM;
 
 pub fn role() -> Option<Role> {
-    Some(Role {
-        role: std::env::var(ROLE).ok()?,
-        rank: std::env::var(RANK).ok()?.parse().ok()?,
-        url: std::env::var(URL).ok()?,
-        world: std::env::var(WORLD).ok()?.parse().ok()?,
-    })
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_url() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    format!("tcp://127.0.0.1:{}", l.local_addr().expect("addr").port())
+    procs::role_from(&VARS)
 }
 
 /// Short timeouts for tests.
@@ -48,17 +30,6 @@ pub fn config(secs: u64) -> ShmConfig {
         control_timeout: Duration::from_secs(secs),
         ..ShmConfig::default()
     }
-}
-
-/// A rank-less store client (for checks of the store's contents).
-pub fn client(url: &str) -> StoreClient {
-    let addr = url.trim_start_matches("tcp://").parse().expect("address");
-    let opts = ClientOptions {
-        connect_timeout: Duration::from_secs(20),
-        op_timeout: Duration::from_secs(20),
-        ..ClientOptions::default()
-    };
-    StoreClient::connect(addr, opts).expect("test store client")
 }
 
 /// One finished rank.
@@ -114,12 +85,8 @@ pub fn spawn(
             cmd.env(k, v);
         }
         let (o, e) = (dir.join(format!("{r}.out")), dir.join(format!("{r}.err")));
+        as_rank(&mut cmd, &VARS, name, role, r, url, world);
         let c = cmd
-            .args(["--exact", name, "--nocapture", "--test-threads=1"])
-            .env(ROLE, role)
-            .env(RANK, r.to_string())
-            .env(URL, url)
-            .env(WORLD, world.to_string())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&o).expect("stdout file"))
             .stderr(std::fs::File::create(&e).expect("stderr file"))
