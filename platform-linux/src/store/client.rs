@@ -380,6 +380,27 @@ fn open_link(
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
         match TcpStream::connect_timeout(&addr, left) {
+            // A TCP self-connection: with nobody listening on a port of the ephemeral range,
+            // the kernel may pick that very port as our source port and "connect" the socket
+            // to itself (simultaneous open). It is not the store: drop it and retry as if
+            // refused, or our own handshake would come back to us.
+            Ok(s) if s.local_addr().ok() == Some(addr) => {
+                drop(s);
+                std::thread::sleep(
+                    Duration::from_millis(20)
+                        .min(deadline.saturating_duration_since(Instant::now())),
+                );
+                if Instant::now() >= deadline {
+                    return Err(Error::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "cannot connect to the config store at {addr} within {} ms: \
+                             nothing listens there; is it running?",
+                            opts.connect_timeout.as_millis()
+                        ),
+                    ));
+                }
+            }
             Ok(s) => break s,
             Err(e)
                 if Instant::now() < deadline
