@@ -183,6 +183,26 @@ unsafe extern "C" {
 /// Tears the runtime down when the process exits (libFuzzer's time limit, the end of a test
 /// binary): its store thread and buffers are freed before LeakSanitizer's exit-time check,
 /// which otherwise counts the memory of the still-running store thread as leaked.
+///
+/// Leak reports naming a live store (the one the last `smem_bm_uninit` + `smem_bm_init` of op
+/// 18 started; `fuzz/regressions/capi_calls/leak-*`): checked, not a leak of the runtime.
+/// `smem_bm_uninit` stops and joins the store thread (`StoreServer::shutdown`), and the event
+/// loop with every link, value and buffer is dropped when that thread returns
+/// (`capi/tests/reinit_teardown.rs`: after each init → create/join → uninit cycle the port no
+/// longer listens, the `smem-store` and `smem-bm-rankdown` threads are gone at once, threads
+/// and descriptors return to baseline; the store client's detached reader and heartbeat threads
+/// end on their own within milliseconds). Valgrind over every seed and `leak-*` input: 0 bytes
+/// definitely or indirectly lost. The blocks in those reports belong to the store that is
+/// *running* when libFuzzer's mid-run check (`__lsan_do_recoverable_leak_check`, after an input
+/// with more mallocs than frees) looks: its event loop lives only in the store thread's frame
+/// (moved into the thread's closure), not in any global, so LSan reaches it only through that
+/// one thread's stack and registers. The whole tree can read as unreachable while that thread
+/// serves only if the check did not scan that thread (LSan scans only the threads it could
+/// suspend and find in its registry); that is the inferred cause, not yet observed: a 5-minute
+/// campaign with the `leak-*` inputs in the corpus (20 484 runs) made 42 mid-run checks, each
+/// scanning the live store thread among all 6–7 threads, with no report. Nothing is freed late or lost, so the driver adds no workaround; if
+/// it recurs, run with `LSAN_OPTIONS=log_threads=1` and see whether the `smem-store` thread is
+/// among the "Processing thread" lines of the failing check.
 extern "C" fn uninit_at_exit() {
     unsafe { smem_bm_uninit(0) };
 }
