@@ -44,7 +44,7 @@ pub mod shm;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{
     Arc, LazyLock, Mutex, MutexGuard, Once, RwLock, RwLockReadGuard, RwLockWriteGuard,
@@ -354,11 +354,6 @@ pub(crate) fn rank_key(rank: u32) -> Vec<u8> {
     format!("smem/bm/rank/{rank}").into_bytes()
 }
 
-/// Whether this process can listen on `addr` (its host is a local address and the port is free).
-fn can_host(addr: SocketAddr) -> bool {
-    TcpListener::bind(addr).is_ok()
-}
-
 fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
     let what = "smem_bm_init";
     let config = &args.config;
@@ -397,11 +392,12 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
             }
             Some(_) => {}
             None => {
-                if can_host(addr) {
-                    match StoreServer::start(ServerConfig::new(addr)) {
-                        Ok(s) => server = Some(s),
-                        Err(e) => debug!("{what}: another process hosts the store ({e})"),
-                    }
+                // No separate "can I bind?" probe: a probe listener would queue other ranks'
+                // connections and reset them when dropped. Binding fails when the address is
+                // not ours or the port is taken (another process hosts the store).
+                match StoreServer::start(ServerConfig::new(addr)) {
+                    Ok(s) => server = Some(s),
+                    Err(e) => debug!("{what}: another process hosts the store ({e})"),
                 }
             }
         }
