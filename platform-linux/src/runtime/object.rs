@@ -20,7 +20,9 @@
 //! value (one proposal wins per round), then adds [`SUPERSEDED`] to `gva/v<nonce>.<n>` so every waiter
 //! wakes and moves. Create returns when `gva/v<nonce>.<n>` reaches `member_size`: no rank can propose
 //! afterwards, because every rank holds the span. All waiting is on WATCHes, bounded by
-//! `createTimeout`.
+//! `createTimeout`. A member that cannot count in any more, because the store reported its
+//! link down and no live link holds its rank again, fails the agreement at once with
+//! `SM_IO_ERROR` naming it (checked every 100 ms while waiting), instead of at the timeout.
 //!
 //! # Membership
 //! Every member watches `log` from create on: the watch delivers the whole log, then each
@@ -482,6 +484,7 @@ impl BmObject {
             hbm: hbm_len,
             dram: dram_len,
         };
+        let departed = || ctx.departed(args.member_size);
         let (reservation, base) = agree_gva(
             &ctx.store,
             &bm_ns(id),
@@ -489,6 +492,7 @@ impl BmObject {
             args.member_size,
             want,
             deadline,
+            &departed,
         )?;
         let layout = WindowLayout::new(Gva(base), stride, args.member_size, hbm_len, dram_len)
             .map_err(|e| {
@@ -1238,9 +1242,23 @@ fn drain(w: &Gate) {
     }
 }
 
+/// How often a waiting GVA agreement asks [`Departed`] whether a member died.
+const AGREE_SLICE: Duration = Duration::from_millis(100);
+
+/// Tells a waiting GVA agreement which members' processes died since it began (their config
+/// store link went down and no live link holds their rank again), so it fails at once instead
+/// of waiting out the create timeout for a rank that can never count in.
+pub(crate) type Departed<'a> = &'a dyn Fn() -> Vec<u32>;
+
+/// A [`Departed`] for callers that cannot tell (the agreement then waits out its deadline).
+pub(crate) fn nobody_departed() -> Vec<u32> {
+    Vec::new()
+}
+
 /// Runs the GVA agreement (module docs) and returns the reservation and the agreed base. On
 /// failure the candidate this rank counted for is uncounted, so a later attempt cannot complete
-/// with a count that includes a rank that gave up.
+/// with a count that includes a rank that gave up. A member reported by `departed` that does not
+/// hold the current candidate fails the agreement with `SM_IO_ERROR` naming it.
 pub(crate) fn agree_gva(
     store: &StoreClient,
     ns: &AgreeNs,
@@ -1248,9 +1266,12 @@ pub(crate) fn agree_gva(
     members: u32,
     want: Proposal,
     deadline: Instant,
+    departed: Departed<'_>,
 ) -> Result<(Reservation, u64)> {
     let mut held: Option<(String, Reservation)> = None;
-    let r = agree_inner(store, ns, rank, members, want, deadline, &mut held);
+    let r = agree_inner(
+        store, ns, rank, members, want, deadline, departed, &mut held,
+    );
     if r.is_err() {
         if let Some((tag, _)) = held.take() {
             let _ = store.add(&counter_key(ns, &tag), -1);
@@ -1266,6 +1287,7 @@ fn count_in(store: &StoreClient, ns: &AgreeNs, rank: u32, p: &Proposal) -> Resul
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn agree_inner(
     store: &StoreClient,
     ns: &AgreeNs,
@@ -1273,6 +1295,7 @@ fn agree_inner(
     members: u32,
     want: Proposal,
     deadline: Instant,
+    departed: Departed<'_>,
     held: &mut Option<(String, Reservation)>,
 ) -> Result<(Reservation, u64)> {
     let gva_key = ns.key("gva");
@@ -1356,7 +1379,8 @@ fn agree_inner(
         let counter = counter_key(ns, &p.tag());
         let rx = store.watch(&counter)?;
         let outcome = loop {
-            match rx.recv_timeout(remaining(deadline)) {
+            let left = remaining(deadline);
+            match rx.recv_timeout(left.min(AGREE_SLICE)) {
                 Ok(v) => {
                     let n: i64 = std::str::from_utf8(&v)
                         .ok()
@@ -1370,6 +1394,31 @@ fn agree_inner(
                     }
                     if n >= i64::from(members) {
                         break Ok(true);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) if left > AGREE_SLICE => {
+                    let gone: Vec<u32> = departed()
+                        .into_iter()
+                        .filter(|&r| r != rank && r < members)
+                        .collect();
+                    if gone.is_empty() {
+                        continue;
+                    }
+                    let holders = candidate_holders(store, ns, &p.tag());
+                    let missing: Vec<u32> = gone
+                        .into_iter()
+                        .filter(|r| holders.binary_search(r).is_err())
+                        .collect();
+                    if !missing.is_empty() {
+                        let _ = store.unwatch(&counter);
+                        return Err(Error::new(
+                            ErrorCode::IoError,
+                            format!(
+                                "{what}: member rank(s) [{}] died before taking part in the GVA agreement (their config store link went down); ranks holding the current candidate: [{}]; restart the job or create the object again without them",
+                                rank_list(&missing),
+                                rank_list(&holders)
+                            ),
+                        ));
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -1408,22 +1457,30 @@ fn agree_inner(
     }
 }
 
-fn agree_timeout(store: &StoreClient, ns: &AgreeNs, what: &str, tag: Option<String>) -> Error {
+/// The ranks that last reserved candidate `tag` (sorted), from the `gva/r<r>` records.
+fn candidate_holders(store: &StoreClient, ns: &AgreeNs, tag: &str) -> Vec<u32> {
     let mut have = Vec::new();
-    if let (Some(v), Ok(list)) = (tag, store.prefix(&ns.key("gva/r"))) {
+    if let Ok(list) = store.prefix(&ns.key("gva/r")) {
         for (k, val) in list {
             let r = std::str::from_utf8(&k)
                 .ok()
                 .and_then(|s| s.rsplit_once("/r"))
                 .and_then(|(_, r)| r.parse::<u32>().ok());
             if let Some(r) = r {
-                if val == v.as_bytes() {
+                if val == tag.as_bytes() {
                     have.push(r);
                 }
             }
         }
     }
     have.sort_unstable();
+    have
+}
+
+fn agree_timeout(store: &StoreClient, ns: &AgreeNs, what: &str, tag: Option<String>) -> Error {
+    let have = tag
+        .map(|t| candidate_holders(store, ns, &t))
+        .unwrap_or_default();
     Error::new(
         ErrorCode::Timeout,
         format!(
