@@ -19,6 +19,11 @@ pub struct Reservation {
     range: GvaRange,
 }
 
+/// Where [`Reservation::reserve_candidate`] places candidate bases: `[16 TiB, 80 TiB)` of the
+/// 128 TiB user address space of x86-64 and arm64 (48-bit): ASan's shadow ends near 16 TiB, PIE
+/// binaries and their heaps load near 85 TiB, shared libraries and `mmap(NULL)` sit near the top.
+pub(crate) const CANDIDATE_REGION: (u64, u64) = (0x1000_0000_0000, 0x5000_0000_0000);
+
 fn to_usize(v: u64, what: &str) -> Result<usize> {
     usize::try_from(v)
         .map_err(|_| Error::invalid(format!("{what} {v:#x} does not fit this address space")))
@@ -54,8 +59,39 @@ impl Reservation {
         Ok(Self { region, range })
     }
 
+    /// Reserves `len` bytes for a candidate base to propose to peers: a random multiple of
+    /// `align` inside [`CANDIDATE_REGION`], where processes rarely map anything (below the
+    /// PIE binaries, heaps and the top-down `mmap` area, above sanitizer shadow memory), so a
+    /// range free here is very likely free in every peer too. `entropy` picks the spot (a
+    /// fresh random number per call). Falls back to a kernel-chosen base when 16 spots are
+    /// taken or the range does not fit.
+    ///
+    /// Kernel-chosen bases alone are a poor choice: every process's `mmap(NULL)` hands out the
+    /// hole at the top of its own map, which is where a peer keeps its own mappings, so two
+    /// ranks can propose each other's taken ranges forever.
+    ///
+    /// # Errors
+    /// As [`Reservation::reserve_anywhere`].
+    pub fn reserve_candidate(
+        len: u64,
+        align: u64,
+        mut entropy: impl FnMut() -> u64,
+    ) -> Result<Self> {
+        let (lo, hi) = CANDIDATE_REGION;
+        if align.is_power_of_two() && len > 0 && len <= (hi - lo) / 2 {
+            let slots = (hi - lo - len) / align;
+            for _ in 0..16 {
+                let base = lo + (entropy() % slots) * align;
+                if let Ok(r) = Self::try_reserve_at(Gva(base), len) {
+                    return Ok(r);
+                }
+            }
+        }
+        Self::reserve_anywhere(len, align)
+    }
+
     /// Reserves `len` bytes at a kernel-chosen base that is a multiple of `align` (a power of
-    /// two, at least a page): how a process finds a candidate base to propose to its peers.
+    /// two, at least a page).
     ///
     /// # Errors
     /// `SM_INVALID_PARAM` for a bad length or alignment; `SM_MALLOC_FAILED` when there is no room.

@@ -126,8 +126,6 @@ pub(crate) struct Ctx {
     pub(crate) config: BmConfig,
     /// The network transport, started by the first object that uses it.
     transport: Mutex<Option<Arc<Node>>>,
-    /// Ranks whose store link went down at some point (the rank-down watcher).
-    downs: Arc<Mutex<BTreeSet<u32>>>,
 }
 
 impl Ctx {
@@ -147,20 +145,6 @@ impl Ctx {
         let node = Node::start(local.ip(), self.config.control_timeout)?;
         *t = Some(Arc::clone(&node));
         Ok(node)
-    }
-
-    /// Ranks below `members` other than this one that the store reported down (at any time
-    /// since init) and that no live link holds now, sorted: their processes died or left, and
-    /// no new process has taken the rank over.
-    pub(crate) fn departed(&self, members: u32) -> Vec<u32> {
-        let mut gone: Vec<u32> = lock(&self.downs)
-            .range(..members)
-            .copied()
-            .filter(|&r| r != self.rank)
-            .collect();
-        // A process that took the rank over (explicit rankId) may still take part.
-        gone.retain(|&r| !matches!(self.store.query_alive(r), Ok(true)));
-        gone
     }
 }
 
@@ -449,15 +433,12 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
         host_id,
         config: config.clone(),
         transport: Mutex::new(None),
-        downs: Arc::new(Mutex::new(BTreeSet::new())),
     });
-    let downs = Arc::clone(&ctx.downs);
     let rank_down = match store.watch_rank_down() {
         Ok(rx) => std::thread::Builder::new()
             .name("smem-bm-rankdown".into())
             .spawn(move || {
                 while let Ok(r) = rx.recv() {
-                    lock(&downs).insert(r);
                     let objs: Vec<Arc<BmObject>> =
                         lock(&OBJECTS).iter().map(|(_, o)| Arc::clone(o)).collect();
                     for o in objs {

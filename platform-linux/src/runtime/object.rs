@@ -4,25 +4,37 @@
 //! # Store keys of object `<id>` (prefix `smem/bm/o<id>/`)
 //! | key | value | written by |
 //! |---|---|---|
-//! | `gva` | `v<n> <nonce> <base> <span> <stride> <hbm> <dram>` (hex) | CAS by the rank proposing candidate `n` |
+//! | `gva` | `v<n> <nonce> <base> <span> <stride> <hbm> <dram>` (hex) | CAS by the first creator (BM), by the rank proposing candidate `n` (SHM) |
 //! | `gva/v<nonce>.<n>` | ADD counter: ranks holding candidate `n` (+ [`SUPERSEDED`], + [`ABORT`]) | every member |
 //! | `gva/r<r>` | `<nonce>.<n>` last candidate rank `r` reserved (for the timeout message) | rank `r` |
-//! | `abort` | why create was aborted (sizes differ) | the rank that found it |
-//! | `log` | membership log: `+r;` join, `-r;` leave, `xr;` destroy (APPEND) | the rank itself |
+//! | `abort` | why SHM create was aborted (sizes differ) | the rank that found it |
+//! | `log` | membership log: `cr;` create, `+r;` join, `-r;` leave, `xr;` destroy (APPEND) | the rank itself |
 //! | `win/<r>` | window record: host identity, HBM and DRAM segment descriptors, and with the network transport its data endpoint and window generation token | rank `r` at join |
 //! | `ack/<off>/<m>` | `ok`, `remote` or `err <why>`: member `m` applied the log entry ending at `off` | member `m` |
 //!
-//! # GVA agreement (create is collective over the `member_size` ranks)
-//! The first rank to find `gva` absent reserves a 2 MiB aligned span wherever its kernel puts it
-//! and proposes it (CAS on an absent key). Every rank tries to reserve exactly that span with
+//! # Create (never waits for the other members)
+//! SPEC 2.2 makes create a local step (allocate) and join the collective one, with members that
+//! create and join later becoming visible without further calls; a size mismatch is an error at
+//! join. So BM create ([`adopt_gva`]) settles the object's range at once: the first creator
+//! reserves a random 2 MiB aligned spot of [`crate::mem::CANDIDATE_REGION`] (a region processes
+//! rarely map, so the range is almost surely free in every peer) and proposes it with a CAS on
+//! the absent `gva` key; every later creator reserves exactly that range with no-clobber
+//! semantics. A creator whose sizes differ gets a handle whose join fails with a message naming
+//! both sizes. A later creator where the range is taken fails with `SM_RESOURCE_IN_USE` naming
+//! it: earlier members may already use the range, so it cannot move. Then the creator appends
+//! `c<rank>;` to the membership log (a holder from then on) and waits until its watcher applied
+//! the log up to that entry, so every window joined before is mapped when create returns.
+//!
+//! # GVA agreement (SHM: create is collective over the `rankSize` ranks)
+//! The first rank to find `gva` absent reserves a 2 MiB aligned span at a random spot of the
+//! candidate region and proposes it (CAS on an absent key). Every rank tries to reserve exactly that span with
 //! no-clobber semantics; on success it adds 1 to `gva/v<nonce>.<n>`. A rank where the span is taken
-//! reserves a fresh span of its own and proposes it as `n+1` with a CAS on the exact previous
+//! reserves a fresh random span of its own and proposes it as `n+1` with a CAS on the exact previous
 //! value (one proposal wins per round), then adds [`SUPERSEDED`] to `gva/v<nonce>.<n>` so every waiter
 //! wakes and moves. Create returns when `gva/v<nonce>.<n>` reaches `member_size`: no rank can propose
 //! afterwards, because every rank holds the span. All waiting is on WATCHes, bounded by
-//! `createTimeout`. A member that cannot count in any more, because the store reported its
-//! link down and no live link holds its rank again, fails the agreement at once with
-//! `SM_IO_ERROR` naming it (checked every 100 ms while waiting), instead of at the timeout.
+//! `createTimeout`. Random candidates matter: kernel-chosen ones (`mmap(NULL)`, the hole at
+//! the top of each process's own map) let two ranks propose each other's taken ranges forever.
 //!
 //! # Membership
 //! Every member watches `log` from create on: the watch delivers the whole log, then each
@@ -179,6 +191,9 @@ pub(crate) struct BmObject {
     pub(crate) ctx: Arc<Ctx>,
     pub(crate) layout: WindowLayout,
     rank: u32,
+    /// Why join must fail: this rank's sizes differ from the object's (SPEC 2.2: a size
+    /// mismatch is an error at join). Such a handle never enters the membership log.
+    mismatch: Option<String>,
     reservation: Reservation,
     hbm: Option<DeviceSegment>,
     dram: Option<HostSegment>,
@@ -361,6 +376,7 @@ impl WindowRecord {
 /// A log entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Entry {
+    Create(u32),
     Join(u32),
     Leave(u32),
     Destroy(u32),
@@ -369,6 +385,7 @@ enum Entry {
 impl Entry {
     fn encode(self) -> String {
         match self {
+            Self::Create(r) => format!("c{r};"),
             Self::Join(r) => format!("+{r};"),
             Self::Leave(r) => format!("-{r};"),
             Self::Destroy(r) => format!("x{r};"),
@@ -388,6 +405,7 @@ fn parse_entries(piece: &[u8]) -> Vec<(usize, Option<Entry>)> {
         let entry = e.split_first().and_then(|(kind, num)| {
             let r: u32 = std::str::from_utf8(num).ok()?.parse().ok()?;
             match kind {
+                b'c' => Some(Entry::Create(r)),
                 b'+' => Some(Entry::Join(r)),
                 b'-' => Some(Entry::Leave(r)),
                 b'x' => Some(Entry::Destroy(r)),
@@ -432,8 +450,9 @@ pub(crate) struct CreateArgs {
 }
 
 impl BmObject {
-    /// Allocates local memory, agrees on the GVA base with the other members, maps the local
-    /// window and starts watching the membership log.
+    /// Allocates local memory, adopts (or, first, proposes) the object's GVA range, maps the
+    /// local window, starts watching the membership log and registers this rank as a holder.
+    /// Never waits for other members (module docs, "Create").
     pub(crate) fn create(ctx: &Arc<Ctx>, rank: u32, args: &CreateArgs) -> Result<Arc<Self>> {
         let deadline = Instant::now() + ctx.config.create_timeout;
         let (hbm_len, dram_len, stride) = part_lens(args.hbm, args.dram)
@@ -484,16 +503,16 @@ impl BmObject {
             hbm: hbm_len,
             dram: dram_len,
         };
-        let departed = || ctx.departed(args.member_size);
-        let (reservation, base) = agree_gva(
-            &ctx.store,
-            &bm_ns(id),
-            rank,
-            args.member_size,
-            want,
-            deadline,
-            &departed,
-        )?;
+        let (reservation, base, mismatch) = match adopt_gva(&ctx.store, &bm_ns(id), rank, want)? {
+            Adopted::Range(res, base) => (res, base, None),
+            Adopted::Mismatch(msg) => {
+                // Join will fail with `msg`; until then the handle works like any other (its
+                // own range, so `smem_bm_ptr` and the size getters answer).
+                let res = Reservation::reserve_candidate(span, WINDOW_ALIGN, random_u64)?;
+                let base = res.base().raw();
+                (res, base, Some(msg))
+            }
+        };
         let layout = WindowLayout::new(Gva(base), stride, args.member_size, hbm_len, dram_len)
             .map_err(|e| {
                 Error::new(
@@ -521,15 +540,13 @@ impl BmObject {
         if let Some(seg) = &dram {
             reservation.map_segment(own + hbm_len, seg.fd(), dram_len)?;
         }
-        let ctl = Ctl {
-            holders: (0..args.member_size).collect(),
-            ..Ctl::default()
-        };
+        let ctl = Ctl::default();
         let obj = Arc::new(Self {
             id,
             ctx: Arc::clone(ctx),
             layout,
             rank,
+            mismatch,
             reservation,
             hbm,
             dram,
@@ -542,12 +559,53 @@ impl BmObject {
             op: Mutex::new(()),
             watcher: Mutex::new(None),
         });
-        obj.start_watcher()?;
+        if obj.mismatch.is_none() {
+            obj.start_watcher()?;
+            if let Err(e) = obj.register(deadline) {
+                // Others must not count this rank as a holder that will ack their changes.
+                let _ = ctx
+                    .store
+                    .append(&key(id, "log"), Entry::Destroy(rank).encode().as_bytes());
+                obj.stop_watcher();
+                return Err(e.context(format!("smem_bm_create {id}")));
+            }
+        }
         info!(
             "smem_bm_create {id}: rank {rank} of {} at GVA {base:#x}, stride {stride:#x}",
             args.member_size
         );
         Ok(obj)
+    }
+
+    /// Appends this rank's create entry and waits until the watcher applied the log up to it,
+    /// so every window joined before is mapped here when create returns.
+    fn register(&self, deadline: Instant) -> Result<()> {
+        let len = self.ctx.store.append(
+            &key(self.id, "log"),
+            Entry::Create(self.rank).encode().as_bytes(),
+        )?;
+        let mut ctl = lock(&self.ctl);
+        while ctl.processed < len {
+            if ctl.watcher_gone {
+                return Err(Error::new(
+                    ErrorCode::IoError,
+                    "the membership watch stopped (config store link down?)",
+                ));
+            }
+            let left = remaining(deadline);
+            if left.is_zero() {
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    "the membership log was not delivered within the create timeout",
+                ));
+            }
+            ctl = self
+                .ctl_cv
+                .wait_timeout(ctl, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        Ok(())
     }
 
     fn start_watcher(self: &Arc<Self>) -> Result<()> {
@@ -604,7 +662,7 @@ impl BmObject {
     }
 
     fn apply_entry(&self, ctl: &mut Ctl, entry: Entry, off: u64) {
-        let (Entry::Join(r) | Entry::Leave(r) | Entry::Destroy(r)) = entry;
+        let (Entry::Create(r) | Entry::Join(r) | Entry::Leave(r) | Entry::Destroy(r)) = entry;
         if r >= self.layout.member_size() {
             warn!(
                 "BM object {}: log names rank {r}, outside {} members",
@@ -613,8 +671,14 @@ impl BmObject {
             );
             return;
         }
+        if let Entry::Create(_) = entry {
+            // A holder from now on: it acks the later entries of the others.
+            ctl.holders.insert(r);
+            return;
+        }
         if r == self.rank {
             match entry {
+                Entry::Create(_) => {}
                 Entry::Join(_) => {
                     ctl.joined.insert(r);
                 }
@@ -636,6 +700,7 @@ impl BmObject {
             return;
         }
         let ack = match entry {
+            Entry::Create(_) => return,
             Entry::Join(_) => {
                 ctl.joined.insert(r);
                 self.unmap_peer(ctl, r);
@@ -910,6 +975,9 @@ impl BmObject {
             "smem_bm_join of BM object {} by rank {}",
             self.id, self.rank
         );
+        if let Some(msg) = &self.mismatch {
+            return Err(Error::invalid(format!("{what}: {msg}")));
+        }
         if lock(&self.ctl).joined_self {
             return Err(Error::new(
                 ErrorCode::RepeatCall,
@@ -1011,7 +1079,10 @@ impl BmObject {
             self.id, self.rank
         );
         if !lock(&self.ctl).joined_self {
-            return Err(Error::invalid(format!("{what}: this rank has not joined")));
+            return Err(Error::new(
+                ErrorCode::ObjectNotExists,
+                format!("{what}: this rank has not joined the object (or already left it)"),
+            ));
         }
         let w = &self.windows[self.rank as usize];
         w.state.store(CLOSING, Ordering::SeqCst);
@@ -1033,6 +1104,10 @@ impl BmObject {
     /// last reference to the object drops.
     pub(crate) fn destroy(&self) -> Result<()> {
         let _op = lock(&self.op);
+        if self.mismatch.is_some() {
+            // Never entered the membership log.
+            return Ok(());
+        }
         let mut result = Ok(());
         if lock(&self.ctl).joined_self {
             result = self.leave_locked();
@@ -1242,23 +1317,72 @@ fn drain(w: &Gate) {
     }
 }
 
-/// How often a waiting GVA agreement asks [`Departed`] whether a member died.
-const AGREE_SLICE: Duration = Duration::from_millis(100);
+/// What [`adopt_gva`] settled on.
+pub(crate) enum Adopted {
+    /// The object's range, reserved here, and its base.
+    Range(Reservation, u64),
+    /// This rank's sizes differ from the object's: why (for join to report).
+    Mismatch(String),
+}
 
-/// Tells a waiting GVA agreement which members' processes died since it began (their config
-/// store link went down and no live link holds their rank again), so it fails at once instead
-/// of waiting out the create timeout for a rank that can never count in.
-pub(crate) type Departed<'a> = &'a dyn Fn() -> Vec<u32>;
-
-/// A [`Departed`] for callers that cannot tell (the agreement then waits out its deadline).
-pub(crate) fn nobody_departed() -> Vec<u32> {
-    Vec::new()
+/// BM create's side of the GVA rules (module docs, "Create"): adopts the range the object's
+/// first creator proposed, or proposes one (a random spot of the candidate region, see
+/// [`Reservation::reserve_candidate`]) when this rank is the first. Never waits for other
+/// members. A range taken in this process fails with `SM_RESOURCE_IN_USE`: members that created
+/// earlier may already use it, so it cannot move.
+pub(crate) fn adopt_gva(
+    store: &StoreClient,
+    ns: &AgreeNs,
+    rank: u32,
+    want: Proposal,
+) -> Result<Adopted> {
+    let gva_key = ns.key("gva");
+    let what = format!("{} (rank {rank})", ns.call);
+    // A CAS loses only to another creator's proposal, which is then adopted.
+    let cur = match store.get(&gva_key)? {
+        Some(v) => v,
+        None => {
+            let cand = Reservation::reserve_candidate(want.span, WINDOW_ALIGN, random_u64)?;
+            let p = Proposal {
+                version: 0,
+                nonce: random_u64(),
+                base: cand.base().raw(),
+                ..want
+            };
+            match store.cas(&gva_key, b"", &p.encode())? {
+                CasResult::Swapped => return Ok(Adopted::Range(cand, p.base)),
+                CasResult::Mismatch(v) => v,
+            }
+        }
+    };
+    let p = Proposal::decode(&cur).ok_or_else(|| {
+        Error::new(
+            ErrorCode::ProtocolError,
+            format!("{what}: malformed GVA proposal in the config store"),
+        )
+    })?;
+    if (p.span, p.stride, p.hbm, p.dram) != (want.span, want.stride, want.hbm, want.dram) {
+        return Ok(Adopted::Mismatch(format!(
+            "{} was created by another member with HBM {:#x} + DRAM {:#x} per window (span {:#x}), this rank asked for HBM {:#x} + DRAM {:#x} (span {:#x}); every member must pass the same sizes and memberSize",
+            ns.object, p.hbm, p.dram, p.span, want.hbm, want.dram, want.span
+        )));
+    }
+    match Reservation::try_reserve_at(Gva(p.base), p.span) {
+        Ok(res) => Ok(Adopted::Range(res, p.base)),
+        Err(e) if e.code() == ErrorCode::ResourceInUse => Err(Error::new(
+            ErrorCode::ResourceInUse,
+            format!(
+                "{what}: the object's GVA range {:#x}+{:#x}, chosen by its first creator, is taken in this process by another mapping; the members that created it may already use it, so it cannot move: unmap that range here, or destroy the object on every member and create it again",
+                p.base, p.span
+            ),
+        )),
+        Err(e) => Err(e.context(&what)),
+    }
 }
 
 /// Runs the GVA agreement (module docs) and returns the reservation and the agreed base. On
 /// failure the candidate this rank counted for is uncounted, so a later attempt cannot complete
-/// with a count that includes a rank that gave up. A member reported by `departed` that does not
-/// hold the current candidate fails the agreement with `SM_IO_ERROR` naming it.
+/// with a count that includes a rank that gave up.
 pub(crate) fn agree_gva(
     store: &StoreClient,
     ns: &AgreeNs,
@@ -1266,12 +1390,9 @@ pub(crate) fn agree_gva(
     members: u32,
     want: Proposal,
     deadline: Instant,
-    departed: Departed<'_>,
 ) -> Result<(Reservation, u64)> {
     let mut held: Option<(String, Reservation)> = None;
-    let r = agree_inner(
-        store, ns, rank, members, want, deadline, departed, &mut held,
-    );
+    let r = agree_inner(store, ns, rank, members, want, deadline, &mut held);
     if r.is_err() {
         if let Some((tag, _)) = held.take() {
             let _ = store.add(&counter_key(ns, &tag), -1);
@@ -1287,7 +1408,6 @@ fn count_in(store: &StoreClient, ns: &AgreeNs, rank: u32, p: &Proposal) -> Resul
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn agree_inner(
     store: &StoreClient,
     ns: &AgreeNs,
@@ -1295,7 +1415,6 @@ fn agree_inner(
     members: u32,
     want: Proposal,
     deadline: Instant,
-    departed: Departed<'_>,
     held: &mut Option<(String, Reservation)>,
 ) -> Result<(Reservation, u64)> {
     let gva_key = ns.key("gva");
@@ -1312,7 +1431,7 @@ fn agree_inner(
         let cur = match store.get(&gva_key)? {
             Some(v) => v,
             None => {
-                let cand = Reservation::reserve_anywhere(want.span, WINDOW_ALIGN)?;
+                let cand = Reservation::reserve_candidate(want.span, WINDOW_ALIGN, random_u64)?;
                 let p = Proposal {
                     version: 0,
                     nonce: random_u64(),
@@ -1358,7 +1477,7 @@ fn agree_inner(
                         "{what}: candidate v{} at {:#x} is taken here; proposing another",
                         p.version, p.base
                     );
-                    let cand = Reservation::reserve_anywhere(want.span, WINDOW_ALIGN)?;
+                    let cand = Reservation::reserve_candidate(want.span, WINDOW_ALIGN, random_u64)?;
                     let next = Proposal {
                         version: p.version + 1,
                         nonce: p.nonce,
@@ -1379,8 +1498,7 @@ fn agree_inner(
         let counter = counter_key(ns, &p.tag());
         let rx = store.watch(&counter)?;
         let outcome = loop {
-            let left = remaining(deadline);
-            match rx.recv_timeout(left.min(AGREE_SLICE)) {
+            match rx.recv_timeout(remaining(deadline)) {
                 Ok(v) => {
                     let n: i64 = std::str::from_utf8(&v)
                         .ok()
@@ -1394,31 +1512,6 @@ fn agree_inner(
                     }
                     if n >= i64::from(members) {
                         break Ok(true);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) if left > AGREE_SLICE => {
-                    let gone: Vec<u32> = departed()
-                        .into_iter()
-                        .filter(|&r| r != rank && r < members)
-                        .collect();
-                    if gone.is_empty() {
-                        continue;
-                    }
-                    let holders = candidate_holders(store, ns, &p.tag());
-                    let missing: Vec<u32> = gone
-                        .into_iter()
-                        .filter(|r| holders.binary_search(r).is_err())
-                        .collect();
-                    if !missing.is_empty() {
-                        let _ = store.unwatch(&counter);
-                        return Err(Error::new(
-                            ErrorCode::IoError,
-                            format!(
-                                "{what}: member rank(s) [{}] died before taking part in the GVA agreement (their config store link went down); ranks holding the current candidate: [{}]; restart the job or create the object again without them",
-                                rank_list(&missing),
-                                rank_list(&holders)
-                            ),
-                        ));
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {

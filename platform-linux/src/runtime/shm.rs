@@ -82,7 +82,7 @@ use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
 use smem_core::table::{Handle, Table};
 
 use super::Found;
-use super::object::{AgreeNs, Proposal, WindowRecord, agree_gva, nobody_departed, rank_list};
+use super::object::{AgreeNs, Proposal, WindowRecord, agree_gva, rank_list};
 use crate::mem::{HostSegment, Reservation, SegmentKind};
 use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer};
 use crate::{Error, Result};
@@ -645,15 +645,7 @@ impl ShmObject {
             object: format!("SHM object {id}"),
             call: format!("smem_shm_create {id}"),
         };
-        let (reservation, base) = agree_gva(
-            store,
-            &ns,
-            rank,
-            args.rank_size,
-            want,
-            deadline,
-            &nobody_departed,
-        )?;
+        let (reservation, base) = agree_gva(store, &ns, rank, args.rank_size, want, deadline)?;
         reservation
             .map_segment(u64::from(rank) * size, segment.fd(), size)
             .map_err(|e| e.context(what))?;
