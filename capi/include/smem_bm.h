@@ -94,8 +94,10 @@ uint32_t smem_bm_get_rank_id(void);
  * shareable host memory and localHBMSize bytes of device memory, each rounded up to 2 MiB; at
  * least one is non-zero, and every member must pass the same sizes (a mismatch fails at join).
  * dataOpType: a non-empty set of smem_bm_data_op_type bits. flags: reserved, pass 0.
- * Bounded by createTimeout. Returns the handle, or NULL (last error set) on failure:
- * SM_INVALID_PARAM, SM_NOT_INITIALIZED, SM_DUPLICATED_OBJECT, SM_MALLOC_FAILED, SM_TIMEOUT...
+ * Does not wait for the other members: the first creator picks the object's GVA range, later
+ * ones adopt it. Bounded by createTimeout. Returns the handle, or NULL (last error set) on
+ * failure: SM_INVALID_PARAM, SM_NOT_INITIALIZED, SM_DUPLICATED_OBJECT, SM_MALLOC_FAILED,
+ * SM_RESOURCE_IN_USE (the object's range is taken in this process), SM_TIMEOUT...
  */
 smem_bm_t smem_bm_create(uint32_t id, uint32_t memberSize, smem_bm_data_op_type dataOpType,
                          uint64_t localDRAMSize, uint64_t localHBMSize, uint32_t flags);
