@@ -1045,6 +1045,19 @@ pub fn shm_create(
             "{what}: dataOpType {data_op:#x} is not a non-empty set of SMEMS_DATA_OP_* bits"
         )));
     }
+    // The span is reserved in one address space and each window is a file of `symmetricSize`
+    // bytes: neither can reach 2^63 bytes.
+    if symmetric_size
+        .checked_mul(u64::from(rank_size))
+        .is_none_or(|span| span > i64::MAX as u64)
+    {
+        return Err(Error::invalid(format!(
+            "{what}: rankSize {rank_size} x symmetricSize {symmetric_size:#x} overflows the 64-bit address space; ask for less"
+        )));
+    }
+    // Refused before any store traffic, so the other members are not left waiting for a
+    // create this rank cannot back.
+    crate::mem::admit(&format!("{what}: window"), symmetric_size)?;
     let (ctx, floor) = {
         let mut st = lock(&STATE);
         let State::Ready(ready) = &mut *st else {
