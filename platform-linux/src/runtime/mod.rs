@@ -6,7 +6,13 @@
 //! `bm_init` connects to the config store (hosting it in-process first when this process is
 //! rank 0, or with `autoRanking` the process that can bind the URL's address), registers the
 //! rank (`smem/bm/rank/<r>` = host identity and pid) and waits until every rank of the world
-//! registered (unless `dynamicWorldSize`), naming the missing ranks on timeout. A second
+//! registered (unless `dynamicWorldSize`), naming the missing ranks on timeout. When the store
+//! link goes down during that wait (the store host gave up at its own deadline, or died), the
+//! rank does not fail with `SM_IO_ERROR`: it connects again to the store URL until its own init
+//! deadline, registers again when the store is back and keeps waiting; at the deadline it
+//! returns `SM_TIMEOUT` naming the ranks it never saw registered and when the store went away
+//! (`survive_store_loss`, shared with `smem_shm_init`). So every surviving rank gets
+//! `SM_TIMEOUT` naming the missing ranks, whichever gives up first. A second
 //! `bm_init` with identical arguments returns 0; with different ones `SM_REPEAT_CALL`.
 //! Objects: see the module docs of `runtime/object.rs` for the GVA agreement, the membership log
 //! and the store key schedule.

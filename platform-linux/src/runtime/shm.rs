@@ -5,7 +5,8 @@
 //! `startConfigStore`), registers the rank (`smem/shm/rank/<r>` = host identity and pid) and
 //! waits until every rank of the world registered and holds a live store link (a key left by a
 //! process that died without uninit does not count), naming the missing ranks when
-//! `shmInitTimeout` passes. A second `shm_init` with identical arguments returns 0, with other
+//! `shmInitTimeout` passes (a lost store link is survived as in `smem_bm_init`, see the
+//! module docs of [`crate::runtime`]). A second `shm_init` with identical arguments returns 0, with other
 //! arguments `SM_REPEAT_CALL`.
 //!
 //! # Sharing the store with BM
