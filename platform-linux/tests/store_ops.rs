@@ -353,6 +353,41 @@ fn connect_retries_until_timeout() {
     assert!(
         start.elapsed() >= Duration::from_millis(250) && start.elapsed() < Duration::from_secs(2)
     );
+    let m = e.message();
+    assert!(
+        m.contains(&addr.to_string()) && m.contains("300 ms") && m.contains("last error"),
+        "{m}"
+    );
+}
+
+/// Unreachable hosts and networks, refusals and timeouts are retried until the deadline
+/// (a route may come up); errors that waiting cannot fix are not. Only the classification is
+/// tested: no traffic leaves loopback.
+#[test]
+fn connect_retries_unreachable_like_refused() {
+    use smem_linux::store::client::connect_error_is_transient;
+    let os = std::io::Error::from_raw_os_error;
+    for e in [
+        libc::EHOSTUNREACH,
+        libc::ENETUNREACH,
+        libc::ECONNREFUSED,
+        libc::ETIMEDOUT,
+        libc::ECONNRESET,
+        libc::EINTR,
+    ] {
+        assert!(connect_error_is_transient(&os(e)), "errno {e}");
+    }
+    assert!(connect_error_is_transient(&std::io::Error::from(
+        std::io::ErrorKind::TimedOut
+    )));
+    for e in [
+        libc::EINVAL,
+        libc::EAFNOSUPPORT,
+        libc::EACCES,
+        libc::EADDRNOTAVAIL,
+    ] {
+        assert!(!connect_error_is_transient(&os(e)), "errno {e}");
+    }
 }
 
 #[test]

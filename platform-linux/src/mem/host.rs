@@ -125,7 +125,8 @@ impl HostSegment {
     /// of memory fails here, never as a `SIGBUS` later.
     ///
     /// # Errors
-    /// `SM_INVALID_PARAM` for a bad length; `SM_MALLOC_FAILED` when the memory is not there;
+    /// `SM_INVALID_PARAM` for a bad length; `SM_MALLOC_FAILED` when the memory is not there
+    /// (refused up front by [`super::admit`], before any descriptor exists, or by `fallocate`);
     /// `SM_IO_ERROR` for other OS errors.
     pub fn create(name: &str, kind: SegmentKind, len: u64) -> Result<Self> {
         let page = super::page_size();
@@ -134,11 +135,20 @@ impl HostSegment {
                 "segment length {len:#x} must be a non-zero multiple of the page size {page:#x}"
             )));
         }
+        super::admit(&format!("segment {name}"), len)?;
         let cname = CString::new(name.replace('\0', "?")).unwrap_or_default();
         let fd = fd::memfd_create(&cname)
             .map_err(|e| Error::io(format_args!("memfd_create({name})"), &e))?;
-        fd::ftruncate(fd.as_fd(), len)
-            .map_err(|e| Error::io(format_args!("sizing segment {name} to {len:#x} bytes"), &e))?;
+        fd::ftruncate(fd.as_fd(), len).map_err(|e| {
+            let code = match e.raw_os_error() {
+                Some(libc::EFBIG | libc::EINVAL) => ErrorCode::MallocFailed,
+                _ => ErrorCode::IoError,
+            };
+            Error::new(
+                code,
+                format!("sizing segment {name} to {len:#x} bytes: {e}; ask for less"),
+            )
+        })?;
         if let Err(e) = fd::fallocate(fd.as_fd(), len) {
             let code = match e.raw_os_error() {
                 Some(libc::ENOSPC | libc::ENOMEM | libc::EFBIG) => ErrorCode::MallocFailed,
@@ -147,7 +157,8 @@ impl HostSegment {
             return Err(Error::new(
                 code,
                 format!(
-                    "allocating {len:#x} bytes of shared memory for {name}: {e}; free memory or lower the pool size (shmem limits: /dev/shm size, memory cgroup)"
+                    "allocating {len:#x} bytes ({}) of shared memory for {name}: {e}; free memory or lower the pool size (shmem limits: /dev/shm size, memory cgroup)",
+                    super::human(len)
                 ),
             ));
         }

@@ -20,10 +20,17 @@
 //! share this way; the runtime then treats the peer like one on another host and refuses, or
 //! later uses the network transport. A future fallback is passing descriptors over a Unix
 //! socket (`SCM_RIGHTS`), which works across PID namespaces that share a socket path.
+//!
+//! # Admission
+//! A segment the machine cannot back is refused with `SM_MALLOC_FAILED` before anything is
+//! allocated ([`admit`], against [`headroom`]: `MemAvailable + SwapFree` and the memory cgroup
+//! limits), never left to the OOM killer.
 
+mod admit;
 mod gva;
 mod host;
 
+pub use admit::{Headroom, admit, headroom, human};
 pub use gva::Reservation;
 pub use host::{HostSegment, SegmentDescriptor, SegmentKind};
 

@@ -6,7 +6,13 @@
 //! `bm_init` connects to the config store (hosting it in-process first when this process is
 //! rank 0, or with `autoRanking` the process that can bind the URL's address), registers the
 //! rank (`smem/bm/rank/<r>` = host identity and pid) and waits until every rank of the world
-//! registered (unless `dynamicWorldSize`), naming the missing ranks on timeout. A second
+//! registered (unless `dynamicWorldSize`), naming the missing ranks on timeout. When the store
+//! link goes down during that wait (the store host gave up at its own deadline, or died), the
+//! rank does not fail with `SM_IO_ERROR`: it connects again to the store URL until its own init
+//! deadline, registers again when the store is back and keeps waiting; at the deadline it
+//! returns `SM_TIMEOUT` naming the ranks it never saw registered and when the store went away
+//! (`survive_store_loss`, shared with `smem_shm_init`). So every surviving rank gets
+//! `SM_TIMEOUT` naming the missing ranks, whichever gives up first. A second
 //! `bm_init` with identical arguments returns 0; with different ones `SM_REPEAT_CALL`.
 //! Objects: see the module docs of `runtime/object.rs` for the GVA agreement, the membership log
 //! and the store key schedule.
@@ -252,6 +258,109 @@ pub(crate) enum Found {
     Other,
 }
 
+/// A registration at init: this rank's key and record, and how long it may wait.
+pub(crate) struct InitWait<'a> {
+    /// The init call, for messages (`smem_bm_init`).
+    pub(crate) what: &'a str,
+    /// The store URL's address.
+    pub(crate) addr: SocketAddr,
+    /// The options of a new link after a loss (connect timeout: what is left).
+    pub(crate) opts: ClientOptions,
+    /// When the init call began (messages say `+N ms` from here).
+    pub(crate) started: Instant,
+    /// The init deadline.
+    pub(crate) deadline: Instant,
+}
+
+/// Runs `step` (register this rank, wait for the others) on `store`, surviving a config store
+/// that goes away meanwhile: when the link goes down, this rank does not fail at once but
+/// connects again to the store URL until the init deadline (the store may come back: a
+/// restarted standalone store) and runs `step` again on the new link (registering again). At
+/// the deadline it returns `gave_up(ranks seen registered, when the link first went down)`,
+/// an `SM_TIMEOUT` naming the ranks it never saw. `seen` collects, across links, the ranks
+/// `step` saw registered. Errors other than a lost link are returned as they are.
+pub(crate) fn survive_store_loss(
+    w: &InitWait<'_>,
+    mut store: StoreClient,
+    mut step: impl FnMut(&StoreClient, &mut BTreeSet<u32>) -> Result<()>,
+    gave_up: impl FnOnce(&BTreeSet<u32>, Duration) -> Error,
+) -> Result<StoreClient> {
+    let mut seen = BTreeSet::new();
+    let mut lost_at: Option<Duration> = None;
+    // Bounded by the deadline: every round either succeeds, fails, or waits for a new link
+    // (connect retries are bounded by the deadline, pauses are at least 50 ms).
+    loop {
+        let err = match step(&store, &mut seen) {
+            Ok(()) => return Ok(store),
+            Err(e) => e,
+        };
+        if err.code() != ErrorCode::IoError || store.is_connected() {
+            return Err(err);
+        }
+        let at = *lost_at.get_or_insert_with(|| w.started.elapsed());
+        warn!(
+            "{}: the config store at {} went away (+{} ms: {err}); connecting again until the init deadline",
+            w.what,
+            w.addr,
+            at.as_millis()
+        );
+        store.close();
+        store = loop {
+            let left = w.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(gave_up(&seen, at));
+            }
+            let opts = ClientOptions {
+                connect_timeout: left,
+                ..w.opts.clone()
+            };
+            match StoreClient::connect(w.addr, opts) {
+                Ok(s) => {
+                    info!(
+                        "{}: the config store at {} is back (+{} ms); registering again",
+                        w.what,
+                        w.addr,
+                        w.started.elapsed().as_millis()
+                    );
+                    break s;
+                }
+                // Nobody listens (connect timed out at the deadline), the link closed during
+                // the handshake, or the store still sees our old link holding the rank.
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        ErrorCode::Timeout | ErrorCode::IoError | ErrorCode::StoreRejected
+                    ) =>
+                {
+                    debug!("{}: connecting again: {e}", w.what);
+                    std::thread::sleep(
+                        Duration::from_millis(50)
+                            .min(w.deadline.saturating_duration_since(Instant::now())),
+                    );
+                }
+                Err(e) => return Err(e.context(w.what)),
+            }
+        };
+    }
+}
+
+/// The message part of a `gave_up` error of [`survive_store_loss`]: which of `world_size`
+/// ranks were never seen, and when the store went away.
+pub(crate) fn store_gone_detail(
+    world_size: u32,
+    seen: &BTreeSet<u32>,
+    addr: SocketAddr,
+    lost_at: Duration,
+) -> String {
+    let missing: Vec<u32> = (0..world_size).filter(|r| !seen.contains(r)).collect();
+    format!(
+        "{} of {world_size} ranks were never seen registered: missing rank(s) {}; the config store at {addr} went away at +{} ms (its host gave up or died) and did not come back",
+        missing.len(),
+        rank_list(&missing),
+        lost_at.as_millis()
+    )
+}
+
 /// Parses the store URL of init call `what`.
 pub(crate) fn parse_store_url(what: &str, url: &str) -> Result<StoreUrl> {
     StoreUrl::parse(url).map_err(|e| {
@@ -357,7 +466,8 @@ pub(crate) fn rank_key(rank: u32) -> Vec<u8> {
 fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
     let what = "smem_bm_init";
     let config = &args.config;
-    let deadline = Instant::now() + config.init_timeout;
+    let started = Instant::now();
+    let deadline = started + config.init_timeout;
     if config.start_config_store_only {
         let server = StoreServer::start(ServerConfig::new(addr))
             .map_err(|e| e.context(format!("{what} (startConfigStoreOnly)")))?;
@@ -411,7 +521,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
         // `smem_set_ssl_option` (the store server above took it from `ServerConfig::new`).
         tls: crate::tls::global(),
     };
-    let store = StoreClient::connect(addr, opts)
+    let store = StoreClient::connect(addr, opts.clone())
         .map_err(|e| e.context(format!("{what}: connecting to the config store at {addr}")))?;
     let rank = match explicit {
         Some(r) => r,
@@ -419,12 +529,42 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
     };
     let share_pid = device.sharing_pid().map_err(|e| e.context(what))?;
     let me = format!("{host_id} {} {share_pid}", std::process::id());
-    store
-        .set(&rank_key(rank), me.as_bytes())
-        .map_err(|e| e.context(what))?;
-    if !config.dynamic_world_size {
-        wait_for_ranks(&store, args.world_size, deadline, config.init_timeout)?;
-    }
+    let w = InitWait {
+        what,
+        addr,
+        // A new link claims the rank this process got (also an auto-assigned one).
+        opts: ClientOptions {
+            rank: Some(rank),
+            ..opts
+        },
+        started,
+        deadline,
+    };
+    let world_size = args.world_size;
+    let store = survive_store_loss(
+        &w,
+        store,
+        |store, seen| {
+            store
+                .set(&rank_key(rank), me.as_bytes())
+                .map_err(|e| e.context(what))?;
+            seen.insert(rank);
+            if config.dynamic_world_size {
+                return Ok(());
+            }
+            wait_for_ranks(store, world_size, deadline, config.init_timeout, seen)
+        },
+        |seen, lost_at| {
+            Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "{what}: {}; waited {} s; start them (and the store) or raise initTimeout",
+                    store_gone_detail(world_size, seen, addr, lost_at),
+                    config.init_timeout.as_secs_f32()
+                ),
+            )
+        },
+    )?;
     let ctx = Arc::new(Ctx {
         world_size: args.world_size,
         rank,
@@ -471,18 +611,22 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
     })
 }
 
+/// Waits until every rank registered on `store`, adding those seen to `seen`.
 fn wait_for_ranks(
     store: &StoreClient,
     world_size: u32,
     deadline: Instant,
     timeout: Duration,
+    seen: &mut BTreeSet<u32>,
 ) -> Result<()> {
     for r in 0..world_size {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
         match store.wait_get(&rank_key(r), left) {
-            Ok(_) => {}
+            Ok(_) => {
+                seen.insert(r);
+            }
             Err(e) if e.code() == ErrorCode::Timeout => {
                 let listed = store.prefix(b"smem/bm/rank/");
                 let detail = match listed {
@@ -610,6 +754,14 @@ pub fn bm_create(
             "{what}: localDRAMSize and localHBMSize are both 0; give at least one"
         )));
     }
+    // The DRAM part, and the HBM part on the `sim` backend, are shared host memory: refuse what
+    // the machine cannot back before allocating anything (each segment is checked again).
+    let host_bytes = if ctx.device.name() == "sim" {
+        local_dram_size.saturating_add(local_hbm_size)
+    } else {
+        local_dram_size
+    };
+    crate::mem::admit(&format!("{what}: local parts"), host_bytes)?;
     {
         let objects = lock(&OBJECTS);
         if objects.handle_at(index).is_some() || CREATING[index].swap(true, Ordering::SeqCst) {

@@ -5,7 +5,8 @@
 //! `startConfigStore`), registers the rank (`smem/shm/rank/<r>` = host identity and pid) and
 //! waits until every rank of the world registered and holds a live store link (a key left by a
 //! process that died without uninit does not count), naming the missing ranks when
-//! `shmInitTimeout` passes. A second `shm_init` with identical arguments returns 0, with other
+//! `shmInitTimeout` passes (a lost store link is survived as in `smem_bm_init`, see the
+//! module docs of [`crate::runtime`]). A second `shm_init` with identical arguments returns 0, with other
 //! arguments `SM_REPEAT_CALL`.
 //!
 //! # Sharing the store with BM
@@ -281,7 +282,8 @@ pub fn shm_init(
 fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
     let what = "smem_shm_init";
     let config = &args.config;
-    let deadline = Instant::now() + config.init_timeout;
+    let started = Instant::now();
+    let deadline = started + config.init_timeout;
     let rank = args.rank;
     let host_id = crate::mem::host_identity()?;
     // The BM runtime of this process on the same store holds the rank and maybe the server.
@@ -315,24 +317,50 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
         // `smem_set_ssl_option` (the store server above took it from `ServerConfig::new`).
         tls: crate::tls::global(),
     };
-    let store = StoreClient::connect(addr, opts)
+    let store = StoreClient::connect(addr, opts.clone())
         .map_err(|e| e.context(format!("{what}: connecting to the config store at {addr}")))?;
-    // Read before registering: no rank can create an object of this session before every
-    // rank registered, so every instance of this session is newer.
-    let epoch_at_init = store
-        .get(EPOCH_KEY)
-        .map_err(|e| e.context(what))?
-        .and_then(|v| parse_u64(&v))
-        .unwrap_or(0);
     let me = format!("{host_id} {}", std::process::id());
-    store
-        .set(&rank_key(rank), me.as_bytes())
-        .map_err(|e| e.context(what))?;
-    if let Err(e) = wait_for_ranks(&store, args.world_size, deadline, config.init_timeout) {
-        let _ = store.remove(&rank_key(rank));
-        store.close();
-        return Err(e);
-    }
+    let w = super::InitWait {
+        what,
+        addr,
+        opts,
+        started,
+        deadline,
+    };
+    let world_size = args.world_size;
+    let mut epoch_at_init = 0;
+    let store = super::survive_store_loss(
+        &w,
+        store,
+        |store, seen| {
+            // Read before registering: no rank can create an object of this session before
+            // every rank registered, so every instance of this session is newer.
+            epoch_at_init = store
+                .get(EPOCH_KEY)
+                .map_err(|e| e.context(what))?
+                .and_then(|v| parse_u64(&v))
+                .unwrap_or(0);
+            store
+                .set(&rank_key(rank), me.as_bytes())
+                .map_err(|e| e.context(what))?;
+            seen.insert(rank);
+            let r = wait_for_ranks(store, world_size, deadline, config.init_timeout, seen);
+            if r.is_err() {
+                let _ = store.remove(&rank_key(rank));
+            }
+            r
+        },
+        |seen, lost_at| {
+            Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "{what}: {}; waited {} s; start them (and the store) or raise shmInitTimeout",
+                    super::store_gone_detail(world_size, seen, addr, lost_at),
+                    config.init_timeout.as_secs()
+                ),
+            )
+        },
+    )?;
     let ctx = Arc::new(ShmCtx {
         rank,
         store: store.clone(),
@@ -403,16 +431,21 @@ fn start_gc(store: &StoreClient) -> Option<SyncSender<Vec<u8>>> {
     Some(tx)
 }
 
+/// Waits until every rank registered on `store` and holds a live link, adding the ranks seen
+/// registered to `seen`.
 fn wait_for_ranks(
     store: &StoreClient,
     world_size: u32,
     deadline: Instant,
     timeout: Duration,
+    seen: &mut std::collections::BTreeSet<u32>,
 ) -> Result<()> {
     for r in 0..world_size {
         let left = remaining(deadline).max(Duration::from_millis(1));
         match store.wait_get(&rank_key(r), left) {
-            Ok(_) => {}
+            Ok(_) => {
+                seen.insert(r);
+            }
             Err(e) if e.code() == ErrorCode::Timeout => {
                 let present: Vec<u32> = store
                     .prefix(b"smem/shm/rank/")
@@ -1037,6 +1070,19 @@ pub fn shm_create(
             "{what}: dataOpType {data_op:#x} is not a non-empty set of SMEMS_DATA_OP_* bits"
         )));
     }
+    // The span is reserved in one address space and each window is a file of `symmetricSize`
+    // bytes: neither can reach 2^63 bytes.
+    if symmetric_size
+        .checked_mul(u64::from(rank_size))
+        .is_none_or(|span| span > i64::MAX as u64)
+    {
+        return Err(Error::invalid(format!(
+            "{what}: rankSize {rank_size} x symmetricSize {symmetric_size:#x} overflows the 64-bit address space; ask for less"
+        )));
+    }
+    // Refused before any store traffic, so the other members are not left waiting for a
+    // create this rank cannot back.
+    crate::mem::admit(&format!("{what}: window"), symmetric_size)?;
     let (ctx, floor) = {
         let mut st = lock(&STATE);
         let State::Ready(ready) = &mut *st else {

@@ -363,7 +363,82 @@ impl Link {
     }
 }
 
-/// Connect (retrying refused connections until `connect_timeout`), handshake, start the reader.
+/// Whether a failed TCP connect may succeed later: nobody listens yet (refused, reset), the
+/// route or the host is not there yet (host/network unreachable, e.g. an interface or a
+/// neighbour coming up), the attempt timed out, or a signal interrupted it. Other errors (bad
+/// address, address family not supported, permission) will not change by waiting.
+pub fn connect_error_is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNREFUSED
+                | libc::ECONNRESET
+                | libc::ECONNABORTED
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::EHOSTDOWN
+                | libc::ENETDOWN
+                | libc::ETIMEDOUT
+                | libc::EINTR
+                | libc::EAGAIN
+        )
+    ) || matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// First and last pause between connect attempts (doubling in between).
+const CONNECT_BACKOFF: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(200)];
+
+/// A TCP connection to `addr`, retrying transient failures
+/// ([`connect_error_is_transient`]) with backoff until `deadline`.
+///
+/// # Errors
+/// `SM_TIMEOUT` naming the address, the timeout and the last OS error, at the deadline or at
+/// once for an error that waiting will not fix.
+fn connect_until(addr: SocketAddr, deadline: Instant, timeout: Duration) -> Result<TcpStream> {
+    let mut pause = CONNECT_BACKOFF[0];
+    let mut attempts = 0u32;
+    loop {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        attempts += 1;
+        let err = match TcpStream::connect_timeout(&addr, left) {
+            // A TCP self-connection: with nobody listening on a port of the ephemeral range,
+            // the kernel may pick that very port as our source port and "connect" the socket
+            // to itself (simultaneous open). It is not the store: drop it and retry as if
+            // refused, or our own handshake would come back to us.
+            Ok(s) if s.local_addr().ok() == Some(addr) => {
+                drop(s);
+                io::Error::from_raw_os_error(libc::ECONNREFUSED)
+            }
+            Ok(s) => return Ok(s),
+            Err(e) => e,
+        };
+        let transient = connect_error_is_transient(&err);
+        if !transient || Instant::now() >= deadline {
+            return Err(Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "cannot connect to the config store at {addr} within {} ms ({attempts} attempt(s){}): last error: {err}; is it running and reachable from here?",
+                    timeout.as_millis(),
+                    if transient { "" } else { ", not retried" }
+                ),
+            ));
+        }
+        debug!("store client: connecting to {addr}: {err}; retrying in {pause:?}");
+        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+        pause = (pause * 2).min(CONNECT_BACKOFF[1]);
+    }
+}
+
+/// Connect (retrying transient failures until `connect_timeout`), handshake, start the reader.
 fn open_link(
     addr: SocketAddr,
     opts: &ClientOptions,
@@ -375,58 +450,7 @@ fn open_link(
     let deadline = now
         .checked_add(opts.connect_timeout)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
-    let mut stream = loop {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        match TcpStream::connect_timeout(&addr, left) {
-            // A TCP self-connection: with nobody listening on a port of the ephemeral range,
-            // the kernel may pick that very port as our source port and "connect" the socket
-            // to itself (simultaneous open). It is not the store: drop it and retry as if
-            // refused, or our own handshake would come back to us.
-            Ok(s) if s.local_addr().ok() == Some(addr) => {
-                drop(s);
-                std::thread::sleep(
-                    Duration::from_millis(20)
-                        .min(deadline.saturating_duration_since(Instant::now())),
-                );
-                if Instant::now() >= deadline {
-                    return Err(Error::new(
-                        ErrorCode::Timeout,
-                        format!(
-                            "cannot connect to the config store at {addr} within {} ms: \
-                             nothing listens there; is it running?",
-                            opts.connect_timeout.as_millis()
-                        ),
-                    ));
-                }
-            }
-            Ok(s) => break s,
-            Err(e)
-                if Instant::now() < deadline
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused
-                            | io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::Interrupted
-                    ) =>
-            {
-                std::thread::sleep(
-                    Duration::from_millis(20)
-                        .min(deadline.saturating_duration_since(Instant::now())),
-                );
-            }
-            Err(e) => {
-                return Err(Error::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "cannot connect to the config store at {addr} within {} ms: {e}; is it running?",
-                        opts.connect_timeout.as_millis()
-                    ),
-                ));
-            }
-        }
-    };
+    let mut stream = connect_until(addr, deadline, opts.connect_timeout)?;
     let _ = stream.set_nodelay(true);
     let left = deadline
         .saturating_duration_since(Instant::now())
@@ -683,7 +707,8 @@ impl Inner {
 }
 
 impl StoreClient {
-    /// Connect and handshake, retrying refused connections until `connect_timeout`.
+    /// Connect and handshake, retrying refused and unreachable connections (see
+    /// [`connect_error_is_transient`]) with backoff until `connect_timeout`.
     ///
     /// # Errors
     /// `SM_TIMEOUT` when no connection could be made in time; `SM_INVALID_PARAM` for a world
