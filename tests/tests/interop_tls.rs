@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use smem_core::ErrorCode;
 use smem_linux::store::{ClientOptions, StoreClient};
 use smem_linux::tls::TlsOptions;
 use smem_tests::servers::{SmemStoreProcess, ref_python};
@@ -82,8 +83,20 @@ fn tls_both_ways_with_the_reference() {
         ..ClientOptions::default()
     };
     let addr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let c = StoreClient::connect(addr, opts).expect("our TLS client -> reference TLS store");
-    c.set(b"interop/tls", b"v").expect("set");
+    let mut c =
+        StoreClient::connect(addr, opts.clone()).expect("our TLS client -> reference TLS store");
+    if let Err(e) = c.set(b"interop/tls", b"v") {
+        // Seen on a loaded machine (about 1 run in 10 with a busy loop beside it): the
+        // reference server answers our TLS handshake, then never answers the first request
+        // on the link and closes it ~6 s later without close_notify (no reply, no -400, so not
+        // a rejected frame). Its own logs say nothing. Say so and try once more on a new link.
+        assert_eq!(e.code(), ErrorCode::IoError, "set: {e}");
+        println!("NOTE: the reference TLS store dropped our first request ({e}); retrying once");
+        c.close();
+        c = StoreClient::connect(addr, opts)
+            .expect("our TLS client -> reference TLS store (2nd link)");
+        c.set(b"interop/tls", b"v").expect("set on a second link");
+    }
     assert_eq!(
         c.get(b"interop/tls").expect("get").as_deref(),
         Some(&b"v"[..])
