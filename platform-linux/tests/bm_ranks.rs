@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bm_common::{
     Role, addr_of, barrier, barrier_last, client, config, fork_and_wait, free_url, pattern, role,
-    spawn,
+    run_all_ok, spawn,
 };
 use smem_core::ErrorCode;
 use smem_linux::runtime::{self, BmHandle};
@@ -49,16 +49,7 @@ fn four_ranks_copy_every_pair() {
     if let Some(r) = role() {
         return pairs_rank(&r);
     }
-    let url = free_url();
-    let out = spawn(
-        "four_ranks_copy_every_pair",
-        "pairs",
-        &url,
-        4,
-        &[0, 1, 2, 3],
-    )
-    .wait(DEADLINE);
-    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+    run_all_ok("four_ranks_copy_every_pair", "pairs", 4, DEADLINE);
 }
 
 /// The same over the network transport: every rank has its own `SMEM_HOST_ID`, so every other
@@ -298,16 +289,7 @@ fn late_joiner_leaver_and_dead_member() {
     if let Some(r) = role() {
         return late_rank(&r);
     }
-    let url = free_url();
-    let out = spawn(
-        "late_joiner_leaver_and_dead_member",
-        "late",
-        &url,
-        4,
-        &[0, 1, 2, 3],
-    )
-    .wait(DEADLINE);
-    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+    run_all_ok("late_joiner_leaver_and_dead_member", "late", 4, DEADLINE);
 }
 
 fn late_rank(role: &Role) {
@@ -544,16 +526,12 @@ fn gva_range_taken_in_a_later_member_is_refused() {
         println!("rank-ok");
         return;
     }
-    let url = free_url();
-    let out = spawn(
+    run_all_ok(
         "gva_range_taken_in_a_later_member_is_refused",
         "gva",
-        &url,
         2,
-        &[0, 1],
-    )
-    .wait(DEADLINE);
-    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+        DEADLINE,
+    );
 }
 
 /// A window owned by a rank of another host (forced with `SMEM_HOST_ID`) stays reserved: join
@@ -832,16 +810,12 @@ fn create_and_join_do_not_wait_for_later_members() {
         println!("rank-ok");
         return;
     }
-    let url = free_url();
-    let out = spawn(
+    run_all_ok(
         "create_and_join_do_not_wait_for_later_members",
         "sequential",
-        &url,
         2,
-        &[0, 1],
-    )
-    .wait(DEADLINE);
-    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+        DEADLINE,
+    );
 }
 
 /// SPEC 4: memory is pre-faulted at create, so the first copy into a fresh pool runs at

@@ -1317,6 +1317,27 @@ fn drain(w: &Gate) {
     }
 }
 
+/// Reserves a random candidate and proposes it as the object's first range (CAS on the absent
+/// `gva` key): `Ok` with the reservation and proposal when it won, `Err` with the proposal of
+/// the rank that got there first.
+fn propose_first(
+    store: &StoreClient,
+    gva_key: &[u8],
+    want: Proposal,
+) -> Result<std::result::Result<(Reservation, Proposal), Vec<u8>>> {
+    let cand = Reservation::reserve_candidate(want.span, WINDOW_ALIGN, random_u64)?;
+    let p = Proposal {
+        version: 0,
+        nonce: random_u64(),
+        base: cand.base().raw(),
+        ..want
+    };
+    Ok(match store.cas(gva_key, b"", &p.encode())? {
+        CasResult::Swapped => Ok((cand, p)),
+        CasResult::Mismatch(v) => Err(v),
+    })
+}
+
 /// What [`adopt_gva`] settled on.
 pub(crate) enum Adopted {
     /// The object's range, reserved here, and its base.
@@ -1341,19 +1362,10 @@ pub(crate) fn adopt_gva(
     // A CAS loses only to another creator's proposal, which is then adopted.
     let cur = match store.get(&gva_key)? {
         Some(v) => v,
-        None => {
-            let cand = Reservation::reserve_candidate(want.span, WINDOW_ALIGN, random_u64)?;
-            let p = Proposal {
-                version: 0,
-                nonce: random_u64(),
-                base: cand.base().raw(),
-                ..want
-            };
-            match store.cas(&gva_key, b"", &p.encode())? {
-                CasResult::Swapped => return Ok(Adopted::Range(cand, p.base)),
-                CasResult::Mismatch(v) => v,
-            }
-        }
+        None => match propose_first(store, &gva_key, want)? {
+            Ok((cand, p)) => return Ok(Adopted::Range(cand, p.base)),
+            Err(v) => v,
+        },
     };
     let p = Proposal::decode(&cur).ok_or_else(|| {
         Error::new(
@@ -1430,23 +1442,14 @@ fn agree_inner(
         }
         let cur = match store.get(&gva_key)? {
             Some(v) => v,
-            None => {
-                let cand = Reservation::reserve_candidate(want.span, WINDOW_ALIGN, random_u64)?;
-                let p = Proposal {
-                    version: 0,
-                    nonce: random_u64(),
-                    base: cand.base().raw(),
-                    ..want
-                };
-                match store.cas(&gva_key, b"", &p.encode())? {
-                    CasResult::Swapped => {
-                        *held = Some((p.tag(), cand));
-                        count_in(store, ns, rank, &p)?;
-                        p.encode()
-                    }
-                    CasResult::Mismatch(v) => v,
+            None => match propose_first(store, &gva_key, want)? {
+                Ok((cand, p)) => {
+                    *held = Some((p.tag(), cand));
+                    count_in(store, ns, rank, &p)?;
+                    p.encode()
                 }
-            }
+                Err(v) => v,
+            },
         };
         let p = Proposal::decode(&cur).ok_or_else(|| {
             Error::new(

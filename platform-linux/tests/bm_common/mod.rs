@@ -47,6 +47,15 @@ impl Drop for Ranks {
     }
 }
 
+/// Runs ranks `0..world` of test `name` with `role` on a fresh URL and asserts that every rank
+/// printed `rank-ok` within `deadline`.
+pub fn run_all_ok(name: &str, role: &str, world: u32, deadline: Duration) {
+    let url = free_url();
+    let ranks: Vec<u32> = (0..world).collect();
+    let out = spawn(name, role, &url, world, &ranks).wait(deadline);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+}
+
 /// Starts `ranks` of test `name` (its full name in this binary) with `role`.
 pub fn spawn(name: &str, role: &str, url: &str, world: u32, ranks: &[u32]) -> Ranks {
     spawn_with(name, role, url, world, ranks, &[])
