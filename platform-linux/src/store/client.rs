@@ -24,6 +24,7 @@ use smem_core::wire::{
 
 use super::{AUTO_RANKING_PREFIX, WATCH_RANK_DOWN_KEY};
 use crate::sys::fork::DetachOnFork;
+use crate::sys::net::NoSigPipe;
 use crate::tls::{LoadedTls, TlsStream};
 use crate::{Error, Result};
 
@@ -465,7 +466,9 @@ fn open_link(
             stream.set_read_timeout(None).map_err(io)?;
             let reader = stream.try_clone().map_err(io)?;
             let (reader_fd, writer_fd) = (reader.as_raw_fd(), stream.as_raw_fd());
-            (Box::new(reader), Box::new(stream), reader_fd, writer_fd)
+            // Writes as `send(MSG_NOSIGNAL)`: never SIGPIPE in a C host.
+            let writer = NoSigPipe::new(stream);
+            (Box::new(reader), Box::new(writer), reader_fd, writer_fd)
         }
     };
     // The descriptors stay open as long as `reader`, `writer` and `shutdown_handle` live, and
@@ -501,7 +504,7 @@ fn send_header(
 ) -> Result<()> {
     let mut hs = [0u8; HANDSHAKE_LEN];
     let _ = Handshake::new(world, rank, reconnect).emit(&mut hs);
-    stream
+    NoSigPipe::new(&*stream)
         .write_all(&hs)
         .map_err(|e| Error::io(format!("handshake with the config store at {addr}"), &e))
 }

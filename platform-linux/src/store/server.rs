@@ -25,7 +25,7 @@ use smem_core::wire::{
 
 use super::{AUTO_RANKING_PREFIX, HEARTBEAT_ENV, WATCH_RANK_DOWN_KEY};
 use crate::sys::fork::DetachOnFork;
-use crate::sys::net::{EPOLL_HUP_ERR, EPOLL_IN, EPOLL_OUT, Epoll, EventFd, Ready};
+use crate::sys::net::{EPOLL_HUP_ERR, EPOLL_IN, EPOLL_OUT, Epoll, EventFd, NoSigPipe, Ready};
 use crate::tls::{LoadedTls, ServerTlsSession};
 use crate::{Error, Result};
 
@@ -681,7 +681,7 @@ impl EventLoop {
                                     // Answer the peer's close_notify (OpenSSL peers wait for it
                                     // in SSL_shutdown), best effort: the link closes this turn.
                                     tls.session.send_close_notify();
-                                    let _ = tls.session.flush_to(&mut link.stream);
+                                    let _ = tls.session.flush_to(&link.stream);
                                     eof = Some("peer closed the connection".to_string());
                                 }
                             }
@@ -799,7 +799,7 @@ impl EventLoop {
             err.message()
         );
         if let Some(tls) = link.tls.as_mut() {
-            let _ = tls.session.flush_to(&mut link.stream);
+            let _ = tls.session.flush_to(&link.stream);
         }
         self.doomed.push((id, format!("TLS: {}", err.message())));
     }
@@ -1600,7 +1600,8 @@ impl EventLoop {
                         Some(tls) if !tls.seen_input => {
                             // A plaintext client waits for a clear reply that never comes:
                             // give it one (-1) so it fails cleanly, and say why here.
-                            let _ = link.stream.write(&status::ERROR.to_le_bytes());
+                            let _ =
+                                NoSigPipe::new(&link.stream).write(&status::ERROR.to_le_bytes());
                             "no TLS ClientHello after the clear header within the handshake \
                              timeout (plaintext client talking to a TLS store?)"
                         }
@@ -1665,7 +1666,7 @@ impl EventLoop {
             // Plaintext moves into the session one chunk at a time, only once the session's
             // own output is flushed: the backlog stays in `wbuf`, where the limits see it.
             loop {
-                match tls.session.flush_to(&mut link.stream) {
+                match tls.session.flush_to(&link.stream) {
                     Ok(true) => {}
                     Ok(false) => {
                         tls_backlog = true;
@@ -1689,7 +1690,7 @@ impl EventLoop {
             }
         }
         while link.tls.is_none() && link.wpos < link.wbuf.len() {
-            match link.stream.write(&link.wbuf[link.wpos..]) {
+            match NoSigPipe::new(&link.stream).write(&link.wbuf[link.wpos..]) {
                 Ok(0) => {
                     failed = Some("peer stopped accepting data".to_string());
                     break;
