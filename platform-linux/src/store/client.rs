@@ -535,10 +535,22 @@ fn read_reply(
         status::WORLD_SIZE_MISMATCH => Err(Error::invalid(format!(
             "config store at {addr} refused world size {world:?}: another rank registered a different world size"
         ))),
+        status::TLS_REQUIRED => Err(Error::new(
+            ErrorCode::TlsError,
+            format!(
+                "config store at {addr} requires TLS and this client speaks plaintext: enable TLS with smem_set_ssl_option (Rust: tls::set_global or ClientOptions::tls) before connecting"
+            ),
+        )),
+        code if opts.tls.is_none() => Err(Error::new(
+            ErrorCode::StoreRejected,
+            format!(
+                "config store at {addr} refused the handshake ({code}): rank {rank:?} is already held by a live link, too many links are open, or the store requires TLS (enable it with smem_set_ssl_option)"
+            ),
+        )),
         code => Err(Error::new(
             ErrorCode::StoreRejected,
             format!(
-                "config store at {addr} refused the handshake ({code}): rank {rank:?} is already held by a live link, too many links are open, or the protocol differs (TLS on one side only?)"
+                "config store at {addr} refused the handshake ({code}): rank {rank:?} is already held by a live link, too many links are open, or the protocol differs"
             ),
         )),
     }
