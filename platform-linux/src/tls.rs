@@ -1007,7 +1007,52 @@ fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>> 
             format!("no X509 CRL in the PEM (found: {})", found_tags(&sections)),
         ));
     }
+    for (i, crl) in crls.iter().enumerate() {
+        let Some(shape) = x509::crl_shape(crl) else {
+            continue; // not shaped like a CRL: webpki reports the parse error
+        };
+        if let Some(why) = unsupported_crl(&shape) {
+            let issuer = crl_issuer_label(shape.issuer_cn);
+            return Err(file_error(
+                "CRL",
+                path,
+                format!(
+                    "CRL {} of {} ({issuer}) {why}, which is not supported: only X.509 v2 CRLs \
+                     with extensions are (rustls-webpki). Regenerate it as a v2 CRL: `openssl \
+                     ca -gencrl -crlexts crl_ext -out crl.pem` with a `crlnumber` file (`echo \
+                     01 > crlnumber`, `crlnumber = crlnumber` in the CA section) and `[crl_ext] \
+                     authorityKeyIdentifier = keyid:always` in the openssl config; `openssl crl` \
+                     cannot convert an existing CRL",
+                    i + 1,
+                    crls.len()
+                ),
+            ));
+        }
+    }
     Ok(crls)
+}
+
+/// Why webpki would refuse a CRL of this shape with a bare "ParseError"; `None` if it is a v2
+/// CRL with extensions (webpki checks the rest and reports it).
+fn unsupported_crl(shape: &x509::CrlShape) -> Option<String> {
+    match (shape.version, shape.has_extensions) {
+        (None, _) => Some("is a version 1 CRL (no version field, no extensions)".to_owned()),
+        (Some(1), false) => {
+            Some("is a version 2 CRL without extensions (no CRL number)".to_owned())
+        }
+        (Some(1), true) => None,
+        (Some(v), _) => Some(format!(
+            "has version field {v} (version {})",
+            u16::from(v) + 1
+        )),
+    }
+}
+
+fn crl_issuer_label(cn: Option<String>) -> String {
+    cn.map_or_else(
+        || "issuer without a CN".to_owned(),
+        |cn| format!("issuer CN={cn}"),
+    )
 }
 
 fn load_key(path: &Path, password: Option<&str>) -> Result<PrivateKeyDer<'static>> {

@@ -282,6 +282,127 @@ fn revoked_client_certificate_is_refused() {
     assert_serves(&s, &pki);
 }
 
+/// A version 1 CRL (what `openssl ca -gencrl` writes without CRL extensions), hand-built: the
+/// signature is a dummy, the file is refused for its version before anything else.
+const V1_CRL_DER: &[u8] = &[
+    0x30, 0x4b, 0x30, 0x3b, 0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+    0x30, 0x0f, 0x31, 0x0d, 0x30, 0x0b, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x04, b'T', b'e', b's',
+    b't', 0x17, 0x0d, b'2', b'5', b'0', b'1', b'0', b'1', b'0', b'0', b'0', b'0', b'0', b'0', b'Z',
+    0x17, 0x0d, b'3', b'5', b'0', b'1', b'0', b'1', b'0', b'0', b'0', b'0', b'0', b'0', b'Z', 0x30,
+    0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02, 0x03, 0x00,
+];
+
+/// Loading `crl` must fail with `SM_TLS_ERROR` naming the file, the version and the fix.
+fn assert_v1_crl_refused(pki: &Pki, crl: &std::path::Path) {
+    let err = TlsOptions::new(&pki.ca_file, &pki.server_cert, &pki.server_key)
+        .with_crl_file(crl)
+        .load()
+        .expect_err("a v1 CRL must be refused");
+    let msg = err.to_string();
+    eprintln!("{msg}");
+    assert_eq!(err.code(), ErrorCode::TlsError, "{msg}");
+    for part in [
+        &crl.display().to_string()[..],
+        "version 1 CRL",
+        "not supported",
+        "openssl ca -gencrl -crlexts",
+        "crlnumber",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing: {msg}");
+    }
+}
+
+#[test]
+fn version_1_crl_is_refused_with_a_precise_error() {
+    let pki = Pki::new("store-v1crl");
+    let pem = pem::encode(&pem::Pem::new("X509 CRL", V1_CRL_DER.to_vec()));
+    // The v2 CRL of the test CA first, then the v1 one: the message names the second.
+    let both = format!("{}{pem}", pki.ca.crl_pem(&[]));
+    let crl = pki.dir.write("v1.crl", both);
+    assert_v1_crl_refused(&pki, &crl);
+    assert!(
+        TlsOptions::new(&pki.ca_file, &pki.server_cert, &pki.server_key)
+            .with_crl_file(pki.dir.write("v1.crl", &pem))
+            .load()
+            .expect_err("refused")
+            .to_string()
+            .contains("CRL 1 of 1 (issuer CN=Test) is a version 1 CRL"),
+    );
+}
+
+/// The same with a CRL from the `openssl` CLI (skipped when it is not installed), and the v2
+/// CRL made as the error message says is accepted.
+#[test]
+fn openssl_v1_crl_is_refused_and_the_advised_v2_crl_loads() {
+    let pki = Pki::new("store-opensslcrl");
+    let dir = pki.dir.path();
+    let openssl = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    };
+    match openssl(&["version"]) {
+        Ok(st) if st.success() => {}
+        other => {
+            eprintln!("skipped: the openssl CLI is not available ({other:?})");
+            return;
+        }
+    }
+    pki.dir.write("index.txt", "");
+    pki.dir.write(
+        "ca.cnf",
+        "[ca]\ndefault_ca = CA_default\n[CA_default]\ndatabase = index.txt\n\
+         default_md = sha256\ndefault_crl_days = 30\n",
+    );
+    let ok = |st: std::io::Result<std::process::ExitStatus>| st.is_ok_and(|s| s.success());
+    assert!(ok(openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "oca.key",
+        "-out",
+        "oca.pem",
+        "-subj",
+        "/CN=openssl CA",
+        "-days",
+        "2",
+    ])));
+    let gencrl = |out: &str, v2: bool| {
+        let mut args = vec![
+            "ca", "-config", "ca.cnf", "-keyfile", "oca.key", "-cert", "oca.pem", "-gencrl",
+            "-out", out,
+        ];
+        if v2 {
+            args.extend(["-crlexts", "crl_ext"]);
+        }
+        assert!(ok(openssl(&args)), "openssl ca -gencrl {out}");
+    };
+    gencrl("v1.crl", false);
+    assert_v1_crl_refused(&pki, &dir.join("v1.crl"));
+
+    // As advised: a crlnumber file and a crl_ext section.
+    pki.dir.write("crlnumber", "01\n");
+    pki.dir.write(
+        "ca.cnf",
+        "[ca]\ndefault_ca = CA_default\n[CA_default]\ndatabase = index.txt\n\
+         default_md = sha256\ndefault_crl_days = 30\ncrlnumber = crlnumber\n\
+         [crl_ext]\nauthorityKeyIdentifier = keyid:always\n",
+    );
+    gencrl("v2.crl", true);
+    TlsOptions::new(&pki.ca_file, &pki.server_cert, &pki.server_key)
+        .with_crl_file(dir.join("v2.crl"))
+        .load()
+        .expect("the v2 CRL made as advised loads");
+}
+
 #[test]
 fn client_refuses_a_server_with_the_wrong_ip() {
     let pki = Pki::new("store-wrongip");
