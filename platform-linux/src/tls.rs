@@ -78,6 +78,7 @@ use rustls_pki_types::{
 use smem_core::ErrorCode;
 use zeroize::Zeroizing;
 
+use crate::sys::net::NoSigPipe;
 use crate::{Error, Result};
 
 mod x509;
@@ -322,7 +323,7 @@ pub fn global() -> Option<Arc<LoadedTls>> {
 
 /// A client's TLS connection over a blocking [`TcpStream`]: `Read + Write` once connected.
 pub struct TlsStream {
-    inner: StreamOwned<ClientConnection, TcpStream>,
+    inner: StreamOwned<ClientConnection, NoSigPipe<TcpStream>>,
     peer: String,
 }
 
@@ -343,12 +344,16 @@ impl TlsStream {
     ) -> Result<Self> {
         let mut conn = ClientConnection::new(client_config(tls), ServerName::from(server_ip))
             .map_err(|e| tls_error(format!("TLS client for {server_ip}: {e}")))?;
-        let mut sock = sock;
-        let saved = (sock.read_timeout(), sock.write_timeout());
+        // Every write, the handshake's included, is a `send` without SIGPIPE.
+        let mut sock = NoSigPipe::new(sock);
+        let saved = (
+            sock.get_ref().read_timeout(),
+            sock.get_ref().write_timeout(),
+        );
         let done = Self::handshake(&mut conn, &mut sock, server_ip, deadline);
         if let (Ok(read), Ok(write)) = saved {
-            let _ = sock.set_read_timeout(read);
-            let _ = sock.set_write_timeout(write);
+            let _ = sock.get_ref().set_read_timeout(read);
+            let _ = sock.get_ref().set_write_timeout(write);
         }
         done?;
         let peer = peer_name(conn.peer_certificates());
@@ -360,7 +365,7 @@ impl TlsStream {
 
     fn handshake(
         conn: &mut ClientConnection,
-        sock: &mut TcpStream,
+        sock: &mut NoSigPipe<TcpStream>,
         server_ip: IpAddr,
         deadline: Instant,
     ) -> Result<()> {
@@ -372,8 +377,9 @@ impl TlsStream {
                     format!("TLS handshake with {server_ip} did not finish in time"),
                 ));
             }
-            sock.set_read_timeout(Some(left))
-                .and_then(|()| sock.set_write_timeout(Some(left)))
+            let tcp = sock.get_ref();
+            tcp.set_read_timeout(Some(left))
+                .and_then(|()| tcp.set_write_timeout(Some(left)))
                 .map_err(|e| Error::io(format!("TLS handshake with {server_ip}"), &e))?;
             match conn.complete_io(sock) {
                 Ok(_) => {}
@@ -391,7 +397,7 @@ impl TlsStream {
 
     /// The underlying socket (for timeouts, `peer_addr`, `shutdown`).
     pub fn tcp(&self) -> &TcpStream {
-        self.inner.get_ref()
+        self.inner.get_ref().get_ref()
     }
 
     /// Sends TLS `close_notify` (best effort) so the server sees a clean end of stream.
@@ -414,6 +420,7 @@ impl TlsStream {
         // Whole frames are queued at once; the writer drains after every call.
         conn.set_buffer_limit(None);
         let read_sock = sock
+            .get_ref()
             .try_clone()
             .map_err(|e| Error::io("TLS stream split", &e))?;
         let shared = Arc::new(SplitShared {
@@ -460,7 +467,7 @@ struct SplitShared {
 }
 
 struct SplitSocket {
-    sock: TcpStream,
+    sock: NoSigPipe<TcpStream>,
     broken: bool,
 }
 
@@ -606,7 +613,7 @@ impl fmt::Debug for TlsStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsStream")
             .field("peer", &self.peer)
-            .field("tcp", self.inner.get_ref())
+            .field("tcp", self.tcp())
             .finish_non_exhaustive()
     }
 }
@@ -734,14 +741,16 @@ impl ServerTlsSession {
         self.conn.wants_write()
     }
 
-    /// Writes pending TLS bytes to `wr` until done (`Ok(true)`) or `WouldBlock` (`Ok(false)`:
-    /// wait for writability and call again).
+    /// Writes pending TLS bytes to `sock` until done (`Ok(true)`) or `WouldBlock` (`Ok(false)`:
+    /// wait for writability and call again). The writes never raise `SIGPIPE`.
     ///
     /// # Errors
-    /// Socket errors other than `WouldBlock`/`Interrupted`.
-    pub fn flush_to(&mut self, wr: &mut impl Write) -> io::Result<bool> {
+    /// Socket errors other than `WouldBlock`/`Interrupted` (`EPIPE`/`ECONNRESET` when the peer
+    /// is gone).
+    pub fn flush_to(&mut self, sock: &TcpStream) -> io::Result<bool> {
+        let mut wr = NoSigPipe::new(sock);
         while self.conn.wants_write() {
-            match self.conn.write_tls(wr) {
+            match self.conn.write_tls(&mut wr) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -998,7 +1007,52 @@ fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>> 
             format!("no X509 CRL in the PEM (found: {})", found_tags(&sections)),
         ));
     }
+    for (i, crl) in crls.iter().enumerate() {
+        let Some(shape) = x509::crl_shape(crl) else {
+            continue; // not shaped like a CRL: webpki reports the parse error
+        };
+        if let Some(why) = unsupported_crl(&shape) {
+            let issuer = crl_issuer_label(shape.issuer_cn);
+            return Err(file_error(
+                "CRL",
+                path,
+                format!(
+                    "CRL {} of {} ({issuer}) {why}, which is not supported: only X.509 v2 CRLs \
+                     with extensions are (rustls-webpki). Regenerate it as a v2 CRL: `openssl \
+                     ca -gencrl -crlexts crl_ext -out crl.pem` with a `crlnumber` file (`echo \
+                     01 > crlnumber`, `crlnumber = crlnumber` in the CA section) and `[crl_ext] \
+                     authorityKeyIdentifier = keyid:always` in the openssl config; `openssl crl` \
+                     cannot convert an existing CRL",
+                    i + 1,
+                    crls.len()
+                ),
+            ));
+        }
+    }
     Ok(crls)
+}
+
+/// Why webpki would refuse a CRL of this shape with a bare "ParseError"; `None` if it is a v2
+/// CRL with extensions (webpki checks the rest and reports it).
+fn unsupported_crl(shape: &x509::CrlShape) -> Option<String> {
+    match (shape.version, shape.has_extensions) {
+        (None, _) => Some("is a version 1 CRL (no version field, no extensions)".to_owned()),
+        (Some(1), false) => {
+            Some("is a version 2 CRL without extensions (no CRL number)".to_owned())
+        }
+        (Some(1), true) => None,
+        (Some(v), _) => Some(format!(
+            "has version field {v} (version {})",
+            u16::from(v) + 1
+        )),
+    }
+}
+
+fn crl_issuer_label(cn: Option<String>) -> String {
+    cn.map_or_else(
+        || "issuer without a CN".to_owned(),
+        |cn| format!("issuer CN={cn}"),
+    )
 }
 
 fn load_key(path: &Path, password: Option<&str>) -> Result<PrivateKeyDer<'static>> {

@@ -75,7 +75,7 @@ fn tls_rank(rank: u32, n: u32, url: &str) {
 
     if rank == 1 {
         // The store speaks TLS only: a plaintext frame behind the clear header is refused
-        // at once with a TLS alert record (0x15), then the link closes.
+        // at once with a clear `TLS_REQUIRED` answer (-2101), then the link closes.
         let mut raw = TcpStream::connect(bm_common::addr_of(url)).expect("connect");
         raw.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
@@ -84,7 +84,11 @@ fn tls_rank(rank: u32, n: u32, url: &str) {
         raw.write_all(&bytes).expect("write");
         let mut back = Vec::new();
         let _ = raw.read_to_end(&mut back);
-        assert_eq!(back.first(), Some(&0x15), "TLS alert expected: {back:?}");
+        assert_eq!(
+            back,
+            (-2101_i16).to_le_bytes(),
+            "TLS_REQUIRED expected: {back:?}"
+        );
     }
 
     for p in 0..n {

@@ -74,6 +74,10 @@ pub mod status {
     pub const WIPED: i16 = -602;
     /// Handshake: the world size differs from the one fixed by the first link.
     pub const WORLD_SIZE_MISMATCH: i16 = -2000;
+    /// Handshake, in clear (smem only): the store requires TLS and the peer sent no TLS
+    /// ClientHello after its header (a plaintext client). The value of `SM_TLS_ERROR`; a
+    /// reference client sees a refusal like `ERROR`.
+    pub const TLS_REQUIRED: i16 = -2101;
 }
 
 /// A little-endian cursor over borrowed bytes (rustls' `Reader`): every take is checked.

@@ -24,6 +24,7 @@ use smem_core::wire::{
 
 use super::{AUTO_RANKING_PREFIX, WATCH_RANK_DOWN_KEY};
 use crate::sys::fork::DetachOnFork;
+use crate::sys::net::NoSigPipe;
 use crate::tls::{LoadedTls, TlsStream};
 use crate::{Error, Result};
 
@@ -489,7 +490,9 @@ fn open_link(
             stream.set_read_timeout(None).map_err(io)?;
             let reader = stream.try_clone().map_err(io)?;
             let (reader_fd, writer_fd) = (reader.as_raw_fd(), stream.as_raw_fd());
-            (Box::new(reader), Box::new(stream), reader_fd, writer_fd)
+            // Writes as `send(MSG_NOSIGNAL)`: never SIGPIPE in a C host.
+            let writer = NoSigPipe::new(stream);
+            (Box::new(reader), Box::new(writer), reader_fd, writer_fd)
         }
     };
     // The descriptors stay open as long as `reader`, `writer` and `shutdown_handle` live, and
@@ -525,7 +528,7 @@ fn send_header(
 ) -> Result<()> {
     let mut hs = [0u8; HANDSHAKE_LEN];
     let _ = Handshake::new(world, rank, reconnect).emit(&mut hs);
-    stream
+    NoSigPipe::new(&*stream)
         .write_all(&hs)
         .map_err(|e| Error::io(format!("handshake with the config store at {addr}"), &e))
 }
@@ -556,10 +559,22 @@ fn read_reply(
         status::WORLD_SIZE_MISMATCH => Err(Error::invalid(format!(
             "config store at {addr} refused world size {world:?}: another rank registered a different world size"
         ))),
+        status::TLS_REQUIRED => Err(Error::new(
+            ErrorCode::TlsError,
+            format!(
+                "config store at {addr} requires TLS and this client speaks plaintext: enable TLS with smem_set_ssl_option (Rust: tls::set_global or ClientOptions::tls) before connecting"
+            ),
+        )),
+        code if opts.tls.is_none() => Err(Error::new(
+            ErrorCode::StoreRejected,
+            format!(
+                "config store at {addr} refused the handshake ({code}): rank {rank:?} is already held by a live link, too many links are open, or the store requires TLS (enable it with smem_set_ssl_option)"
+            ),
+        )),
         code => Err(Error::new(
             ErrorCode::StoreRejected,
             format!(
-                "config store at {addr} refused the handshake ({code}): rank {rank:?} is already held by a live link, too many links are open, or the protocol differs (TLS on one side only?)"
+                "config store at {addr} refused the handshake ({code}): rank {rank:?} is already held by a live link, too many links are open, or the protocol differs"
             ),
         )),
     }

@@ -25,7 +25,7 @@ use smem_core::wire::{
 
 use super::{AUTO_RANKING_PREFIX, HEARTBEAT_ENV, WATCH_RANK_DOWN_KEY};
 use crate::sys::fork::DetachOnFork;
-use crate::sys::net::{EPOLL_HUP_ERR, EPOLL_IN, EPOLL_OUT, Epoll, EventFd, Ready};
+use crate::sys::net::{EPOLL_HUP_ERR, EPOLL_IN, EPOLL_OUT, Epoll, EventFd, NoSigPipe, Ready};
 use crate::tls::{LoadedTls, ServerTlsSession};
 use crate::{Error, Result};
 
@@ -223,6 +223,14 @@ const WRITE_LIMIT_TOTAL: u64 = 1 << 30;
 const ONE_GIB: u64 = 1 << 30;
 /// Plaintext handed to a TLS session per step of `flush` (a few TLS records).
 const TLS_WRITE_CHUNK: usize = 64 * 1024;
+/// How long a TLS store waits for the first byte of the ClientHello after a link's clear
+/// header (at most the handshake timeout). TLS clients (ours, the reference's) send it at
+/// once; a plaintext client waits for the reply instead and gets a clear refusal this soon.
+const TLS_HELLO_WAIT: Duration = Duration::from_secs(1);
+/// The content type of a TLS handshake record: the first byte a TLS client sends.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+const NO_CLIENT_HELLO: &str =
+    "peer sent no TLS ClientHello after its hello: a plaintext client talking to a TLS store?";
 /// Reference texts for wrong key/value counts.
 const ONE_KEY_NO_VALUES: &str = "invalid request: key should be one and no values.";
 const KEY_AND_VALUE_ONE: &str = "invalid request: key & value should be one.";
@@ -265,7 +273,8 @@ struct LinkTls {
     pending: Option<Handshake>,
     /// TLS bytes read from the socket together with the header, not yet fed.
     prefix: Vec<u8>,
-    /// Whether any TLS byte arrived (to tell a plaintext client from a slow one).
+    /// Whether the first TLS byte arrived (and was a handshake record: else the link is
+    /// refused as a plaintext client).
     seen_input: bool,
     /// `close_notify` queued after the last reply of a refused or closing link.
     closing: bool,
@@ -310,6 +319,8 @@ struct Parked {
 enum Timer {
     Parked(u64),
     Handshake(LinkId),
+    /// A TLS link must have sent the first byte of its ClientHello by now.
+    TlsHello(LinkId),
     HeartbeatScan,
 }
 
@@ -358,6 +369,13 @@ enum Outcome {
     Owned(i16, String),
     Packed(MessageType, Vec<Vec<u8>>),
     PackedKv(MessageType, Vec<Vec<u8>>, Vec<Vec<u8>>),
+}
+
+fn not_client_hello(first: u8) -> String {
+    format!(
+        "peer sent {first:#04x} after its hello, not a TLS ClientHello (0x16): a plaintext \
+         client talking to a TLS store?"
+    )
 }
 
 fn encode_frame(seq: u32, status: i16, body_len: usize, out: &mut Vec<u8>) -> usize {
@@ -640,6 +658,7 @@ impl EventLoop {
         let mut got = 0usize;
         let mut full = false;
         let mut tls_failed = None;
+        let mut plaintext = None;
         let is_tls = self.links.get(&id).is_some_and(|l| l.tls.is_some());
         {
             let scratch = &mut self.scratch[..];
@@ -669,19 +688,30 @@ impl EventLoop {
                 let cap =
                     FRAME_HEADER_LEN + HANDSHAKE_LEN + link.reserved.max(SMALL_BODY) + READ_CHUNK;
                 if let Some(tls) = link.tls.as_mut() {
+                    if !tls.seen_input {
+                        // The first byte after the clear header tells a TLS client (a
+                        // handshake record) from a plaintext one, which gets a clear answer.
+                        let mut first = [0u8; 1];
+                        if let Ok(1) = link.stream.peek(&mut first) {
+                            if first[0] == TLS_HANDSHAKE_RECORD {
+                                tls.seen_input = true;
+                            } else {
+                                plaintext = Some(first[0]);
+                            }
+                        }
+                    }
                     // One call decrypts at most `tls::READ_BUDGET` more than `cap`.
                     if link.rbuf.len() >= cap {
                         full = true;
-                    } else {
+                    } else if plaintext.is_none() {
                         match tls.session.on_readable(&mut link.stream, &mut link.rbuf) {
                             Ok(outcome) => {
-                                tls.seen_input = true;
                                 got = outcome.appended;
                                 if outcome.eof {
                                     // Answer the peer's close_notify (OpenSSL peers wait for it
                                     // in SSL_shutdown), best effort: the link closes this turn.
                                     tls.session.send_close_notify();
-                                    let _ = tls.session.flush_to(&mut link.stream);
+                                    let _ = tls.session.flush_to(&link.stream);
                                     eof = Some("peer closed the connection".to_string());
                                 }
                             }
@@ -721,6 +751,9 @@ impl EventLoop {
                 }
             }
         }
+        if let Some(first) = plaintext {
+            return self.refuse_plaintext(id, &not_client_hello(first));
+        }
         if let Some(e) = tls_failed {
             return self.refuse_tls(id, &e);
         }
@@ -747,8 +780,11 @@ impl EventLoop {
             return;
         };
         let prefix = std::mem::take(&mut tls.prefix);
-        if prefix.is_empty() {
+        let Some(&first) = prefix.first() else {
             return;
+        };
+        if first != TLS_HANDSHAKE_RECORD {
+            return self.refuse_plaintext(id, &not_client_hello(first));
         }
         tls.seen_input = true;
         match tls.session.feed(&prefix, &mut link.rbuf) {
@@ -799,9 +835,32 @@ impl EventLoop {
             err.message()
         );
         if let Some(tls) = link.tls.as_mut() {
-            let _ = tls.session.flush_to(&mut link.stream);
+            let _ = tls.session.flush_to(&link.stream);
         }
         self.doomed.push((id, format!("TLS: {}", err.message())));
+    }
+
+    /// The peer of a TLS link sent its clear header but no TLS (a plaintext client): answer
+    /// [`status::TLS_REQUIRED`] in clear, as a plaintext client expects, log why, close.
+    fn refuse_plaintext(&mut self, id: LinkId, why: &str) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        warn!("config store: refusing link {id} from {}: {why}", link.peer);
+        // No TLS on this link any more: the answer and nothing else goes out in clear.
+        link.tls = None;
+        link.rbuf.clear();
+        // Discard what the peer already sent (bounded), so that closing with unread input
+        // does not reset the link before the answer is read.
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            if !matches!(link.stream.read(&mut sink), Ok(n) if n > 0) {
+                break;
+            }
+        }
+        link.wbuf
+            .extend_from_slice(&status::TLS_REQUIRED.to_le_bytes());
+        self.close_later(id, format!("TLS: {why}"));
     }
 
     /// Consume whole handshakes/frames from the link's read buffer.
@@ -857,6 +916,10 @@ impl EventLoop {
                         seen_input: false,
                         closing: false,
                     });
+                    let wait = TLS_HELLO_WAIT.min(self.config.handshake_timeout);
+                    if let Some(at) = Instant::now().checked_add(wait) {
+                        self.timers.push(Reverse((at, Timer::TlsHello(id))));
+                    }
                     consumed = rbuf.len();
                     break;
                 }
@@ -1543,7 +1606,9 @@ impl EventLoop {
         let (parked, links) = (&self.st.parked, &self.links);
         self.timers.retain(|Reverse((_, t))| match t {
             Timer::Parked(pid) => parked.contains_key(pid),
-            Timer::Handshake(id) => links.get(id).is_some_and(|l| !l.handshaken),
+            Timer::Handshake(id) | Timer::TlsHello(id) => {
+                links.get(id).is_some_and(|l| !l.handshaken)
+            }
             Timer::HeartbeatScan => true,
         });
     }
@@ -1598,11 +1663,8 @@ impl EventLoop {
                     }
                     let why = match &link.tls {
                         Some(tls) if !tls.seen_input => {
-                            // A plaintext client waits for a clear reply that never comes:
-                            // give it one (-1) so it fails cleanly, and say why here.
-                            let _ = link.stream.write(&status::ERROR.to_le_bytes());
-                            "no TLS ClientHello after the clear header within the handshake \
-                             timeout (plaintext client talking to a TLS store?)"
+                            self.refuse_plaintext(id, NO_CLIENT_HELLO);
+                            continue;
                         }
                         Some(_) => "TLS handshake not completed within the handshake timeout",
                         None => "no complete handshake within the handshake timeout",
@@ -1611,6 +1673,17 @@ impl EventLoop {
                         warn!("config store: link {id} from {}: {why}", link.peer);
                     }
                     self.doomed.push((id, why.into()));
+                }
+                Timer::TlsHello(id) => {
+                    let waiting = self.links.get(&id).is_some_and(|l| {
+                        !l.handshaken
+                            && l.close_after_flush.is_none()
+                            && l.tls.as_ref().is_some_and(|t| !t.seen_input)
+                    });
+                    if waiting {
+                        // A plaintext client waits for a clear reply that would never come.
+                        self.refuse_plaintext(id, NO_CLIENT_HELLO);
+                    }
                 }
                 Timer::HeartbeatScan => {
                     let Some(limit) = self.config.heartbeat_timeout else {
@@ -1665,7 +1738,7 @@ impl EventLoop {
             // Plaintext moves into the session one chunk at a time, only once the session's
             // own output is flushed: the backlog stays in `wbuf`, where the limits see it.
             loop {
-                match tls.session.flush_to(&mut link.stream) {
+                match tls.session.flush_to(&link.stream) {
                     Ok(true) => {}
                     Ok(false) => {
                         tls_backlog = true;
@@ -1689,7 +1762,7 @@ impl EventLoop {
             }
         }
         while link.tls.is_none() && link.wpos < link.wbuf.len() {
-            match link.stream.write(&link.wbuf[link.wpos..]) {
+            match NoSigPipe::new(&link.stream).write(&link.wbuf[link.wpos..]) {
                 Ok(0) => {
                     failed = Some("peer stopped accepting data".to_string());
                     break;

@@ -1,8 +1,17 @@
-//! epoll, eventfd and signal-flag wrappers for the config store's event loop and binary, and
-//! the raw-pointer socket I/O of the network transport (bytes straight into / out of mappings).
+//! epoll, eventfd and signal-flag wrappers for the config store's event loop and binary, the
+//! raw-pointer socket I/O of the network transport (bytes straight into / out of mappings), and
+//! [`NoSigPipe`], the `Write` every socket write of the library goes through.
+//!
+//! # No `SIGPIPE`, ever
+//! A write to a socket whose peer is gone raises `SIGPIPE` unless it is a `send`/`sendmsg`
+//! with `MSG_NOSIGNAL`. A Rust binary ignores `SIGPIPE`, but a C program hosting this library
+//! keeps the default disposition (terminate), and a library must not change the process's
+//! signal dispositions. std's `TcpStream::write` sends with `MSG_NOSIGNAL`, but its
+//! `write_vectored` is a plain `writev` (rustls' `write_tls` uses it). So every write to a
+//! socket, ours or rustls', goes through [`NoSigPipe`], [`send_all`] or [`send_slice`].
 
-use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -276,6 +285,73 @@ pub unsafe fn send_all(
     }
     Ok(())
 }
+
+/// A stream socket (or a reference to one) whose `Write` never raises `SIGPIPE`: `write` is a
+/// `send` and `write_vectored` a `sendmsg`, both with `MSG_NOSIGNAL`, so a vanished peer is an
+/// `EPIPE`/`ECONNRESET` error. Reads go to the wrapped stream. Errors and partial writes are
+/// as std's `TcpStream` reports them (`WouldBlock` on a non-blocking socket or past
+/// `SO_SNDTIMEO`, `Interrupted` on EINTR), so it drops in where a `TcpStream` was written to.
+#[derive(Debug)]
+pub struct NoSigPipe<S>(S);
+
+impl<S> NoSigPipe<S> {
+    /// Wraps `sock`.
+    pub const fn new(sock: S) -> Self {
+        Self(sock)
+    }
+
+    /// The wrapped socket.
+    pub const fn get_ref(&self) -> &S {
+        &self.0
+    }
+}
+
+impl<S: Read> Read for NoSigPipe<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        self.0.read_vectored(bufs)
+    }
+}
+
+impl<S: AsFd> Write for NoSigPipe<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is a live slice, readable for its length during the call.
+        let n = unsafe {
+            libc::send(
+                self.0.as_fd().as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        // As std's `writev`: at most IOV_MAX slices per call, the caller loops for the rest.
+        let bufs = &bufs[..bufs.len().min(IOV_MAX)];
+        // SAFETY: an all-zero msghdr is valid (no name, no control data, no iovecs).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        // `IoSlice` is ABI-compatible with `iovec` on Unix (std guarantees it); sendmsg only
+        // reads through `msg_iov`, so the cast to `*mut` does not allow a write.
+        msg.msg_iov = bufs.as_ptr().cast_mut().cast();
+        msg.msg_iovlen = bufs.len() as _;
+        // SAFETY: `msg` points at `bufs.len()` iovecs describing live, readable slices for the
+        // duration of the call; no name or control buffer is passed.
+        let n = unsafe { libc::sendmsg(self.0.as_fd().as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Slices one `sendmsg` takes at most (Linux' `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
 
 /// [`send_all`] of a slice.
 ///

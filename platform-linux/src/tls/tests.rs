@@ -91,7 +91,7 @@ fn serve_one(tls: &LoadedTls, mut sock: TcpStream) -> ConnReport {
         }
         match session.on_readable(&mut sock, &mut buf) {
             Err(e) => {
-                let _ = session.flush_to(&mut sock);
+                let _ = session.flush_to(&sock);
                 assert_eq!(e.code(), ErrorCode::TlsError, "{e}");
                 return Err(e.message().to_owned());
             }
@@ -100,10 +100,10 @@ fn serve_one(tls: &LoadedTls, mut sock: TcpStream) -> ConnReport {
                     session.queue_plaintext(&buf);
                     buf.clear();
                 }
-                let _ = session.flush_to(&mut sock);
+                let _ = session.flush_to(&sock);
                 if outcome.eof {
                     session.send_close_notify();
-                    let _ = session.flush_to(&mut sock);
+                    let _ = session.flush_to(&sock);
                     return session
                         .peer_identity()
                         .map(str::to_owned)
@@ -212,7 +212,7 @@ fn clear_header_then_pipelined_tls() {
                 session.queue_plaintext(&0_i16.to_le_bytes());
                 replied = true;
             }
-            let _ = session.flush_to(&mut sock);
+            let _ = session.flush_to(&sock);
             if outcome.eof {
                 return Ok(header);
             }

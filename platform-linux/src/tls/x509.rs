@@ -153,6 +153,48 @@ fn read_any<'a>(input: &mut &'a [u8]) -> Option<(u8, &'a [u8])> {
     Some((t, value))
 }
 
+/// What decides whether webpki can use a DER CRL (`CertificateList`), read before it is handed
+/// to webpki so that a well-formed but unsupported CRL gets a precise error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CrlShape {
+    /// The `version` field: `None` when absent (a version 1 CRL), `Some(1)` for version 2.
+    pub(crate) version: Option<u8>,
+    /// Whether `crlExtensions [0]` is present (webpki requires it: CRL number, AKI).
+    pub(crate) has_extensions: bool,
+    /// Issuer common name, for the message.
+    pub(crate) issuer_cn: Option<String>,
+}
+
+/// Reads the version, issuer CN and presence of extensions of a DER CRL; `None` when the DER
+/// is not shaped like a `CertificateList` (webpki then reports the parse error).
+pub(crate) fn crl_shape(crl_der: &[u8]) -> Option<CrlShape> {
+    let mut input = crl_der;
+    let mut list = read_tlv(&mut input, tag::SEQUENCE)?;
+    let mut tbs = read_tlv(&mut list, tag::SEQUENCE)?;
+    let version = if peek_tag(tbs) == Some(tag::INTEGER) {
+        match read_tlv(&mut tbs, tag::INTEGER)? {
+            [v] => Some(*v),
+            _ => return None,
+        }
+    } else {
+        None
+    };
+    read_tlv(&mut tbs, tag::SEQUENCE)?; // signature algorithm
+    let issuer = read_tlv(&mut tbs, tag::SEQUENCE)?;
+    read_any(&mut tbs)?; // thisUpdate
+    let mut has_extensions = false;
+    // nextUpdate, revokedCertificates (both optional), crlExtensions [0].
+    while !tbs.is_empty() {
+        let (t, _) = read_any(&mut tbs)?;
+        has_extensions |= t == tag::CRL_EXTENSIONS;
+    }
+    Some(CrlShape {
+        version,
+        has_extensions,
+        issuer_cn: common_name(issuer),
+    })
+}
+
 /// 2.5.4.3 (id-at-commonName), content octets.
 const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
 /// 2.5.29.17 (id-ce-subjectAltName), content octets.
@@ -167,6 +209,8 @@ mod tag {
     pub(super) const SET: u8 = 0x31;
     /// `[0] EXPLICIT Version` of TBSCertificate.
     pub(super) const VERSION: u8 = 0xa0;
+    /// `[0] EXPLICIT Extensions` of TBSCertList (crlExtensions).
+    pub(super) const CRL_EXTENSIONS: u8 = 0xa0;
     /// `[3] EXPLICIT Extensions` of TBSCertificate.
     pub(super) const EXTENSIONS: u8 = 0xa3;
     /// `dNSName [2] IA5String` in GeneralName.
@@ -192,6 +236,47 @@ mod tests {
         assert_eq!(summarize(&[0x30, 0x80, 0x00, 0x00]), None);
         assert_eq!(summarize(&[0x1f, 0x01, 0x00]), None);
         assert_eq!(summarize(&[0x30, 0x02, 0x30, 0x00]), None);
+    }
+
+    /// A version 1 CRL as `openssl ca -gencrl` writes it without CRL extensions (the
+    /// signature bytes are dummies: only the shape is read).
+    const V1_CRL: &[u8] = &[
+        0x30, 0x4b, // CertificateList
+        0x30, 0x3b, // TBSCertList, no version
+        0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03,
+        0x02, // ecdsa-sha256
+        0x30, 0x0f, 0x31, 0x0d, 0x30, 0x0b, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x04, b'T', b'e',
+        b's', b't', // issuer CN=Test
+        0x17, 0x0d, b'2', b'5', b'0', b'1', b'0', b'1', b'0', b'0', b'0', b'0', b'0', b'0',
+        b'Z', // thisUpdate
+        0x17, 0x0d, b'3', b'5', b'0', b'1', b'0', b'1', b'0', b'0', b'0', b'0', b'0', b'0',
+        b'Z', // nextUpdate
+        0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02, // algorithm
+        0x03, 0x00, // signature (dummy, empty)
+    ];
+
+    #[test]
+    fn crl_versions_and_extensions_are_told_apart() {
+        assert_eq!(
+            crl_shape(V1_CRL),
+            Some(CrlShape {
+                version: None,
+                has_extensions: false,
+                issuer_cn: Some("Test".into()),
+            })
+        );
+        // The same with `version v2` and crlExtensions [0] { } (empty: shape only).
+        let mut tbs = vec![0x02, 0x01, 0x01];
+        tbs.extend_from_slice(&V1_CRL[4..4 + 0x3b]);
+        tbs.extend_from_slice(&[0xa0, 0x02, 0x30, 0x00]);
+        let mut der = vec![0x30, 0x00, 0x30, tbs.len() as u8];
+        der.extend_from_slice(&tbs);
+        der.extend_from_slice(&V1_CRL[4 + 0x3b..]);
+        der[1] = (der.len() - 2) as u8;
+        let shape = crl_shape(&der).expect("v2 shape");
+        assert_eq!((shape.version, shape.has_extensions), (Some(1), true));
+        assert_eq!(crl_shape(&V1_CRL[..20]), None);
+        assert_eq!(crl_shape(&[]), None);
     }
 
     #[test]

@@ -51,6 +51,7 @@ use super::wire::{
 use crate::device::{CopyDirection, Device};
 use crate::sys;
 use crate::sys::fork::DetachOnFork;
+use crate::sys::net::NoSigPipe;
 use crate::tls::LoadedTls;
 use crate::{Error, Result};
 
@@ -622,9 +623,11 @@ fn error_reply(s: &mut Link<'_>, req: &Request, e: &Error) -> io::Result<()> {
 fn server_handshake(s: &TcpStream, tls: &LoadedTls) -> Result<TlsWire> {
     let mut conn = rustls::ServerConnection::new(crate::tls::server_config(tls))
         .map_err(|e| Error::new(ErrorCode::TlsError, format!("TLS server session: {e}")))?;
-    let mut sock = s
-        .try_clone()
-        .map_err(|e| Error::io("TLS handshake: cloning the socket", &e))?;
+    // Every TLS write (rustls' are vectored) is a `send` without SIGPIPE.
+    let mut sock = NoSigPipe::new(
+        s.try_clone()
+            .map_err(|e| Error::io("TLS handshake: cloning the socket", &e))?,
+    );
     while conn.is_handshaking() {
         match conn.complete_io(&mut sock) {
             Ok(_) => {}
@@ -632,7 +635,7 @@ fn server_handshake(s: &TcpStream, tls: &LoadedTls) -> Result<TlsWire> {
             Err(e) => return Err(crate::tls::stream_error("TLS handshake", &e)),
         }
     }
-    let fd = sock.as_raw_fd();
+    let fd = sock.get_ref().as_raw_fd();
     Ok(TlsWire::new(
         fd,
         Box::new(rustls::StreamOwned::new(conn, sock)),
