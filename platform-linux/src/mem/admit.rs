@@ -4,7 +4,7 @@
 //! Shared memory (`memfd`, tmpfs) is not limited by overcommit: `fallocate` of a segment larger
 //! than the machine allocates pages until the OOM killer ends the process, or others. So every
 //! [`super::HostSegment::create`] (the BM DRAM part, the BM HBM part of the `sim` backend, SHM
-//! windows) first asks [`admit`], which compares the request with [`headroom`]:
+//! windows) first asks [`admit()`], which compares the request with [`headroom`]:
 //!
 //! - `MemAvailable + SwapFree` of `/proc/meminfo`;
 //! - the memory cgroup of this process and each of its ancestors: cgroup v2 `memory.max -

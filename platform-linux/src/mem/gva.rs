@@ -60,7 +60,7 @@ impl Reservation {
     }
 
     /// Reserves `len` bytes for a candidate base to propose to peers: a random multiple of
-    /// `align` inside [`CANDIDATE_REGION`], where processes rarely map anything (below the
+    /// `align` inside `CANDIDATE_REGION` (16-80 TiB), where processes rarely map anything (below the
     /// PIE binaries, heaps and the top-down `mmap` area, above sanitizer shadow memory), so a
     /// range free here is very likely free in every peer too. `entropy` picks the spot (a
     /// fresh random number per call). Falls back to a kernel-chosen base when 16 spots are

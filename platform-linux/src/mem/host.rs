@@ -126,7 +126,7 @@ impl HostSegment {
     ///
     /// # Errors
     /// `SM_INVALID_PARAM` for a bad length; `SM_MALLOC_FAILED` when the memory is not there
-    /// (refused up front by [`super::admit`], before any descriptor exists, or by `fallocate`);
+    /// (refused up front by [`super::admit()`], before any descriptor exists, or by `fallocate`);
     /// `SM_IO_ERROR` for other OS errors.
     pub fn create(name: &str, kind: SegmentKind, len: u64) -> Result<Self> {
         let page = super::page_size();

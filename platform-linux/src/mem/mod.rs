@@ -23,7 +23,7 @@
 //!
 //! # Admission
 //! A segment the machine cannot back is refused with `SM_MALLOC_FAILED` before anything is
-//! allocated ([`admit`], against [`headroom`]: `MemAvailable + SwapFree` and the memory cgroup
+//! allocated ([`admit()`], against [`headroom`]: `MemAvailable + SwapFree` and the memory cgroup
 //! limits), never left to the OOM killer.
 
 mod admit;

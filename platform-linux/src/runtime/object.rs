@@ -16,7 +16,7 @@
 //! SPEC 2.2 makes create a local step (allocate) and join the collective one, with members that
 //! create and join later becoming visible without further calls; a size mismatch is an error at
 //! join. So BM create ([`adopt_gva`]) settles the object's range at once: the first creator
-//! reserves a random 2 MiB aligned spot of [`crate::mem::CANDIDATE_REGION`] (a region processes
+//! reserves a random 2 MiB aligned spot of `mem::gva::CANDIDATE_REGION` (a region processes
 //! rarely map, so the range is almost surely free in every peer) and proposes it with a CAS on
 //! the absent `gva` key; every later creator reserves exactly that range with no-clobber
 //! semantics. A creator whose sizes differ gets a handle whose join fails with a message naming
