@@ -137,10 +137,21 @@ fn uninit_stops_and_joins_everything_each_cycle() {
     let mut seen = Vec::new();
     for (i, &port) in ports.iter().enumerate() {
         let up = cycle(port, i % 2 == 0, i % 3 == 1);
-        // Right after the call returns, with no wait: the threads uninit joins (the store
-        // server, `smem-store`; the rank-down watcher, `smem-bm-rankdown`) are gone and the
-        // hosted store's port no longer listens.
-        let now = thread_names();
+        // Right after the call returns: the threads uninit joins (the store server,
+        // `smem-store`; the rank-down watcher, `smem-bm-rankdown`) are gone and the hosted
+        // store's port no longer listens. "Right after" allows 250 ms: `pthread_join` returns
+        // once the kernel cleared the thread's tid, a moment before its `/proc/self/task` entry
+        // is released (seen once on a loaded 2-core machine).
+        let until = Instant::now() + Duration::from_millis(250);
+        let mut now = thread_names();
+        while ["smem-store", "smem-bm-rankdown"]
+            .iter()
+            .any(|j| now.iter().any(|n| n == j))
+            && Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(5));
+            now = thread_names();
+        }
         for joined in ["smem-store", "smem-bm-rankdown"] {
             assert!(
                 !now.iter().any(|n| n == joined),
