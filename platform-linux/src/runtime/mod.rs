@@ -37,8 +37,8 @@
 //! is held by another thread across `fork`; the parent releases them; the child forgets every
 //! object, store link and server of the parent (their threads do not exist in the child; their
 //! memory is not freed, the child's mappings keep sharing the parent's pages) and starts
-//! uninitialised, so it can call `bm_init` again. The GVA agreement then avoids the ranges the
-//! child still has reserved. The store sockets of the parent (client links, the listener and
+//! uninitialised, so it can call `bm_init` again. No-clobber reservations keep its new objects
+//! off the ranges it still has reserved. The store sockets of the parent (client links, the listener and
 //! links of a hosted store) are not inherited as such: [`crate::sys::fork::DetachOnFork`]
 //! replaces them in the child with unconnected placeholders, so the store sees this process's
 //! link close when it dies even while a forked child lives, and a hosted store's port is freed.
