@@ -502,6 +502,9 @@ fn gva_range_taken_in_a_later_member_is_refused() {
         }
         barrier(&c, "planted", n);
         let created = runtime::bm_create(5, n, 1, 2 * M, 0, 0);
+        // Rank 0's destroy (the last holder's) removes the object's keys: not before rank 1
+        // tried.
+        barrier(&c, "created", n);
         if rank == 1 {
             let e = created.expect_err("the range is taken here");
             assert_eq!(e.code(), ErrorCode::ResourceInUse, "{e}");
