@@ -279,3 +279,60 @@ fn stale_registration_is_not_a_rank() {
     drop(c);
     server.shutdown();
 }
+
+/// A member whose process died after init (rankSize == worldSize, so every world rank is a
+/// member) fails the others' collective create at once with `SM_IO_ERROR` naming it, instead
+/// of after shmCreateTimeout.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn dead_member_fails_create_fast() {
+    if let Some(r) = role() {
+        return dead_member_rank(&r);
+    }
+    let url = free_url();
+    spawn(
+        "dead_member_fails_create_fast",
+        "dead",
+        &url,
+        3,
+        &[0, 1, 2],
+        &[],
+    )
+    .wait_ok(Duration::from_secs(60));
+}
+
+fn dead_member_rank(r: &Role) {
+    let (rank, n) = (r.rank, r.world);
+    shm::shm_init(&r.url, n, rank, 0, &config(20)).expect("init");
+    if rank == 2 {
+        // Dies without uninit: its store link drops.
+        println!("rank {rank} ok");
+        std::process::exit(0);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let e = shm::shm_create(6, n, rank, 2 * MIB, shm::DATA_OP_MTE, 0).expect_err("rank 2 is dead");
+    assert_eq!(e.code(), ErrorCode::IoError, "{e}");
+    assert!(e.message().contains("[2]"), "{e}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "noticed only after {:?} (create timeout 20 s): {e}",
+        start.elapsed()
+    );
+    if rank == 0 {
+        // The store host goes last.
+        let c = client(&r.url);
+        let until = Instant::now() + Duration::from_secs(20);
+        while c
+            .prefix(b"smem/shm/rank/")
+            .unwrap()
+            .iter()
+            .any(|(k, _)| k.ends_with(b"/1"))
+        {
+            assert!(Instant::now() < until, "rank 1 did not uninit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    shm::shm_uninit(0);
+    println!("rank {rank} ok");
+}

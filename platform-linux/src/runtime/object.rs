@@ -1392,9 +1392,17 @@ pub(crate) fn adopt_gva(
     }
 }
 
+/// How often a waiting GVA agreement asks its [`Departed`] whether a member died.
+const AGREE_SLICE: Duration = Duration::from_millis(250);
+
+/// Members (sorted) whose processes are gone for good, asked while a collective create waits:
+/// such a member can never count in, so waiting out the timeout would only delay the error.
+pub(crate) type Departed<'a> = &'a dyn Fn() -> Vec<u32>;
+
 /// Runs the GVA agreement (module docs) and returns the reservation and the agreed base. On
 /// failure the candidate this rank counted for is uncounted, so a later attempt cannot complete
-/// with a count that includes a rank that gave up.
+/// with a count that includes a rank that gave up. A member reported by `departed` that does
+/// not hold the current candidate fails the agreement at once with `SM_IO_ERROR` naming it.
 pub(crate) fn agree_gva(
     store: &StoreClient,
     ns: &AgreeNs,
@@ -1402,9 +1410,12 @@ pub(crate) fn agree_gva(
     members: u32,
     want: Proposal,
     deadline: Instant,
+    departed: Departed<'_>,
 ) -> Result<(Reservation, u64)> {
     let mut held: Option<(String, Reservation)> = None;
-    let r = agree_inner(store, ns, rank, members, want, deadline, &mut held);
+    let r = agree_inner(
+        store, ns, rank, members, want, deadline, departed, &mut held,
+    );
     if r.is_err() {
         if let Some((tag, _)) = held.take() {
             let _ = store.add(&counter_key(ns, &tag), -1);
@@ -1420,6 +1431,7 @@ fn count_in(store: &StoreClient, ns: &AgreeNs, rank: u32, p: &Proposal) -> Resul
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn agree_inner(
     store: &StoreClient,
     ns: &AgreeNs,
@@ -1427,6 +1439,7 @@ fn agree_inner(
     members: u32,
     want: Proposal,
     deadline: Instant,
+    departed: Departed<'_>,
     held: &mut Option<(String, Reservation)>,
 ) -> Result<(Reservation, u64)> {
     let gva_key = ns.key("gva");
@@ -1501,7 +1514,8 @@ fn agree_inner(
         let counter = counter_key(ns, &p.tag());
         let rx = store.watch(&counter)?;
         let outcome = loop {
-            match rx.recv_timeout(remaining(deadline)) {
+            let left = remaining(deadline);
+            match rx.recv_timeout(left.min(AGREE_SLICE)) {
                 Ok(v) => {
                     let n: i64 = std::str::from_utf8(&v)
                         .ok()
@@ -1515,6 +1529,28 @@ fn agree_inner(
                     }
                     if n >= i64::from(members) {
                         break Ok(true);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) if left > AGREE_SLICE => {
+                    let gone = departed();
+                    if gone.is_empty() {
+                        continue;
+                    }
+                    let holders = candidate_holders(store, ns, &p.tag());
+                    let missing: Vec<u32> = gone
+                        .into_iter()
+                        .filter(|r| holders.binary_search(r).is_err())
+                        .collect();
+                    if !missing.is_empty() {
+                        let _ = store.unwatch(&counter);
+                        return Err(Error::new(
+                            ErrorCode::IoError,
+                            format!(
+                                "{what}: member rank(s) [{}] died before taking part in the GVA agreement (their config store link went down); ranks holding the current candidate: [{}]; restart the job",
+                                rank_list(&missing),
+                                rank_list(&holders)
+                            ),
+                        ));
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {

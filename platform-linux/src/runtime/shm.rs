@@ -83,7 +83,7 @@ use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
 use smem_core::table::{Handle, Table};
 
 use super::Found;
-use super::object::{AgreeNs, Proposal, WindowRecord, agree_gva, rank_list};
+use super::object::{AgreeNs, Departed, Proposal, WindowRecord, agree_gva, rank_list};
 use crate::mem::{HostSegment, Reservation, SegmentKind};
 use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer};
 use crate::{Error, Result};
@@ -141,6 +141,7 @@ pub struct ShmHandle(pub u64);
 #[derive(Debug)]
 struct ShmCtx {
     rank: u32,
+    world_size: u32,
     store: StoreClient,
     host_id: String,
     config: ShmConfig,
@@ -154,6 +155,24 @@ struct ShmCtx {
 impl ShmCtx {
     fn downs_of(&self, world_rank: u32) -> u64 {
         lock(&self.downs).get(&world_rank).copied().unwrap_or(0)
+    }
+
+    /// Members of a `rank_size` object being created whose processes are gone: when the object
+    /// spans the whole world (`rank_size == worldSize`), every world rank is a member, so a world
+    /// rank the store reported down (at any time since init) that no live link holds now can
+    /// never take part. Smaller objects cannot tell which world ranks are members: empty.
+    fn departed_members(&self, rank_size: u32) -> Vec<u32> {
+        if rank_size != self.world_size {
+            return Vec::new();
+        }
+        let mut gone: Vec<u32> = lock(&self.downs)
+            .keys()
+            .copied()
+            .filter(|&r| r != self.rank && r < rank_size)
+            .collect();
+        gone.sort_unstable();
+        gone.retain(|&r| !matches!(self.store.query_alive(r), Ok(true)));
+        gone
     }
 }
 
@@ -363,6 +382,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
     )?;
     let ctx = Arc::new(ShmCtx {
         rank,
+        world_size: args.world_size,
         store: store.clone(),
         host_id,
         config: config.clone(),
@@ -640,7 +660,9 @@ impl ShmObject {
                 .map_err(|e| e.context(&what))?;
             e
         } else {
-            wait_open(store, id, epoch_floor, deadline, &what)?
+            wait_open(store, id, epoch_floor, deadline, &what, &|| {
+                ctx.departed_members(args.rank_size)
+            })?
         };
         *used = epoch;
         let prefix = format!("smem/shm/{id}.{epoch}/");
@@ -678,7 +700,9 @@ impl ShmObject {
             object: format!("SHM object {id}"),
             call: format!("smem_shm_create {id}"),
         };
-        let (reservation, base) = agree_gva(store, &ns, rank, args.rank_size, want, deadline)?;
+        let departed = || ctx.departed_members(args.rank_size);
+        let (reservation, base) =
+            agree_gva(store, &ns, rank, args.rank_size, want, deadline, &departed)?;
         reservation
             .map_segment(u64::from(rank) * size, segment.fd(), size)
             .map_err(|e| e.context(what))?;
@@ -1000,15 +1024,29 @@ fn wait_open(
     floor: u64,
     deadline: Instant,
     what: &str,
+    departed: Departed<'_>,
 ) -> Result<u64> {
     let key = open_key(id);
     let rx = store.watch(&key).map_err(|e| e.context(what))?;
     let r = loop {
-        match rx.recv_timeout(remaining(deadline)) {
+        let left = remaining(deadline);
+        match rx.recv_timeout(left.min(WAIT_SLICE)) {
             Ok(v) => match parse_u64(&v) {
                 Some(e) if e > floor => break Ok(e),
                 _ => {}
             },
+            Err(RecvTimeoutError::Timeout) if left > WAIT_SLICE => {
+                let gone = departed();
+                if !gone.is_empty() {
+                    break Err(Error::new(
+                        ErrorCode::IoError,
+                        format!(
+                            "{what}: member rank(s) [{}] died before the object was created (their config store link went down); restart the job",
+                            rank_list(&gone)
+                        ),
+                    ));
+                }
+            }
             Err(RecvTimeoutError::Timeout) => {
                 break Err(Error::new(
                     ErrorCode::Timeout,
