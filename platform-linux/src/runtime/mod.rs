@@ -754,14 +754,6 @@ pub fn bm_create(
             "{what}: localDRAMSize and localHBMSize are both 0; give at least one"
         )));
     }
-    // The DRAM part, and the HBM part on the `sim` backend, are shared host memory: refuse what
-    // the machine cannot back before allocating anything (each segment is checked again).
-    let host_bytes = if ctx.device.name() == "sim" {
-        local_dram_size.saturating_add(local_hbm_size)
-    } else {
-        local_dram_size
-    };
-    crate::mem::admit(&format!("{what}: local parts"), host_bytes)?;
     {
         let objects = lock(&OBJECTS);
         if objects.handle_at(index).is_some() || CREATING[index].swap(true, Ordering::SeqCst) {
