@@ -170,7 +170,7 @@ struct Ctl {
     processed: u64,
     /// Ranks joined according to the log.
     joined: BTreeSet<u32>,
-    /// Ranks that still hold the object (all members after create, minus destroyed or dead).
+    /// Ranks that hold the object: their create entry is in the log, minus destroyed or dead.
     holders: BTreeSet<u32>,
     /// Ranks whose parts are mapped here: (rank, hbm mapped, dram mapped).
     mapped: Vec<(u32, bool, bool)>,
