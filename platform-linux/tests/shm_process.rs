@@ -304,11 +304,21 @@ fn dead_member_fails_create_fast() {
 fn dead_member_rank(r: &Role) {
     let (rank, n) = (r.rank, r.world);
     shm::shm_init(&r.url, n, rank, 0, &config(20)).expect("init");
+    let c = client(&r.url);
     if rank == 2 {
-        // Dies without uninit: its store link drops.
+        // Once the others' init saw it alive, it dies without uninit: its store link drops.
+        for other in 0..2 {
+            c.wait_get(
+                format!("test/inited/{other}").as_bytes(),
+                Duration::from_secs(20),
+            )
+            .expect("the others finish init");
+        }
         println!("rank {rank} ok");
         std::process::exit(0);
     }
+    c.set(format!("test/inited/{rank}").as_bytes(), b"1")
+        .expect("say init is done");
     // Whether rank 2 is already gone or dies while the others wait in create, it can never
     // take part: the waits notice it from the store's rank-down report.
     let start = Instant::now();
@@ -322,7 +332,6 @@ fn dead_member_rank(r: &Role) {
     );
     if rank == 0 {
         // The store host goes last.
-        let c = client(&r.url);
         let until = Instant::now() + Duration::from_secs(20);
         while c
             .prefix(b"smem/shm/rank/")

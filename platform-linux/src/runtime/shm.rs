@@ -348,10 +348,19 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
     };
     let world_size = args.world_size;
     let mut epoch_at_init = 0;
+    // Watched before the wait for the others, on every link the wait uses: a rank that dies
+    // after the wait saw it alive is then reported, however early (a create's wait for a dead
+    // member relies on it).
+    let mut rank_down_rx = None;
     let store = super::survive_store_loss(
         &w,
         store,
         |store, seen| {
+            rank_down_rx = store.watch_rank_down().map_err(|e| {
+                warn!(
+                    "{what}: cannot watch for ranks going down ({e}); a dead member is noticed only by the operation timeouts"
+                );
+            }).ok();
             // Read before registering: no rank can create an object of this session before
             // every rank registered, so every instance of this session is newer.
             epoch_at_init = store
@@ -389,26 +398,18 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
         downs: Mutex::new(HashMap::new()),
         gc: start_gc(&store),
     });
-    let rank_down = match store.watch_rank_down() {
-        Ok(rx) => {
-            let c = Arc::clone(&ctx);
-            std::thread::Builder::new()
-                .name("smem-shm-rankdown".into())
-                .spawn(move || {
-                    while let Ok(r) = rx.recv() {
-                        debug!("SHM: the store reports rank {r} down");
-                        *lock(&c.downs).entry(r).or_insert(0) += 1;
-                    }
-                })
-                .ok()
-        }
-        Err(e) => {
-            warn!(
-                "{what}: cannot watch for ranks going down ({e}); a dead member is noticed only by the control operation timeout"
-            );
-            None
-        }
-    };
+    let rank_down = rank_down_rx.and_then(|rx| {
+        let c = Arc::clone(&ctx);
+        std::thread::Builder::new()
+            .name("smem-shm-rankdown".into())
+            .spawn(move || {
+                while let Ok(r) = rx.recv() {
+                    debug!("SHM: the store reports rank {r} down");
+                    *lock(&c.downs).entry(r).or_insert(0) += 1;
+                }
+            })
+            .ok()
+    });
     info!(
         "{what}: rank {rank} of {} ready (store {addr}{})",
         args.world_size,
