@@ -151,6 +151,11 @@ impl TlsOptions {
             self.key_password.as_deref().map(String::as_str),
         )?;
 
+        let etcd = Arc::new(EtcdPem {
+            ca: read_file("CA", &self.ca_file)?.to_vec(),
+            cert: read_file("cert", &self.cert_file)?.to_vec(),
+            key: Zeroizing::new(pem_of_key(&key).into_bytes()),
+        });
         let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
             file_error(
                 "key",
@@ -228,6 +233,7 @@ impl TlsOptions {
             server: Arc::new(server),
             client: Arc::new(client),
             identity,
+            etcd,
         })
     }
 }
@@ -253,6 +259,40 @@ pub struct LoadedTls {
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     identity: String,
+    etcd: Arc<EtcdPem>,
+}
+
+/// The same material as PEM for the etcd client's gRPC channel (tonic takes PEM): the CA
+/// file, the certificate file, and the key decrypted.
+struct EtcdPem {
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Zeroizing<Vec<u8>>,
+}
+
+/// A key in PEM (decrypted), as the gRPC TLS configuration of the etcd client takes it.
+fn pem_of_key(key: &PrivateKeyDer<'_>) -> String {
+    let tag = match key {
+        PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+        PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+        _ => "PRIVATE KEY",
+    };
+    pem::encode(&pem::Pem::new(tag, key.secret_der().to_vec()))
+}
+
+/// The mutual TLS settings of `tls` for the etcd store client (SPEC 6.4): the CA bundle
+/// verifies the members (their certificates must name the host of the URL's endpoint, as a
+/// DNS or IP SAN), this process presents its certificate. CRLs are not applied to etcd
+/// connections (the gRPC TLS layer takes none); revoke etcd client certificates on the etcd
+/// side (`--client-crl-file`).
+///
+/// # Errors
+/// None today; kept fallible for settings the gRPC layer may refuse.
+pub fn etcd_tls(tls: &LoadedTls) -> Result<etcd_client::TlsOptions> {
+    let e = &tls.etcd;
+    Ok(etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(&e.ca))
+        .identity(etcd_client::Identity::from_pem(&e.cert, e.key.as_slice())))
 }
 
 impl LoadedTls {

@@ -3,7 +3,7 @@
 
 use core::fmt::Write;
 
-use crate::url::StoreUrl;
+use crate::url::AnyStoreUrl;
 use crate::wire::{FRAME_HEADER_LEN, FrameHeader, HANDSHAKE_LEN, Handshake, MessageView};
 
 /// A frame: header, then the body as a message (round trip both).
@@ -40,12 +40,12 @@ pub fn wire_handshake(data: &[u8]) {
     assert_eq!(Handshake::parse(&buf), Ok(h));
 }
 
-struct Buf {
-    bytes: [u8; 128],
+struct Buf<const N: usize> {
+    bytes: [u8; N],
     len: usize,
 }
 
-impl Write for Buf {
+impl<const N: usize> Write for Buf<N> {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         let end = self.len.checked_add(s.len()).ok_or(core::fmt::Error)?;
         self.bytes
@@ -57,15 +57,21 @@ impl Write for Buf {
     }
 }
 
-/// A store URL.
+/// A store URL (`tcp://` or `etcd://`): what parses prints and parses back the same.
 pub fn url_parse(data: &[u8]) {
-    let Ok(url) = StoreUrl::parse_bytes(data) else {
+    let Ok(url) = AnyStoreUrl::parse_bytes(data) else {
         return;
     };
     let mut b = Buf {
-        bytes: [0; 128],
+        bytes: [0; 8192],
         len: 0,
     };
     assert!(write!(b, "{url}").is_ok());
-    assert_eq!(StoreUrl::parse_bytes(&b.bytes[..b.len]), Ok(url));
+    assert_eq!(AnyStoreUrl::parse_bytes(&b.bytes[..b.len]), Ok(url));
+    if let AnyStoreUrl::Etcd(e) = url {
+        // Every endpoint the parser accepted is handed out, none with port 0.
+        let listed = e.endpoints().inspect(|ep| assert_ne!(ep.port, 0)).count();
+        assert!((1..=crate::url::ETCD_MAX_ENDPOINTS).contains(&listed));
+        assert!(e.prefix().starts_with('/'));
+    }
 }

@@ -64,11 +64,10 @@ use smem_core::bm::{LocalMemory, Part, check_copy, check_copy_2d};
 use smem_core::gva::{Gva, GvaRange};
 use smem_core::limits::{BM_OBJECTS_MAX, WORLD_SIZE_MAX};
 use smem_core::table::{Handle, Table};
-use smem_core::url::StoreUrl;
 
 use self::object::{BmObject, CreateArgs, WindowGuard, rank_list};
 use crate::device::{self, CopyDirection, Device};
-use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer};
+use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer, StoreTarget};
 use crate::transport::{Node, Op, Transfer};
 use crate::{Error, Result};
 
@@ -262,8 +261,8 @@ pub(crate) enum Found {
 pub(crate) struct InitWait<'a> {
     /// The init call, for messages (`smem_bm_init`).
     pub(crate) what: &'a str,
-    /// The store URL's address.
-    pub(crate) addr: SocketAddr,
+    /// The store URL's target.
+    pub(crate) addr: StoreTarget,
     /// The options of a new link after a loss (connect timeout: what is left).
     pub(crate) opts: ClientOptions,
     /// When the init call began (messages say `+N ms` from here).
@@ -314,7 +313,7 @@ pub(crate) fn survive_store_loss(
                 connect_timeout: left,
                 ..w.opts.clone()
             };
-            match StoreClient::connect(w.addr, opts) {
+            match StoreClient::connect(w.addr.clone(), opts) {
                 Ok(s) => {
                     info!(
                         "{}: the config store at {} is back (+{} ms); registering again",
@@ -349,7 +348,7 @@ pub(crate) fn survive_store_loss(
 pub(crate) fn store_gone_detail(
     world_size: u32,
     seen: &BTreeSet<u32>,
-    addr: SocketAddr,
+    addr: &StoreTarget,
     lost_at: Duration,
 ) -> String {
     let missing: Vec<u32> = (0..world_size).filter(|r| !seen.contains(r)).collect();
@@ -362,12 +361,24 @@ pub(crate) fn store_gone_detail(
 }
 
 /// Parses the store URL of init call `what`.
-pub(crate) fn parse_store_url(what: &str, url: &str) -> Result<StoreUrl> {
-    StoreUrl::parse(url).map_err(|e| {
+pub(crate) fn parse_store_url(what: &str, url: &str) -> Result<StoreTarget> {
+    StoreTarget::parse(url).map_err(|e| {
         Error::invalid(format!(
-            "{what}: store URL {url:?}: {e}; expected tcp://IPv4:port or tcp://[IPv6]:port"
+            "{what}: store URL {url:?}: {e}; expected tcp://IPv4:port, tcp://[IPv6]:port or etcd://host:port[,host:port...][/prefix]"
         ))
     })
+}
+
+/// The address a rank hosts a `tcp://` store on (`startConfigStore`); `None` on an `etcd://`
+/// store, where nobody hosts anything: the setting is ignored with a log line.
+pub(crate) fn hosted_addr(what: &str, target: &StoreTarget) -> Option<SocketAddr> {
+    match target {
+        StoreTarget::Tcp(a) => Some(*a),
+        StoreTarget::Etcd(t) => {
+            info!("{what}: startConfigStore ignored: the config store is the etcd cluster {t}");
+            None
+        }
+    }
 }
 
 /// The init guard shared by `smem_bm_init` and `smem_shm_init` (`api`: `smem_bm` / `smem_shm`):
@@ -451,7 +462,7 @@ pub fn bm_init(url: &str, world_size: u32, device_id: u16, config: &BmConfig) ->
         [State::Busy, State::Uninit],
         |args| {
             register_atfork();
-            start(parsed.addr, args)
+            start(parsed, args)
         },
     )
 }
@@ -463,13 +474,18 @@ pub(crate) fn rank_key(rank: u32) -> Vec<u8> {
     format!("smem/bm/rank/{rank}").into_bytes()
 }
 
-fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
+fn start(addr: StoreTarget, args: InitArgs) -> Result<State> {
     let what = "smem_bm_init";
     let config = &args.config;
     let started = Instant::now();
     let deadline = started + config.init_timeout;
     if config.start_config_store_only {
-        let server = StoreServer::start(ServerConfig::new(addr))
+        let Some(host) = addr.tcp_addr() else {
+            return Err(Error::invalid(format!(
+                "{what}: startConfigStoreOnly with the etcd store {addr}: there is no store to host (the etcd cluster is the store); run ranks only"
+            )));
+        };
+        let server = StoreServer::start(ServerConfig::new(host))
             .map_err(|e| e.context(format!("{what} (startConfigStoreOnly)")))?;
         info!(
             "{what}: hosting the config store at {} only (no rank)",
@@ -492,11 +508,16 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
     let device = device::select(args.device_id).map_err(|e| e.context(what))?;
     let host_id = crate::mem::host_identity()?;
     let mut server = None;
-    if config.start_config_store {
+    let hosted = if config.start_config_store {
+        hosted_addr(what, &addr)
+    } else {
+        None
+    };
+    if let Some(host) = hosted {
         match explicit {
             Some(0) => {
                 server = Some(
-                    StoreServer::start(ServerConfig::new(addr))
+                    StoreServer::start(ServerConfig::new(host))
                         .map_err(|e| e.context(format!("{what}: rank 0 hosts the config store")))?,
                 )
             }
@@ -505,7 +526,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
                 // No separate "can I bind?" probe: a probe listener would queue other ranks'
                 // connections and reset them when dropped. Binding fails when the address is
                 // not ours or the port is taken (another process hosts the store).
-                match StoreServer::start(ServerConfig::new(addr)) {
+                match StoreServer::start(ServerConfig::new(host)) {
                     Ok(s) => server = Some(s),
                     Err(e) => debug!("{what}: another process hosts the store ({e})"),
                 }
@@ -521,7 +542,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
         // `smem_set_ssl_option` (the store server above took it from `ServerConfig::new`).
         tls: crate::tls::global(),
     };
-    let store = StoreClient::connect(addr, opts.clone())
+    let store = StoreClient::connect(addr.clone(), opts.clone())
         .map_err(|e| e.context(format!("{what}: connecting to the config store at {addr}")))?;
     let rank = match explicit {
         Some(r) => r,
@@ -531,7 +552,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
     let me = format!("{host_id} {} {share_pid}", std::process::id());
     let w = InitWait {
         what,
-        addr,
+        addr: addr.clone(),
         // A new link claims the rank this process got (also an auto-assigned one).
         opts: ClientOptions {
             rank: Some(rank),
@@ -559,7 +580,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
                 ErrorCode::Timeout,
                 format!(
                     "{what}: {}; waited {} s; start them (and the store) or raise initTimeout",
-                    store_gone_detail(world_size, seen, addr, lost_at),
+                    store_gone_detail(world_size, seen, &addr, lost_at),
                     config.init_timeout.as_secs_f32()
                 ),
             )

@@ -70,7 +70,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::mpsc::{RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
@@ -85,7 +84,7 @@ use smem_core::table::{Handle, Table};
 use super::Found;
 use super::object::{AgreeNs, Departed, Proposal, WindowRecord, agree_gva, rank_list};
 use crate::mem::{HostSegment, Reservation, SegmentKind};
-use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer};
+use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer, StoreTarget};
 use crate::{Error, Result};
 
 /// `SMEMS_DATA_OP_MTE`: loads / stores (same host).
@@ -293,12 +292,12 @@ pub fn shm_init(
         [State::Busy, State::Uninit],
         |args| {
             register_atfork();
-            start(parsed.addr, args).map(|ready| State::Ready(Box::new(ready)))
+            start(parsed, args).map(|ready| State::Ready(Box::new(ready)))
         },
     )
 }
 
-fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
+fn start(addr: StoreTarget, args: InitArgs) -> Result<Ready> {
     let what = "smem_shm_init";
     let config = &args.config;
     let started = Instant::now();
@@ -319,13 +318,17 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
             args.url
         );
     }
-    let server = if config.start_config_store && rank == 0 && bm.is_none() {
-        Some(
-            StoreServer::start(ServerConfig::new(addr))
-                .map_err(|e| e.context(format!("{what}: rank 0 hosts the config store")))?,
-        )
+    let hosted = if config.start_config_store && rank == 0 && bm.is_none() {
+        super::hosted_addr(what, &addr)
     } else {
         None
+    };
+    let server = match hosted {
+        Some(host) => Some(
+            StoreServer::start(ServerConfig::new(host))
+                .map_err(|e| e.context(format!("{what}: rank 0 hosts the config store")))?,
+        ),
+        None => None,
     };
     let opts = ClientOptions {
         world_size: Some(args.world_size),
@@ -336,12 +339,12 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
         // `smem_set_ssl_option` (the store server above took it from `ServerConfig::new`).
         tls: crate::tls::global(),
     };
-    let store = StoreClient::connect(addr, opts.clone())
+    let store = StoreClient::connect(addr.clone(), opts.clone())
         .map_err(|e| e.context(format!("{what}: connecting to the config store at {addr}")))?;
     let me = format!("{host_id} {}", std::process::id());
     let w = super::InitWait {
         what,
-        addr,
+        addr: addr.clone(),
         opts,
         started,
         deadline,
@@ -383,7 +386,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
                 ErrorCode::Timeout,
                 format!(
                     "{what}: {}; waited {} s; start them (and the store) or raise shmInitTimeout",
-                    super::store_gone_detail(world_size, seen, addr, lost_at),
+                    super::store_gone_detail(world_size, seen, &addr, lost_at),
                     config.init_timeout.as_secs()
                 ),
             )

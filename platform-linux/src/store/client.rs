@@ -38,7 +38,7 @@ pub struct ClientOptions {
     pub world_size: Option<u32>,
     /// Rank sent in the handshake (`None` = unknown).
     pub rank: Option<u32>,
-    /// How long [`StoreClient::connect`] retries refused connections.
+    /// How long [`TcpClient::connect`] retries refused connections.
     pub connect_timeout: Duration,
     /// Bound on each operation.
     pub op_timeout: Duration,
@@ -66,7 +66,7 @@ impl Default for ClientOptions {
     }
 }
 
-/// Result of [`StoreClient::cas`].
+/// Result of [`TcpClient::cas`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CasResult {
     /// The value was `expected` (or absent) and now is `new`.
@@ -126,19 +126,19 @@ impl Drop for Handle {
 
 /// A config store client. Cheap to clone; `Send + Sync`; every clone shares one link,
 /// requests from many threads are pipelined on it and replies matched by seqNo. The link
-/// closes when the last clone is dropped or on [`StoreClient::close`].
+/// closes when the last clone is dropped or on [`TcpClient::close`].
 ///
 /// With [`ClientOptions::reconnect`], an operation that finds the link down connects again
 /// (handshake with the reconnect flag and the rank held before); operations pending when the
 /// link went down still fail, and watch receivers disconnect (watch again).
 #[derive(Clone)]
-pub struct StoreClient {
+pub struct TcpClient {
     handle: Arc<Handle>,
 }
 
-impl std::fmt::Debug for StoreClient {
+impl std::fmt::Debug for TcpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreClient")
+        f.debug_struct("TcpClient")
             .field("addr", &self.handle.inner.addr)
             .field("connected", &self.is_connected())
             .finish()
@@ -721,7 +721,7 @@ impl Inner {
     }
 }
 
-impl StoreClient {
+impl TcpClient {
     /// Connect and handshake, retrying refused and unreachable connections (see
     /// [`connect_error_is_transient`]) with backoff until `connect_timeout`.
     ///
@@ -979,7 +979,7 @@ impl StoreClient {
     }
 
     /// Watch `key`: the receiver gets the current value (if any) and the value of every later
-    /// wake. It disconnects on [`StoreClient::unwatch`], when the link dies or the store is
+    /// wake. It disconnects on [`TcpClient::unwatch`], when the link dies or the store is
     /// wiped. A second watch of the same key replaces the first receiver.
     ///
     /// # Errors

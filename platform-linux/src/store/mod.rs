@@ -1,5 +1,8 @@
-//! The config store: server and client over TCP (SPEC 5).
+//! The config store: server and client over TCP (SPEC 5), and a client on etcd (SPEC 6.4).
 //!
+//! - [`backend`]: the client seam: [`StoreClient`] over [`TcpClient`] or [`etcd::EtcdClient`],
+//!   chosen by the store URL's scheme ([`StoreTarget`]).
+//! - [`etcd`]: the store's operations on an etcd v3 cluster (no rank hosts anything).
 //! - [`server`]: one event-loop thread (epoll over non-blocking sockets) that owns all state,
 //!   so no locks; per-link read buffer and bounded write queue; a timer heap for parked GETs,
 //!   handshake deadlines and heartbeat expiry.
@@ -32,10 +35,13 @@
 //! `tests/store_compat.rs` runs the client against any store given in
 //! `SMEM_COMPAT_STORE_URL`, e.g. the reference server.
 
+pub mod backend;
 pub mod client;
+pub mod etcd;
 pub mod server;
 
-pub use client::{CasResult, ClientOptions, StoreClient};
+pub use backend::{EtcdTarget, StoreClient, StoreTarget};
+pub use client::{CasResult, ClientOptions, TcpClient};
 pub use server::{Limits, ServerConfig, StoreServer};
 
 /// The key of WATCH_RANK_STATE / UNWATCH for rank-down events.
