@@ -8,7 +8,8 @@
  * memory" is host memory too, so host buffers serve as L2G sources / G2L targets), each
  * with a deadline, and kills all of them when one fails. Rank 0 hosts the config store
  * (startConfigStore, the default) at tcp://127.0.0.1:PORT, or at tcp://$SMEM_TEST_STORE_HOST:PORT
- * when that IPv4 address is set (ranks in network namespaces joined by a veth pair).
+ * when that IPv4 address is set (ranks in network namespaces joined by a veth pair), or at
+ * $SMEM_TEST_STORE_URL when that is set (e.g. an etcd:// cluster; nobody hosts a store then).
  *
  * Object 0: every rank contributes HBM 1 B (rounded to 2 MiB) and DRAM 3 MiB + 1 (rounded to
  * 4 MiB). Window layout (SPEC 2.2): HBM part at the window start, DRAM part after it.
@@ -435,8 +436,8 @@ static void verify_own_and_peers(void)
 
 int main(int argc, char **argv)
 {
-    char url[64];
-    const char *host;
+    char url[512];
+    const char *host, *forced;
     int port, r, leaver;
     if (argc != 4) {
         fprintf(stderr, "usage: %s RANK WORLD_SIZE PORT\n", argv[0]);
@@ -455,6 +456,10 @@ int main(int argc, char **argv)
         host = "127.0.0.1";
     }
     snprintf(url, sizeof url, "tcp://%s:%d", host, port);
+    forced = getenv("SMEM_TEST_STORE_URL");
+    if (forced != NULL && forced[0] != '\0') {
+        snprintf(url, sizeof url, "%s", forced);
+    }
     leaver = g_ws - 1;
 
     check_init(url, g_ws);

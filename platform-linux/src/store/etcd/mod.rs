@@ -328,7 +328,7 @@ impl EtcdClient {
                 ))
             })?;
         let ttl = lease_ttl();
-        let what = "connecting to the etcd store";
+        let what = "granting this process' lease";
         let lease = handle.block_on(retry(
             &client,
             &target,
