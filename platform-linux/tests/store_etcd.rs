@@ -20,7 +20,7 @@ fn opts() -> ClientOptions {
 }
 
 fn connect(url: &str, o: ClientOptions) -> StoreClient {
-    StoreClient::connect(StoreTarget::parse(url).unwrap(), o).expect("connect to etcd")
+    StoreClient::connect_to(StoreTarget::parse(url).unwrap(), o).expect("connect to etcd")
 }
 
 #[test]
@@ -144,9 +144,10 @@ fn ranks_live_on_leases() {
     let r0 = connect(&url, ranked(Some(0), 3));
     // A held rank is refused; a different world size too.
     let e =
-        StoreClient::connect(StoreTarget::parse(&url).unwrap(), ranked(Some(0), 3)).unwrap_err();
+        StoreClient::connect_to(StoreTarget::parse(&url).unwrap(), ranked(Some(0), 3)).unwrap_err();
     assert_eq!(e.code(), ErrorCode::StoreRejected, "{e}");
-    let e = StoreClient::connect(StoreTarget::parse(&url).unwrap(), ranked(None, 4)).unwrap_err();
+    let e =
+        StoreClient::connect_to(StoreTarget::parse(&url).unwrap(), ranked(None, 4)).unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidParam, "{e}");
     // AutoRanking hands out the free ranks, then refuses.
     let a = connect(&url, ranked(None, 3));

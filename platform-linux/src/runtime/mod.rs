@@ -313,7 +313,7 @@ pub(crate) fn survive_store_loss(
                 connect_timeout: left,
                 ..w.opts.clone()
             };
-            match StoreClient::connect(w.addr.clone(), opts) {
+            match StoreClient::connect_to(w.addr.clone(), opts) {
                 Ok(s) => {
                     info!(
                         "{}: the config store at {} is back (+{} ms); registering again",
@@ -542,7 +542,7 @@ fn start(addr: StoreTarget, args: InitArgs) -> Result<State> {
         // `smem_set_ssl_option` (the store server above took it from `ServerConfig::new`).
         tls: crate::tls::global(),
     };
-    let store = StoreClient::connect(addr.clone(), opts.clone())
+    let store = StoreClient::connect_to(addr.clone(), opts.clone())
         .map_err(|e| e.context(format!("{what}: connecting to the config store at {addr}")))?;
     let rank = match explicit {
         Some(r) => r,

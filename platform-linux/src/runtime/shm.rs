@@ -339,7 +339,7 @@ fn start(addr: StoreTarget, args: InitArgs) -> Result<Ready> {
         // `smem_set_ssl_option` (the store server above took it from `ServerConfig::new`).
         tls: crate::tls::global(),
     };
-    let store = StoreClient::connect(addr.clone(), opts.clone())
+    let store = StoreClient::connect_to(addr.clone(), opts.clone())
         .map_err(|e| e.context(format!("{what}: connecting to the config store at {addr}")))?;
     let me = format!("{host_id} {}", std::process::id());
     let w = super::InitWait {

@@ -128,12 +128,20 @@ macro_rules! both {
 }
 
 impl StoreClient {
+    /// Connects to the `tcp://` store at `addr` (as [`TcpClient::connect`]).
+    ///
+    /// # Errors
+    /// As [`TcpClient::connect`].
+    pub fn connect(addr: SocketAddr, opts: ClientOptions) -> Result<Self> {
+        TcpClient::connect(addr, opts).map(|c| Self(Backend::Tcp(c)))
+    }
+
     /// Connects to the store at `target` (a `tcp://` address or an `etcd://` cluster).
     ///
     /// # Errors
     /// As [`TcpClient::connect`] / [`EtcdClient::connect`].
-    pub fn connect(target: impl Into<StoreTarget>, opts: ClientOptions) -> Result<Self> {
-        Ok(Self(match target.into() {
+    pub fn connect_to(target: StoreTarget, opts: ClientOptions) -> Result<Self> {
+        Ok(Self(match target {
             StoreTarget::Tcp(a) => Backend::Tcp(TcpClient::connect(a, opts)?),
             StoreTarget::Etcd(t) => Backend::Etcd(EtcdClient::connect(t, opts)?),
         }))

@@ -90,7 +90,8 @@ pub fn client(url: &str) -> StoreClient {
         op_timeout: Duration::from_secs(20),
         ..ClientOptions::default()
     };
-    StoreClient::connect(addr_of(url), opts).expect("test store client")
+    let target = smem_linux::store::StoreTarget::parse(url).expect("store URL");
+    StoreClient::connect_to(target, opts).expect("test store client")
 }
 
 /// Forks a child that runs `body` and leaves with `_exit` (status 1 when `body` panicked), and

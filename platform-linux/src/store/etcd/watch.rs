@@ -68,10 +68,7 @@ async fn forward(
                     _ = &mut stop => return,
                     m = stream.message() => m,
                 };
-                let resp = match msg {
-                    Ok(Some(r)) => r,
-                    Ok(None) | Err(_) => break,
-                };
+                let Ok(Some(resp)) = msg else { break };
                 if resp.canceled() {
                     if resp.compact_revision() > 0 {
                         warn!(
