@@ -19,5 +19,6 @@ pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tls;
+pub mod trans;
 pub mod transport;
 pub use error::{Error, Result};

@@ -16,6 +16,7 @@ pub mod fd;
 pub mod fork;
 pub mod mman;
 pub mod net;
+pub mod peer;
 
 use std::io;
 

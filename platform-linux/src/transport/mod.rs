@@ -52,7 +52,7 @@ use std::time::Duration;
 
 use log::info;
 
-pub(crate) use self::tcp::{Pinned, Served, Transfer};
+pub(crate) use self::tcp::{NO_RANK, Pinned, Served, Span, Transfer};
 pub(crate) use self::wire::Op;
 use crate::Result;
 

@@ -764,6 +764,19 @@ fn serve_conn(s: &TcpStream, sh: &ServerShared) -> Result<()> {
     }
 }
 
+/// [`Transfer::rank`] of a peer that is not a rank (a transfer engine): messages say "the
+/// peer" and the caller adds the peer's name.
+pub(crate) const NO_RANK: u32 = u32::MAX;
+
+/// How messages name the peer of rank `rank`.
+fn peer_label(rank: u32) -> String {
+    if rank == NO_RANK {
+        "the peer".to_owned()
+    } else {
+        format!("rank {rank}")
+    }
+}
+
 /// One copy between this process and a peer's window.
 pub(crate) struct Transfer<'a> {
     /// The peer's data endpoint.
@@ -799,6 +812,18 @@ struct Piece {
     local: u64,
     width: u64,
     rows: u64,
+}
+
+/// One 1D copy of [`Pool::transfer_spans`]: `len` bytes between local address `local` and
+/// window offset `remote`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    /// Offset in the peer's window.
+    pub(crate) remote: u64,
+    /// Address in this process.
+    pub(crate) local: u64,
+    /// Bytes.
+    pub(crate) len: u64,
 }
 
 /// Splits a transfer into requests of at most [`CHUNK`] bytes.
@@ -903,7 +928,7 @@ impl Pool {
     }
 
     fn connect(&self, peer: SocketAddr, rank: u32, timeout: Duration) -> Result<Conn> {
-        let what = || format!("connecting to rank {rank}'s data endpoint {peer}");
+        let what = || format!("connecting to {}'s data endpoint {peer}", peer_label(rank));
         let stream = TcpStream::connect_timeout(&peer, timeout.max(Duration::from_millis(1)))
             .map_err(|e| Error::io(what(), &e))?;
         set_timeouts(&stream, timeout).map_err(|e| Error::io(what(), &e))?;
@@ -977,7 +1002,80 @@ impl Pool {
     /// readable (`Write`) or writable (`Read`) in the memory `local_device` names, for the call.
     pub(crate) unsafe fn transfer(&self, t: &Transfer<'_>, timeout: Duration) -> Result<()> {
         let pieces = pieces(t);
-        let total = t.width.saturating_mul(t.height);
+        // SAFETY: forwarded contract of this function.
+        unsafe { self.run_pieces(t, &pieces, t.width.saturating_mul(t.height), timeout) }
+    }
+
+    /// Runs many 1D copies between this process and `t`'s peer window (`t`'s peer, rank,
+    /// object, token, op and local device; its offsets, pitches and sizes are not used):
+    /// `spans` whose both sides continue the previous one are coalesced, the rest split into
+    /// requests of at most [`CHUNK`] bytes, and all of them pipelined on one connection
+    /// (spread over several when the total is large). `Ok` only when every byte was
+    /// acknowledged in place.
+    ///
+    /// # Safety
+    /// Every span's local range (`local`, `len` bytes) must be readable (`Write`) or writable
+    /// (`Read`) for the call, and (for reads) the local ranges must not overlap.
+    pub(crate) unsafe fn transfer_spans(
+        &self,
+        t: &Transfer<'_>,
+        spans: &[Span],
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut out: Vec<Piece> = Vec::new();
+        let mut total = 0u64;
+        let mut last: Option<Span> = None;
+        let flush = |s: Span, out: &mut Vec<Piece>| {
+            let mut k = 0;
+            while k < s.len {
+                let w = CHUNK.min(s.len - k);
+                out.push(Piece {
+                    remote: s.remote + k,
+                    local: s.local.wrapping_add(k),
+                    width: w,
+                    rows: 1,
+                });
+                k += w;
+            }
+        };
+        for s in spans.iter().filter(|s| s.len > 0) {
+            total = total.saturating_add(s.len);
+            last = match last {
+                Some(l)
+                    if l.remote.checked_add(l.len) == Some(s.remote)
+                        && l.local.checked_add(l.len) == Some(s.local) =>
+                {
+                    Some(Span {
+                        len: l.len + s.len,
+                        ..l
+                    })
+                }
+                Some(l) => {
+                    flush(l, &mut out);
+                    Some(*s)
+                }
+                None => Some(*s),
+            };
+        }
+        if let Some(l) = last {
+            flush(l, &mut out);
+        }
+        // SAFETY: forwarded contract of this function (each piece lies in one span).
+        unsafe { self.run_pieces(t, &out, total, timeout) }
+    }
+
+    /// Runs `pieces` of `t` (`total` bytes): on one connection, or several side by side when
+    /// the total is large.
+    ///
+    /// # Safety
+    /// As [`Pool::transfer`], for the local ranges of `pieces`.
+    unsafe fn run_pieces(
+        &self,
+        t: &Transfer<'_>,
+        pieces: &[Piece],
+        total: u64,
+        timeout: Duration,
+    ) -> Result<()> {
         let streams = if total >= PARALLEL_MIN {
             streams().min(pieces.len())
         } else {
@@ -985,7 +1083,7 @@ impl Pool {
         };
         if streams <= 1 {
             // SAFETY: forwarded contract of this function.
-            return unsafe { self.run_on_one(t, &pieces, timeout) };
+            return unsafe { self.run_on_one(t, pieces, timeout) };
         }
         // Contiguous groups of requests, one connection each, run side by side.
         let per = pieces.len().div_ceil(streams);
@@ -1079,12 +1177,12 @@ fn link_err(t: &Transfer<'_>, what: &str, e: &io::Error) -> Failure {
     {
         // Refused by TLS (e.g. our certificate): final, a reconnect would be refused too.
         return Failure::Final(crate::tls::stream_error(
-            &format!("rank {}'s data endpoint {}: {what}", t.rank, t.peer),
+            &format!("{}'s data endpoint {}: {what}", peer_label(t.rank), t.peer),
             e,
         ));
     }
     Failure::Link(Error::io(
-        format_args!("rank {}'s data endpoint {}: {what}", t.rank, t.peer),
+        format_args!("{}'s data endpoint {}: {what}", peer_label(t.rank), t.peer),
         e,
     ))
 }
@@ -1103,7 +1201,7 @@ fn read_reply(
     let proto = |why: &str| {
         Failure::Final(Error::new(
             ErrorCode::ProtocolError,
-            format!("rank {}'s data endpoint {}: {why}", t.rank, t.peer),
+            format!("{}'s data endpoint {}: {why}", peer_label(t.rank), t.peer),
         ))
     };
     let reply = Reply::parse(&b).map_err(proto)?;
@@ -1119,8 +1217,8 @@ fn read_reply(
         return Err(Failure::Final(Error::new(
             code,
             format!(
-                "rank {} refused the copy: {}",
-                t.rank,
+                "{} refused the copy: {}",
+                peer_label(t.rank),
                 String::from_utf8_lossy(&msg)
             ),
         )));
@@ -1205,8 +1303,8 @@ unsafe fn run(
                     return Err(Failure::Final(Error::new(
                         ErrorCode::ProtocolError,
                         format!(
-                            "rank {}'s data endpoint {}: READ reply of {} bytes for {} requested",
-                            t.rank,
+                            "{}'s data endpoint {}: READ reply of {} bytes for {} requested",
+                            peer_label(t.rank),
                             t.peer,
                             reply.len,
                             p.width * p.rows
