@@ -19,6 +19,7 @@ use smem::smem_trans_config_t;
 const DEADLINE: Duration = Duration::from_secs(120);
 
 /// The program, built once per test binary (C99, shared library).
+#[allow(clippy::disallowed_methods)] // Test-only cell; no smem lock or logger involved.
 fn exe() -> &'static Path {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     EXE.get_or_init(|| {

@@ -63,7 +63,7 @@ mod queue;
 use std::collections::HashMap;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use log::{info, warn};
@@ -76,6 +76,7 @@ pub use self::peer::NO_VM_ENV;
 use self::peer::Peer;
 use self::queue::Queue;
 use crate::store::{CasResult, ClientOptions, ServerConfig, StoreClient, StoreServer};
+pub(crate) use crate::sync::{lock, read, write};
 use crate::transport::{DATA_OP_HOST_TCP, DATA_OP_ROCE, Node};
 use crate::{Error, Result};
 
@@ -203,18 +204,6 @@ static GLOBAL: RwLock<Global> = RwLock::new(Global {
     engines: None,
 });
 static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-pub(crate) fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-pub(crate) fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 pub(crate) fn engine_key(uid: &str) -> Vec<u8> {
     format!("smem/trans/engine/{uid}").into_bytes()

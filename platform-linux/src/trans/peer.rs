@@ -324,7 +324,7 @@ fn vm_works(rec: &EngineRecord<'_>) -> bool {
     // SAFETY: `word` is a live local buffer not otherwise borrowed during the call.
     let r = unsafe { peer::process_vm_read(rec.pid, &[local], &[remote]) };
     let ok = matches!(r, Ok(8)) && u64::from_ne_bytes(word) == CTRL_MAGIC;
-    VM_NOTE.call_once(|| match &r {
+    crate::sync::once(&VM_NOTE, || match &r {
         _ if ok => info!(
             "smem_trans: same-host registered memory moves with process_vm_writev/readv (checked against pid {})",
             rec.pid

@@ -147,11 +147,8 @@ impl Queue {
                     ),
                 ));
             }
-            pending = self
-                .shared
-                .done
-                .wait_timeout(pending, Duration::from_millis(200))
-                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+            pending =
+                crate::sync::wait_timeout(&self.shared.done, pending, Duration::from_millis(200));
         }
     }
 
