@@ -19,14 +19,20 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::time::Duration;
 
 use log::warn;
 use smem_core::ErrorCode;
 
 use super::BmHandle;
 use super::batch::{self, BatchEntry};
-use super::copy::{self, Held};
+use super::copy::{self, Entered};
+use crate::sync::{Held, lock, once, wait_timeout};
 use crate::{Error, Result};
+
+/// How long a condition-variable wait sleeps before re-checking (wake-ups are notified; this
+/// only bounds a missed one).
+const RECHECK: Duration = Duration::from_secs(1);
 
 /// Worker threads of the engine.
 pub(super) const WORKERS: usize = 4;
@@ -105,12 +111,8 @@ thread_local! {
 }
 
 struct ForkGuards {
-    engine: MutexGuard<'static, Option<&'static Engine>>,
-    queue: Option<MutexGuard<'static, VecDeque<Task>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    engine: Held<MutexGuard<'static, Option<&'static Engine>>>,
+    queue: Option<Held<MutexGuard<'static, VecDeque<Task>>>>,
 }
 
 /// The engine, started on first use.
@@ -140,10 +142,7 @@ fn work(e: &'static Engine) {
                 if let Some(t) = q.pop_front() {
                     break t;
                 }
-                q = e
-                    .ready
-                    .wait(q)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                q = wait_timeout(&e.ready, q, RECHECK);
             }
         };
         e.room.notify_one();
@@ -205,10 +204,7 @@ pub(super) fn submit(handle: BmHandle, job: Job) -> Result<()> {
     lock(&pending.state).0 += 1;
     let mut q = lock(&e.queue);
     while q.len() >= QUEUE_MAX {
-        q = e
-            .room
-            .wait(q)
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        q = wait_timeout(&e.room, q, RECHECK);
     }
     q.push_back(Task {
         handle,
@@ -235,15 +231,12 @@ pub fn bm_wait(handle: BmHandle) -> Result<()> {
     });
     let Some(pending) = pending else {
         // Nothing outstanding: only the handle itself can be wrong.
-        drop(Held::enter(handle, what)?);
+        drop(Entered::enter(handle, what)?);
         return Ok(());
     };
     let mut s = lock(&pending.state);
     while s.0 != 0 {
-        s = pending
-            .done
-            .wait(s)
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s = wait_timeout(&pending.done, s, RECHECK);
     }
     match s.1.take() {
         Some(e) => Err(e.context(what)),
@@ -264,9 +257,10 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     FORK_GUARDS.with(|g| {
         if let Some(mut guards) = g.borrow_mut().take() {
-            // The parent's workers do not exist here: abandon its engine (leaked, locked).
-            if let Some(q) = guards.queue.take() {
-                std::mem::forget(q);
+            // The parent's workers do not exist here: forget (never run or drop) its queued
+            // copies and abandon its engine (leaked); the next asynchronous copy starts another.
+            if let Some(mut q) = guards.queue.take() {
+                std::mem::forget(std::mem::take(&mut *q));
             }
             *guards.engine = None;
         }
@@ -275,7 +269,7 @@ extern "C" fn fork_child() {
 }
 
 fn register_atfork() {
-    ATFORK.call_once(|| {
+    once(&ATFORK, || {
         if let Err(e) = crate::sys::fork::register_atfork(
             Some(fork_prepare),
             Some(fork_parent),

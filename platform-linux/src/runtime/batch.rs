@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use smem_core::ErrorCode;
 
-use super::copy::{self, BOUNCE, Held, Plan, Side};
+use super::copy::{self, BOUNCE, Entered, Plan, Side};
 use super::object::BmObject;
 use super::{BmHandle, async_engine};
 use crate::transport::Op;
@@ -78,7 +78,7 @@ pub unsafe fn bm_copy_batch(
             entries.len()
         )));
     }
-    let held = Held::enter(handle, what)?;
+    let held = Entered::enter(handle, what)?;
     let obj = held.obj();
     let plans = plan_all(obj, &entries, copy_type).map_err(|e| e.context(what))?;
     if is_async {

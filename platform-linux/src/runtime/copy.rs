@@ -34,11 +34,11 @@ pub(super) const BOUNCE: u64 = 8 * 1024 * 1024;
 
 /// The object behind `handle`, with its slot's read lock held (see the module docs of
 /// `runtime/mod.rs`, "Locks"): copies run while it is held.
-pub(super) struct Held {
-    slot: RwLockReadGuard<'static, Published>,
+pub(super) struct Entered {
+    slot: crate::sync::Held<RwLockReadGuard<'static, Published>>,
 }
 
-impl Held {
+impl Entered {
     /// Takes `handle`'s slot read lock; fails for a forged or stale handle.
     #[inline]
     pub(super) fn enter(handle: BmHandle, what: &str) -> Result<Self> {
@@ -435,7 +435,7 @@ pub unsafe fn bm_copy(
 ) -> Result<()> {
     let what = "smem_bm_copy";
     let is_async = async_flag(flags, what)?;
-    let held = Held::enter(handle, what)?;
+    let held = Entered::enter(handle, what)?;
     let obj = held.obj();
     let plan = plan_1d(obj, src, dest, size, copy_type).map_err(|e| e.context(what))?;
     if is_async {
@@ -472,7 +472,7 @@ pub unsafe fn bm_copy_2d(
 ) -> Result<()> {
     let what = "smem_bm_copy_2d";
     let is_async = async_flag(flags, what)?;
-    let held = Held::enter(handle, what)?;
+    let held = Entered::enter(handle, what)?;
     let obj = held.obj();
     let plan = plan_2d(obj, src, spitch, dest, dpitch, width, height, copy_type)
         .map_err(|e| e.context(what))?;

@@ -17,8 +17,9 @@ use smem_core::ErrorCode;
 use smem_core::gva::{Gva, GvaRange};
 use smem_core::limits::BM_OBJECTS_MAX;
 
-use super::copy::Held;
+use super::copy::Entered;
 use super::{BmHandle, decode};
+use crate::sync::{Held, lock};
 use crate::{Error, Result};
 
 /// Registered ranges per object at most.
@@ -30,12 +31,8 @@ type Regions = (u32, BTreeMap<u64, u64>);
 static REGIONS: [Mutex<Regions>; BM_OBJECTS_MAX] =
     [const { Mutex::new((0, BTreeMap::new())) }; BM_OBJECTS_MAX];
 
-fn lock(m: &Mutex<Regions>) -> MutexGuard<'_, Regions> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The registrations of `handle` (reset when the slot now holds another object).
-fn regions(handle: BmHandle, what: &str) -> Result<MutexGuard<'static, Regions>> {
+fn regions(handle: BmHandle, what: &str) -> Result<Held<MutexGuard<'static, Regions>>> {
     let h = decode(handle, what)?;
     let mut r = lock(&REGIONS[h.index as usize]);
     if r.0 != h.generation {
@@ -51,7 +48,7 @@ fn regions(handle: BmHandle, what: &str) -> Result<MutexGuard<'static, Regions>>
 /// registered one or the object's GVA span; `SM_LIMIT_EXCEEDED`; handle errors.
 pub fn bm_register_user_mem(handle: BmHandle, addr: u64, size: u64) -> Result<()> {
     let what = "smem_bm_register_user_mem";
-    let held = Held::enter(handle, what)?;
+    let held = Entered::enter(handle, what)?;
     let span = held.obj().layout.span();
     let range = GvaRange::new(Gva(addr), size)
         .filter(|_| addr != 0)
@@ -93,7 +90,7 @@ pub fn bm_register_user_mem(handle: BmHandle, addr: u64, size: u64) -> Result<()
 /// `SM_OBJECT_NOT_EXISTS` when no registered range starts at `addr`; handle errors.
 pub fn bm_unregister_user_mem(handle: BmHandle, addr: u64) -> Result<()> {
     let what = "smem_bm_unregister_user_mem";
-    let held = Held::enter(handle, what)?;
+    let held = Entered::enter(handle, what)?;
     let mut r = regions(handle, what)?;
     if r.1.remove(&addr).is_none() {
         return Err(Error::new(
@@ -112,7 +109,7 @@ pub fn bm_unregister_user_mem(handle: BmHandle, addr: u64) -> Result<()> {
 /// `SM_INVALID_PARAM` when `gva` lies in no window of the object; handle errors.
 pub fn bm_rank_by_gva(handle: BmHandle, gva: u64) -> Result<u32> {
     let what = "smem_bm_get_rank_id_by_gva";
-    let held = Held::enter(handle, what)?;
+    let held = Entered::enter(handle, what)?;
     let layout = &held.obj().layout;
     Gva(gva)
         .checked_offset_from(layout.base())
