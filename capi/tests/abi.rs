@@ -155,6 +155,15 @@ const SPEC_TRANS_FUNCTIONS: [&str; 19] = [
     "smem_trans_wait",
 ];
 
+/// SPEC 6.1 (`smem_bm.h`): batch and asynchronous copies, registered memory, GVA lookup.
+const SPEC_6_1_FUNCTIONS: [&str; 5] = [
+    "smem_bm_copy_batch",
+    "smem_bm_wait",
+    "smem_bm_register_user_mem",
+    "smem_bm_unregister_user_mem",
+    "smem_bm_get_rank_id_by_gva",
+];
+
 #[test]
 #[cfg_attr(miri, ignore)]
 fn headers_and_exports_agree() {
@@ -163,6 +172,7 @@ fn headers_and_exports_agree() {
     let spec: BTreeSet<String> = SPEC_FUNCTIONS
         .iter()
         .chain(SPEC_TRANS_FUNCTIONS.iter())
+        .chain(SPEC_6_1_FUNCTIONS.iter())
         .map(|s| (*s).to_owned())
         .collect();
     assert_eq!(

@@ -191,13 +191,32 @@ unsafe fn net(
         height: 0,
         local_device: None,
     };
+    let spans = coalesce(spans);
     // SAFETY: forwarded contract (local ranges readable / writable and disjoint).
     unsafe {
         engine
             .node
             .pool()
-            .transfer_spans(&t, spans, engine.node.timeout())
+            .transfer_spans(&t, &spans, engine.node.timeout())
     }
+}
+
+/// `spans` with each run of entries contiguous on both sides merged into one (a batch of KV
+/// blocks laid out back to back becomes a few large requests).
+fn coalesce(spans: &[transport::Span]) -> Vec<transport::Span> {
+    let mut out: Vec<transport::Span> = Vec::with_capacity(spans.len());
+    for s in spans.iter().filter(|s| s.len > 0) {
+        match out.last_mut() {
+            Some(l)
+                if l.remote.checked_add(l.len) == Some(s.remote)
+                    && l.local.checked_add(l.len) == Some(s.local) =>
+            {
+                l.len += s.len;
+            }
+            _ => out.push(*s),
+        }
+    }
+    out
 }
 
 /// `process_vm_writev` / `readv` of `pairs` (local, remote), [`IOV_MAX`] at a time.
@@ -266,4 +285,38 @@ fn advance(spans: &mut Vec<Span>, mut n: u64) {
         }
     }
     spans.drain(..skip);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(remote: u64, local: u64, len: u64) -> transport::Span {
+        transport::Span { remote, local, len }
+    }
+
+    #[test]
+    fn coalesce_merges_runs_contiguous_on_both_sides() {
+        let got = coalesce(&[
+            span(0, 100, 10),
+            span(10, 110, 10),
+            span(20, 200, 10),
+            span(30, 210, 0),
+            span(30, 210, 5),
+            span(100, 215, 1),
+        ]);
+        assert_eq!(
+            got,
+            vec![span(0, 100, 20), span(20, 200, 15), span(100, 215, 1)]
+        );
+    }
+
+    #[test]
+    fn advance_skips_finished_spans() {
+        let mut v = vec![Span { addr: 0, len: 4 }, Span { addr: 10, len: 4 }];
+        advance(&mut v, 5);
+        assert_eq!(v, vec![Span { addr: 11, len: 3 }]);
+        advance(&mut v, 3);
+        assert!(v.is_empty());
+    }
 }

@@ -806,23 +806,11 @@ pub(crate) struct Transfer<'a> {
 
 /// One request of a transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Piece {
-    remote: u64,
-    local: u64,
-    width: u64,
-    rows: u64,
-}
-
-/// One 1D copy of [`Pool::transfer_spans`]: `len` bytes between local address `local` and
-/// window offset `remote`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Span {
-    /// Offset in the peer's window.
-    pub(crate) remote: u64,
-    /// Address in this process.
-    pub(crate) local: u64,
-    /// Bytes.
-    pub(crate) len: u64,
+pub(super) struct Piece {
+    pub(super) remote: u64,
+    pub(super) local: u64,
+    pub(super) width: u64,
+    pub(super) rows: u64,
 }
 
 /// Splits a transfer into requests of at most [`CHUNK`] bytes.
@@ -1001,74 +989,17 @@ impl Pool {
     /// readable (`Write`) or writable (`Read`) in the memory `local_device` names, for the call.
     pub(crate) unsafe fn transfer(&self, t: &Transfer<'_>, timeout: Duration) -> Result<()> {
         let pieces = pieces(t);
+        let total = t.width.saturating_mul(t.height);
         // SAFETY: forwarded contract of this function.
-        unsafe { self.run_pieces(t, &pieces, t.width.saturating_mul(t.height), timeout) }
+        unsafe { self.run_pieces(t, &pieces, total, timeout) }
     }
 
-    /// Runs many 1D copies between this process and `t`'s peer window (`t`'s peer, rank,
-    /// object, token, op and local device; its offsets, pitches and sizes are not used):
-    /// `spans` whose both sides continue the previous one are coalesced, the rest split into
-    /// requests of at most [`CHUNK`] bytes, and all of them pipelined on one connection
-    /// (spread over several when the total is large). `Ok` only when every byte was
-    /// acknowledged in place.
+    /// Runs `pieces` (of `total` bytes) of `t`: on one connection, or spread over several
+    /// side by side when `total` is at least [`PARALLEL_MIN`].
     ///
     /// # Safety
-    /// Every span's local range (`local`, `len` bytes) must be readable (`Write`) or writable
-    /// (`Read`) for the call, and (for reads) the local ranges must not overlap.
-    pub(crate) unsafe fn transfer_spans(
-        &self,
-        t: &Transfer<'_>,
-        spans: &[Span],
-        timeout: Duration,
-    ) -> Result<()> {
-        let mut out: Vec<Piece> = Vec::new();
-        let mut total = 0u64;
-        let mut last: Option<Span> = None;
-        let flush = |s: Span, out: &mut Vec<Piece>| {
-            let mut k = 0;
-            while k < s.len {
-                let w = CHUNK.min(s.len - k);
-                out.push(Piece {
-                    remote: s.remote + k,
-                    local: s.local.wrapping_add(k),
-                    width: w,
-                    rows: 1,
-                });
-                k += w;
-            }
-        };
-        for s in spans.iter().filter(|s| s.len > 0) {
-            total = total.saturating_add(s.len);
-            last = match last {
-                Some(l)
-                    if l.remote.checked_add(l.len) == Some(s.remote)
-                        && l.local.checked_add(l.len) == Some(s.local) =>
-                {
-                    Some(Span {
-                        len: l.len + s.len,
-                        ..l
-                    })
-                }
-                Some(l) => {
-                    flush(l, &mut out);
-                    Some(*s)
-                }
-                None => Some(*s),
-            };
-        }
-        if let Some(l) = last {
-            flush(l, &mut out);
-        }
-        // SAFETY: forwarded contract of this function (each piece lies in one span).
-        unsafe { self.run_pieces(t, &out, total, timeout) }
-    }
-
-    /// Runs `pieces` of `t` (`total` bytes): on one connection, or several side by side when
-    /// the total is large.
-    ///
-    /// # Safety
-    /// As [`Pool::transfer`], for the local ranges of `pieces`.
-    unsafe fn run_pieces(
+    /// As [`Pool::transfer`], for the local rows of `pieces`.
+    pub(super) unsafe fn run_pieces(
         &self,
         t: &Transfer<'_>,
         pieces: &[Piece],
