@@ -3,6 +3,7 @@
 //! several hosts, the last arriver of each host runs the store machine of
 //! `smem_core::collective` with one participant per host ([`StoreSide`]).
 
+use std::fmt;
 use std::time::Instant;
 
 use smem_core::ErrorCode;
@@ -149,7 +150,7 @@ impl ShmObject {
     }
 
     pub(super) fn barrier(&self) -> Result<()> {
-        let what = self.what("smem_shm_control_barrier");
+        let what = Call(self, "smem_shm_control_barrier");
         let mut g = lock(&self.next_generation);
         let deadline = Instant::now() + self.ctx.config.control_timeout;
         let generation = *g;
@@ -159,7 +160,7 @@ impl ShmObject {
             generation,
             deadline,
             send_len: 0,
-            what: &what,
+            what,
         };
         // Generation 0 is create's barrier (through the store): round k is generation k + 1.
         self.group
@@ -167,7 +168,7 @@ impl ShmObject {
     }
 
     pub(super) fn allgather(&self, send: &[u8], recv: &mut [u8]) -> Result<()> {
-        let what = self.what("smem_shm_control_allgather");
+        let what = Call(self, "smem_shm_control_allgather");
         let len = send.len();
         if len == 0 || len > ALLGATHER_SEND_MAX as usize {
             return Err(Error::invalid(format!(
@@ -191,10 +192,25 @@ impl ShmObject {
             generation,
             deadline,
             send_len: len,
-            what: &what,
+            what,
         };
         self.group
             .allgather(generation - 1, send, recv, deadline, &mut side, &what)
+    }
+}
+
+/// The name of a call on an object in messages, formatted only when a message is made.
+#[derive(Clone, Copy)]
+struct Call<'a>(&'a ShmObject, &'static str);
+
+impl fmt::Display for Call<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = self.0;
+        write!(
+            f,
+            "{} of SHM object {} (rank {} of {})",
+            self.1, o.id, o.rank, o.rank_size
+        )
     }
 }
 
@@ -204,7 +220,7 @@ struct StoreSide<'a> {
     generation: u64,
     deadline: Instant,
     send_len: usize,
-    what: &'a str,
+    what: Call<'a>,
 }
 
 impl StoreSide<'_> {
@@ -239,7 +255,8 @@ impl Exchange for StoreSide<'_> {
             hosts.count,
         )
         .map_err(|e| Error::invalid(format!("{}: {e}", self.what)))?;
-        self.obj.run(m, &[], None, self.deadline, self.what)
+        self.obj
+            .run(m, &[], None, self.deadline, &self.what.to_string())
     }
 
     fn fetch(&mut self, recv: &mut [u8]) -> Result<()> {
