@@ -27,7 +27,8 @@
 //! | `<id>.<e>/gva`, `gva/...`, `abort` | GVA agreement (see `runtime/object.rs`) | every member |
 //! | `<id>.<e>/win/<r>` | window record: host, memfd descriptor, `wrank=` world rank | member `r` |
 //! | `<id>.<e>/ctx` | the extra context | `set_extra_context` |
-//! | `<id>.<e>/c/<g>{c,d,v}` | control operation `g` (`smem_core::collective`) | every member |
+//! | `<id>.<e>/ctl/<r>` | descriptor of the control segment of the host whose lowest rank is `r` | that rank |
+//! | `<id>.<e>/c/<g>{c,d,v}` | control operation `g` between hosts (`smem_core::collective`) | last arriver of each host |
 //! | `<id>.<e>/fin` | ADD counter of members that destroyed the object | every member |
 //!
 //! Every object *instance* has its own key prefix `smem/shm/<id>.<e>/`, so an object created
@@ -47,16 +48,20 @@
 //! create returns on any member, every member has mapped every same-host window.
 //!
 //! # Control operations
-//! Barrier and allgather run the sans-I/O machines of `smem_core::collective` (generation `g`
-//! = the call's number; generation 0 is the barrier ending create), so the store holds at most
-//! eight control keys per object whatever the number of calls. The removals of the previous
-//! generation's keys (asked of the last arriver) go to the `smem-shm-gc` thread, off the
-//! critical path (a 4-rank barrier takes about half the time); its queue is bounded, and when it
-//! is full they run inline, so at most 17 more keys wait per process. Each is bounded by
-//! `controlOperationTimeout`; waits on the store are sliced, and when the store reports that the
-//! link of a member's process went down, the operation fails within 250 ms with `SM_IO_ERROR` naming
-//! the rank instead of waiting for the timeout. After a failed control operation the members
-//! may disagree on the call sequence; destroy the object.
+//! Barrier and allgather go through the control segment the members of each host share
+//! ([`crate::collective`], created at the end of create, before its barrier): with every member
+//! on one host they touch no store key at all. With members on several hosts, the last arriver
+//! of each host runs the sans-I/O machine of `smem_core::collective` with one participant per
+//! host (generation `g` = the call's number; generation 0 is the barrier ending create, run by
+//! every member), so the store holds at most eight control keys per object whatever the number
+//! of calls; allgather bytes go to the generation's value key (each member WRITEs its slice, all
+//! GET it after the release). The removals of the previous generation's keys (asked of the last
+//! arriver) go to the `smem-shm-gc` thread, off the critical path; its queue is bounded, and
+//! when it is full they run inline, so at most 17 more keys wait per process. Each call is
+//! bounded by `controlOperationTimeout`; a member that dies makes the others fail within about
+//! 100 ms (pidfds on the host, the store's rank-down reports across hosts) with `SM_IO_ERROR`
+//! naming it. After a failed control operation every later one is refused until the object is
+//! destroyed.
 //!
 //! # Reach
 //! `topology_can_reach`: a member on this host (same host identity, see
