@@ -29,8 +29,8 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use log::debug;
@@ -39,6 +39,7 @@ use smem_core::ctl_segment::{Arrival, Failure, Hosts, Layout, Round, SLOT_DATA, 
 
 use crate::mem::{HostSegment, SegmentDescriptor, SegmentKind};
 use crate::store::StoreClient;
+use crate::sync::lock;
 use crate::sys::futex::{self, SharedMap};
 use crate::{Error, Result};
 
@@ -255,8 +256,7 @@ impl HostGroup {
     }
 
     fn guarded(&self, f: impl FnOnce() -> Result<()>) -> Result<()> {
-        let mut broken = self.broken.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(e) = &*broken {
+        if let Some(e) = &*lock(&self.broken) {
             return Err(Error::new(
                 e.code(),
                 format!(
@@ -265,9 +265,10 @@ impl HostGroup {
                 ),
             ));
         }
+        // The caller serialises the calls of an object: nothing can break it meanwhile.
         let r = f();
         if let Err(e) = &r {
-            *broken = Some(e.clone());
+            *lock(&self.broken) = Some(e.clone());
         }
         r
     }
