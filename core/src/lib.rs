@@ -17,6 +17,7 @@ pub mod collective;
 pub mod error;
 pub mod gva;
 pub mod limits;
+pub mod store;
 pub mod table;
 pub mod url;
 pub mod wire;
