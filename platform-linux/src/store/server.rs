@@ -3,7 +3,7 @@
 //! The loop does the I/O: accept, the handshake and TLS, reading frames within the input
 //! budget, link write buffers, timers (parked-GET deadlines, handshake deadlines, heartbeat
 //! expiry). What a request means is [`smem_core::store::Store`]'s business (over
-//! [`MapStorage`]); its replies land in the links' write buffers through [`Replies`].
+//! `MapStorage`); its replies land in the links' write buffers through `Replies`.
 //!
 //! Invariants: only the loop thread touches the store; every request either gets a reply, is
 //! one of the ops the protocol leaves unanswered (WATCH on an absent key, WATCH_RANK_STATE,
