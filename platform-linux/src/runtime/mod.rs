@@ -25,7 +25,8 @@
 //! once, with no lookup beyond the object's table slot.
 //!
 //! # Locks
-//! `STATE` (init/uninit), `OBJECTS` (the handle table) and each slot's `RwLock` are only held
+//! Every lock is taken through [`crate::sync`], so no log record reaches the external logger
+//! while its thread holds one (SPEC 2.1). `STATE` (init/uninit), `OBJECTS` (the handle table) and each slot's `RwLock` are only held
 //! for short, non-blocking sections, in that order. The copy path takes one slot's read lock
 //! (per object, never global) for the whole copy, validates with `smem_core::bm`, checks the
 //! window's state and copies; it allocates nothing unless it fails. Unmapping a window waits for
@@ -52,9 +53,7 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{
-    Arc, LazyLock, Mutex, MutexGuard, Once, RwLock, RwLockReadGuard, RwLockWriteGuard,
-};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Once, RwLock, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -69,6 +68,7 @@ use smem_core::url::StoreUrl;
 use self::object::{BmObject, CreateArgs, WindowGuard, rank_list};
 use crate::device::{self, CopyDirection, Device};
 use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer};
+use crate::sync::{Held, lock, once, read, write};
 use crate::transport::{Node, Op, Transfer};
 use crate::{Error, Result};
 
@@ -189,20 +189,6 @@ static OBJECTS: LazyLock<Mutex<Table<Arc<BmObject>, BM_OBJECTS_MAX>>> =
 static SLOTS: [Slot; BM_OBJECTS_MAX] = [const { RwLock::new(None) }; BM_OBJECTS_MAX];
 static CREATING: [AtomicBool; BM_OBJECTS_MAX] = [const { AtomicBool::new(false) }; BM_OBJECTS_MAX];
 static ATFORK: Once = Once::new();
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn read(slot: &Slot) -> RwLockReadGuard<'_, Published> {
-    slot.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write(slot: &Slot) -> RwLockWriteGuard<'_, Published> {
-    slot.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 fn not_initialized(what: &str) -> Error {
     Error::new(
@@ -1131,9 +1117,9 @@ pub unsafe fn bm_copy_2d(
 
 /// Locks held across `fork` by the thread that forks (see the module docs).
 struct ForkGuards {
-    state: MutexGuard<'static, State>,
-    objects: MutexGuard<'static, Table<Arc<BmObject>, BM_OBJECTS_MAX>>,
-    slots: Vec<RwLockWriteGuard<'static, Published>>,
+    state: Held<MutexGuard<'static, State>>,
+    objects: Held<MutexGuard<'static, Table<Arc<BmObject>, BM_OBJECTS_MAX>>>,
+    slots: Vec<Held<RwLockWriteGuard<'static, Published>>>,
 }
 
 thread_local! {
@@ -1170,7 +1156,7 @@ extern "C" fn fork_child() {
 }
 
 fn register_atfork() {
-    ATFORK.call_once(|| {
+    once(&ATFORK, || {
         if let Err(e) = crate::sys::fork::register_atfork(
             Some(fork_prepare),
             Some(fork_parent),

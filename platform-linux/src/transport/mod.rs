@@ -92,7 +92,7 @@ pub fn rdma_device_present() -> bool {
 
 /// Logs, once per process, that ROCE requests are carried by TCP.
 pub(crate) fn note_roce_fallback() {
-    ROCE_NOTE.call_once(|| {
+    crate::sync::once(&ROCE_NOTE, || {
         if rdma_device_present() {
             info!(
                 "transport: SMEMB_DATA_OP_ROCE requested; RDMA verbs are not in this build, so cross-host copies use TCP"

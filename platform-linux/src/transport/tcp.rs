@@ -37,7 +37,7 @@ use std::io::{self, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -49,6 +49,7 @@ use super::wire::{
     VERSION,
 };
 use crate::device::{CopyDirection, Device};
+use crate::sync::lock;
 use crate::sys;
 use crate::sys::fork::DetachOnFork;
 use crate::sys::net::NoSigPipe;
@@ -71,10 +72,6 @@ const CONN_STACK: usize = 256 * 1024;
 const MAX_IDLE_PER_PEER: usize = 8;
 /// Rows narrower than this are gathered into one buffer rather than sent one by one.
 const SMALL_ROW: u64 = 16 * 1024;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Keeps a served range valid while it is borrowed (e.g. a window's in-flight count).
 pub(crate) trait Hold {}
@@ -492,7 +489,9 @@ impl Server {
         for (_, (_, c)) in lock(&self.shared.conns).drain() {
             let _ = c.shutdown(Shutdown::Both);
         }
-        if let Some(t) = lock(&self.accept).take() {
+        // Not joined under the lock: never wait for another thread while holding one.
+        let accept = lock(&self.accept).take();
+        if let Some(t) = accept {
             let _ = t.join();
         }
         lock(&self.shared.served).clear();
@@ -1065,7 +1064,7 @@ pub(crate) const DEFAULT_STREAMS: usize = 4;
 /// Connections per large copy (read once).
 fn streams() -> usize {
     static STREAMS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *STREAMS.get_or_init(|| {
+    *crate::sync::get_or_init(&STREAMS, || {
         std::env::var(super::STREAMS_ENV)
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())
