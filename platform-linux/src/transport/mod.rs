@@ -43,6 +43,7 @@
 //! `smem_shm_query_support_data_operation` / `smem_shm_topology_can_reach` map a non-zero
 //! answer to `SMEMS_DATA_OP_ROCE` for peers on other hosts.
 
+pub(crate) mod batch;
 pub(crate) mod tcp;
 pub(crate) mod wire;
 

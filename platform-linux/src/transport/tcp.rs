@@ -793,11 +793,11 @@ pub(crate) struct Transfer<'a> {
 
 /// One request of a transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Piece {
-    remote: u64,
-    local: u64,
-    width: u64,
-    rows: u64,
+pub(super) struct Piece {
+    pub(super) remote: u64,
+    pub(super) local: u64,
+    pub(super) width: u64,
+    pub(super) rows: u64,
 }
 
 /// Splits a transfer into requests of at most [`CHUNK`] bytes.
@@ -977,6 +977,22 @@ impl Pool {
     pub(crate) unsafe fn transfer(&self, t: &Transfer<'_>, timeout: Duration) -> Result<()> {
         let pieces = pieces(t);
         let total = t.width.saturating_mul(t.height);
+        // SAFETY: forwarded contract of this function.
+        unsafe { self.run_pieces(t, &pieces, total, timeout) }
+    }
+
+    /// Runs `pieces` (of `total` bytes) of `t`: on one connection, or spread over several
+    /// side by side when `total` is at least [`PARALLEL_MIN`].
+    ///
+    /// # Safety
+    /// As [`Pool::transfer`], for the local rows of `pieces`.
+    pub(super) unsafe fn run_pieces(
+        &self,
+        t: &Transfer<'_>,
+        pieces: &[Piece],
+        total: u64,
+        timeout: Duration,
+    ) -> Result<()> {
         let streams = if total >= PARALLEL_MIN {
             streams().min(pieces.len())
         } else {
@@ -984,7 +1000,7 @@ impl Pool {
         };
         if streams <= 1 {
             // SAFETY: forwarded contract of this function.
-            return unsafe { self.run_on_one(t, &pieces, timeout) };
+            return unsafe { self.run_on_one(t, pieces, timeout) };
         }
         // Contiguous groups of requests, one connection each, run side by side.
         let per = pieces.len().div_ceil(streams);
