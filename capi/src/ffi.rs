@@ -124,6 +124,24 @@ pub(crate) unsafe fn read_arg<T: Copy>(p: *const T, what: &str) -> Result<T> {
     Ok(unsafe { ptr::read_unaligned(p) })
 }
 
+/// Copies an array argument of `len` elements out of caller memory (alignment is not assumed).
+///
+/// # Errors
+/// `SM_INVALID_PARAM` naming `what` when `p` is NULL.
+///
+/// # Safety
+/// `p` is NULL or points to `len` readable, initialised `T`s. `T` must be valid for every bit
+/// pattern (pointers, integers).
+pub(crate) unsafe fn read_array<T: Copy>(p: *const T, len: usize, what: &str) -> Result<Vec<T>> {
+    if p.is_null() {
+        return Err(Error::invalid(format!("{what} is NULL")));
+    }
+    Ok((0..len)
+        // SAFETY: element `i < len` of a readable array (contract); `wrapping_add` stays in it.
+        .map(|i| unsafe { ptr::read_unaligned(p.wrapping_add(i)) })
+        .collect())
+}
+
 /// A checked, writable out-parameter; written only on success ([`Out::write`]).
 #[derive(Debug)]
 pub(crate) struct Out<T>(NonNull<T>);
@@ -190,6 +208,30 @@ pub(crate) unsafe fn slice_mut_arg<'a>(
     }
     // SAFETY: non-NULL, writable for `len` bytes and unaliased during `'a` (contract).
     Ok(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) })
+}
+
+/// Borrows an array argument of `len` elements (NULL is accepted only with `len == 0`).
+///
+/// # Errors
+/// `SM_INVALID_PARAM` naming `what` when `p` is NULL and `len > 0`, or misaligned.
+///
+/// # Safety
+/// `p` is NULL or valid for reading `len` initialised `T`s, not mutated during `'a`.
+pub(crate) unsafe fn array_arg<'a, T>(p: *const T, len: usize, what: &str) -> Result<&'a [T]> {
+    if p.is_null() || len == 0 {
+        return if len == 0 {
+            Ok(&[])
+        } else {
+            Err(Error::invalid(format!("{what} is NULL")))
+        };
+    }
+    if !p.is_aligned() {
+        return Err(Error::invalid(format!(
+            "{what} is not aligned for its element type"
+        )));
+    }
+    // SAFETY: non-NULL, aligned and readable for `len` elements during `'a` (contract).
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
 /// The C logger callback type: `void (*)(int level, const char *msg)`.

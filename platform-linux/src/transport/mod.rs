@@ -43,6 +43,7 @@
 //! `smem_shm_query_support_data_operation` / `smem_shm_topology_can_reach` map a non-zero
 //! answer to `SMEMS_DATA_OP_ROCE` for peers on other hosts.
 
+pub(crate) mod batch;
 pub(crate) mod tcp;
 pub(crate) mod wire;
 
@@ -52,7 +53,8 @@ use std::time::Duration;
 
 use log::info;
 
-pub(crate) use self::tcp::{Pinned, Served, Transfer};
+pub(crate) use self::batch::Span;
+pub(crate) use self::tcp::{NO_RANK, Pinned, Served, Transfer};
 pub(crate) use self::wire::Op;
 use crate::Result;
 
@@ -92,7 +94,7 @@ pub fn rdma_device_present() -> bool {
 
 /// Logs, once per process, that ROCE requests are carried by TCP.
 pub(crate) fn note_roce_fallback() {
-    ROCE_NOTE.call_once(|| {
+    crate::sync::once(&ROCE_NOTE, || {
         if rdma_device_present() {
             info!(
                 "transport: SMEMB_DATA_OP_ROCE requested; RDMA verbs are not in this build, so cross-host copies use TCP"

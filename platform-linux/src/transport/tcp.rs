@@ -37,7 +37,7 @@ use std::io::{self, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -49,6 +49,7 @@ use super::wire::{
     VERSION,
 };
 use crate::device::{CopyDirection, Device};
+use crate::sync::lock;
 use crate::sys;
 use crate::sys::fork::DetachOnFork;
 use crate::sys::net::NoSigPipe;
@@ -71,10 +72,6 @@ const CONN_STACK: usize = 256 * 1024;
 const MAX_IDLE_PER_PEER: usize = 8;
 /// Rows narrower than this are gathered into one buffer rather than sent one by one.
 const SMALL_ROW: u64 = 16 * 1024;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Keeps a served range valid while it is borrowed (e.g. a window's in-flight count).
 pub(crate) trait Hold {}
@@ -492,7 +489,9 @@ impl Server {
         for (_, (_, c)) in lock(&self.shared.conns).drain() {
             let _ = c.shutdown(Shutdown::Both);
         }
-        if let Some(t) = lock(&self.accept).take() {
+        // Not joined under the lock: never wait for another thread while holding one.
+        let accept = lock(&self.accept).take();
+        if let Some(t) = accept {
             let _ = t.join();
         }
         lock(&self.shared.served).clear();
@@ -764,6 +763,19 @@ fn serve_conn(s: &TcpStream, sh: &ServerShared) -> Result<()> {
     }
 }
 
+/// [`Transfer::rank`] of a peer that is not a rank (a transfer engine): messages say "the
+/// peer" and the caller adds the peer's name.
+pub(crate) const NO_RANK: u32 = u32::MAX;
+
+/// How messages name the peer of rank `rank`.
+fn peer_label(rank: u32) -> String {
+    if rank == NO_RANK {
+        "the peer".to_owned()
+    } else {
+        format!("rank {rank}")
+    }
+}
+
 /// One copy between this process and a peer's window.
 pub(crate) struct Transfer<'a> {
     /// The peer's data endpoint.
@@ -794,11 +806,11 @@ pub(crate) struct Transfer<'a> {
 
 /// One request of a transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Piece {
-    remote: u64,
-    local: u64,
-    width: u64,
-    rows: u64,
+pub(super) struct Piece {
+    pub(super) remote: u64,
+    pub(super) local: u64,
+    pub(super) width: u64,
+    pub(super) rows: u64,
 }
 
 /// Splits a transfer into requests of at most [`CHUNK`] bytes.
@@ -903,7 +915,7 @@ impl Pool {
     }
 
     fn connect(&self, peer: SocketAddr, rank: u32, timeout: Duration) -> Result<Conn> {
-        let what = || format!("connecting to rank {rank}'s data endpoint {peer}");
+        let what = || format!("connecting to {}'s data endpoint {peer}", peer_label(rank));
         let stream = TcpStream::connect_timeout(&peer, timeout.max(Duration::from_millis(1)))
             .map_err(|e| Error::io(what(), &e))?;
         set_timeouts(&stream, timeout).map_err(|e| Error::io(what(), &e))?;
@@ -978,6 +990,22 @@ impl Pool {
     pub(crate) unsafe fn transfer(&self, t: &Transfer<'_>, timeout: Duration) -> Result<()> {
         let pieces = pieces(t);
         let total = t.width.saturating_mul(t.height);
+        // SAFETY: forwarded contract of this function.
+        unsafe { self.run_pieces(t, &pieces, total, timeout) }
+    }
+
+    /// Runs `pieces` (of `total` bytes) of `t`: on one connection, or spread over several
+    /// side by side when `total` is at least [`PARALLEL_MIN`].
+    ///
+    /// # Safety
+    /// As [`Pool::transfer`], for the local rows of `pieces`.
+    pub(super) unsafe fn run_pieces(
+        &self,
+        t: &Transfer<'_>,
+        pieces: &[Piece],
+        total: u64,
+        timeout: Duration,
+    ) -> Result<()> {
         let streams = if total >= PARALLEL_MIN {
             streams().min(pieces.len())
         } else {
@@ -985,7 +1013,7 @@ impl Pool {
         };
         if streams <= 1 {
             // SAFETY: forwarded contract of this function.
-            return unsafe { self.run_on_one(t, &pieces, timeout) };
+            return unsafe { self.run_on_one(t, pieces, timeout) };
         }
         // Contiguous groups of requests, one connection each, run side by side.
         let per = pieces.len().div_ceil(streams);
@@ -1065,7 +1093,7 @@ pub(crate) const DEFAULT_STREAMS: usize = 4;
 /// Connections per large copy (read once).
 fn streams() -> usize {
     static STREAMS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *STREAMS.get_or_init(|| {
+    *crate::sync::get_or_init(&STREAMS, || {
         std::env::var(super::STREAMS_ENV)
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())
@@ -1079,12 +1107,12 @@ fn link_err(t: &Transfer<'_>, what: &str, e: &io::Error) -> Failure {
     {
         // Refused by TLS (e.g. our certificate): final, a reconnect would be refused too.
         return Failure::Final(crate::tls::stream_error(
-            &format!("rank {}'s data endpoint {}: {what}", t.rank, t.peer),
+            &format!("{}'s data endpoint {}: {what}", peer_label(t.rank), t.peer),
             e,
         ));
     }
     Failure::Link(Error::io(
-        format_args!("rank {}'s data endpoint {}: {what}", t.rank, t.peer),
+        format_args!("{}'s data endpoint {}: {what}", peer_label(t.rank), t.peer),
         e,
     ))
 }
@@ -1103,7 +1131,7 @@ fn read_reply(
     let proto = |why: &str| {
         Failure::Final(Error::new(
             ErrorCode::ProtocolError,
-            format!("rank {}'s data endpoint {}: {why}", t.rank, t.peer),
+            format!("{}'s data endpoint {}: {why}", peer_label(t.rank), t.peer),
         ))
     };
     let reply = Reply::parse(&b).map_err(proto)?;
@@ -1119,8 +1147,8 @@ fn read_reply(
         return Err(Failure::Final(Error::new(
             code,
             format!(
-                "rank {} refused the copy: {}",
-                t.rank,
+                "{} refused the copy: {}",
+                peer_label(t.rank),
                 String::from_utf8_lossy(&msg)
             ),
         )));
@@ -1205,8 +1233,8 @@ unsafe fn run(
                     return Err(Failure::Final(Error::new(
                         ErrorCode::ProtocolError,
                         format!(
-                            "rank {}'s data endpoint {}: READ reply of {} bytes for {} requested",
-                            t.rank,
+                            "{}'s data endpoint {}: READ reply of {} bytes for {} requested",
+                            peer_label(t.rank),
                             t.peer,
                             reply.len,
                             p.width * p.rows

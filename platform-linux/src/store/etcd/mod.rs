@@ -50,6 +50,7 @@ use tokio::runtime::Runtime;
 
 use super::ClientOptions;
 use super::backend::EtcdTarget;
+use crate::sync::lock;
 use crate::{Error, Result};
 
 pub use ops::NO_WAKE;
@@ -238,7 +239,8 @@ impl Shared {
                 self.target
             );
         }
-        if let Some(rt) = self.rt.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let rt = lock(&self.rt).take();
+        if let Some(rt) = rt {
             rt.shutdown_background();
         }
     }
@@ -432,7 +434,7 @@ impl EtcdClient {
         })?;
         // Our own earlier attempt (a reply lost in a failover) holds it: ours.
         if resp.succeeded() || first_value(&resp.op_responses()).as_deref() == Some(me.as_bytes()) {
-            *s.rank.lock().unwrap_or_else(|p| p.into_inner()) = Some(rank);
+            *lock(&s.rank) = Some(rank);
             return Ok(());
         }
         Err(Error::new(
@@ -452,7 +454,7 @@ impl EtcdClient {
     /// `SM_LIMIT_EXCEEDED` when every rank is taken or no world size is known.
     pub fn auto_rank(&self, _key_suffix: &[u8]) -> Result<u32> {
         let s = self.shared();
-        if let Some(r) = *s.rank.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(r) = *lock(&s.rank) {
             return Ok(r);
         }
         let deadline = s.deadline();
@@ -542,7 +544,7 @@ impl EtcdClient {
                 ),
             )
         })?;
-        *s.rank.lock().unwrap_or_else(|p| p.into_inner()) = Some(rank);
+        *lock(&s.rank) = Some(rank);
         Ok(rank)
     }
 

@@ -8,6 +8,7 @@ use smem_core::ErrorCode;
 
 use super::{EtcdClient, show};
 use crate::store::CasResult;
+use crate::sync::lock;
 use crate::{Error, Result};
 
 /// Wake length stored by WRITE: watchers are not woken (SPEC 5.4).
@@ -217,7 +218,7 @@ impl EtcdClient {
         let out = s.run(&format!("store {op}"), s.deadline(), |mut c| {
             let (dk, marker, sent) = (dk.clone(), marker.clone(), Arc::clone(&sent));
             async move {
-                let earlier = sent.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let earlier = lock(&sent).clone();
                 if let (true, Some(r)) = earlier {
                     let m = c
                         .get(marker.clone(), Some(GetOptions::new().with_count_only()))
@@ -238,7 +239,7 @@ impl EtcdClient {
                     let Some(stored) = stored else {
                         return Ok(Ok((false, r)));
                     };
-                    *sent.lock().unwrap_or_else(|p| p.into_inner()) = (true, Some(r.clone()));
+                    *lock(&sent) = (true, Some(r.clone()));
                     let t = c
                         .txn(
                             Txn::new()

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::ops::{full, wake_piece};
 use super::{EtcdClient, Shared, show};
+use crate::sync::lock;
 use crate::{Error, Result};
 
 /// The stop handles of a client's watches (dropping one ends its task).
@@ -28,7 +29,7 @@ pub(crate) struct Registry {
 
 /// Ends every watch of `s` (their receivers disconnect).
 pub(crate) fn cancel_all(s: &Shared) {
-    let old = std::mem::take(&mut *s.watches.lock().unwrap_or_else(|p| p.into_inner()));
+    let old = std::mem::take(&mut *lock(&s.watches));
     drop(old);
 }
 
@@ -142,11 +143,7 @@ impl EtcdClient {
     /// The cluster did not answer within the op timeout.
     pub fn watch(&self, key: &[u8]) -> Result<Receiver<Vec<u8>>> {
         let (stop, rx) = self.open(key, Mode::Wake)?;
-        let old = self
-            .shared()
-            .watches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let old = lock(&self.shared().watches)
             .by_key
             .insert(key.to_vec(), stop);
         drop(old);
@@ -158,13 +155,7 @@ impl EtcdClient {
     /// # Errors
     /// None today (kept for the TCP client's signature).
     pub fn unwatch(&self, key: &[u8]) -> Result<()> {
-        let old = self
-            .shared()
-            .watches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_key
-            .remove(key);
+        let old = lock(&self.shared().watches).by_key.remove(key);
         drop(old);
         Ok(())
     }
@@ -241,12 +232,7 @@ impl EtcdClient {
             stop_rx,
             deliver,
         ));
-        let old = s
-            .watches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .rank_down
-            .replace(stop_tx);
+        let old = lock(&s.watches).rank_down.replace(stop_tx);
         drop(old);
         Ok(rx)
     }
