@@ -62,6 +62,11 @@ use smem_core::data_op::BmDataOps;
 /// Env var: connections one large copy (16 MiB and more) is spread over, `1..=16`; default 4.
 pub const STREAMS_ENV: &str = "SMEM_TRANSPORT_STREAMS";
 
+/// `SMEMB_DATA_OP_ROCE` ([`BmDataOps::ROCE`]).
+pub const DATA_OP_ROCE: u32 = BmDataOps::ROCE.bits();
+/// `SMEMB_DATA_OP_HOST_TCP` ([`BmDataOps::HOST_TCP`]).
+pub const DATA_OP_HOST_TCP: u32 = BmDataOps::HOST_TCP.bits();
+
 static ROCE_NOTE: Once = Once::new();
 
 /// Whether a BM object created with `data_op_type` serves and reaches windows over the network.
