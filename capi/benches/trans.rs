@@ -2,7 +2,8 @@
 //! bench engine into a server engine's `smem_trans_malloc` memory and registered user memory,
 //! on one host (mapped memory / `process_vm_writev`) next to a `memcpy` loop over the same
 //! entries, and across two simulated hosts (`SMEM_HOST_ID`, the TCP transport) next to a raw
-//! TCP stream of the same 16 MiB measured in the same run; plus 4 KiB write latency.
+//! loopback TCP stream of the same 16 MiB between the same two processes (acknowledged by one
+//! byte when all arrived), interleaved round by round; plus 4 KiB write latency.
 //!
 //! Run: `cargo bench -p smem-capi --bench trans`. Both engines are processes running
 //! `capi/tests/c/trans.c` (`benchserver` and `bench` modes); medians of 15 rounds, paths
@@ -12,15 +13,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Lang, Link};
-
-const TOTAL: usize = 16 << 20;
 
 /// Runs a benchserver + bench pair; returns the bench's `bench NAME VALUE` lines.
 fn run_pair(
@@ -71,37 +68,6 @@ fn get(v: &[(String, f64)], k: &str) -> f64 {
     v.iter().find(|(n, _)| n == k).map_or(f64::NAN, |(_, x)| *x)
 }
 
-/// GB/s of a raw loopback TCP stream: 16 MiB written, one byte acknowledged after the reader
-/// has it all (as a write is acknowledged in place); median of `rounds`.
-fn raw_tcp(rounds: usize) -> f64 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let sink = std::thread::spawn(move || {
-        let (mut s, _) = l.accept().expect("accept");
-        let mut buf = vec![0u8; TOTAL];
-        for _ in 0..rounds + 2 {
-            s.read_exact(&mut buf).expect("read");
-            s.write_all(&[1]).expect("ack");
-        }
-    });
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_nodelay(true).expect("nodelay");
-    let data = vec![7u8; TOTAL];
-    let mut t = Vec::new();
-    for i in 0..rounds + 2 {
-        let t0 = Instant::now();
-        s.write_all(&data).expect("write");
-        let mut ack = [0u8; 1];
-        s.read_exact(&mut ack).expect("ack");
-        if i >= 2 {
-            t.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    sink.join().expect("sink");
-    t.sort_by(f64::total_cmp);
-    TOTAL as f64 / t[t.len() / 2] / 1e9
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         println!("trans: bench");
@@ -117,16 +83,14 @@ fn main() {
         &common::lib_dir(),
     );
     let one = run_pair(&exe, "trans-bench-one", &[], &[]);
-    let raw = raw_tcp(15);
     let two = run_pair(
         &exe,
         "trans-bench-two",
         &[("SMEM_HOST_ID", "bench-host-a")],
         &[("SMEM_HOST_ID", "bench-host-b")],
     );
-    let raw2 = raw_tcp(15);
-    let raw = (raw + raw2) / 2.0;
     let mc = get(&one, "memcpy");
+    let raw = get(&two, "raw_tcp");
     println!("transfer engine, smem_trans_batch_write of 1024 x 16 KiB (medians of 15; GB/s)");
     println!("| path | contiguous | ratio | scattered | ratio | baseline |");
     println!("|---|---|---|---|---|---|");

@@ -33,7 +33,12 @@
 #include "smem_bm.h"
 #include "smem_trans.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sys/socket.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -158,6 +163,82 @@ static void *xalloc(size_t n)
     return p;
 }
 
+/* ---- raw TCP baseline (benchmark) ---- */
+
+#define RAW_CHUNK (16 * MIB)
+
+/* The benchmark server's raw TCP sink: reads RAW_CHUNK bytes, answers one byte, repeats. */
+static void *raw_sink(void *arg)
+{
+    int l = *(int *)arg;
+    int s = accept(l, NULL, NULL);
+    uint8_t *buf = (uint8_t *)malloc(RAW_CHUNK);
+    if (s < 0 || buf == NULL) return NULL;
+    for (;;) {
+        uint64_t got = 0;
+        while (got < RAW_CHUNK) {
+            ssize_t n = recv(s, buf + got, RAW_CHUNK - got, 0);
+            if (n <= 0) {
+                close(s);
+                free(buf);
+                return NULL;
+            }
+            got += (uint64_t)n;
+        }
+        if (send(s, "k", 1, MSG_NOSIGNAL) != 1) break;
+    }
+    close(s);
+    free(buf);
+    return NULL;
+}
+
+/* Starts the raw sink on 127.0.0.1, port 0; returns the port. */
+static int raw_listen(void)
+{
+    static int l;
+    static pthread_t t;
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    l = socket(AF_INET, SOCK_STREAM, 0);
+    if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 1) != 0 ||
+        getsockname(l, (struct sockaddr *)&a, &len) != 0)
+        DIE("raw sink socket");
+    if (pthread_create(&t, NULL, raw_sink, &l) != 0) DIE("raw sink thread");
+    pthread_detach(t);
+    return ntohs(a.sin_port);
+}
+
+static int raw_connect(int port)
+{
+    struct sockaddr_in a;
+    int one = 1, s = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)port);
+    if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) DIE("raw connect");
+    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return s;
+}
+
+/* Seconds to stream RAW_CHUNK bytes of `src` and get the sink's one-byte answer. */
+static double raw_round(int s, const uint8_t *src)
+{
+    double t0 = now_s();
+    uint64_t sent = 0;
+    char ack;
+    while (sent < RAW_CHUNK) {
+        ssize_t n = send(s, src + sent, RAW_CHUNK - sent, MSG_NOSIGNAL);
+        if (n <= 0) DIE("raw send");
+        sent += (uint64_t)n;
+    }
+    if (recv(s, &ack, 1, MSG_WAITALL) != 1) DIE("raw ack");
+    return now_s() - t0;
+}
+
 /* ---- server / victim ---- */
 
 static int serve(const char *url, const char *id, const char *dir, int host_store, int victim)
@@ -174,7 +255,8 @@ static int serve(const char *url, const char *id, const char *dir, int host_stor
     if (!victim && smem_trans_register_mem(h, r, RLEN, 0) != SM_OK) DIE("register R");
     fill(p, POOL, 1);
     fill(u, POOL, 2);
-    snprintf(buf, sizeof buf, "%p %p %p\n", (void *)p, (void *)u, (void *)r);
+    snprintf(buf, sizeof buf, "%p %p %p %d\n", (void *)p, (void *)u, (void *)r,
+             bench_server ? raw_listen() : 0);
     snprintf(name, sizeof name, "%s.addr", id);
     put_file(dir, name, buf);
     printf("serving\n");
@@ -535,7 +617,9 @@ static double time_4k(smem_trans_t h, const char *peer, const uint8_t *src, uint
  * 1024 x 16 KiB batch writes into the peer's pool memory and registered user memory, each
  * as contiguous entries (coalesced) and as scattered ones (every second 16 KiB block, in
  * reverse order: nothing to coalesce), next to a memcpy loop over the same entries (local
- * buffer to local buffer), all medians of ROUNDS, interleaved; then 4 KiB write latency.
+ * buffer to local buffer) and a raw loopback TCP stream of the same 16 MiB into the server
+ * process (acknowledged by one byte once all arrived), all medians of ROUNDS, interleaved;
+ * then 4 KiB write latency.
  */
 static int bench(const char *url, const char *id, const char *peer, const char *dir)
 {
@@ -547,11 +631,11 @@ static int bench(const char *url, const char *id, const char *peer, const char *
     static void *rp[N], *ru[N], *sp[N], *su[N];
     static size_t ss[N];
     char buf[256], name[160];
-    double mc[ROUNDS], pool, user, spool, suser;
-    int i, k;
+    double mc[ROUNDS], raw[ROUNDS], pool, user, spool, suser;
+    int i, k, port, rs;
     snprintf(name, sizeof name, "%s.addr", peer);
     if (get_file(dir, name, buf, sizeof buf) != 0) DIE("no %s", name);
-    if (sscanf(buf, "%p %p %p", (void **)&p, (void **)&u, (void **)&r) != 3) DIE("bad %s", buf);
+    if (sscanf(buf, "%p %p %p %d", (void **)&p, (void **)&u, (void **)&r, &port) != 4) DIE("bad %s", buf);
     h = start(url, id, 30, 0);
     src = (uint8_t *)xalloc(N * entry);
     copy = (uint8_t *)xalloc(N * entry);
@@ -565,6 +649,9 @@ static int bench(const char *url, const char *id, const char *peer, const char *
         su[i] = u + (uint64_t)(N - 1 - i) * entry;
         ss[i] = (size_t)entry;
     }
+    rs = raw_connect(port);
+    (void)raw_round(rs, src);
+    (void)raw_round(rs, src);
     /* warm up every path (maps the peer's memory, opens connections) */
     (void)time_batch(h, peer, ls, rp, ss, N, 2);
     (void)time_batch(h, peer, ls, ru, ss, N, 2);
@@ -576,6 +663,7 @@ static int bench(const char *url, const char *id, const char *peer, const char *
             double t0 = now_s();
             for (i = 0; i < N; i++) memcpy(copy + (uint64_t)(N - 1 - i) * entry, ls[i], entry);
             mc[k] = now_s() - t0;
+            raw[k] = raw_round(rs, src);
             tp[k] = time_batch(h, peer, ls, rp, ss, N, 1);
             tu[k] = time_batch(h, peer, ls, ru, ss, N, 1);
             tsp[k] = time_batch(h, peer, ls, sp, ss, N, 1);
@@ -586,7 +674,9 @@ static int bench(const char *url, const char *id, const char *peer, const char *
         spool = median(tsp, ROUNDS);
         suser = median(tsu, ROUNDS);
     }
+    close(rs);
     printf("bench memcpy %.3f\n", gbps(N * entry, median(mc, ROUNDS)));
+    printf("bench raw_tcp %.3f\n", gbps(N * entry, median(raw, ROUNDS)));
     printf("bench pool %.3f\n", gbps(N * entry, pool));
     printf("bench user %.3f\n", gbps(N * entry, user));
     printf("bench pool_scattered %.3f\n", gbps(N * entry, spool));
