@@ -154,6 +154,8 @@ struct ShmCtx {
     store: StoreClient,
     host_id: String,
     config: ShmConfig,
+    /// The device `deviceId` opened at init (held for the life of the runtime).
+    _device: Arc<dyn crate::device::Device>,
     /// World rank -> number of the store's latest report of its link down (reports of every
     /// rank numbered 1, 2, ... in arrival order): grows with each report of that rank, and the
     /// smallest among ranks reported since some point went down first.
@@ -279,6 +281,7 @@ pub fn shm_init(
             return Err(Error::invalid(format!("{what}: {name} is 0")));
         }
     }
+    super::reserved_zero(what, "config flags", config.flags)?;
     let parsed = super::parse_store_url(what, url)?;
     let args = InitArgs {
         url: url.to_owned(),
@@ -312,6 +315,9 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
     let deadline = started + config.init_timeout;
     let rank = args.rank;
     let host_id = crate::mem::host_identity()?;
+    // `deviceId` opens that device through the backend, as BM init does (acl: the device must
+    // exist; this process then uses it); the windows themselves are host memory.
+    let device = crate::device::select(args.device_id).map_err(|e| e.context(what))?;
     // The BM runtime of this process on the same store holds the rank and maybe the server.
     let bm = super::bm_store_user().filter(|(url, _)| *url == args.url);
     if let Some((_, bm_rank)) = &bm {
@@ -402,6 +408,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
         store: store.clone(),
         host_id,
         config: config.clone(),
+        _device: device,
         downs: Mutex::new(HashMap::new()),
         gc: start_gc(&store),
     });
@@ -951,7 +958,7 @@ pub fn shm_create(
     flags: u32,
 ) -> Result<(ShmHandle, u64)> {
     let what = format!("smem_shm_create {id}");
-    let _ = flags;
+    super::reserved_zero(&what, "flags", flags)?;
     let index = id as usize;
     if index >= SHM_OBJECTS_MAX {
         return Err(Error::invalid(format!(
@@ -977,6 +984,14 @@ pub fn shm_create(
         return Err(Error::invalid(format!(
             "{what}: dataOpType {data_op:#x} is not a non-empty set of SMEMS_DATA_OP_* bits"
         )));
+    }
+    if data_op & !shm_query_support_data_operation() != 0 {
+        return Err(Error::new(
+            ErrorCode::NotSupported,
+            format!(
+                "{what}: dataOpType {data_op:#x} asks for SMEMS_DATA_OP_ROCE, but SHM has no network engine in this build (windows of other hosts are unreachable); use MTE and/or SDMA (smem_shm_query_support_data_operation)"
+            ),
+        ));
     }
     // The span is reserved in one address space and each window is a file of `symmetricSize`
     // bytes: neither can reach 2^63 bytes.
@@ -1066,7 +1081,7 @@ fn lookup(handle: ShmHandle, what: &str) -> Result<Arc<ShmObject>> {
 /// `SM_INVALID_PARAM` for a malformed handle, `SM_OBJECT_NOT_EXISTS` for a destroyed one.
 pub fn shm_destroy(handle: ShmHandle, flags: u32) -> Result<()> {
     let what = "smem_shm_destroy";
-    let _ = flags;
+    super::reserved_zero(what, "flags", flags)?;
     let obj = match &mut *lock(&STATE) {
         State::Ready(ready) => ready.objects.remove(decode(handle, what)?).map_err(|_| {
             Error::new(
