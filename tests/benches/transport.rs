@@ -203,12 +203,21 @@ fn measure_all(url: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let mut raw_buf = vec![0x5au8; max as usize];
+    // 'w': one write of `n` bytes and an ack; 'W': the same request, its bytes written in
+    // BATCH_LEN pieces back to back (a stream of batch entries); 'r': read `n` bytes.
     let raw_op = std::cell::RefCell::new(move |op: u8, n: u64| {
-        let mut hdr = [op; 9];
+        let mut hdr = [if op == b'W' { b'w' } else { op }; 9];
         hdr[1..].copy_from_slice(&n.to_le_bytes());
         let data = &mut raw_buf[..n as usize];
-        if op == b'w' {
-            write_all_vectored(&mut raw, &hdr, data);
+        if op == b'w' || op == b'W' {
+            if op == b'W' {
+                raw.write_all(&hdr).expect("raw request");
+                for piece in data.chunks(BATCH_LEN as usize) {
+                    raw.write_all(piece).expect("raw write");
+                }
+            } else {
+                write_all_vectored(&mut raw, &hdr, data);
+            }
             let mut ack = [0u8; 1];
             raw.read_exact(&mut ack).expect("raw ack");
         } else {
@@ -285,7 +294,8 @@ const BATCH_LEN: u64 = 16 * KIB;
 
 /// `smem_bm_copy_batch` of [`BATCH_N`] x [`BATCH_LEN`] into / out of the remote window (one
 /// call, entries contiguous on both sides), next to the raw TCP stream moving the same
-/// 16 MiB (one request, one ack) and to a loop of [`BATCH_N`] single `smem_bm_copy` calls.
+/// 16 MiB (one request, its bytes written in 16 KiB pieces, one ack; reads: one request) and to
+/// a loop of [`BATCH_N`] single `smem_bm_copy` calls.
 fn batches(h: BmHandle, local: u64, remote: u64, raw: &dyn Fn(u8, u64)) {
     let total = BATCH_N as u64 * BATCH_LEN;
     let entries = |src: u64, dst: u64| -> Vec<BatchEntry> {
@@ -311,7 +321,7 @@ fn batches(h: BmHandle, local: u64, remote: u64, raw: &dyn Fn(u8, u64)) {
         total,
         &mut [
             &mut || batch(local, remote, H2G),
-            &mut || raw(b'w', total),
+            &mut || raw(b'W', total),
             &mut || singles(local, remote, H2G),
             &mut || batch(remote, local, G2H),
             &mut || raw(b'r', total),
