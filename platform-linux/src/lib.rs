@@ -10,6 +10,7 @@
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
 compile_error!("smem-linux needs 64-bit Linux");
 
+pub mod collective;
 pub mod device;
 pub mod error;
 pub mod logging;

@@ -14,6 +14,7 @@ pub mod copy;
 pub mod dl;
 pub mod fd;
 pub mod fork;
+pub mod futex;
 pub mod mman;
 pub mod net;
 
