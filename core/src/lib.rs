@@ -18,6 +18,7 @@ pub mod ctl_segment;
 pub mod error;
 pub mod gva;
 pub mod limits;
+pub mod store;
 pub mod table;
 pub mod url;
 pub mod wire;
