@@ -156,7 +156,9 @@ struct ShmCtx {
     config: ShmConfig,
     /// The device `deviceId` opened at init (held for the life of the runtime).
     _device: Arc<dyn crate::device::Device>,
-    /// World rank -> how many times the store reported its link down.
+    /// World rank -> number of the store's latest report of its link down (reports of every
+    /// rank numbered 1, 2, ... in arrival order): grows with each report of that rank, and the
+    /// smallest among ranks reported since some point went down first.
     downs: Mutex<HashMap<u32, u64>>,
     /// Keys of finished control operations, removed by the `smem-shm-gc` thread off the
     /// critical path (`None`: that thread could not start; removals run inline).
@@ -417,7 +419,9 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
             .spawn(move || {
                 while let Ok(r) = rx.recv() {
                     debug!("SHM: the store reports rank {r} down");
-                    *lock(&c.downs).entry(r).or_insert(0) += 1;
+                    let mut downs = lock(&c.downs);
+                    let n = downs.values().max().map_or(1, |m| m + 1);
+                    downs.insert(r, n);
                 }
             })
             .ok()
