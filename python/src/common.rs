@@ -179,21 +179,6 @@ fn create_config_store(py: Python<'_>, store_url: &str) -> i32 {
     }
 }
 
-/// Whether this process already hosts a store at `url` (through `create_config_store`).
-pub(crate) fn hosts_store(url: &str) -> bool {
-    let Ok(url) = StoreUrl::parse(url) else { return false };
-    STORES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .iter()
-        .any(|s| s.local_addr() == url.addr)
-}
-
-/// Hosts a store at `url` unless this process already does; `create_config_store`'s status.
-pub(crate) fn ensure_store(py: Python<'_>, url: &str) -> i32 {
-    if hosts_store(url) { 0 } else { create_config_store(py, url) }
-}
-
 /// Registers the top-level functions.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(initialize, m)?)?;

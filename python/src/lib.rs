@@ -21,6 +21,10 @@ mod common;
 mod error;
 mod ffi;
 mod shm;
+#[cfg(feature = "trans")]
+mod trans;
+#[cfg(not(feature = "trans"))]
+#[path = "trans_stub.rs"]
 mod trans;
 
 use pyo3::prelude::*;
