@@ -32,7 +32,6 @@ get_and_clear_last_err_msg = _native.get_and_clear_last_err_msg
 set_ssl_option = _native.set_ssl_option
 set_conf_store_tls = _native.set_conf_store_tls
 create_config_store = _native.create_config_store
-TransferEngine = _native.TransferEngine
 
 
 class TransferOpcode(_IntEnum):
@@ -50,6 +49,13 @@ class TransDataOpType(_IntEnum):
     HOST_RDMA = 1 << 1
     HOST_TCP = 1 << 2
     DEVICE_RDMA = 1 << 3
+
+
+class TransferEngine(_native.TransferEngine):
+    __doc__ = _native.TransferEngine.__doc__
+    #: The reference's callers reach the enums through the class.
+    TransDataOpType = TransDataOpType
+    TransferOpcode = TransferOpcode
 
 
 @_atexit.register

@@ -68,7 +68,12 @@ impl Address {
 
 /// Checks every entry of a batch (`addrs[i]` holds `lens[i]` bytes, writable when `write`) and
 /// returns the plain addresses.
-pub(crate) fn checked_all(addrs: &[Address], lens: &[u64], write: bool, what: &str) -> PyResult<Vec<u64>> {
+pub(crate) fn checked_all(
+    addrs: &[Address],
+    lens: &[u64],
+    write: bool,
+    what: &str,
+) -> PyResult<Vec<u64>> {
     if addrs.len() != lens.len() {
         return Err(PyValueError::new_err(format!(
             "{what}: {} addresses but {} sizes",

@@ -32,7 +32,8 @@ fn config_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let mut c = std::mem::MaybeUninit::<smem::smem_bm_config_t>::zeroed();
     let at = c.as_mut_ptr() as usize;
     // SAFETY: `at` points to writable memory of the size of `smem_bm_config_t`.
-    let rc = py.allow_threads(|| unsafe { smem::smem_bm_config_init(at as *mut smem::smem_bm_config_t) });
+    let rc = py
+        .allow_threads(|| unsafe { smem::smem_bm_config_init(at as *mut smem::smem_bm_config_t) });
     if rc != 0 {
         return Err(error::from_c_failure(py, "smem_bm_config_init"));
     }
@@ -54,7 +55,8 @@ fn config_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 
 /// Reads a `BmConfig` (any object with its attributes) into the C struct.
 fn c_config(config: &Bound<'_, PyAny>) -> PyResult<smem::smem_bm_config_t> {
-    let flag = |name: &str| -> PyResult<u8> { Ok(u8::from(config.getattr(name)?.extract::<bool>()?)) };
+    let flag =
+        |name: &str| -> PyResult<u8> { Ok(u8::from(config.getattr(name)?.extract::<bool>()?)) };
     Ok(smem::smem_bm_config_t {
         initTimeout: config.getattr("init_timeout")?.extract()?,
         createTimeout: config.getattr("create_timeout")?.extract()?,
@@ -80,13 +82,24 @@ fn c_config(config: &Bound<'_, PyAny>) -> PyResult<smem::smem_bm_config_t> {
 /// Returns:
 ///     0 if successful, else a negative SM_* code (see smem.get_last_err_msg()).
 #[pyfunction]
-fn initialize(py: Python<'_>, store_url: &str, world_size: u32, device_id: u16, config: &Bound<'_, PyAny>) -> PyResult<i32> {
+fn initialize(
+    py: Python<'_>,
+    store_url: &str,
+    world_size: u32,
+    device_id: u16,
+    config: &Bound<'_, PyAny>,
+) -> PyResult<i32> {
     let url = c_string(store_url, "store_url")?;
     let cfg = c_config(config)?;
     let (u, c) = (url.as_ptr() as usize, &raw const cfg as usize);
     // SAFETY: `u` is a NUL-terminated string and `c` a valid config, both alive for the call.
     let rc = py.allow_threads(|| unsafe {
-        smem::smem_bm_init(u as *const _, world_size, device_id, c as *const smem::smem_bm_config_t)
+        smem::smem_bm_init(
+            u as *const _,
+            world_size,
+            device_id,
+            c as *const smem::smem_bm_config_t,
+        )
     });
     if rc == 0 {
         WORLD_SIZE.store(world_size, Ordering::Relaxed);
@@ -123,7 +136,14 @@ fn bm_rank_id(py: Python<'_>) -> u32 {
 ///     a BigMemory; raises smem.SmemError on failure.
 #[pyfunction]
 #[pyo3(signature = (id, local_dram_size, local_hbm_size = 0, data_op_type = 1, flags = 0))]
-fn create(py: Python<'_>, id: u32, local_dram_size: u64, local_hbm_size: u64, data_op_type: u32, flags: u32) -> PyResult<BigMemory> {
+fn create(
+    py: Python<'_>,
+    id: u32,
+    local_dram_size: u64,
+    local_hbm_size: u64,
+    data_op_type: u32,
+    flags: u32,
+) -> PyResult<BigMemory> {
     let members = WORLD_SIZE.load(Ordering::Relaxed);
     if members == 0 {
         return Err(error::binding_failure(
@@ -134,7 +154,14 @@ fn create(py: Python<'_>, id: u32, local_dram_size: u64, local_hbm_size: u64, da
     }
     // SAFETY: plain integer arguments.
     let h = py.allow_threads(|| unsafe {
-        smem::smem_bm_create(id, members, data_op_type, local_dram_size, local_hbm_size, flags) as usize
+        smem::smem_bm_create(
+            id,
+            members,
+            data_op_type,
+            local_dram_size,
+            local_hbm_size,
+            flags,
+        ) as usize
     });
     if h == 0 {
         return Err(error::from_c_failure(py, "smem_bm_create"));
@@ -206,7 +233,9 @@ impl BigMemory {
     fn leave(&self, py: Python<'_>, flags: u32) -> i32 {
         let h = self.handle;
         // SAFETY: plain arguments; a stale handle is a clean error.
-        error::status(py.allow_threads(|| unsafe { smem::smem_bm_leave(h as smem::smem_bm_t, flags) }))
+        error::status(
+            py.allow_threads(|| unsafe { smem::smem_bm_leave(h as smem::smem_bm_t, flags) }),
+        )
     }
 
     /// Bytes of the given part this rank contributes (after rounding to 2 MiB).
@@ -215,7 +244,9 @@ impl BigMemory {
     ///     mem_type (BmMemType): DEVICE (the HBM part, default) or HOST (the DRAM part)
     #[pyo3(signature = (mem_type = MEM_DEVICE))]
     fn local_mem_size(&self, mem_type: u32) -> PyResult<u64> {
-        let (_, len) = self.part(mem_type).ok_or_else(|| PyValueError::new_err(format!("unknown BmMemType {mem_type}")))?;
+        let (_, len) = self
+            .part(mem_type)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown BmMemType {mem_type}")))?;
         Ok(len)
     }
 
@@ -227,10 +258,14 @@ impl BigMemory {
     ///     mem_type (BmMemType): DEVICE (default) or HOST
     #[pyo3(signature = (peer_rank, mem_type = MEM_DEVICE))]
     fn peer_rank_ptr(&self, py: Python<'_>, peer_rank: u16, mem_type: u32) -> PyResult<u64> {
-        let (off, _) = self.part(mem_type).ok_or_else(|| PyValueError::new_err(format!("unknown BmMemType {mem_type}")))?;
+        let (off, _) = self
+            .part(mem_type)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown BmMemType {mem_type}")))?;
         let h = self.handle;
         // SAFETY: plain arguments; a stale handle is a clean error (NULL).
-        let p = py.allow_threads(|| unsafe { smem::smem_bm_ptr(h as smem::smem_bm_t, peer_rank) as usize }) as u64;
+        let p = py.allow_threads(|| unsafe {
+            smem::smem_bm_ptr(h as smem::smem_bm_t, peer_rank) as usize
+        }) as u64;
         if p == 0 {
             error::clear_binding_error();
             return Ok(0);
@@ -250,9 +285,22 @@ impl BigMemory {
     /// Returns:
     ///     0 if successful, else a negative SM_* code.
     #[pyo3(signature = (src_ptr, dst_ptr, size, r#type, flags = 0, stream = 0))]
-    fn copy_data(&self, py: Python<'_>, src_ptr: Address, dst_ptr: Address, size: u64, r#type: u32, flags: u32, stream: u64) -> PyResult<i32> {
+    #[allow(clippy::too_many_arguments)]
+    fn copy_data(
+        &self,
+        py: Python<'_>,
+        src_ptr: Address,
+        dst_ptr: Address,
+        size: u64,
+        r#type: u32,
+        flags: u32,
+        stream: u64,
+    ) -> PyResult<i32> {
         if stream != 0 {
-            error::set_binding_error(SM_NOT_SUPPORTED, "copy_data: a device stream needs the acl backend; pass stream=0");
+            error::set_binding_error(
+                SM_NOT_SUPPORTED,
+                "copy_data: a device stream needs the acl backend; pass stream=0",
+            );
             return Ok(SM_NOT_SUPPORTED);
         }
         let src = src_ptr.checked(size, false, "src_ptr")?;
@@ -261,7 +309,14 @@ impl BigMemory {
         // SAFETY: the C call checks the window side of the range; the local side is memory the
         // caller named (a buffer argument was checked above and is held until we return).
         let rc = py.allow_threads(|| unsafe {
-            smem::smem_bm_copy(h as smem::smem_bm_t, src as *const c_void, dst as *mut c_void, size, r#type, flags)
+            smem::smem_bm_copy(
+                h as smem::smem_bm_t,
+                src as *const c_void,
+                dst as *mut c_void,
+                size,
+                r#type,
+                flags,
+            )
         });
         Ok(error::status(rc))
     }
@@ -285,7 +340,10 @@ impl BigMemory {
         stream: u64,
     ) -> PyResult<i32> {
         if stream != 0 {
-            error::set_binding_error(SM_NOT_SUPPORTED, "copy_data_batch: a device stream needs the acl backend; pass stream=0");
+            error::set_binding_error(
+                SM_NOT_SUPPORTED,
+                "copy_data_batch: a device stream needs the acl backend; pass stream=0",
+            );
             return Ok(SM_NOT_SUPPORTED);
         }
         if count > sizes.len() || count > src_addrs.len() || count > dst_addrs.len() || count == 0 {
@@ -368,7 +426,16 @@ fn batch_copy(h: usize, src: &[u64], dst: &[u64], sizes: &[u64], t: u32, flags: 
     for ((&s, &d), &n) in src.iter().zip(dst).zip(sizes) {
         // SAFETY: as in `copy_data`: the C call checks the window side, the caller named the
         // local side.
-        let rc = unsafe { smem::smem_bm_copy(h as smem::smem_bm_t, s as *const c_void, d as *mut c_void, n, t, flags) };
+        let rc = unsafe {
+            smem::smem_bm_copy(
+                h as smem::smem_bm_t,
+                s as *const c_void,
+                d as *mut c_void,
+                n,
+                t,
+                flags,
+            )
+        };
         if rc != 0 {
             return rc;
         }

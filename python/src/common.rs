@@ -62,10 +62,15 @@ fn set_log_level(py: Python<'_>, level: i32) -> i32 {
 fn set_extern_logger(py: Python<'_>, log_fn: Option<Bound<'_, PyAny>>) -> PyResult<i32> {
     if let Some(f) = &log_fn {
         if !f.is_callable() {
-            return Err(PyTypeError::new_err("log_fn must be callable (level: int, message: str) or None"));
+            return Err(PyTypeError::new_err(
+                "log_fn must be callable (level: int, message: str) or None",
+            ));
         }
     }
-    Ok(error::status(ffi::set_logger(py, log_fn.map(Bound::unbind))))
+    Ok(error::status(ffi::set_logger(
+        py,
+        log_fn.map(Bound::unbind),
+    )))
 }
 
 /// Get the last error message of this thread (empty string if none).
@@ -122,7 +127,8 @@ fn set_ssl_option(
     let at = &raw const option as usize;
     // SAFETY: `at` points to a valid `smem_tls_option` whose strings (`ca` ...) are alive and
     // NUL-terminated for the whole call; the C function copies what it keeps.
-    let rc = py.allow_threads(|| unsafe { smem::smem_set_ssl_option(at as *const smem::smem_tls_option) });
+    let rc = py
+        .allow_threads(|| unsafe { smem::smem_set_ssl_option(at as *const smem::smem_tls_option) });
     Ok(error::status(rc))
 }
 
@@ -160,7 +166,9 @@ fn create_config_store(py: Python<'_>, store_url: &str) -> i32 {
         Err(e) => {
             error::set_binding_error(
                 SM_INVALID_PARAM,
-                &format!("create_config_store: bad store_url {store_url:?}: {e} (expected tcp://ip:port)"),
+                &format!(
+                    "create_config_store: bad store_url {store_url:?}: {e} (expected tcp://ip:port)"
+                ),
             );
             return SM_INVALID_PARAM;
         }
@@ -168,12 +176,18 @@ fn create_config_store(py: Python<'_>, store_url: &str) -> i32 {
     match py.allow_threads(|| StoreServer::start(ServerConfig::new(url.addr))) {
         Ok(server) => {
             log::info!(target: "smem::python", "create_config_store: serving at {}", server.local_addr());
-            STORES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(server);
+            STORES
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(server);
             0
         }
         Err(e) => {
             let code = e.code().code();
-            error::set_binding_error(code, &format!("create_config_store({store_url}): {}", e.message()));
+            error::set_binding_error(
+                code,
+                &format!("create_config_store({store_url}): {}", e.message()),
+            );
             code
         }
     }
@@ -192,4 +206,3 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(create_config_store, m)?)?;
     Ok(())
 }
-

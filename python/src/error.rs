@@ -37,8 +37,18 @@ pub(crate) fn clear_binding_error() {
 
 /// The last error of this thread: the binding's own if newer, else the C library's.
 pub(crate) fn last_error_message(clear: bool) -> String {
-    let own = BINDING_ERROR.with(|e| if clear { e.borrow_mut().take() } else { e.borrow().clone() });
-    let c = if clear { ffi::last_c_error_and_clear() } else { ffi::last_c_error() };
+    let own = BINDING_ERROR.with(|e| {
+        if clear {
+            e.borrow_mut().take()
+        } else {
+            e.borrow().clone()
+        }
+    });
+    let c = if clear {
+        ffi::last_c_error_and_clear()
+    } else {
+        ffi::last_c_error()
+    };
     own.unwrap_or(c)
 }
 
@@ -90,7 +100,11 @@ pub(crate) fn smem_error(py: Python<'_>, code: i32, msg: String) -> PyErr {
 pub(crate) fn from_c_failure(py: Python<'_>, what: &str) -> PyErr {
     clear_binding_error();
     let msg = ffi::last_c_error();
-    let msg = if msg.is_empty() { format!("{what} failed (no message) [SM_ERROR]") } else { msg };
+    let msg = if msg.is_empty() {
+        format!("{what} failed (no message) [SM_ERROR]")
+    } else {
+        msg
+    };
     smem_error(py, code_of_message(&msg), msg)
 }
 

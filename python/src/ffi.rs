@@ -92,7 +92,9 @@ static LOGGER: Mutex<Option<Py<PyAny>>> = Mutex::new(None);
 pub(crate) fn set_logger(py: Python<'_>, func: Option<Py<PyAny>>) -> i32 {
     let install = func.is_some();
     let old = std::mem::replace(
-        &mut *LOGGER.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        &mut *LOGGER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
         func,
     );
     // Dropped after the lock is released: a `__del__` it runs may log.

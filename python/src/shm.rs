@@ -14,7 +14,9 @@ fn config_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let mut c = std::mem::MaybeUninit::<smem::smem_shm_config_t>::zeroed();
     let at = c.as_mut_ptr() as usize;
     // SAFETY: `at` points to writable memory of the size of `smem_shm_config_t`.
-    let rc = py.allow_threads(|| unsafe { smem::smem_shm_config_init(at as *mut smem::smem_shm_config_t) });
+    let rc = py.allow_threads(|| unsafe {
+        smem::smem_shm_config_init(at as *mut smem::smem_shm_config_t)
+    });
     if rc != 0 {
         return Err(error::from_c_failure(py, "smem_shm_config_init"));
     }
@@ -50,13 +52,26 @@ fn c_config(config: &Bound<'_, PyAny>) -> PyResult<smem::smem_shm_config_t> {
 /// Returns:
 ///     0 if successful, else a negative SM_* code.
 #[pyfunction]
-fn initialize(py: Python<'_>, store_url: &str, world_size: u32, rank_id: u32, device_id: u16, config: &Bound<'_, PyAny>) -> PyResult<i32> {
+fn initialize(
+    py: Python<'_>,
+    store_url: &str,
+    world_size: u32,
+    rank_id: u32,
+    device_id: u16,
+    config: &Bound<'_, PyAny>,
+) -> PyResult<i32> {
     let url = c_string(store_url, "store_url")?;
     let mut cfg = c_config(config)?;
     let (u, c) = (url.as_ptr() as usize, &raw mut cfg as usize);
     // SAFETY: `u` is a NUL-terminated string and `c` a valid config, both alive for the call.
     let rc = py.allow_threads(|| unsafe {
-        smem::smem_shm_init(u as *const _, world_size, rank_id, device_id, c as *mut smem::smem_shm_config_t)
+        smem::smem_shm_init(
+            u as *const _,
+            world_size,
+            rank_id,
+            device_id,
+            c as *mut smem::smem_shm_config_t,
+        )
     });
     Ok(error::status(rc))
 }
@@ -81,17 +96,39 @@ fn uninitialize(py: Python<'_>, flags: u32) {
 ///     a ShareMemory; raises smem.SmemError on failure.
 #[pyfunction]
 #[pyo3(signature = (id, rank_size, rank_id, local_mem_size, data_op_type = 1, flags = 0))]
-fn create(py: Python<'_>, id: u32, rank_size: u32, rank_id: u32, local_mem_size: u64, data_op_type: u32, flags: u32) -> PyResult<ShareMemory> {
+fn create(
+    py: Python<'_>,
+    id: u32,
+    rank_size: u32,
+    rank_id: u32,
+    local_mem_size: u64,
+    data_op_type: u32,
+    flags: u32,
+) -> PyResult<ShareMemory> {
     let mut gva: usize = 0;
     let out = &raw mut gva as usize;
     // SAFETY: `out` points to a writable pointer-sized local alive for the call.
     let h = py.allow_threads(|| unsafe {
-        smem::smem_shm_create(id, rank_size, rank_id, local_mem_size, data_op_type, flags, out as *mut *mut c_void) as usize
+        smem::smem_shm_create(
+            id,
+            rank_size,
+            rank_id,
+            local_mem_size,
+            data_op_type,
+            flags,
+            out as *mut *mut c_void,
+        ) as usize
     });
     if h == 0 {
         return Err(error::from_c_failure(py, "smem_shm_create"));
     }
-    Ok(ShareMemory { handle: h, gva: gva as u64, local_rank: rank_id, rank_size, destroyed: false })
+    Ok(ShareMemory {
+        handle: h,
+        gva: gva as u64,
+        local_rank: rank_id,
+        rank_size,
+        destroyed: false,
+    })
 }
 
 /// A shm object: rank r's window is gva + r * local_mem_size, mapped read/write in every
@@ -159,7 +196,9 @@ impl ShareMemory {
         }
         let h = self.h();
         // SAFETY: a handle from `smem_shm_create`, destroyed once.
-        error::status(py.allow_threads(|| unsafe { smem::smem_shm_destroy(h as smem::smem_shm_t, flags) }))
+        error::status(
+            py.allow_threads(|| unsafe { smem::smem_shm_destroy(h as smem::smem_shm_t, flags) }),
+        )
     }
 
     /// Barrier over the object's ranks (`smem_shm_control_barrier`).
@@ -169,7 +208,9 @@ impl ShareMemory {
     fn barrier(&self, py: Python<'_>) -> i32 {
         let h = self.h();
         // SAFETY: plain argument; a stale handle is a clean error.
-        error::status(py.allow_threads(|| unsafe { smem::smem_shm_control_barrier(h as smem::smem_shm_t) }))
+        error::status(
+            py.allow_threads(|| unsafe { smem::smem_shm_control_barrier(h as smem::smem_shm_t) }),
+        )
     }
 
     /// All-gather (`smem_shm_control_allgather`): every rank gives the same number of bytes
@@ -179,14 +220,28 @@ impl ShareMemory {
         let send = u32::try_from(local_data.len()).unwrap_or(u32::MAX);
         let total = u64::from(send) * u64::from(self.rank_size);
         let Ok(recv) = u32::try_from(total) else {
-            return Err(error::binding_failure(py, SM_INVALID_PARAM, &format!("all_gather: {total} bytes in all is too large")));
+            return Err(error::binding_failure(
+                py,
+                SM_INVALID_PARAM,
+                &format!("all_gather: {total} bytes in all is too large"),
+            ));
         };
         let mut out = vec![0u8; recv as usize];
-        let (h, s, r) = (self.h(), local_data.as_ptr() as usize, out.as_mut_ptr() as usize);
+        let (h, s, r) = (
+            self.h(),
+            local_data.as_ptr() as usize,
+            out.as_mut_ptr() as usize,
+        );
         // SAFETY: `s` points to `send` readable bytes and `r` to `recv` writable bytes, both
         // alive for the call.
         let rc = py.allow_threads(|| unsafe {
-            smem::smem_shm_control_allgather(h as smem::smem_shm_t, s as *const _, send, r as *mut _, recv)
+            smem::smem_shm_control_allgather(
+                h as smem::smem_shm_t,
+                s as *const _,
+                send,
+                r as *mut _,
+                recv,
+            )
         });
         if rc != 0 {
             return Err(error::from_c_failure(py, "smem_shm_control_allgather"));

@@ -27,7 +27,8 @@ fn role_of(role: &str) -> Option<u32> {
 
 /// A `usize` of an address (the C API takes `size_t` sizes and pointers).
 fn usize_of(v: u64, what: &str) -> PyResult<usize> {
-    usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{what} {v} does not fit a size_t")))
+    usize::try_from(v)
+        .map_err(|_| PyValueError::new_err(format!("{what} {v} does not fit a size_t")))
 }
 
 /// Read or write.
@@ -60,7 +61,9 @@ impl TransferEngine {
         if self.handle == 0 {
             error::set_binding_error(
                 SM_NOT_INITIALIZED,
-                &format!("TransferEngine.{what}: call initialize(store_url, session_id, role, device_id) first"),
+                &format!(
+                    "TransferEngine.{what}: call initialize(store_url, session_id, role, device_id) first"
+                ),
             );
             let _ = py;
             return Err(SM_NOT_INITIALIZED);
@@ -88,7 +91,11 @@ impl TransferEngine {
         let local: Address = buffer.extract()?;
         let l = local.checked(length, dir == Dir::Read, "buffer")?;
         let peer = c_string(dest_session, "dest_session")?;
-        let (l, r, n) = (usize_of(l, "buffer")?, usize_of(peer_buffer, "peer_buffer")?, usize_of(length, "length")?);
+        let (l, r, n) = (
+            usize_of(l, "buffer")?,
+            usize_of(peer_buffer, "peer_buffer")?,
+            usize_of(length, "length")?,
+        );
         let s = stream.map(|s| usize_of(s, "stream")).transpose()?;
         let p = peer.as_ptr() as usize;
         let th = h as smem::smem_trans_t;
@@ -98,14 +105,30 @@ impl TransferEngine {
         let rc = py.allow_threads(|| unsafe {
             let peer = p as *const c_char;
             match (dir, s) {
-                (Dir::Write, None) => smem::smem_trans_write(th, l as *const c_void, peer, r as *mut c_void, n, flags),
-                (Dir::Read, None) => smem::smem_trans_read(th, l as *mut c_void, peer, r as *const c_void, n, flags),
-                (Dir::Write, Some(s)) => {
-                    smem::smem_trans_write_submit(th, l as *const c_void, peer, r as *mut c_void, n, s as *mut c_void, flags)
+                (Dir::Write, None) => {
+                    smem::smem_trans_write(th, l as *const c_void, peer, r as *mut c_void, n, flags)
                 }
-                (Dir::Read, Some(s)) => {
-                    smem::smem_trans_read_submit(th, l as *mut c_void, peer, r as *const c_void, n, s as *mut c_void, flags)
+                (Dir::Read, None) => {
+                    smem::smem_trans_read(th, l as *mut c_void, peer, r as *const c_void, n, flags)
                 }
+                (Dir::Write, Some(s)) => smem::smem_trans_write_submit(
+                    th,
+                    l as *const c_void,
+                    peer,
+                    r as *mut c_void,
+                    n,
+                    s as *mut c_void,
+                    flags,
+                ),
+                (Dir::Read, Some(s)) => smem::smem_trans_read_submit(
+                    th,
+                    l as *mut c_void,
+                    peer,
+                    r as *const c_void,
+                    n,
+                    s as *mut c_void,
+                    flags,
+                ),
             }
         });
         if rc == 0 && stream.is_some() && matches!(local, Address::Buf(_)) {
@@ -142,14 +165,28 @@ impl TransferEngine {
         }
         let l = addr::checked_all(&locals, &lengths, dir == Dir::Read, "buffers")?;
         let Ok(count) = u32::try_from(l.len()) else {
-            error::set_binding_error(SM_INVALID_PARAM, &format!("a batch of {} entries is too large", l.len()));
+            error::set_binding_error(
+                SM_INVALID_PARAM,
+                &format!("a batch of {} entries is too large", l.len()),
+            );
             return Ok(SM_INVALID_PARAM);
         };
-        let to_usize = |v: &[u64], what: &str| -> PyResult<Vec<usize>> { v.iter().map(|&x| usize_of(x, what)).collect() };
-        let (l, mut r, mut n) = (to_usize(&l, "buffers")?, to_usize(&peer_buffers, "peer_buffers")?, to_usize(&lengths, "lengths")?);
+        let to_usize = |v: &[u64], what: &str| -> PyResult<Vec<usize>> {
+            v.iter().map(|&x| usize_of(x, what)).collect()
+        };
+        let (l, mut r, mut n) = (
+            to_usize(&l, "buffers")?,
+            to_usize(&peer_buffers, "peer_buffers")?,
+            to_usize(&lengths, "lengths")?,
+        );
         let s = stream.map(|s| usize_of(s, "stream")).transpose()?;
         let peer = c_string(dest_session, "dest_session")?;
-        let (p, la, ra, na) = (peer.as_ptr() as usize, l.as_ptr() as usize, r.as_mut_ptr() as usize, n.as_mut_ptr() as usize);
+        let (p, la, ra, na) = (
+            peer.as_ptr() as usize,
+            l.as_ptr() as usize,
+            r.as_mut_ptr() as usize,
+            n.as_mut_ptr() as usize,
+        );
         let th = h as smem::smem_trans_t;
         // SAFETY: `la`, `ra`, `na` point to `count` pointer-sized entries each (`usize` has the
         // layout of a pointer), alive for the call; `p` is a NUL-terminated string; the local
@@ -159,8 +196,24 @@ impl TransferEngine {
             let peer = p as *const c_char;
             let sizes = na as *mut usize;
             match (dir, s) {
-                (Dir::Write, None) => smem::smem_trans_batch_write(th, la as *const *const c_void, peer, ra as *mut *mut c_void, sizes, count, flags),
-                (Dir::Read, None) => smem::smem_trans_batch_read(th, la as *mut *mut c_void, peer, ra as *const *const c_void, sizes, count, flags),
+                (Dir::Write, None) => smem::smem_trans_batch_write(
+                    th,
+                    la as *const *const c_void,
+                    peer,
+                    ra as *mut *mut c_void,
+                    sizes,
+                    count,
+                    flags,
+                ),
+                (Dir::Read, None) => smem::smem_trans_batch_read(
+                    th,
+                    la as *mut *mut c_void,
+                    peer,
+                    ra as *const *const c_void,
+                    sizes,
+                    count,
+                    flags,
+                ),
                 (Dir::Write, Some(s)) => smem::smem_trans_batch_write_submit(
                     th,
                     la as *const *const c_void,
@@ -194,13 +247,24 @@ impl TransferEngine {
     }
 
     /// Registers one range; keeps a buffer's owner alive while registered.
-    fn register_one(&mut self, py: Python<'_>, h: usize, obj: &Bound<'_, PyAny>, capacity: u64) -> PyResult<i32> {
+    fn register_one(
+        &mut self,
+        py: Python<'_>,
+        h: usize,
+        obj: &Bound<'_, PyAny>,
+        capacity: u64,
+    ) -> PyResult<i32> {
         let a: Address = obj.extract()?;
         let at = a.checked(capacity, false, "buffer_addr")?;
-        let (p, n) = (usize_of(at, "buffer_addr")?, usize_of(capacity, "capacity")?);
+        let (p, n) = (
+            usize_of(at, "buffer_addr")?,
+            usize_of(capacity, "capacity")?,
+        );
         // SAFETY: registration records the range; the caller keeps the memory valid while it is
         // registered (a buffer's owner is kept alive below).
-        let rc = py.allow_threads(|| unsafe { smem::smem_trans_register_mem(h as smem::smem_trans_t, p as *mut c_void, n, 0) });
+        let rc = py.allow_threads(|| unsafe {
+            smem::smem_trans_register_mem(h as smem::smem_trans_t, p as *mut c_void, n, 0)
+        });
         if rc == 0 && matches!(a, Address::Buf(_)) {
             self.owners.insert(at, obj.clone().unbind());
         }
@@ -212,7 +276,13 @@ impl TransferEngine {
 impl TransferEngine {
     #[new]
     fn new() -> Self {
-        Self { handle: 0, session: String::new(), rpc_port: 0, owners: HashMap::new(), pending: Vec::new() }
+        Self {
+            handle: 0,
+            session: String::new(),
+            rpc_port: 0,
+            owners: HashMap::new(),
+            pending: Vec::new(),
+        }
     }
 
     /// Create the engine (smem_trans_init + smem_trans_create) and join the group of engines
@@ -243,18 +313,34 @@ impl TransferEngine {
     ) -> PyResult<i32> {
         let _ = (store_server_role, nic);
         if self.handle != 0 {
-            error::set_binding_error(SM_REPEAT_CALL, &format!("TransferEngine.initialize: already initialized as {:?}", self.session));
+            error::set_binding_error(
+                SM_REPEAT_CALL,
+                &format!(
+                    "TransferEngine.initialize: already initialized as {:?}",
+                    self.session
+                ),
+            );
             return Ok(SM_REPEAT_CALL);
         }
         let Some(role_value) = role_of(role) else {
-            error::set_binding_error(SM_INVALID_PARAM, &format!("TransferEngine.initialize: role {role:?} is not \"Prefill\", \"Decode\" or \"Both\""));
+            error::set_binding_error(
+                SM_INVALID_PARAM,
+                &format!(
+                    "TransferEngine.initialize: role {role:?} is not \"Prefill\", \"Decode\" or \"Both\""
+                ),
+            );
             return Ok(SM_INVALID_PARAM);
         };
-        let (url, id) = (c_string(store_url, "store_url")?, c_string(session_id, "session_id")?);
+        let (url, id) = (
+            c_string(store_url, "store_url")?,
+            c_string(session_id, "session_id")?,
+        );
         let mut cfg = std::mem::MaybeUninit::<smem::smem_trans_config_t>::zeroed();
         let at = cfg.as_mut_ptr() as usize;
         // SAFETY: `at` points to writable memory of the size of `smem_trans_config_t`.
-        let rc = py.allow_threads(|| unsafe { smem::smem_trans_config_init(at as *mut smem::smem_trans_config_t) });
+        let rc = py.allow_threads(|| unsafe {
+            smem::smem_trans_config_init(at as *mut smem::smem_trans_config_t)
+        });
         if rc != 0 {
             return Ok(error::status(rc));
         }
@@ -265,7 +351,9 @@ impl TransferEngine {
         cfg.dataOpType = data_op_type | HOST_TCP;
         let c = &raw const cfg as usize;
         // SAFETY: `c` points to a valid config alive for the call.
-        let rc = py.allow_threads(|| unsafe { smem::smem_trans_init(c as *const smem::smem_trans_config_t) });
+        let rc = py.allow_threads(|| unsafe {
+            smem::smem_trans_init(c as *const smem::smem_trans_config_t)
+        });
         // Process-wide: a second engine of this process may have other settings.
         if rc != 0 && rc != SM_REPEAT_CALL {
             return Ok(error::status(rc));
@@ -274,7 +362,11 @@ impl TransferEngine {
         // SAFETY: `u` and `i` are NUL-terminated strings and `c` a valid config, all alive for
         // the call.
         let h = py.allow_threads(|| unsafe {
-            smem::smem_trans_create(u as *const c_char, i as *const c_char, c as *const smem::smem_trans_config_t) as usize
+            smem::smem_trans_create(
+                u as *const c_char,
+                i as *const c_char,
+                c as *const smem::smem_trans_config_t,
+            ) as usize
         });
         if h == 0 {
             error::clear_binding_error();
@@ -288,12 +380,20 @@ impl TransferEngine {
     /// The port of this engine's session id ("ip:port"); before initialize, a free TCP port
     /// picked once, to build a session id from.
     fn get_rpc_port(&mut self) -> PyResult<u16> {
-        if let Some(port) = self.session.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()) {
+        if let Some(port) = self
+            .session
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+        {
             return Ok(port);
         }
         if self.rpc_port == 0 {
-            let l = TcpListener::bind(("0.0.0.0", 0)).map_err(|e| PyValueError::new_err(format!("get_rpc_port: {e}")))?;
-            self.rpc_port = l.local_addr().map_err(|e| PyValueError::new_err(format!("get_rpc_port: {e}")))?.port();
+            let l = TcpListener::bind(("0.0.0.0", 0))
+                .map_err(|e| PyValueError::new_err(format!("get_rpc_port: {e}")))?;
+            self.rpc_port = l
+                .local_addr()
+                .map_err(|e| PyValueError::new_err(format!("get_rpc_port: {e}")))?
+                .port();
         }
         Ok(self.rpc_port)
     }
@@ -303,7 +403,12 @@ impl TransferEngine {
     ///
     /// Returns:
     ///     0 if successful, else a negative SM_* code.
-    fn register_memory(&mut self, py: Python<'_>, buffer_addr: &Bound<'_, PyAny>, capacity: u64) -> PyResult<i32> {
+    fn register_memory(
+        &mut self,
+        py: Python<'_>,
+        buffer_addr: &Bound<'_, PyAny>,
+        capacity: u64,
+    ) -> PyResult<i32> {
         match self.h(py, "register_memory") {
             Ok(h) => self.register_one(py, h, buffer_addr, capacity),
             Err(rc) => Ok(rc),
@@ -314,7 +419,12 @@ impl TransferEngine {
     ///
     /// Returns:
     ///     0 if successful, else a negative SM_* code.
-    fn batch_register_memory(&mut self, py: Python<'_>, buffer_addrs: Vec<Bound<'_, PyAny>>, capacities: Vec<u64>) -> PyResult<i32> {
+    fn batch_register_memory(
+        &mut self,
+        py: Python<'_>,
+        buffer_addrs: Vec<Bound<'_, PyAny>>,
+        capacities: Vec<u64>,
+    ) -> PyResult<i32> {
         let h = match self.h(py, "batch_register_memory") {
             Ok(h) => h,
             Err(rc) => return Ok(rc),
@@ -347,7 +457,9 @@ impl TransferEngine {
         let at = buffer_addr.value();
         let p = usize_of(at, "buffer_addr")?;
         // SAFETY: plain values; the C side looks the address up.
-        let rc = py.allow_threads(|| unsafe { smem::smem_trans_deregister_mem(h as smem::smem_trans_t, p as *mut c_void) });
+        let rc = py.allow_threads(|| unsafe {
+            smem::smem_trans_deregister_mem(h as smem::smem_trans_t, p as *mut c_void)
+        });
         if rc == 0 {
             self.owners.remove(&at);
         }
@@ -360,8 +472,25 @@ impl TransferEngine {
     /// Returns:
     ///     0 if successful, else a negative SM_* code.
     #[pyo3(signature = (dest_session, buffer, peer_buffer, length, flags = 0))]
-    fn transfer_sync_write(&mut self, py: Python<'_>, dest_session: &str, buffer: &Bound<'_, PyAny>, peer_buffer: u64, length: u64, flags: u32) -> PyResult<i32> {
-        self.one(py, Dir::Write, dest_session, buffer, peer_buffer, length, None, flags)
+    fn transfer_sync_write(
+        &mut self,
+        py: Python<'_>,
+        dest_session: &str,
+        buffer: &Bound<'_, PyAny>,
+        peer_buffer: u64,
+        length: u64,
+        flags: u32,
+    ) -> PyResult<i32> {
+        self.one(
+            py,
+            Dir::Write,
+            dest_session,
+            buffer,
+            peer_buffer,
+            length,
+            None,
+            flags,
+        )
     }
 
     /// Read length bytes from peer_buffer of the engine dest_session into buffer.
@@ -369,8 +498,25 @@ impl TransferEngine {
     /// Returns:
     ///     0 if successful, else a negative SM_* code.
     #[pyo3(signature = (dest_session, buffer, peer_buffer, length, flags = 0))]
-    fn transfer_sync_read(&mut self, py: Python<'_>, dest_session: &str, buffer: &Bound<'_, PyAny>, peer_buffer: u64, length: u64, flags: u32) -> PyResult<i32> {
-        self.one(py, Dir::Read, dest_session, buffer, peer_buffer, length, None, flags)
+    fn transfer_sync_read(
+        &mut self,
+        py: Python<'_>,
+        dest_session: &str,
+        buffer: &Bound<'_, PyAny>,
+        peer_buffer: u64,
+        length: u64,
+        flags: u32,
+    ) -> PyResult<i32> {
+        self.one(
+            py,
+            Dir::Read,
+            dest_session,
+            buffer,
+            peer_buffer,
+            length,
+            None,
+            flags,
+        )
     }
 
     /// Write many ranges to one engine: buffers[i] -> peer_buffers[i], lengths[i] bytes; all
@@ -388,7 +534,16 @@ impl TransferEngine {
         lengths: Vec<u64>,
         flags: u32,
     ) -> PyResult<i32> {
-        self.batch(py, Dir::Write, dest_session, buffers, peer_buffers, lengths, None, flags)
+        self.batch(
+            py,
+            Dir::Write,
+            dest_session,
+            buffers,
+            peer_buffers,
+            lengths,
+            None,
+            flags,
+        )
     }
 
     /// Read many ranges from one engine: peer_buffers[i] -> buffers[i], lengths[i] bytes.
@@ -405,7 +560,16 @@ impl TransferEngine {
         lengths: Vec<u64>,
         flags: u32,
     ) -> PyResult<i32> {
-        self.batch(py, Dir::Read, dest_session, buffers, peer_buffers, lengths, None, flags)
+        self.batch(
+            py,
+            Dir::Read,
+            dest_session,
+            buffers,
+            peer_buffers,
+            lengths,
+            None,
+            flags,
+        )
     }
 
     /// Queue a write (stream 0: on the engine; a device stream needs the acl backend); wait()
@@ -425,7 +589,16 @@ impl TransferEngine {
         stream: u64,
         flags: u32,
     ) -> PyResult<i32> {
-        self.one(py, Dir::Write, dest_session, buffer, peer_buffer, length, Some(stream), flags)
+        self.one(
+            py,
+            Dir::Write,
+            dest_session,
+            buffer,
+            peer_buffer,
+            length,
+            Some(stream),
+            flags,
+        )
     }
 
     /// Queue a read; wait() completes it (see transfer_async_write_submit).
@@ -444,7 +617,16 @@ impl TransferEngine {
         stream: u64,
         flags: u32,
     ) -> PyResult<i32> {
-        self.one(py, Dir::Read, dest_session, buffer, peer_buffer, length, Some(stream), flags)
+        self.one(
+            py,
+            Dir::Read,
+            dest_session,
+            buffer,
+            peer_buffer,
+            length,
+            Some(stream),
+            flags,
+        )
     }
 
     /// Queue a batch of writes; wait() completes it.
@@ -463,7 +645,16 @@ impl TransferEngine {
         stream: u64,
         flags: u32,
     ) -> PyResult<i32> {
-        self.batch(py, Dir::Write, dest_session, buffers, peer_buffers, lengths, Some(stream), flags)
+        self.batch(
+            py,
+            Dir::Write,
+            dest_session,
+            buffers,
+            peer_buffers,
+            lengths,
+            Some(stream),
+            flags,
+        )
     }
 
     /// Queue a batch of reads; wait() completes it.
@@ -482,7 +673,16 @@ impl TransferEngine {
         stream: u64,
         flags: u32,
     ) -> PyResult<i32> {
-        self.batch(py, Dir::Read, dest_session, buffers, peer_buffers, lengths, Some(stream), flags)
+        self.batch(
+            py,
+            Dir::Read,
+            dest_session,
+            buffers,
+            peer_buffers,
+            lengths,
+            Some(stream),
+            flags,
+        )
     }
 
     /// Wait until every transfer this thread queued on this engine is done (smem_trans_wait).
@@ -502,9 +702,16 @@ impl TransferEngine {
 
     /// Quantised batch writes are a device feature of the reference: SM_NOT_SUPPORTED here.
     #[pyo3(signature = (*args, **kwargs))]
-    fn batch_transfer_write_with_quant(&self, args: &Bound<'_, pyo3::types::PyTuple>, kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) -> i32 {
+    fn batch_transfer_write_with_quant(
+        &self,
+        args: &Bound<'_, pyo3::types::PyTuple>,
+        kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> i32 {
         let _ = (args, kwargs);
-        error::set_binding_error(SM_NOT_SUPPORTED, "batch_transfer_write_with_quant: quantised device transfers are not supported");
+        error::set_binding_error(
+            SM_NOT_SUPPORTED,
+            "batch_transfer_write_with_quant: quantised device transfers are not supported",
+        );
         SM_NOT_SUPPORTED
     }
 
@@ -548,4 +755,3 @@ impl Drop for TransferEngine {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<TransferEngine>()
 }
-

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use crate::error::{self, SM_NOT_SUPPORTED};
 
 /// Point-to-point reads and writes between named processes' registered memory.
-#[pyclass(module = "smem")]
+#[pyclass(module = "smem", subclass)]
 pub(crate) struct TransferEngine {}
 
 #[pymethods]
@@ -18,7 +18,12 @@ impl TransferEngine {
 
     /// Not available in this build: raises smem.SmemError(SM_NOT_SUPPORTED).
     #[pyo3(signature = (*args, **kwargs))]
-    fn initialize(&self, py: Python<'_>, args: &Bound<'_, pyo3::types::PyTuple>, kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) -> PyResult<i32> {
+    fn initialize(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, pyo3::types::PyTuple>,
+        kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyResult<i32> {
         let _ = (args, kwargs);
         Err(error::binding_failure(
             py,
