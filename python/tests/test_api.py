@@ -169,3 +169,12 @@ def test_argument_names_match_the_reference():
             theirs = ref[path + "." + n]
             # Ours may add trailing optional parameters; the reference's come first, in order.
             assert ours[: len(theirs)] == theirs, f"{path}.{n}: ours {ours}, reference {theirs}"
+
+
+def test_a_program_written_for_the_reference_runs_unchanged():
+    """tests/reference_program.py uses only memfabric_hybrid's surface (import line aside):
+    BM with 2 ranks, SHM with 3 ranks, a TransferEngine pair, in its own processes."""
+    prog = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_program.py")
+    out = subprocess.run([sys.executable, prog], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr[-4000:]
+    assert "bm: 2 ranks OK" in out.stdout and "shm: 3 ranks OK" in out.stdout and "te: transfer engine pair OK" in out.stdout
