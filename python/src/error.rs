@@ -14,6 +14,8 @@ use crate::ffi;
 pub(crate) const SM_ERROR: i32 = ErrorCode::Error.code();
 /// `SM_INVALID_PARAM`.
 pub(crate) const SM_INVALID_PARAM: i32 = ErrorCode::InvalidParam.code();
+/// `SM_REPEAT_CALL`.
+pub(crate) const SM_REPEAT_CALL: i32 = ErrorCode::RepeatCall.code();
 /// `SM_NOT_INITIALIZED`.
 pub(crate) const SM_NOT_INITIALIZED: i32 = ErrorCode::NotInitialized.code();
 /// `SM_NOT_SUPPORTED`.

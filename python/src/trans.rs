@@ -98,11 +98,11 @@ impl TransferEngine {
         );
         let s = stream.map(|s| usize_of(s, "stream")).transpose()?;
         let p = peer.as_ptr() as usize;
-        let th = h as smem::smem_trans_t;
         // SAFETY: `p` is a NUL-terminated string alive for the call; the local range is memory
         // the caller named (a buffer argument was checked above and is held until we return,
         // or until `wait` for a queued transfer); the remote range is checked by its owner.
         let rc = py.allow_threads(|| unsafe {
+            let th = h as smem::smem_trans_t;
             let peer = p as *const c_char;
             match (dir, s) {
                 (Dir::Write, None) => {
@@ -187,12 +187,12 @@ impl TransferEngine {
             r.as_mut_ptr() as usize,
             n.as_mut_ptr() as usize,
         );
-        let th = h as smem::smem_trans_t;
         // SAFETY: `la`, `ra`, `na` point to `count` pointer-sized entries each (`usize` has the
         // layout of a pointer), alive for the call; `p` is a NUL-terminated string; the local
         // ranges are memory the caller named (buffers checked above and held until we return,
         // or until `wait` when queued); remote ranges are checked by their owner.
         let rc = py.allow_threads(|| unsafe {
+            let th = h as smem::smem_trans_t;
             let peer = p as *const c_char;
             let sizes = na as *mut usize;
             match (dir, s) {

@@ -7,14 +7,14 @@ from conftest import report
 
 WAIT_S = 60
 SLOT = 64 << 10  # one block slot of the decode buffer
-SLOTS = 192
+SLOTS = 256
 SIZES = (16 << 10, 32 << 10, 48 << 10, 64 << 10)  # block sizes, cycled
 
 
 def plan(batch):
-    """(slot ids, sizes) of a batch: 64 blocks of 16-64 KiB in a shuffled order."""
-    rng = np.random.default_rng(100 + batch)
-    slots = rng.permutation(SLOTS)[:64] if batch < 3 else np.arange(64)
+    """(slot ids, sizes) of a batch: 64 blocks of 16-64 KiB to scattered slots, each batch
+    to its own slots."""
+    slots = np.random.default_rng(100).permutation(SLOTS)[64 * batch : 64 * (batch + 1)]
     return [int(s) for s in slots], [SIZES[i % len(SIZES)] for i in range(64)]
 
 
