@@ -778,6 +778,7 @@ impl State {
 }
 
 /// Runs one input. Panics (the fuzzer's crash) when an invariant is broken.
+#[allow(clippy::disallowed_methods)] // The driver's own state lock, not a lock of smem.
 pub(crate) fn run(data: &[u8]) {
     let mut guard = STATE
         .lock()

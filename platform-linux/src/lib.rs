@@ -16,6 +16,7 @@ pub mod logging;
 pub mod mem;
 pub mod runtime;
 pub mod store;
+pub mod sync;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tls;

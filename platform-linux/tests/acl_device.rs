@@ -23,6 +23,7 @@ const ROLE: &str = "ACL_TEST_ROLE";
 
 /// The stub's directory layout: `<dir>/lib64/libascendcl.so` (full) and
 /// `<dir>/partial/lib64/libascendcl.so` (no `aclrtIpcMemClose`).
+#[allow(clippy::disallowed_methods)] // The test's own cell, not a lock of smem.
 fn stub_home() -> &'static Path {
     static HOME: OnceLock<PathBuf> = OnceLock::new();
     HOME.get_or_init(|| {

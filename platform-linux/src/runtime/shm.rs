@@ -86,6 +86,7 @@ use super::Found;
 use super::object::{AgreeNs, Departed, Proposal, WindowRecord, agree_gva, rank_list};
 use crate::mem::{HostSegment, Reservation, SegmentKind};
 use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer};
+use crate::sync::{Held, lock, once};
 use crate::{Error, Result};
 
 /// `SMEMS_DATA_OP_MTE`: loads / stores (same host).
@@ -210,10 +211,6 @@ enum State {
 
 static STATE: Mutex<State> = Mutex::new(State::Uninit);
 static ATFORK: Once = Once::new();
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
@@ -1300,7 +1297,7 @@ pub fn shm_symmetric_size(handle: ShmHandle) -> Result<u64> {
 }
 
 thread_local! {
-    static FORK_GUARD: RefCell<Option<MutexGuard<'static, State>>> = const { RefCell::new(None) };
+    static FORK_GUARD: RefCell<Option<Held<MutexGuard<'static, State>>>> = const { RefCell::new(None) };
 }
 
 extern "C" fn fork_prepare() {
@@ -1322,7 +1319,7 @@ extern "C" fn fork_child() {
 }
 
 fn register_atfork() {
-    ATFORK.call_once(|| {
+    once(&ATFORK, || {
         if let Err(e) = crate::sys::fork::register_atfork(
             Some(fork_prepare),
             Some(fork_parent),
