@@ -1,7 +1,9 @@
 //! `smem.bm`: BM pools (SPEC 2.2, 6.1) with the reference's `memfabric_hybrid.bm` surface.
 
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::ThreadId;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -18,6 +20,8 @@ const MEM_LOCAL_DEVICE: u32 = 0;
 const MEM_LOCAL_HOST: u32 = 1;
 const MEM_DEVICE: u32 = 2;
 const MEM_HOST: u32 = 3;
+/// `SMEM_ASYNC_COPY_FLAG`.
+const ASYNC_COPY_FLAG: u32 = smem::SMEM_ASYNC_COPY_FLAG;
 
 /// `world_size` of the last successful `bm.initialize`: `create` makes a pool over all ranks.
 static WORLD_SIZE: AtomicU32 = AtomicU32::new(0);
@@ -171,6 +175,8 @@ fn create(
         dram: round_part(local_dram_size),
         hbm: round_part(local_hbm_size),
         destroyed: false,
+        owners: HashMap::new(),
+        pending: HashMap::new(),
     })
 }
 
@@ -185,6 +191,10 @@ pub(crate) struct BigMemory {
     hbm: u64,
     /// Set by `destroy`.
     destroyed: bool,
+    /// Objects whose buffers are registered (`register`), by address: kept alive meanwhile.
+    owners: HashMap<u64, Py<PyAny>>,
+    /// Objects whose buffers queued copies use, per issuing thread: kept alive until `wait`.
+    pending: HashMap<ThreadId, Vec<Py<PyAny>>>,
 }
 
 impl BigMemory {
@@ -197,13 +207,30 @@ impl BigMemory {
         }
     }
 
-    fn not_supported(py: Python<'_>, what: &str) -> PyErr {
-        error::binding_failure(
-            py,
-            SM_NOT_SUPPORTED,
-            &format!("BigMemory.{what}: not available in this build of libsmem (SPEC 6.1 pending)"),
-        )
+    /// Keeps the buffer objects of a queued copy alive until this thread's `wait`.
+    fn keep(&mut self, flags: u32, objs: &[(&Bound<'_, PyAny>, &Address)]) {
+        if flags & ASYNC_COPY_FLAG == 0 {
+            return;
+        }
+        let held = self.pending.entry(std::thread::current().id()).or_default();
+        for (o, a) in objs {
+            if matches!(a, Address::Buf(_)) {
+                held.push((*o).clone().unbind());
+            }
+        }
     }
+}
+
+/// A device stream is an acl-backend feature: `SM_NOT_SUPPORTED` otherwise.
+fn no_stream(stream: u64, what: &str) -> Option<i32> {
+    if stream == 0 {
+        return None;
+    }
+    error::set_binding_error(
+        SM_NOT_SUPPORTED,
+        &format!("{what}: a device stream needs the acl backend; pass stream=0"),
+    );
+    Some(SM_NOT_SUPPORTED)
 }
 
 #[pymethods]
@@ -274,40 +301,39 @@ impl BigMemory {
     }
 
     /// Copy size bytes (`smem_bm_copy`). Addresses are ints or buffer-protocol objects (their
-    /// first byte); the copy is complete and visible to the peers on return.
+    /// first byte); without SMEM_ASYNC_COPY_FLAG the copy is complete and visible to the peers
+    /// on return, with it wait() completes it (buffers are kept alive until then).
     ///
     /// Arguments:
     ///     src_ptr, dst_ptr: source and destination (a GVA or local memory, by type)
     ///     size (int): bytes
     ///     type (BmCopyType): L2G, G2L, G2H, H2G or G2G
-    ///     flags (int): 0 or SMEM_ASYNC_COPY_FLAG (then wait() completes it)
+    ///     flags (int): 0 or SMEM_ASYNC_COPY_FLAG
     ///     stream (int): device stream; only 0 here
     /// Returns:
-    ///     0 if successful, else a negative SM_* code.
+    ///     0 if successful (queued with the flag), else a negative SM_* code.
     #[pyo3(signature = (src_ptr, dst_ptr, size, r#type, flags = 0, stream = 0))]
     #[allow(clippy::too_many_arguments)]
     fn copy_data(
-        &self,
+        &mut self,
         py: Python<'_>,
-        src_ptr: Address,
-        dst_ptr: Address,
+        src_ptr: &Bound<'_, PyAny>,
+        dst_ptr: &Bound<'_, PyAny>,
         size: u64,
         r#type: u32,
         flags: u32,
         stream: u64,
     ) -> PyResult<i32> {
-        if stream != 0 {
-            error::set_binding_error(
-                SM_NOT_SUPPORTED,
-                "copy_data: a device stream needs the acl backend; pass stream=0",
-            );
-            return Ok(SM_NOT_SUPPORTED);
+        if let Some(rc) = no_stream(stream, "copy_data") {
+            return Ok(rc);
         }
-        let src = src_ptr.checked(size, false, "src_ptr")?;
-        let dst = dst_ptr.checked(size, true, "dst_ptr")?;
+        let (sa, da): (Address, Address) = (src_ptr.extract()?, dst_ptr.extract()?);
+        let src = sa.checked(size, false, "src_ptr")?;
+        let dst = da.checked(size, true, "dst_ptr")?;
         let h = self.handle;
         // SAFETY: the C call checks the window side of the range; the local side is memory the
-        // caller named (a buffer argument was checked above and is held until we return).
+        // caller named (a buffer argument was checked above and is held until we return, or
+        // until `wait` for a queued copy).
         let rc = py.allow_threads(|| unsafe {
             smem::smem_bm_copy(
                 h as smem::smem_bm_t,
@@ -318,84 +344,142 @@ impl BigMemory {
                 flags,
             )
         });
+        if rc == 0 {
+            self.keep(flags, &[(src_ptr, &sa), (dst_ptr, &da)]);
+        }
         Ok(error::status(rc))
     }
 
-    /// Copy count independent ranges of one type: src_addrs[i] -> dst_addrs[i], sizes[i] bytes.
-    /// Every entry is checked before any byte moves.
+    /// Copy count independent ranges of one type (`smem_bm_copy_batch`): src_addrs[i] ->
+    /// dst_addrs[i], sizes[i] bytes. Every entry is checked before any byte moves; entries to
+    /// one peer travel together (coalesced, pipelined).
     ///
     /// Returns:
-    ///     0 if successful, else a negative SM_* code.
+    ///     0 if successful (queued with SMEM_ASYNC_COPY_FLAG), else a negative SM_* code.
     #[pyo3(signature = (src_addrs, dst_addrs, sizes, count, r#type, flags = 0, stream = 0))]
     #[allow(clippy::too_many_arguments)]
     fn copy_data_batch(
-        &self,
+        &mut self,
         py: Python<'_>,
-        src_addrs: Vec<Address>,
-        dst_addrs: Vec<Address>,
+        src_addrs: Vec<Bound<'_, PyAny>>,
+        dst_addrs: Vec<Bound<'_, PyAny>>,
         sizes: Vec<u64>,
         count: usize,
         r#type: u32,
         flags: u32,
         stream: u64,
     ) -> PyResult<i32> {
-        if stream != 0 {
-            error::set_binding_error(
-                SM_NOT_SUPPORTED,
-                "copy_data_batch: a device stream needs the acl backend; pass stream=0",
-            );
-            return Ok(SM_NOT_SUPPORTED);
+        if let Some(rc) = no_stream(stream, "copy_data_batch") {
+            return Ok(rc);
         }
-        if count > sizes.len() || count > src_addrs.len() || count > dst_addrs.len() || count == 0 {
+        let lens = (src_addrs.len(), dst_addrs.len(), sizes.len());
+        let Some(batch) = u32::try_from(count)
+            .ok()
+            .filter(|_| count >= 1 && count <= lens.0.min(lens.1).min(lens.2))
+        else {
             error::set_binding_error(
                 SM_INVALID_PARAM,
-                &format!(
-                    "copy_data_batch: count {count} must be 1..= the list lengths ({}, {}, {})",
-                    src_addrs.len(),
-                    dst_addrs.len(),
-                    sizes.len()
-                ),
+                &format!("copy_data_batch: count {count} must be 1..= the list lengths {lens:?}"),
             );
             return Ok(SM_INVALID_PARAM);
+        };
+        let (src_objs, dst_objs, sizes) =
+            (&src_addrs[..count], &dst_addrs[..count], &sizes[..count]);
+        let sa: Vec<Address> = src_objs
+            .iter()
+            .map(|o| o.extract())
+            .collect::<PyResult<_>>()?;
+        let da: Vec<Address> = dst_objs
+            .iter()
+            .map(|o| o.extract())
+            .collect::<PyResult<_>>()?;
+        let mut src = addr::checked_all(&sa, sizes, false, "src_addrs")?;
+        let mut dst = addr::checked_all(&da, sizes, true, "dst_addrs")?;
+        let params = smem::smem_batch_copy_params {
+            sources: src.as_mut_ptr().cast(),
+            destinations: dst.as_mut_ptr().cast(),
+            dataSizes: sizes.as_ptr(),
+            batchSize: batch,
+        };
+        let (h, at) = (self.handle, &raw const params as usize);
+        // SAFETY: `at` points to params whose three arrays hold `batch` u64 entries each (a u64
+        // has the layout of a pointer on the 64-bit targets we build for), alive for the call;
+        // local sides are memory the caller named (buffers checked above and held until we
+        // return, or until `wait` for queued copies).
+        let rc = py.allow_threads(|| unsafe {
+            smem::smem_bm_copy_batch(
+                h as smem::smem_bm_t,
+                at as *mut smem::smem_batch_copy_params,
+                r#type,
+                flags,
+            )
+        });
+        if rc == 0 {
+            let objs: Vec<_> = src_objs
+                .iter()
+                .zip(&sa)
+                .chain(dst_objs.iter().zip(&da))
+                .collect();
+            self.keep(flags, &objs);
         }
-        let sizes = &sizes[..count];
-        let src = addr::checked_all(&src_addrs[..count], sizes, false, "src_addrs")?;
-        let dst = addr::checked_all(&dst_addrs[..count], sizes, true, "dst_addrs")?;
-        let h = self.handle;
-        let rc = py.allow_threads(|| batch_copy(h, &src, &dst, sizes, r#type, flags));
         Ok(error::status(rc))
     }
 
-    /// The rank whose window holds gva; UINT32_MAX (4294967295) otherwise.
-    fn get_rank_id_by_gva(&self, py: Python<'_>, gva: Address) -> PyResult<u32> {
-        let _ = gva.value();
-        Err(Self::not_supported(py, "get_rank_id_by_gva"))
+    /// The rank whose window holds gva (`smem_bm_get_rank_id_by_gva`); UINT32_MAX
+    /// (4294967295) otherwise.
+    fn get_rank_id_by_gva(&self, py: Python<'_>, gva: Address) -> u32 {
+        let (h, g) = (self.handle, gva.value());
+        // SAFETY: plain values; the address is only compared, never dereferenced.
+        py.allow_threads(|| unsafe {
+            smem::smem_bm_get_rank_id_by_gva(h as smem::smem_bm_t, g as *mut c_void)
+        })
     }
 
-    /// Register [addr, addr+size) of this process as a local side of copies.
+    /// Register [addr, addr+size) of this process (`smem_bm_register_user_mem`) as a local
+    /// side of copies; a buffer-protocol object is kept alive while registered.
     ///
     /// Returns:
     ///     0 if successful, else a negative SM_* code.
-    fn register(&self, py: Python<'_>, addr: Address, size: u64) -> PyResult<i32> {
-        let _ = (addr.value(), size);
-        Err(Self::not_supported(py, "register"))
+    fn register(&mut self, py: Python<'_>, addr: &Bound<'_, PyAny>, size: u64) -> PyResult<i32> {
+        let a: Address = addr.extract()?;
+        let (h, at) = (self.handle, a.checked(size, false, "addr")?);
+        // SAFETY: plain values; registration records the range.
+        let rc = py.allow_threads(|| unsafe {
+            smem::smem_bm_register_user_mem(h as smem::smem_bm_t, at, size)
+        });
+        if rc == 0 && matches!(a, Address::Buf(_)) {
+            self.owners.insert(at, addr.clone().unbind());
+        }
+        Ok(error::status(rc))
     }
 
-    /// Withdraw a registration made by register().
+    /// Withdraw a registration made by register() (`smem_bm_unregister_user_mem`).
     ///
     /// Returns:
     ///     0 if successful, else a negative SM_* code.
-    fn unregister(&self, py: Python<'_>, addr: Address) -> PyResult<i32> {
-        let _ = addr.value();
-        Err(Self::not_supported(py, "unregister"))
+    fn unregister(&mut self, py: Python<'_>, addr: Address) -> i32 {
+        let (h, at) = (self.handle, addr.value());
+        // SAFETY: plain values.
+        let rc = py.allow_threads(|| unsafe {
+            smem::smem_bm_unregister_user_mem(h as smem::smem_bm_t, at)
+        });
+        if rc == 0 {
+            self.owners.remove(&at);
+        }
+        error::status(rc)
     }
 
-    /// Wait until every asynchronous copy this thread issued on this object is complete.
+    /// Wait until every copy this thread queued on this object (SMEM_ASYNC_COPY_FLAG) is
+    /// complete (`smem_bm_wait`).
     ///
     /// Returns:
     ///     0, or the first error among them.
-    fn wait(&self, py: Python<'_>) -> PyResult<i32> {
-        Err(Self::not_supported(py, "wait"))
+    fn wait(&mut self, py: Python<'_>) -> i32 {
+        let h = self.handle;
+        // SAFETY: plain handle; a stale one is a clean error.
+        let rc = py.allow_threads(|| unsafe { smem::smem_bm_wait(h as smem::smem_bm_t) });
+        self.pending.remove(&std::thread::current().id());
+        error::status(rc)
     }
 
     /// Destroy the object (`smem_bm_destroy`): leaves if joined and frees the local memory.
@@ -407,6 +491,8 @@ impl BigMemory {
         let h = self.handle;
         // SAFETY: a handle from `smem_bm_create`, destroyed once.
         py.allow_threads(|| unsafe { smem::smem_bm_destroy(h as smem::smem_bm_t) });
+        self.owners.clear();
+        self.pending.clear();
     }
 
     fn __repr__(&self) -> String {
@@ -418,29 +504,6 @@ impl BigMemory {
             if self.destroyed { " destroyed" } else { "" }
         )
     }
-}
-
-/// Copies a checked batch entry by entry (until `smem_bm_copy_batch` lands), stopping at the
-/// first error.
-fn batch_copy(h: usize, src: &[u64], dst: &[u64], sizes: &[u64], t: u32, flags: u32) -> i32 {
-    for ((&s, &d), &n) in src.iter().zip(dst).zip(sizes) {
-        // SAFETY: as in `copy_data`: the C call checks the window side, the caller named the
-        // local side.
-        let rc = unsafe {
-            smem::smem_bm_copy(
-                h as smem::smem_bm_t,
-                s as *const c_void,
-                d as *mut c_void,
-                n,
-                t,
-                flags,
-            )
-        };
-        if rc != 0 {
-            return rc;
-        }
-    }
-    0
 }
 
 /// Registers `_native.bm`.

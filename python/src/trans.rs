@@ -753,5 +753,6 @@ impl Drop for TransferEngine {
 
 /// Registers `TransferEngine`.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("HAS_TRANSFER_ENGINE", true)?;
     m.add_class::<TransferEngine>()
 }

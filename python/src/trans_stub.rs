@@ -35,5 +35,6 @@ impl TransferEngine {
 
 /// Registers `TransferEngine`.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("HAS_TRANSFER_ENGINE", false)?;
     m.add_class::<TransferEngine>()
 }

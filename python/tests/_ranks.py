@@ -78,6 +78,27 @@ def bm_rank(rank, world, url, barrier, q):
             else:
                 raise AssertionError(f"expected {exc.__name__}")
         assert pool.peer_rank_ptr(world, M.HOST) == 0
+        assert pool.copy_data(data, theirs, 8, T.H2G, 2) == smem.SM_INVALID_PARAM  # unknown flag
+
+        # SPEC 6.1: rank by GVA, registered user memory, asynchronous copies, G2G.
+        assert pool.get_rank_id_by_gva(theirs + 5) == peer and pool.get_rank_id_by_gva(mine) == rank
+        assert pool.get_rank_id_by_gva(16) == 0xFFFFFFFF
+        reg = np.zeros(MIB, dtype=np.uint8)
+        assert pool.register(reg, reg.nbytes) == 0, smem.get_last_err_msg()
+        assert pool.register(reg.ctypes.data + 4096, 4096) == smem.SM_INVALID_PARAM  # overlaps
+        assert pool.unregister(reg) == 0 and pool.unregister(reg) == smem.SM_OBJECT_NOT_EXISTS
+        flag = smem.bm.SMEM_ASYNC_COPY_FLAG
+        assert pool.copy_data(data, theirs + 2 * MIB, MIB, T.H2G, flag) == 0, smem.get_last_err_msg()
+        assert pool.copy_data_batch(srcs, [theirs + 3 * MIB + i * 16384 for i in range(64)], [16384] * 64, 64, T.H2G, flag) == 0
+        assert pool.wait() == 0, smem.get_last_err_msg()
+        back = bytearray(MIB)
+        assert pool.copy_data(theirs + 2 * MIB, back, MIB, T.G2H) == 0 and bytes(back) == data.tobytes()
+        assert pool.copy_data(theirs + 3 * MIB, back, MIB, T.G2H) == 0 and bytes(back) == bytes(blocks)
+        # G2G: this rank's window (written by the writer) into the peer's last 4 KiB.
+        assert pool.copy_data(mine, theirs + 4 * MIB - 4096, 4096, T.G2G) == 0, smem.get_last_err_msg()
+        last = bytearray(4096)
+        assert pool.copy_data(theirs + 4 * MIB - 4096, last, 4096, T.G2H) == 0
+        assert bytes(last) == expect[:4096].tobytes()
 
         barrier.wait(WAIT_S)  # nobody touches the windows any more
         assert pool.leave() == 0, smem.get_last_err_msg()
