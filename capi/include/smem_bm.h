@@ -77,7 +77,8 @@ int32_t smem_bm_config_init(smem_bm_config_t *config);
  * deviceId: the device whose HBM this process contributes.
  * config: required (NULL is SM_INVALID_PARAM: the defaults name no rank, so fill one with
  *   smem_bm_config_init and set rankId or autoRanking). Read during the call only; every
- *   field is honoured.
+ *   field is honoured or refused: unifiedAddressSpace = false and non-zero flags are
+ *   SM_INVALID_PARAM.
  * Checked here: storeURL non-NULL UTF-8; 1 <= worldSize <= SMEM_WORLD_SIZE_MAX; timeouts >= 1;
  *   rankId < worldSize unless autoRanking or startConfigStoreOnly (SM_INVALID_PARAM).
  * A second call while initialised: SM_OK if every argument (URL, worldSize, deviceId and each
@@ -102,7 +103,8 @@ uint32_t smem_bm_get_rank_id(void);
  * (1 <= memberSize <= worldSize) and allocates this rank's part: localDRAMSize bytes of
  * shareable host memory and localHBMSize bytes of device memory, each rounded up to 2 MiB; at
  * least one is non-zero, and every member must pass the same sizes (a mismatch fails at join).
- * dataOpType: a non-empty set of smem_bm_data_op_type bits. flags: reserved, pass 0.
+ * dataOpType: a non-empty set of smem_bm_data_op_type bits. flags: reserved, must be 0 (else
+ * SM_INVALID_PARAM).
  * Does not wait for the other members: the first creator picks the object's GVA range, later
  * ones adopt it. Bounded by createTimeout. Returns the handle, or NULL (last error set) on
  * failure: SM_INVALID_PARAM, SM_NOT_INITIALIZED, SM_DUPLICATED_OBJECT, SM_MALLOC_FAILED,
@@ -121,7 +123,7 @@ void smem_bm_destroy(smem_bm_t handle);
  * Makes this rank's window visible to the other members and maps theirs; on success writes
  * *localGvaAddress = base + rank*stride. When it returns, every member that joined earlier
  * reaches the new window and this rank reaches theirs; later joiners become visible without
- * further calls. Bounded by createTimeout. flags: reserved, pass 0.
+ * further calls. Bounded by createTimeout. flags: reserved, must be 0 (else SM_INVALID_PARAM).
  * Returns SM_OK; SM_INVALID_PARAM (NULL handle or localGvaAddress, size mismatch...),
  * SM_OBJECT_NOT_EXISTS (destroyed handle), SM_REPEAT_CALL (already joined), SM_TIMEOUT.
  */
@@ -130,7 +132,7 @@ int32_t smem_bm_join(smem_bm_t handle, uint32_t flags, void **localGvaAddress);
 /**
  * Withdraws this rank's window: when it returns, no other member touches it any more (their
  * copies into it fail cleanly with SM_OBJECT_NOT_EXISTS or SM_INVALID_PARAM). flags: reserved,
- * pass 0. Returns SM_OK; SM_INVALID_PARAM for NULL; SM_OBJECT_NOT_EXISTS if not joined.
+ * must be 0 (else SM_INVALID_PARAM). Returns SM_OK; SM_INVALID_PARAM for NULL; SM_OBJECT_NOT_EXISTS if not joined.
  */
 int32_t smem_bm_leave(smem_bm_t handle, uint32_t flags);
 

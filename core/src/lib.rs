@@ -14,9 +14,11 @@ extern crate std;
 
 pub mod bm;
 pub mod collective;
+pub mod ctl_segment;
 pub mod error;
 pub mod gva;
 pub mod limits;
+pub mod store;
 pub mod table;
 pub mod url;
 pub mod wire;

@@ -10,6 +10,7 @@
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
 compile_error!("smem-linux needs 64-bit Linux");
 
+pub mod collective;
 pub mod device;
 pub mod error;
 pub mod logging;
@@ -20,5 +21,6 @@ pub mod sync;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tls;
+pub mod trans;
 pub mod transport;
 pub use error::{Error, Result};

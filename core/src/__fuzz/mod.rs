@@ -5,6 +5,7 @@
 pub mod interleave;
 pub mod mem;
 pub mod store;
+pub mod trans;
 
 pub use interleave::collective_interleaved;
 

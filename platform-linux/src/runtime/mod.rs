@@ -18,10 +18,10 @@
 //! and the store key schedule.
 //! Windows of peers on other hosts stay reserved; objects created with `HOST_TCP` or `ROCE`
 //! reach them through the network transport ([`crate::transport`]), others get
-//! `SM_NOT_SUPPORTED` for them. `unifiedAddressSpace = false` is
-//! accepted and behaves like `true` (every member maps the pool at the same GVA anyway);
-//! `flags` and `dataOpType` do not change the same-host route (memory copy / device copy
-//! engine). The route is chosen per window at join (its atomic state): the copy path reads it
+//! `SM_NOT_SUPPORTED` for them. `unifiedAddressSpace = false` is refused with
+//! `SM_INVALID_PARAM` (every member maps the pool at the same GVA); reserved `flags` (config,
+//! create, join, leave) must be 0; `dataOpType` does not change the same-host route (memory
+//! copy / device copy engine). The route is chosen per window at join (its atomic state): the copy path reads it
 //! once, with no lookup beyond the object's table slot.
 //!
 //! # Locks
@@ -196,6 +196,17 @@ static OBJECTS: LazyLock<Mutex<Table<Arc<BmObject>, BM_OBJECTS_MAX>>> =
 static SLOTS: [Slot; BM_OBJECTS_MAX] = [const { RwLock::new(None) }; BM_OBJECTS_MAX];
 static CREATING: [AtomicBool; BM_OBJECTS_MAX] = [const { AtomicBool::new(false) }; BM_OBJECTS_MAX];
 static ATFORK: Once = Once::new();
+
+/// Refuses a non-zero reserved `flags` value: no bit has a meaning yet, and a bit a future
+/// version gives one must not be silently ignored by this one.
+pub(crate) fn reserved_zero(what: &str, name: &str, flags: u32) -> Result<()> {
+    if flags == 0 {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "{what}: {name} {flags:#x} are reserved and must be 0"
+    )))
+}
 
 fn not_initialized(what: &str) -> Error {
     Error::new(
@@ -422,6 +433,12 @@ pub fn bm_init(url: &str, world_size: u32, device_id: u16, config: &BmConfig) ->
             "{what}: worldSize {world_size} is outside 1..={WORLD_SIZE_MAX}"
         )));
     }
+    if !config.unified_address_space {
+        return Err(Error::invalid(format!(
+            "{what}: unifiedAddressSpace = false is not supported: every member maps each pool at the same GVA; set it to true (the default)"
+        )));
+    }
+    reserved_zero(what, "config flags", config.flags)?;
     let parsed = parse_store_url(what, url)?;
     let args = InitArgs {
         url: url.to_owned(),
@@ -717,7 +734,7 @@ pub fn bm_create(
     flags: u32,
 ) -> Result<BmHandle> {
     let what = format!("smem_bm_create {id}");
-    let _ = flags;
+    reserved_zero(&what, "flags", flags)?;
     let ctx = ready_ctx(&what)?;
     let index = id as usize;
     if index >= BM_OBJECTS_MAX {
@@ -827,13 +844,13 @@ pub fn bm_destroy(handle: BmHandle) -> Result<()> {
 
 /// `smem_bm_join`: returns this rank's window base (GVA).
 pub fn bm_join(handle: BmHandle, flags: u32) -> Result<u64> {
-    let _ = flags;
+    reserved_zero("smem_bm_join", "flags", flags)?;
     lookup(handle, "smem_bm_join")?.join()
 }
 
 /// `smem_bm_leave`.
 pub fn bm_leave(handle: BmHandle, flags: u32) -> Result<()> {
-    let _ = flags;
+    reserved_zero("smem_bm_leave", "flags", flags)?;
     lookup(handle, "smem_bm_leave")?.leave()
 }
 

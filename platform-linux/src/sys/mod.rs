@@ -14,8 +14,10 @@ pub mod copy;
 pub mod dl;
 pub mod fd;
 pub mod fork;
+pub mod futex;
 pub mod mman;
 pub mod net;
+pub mod peer;
 
 use std::io;
 

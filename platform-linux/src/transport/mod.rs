@@ -53,7 +53,8 @@ use std::time::Duration;
 
 use log::info;
 
-pub(crate) use self::tcp::{Pinned, Served, Transfer};
+pub(crate) use self::batch::Span;
+pub(crate) use self::tcp::{NO_RANK, Pinned, Served, Transfer};
 pub(crate) use self::wire::Op;
 use crate::Result;
 
