@@ -15,7 +15,6 @@ pub(crate) const SM_ERROR: i32 = ErrorCode::Error.code();
 /// `SM_INVALID_PARAM`.
 pub(crate) const SM_INVALID_PARAM: i32 = ErrorCode::InvalidParam.code();
 /// `SM_REPEAT_CALL`.
-#[cfg_attr(not(feature = "trans"), allow(dead_code))]
 pub(crate) const SM_REPEAT_CALL: i32 = ErrorCode::RepeatCall.code();
 /// `SM_NOT_INITIALIZED`.
 pub(crate) const SM_NOT_INITIALIZED: i32 = ErrorCode::NotInitialized.code();

@@ -10,8 +10,8 @@
 //! - addresses are `int`s, or any object with the buffer protocol (its first byte);
 //! - the GIL is released around every C call that may wait or copy.
 //!
-//! `unsafe` is confined to [`ffi`] (the C calls' pointer arguments and the buffer protocol);
-//! every block carries a `// SAFETY:` comment.
+//! `unsafe` appears at the C calls (their pointer arguments) and in [`ffi`] (the buffer
+//! protocol, C strings, the logger trampoline); every block carries a `// SAFETY:` comment.
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -21,10 +21,6 @@ mod common;
 mod error;
 mod ffi;
 mod shm;
-#[cfg(feature = "trans")]
-mod trans;
-#[cfg(not(feature = "trans"))]
-#[path = "trans_stub.rs"]
 mod trans;
 
 use pyo3::prelude::*;

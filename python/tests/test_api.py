@@ -156,7 +156,7 @@ print(json.dumps(out))
 
 
 def test_argument_names_match_the_reference():
-    parity = {k: v for k, v in PARITY.items() if k != "TransferEngine" or smem._native.HAS_TRANSFER_ENGINE}
+    parity = PARITY
     if not os.path.exists(REF_PYTHON):
         pytest.skip(f"the reference venv is not there ({REF_PYTHON}; scripts/test.sh creates it)")
     script = REF_SCRIPT.replace("json.loads(PARITY)", "json.loads(%r)" % json.dumps(parity))
@@ -176,9 +176,7 @@ def test_a_program_written_for_the_reference_runs_unchanged():
     """tests/reference_program.py uses only memfabric_hybrid's surface (import line aside):
     BM with 2 ranks, SHM with 3 ranks, a TransferEngine pair, in its own processes."""
     prog = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_program.py")
-    parts = ["bm", "shm"] + (["te"] if smem._native.HAS_TRANSFER_ENGINE else [])
-    out = subprocess.run([sys.executable, prog, *parts], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, prog], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr[-4000:]
     assert "bm: 2 ranks OK" in out.stdout and "shm: 3 ranks OK" in out.stdout
-    if "te" in parts:
-        assert "te: transfer engine pair OK" in out.stdout
+    assert "te: transfer engine pair OK" in out.stdout

@@ -3,16 +3,13 @@
 
 import multiprocessing as mp
 
-import pytest
-
 import _engines
 import smem
 from conftest import free_port, run_processes
 
 
 def test_transfer_engine_pair_moves_kv_blocks():
-    if not smem._native.HAS_TRANSFER_ENGINE:
-        pytest.skip("this build of libsmem has no transfer engine (smem_trans_*) yet")
+    assert smem._native.HAS_TRANSFER_ENGINE
     ctx = mp.get_context("spawn")
     url = f"tcp://127.0.0.1:{free_port()}"
     decode_id, prefill_id = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
