@@ -745,8 +745,13 @@ impl Drop for TransferEngine {
     fn drop(&mut self) {
         let h = std::mem::take(&mut self.handle);
         if h != 0 {
-            // SAFETY: a handle from `smem_trans_create`, destroyed once.
-            unsafe { smem::smem_trans_destroy(h as smem::smem_trans_t, 0) };
+            // Without the GIL: the engine's threads may be waiting for it to log.
+            Python::with_gil(|py| {
+                // SAFETY: a handle from `smem_trans_create`, destroyed once.
+                py.allow_threads(|| unsafe {
+                    smem::smem_trans_destroy(h as smem::smem_trans_t, 0)
+                });
+            });
         }
     }
 }
