@@ -19,8 +19,10 @@
  *       batch-writes 256 x 16 KiB into PEER's P or U in a loop, printing "looping" after the
  *       first success; exits 0 when a call fails with SM_IO_ERROR naming PEER (printing how
  *       long that call took), 1 on another failure, 3 when nothing failed within 60 s.
+ *   trans benchserver URL ID DIR
+ *       a server (hosting the store) for the benchmark: no byte checks at the end.
  *   trans bench URL ID PEER DIR
- *       benchmark client (see capi/benches/trans.rs): prints "bench NAME GBPS" lines.
+ *       benchmark client (see capi/benches/trans.rs): prints "bench NAME VALUE" lines.
  *
  * Synchronisation goes through files in DIR (written whole, then renamed) and the store (a
  * peer is looked up until it appears); every wait has a deadline.
@@ -31,7 +33,12 @@
 #include "smem_bm.h"
 #include "smem_trans.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sys/socket.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +68,7 @@ static void sleep_ms(long ms)
 }
 
 static int fails = 0;
+static int bench_server = 0; /* the server of a benchmark: no byte checks at the end */
 
 #define CHECK(cond, ...)                                                                   \
     do {                                                                                   \
@@ -155,6 +163,82 @@ static void *xalloc(size_t n)
     return p;
 }
 
+/* ---- raw TCP baseline (benchmark) ---- */
+
+#define RAW_CHUNK (16 * MIB)
+
+/* The benchmark server's raw TCP sink: reads RAW_CHUNK bytes, answers one byte, repeats. */
+static void *raw_sink(void *arg)
+{
+    int l = *(int *)arg;
+    int s = accept(l, NULL, NULL);
+    uint8_t *buf = (uint8_t *)malloc(RAW_CHUNK);
+    if (s < 0 || buf == NULL) return NULL;
+    for (;;) {
+        uint64_t got = 0;
+        while (got < RAW_CHUNK) {
+            ssize_t n = recv(s, buf + got, RAW_CHUNK - got, 0);
+            if (n <= 0) {
+                close(s);
+                free(buf);
+                return NULL;
+            }
+            got += (uint64_t)n;
+        }
+        if (send(s, "k", 1, MSG_NOSIGNAL) != 1) break;
+    }
+    close(s);
+    free(buf);
+    return NULL;
+}
+
+/* Starts the raw sink on 127.0.0.1, port 0; returns the port. */
+static int raw_listen(void)
+{
+    static int l;
+    static pthread_t t;
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    l = socket(AF_INET, SOCK_STREAM, 0);
+    if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 1) != 0 ||
+        getsockname(l, (struct sockaddr *)&a, &len) != 0)
+        DIE("raw sink socket");
+    if (pthread_create(&t, NULL, raw_sink, &l) != 0) DIE("raw sink thread");
+    pthread_detach(t);
+    return ntohs(a.sin_port);
+}
+
+static int raw_connect(int port)
+{
+    struct sockaddr_in a;
+    int one = 1, s = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)port);
+    if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) DIE("raw connect");
+    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return s;
+}
+
+/* Seconds to stream RAW_CHUNK bytes of `src` and get the sink's one-byte answer. */
+static double raw_round(int s, const uint8_t *src)
+{
+    double t0 = now_s();
+    uint64_t sent = 0;
+    char ack;
+    while (sent < RAW_CHUNK) {
+        ssize_t n = send(s, src + sent, RAW_CHUNK - sent, MSG_NOSIGNAL);
+        if (n <= 0) DIE("raw send");
+        sent += (uint64_t)n;
+    }
+    if (recv(s, &ack, 1, MSG_WAITALL) != 1) DIE("raw ack");
+    return now_s() - t0;
+}
+
 /* ---- server / victim ---- */
 
 static int serve(const char *url, const char *id, const char *dir, int host_store, int victim)
@@ -171,7 +255,8 @@ static int serve(const char *url, const char *id, const char *dir, int host_stor
     if (!victim && smem_trans_register_mem(h, r, RLEN, 0) != SM_OK) DIE("register R");
     fill(p, POOL, 1);
     fill(u, POOL, 2);
-    snprintf(buf, sizeof buf, "%p %p %p\n", (void *)p, (void *)u, (void *)r);
+    snprintf(buf, sizeof buf, "%p %p %p %d\n", (void *)p, (void *)u, (void *)r,
+             bench_server ? raw_listen() : 0);
     snprintf(name, sizeof name, "%s.addr", id);
     put_file(dir, name, buf);
     printf("serving\n");
@@ -194,8 +279,10 @@ static int serve(const char *url, const char *id, const char *dir, int host_stor
     if (victim) DIE("victim was not killed within 120 s");
     if (now_s() >= until) DIE("no stop request within 120 s");
     /* The client's final writes: P[0, 1 MiB) = seed 11, U[0, 1 MiB) = seed 12. */
-    CHECK(same(p, MIB, 11), "client's write into pool memory arrived");
-    CHECK(same(u, MIB, 12), "client's write into user memory arrived");
+    if (!bench_server) {
+        CHECK(same(p, MIB, 11), "client's write into pool memory arrived");
+        CHECK(same(u, MIB, 12), "client's write into user memory arrived");
+    }
     CHECK(smem_trans_free(h, p) == SM_OK, "free P");
     CHECK(smem_trans_deregister_mem(h, u) == SM_OK, "deregister U");
     smem_trans_destroy(h, 0);
@@ -489,21 +576,66 @@ static double gbps(uint64_t bytes, double s)
     return (double)bytes / s / 1e9;
 }
 
+static double median(double *v, int n)
+{
+    int a, b;
+    for (a = 1; a < n; a++) {
+        double x = v[a];
+        for (b = a - 1; b >= 0 && v[b] > x; b--) v[b + 1] = v[b];
+        v[b + 1] = x;
+    }
+    return v[n / 2];
+}
+
+/* Median seconds of `rounds` batch writes of N entries to `rs`. */
+static double time_batch(smem_trans_t h, const char *peer, const void **ls, void **rs, size_t *ss,
+                         int n, int rounds)
+{
+    double t[64];
+    int k;
+    for (k = 0; k < rounds; k++) {
+        double t0 = now_s();
+        if (smem_trans_batch_write(h, ls, peer, rs, ss, (uint32_t)n, 0) != SM_OK) DIE("batch write");
+        t[k] = now_s() - t0;
+    }
+    return median(t, rounds);
+}
+
+static double time_4k(smem_trans_t h, const char *peer, const uint8_t *src, uint8_t *remote)
+{
+    double t[401];
+    int k;
+    for (k = 0; k < 401; k++) {
+        double t0 = now_s();
+        if (smem_trans_write(h, src, peer, remote, 4 * KIB, 0) != SM_OK) DIE("4 KiB write");
+        t[k] = now_s() - t0;
+    }
+    return median(t, 401);
+}
+
+/*
+ * 1024 x 16 KiB batch writes into the peer's pool memory and registered user memory, each
+ * as contiguous entries (coalesced) and as scattered ones (every second 16 KiB block, in
+ * reverse order: nothing to coalesce), next to a memcpy loop over the same entries (local
+ * buffer to local buffer) and a raw loopback TCP stream of the same 16 MiB into the server
+ * process (acknowledged by one byte once all arrived), all medians of ROUNDS, interleaved;
+ * then 4 KiB write latency.
+ */
 static int bench(const char *url, const char *id, const char *peer, const char *dir)
 {
-    enum { N = 1024, ROUNDS = 20 };
+    enum { N = 1024, ROUNDS = 15 };
     const uint64_t entry = 16 * KIB;
     smem_trans_t h;
     uint8_t *p, *u, *r, *src, *copy;
-    const void *ls[N];
-    void *rp[N], *ru[N];
-    size_t ss[N];
+    static const void *ls[N];
+    static void *rp[N], *ru[N], *sp[N], *su[N];
+    static size_t ss[N];
     char buf[256], name[160];
-    double t, best_pool = 1e9, best_user = 1e9, best_memcpy = 1e9, lat[200];
-    int i, k;
+    double mc[ROUNDS], raw[ROUNDS], pool, user, spool, suser;
+    int i, k, port, rs;
     snprintf(name, sizeof name, "%s.addr", peer);
     if (get_file(dir, name, buf, sizeof buf) != 0) DIE("no %s", name);
-    if (sscanf(buf, "%p %p %p", (void **)&p, (void **)&u, (void **)&r) != 3) DIE("bad %s", buf);
+    if (sscanf(buf, "%p %p %p %d", (void **)&p, (void **)&u, (void **)&r, &port) != 4) DIE("bad %s", buf);
     h = start(url, id, 30, 0);
     src = (uint8_t *)xalloc(N * entry);
     copy = (uint8_t *)xalloc(N * entry);
@@ -512,43 +644,45 @@ static int bench(const char *url, const char *id, const char *peer, const char *
         ls[i] = src + (uint64_t)i * entry;
         rp[i] = p + (uint64_t)i * entry;
         ru[i] = u + (uint64_t)i * entry;
+        /* scattered: reverse order, so no two entries are contiguous on both sides */
+        sp[i] = p + (uint64_t)(N - 1 - i) * entry;
+        su[i] = u + (uint64_t)(N - 1 - i) * entry;
         ss[i] = (size_t)entry;
     }
-    /* warm up both paths (maps the peer's memory, first connections) */
-    if (smem_trans_batch_write(h, ls, peer, rp, ss, N, 0) != SM_OK) DIE("batch write pool");
-    if (smem_trans_batch_write(h, ls, peer, ru, ss, N, 0) != SM_OK) DIE("batch write user");
-    for (k = 0; k < ROUNDS; k++) {
-        t = now_s();
-        for (i = 0; i < N; i++) memcpy(copy + (uint64_t)i * entry, ls[i], entry);
-        t = now_s() - t;
-        if (t < best_memcpy) best_memcpy = t;
-        t = now_s();
-        if (smem_trans_batch_write(h, ls, peer, rp, ss, N, 0) != SM_OK) DIE("batch write pool");
-        t = now_s() - t;
-        if (t < best_pool) best_pool = t;
-        t = now_s();
-        if (smem_trans_batch_write(h, ls, peer, ru, ss, N, 0) != SM_OK) DIE("batch write user");
-        t = now_s() - t;
-        if (t < best_user) best_user = t;
-    }
-    for (k = 0; k < 200; k++) {
-        t = now_s();
-        if (smem_trans_write(h, src, peer, u, 4 * KIB, 0) != SM_OK) DIE("4 KiB write");
-        lat[k] = now_s() - t;
-    }
+    rs = raw_connect(port);
+    (void)raw_round(rs, src);
+    (void)raw_round(rs, src);
+    /* warm up every path (maps the peer's memory, opens connections) */
+    (void)time_batch(h, peer, ls, rp, ss, N, 2);
+    (void)time_batch(h, peer, ls, ru, ss, N, 2);
+    (void)time_batch(h, peer, ls, sp, ss, N, 2);
+    (void)time_batch(h, peer, ls, su, ss, N, 2);
     {
-        /* median of the 4 KiB latencies (insertion sort of 200) */
-        int a, b;
-        for (a = 1; a < 200; a++) {
-            double v = lat[a];
-            for (b = a - 1; b >= 0 && lat[b] > v; b--) lat[b + 1] = lat[b];
-            lat[b + 1] = v;
+        double tp[ROUNDS], tu[ROUNDS], tsp[ROUNDS], tsu[ROUNDS];
+        for (k = 0; k < ROUNDS; k++) {
+            double t0 = now_s();
+            for (i = 0; i < N; i++) memcpy(copy + (uint64_t)(N - 1 - i) * entry, ls[i], entry);
+            mc[k] = now_s() - t0;
+            raw[k] = raw_round(rs, src);
+            tp[k] = time_batch(h, peer, ls, rp, ss, N, 1);
+            tu[k] = time_batch(h, peer, ls, ru, ss, N, 1);
+            tsp[k] = time_batch(h, peer, ls, sp, ss, N, 1);
+            tsu[k] = time_batch(h, peer, ls, su, ss, N, 1);
         }
+        pool = median(tp, ROUNDS);
+        user = median(tu, ROUNDS);
+        spool = median(tsp, ROUNDS);
+        suser = median(tsu, ROUNDS);
     }
-    printf("bench memcpy %.3f\n", gbps(N * entry, best_memcpy));
-    printf("bench pool %.3f\n", gbps(N * entry, best_pool));
-    printf("bench user %.3f\n", gbps(N * entry, best_user));
-    printf("bench lat4k_us %.1f\n", lat[100] * 1e6);
+    close(rs);
+    printf("bench memcpy %.3f\n", gbps(N * entry, median(mc, ROUNDS)));
+    printf("bench raw_tcp %.3f\n", gbps(N * entry, median(raw, ROUNDS)));
+    printf("bench pool %.3f\n", gbps(N * entry, pool));
+    printf("bench user %.3f\n", gbps(N * entry, user));
+    printf("bench pool_scattered %.3f\n", gbps(N * entry, spool));
+    printf("bench user_scattered %.3f\n", gbps(N * entry, suser));
+    printf("bench lat4k_pool_us %.1f\n", time_4k(h, peer, src, p) * 1e6);
+    printf("bench lat4k_user_us %.1f\n", time_4k(h, peer, src, u) * 1e6);
     snprintf(name, sizeof name, "%s.stop", peer);
     put_file(dir, name, "stop\n");
     smem_trans_destroy(h, 0);
@@ -575,6 +709,10 @@ int main(int argc, char **argv)
     }
     if (argc == 6 && strcmp(argv[1], "server") == 0)
         return serve(argv[2], argv[3], argv[4], atoi(argv[5]), 0);
+    if (argc == 5 && strcmp(argv[1], "benchserver") == 0) {
+        bench_server = 1;
+        return serve(argv[2], argv[3], argv[4], 1, 0);
+    }
     if (argc == 5 && strcmp(argv[1], "victim") == 0) return serve(argv[2], argv[3], argv[4], 0, 1);
     if (argc == 6 && strcmp(argv[1], "client") == 0) return client(argv[2], argv[3], argv[4], argv[5]);
     if (argc == 7 && strcmp(argv[1], "killer") == 0)

@@ -37,3 +37,34 @@ pub fn trans_records(data: &[u8]) {
         assert!(view.find(r.end(), 1).is_none_or(|f| f.addr == r.end()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::vec::Vec;
+
+    /// The seed corpus parses as intended, and truncations and bit flips of it never break an
+    /// invariant of [`super::trans_records`].
+    #[test]
+    fn seeds_and_their_mutations() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/trans_records");
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(dir).expect("seed corpus") {
+            let bytes: Vec<u8> = std::fs::read(entry.expect("entry").path()).expect("seed");
+            let parses = crate::wire::trans::EngineRecord::parse(&bytes).is_ok()
+                || crate::wire::trans::RegionsView::parse(&bytes).is_ok();
+            assert!(parses, "seed does not parse: {bytes:?}");
+            seeds += 1;
+            for cut in 0..bytes.len() {
+                super::trans_records(&bytes[..cut]);
+            }
+            for i in 0..bytes.len() {
+                for bit in 0..8 {
+                    let mut m = bytes.clone();
+                    m[i] ^= 1 << bit;
+                    super::trans_records(&m);
+                }
+            }
+        }
+        assert!(seeds >= 4);
+    }
+}
