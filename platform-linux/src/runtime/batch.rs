@@ -136,11 +136,9 @@ impl Groups {
     /// # Safety
     /// Every local range is valid for the transfer (readable for writes, writable for reads).
     unsafe fn run(self, obj: &BmObject) -> Result<()> {
-        let mut groups = self.0.into_iter();
-        let Some(first) = groups.next() else {
-            // Every entry was a mapped (same-host) copy: no transport needed.
+        if self.0.is_empty() {
             return Ok(());
-        };
+        }
         let node = copy::node(obj)?;
         let one = |(k, (loc, spans)): (GroupKey, (smem_core::bm::Location, Vec<Span>))| {
             let (_, op, device) = k;
@@ -148,6 +146,10 @@ impl Groups {
             let t = copy::transfer(obj, loc, 0, key_op(op), device)?;
             // SAFETY: forwarded contract.
             unsafe { node.pool().transfer_spans(&t, &spans, node.timeout()) }
+        };
+        let mut groups = self.0.into_iter();
+        let Some(first) = groups.next() else {
+            return Ok(());
         };
         let rest: Vec<_> = groups.collect();
         if rest.is_empty() {
