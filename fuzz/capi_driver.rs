@@ -546,14 +546,7 @@ impl State {
                 // Never SMEM_ASYNC_COPY_FLAG: the model applies a copy when the call returns.
                 let flags = reserved(inp);
                 let rc = unsafe {
-                    smem_bm_copy(
-                        h,
-                        src as *const c_void,
-                        dst as *mut c_void,
-                        size,
-                        t,
-                        flags,
-                    )
+                    smem_bm_copy(h, src as *const c_void, dst as *mut c_void, size, t, flags)
                 };
                 if rc == 0 {
                     assert!(t < 4 || t == 8, "{what}: copy type {t} accepted");
