@@ -15,6 +15,7 @@ extern crate std;
 pub mod bm;
 pub mod collective;
 pub mod ctl_segment;
+pub mod data_op;
 pub mod error;
 pub mod gva;
 pub mod limits;

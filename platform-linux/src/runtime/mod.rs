@@ -125,9 +125,6 @@ impl Default for BmConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BmHandle(pub u64);
 
-/// `smem_bm_data_op_type` bits this build accepts.
-const DATA_OP_ALL: u32 = 0b111;
-
 /// What every object of an initialised process shares.
 #[derive(Debug)]
 pub(crate) struct Ctx {
@@ -754,11 +751,8 @@ pub fn bm_create(
             ctx.rank
         )));
     }
-    if data_op_type & !DATA_OP_ALL != 0 {
-        return Err(Error::invalid(format!(
-            "{what}: unknown dataOpType bits {data_op_type:#x}; use SDMA, ROCE, HOST_TCP"
-        )));
-    }
+    smem_core::data_op::BmDataOps::from_c(data_op_type)
+        .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
     if local_dram_size == 0 && local_hbm_size == 0 {
         return Err(Error::invalid(format!(
             "{what}: localDRAMSize and localHBMSize are both 0; give at least one"
