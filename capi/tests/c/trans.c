@@ -385,6 +385,11 @@ static int client(const char *url, const char *id, const char *peer, const char 
     c.flags = 1;
     code_is(smem_trans_init(&c), SM_INVALID_PARAM, "flags", "init with flags");
     config(&c, 3, 0);
+    c.dataOpType = (smem_bm_data_op_type)0;
+    code_is(smem_trans_init(&c), SM_INVALID_PARAM, "dataOpType", "init with no data operation");
+    c.dataOpType = (smem_bm_data_op_type)(1u << 7);
+    code_is(smem_trans_init(&c), SM_INVALID_PARAM, "dataOpType", "init with an unknown data operation");
+    config(&c, 3, 0);
     c.initTimeout = 0;
     code_is(smem_trans_init(&c), SM_INVALID_PARAM, "initTimeout", "init with initTimeout 0");
     code_is(smem_trans_init(NULL), SM_INVALID_PARAM, "config", "init with NULL");
