@@ -136,6 +136,9 @@ pub(crate) struct Ctx {
     pub(crate) config: BmConfig,
     /// The network transport, started by the first object that uses it.
     transport: Mutex<Option<Arc<Node>>>,
+    /// The TLS setting (`smem_set_ssl_option`) as it was at init: every link of this
+    /// initialisation uses it, a later change waits for the next init.
+    tls: Option<Arc<crate::tls::LoadedTls>>,
 }
 
 impl Ctx {
@@ -152,7 +155,7 @@ impl Ctx {
                 "the config store link is down; cannot tell which address to serve windows on",
             )
         })?;
-        let node = Node::start(local.ip(), self.config.control_timeout)?;
+        let node = Node::start(local.ip(), self.config.control_timeout, self.tls.clone())?;
         *t = Some(Arc::clone(&node));
         Ok(node)
     }
@@ -215,9 +218,12 @@ fn not_initialized(what: &str) -> Error {
 fn ready_ctx(what: &str) -> Result<Arc<Ctx>> {
     match &*lock(&STATE) {
         State::Ready { ctx, .. } => Ok(Arc::clone(ctx)),
-        State::StoreOnly { .. } => Err(Error::invalid(format!(
-            "{what}: this process only hosts the config store (startConfigStoreOnly) and has no rank"
-        ))),
+        State::StoreOnly { .. } => Err(Error::new(
+            ErrorCode::NotStarted,
+            format!(
+                "{what}: this process only hosts the config store (startConfigStoreOnly), no BM rank was started; init another process with a rank"
+            ),
+        )),
         _ => Err(not_initialized(what)),
     }
 }
@@ -528,6 +534,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
         // `smem_set_ssl_option` (the store server above took it from `ServerConfig::new`).
         tls: crate::tls::global(),
     };
+    let tls = opts.tls.clone();
     let store = StoreClient::connect(addr, opts.clone())
         .map_err(|e| e.context(format!("{what}: connecting to the config store at {addr}")))?;
     let rank = match explicit {
@@ -580,6 +587,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
         host_id,
         config: config.clone(),
         transport: Mutex::new(None),
+        tls,
     });
     let rank_down = match store.watch_rank_down() {
         Ok(rx) => std::thread::Builder::new()

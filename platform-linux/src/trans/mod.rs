@@ -300,6 +300,8 @@ pub fn create(url: &str, unique_id: &str, config: &TransConfig) -> Result<TransH
         reconnect: false,
         tls: crate::tls::global(),
     };
+    // The transport below uses the same TLS setting as the store link (captured once).
+    let tls = opts.tls.clone();
     let store = StoreClient::connect(addr, opts)
         .map_err(|e| e.context(format!("{what}: connecting to the config store at {url}")))?;
     let ip = store.local_addr().map(|a| a.ip()).ok_or_else(|| {
@@ -310,7 +312,7 @@ pub fn create(url: &str, unique_id: &str, config: &TransConfig) -> Result<TransH
     })?;
     let host_id = crate::mem::host_identity()?;
     let token = fresh_token();
-    let node = Node::start(ip, config.init_timeout).map_err(|e| e.context(what))?;
+    let node = Node::start(ip, config.init_timeout, tls).map_err(|e| e.context(what))?;
     let local = Arc::new(Local::new(
         unique_id,
         token,

@@ -117,12 +117,16 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// Starts serving on `ip` (port 0), with mutual TLS when [`crate::tls::global`] is set.
+    /// Starts serving on `ip` (port 0), with mutual TLS when `tls` is set (the setting the
+    /// runtime captured at init).
     ///
     /// # Errors
     /// The bind / thread error.
-    pub(crate) fn start(ip: IpAddr, timeout: Duration) -> Result<Arc<Self>> {
-        let tls = crate::tls::global();
+    pub(crate) fn start(
+        ip: IpAddr,
+        timeout: Duration,
+        tls: Option<Arc<crate::tls::LoadedTls>>,
+    ) -> Result<Arc<Self>> {
         let server = tcp::Server::start(ip, timeout, tls.clone())?;
         info!(
             "transport: serving windows at {}{}",
