@@ -71,7 +71,7 @@ impl Default for Limits {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Address to listen on (port 0 = any free port; read it back with
-    /// [`StoreServer::local_addr`]).
+    /// [`super::StoreServer::local_addr`]).
     pub listen: SocketAddr,
     /// Limits.
     pub limits: Limits,
