@@ -31,9 +31,6 @@ use crate::{Error, Result};
 
 /// Interval of the client's HEARTBEAT frames while it holds a rank.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
-/// The key [`StoreClient::watch_rank_down`] reads after registering (never written): its reply
-/// proves the store read the registration first.
-const WATCH_RANK_SYNC_KEY: &[u8] = b"smem/watch-rank-sync";
 
 /// Connection options.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1030,8 +1027,7 @@ impl StoreClient {
     }
 
     /// Be told the rank of every ranked link that goes down. The receiver disconnects when
-    /// the link dies. Returns once the store has read the registration (a round trip follows
-    /// it), so every rank that goes down afterwards is reported.
+    /// the link dies.
     ///
     /// # Errors
     /// Link errors.
@@ -1059,11 +1055,6 @@ impl StoreClient {
         if !link.is_up() {
             link.down();
         }
-        // WATCH_RANK_STATE has no reply: a round trip on the same link tells that the store read
-        // the registration (it handles one link's frames in order), so a rank that goes down
-        // after this returns is reported. Without it, a rank connecting on another link could
-        // go down before the store read the registration under load, and the event was lost.
-        let _ = self.get(WATCH_RANK_SYNC_KEY);
         Ok(rx)
     }
 
