@@ -196,11 +196,36 @@ impl<L: fmt::Display> fmt::Display for Refusal<L> {
     }
 }
 
-/// A request refused before it changed anything: status and reason.
+/// A request refused (`-400`) before it changed anything, with the reason.
 enum Refused {
     Text(&'static str),
+    TooManyItems(usize),
+    KeyTooLong(usize),
+    ValueTooLong(usize),
     ValueTooLarge(usize),
     Full { stored: u64, max: u64 },
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text(t) => f.write_str(t),
+            Self::TooManyItems(max) => {
+                write!(f, "invalid request: more than {max} keys or values")
+            }
+            Self::KeyTooLong(max) => write!(f, "invalid request: key longer than {max} bytes"),
+            Self::ValueTooLong(max) => {
+                write!(f, "invalid request: value larger than {max} bytes")
+            }
+            Self::ValueTooLarge(max) => {
+                write!(f, "invalid request: value would exceed {max} bytes")
+            }
+            Self::Full { stored, max } => write!(
+                f,
+                "store full: {stored} of {max} bytes stored (max_total_bytes); remove keys first"
+            ),
+        }
+    }
 }
 
 /// The config store state machine.
@@ -295,7 +320,7 @@ impl<S: Storage> Store<S> {
             }
             Ok(m) => {
                 if let Err(r) = self.dispatch(link, seq, &m, out) {
-                    Self::refuse(link, seq, &r, out);
+                    out.text(link, seq, BAD, format_args!("{r}"));
                 }
             }
         }
@@ -345,63 +370,18 @@ impl<S: Storage> Store<S> {
         self.world_size = None;
     }
 
-    fn refuse<O: Output<S::Link>>(link: S::Link, seq: u32, r: &Refused, out: &mut O) {
-        match *r {
-            Refused::Text(t) => out.text(link, seq, BAD, format_args!("{t}")),
-            Refused::ValueTooLarge(max) => out.text(
-                link,
-                seq,
-                BAD,
-                format_args!("invalid request: value would exceed {max} bytes"),
-            ),
-            Refused::Full { stored, max } => out.text(
-                link,
-                seq,
-                BAD,
-                format_args!(
-                    "store full: {stored} of {max} bytes stored (max_total_bytes); remove keys first"
-                ),
-            ),
-        }
-    }
-
-    /// Message-size limits; a reply when over one.
-    fn check_limits<O: Output<S::Link>>(
-        &self,
-        link: S::Link,
-        seq: u32,
-        m: &MessageView<'_>,
-        out: &mut O,
-    ) -> bool {
+    /// Message-size limits.
+    fn check_limits(&self, m: &MessageView<'_>) -> Result<(), Refused> {
         let l = &self.limits;
         if m.keys.len() > l.max_keys || m.values.len() > l.max_keys {
-            let max = l.max_keys;
-            out.text(
-                link,
-                seq,
-                BAD,
-                format_args!("invalid request: more than {max} keys or values"),
-            );
+            Err(Refused::TooManyItems(l.max_keys))
         } else if m.keys.iter().any(|k| k.len() > l.max_key_len) {
-            let max = l.max_key_len;
-            out.text(
-                link,
-                seq,
-                BAD,
-                format_args!("invalid request: key longer than {max} bytes"),
-            );
+            Err(Refused::KeyTooLong(l.max_key_len))
         } else if m.values.iter().any(|v| v.len() > l.max_value_len) {
-            let max = l.max_value_len;
-            out.text(
-                link,
-                seq,
-                BAD,
-                format_args!("invalid request: value larger than {max} bytes"),
-            );
+            Err(Refused::ValueTooLong(l.max_value_len))
         } else {
-            return true;
+            Ok(())
         }
-        false
     }
 
     /// The one byte-accounting check: `key`'s value goes from `old` bytes (`None`: absent) to
@@ -443,9 +423,7 @@ impl<S: Storage> Store<S> {
         out: &mut O,
     ) -> Result<(), Refused> {
         use MessageType as M;
-        if !self.check_limits(link, seq, m, out) {
-            return Ok(());
-        }
+        self.check_limits(m)?;
         let (nk, nv) = (m.keys.len(), m.values.len());
         let key = m.keys.get(0).unwrap_or_default();
         let val = m.values.get(0).unwrap_or_default();

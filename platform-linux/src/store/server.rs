@@ -1129,22 +1129,16 @@ impl EventLoop {
     }
 
     fn finish_turn(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for id in dirty {
-            self.flush(id);
-        }
-        let doomed = std::mem::take(&mut self.doomed);
-        for (id, why) in doomed {
-            self.close(id, &why);
-        }
-        // Closing can queue rank-down events to other links.
-        let dirty = std::mem::take(&mut self.dirty);
-        for id in dirty {
-            self.flush(id);
-        }
-        let doomed = std::mem::take(&mut self.doomed);
-        for (id, why) in doomed {
-            self.close(id, &why);
+        // Twice: closing can queue rank-down events to other links.
+        for _ in 0..2 {
+            let dirty = std::mem::take(&mut self.dirty);
+            for id in dirty {
+                self.flush(id);
+            }
+            let doomed = std::mem::take(&mut self.doomed);
+            for (id, why) in doomed {
+                self.close(id, &why);
+            }
         }
         self.compact_timers();
     }
