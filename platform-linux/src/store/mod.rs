@@ -35,7 +35,7 @@
 pub mod client;
 pub mod server;
 
-pub use client::{CasResult, ClientOptions, StoreClient};
+pub use client::{CasResult, ClientOptions, StoreClient, Traffic, traffic};
 pub use server::{Limits, ServerConfig, StoreServer};
 
 /// The key of WATCH_RANK_STATE / UNWATCH for rank-down events.
