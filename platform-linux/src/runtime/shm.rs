@@ -21,7 +21,7 @@
 //! # Store keys (`smem/shm/`)
 //! | key | value | written by |
 //! |---|---|---|
-//! | `rank/<r>` | `<host identity> <pid>` | world rank `r` at init |
+//! | `rank/<r>`, `registered`, `ready` | `<host identity> <pid>`; the init rendezvous ([`super::rendezvous`]) | world rank `r` at init |
 //! | `epoch` | ADD counter: the last object instance number handed out | rank 0 of each object |
 //! | `open/<id>` | instance number `e` of the newest object `id` | rank 0 of the object |
 //! | `<id>.<e>/gva`, `gva/...`, `abort` | GVA agreement (see `runtime/object.rs`) | every member |
@@ -219,10 +219,6 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
-fn rank_key(rank: u32) -> Vec<u8> {
-    format!("smem/shm/rank/{rank}").into_bytes()
-}
-
 const EPOCH_KEY: &[u8] = b"smem/shm/epoch";
 
 fn open_key(id: u32) -> Vec<u8> {
@@ -368,13 +364,17 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
                 .map_err(|e| e.context(what))?
                 .and_then(|v| parse_u64(&v))
                 .unwrap_or(0);
-            store
-                .set(&rank_key(rank), me.as_bytes())
-                .map_err(|e| e.context(what))?;
-            seen.insert(rank);
-            let r = wait_for_ranks(store, world_size, deadline, config.init_timeout, seen);
+            let rv = shm_rendezvous(world_size);
+            let r = rv.register_and_wait(
+                store,
+                rank,
+                me.as_bytes(),
+                deadline,
+                config.init_timeout,
+                seen,
+            );
             if r.is_err() {
-                let _ = store.remove(&rank_key(rank));
+                rv.unregister(store, rank);
             }
             r
         },
@@ -452,75 +452,15 @@ fn start_gc(store: &StoreClient) -> Option<SyncSender<Vec<u8>>> {
     Some(tx)
 }
 
-/// Waits until every rank registered on `store` and holds a live link, adding the ranks seen
-/// registered to `seen`.
-fn wait_for_ranks(
-    store: &StoreClient,
-    world_size: u32,
-    deadline: Instant,
-    timeout: Duration,
-    seen: &mut std::collections::BTreeSet<u32>,
-) -> Result<()> {
-    for r in 0..world_size {
-        let left = remaining(deadline).max(Duration::from_millis(1));
-        match store.wait_get(&rank_key(r), left) {
-            Ok(_) => {
-                seen.insert(r);
-            }
-            Err(e) if e.code() == ErrorCode::Timeout => {
-                let present: Vec<u32> = store
-                    .prefix(b"smem/shm/rank/")
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|(k, _)| {
-                        std::str::from_utf8(k)
-                            .ok()?
-                            .strip_prefix("smem/shm/rank/")?
-                            .parse()
-                            .ok()
-                    })
-                    .collect();
-                let missing: Vec<u32> = (r..world_size).filter(|x| !present.contains(x)).collect();
-                return Err(Error::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "smem_shm_init: {} of {world_size} ranks did not register: missing rank(s) {}; waited {} s; start them or raise shmInitTimeout",
-                        missing.len(),
-                        rank_list(&missing),
-                        timeout.as_secs()
-                    ),
-                ));
-            }
-            Err(e) => return Err(e.context("smem_shm_init: waiting for the other ranks")),
-        }
-    }
-    // A key left by a process that died without smem_shm_uninit (standalone store) is not a
-    // rank: every registered rank must also hold a live link.
-    let mut dead: Vec<u32> = Vec::new();
-    loop {
-        dead.clear();
-        for r in 0..world_size {
-            if !store
-                .query_alive(r)
-                .map_err(|e| e.context("smem_shm_init"))?
-            {
-                dead.push(r);
-            }
-        }
-        if dead.is_empty() {
-            return Ok(());
-        }
-        if remaining(deadline).is_zero() {
-            return Err(Error::new(
-                ErrorCode::Timeout,
-                format!(
-                    "smem_shm_init: rank(s) {} registered but hold no live config store link (a process that died without smem_shm_uninit?); waited {} s",
-                    rank_list(&dead),
-                    timeout.as_secs()
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+/// The init rendezvous of the SHM runtime (`smem/shm/`, see [`super::rendezvous`]):
+/// registered ranks must also hold a live store link.
+fn shm_rendezvous(world_size: u32) -> super::rendezvous::Rendezvous<'static> {
+    super::rendezvous::Rendezvous {
+        ns: "smem/shm/",
+        what: "smem_shm_init",
+        world_size,
+        alive: true,
+        knob: "shmInitTimeout",
     }
 }
 
@@ -541,7 +481,7 @@ pub fn shm_uninit(flags: u32) {
                 obj.destroy();
             }
         }
-        let _ = ready.ctx.store.remove(&rank_key(ready.ctx.rank));
+        shm_rendezvous(ready.ctx.world_size).unregister(&ready.ctx.store, ready.ctx.rank);
         ready.ctx.store.close();
         if let Some(t) = ready.rank_down.take() {
             let _ = t.join();
