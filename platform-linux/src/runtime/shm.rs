@@ -691,7 +691,12 @@ impl ShmObject {
                 let seg = HostSegment::open(&d)
                     .map_err(|e| e.context(format!("{what}: opening rank {r}'s window")))?;
                 reservation
-                    .map_segment(u64::from(r) * size, seg.fd(), size)
+                    .map_segment_with(
+                        u64::from(r) * size,
+                        seg.fd(),
+                        size,
+                        super::object::prefault(args.rank_size),
+                    )
                     .map_err(|e| e.context(format!("{what}: mapping rank {r}'s window")))?;
             } else {
                 debug!(
