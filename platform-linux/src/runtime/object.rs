@@ -74,7 +74,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -1433,10 +1432,27 @@ pub(crate) fn agree_gva(
     r
 }
 
-/// Counts this rank as holding candidate `p`.
-fn count_in(store: &StoreClient, ns: &AgreeNs, rank: u32, p: &Proposal) -> Result<()> {
+/// The key that settles candidate `tag`: `ok` (every member holds it), `superseded` or
+/// `abort`, set by the rank that decided it; the others wait for it with a parked GET (one
+/// op per wait slice, where watching the counter delivered every member's ADD to every member).
+fn outcome_key(ns: &AgreeNs, tag: &str) -> Vec<u8> {
+    ns.key(&format!("gva/d{tag}"))
+}
+
+/// Counts this rank as holding candidate `p` (one of `members`); the rank that completes the
+/// count settles the candidate.
+fn count_in(
+    store: &StoreClient,
+    ns: &AgreeNs,
+    rank: u32,
+    members: u32,
+    p: &Proposal,
+) -> Result<()> {
     store.set(&ns.key(&format!("gva/r{rank}")), p.tag().as_bytes())?;
-    store.add(&counter_key(ns, &p.tag()), 1)?;
+    let n = store.add(&counter_key(ns, &p.tag()), 1)?;
+    if n >= i64::from(members) && n < SUPERSEDED {
+        store.set(&outcome_key(ns, &p.tag()), b"ok")?;
+    }
     Ok(())
 }
 
@@ -1467,7 +1483,7 @@ fn agree_inner(
             None => match propose_first(store, &gva_key, want)? {
                 Ok((cand, p)) => {
                     *held = Some((p.tag(), cand));
-                    count_in(store, ns, rank, &p)?;
+                    count_in(store, ns, rank, members, &p)?;
                     p.encode()
                 }
                 Err(v) => v,
@@ -1486,6 +1502,7 @@ fn agree_inner(
             );
             let _ = store.set(&ns.key("abort"), msg.as_bytes());
             let _ = store.add(&counter_key(ns, &p.tag()), ABORT);
+            let _ = store.set(&outcome_key(ns, &p.tag()), b"abort");
             // The next attempt starts a fresh agreement (new nonce, new counters).
             let _ = store.remove(&gva_key);
             return Err(Error::invalid(format!("{what}: {msg}")));
@@ -1495,7 +1512,7 @@ fn agree_inner(
             match Reservation::try_reserve_at(Gva(p.base), p.span) {
                 Ok(res) => {
                     *held = Some((p.tag(), res));
-                    count_in(store, ns, rank, &p)?;
+                    count_in(store, ns, rank, members, &p)?;
                 }
                 Err(e) if e.code() == ErrorCode::ResourceInUse => {
                     debug!(
@@ -1511,8 +1528,9 @@ fn agree_inner(
                     };
                     if store.cas(&gva_key, &cur, &next.encode())? == CasResult::Swapped {
                         *held = Some((next.tag(), cand));
-                        count_in(store, ns, rank, &next)?;
+                        count_in(store, ns, rank, members, &next)?;
                         store.add(&counter_key(ns, &p.tag()), SUPERSEDED)?;
+                        store.set(&outcome_key(ns, &p.tag()), b"superseded")?;
                     }
                     continue;
                 }
@@ -1520,27 +1538,17 @@ fn agree_inner(
             }
         }
         // Wait until every member holds this candidate, or it is superseded / aborted.
-        let counter = counter_key(ns, &p.tag());
-        let rx = store.watch(&counter)?;
+        let settle = outcome_key(ns, &p.tag());
         let outcome = loop {
             let left = remaining(deadline);
-            match rx.recv_timeout(left.min(AGREE_SLICE)) {
-                Ok(v) => {
-                    let n: i64 = std::str::from_utf8(&v)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0);
-                    if n >= ABORT {
-                        break Err(());
-                    }
-                    if n >= SUPERSEDED {
-                        break Ok(false);
-                    }
-                    if n >= i64::from(members) {
-                        break Ok(true);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) if left > AGREE_SLICE => {
+            if left.is_zero() {
+                return Err(agree_timeout(store, ns, &what, Some(p.tag())));
+            }
+            match store.wait_get(&settle, left.min(AGREE_SLICE)) {
+                Ok(v) if v == b"ok" => break Ok(true),
+                Ok(v) if v == b"superseded" => break Ok(false),
+                Ok(_) => break Err(()),
+                Err(e) if e.code() == ErrorCode::Timeout => {
                     let gone = departed();
                     if gone.is_empty() {
                         continue;
@@ -1551,7 +1559,6 @@ fn agree_inner(
                         .filter(|r| holders.binary_search(r).is_err())
                         .collect();
                     if !missing.is_empty() {
-                        let _ = store.unwatch(&counter);
                         return Err(Error::new(
                             ErrorCode::IoError,
                             format!(
@@ -1562,19 +1569,17 @@ fn agree_inner(
                         ));
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = store.unwatch(&counter);
-                    return Err(agree_timeout(store, ns, &what, Some(p.tag())));
-                }
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(e) if e.code() == ErrorCode::IoError => {
                     return Err(Error::new(
                         ErrorCode::IoError,
-                        format!("{what}: the config store link went down during the GVA agreement"),
+                        format!(
+                            "{what}: the config store link went down during the GVA agreement ({e})"
+                        ),
                     ));
                 }
+                Err(e) => return Err(e.context(&what)),
             }
         };
-        let _ = store.unwatch(&counter);
         match outcome {
             Ok(true) => {
                 let (_, res) = held.take().ok_or_else(|| {

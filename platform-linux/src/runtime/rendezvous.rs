@@ -12,8 +12,9 @@
 //! checks with one PREFIX get (SHM: plus one QUERY_ALIVE per rank, a key left by a process that
 //! died without uninit is no rank) that every rank's record is there, and sets `ready`. Every
 //! rank waits for `ready` with one parked GET, in slices (1 s, doubling up to 8 s); after each
-//! slice it runs the same check itself, which covers a counter that overshot (a rank that
-//! registered twice) and a `ready` removed meanwhile. At the deadline the error names the
+//! slice it checks the records itself with one PREFIX get (SHM: and, from the third slice on,
+//! when every record is there, the liveness of every rank), which covers a counter that
+//! overshot (a rank that registered twice) and a `ready` removed meanwhile. At the deadline the error names the
 //! ranks that never registered (or, SHM, registered without a live link).
 //!
 //! Cost: SET + ADD + one parked GET per rank (3 ops, about 250 bytes with the frame headers,
@@ -76,13 +77,22 @@ impl Rendezvous<'_> {
     }
 
     /// Why the world is not complete (`None`: it is), adding the ranks present to `seen`.
+    /// The message names the ranks never seen registered during this wait (a rank that gave
+    /// up and unregistered since was there).
     fn incomplete(&self, store: &StoreClient, seen: &mut BTreeSet<u32>) -> Result<Option<String>> {
         let present = self.present(store)?;
         seen.extend(present.iter().copied().filter(|&r| r < self.world_size));
-        let missing: Vec<u32> = (0..self.world_size)
-            .filter(|r| !present.contains(r))
-            .collect();
-        if !missing.is_empty() {
+        if (0..self.world_size).any(|r| !present.contains(&r)) {
+            let missing: Vec<u32> = (0..self.world_size).filter(|r| !seen.contains(r)).collect();
+            if missing.is_empty() {
+                let left: Vec<u32> = (0..self.world_size)
+                    .filter(|r| !present.contains(r))
+                    .collect();
+                return Ok(Some(format!(
+                    "rank(s) {} registered and left again (gave up or uninitialised)",
+                    rank_list(&left)
+                )));
+            }
             return Ok(Some(format!(
                 "{} of {} ranks did not register: missing rank(s) {}",
                 missing.len(),
@@ -114,6 +124,32 @@ impl Rendezvous<'_> {
         }
         store.set(&self.key("ready"), b"1")?;
         Ok(true)
+    }
+
+    /// The check of a waiter whose slice passed: one PREFIX get; only when every record is
+    /// there and the counter says the world is complete (the rank that completed it may still
+    /// be checking), and no sooner than the third slice, the full check of [`Self::complete`]
+    /// (for SHM `n` QUERY_ALIVE), so that a slow world does not make every waiter query
+    /// every rank.
+    fn recheck(
+        &self,
+        store: &StoreClient,
+        seen: &mut BTreeSet<u32>,
+        slice: Duration,
+    ) -> Result<bool> {
+        let present = self.present(store)?;
+        seen.extend(present.iter().copied().filter(|&r| r < self.world_size));
+        if (0..self.world_size).any(|r| !present.contains(&r)) {
+            return Ok(false);
+        }
+        if !self.alive {
+            store.set(&self.key("ready"), b"1")?;
+            return Ok(true);
+        }
+        if slice < SLICE_MIN * 4 {
+            return Ok(false);
+        }
+        self.complete(store, seen)
     }
 
     /// Registers rank `rank` with `record` and waits until every rank of the world registered
@@ -154,7 +190,10 @@ impl Rendezvous<'_> {
                     return Ok(());
                 }
                 Err(e) if e.code() == ErrorCode::Timeout => {
-                    if self.complete(store, seen).map_err(|e| e.context(what))? {
+                    if self
+                        .recheck(store, seen, slice)
+                        .map_err(|e| e.context(what))?
+                    {
                         seen.extend(0..self.world_size);
                         return Ok(());
                     }

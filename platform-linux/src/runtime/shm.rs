@@ -564,6 +564,65 @@ fn decode_window(b: &[u8]) -> Result<(WindowRecord, u32)> {
     Ok((rec, wrank))
 }
 
+/// Counts this rank's window record in (`<prefix>wins`, ADD), waits until all `members`
+/// published theirs (`<prefix>wins/all`, set by the rank that completes the count; a parked
+/// GET in slices, failing early when a member died) and reads them with one PREFIX get: a
+/// constant number of ops per rank, where a parked GET per member cost `n`.
+fn published_windows(
+    ctx: &ShmCtx,
+    prefix: &str,
+    members: u32,
+    deadline: Instant,
+    what: &str,
+) -> Result<HashMap<u32, Vec<u8>>> {
+    let store = &ctx.store;
+    let all = format!("{prefix}wins/all").into_bytes();
+    let n = store
+        .add(format!("{prefix}wins").as_bytes(), 1)
+        .map_err(|e| e.context(what))?;
+    if n >= i64::from(members) {
+        store.set(&all, b"1").map_err(|e| e.context(what))?;
+    }
+    loop {
+        let left = remaining(deadline);
+        if left.is_zero() {
+            return Err(Error::new(
+                ErrorCode::Timeout,
+                format!("{what}: not every member published its window in time"),
+            ));
+        }
+        match store.wait_get(&all, left.min(WAIT_SLICE)) {
+            Ok(_) => break,
+            Err(e) if e.code() == ErrorCode::Timeout => {
+                let gone = ctx.departed_members(members);
+                if !gone.is_empty() {
+                    return Err(Error::new(
+                        ErrorCode::IoError,
+                        format!(
+                            "{what}: member rank(s) {} died before publishing their windows (their config store link went down)",
+                            rank_list(&gone)
+                        ),
+                    ));
+                }
+            }
+            Err(e) => return Err(e.context(format!("{what}: waiting for the members' windows"))),
+        }
+    }
+    let win = format!("{prefix}win/");
+    Ok(store
+        .prefix(win.as_bytes())
+        .map_err(|e| e.context(what))?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let r = std::str::from_utf8(k.get(win.len()..)?)
+                .ok()?
+                .parse()
+                .ok()?;
+            Some((r, v))
+        })
+        .collect())
+}
+
 impl ShmObject {
     fn what(&self, call: &str) -> String {
         format!(
@@ -657,6 +716,7 @@ impl ShmObject {
         store
             .set(&win_key(prefix, rank), &encode_window(&rec, ctx.rank))
             .map_err(|e| e.context(what))?;
+        let mut records = published_windows(ctx, prefix, args.rank_size, deadline, what)?;
         let mut peers = Vec::with_capacity(args.rank_size as usize);
         for r in 0..args.rank_size {
             if r == rank {
@@ -667,11 +727,11 @@ impl ShmObject {
                 });
                 continue;
             }
-            let left = remaining(deadline).max(Duration::from_millis(1));
-            let raw = store.wait_get(&win_key(prefix, r), left).map_err(|e| {
-                e.context(format!(
-                    "{what}: waiting for rank {r} to publish its window"
-                ))
+            let raw = records.remove(&r).ok_or_else(|| {
+                Error::new(
+                    ErrorCode::ObjectNotExists,
+                    format!("{what}: rank {r} published no window record"),
+                )
             })?;
             let (prec, wrank) = decode_window(&raw).map_err(|e| e.context(what))?;
             let same_host = prec.host == ctx.host_id;

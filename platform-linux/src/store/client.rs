@@ -331,11 +331,14 @@ impl Link {
     /// Reader thread body: read frames until the link dies, then take it down.
     fn read_loop(
         self: Arc<Self>,
-        mut stream: Box<dyn Read + Send>,
+        stream: Box<dyn Read + Send>,
         detach: DetachOnFork,
         addr: SocketAddr,
     ) {
-        // A local, so it is dropped (unregistered) before the `stream` parameter closes.
+        // Buffered: a burst of replies and watch events costs one read per 64 KiB, not two
+        // per frame.
+        let mut stream = io::BufReader::with_capacity(64 * 1024, stream);
+        // Declared after `stream`, so it is dropped (unregistered) before the stream closes.
         let _detach = detach;
         let mut hdr = [0u8; FRAME_HEADER_LEN];
         let why = loop {

@@ -13,7 +13,9 @@ use crate::{Error, Result};
 
 /// How long join / leave wait for a `Settled` marker before reading the members'
 /// acknowledgements themselves (a member died, or the log never quiesced at one offset).
-const SETTLE_SLICE: Duration = Duration::from_secs(2);
+/// The wait doubles after each check, up to [`SETTLE_SLICE_MAX`].
+const SETTLE_SLICE: Duration = Duration::from_secs(1);
+const SETTLE_SLICE_MAX: Duration = Duration::from_secs(8);
 
 /// At most this many lagging members are asked about (QUERY_ALIVE) per slice: a dead member
 /// is normally reported by the rank-down watch already.
@@ -122,7 +124,7 @@ impl BmObject {
     }
 
     /// Appends `entry` and waits until every other alive holder applied it: a `Settled`
-    /// marker at or past it, or (checked every [`SETTLE_SLICE`]) every such holder's
+    /// marker at or past it, or (checked after [`SETTLE_SLICE`], then at doubling intervals) every such holder's
     /// acknowledgement at or past it. Then the members that could not map this rank's window
     /// (join) make it fail with their reasons.
     pub(super) fn announce(&self, entry: Entry, what: &str, deadline: Instant) -> Result<()> {
@@ -166,7 +168,8 @@ impl BmObject {
                     .0;
             }
         };
-        let mut check_at = Instant::now() + SETTLE_SLICE;
+        let mut slice = SETTLE_SLICE;
+        let mut check_at = Instant::now() + slice;
         loop {
             let settled = {
                 let mut ctl = lock(&self.ctl);
@@ -222,7 +225,8 @@ impl BmObject {
                     ),
                 ));
             }
-            check_at = Instant::now() + SETTLE_SLICE;
+            slice = (slice * 2).min(SETTLE_SLICE_MAX);
+            check_at = Instant::now() + slice;
         }
         if !matches!(entry, Entry::Join(_)) {
             return Ok(());
