@@ -73,6 +73,14 @@ typedef int32_t smem_error;
 /** A configured capacity (object table, links, bytes) is exhausted. */
 #define SM_LIMIT_EXCEEDED (-2105)
 
+/**
+ * Flag of smem_bm_copy, smem_bm_copy_2d and smem_bm_copy_batch (SPEC 6.1): the call validates
+ * every range first (an invalid one fails at once, nothing is queued), queues the copy on this
+ * process's copy engine and returns; smem_bm_wait(handle) completes it. Copy flags are 0 or
+ * this flag; any other bit is SM_INVALID_PARAM and moves no byte.
+ */
+#define SMEM_ASYNC_COPY_FLAG (1u << 0)
+
 /** Log levels of smem_set_log_level and of the external logger's `level` argument. */
 #define SMEM_LOG_DEBUG 0
 #define SMEM_LOG_INFO 1

@@ -64,7 +64,9 @@ int32_t smem_shm_config_init(smem_shm_config_t *config);
  * startConfigStore. Bounded by shmInitTimeout.
  * config: NULL means the defaults of smem_shm_config_init; read during the call only.
  * Checked: configStoreIpPort non-NULL UTF-8, 1 <= worldSize <= SMEM_WORLD_SIZE_MAX,
- * rankId < worldSize, timeouts >= 1 (SM_INVALID_PARAM).
+ * rankId < worldSize, timeouts >= 1, config flags 0 (SM_INVALID_PARAM).
+ * deviceId: the device this process opens through the device backend, as smem_bm_init does
+ * (acl: a device the runtime does not have fails init); the windows are host memory.
  * A second call while initialised: SM_OK if every argument is identical, else SM_REPEAT_CALL.
  * SM_TIMEOUT names the ranks that did not register in time. When smem_bm_init of this process
  * already uses the same store URL, SHM shares that store (no second server; rankId must equal
@@ -85,7 +87,8 @@ uint32_t smem_shm_query_support_data_operation(void);
  * Collective over rankSize ranks (bounded by shmCreateTimeout): creates SHM object id (0..63)
  * in which this process is rank rankId (< rankSize, 1 <= rankSize <= SMEM_WORLD_SIZE_MAX) and
  * contributes symmetricSize bytes (non-zero multiple of 2 MiB). dataOpType: non-empty set of
- * smem_shm_data_op_type bits. flags: reserved, pass 0. On success writes *gva = base of the
+ * smem_shm_data_op_type bits within smem_shm_query_support_data_operation() (ROCE is
+ * SM_NOT_SUPPORTED). flags: reserved, must be 0 (else SM_INVALID_PARAM). On success writes *gva = base of the
  * object (rank 0's window) and returns the handle; NULL (last error set) on failure.
  * When it returns on any member, every member has mapped the window of every same-host member
  * at gva + r*symmetricSize (read/write, pre-faulted). Errors: SM_INVALID_PARAM (arguments,
@@ -96,8 +99,8 @@ smem_shm_t smem_shm_create(uint32_t id, uint32_t rankSize, uint32_t rankId,
                            uint64_t symmetricSize, smem_shm_data_op_type dataOpType,
                            uint32_t flags, void **gva);
 
-/** Destroys the object (unmaps every window). flags: reserved, pass 0. Returns SM_OK;
- * SM_INVALID_PARAM for NULL; SM_OBJECT_NOT_EXISTS for a destroyed handle. */
+/** Destroys the object (unmaps every window). flags: reserved, must be 0. Returns SM_OK;
+ * SM_INVALID_PARAM for NULL or non-zero flags (the object stays); SM_OBJECT_NOT_EXISTS for a destroyed handle. */
 int32_t smem_shm_destroy(smem_shm_t handle, uint32_t flags);
 
 /**

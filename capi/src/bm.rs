@@ -124,7 +124,7 @@ impl smem_bm_config_t {
 }
 
 /// The handle behind a `smem_bm_t`.
-fn handle(h: smem_bm_t) -> Result<BmHandle> {
+pub(crate) fn handle(h: smem_bm_t) -> Result<BmHandle> {
     ffi::handle_arg(h).map(BmHandle)
 }
 
@@ -134,14 +134,14 @@ fn to_c_handle(h: BmHandle) -> Result<smem_bm_t> {
 }
 
 /// A caller pointer as the runtime's address (provenance exposed so the runtime may use it).
-fn addr_of(p: *const c_void) -> u64 {
+pub(crate) fn addr_of(p: *const c_void) -> u64 {
     p.expose_provenance() as u64
 }
 
-fn check_copy_type(t: u32) -> Result<()> {
-    if t >= SMEMB_COPY_BUTT {
+pub(crate) fn check_copy_type(t: u32) -> Result<()> {
+    if t >= SMEMB_COPY_BUTT && t != crate::bm_ext::SMEMB_COPY_G2G {
         return Err(Error::invalid(format!(
-            "unknown copy type {t} (L2G=0, G2L=1, G2H=2, H2G=3)"
+            "unknown copy type {t} (L2G=0, G2L=1, G2H=2, H2G=3, G2G=8)"
         )));
     }
     Ok(())

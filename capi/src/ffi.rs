@@ -124,6 +124,24 @@ pub(crate) unsafe fn read_arg<T: Copy>(p: *const T, what: &str) -> Result<T> {
     Ok(unsafe { ptr::read_unaligned(p) })
 }
 
+/// Copies an array argument of `len` elements out of caller memory (alignment is not assumed).
+///
+/// # Errors
+/// `SM_INVALID_PARAM` naming `what` when `p` is NULL.
+///
+/// # Safety
+/// `p` is NULL or points to `len` readable, initialised `T`s. `T` must be valid for every bit
+/// pattern (pointers, integers).
+pub(crate) unsafe fn read_array<T: Copy>(p: *const T, len: usize, what: &str) -> Result<Vec<T>> {
+    if p.is_null() {
+        return Err(Error::invalid(format!("{what} is NULL")));
+    }
+    Ok((0..len)
+        // SAFETY: element `i < len` of a readable array (contract); `wrapping_add` stays in it.
+        .map(|i| unsafe { ptr::read_unaligned(p.wrapping_add(i)) })
+        .collect())
+}
+
 /// A checked, writable out-parameter; written only on success ([`Out::write`]).
 #[derive(Debug)]
 pub(crate) struct Out<T>(NonNull<T>);

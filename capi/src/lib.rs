@@ -23,11 +23,13 @@
 mod ffi;
 
 pub mod bm;
+pub mod bm_ext;
 pub mod common;
 pub mod error;
 pub mod shm;
 
 pub use bm::*;
+pub use bm_ext::*;
 pub use common::*;
 pub use error::{smem_get_and_clear_last_err_msg, smem_get_last_err_msg};
 pub use shm::*;

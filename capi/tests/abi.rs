@@ -132,12 +132,25 @@ const SPEC_FUNCTIONS: [&str; 32] = [
     "smem_shm_topology_can_reach",
 ];
 
+/// SPEC 6.1 (`smem_bm.h`): batch and asynchronous copies, registered memory, GVA lookup.
+const SPEC_6_1_FUNCTIONS: [&str; 5] = [
+    "smem_bm_copy_batch",
+    "smem_bm_wait",
+    "smem_bm_register_user_mem",
+    "smem_bm_unregister_user_mem",
+    "smem_bm_get_rank_id_by_gva",
+];
+
 #[test]
 #[cfg_attr(miri, ignore)]
 fn headers_and_exports_agree() {
     let declared = declared_functions();
     let exported = exported_functions();
-    let spec: BTreeSet<String> = SPEC_FUNCTIONS.iter().map(|s| (*s).to_owned()).collect();
+    let spec: BTreeSet<String> = SPEC_FUNCTIONS
+        .iter()
+        .chain(SPEC_6_1_FUNCTIONS.iter())
+        .map(|s| (*s).to_owned())
+        .collect();
     assert_eq!(
         declared, spec,
         "the headers do not declare exactly the SPEC's functions"

@@ -1,7 +1,7 @@
 //! SPEC 4: the copy path allocates nothing. A counting `#[global_allocator]` (this test binary
 //! only) counts the heap allocations made by the copying thread while it runs 10,000 rounds of
 //! `smem_bm_copy` and `smem_bm_copy_2d`, every copy type (H2G, G2H into/from the peer's DRAM,
-//! L2G, G2L into/from the peer's HBM), into the window of a real second rank (a child process)
+//! L2G, G2L into/from the peer's HBM, G2G between the two windows), into the window of a real second rank (a child process)
 //! after a warm-up. Other threads (store client, heartbeats, the in-process store) are not
 //! counted: the counter is per thread.
 
@@ -13,8 +13,8 @@ use std::cell::Cell;
 use std::ffi::c_void;
 
 use smem::{
-    SMEMB_COPY_G2H, SMEMB_COPY_G2L, SMEMB_COPY_H2G, SMEMB_COPY_L2G, smem_bm_copy, smem_bm_copy_2d,
-    smem_bm_t,
+    SMEMB_COPY_G2G, SMEMB_COPY_G2H, SMEMB_COPY_G2L, SMEMB_COPY_H2G, SMEMB_COPY_L2G, smem_bm_copy,
+    smem_bm_copy_2d, smem_bm_t,
 };
 
 struct Counting;
@@ -127,6 +127,8 @@ fn copy_path_allocates_nothing() {
         copy_2d(h, peer_dram + MIB, 1024, d, 256, SMEMB_COPY_G2H);
         copy_2d(h, own_hbm, 256, peer_hbm + MIB, 1024, SMEMB_COPY_L2G);
         copy_2d(h, peer_hbm + MIB, 1024, own_hbm + MIB, 256, SMEMB_COPY_G2L);
+        copy(h, own_hbm, peer_dram + 2 * MIB, SMEMB_COPY_G2G);
+        copy_2d(h, peer_dram + MIB, 1024, own_hbm + MIB, 256, SMEMB_COPY_G2G);
     };
     for _ in 0..100 {
         round();
@@ -141,9 +143,9 @@ fn copy_path_allocates_nothing() {
         n,
         0,
         "{n} heap allocations in {} copies (1D and 2D, every type)",
-        ROUNDS * 8
+        ROUNDS * 10
     );
-    println!("copy path: 0 heap allocations in {} copies", ROUNDS * 8);
+    println!("copy path: 0 heap allocations in {} copies", ROUNDS * 10);
     assert_eq!(dst, src, "the data went round trip");
     drop(p);
 }

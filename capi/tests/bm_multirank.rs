@@ -113,6 +113,27 @@ fn bm_four_ranks_as_processes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// SPEC 2.1: the whole job at debug level with an external logger that calls smem functions
+/// taking the runtime's locks on every record (`tests/c/logger_calls_back.h`), from every
+/// thread that logs; the repeated identical `smem_bm_init` logs "already initialised" while
+/// deciding under the init lock. A record handed to the logger under a lock deadlocks a rank.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn bm_four_ranks_with_a_logger_that_calls_back() {
+    let dir = common::scratch("bm-multirank-logger");
+    let exe = build(&dir);
+    run_ranks(
+        &exe,
+        &dir,
+        &[
+            ("SMEM_DEVICE", "sim"),
+            ("SMEM_LOG_LEVEL", "debug"),
+            ("SMEM_TEST_LOGGER_CALLS_BACK", "1"),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The same program through the `acl` device backend, over the stub `libascendcl.so`
 /// (`platform-linux/tests/acl_stub/acl_stub.c`): HBM parts are stub device memory shared by IPC
 /// keys, L2G/G2L/H2G/G2H and 2D copies on them go through `aclrtMemcpy` / `aclrtMemcpy2d`. The

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Lang, Link};
-use smem::{smem_bm_config_t, smem_shm_config_t, smem_tls_option};
+use smem::{smem_batch_copy_params, smem_bm_config_t, smem_shm_config_t, smem_tls_option};
 
 /// The layout lines the C program must print, computed from the Rust mirrors.
 fn rust_layout() -> BTreeMap<String, usize> {
@@ -51,6 +51,13 @@ fn rust_layout() -> BTreeMap<String, usize> {
         certFile,
         keyFile,
         keyPassword
+    );
+    off!(
+        smem_batch_copy_params,
+        sources,
+        destinations,
+        dataSizes,
+        batchSize
     );
     // C bool is mirrored as u8; the enums travel as u32 parameters.
     m.insert("bool.size".into(), size_of::<u8>());

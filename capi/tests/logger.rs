@@ -4,6 +4,7 @@
 //!
 //! One test in its own binary: the logger and the level are process-wide.
 #![allow(clippy::undocumented_unsafe_blocks)]
+#![allow(clippy::disallowed_methods)] // The test's own record lock, not a lock of smem.
 
 use std::ffi::{CStr, c_char, c_int};
 use std::sync::Mutex;

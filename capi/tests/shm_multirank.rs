@@ -48,3 +48,22 @@ fn shm_four_ranks_as_processes() {
     run_ranks(&exe, &dir, &[("SMEM_LOG_LEVEL", "info")]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SPEC 2.1: the whole SHM job at debug level with an external logger that calls smem functions
+/// taking the runtime's locks on every record (`tests/c/logger_calls_back.h`); the repeated
+/// identical `smem_shm_init` logs while deciding under the init lock.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn shm_four_ranks_with_a_logger_that_calls_back() {
+    let dir = common::scratch("shm-multirank-logger");
+    let exe = build(&dir);
+    run_ranks(
+        &exe,
+        &dir,
+        &[
+            ("SMEM_LOG_LEVEL", "debug"),
+            ("SMEM_TEST_LOGGER_CALLS_BACK", "1"),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -28,6 +28,13 @@ use core::fmt;
 use crate::gva::{Gva, GvaRange, checked_round_up};
 use crate::limits::{WINDOW_ALIGN, WORLD_SIZE_MAX};
 
+mod g2g;
+
+pub use self::g2g::{
+    ASYNC_COPY_FLAG, COPY_G2G, G2g2dPlan, G2gPlan, check_copy_2d_g2g, check_copy_flags,
+    check_copy_g2g,
+};
+
 /// One of the two parts of a window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Part {
@@ -497,6 +504,17 @@ pub enum CopyError {
         /// Window stride.
         stride: u64,
     },
+    /// Copy flags other than `SMEM_ASYNC_COPY_FLAG` (SPEC 6.1).
+    BadFlags(u32),
+    /// The two window ranges of a `G2G` copy overlap.
+    RangesOverlap {
+        /// Source address.
+        src: u64,
+        /// Destination address.
+        dest: u64,
+        /// Byte count of the larger span.
+        len: u64,
+    },
     /// The local range overlaps the global range.
     LocalOverlapsGlobal {
         /// Local address.
@@ -512,7 +530,10 @@ impl fmt::Display for CopyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::UnknownType(t) => {
-                write!(f, "unknown copy type {t}; use L2G=0, G2L=1, G2H=2 or H2G=3")
+                write!(
+                    f,
+                    "unknown copy type {t}; use L2G=0, G2L=1, G2H=2, H2G=3 or G2G=8"
+                )
             }
             Self::ZeroSize => f.write_str("copy size is 0; nothing to copy"),
             Self::NullLocal => f.write_str("the local pointer of the copy is NULL"),
@@ -564,6 +585,15 @@ impl fmt::Display for CopyError {
             } => write!(
                 f,
                 "copy range {addr:#x}+{len} crosses the end of rank {rank}'s {part} part (last byte {part_last:#x}, stride {stride:#x}); split the copy"
+            ),
+            Self::BadFlags(flags) => write!(
+                f,
+                "copy flags {flags:#x} have unknown bits {:#x}; pass 0 or SMEM_ASYNC_COPY_FLAG (1)",
+                flags & !ASYNC_COPY_FLAG
+            ),
+            Self::RangesOverlap { src, dest, len } => write!(
+                f,
+                "G2G source range {src:#x} and destination range {dest:#x} overlap (span {len} bytes)"
             ),
             Self::LocalOverlapsGlobal { local, global, len } => write!(
                 f,

@@ -38,6 +38,23 @@ pub const ALLGATHER_SEND_MAX: u32 = 65536;
 /// A store key built by a machine.
 pub type Key = String<KEY_CAP>;
 
+/// The key of the gathered bytes of `generation` (`{prefix}{generation}v`): with members on
+/// several hosts, every member WRITEs its bytes there at `rank * sendSize` and GETs the whole
+/// value once the hosts' barrier of that generation released it (the cleanup of the next
+/// generation removes it, as for [`Collective::allgather`]).
+///
+/// # Errors
+/// [`CollectiveError::PrefixTooLong`].
+pub fn gathered_key(prefix: &str, generation: u64) -> Result<Key, CollectiveError> {
+    if prefix.len() > PREFIX_MAX {
+        return Err(CollectiveError::PrefixTooLong);
+    }
+    let mut key = Key::new();
+    // INVARIANT: KEY_CAP holds PREFIX_MAX bytes + 20 digits + 1 suffix.
+    write!(key, "{prefix}{generation}v").map_err(|_| CollectiveError::PrefixTooLong)?;
+    Ok(key)
+}
+
 /// The store operation the caller must run next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -513,6 +530,19 @@ mod tests {
         let long = "x".repeat(PREFIX_MAX + 1);
         assert_eq!(
             Collective::barrier(&long, 0, 0, 1).unwrap_err(),
+            CollectiveError::PrefixTooLong
+        );
+    }
+
+    #[test]
+    fn gathered_key_matches_the_machines_value_key() {
+        assert_eq!(
+            gathered_key("shm/1.2/", 17).unwrap().as_str(),
+            "shm/1.2/17v"
+        );
+        let long = "x".repeat(PREFIX_MAX + 1);
+        assert_eq!(
+            gathered_key(&long, 0).unwrap_err(),
             CollectiveError::PrefixTooLong
         );
     }

@@ -14,6 +14,7 @@ extern crate std;
 
 pub mod bm;
 pub mod collective;
+pub mod ctl_segment;
 pub mod error;
 pub mod gva;
 pub mod limits;

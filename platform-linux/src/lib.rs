@@ -10,12 +10,14 @@
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
 compile_error!("smem-linux needs 64-bit Linux");
 
+pub mod collective;
 pub mod device;
 pub mod error;
 pub mod logging;
 pub mod mem;
 pub mod runtime;
 pub mod store;
+pub mod sync;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tls;

@@ -20,7 +20,12 @@
 //!   adds its own). `None` restores stderr.
 //!
 //! # Locks, re-entrancy, fork
-//! The log path takes no lock at all (stderr is written on a duplicated descriptor, not
+//! The external sink is never called while the logging thread holds a lock of smem (SPEC 2.1):
+//! every lock is taken through [`crate::sync`], which counts the locks each thread holds; a
+//! record logged while the count is above zero is queued on that thread (at most
+//! [`DEFERRED_MAX`] records; beyond that they are counted and reported as dropped) and handed to
+//! the sink, in order, as soon as the thread's last lock is released. Records for stderr are
+//! written at once. The log path itself takes no lock at all (stderr is written on a duplicated descriptor, not
 //! through `std::io::stderr()` and its lock): the sink's function pointer lives in a write-once slot
 //! (`OnceLock`, lock-free to read) chosen by an atomic index, so it is copied out with two
 //! atomic loads and then called. A sink is therefore never called while a lock of this module
@@ -35,7 +40,7 @@
 //! installed another `log` logger (e.g. a Rust application linking `smem-linux` directly),
 //! that one stays in charge and this module only keeps its level.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::fd::AsFd;
@@ -76,15 +81,24 @@ static INIT: Once = Once::new();
 static OURS: AtomicBool = AtomicBool::new(false);
 static LOGGER: SmemLogger = SmemLogger;
 
+/// Records one thread queues for the external sink while it holds locks; more are dropped
+/// (and counted).
+pub const DEFERRED_MAX: usize = 1024;
+
 thread_local! {
     /// Set while this thread runs the external sink (re-entrancy guard).
     static IN_SINK: Cell<bool> = const { Cell::new(false) };
+    /// Set while [`DEFERRED`] holds something (checked on every release of a thread's last lock).
+    static PENDING: Cell<bool> = const { Cell::new(false) };
+    /// Records for the external sink logged while this thread held a lock, and how many more
+    /// were dropped over [`DEFERRED_MAX`].
+    static DEFERRED: RefCell<(Vec<(i32, String)>, usize)> = const { RefCell::new((Vec::new(), 0)) };
 }
 
 /// Installs the logger (once per process) and reads `SMEM_LOG_LEVEL`. Idempotent and cheap
 /// after the first call; every other function of this module calls it.
 pub fn init() {
-    INIT.call_once(|| {
+    crate::sync::once(&INIT, || {
         let env = std::env::var(LEVEL_ENV).ok();
         let bad = match env.as_deref().map(str::trim) {
             None | Some("") => None,
@@ -164,6 +178,7 @@ pub fn level() -> i32 {
 /// # Errors
 /// `SM_LIMIT_EXCEEDED` when [`SINK_SLOTS`] other sinks were already installed in this process
 /// (the active sink is unchanged then).
+#[allow(clippy::disallowed_methods)] // `get_or_init` here logs nothing (it stores `f`).
 pub fn set_sink(sink: Option<Sink>) -> Result<()> {
     init();
     let Some(f) = sink else {
@@ -217,15 +232,14 @@ impl Log for SmemLogger {
             return;
         }
         let level = level_number(record.level());
-        if let Some(sink) = sink() {
-            // `sink()` returned a copy of the pointer; no lock is held.
-            let entered = IN_SINK.try_with(|f| !f.replace(true)).unwrap_or(false);
-            if entered {
-                let msg = format!("{}: {}", record.target(), record.args());
-                sink(level, &msg);
-                let _ = IN_SINK.try_with(|f| f.set(false));
-                return;
+        if sink().is_some() {
+            let msg = format!("{}: {}", record.target(), record.args());
+            if crate::sync::held() > 0 {
+                defer(level, msg);
+            } else {
+                emit(level, &msg);
             }
+            return;
         }
         write_stderr(record);
     }
@@ -233,18 +247,85 @@ impl Log for SmemLogger {
     fn flush(&self) {}
 }
 
+/// Queues a record of a thread that holds a lock (see the module docs).
+fn defer(level: i32, msg: String) {
+    let queued = DEFERRED.try_with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0.len() < DEFERRED_MAX {
+            d.0.push((level, msg));
+        } else {
+            d.1 += 1;
+        }
+    });
+    if queued.is_ok() {
+        let _ = PENDING.try_with(|p| p.set(true));
+    }
+}
+
+/// Hands the records this thread queued while it held locks to the sink (stderr if the sink was
+/// removed meanwhile). Called by [`crate::sync`] when the thread's last lock is released.
+pub(crate) fn flush_deferred() {
+    if !PENDING.try_with(|p| p.replace(false)).unwrap_or(false) {
+        return;
+    }
+    let Ok((records, dropped)) = DEFERRED.try_with(|d| std::mem::take(&mut *d.borrow_mut())) else {
+        return;
+    };
+    // The sink may take locks and log again: those records queue anew and flush when its last
+    // lock is released, after the ones taken out here started.
+    for (level, msg) in records {
+        emit(level, &msg);
+    }
+    if dropped > 0 {
+        emit(
+            WARN,
+            &format!(
+                "smem::logging: {dropped} log records were dropped: more than {DEFERRED_MAX} were logged while one thread held locks"
+            ),
+        );
+    }
+}
+
+/// Sends one record to the external sink, or to stderr when there is none or this thread is
+/// already inside the sink (a record the sink logs through smem must not recurse).
+fn emit(level: i32, msg: &str) {
+    if let Some(sink) = sink() {
+        // `sink()` returned a copy of the pointer; no lock is held.
+        let entered = IN_SINK.try_with(|f| !f.replace(true)).unwrap_or(false);
+        if entered {
+            sink(level, msg);
+            let _ = IN_SINK.try_with(|f| f.set(false));
+            return;
+        }
+    }
+    let name = match level {
+        DEBUG => Level::Debug,
+        INFO => Level::Info,
+        WARN => Level::Warn,
+        _ => Level::Error,
+    };
+    write_stderr_line(name, format_args!("{msg}"));
+}
+
 fn write_stderr(record: &Record<'_>) {
+    write_stderr_line(
+        record.level(),
+        format_args!("{}: {}", record.target(), record.args()),
+    );
+}
+
+/// Writes `<timestamp> <level> [<thread>] <text>` to stderr.
+fn write_stderr_line(level: Level, text: std::fmt::Arguments<'_>) {
     let mut line = String::with_capacity(128);
     push_timestamp(&mut line, SystemTime::now());
     let thread = std::thread::current();
     let _ = write!(
         line,
-        " {:<5} [{}/{}] {}: {}",
-        record.level(),
+        " {:<5} [{}/{}] {}",
+        level,
         thread.name().unwrap_or("-"),
         thread_number(thread.id()),
-        record.target(),
-        record.args()
+        text
     );
     line.push('\n');
     write_stderr_raw(&line);

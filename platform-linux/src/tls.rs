@@ -58,7 +58,7 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use std::{fmt, fs, io};
 
@@ -78,6 +78,7 @@ use rustls_pki_types::{
 use smem_core::ErrorCode;
 use zeroize::Zeroizing;
 
+use crate::sync::{lock, read, write};
 use crate::sys::net::NoSigPipe;
 use crate::{Error, Result};
 
@@ -305,20 +306,14 @@ pub fn set_global(options: Option<TlsOptions>) -> Result<()> {
     };
     // The lock is held for a pointer swap only (the old value is dropped after): a fork in
     // another thread can hardly catch it held, and readers never wait for file I/O.
-    let old = std::mem::replace(
-        &mut *GLOBAL.write().unwrap_or_else(PoisonError::into_inner),
-        loaded,
-    );
+    let old = std::mem::replace(&mut *write(&GLOBAL), loaded);
     drop(old);
     Ok(())
 }
 
 /// The process-wide TLS setting, if [`set_global`] enabled one.
 pub fn global() -> Option<Arc<LoadedTls>> {
-    GLOBAL
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone()
+    read(&GLOBAL).clone()
 }
 
 /// A client's TLS connection over a blocking [`TcpStream`]: `Read + Write` once connected.
@@ -1127,10 +1122,6 @@ fn decrypt_pkcs8(
     Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         plain.as_bytes().to_vec(),
     )))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Raw bytes a [`TlsReader`] reads per system call (a full TLS record and then some).

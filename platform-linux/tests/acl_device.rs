@@ -23,6 +23,7 @@ const ROLE: &str = "ACL_TEST_ROLE";
 
 /// The stub's directory layout: `<dir>/lib64/libascendcl.so` (full) and
 /// `<dir>/partial/lib64/libascendcl.so` (no `aclrtIpcMemClose`).
+#[allow(clippy::disallowed_methods)] // The test's own cell, not a lock of smem.
 fn stub_home() -> &'static Path {
     static HOME: OnceLock<PathBuf> = OnceLock::new();
     HOME.get_or_init(|| {
@@ -601,6 +602,58 @@ fn bm_object_on_acl() {
     let mut env = base.to_vec();
     env.push(("ACL_STUB_FAIL", "aclrtMalloc=424242"));
     let (ok, out) = child(ME, "malloc-fails", &env);
+    assert!(ok && out.contains("role-ok"), "{out}");
+}
+
+/// SHM honours `deviceId` (README "C API decisions"): init opens that device through the
+/// backend, as BM init does, so a device the runtime does not have fails init, naming the ACL
+/// call; an existing one is opened (the SHM windows themselves are host memory).
+#[test]
+#[cfg_attr(miri, ignore)]
+fn shm_init_opens_its_device() {
+    const ME: &str = "shm_init_opens_its_device";
+    if let Some(r) = role() {
+        use smem_linux::runtime::shm::{self, ShmConfig};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let cfg = ShmConfig {
+            init_timeout: Duration::from_secs(10),
+            ..ShmConfig::default()
+        };
+        // The stub has devices 0..63.
+        let device = if r == "absent" { 70 } else { 5 };
+        let got = shm::shm_init(&url, 1, 0, device, &cfg);
+        if r == "absent" {
+            let e = got.expect_err("device 70 does not exist");
+            assert!(
+                e.message().contains("aclrtSetDevice") && e.message().contains("70"),
+                "{e}"
+            );
+        } else {
+            got.expect("init on device 5");
+            shm::shm_uninit(0);
+        }
+        println!("role-ok");
+        return;
+    }
+    let home = stub_home().to_string_lossy().into_owned();
+    let trace = stub_home().join(format!("trace-shm-{}", std::process::id()));
+    let _ = std::fs::remove_file(&trace);
+    let t = trace.to_string_lossy().into_owned();
+    let env = [
+        ("ASCEND_HOME_PATH", home.as_str()),
+        ("SMEM_DEVICE", "acl"),
+        ("ACL_STUB_TRACE", t.as_str()),
+    ];
+    let (ok, out) = child(ME, "ok", &env);
+    assert!(ok && out.contains("role-ok"), "{out}");
+    let calls = std::fs::read_to_string(&trace).expect("trace");
+    let _ = std::fs::remove_file(&trace);
+    assert!(called(&calls, "aclrtSetDevice"), "{calls}");
+    let (ok, out) = child(ME, "absent", &env);
     assert!(ok && out.contains("role-ok"), "{out}");
 }
 

@@ -165,3 +165,55 @@ fn heartbeat_timeout_from_env() {
         "closed after {took:?} ({outcome:?}); the server must wait for the 1 s heartbeat timeout"
     );
 }
+
+/// Issue 12 item 4: one standalone store serves successive jobs of different world sizes. A
+/// job of 2 ranks ends (its links close, the store wipes its keys); a job of 3 ranks then
+/// registers against the same store.
+#[test]
+fn serves_successive_jobs_of_different_world_sizes() {
+    let child = Command::new(BIN)
+        .args(["--listen", "tcp://127.0.0.1:0", "--heartbeat-timeout", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = StoreUrl::parse(line.trim().trim_start_matches("listening on "))
+        .unwrap()
+        .addr;
+    let opts = |world: u32, rank: u32| ClientOptions {
+        world_size: Some(world),
+        rank: Some(rank),
+        connect_timeout: Duration::from_secs(5),
+        op_timeout: Duration::from_secs(5),
+        reconnect: false,
+        ..ClientOptions::default()
+    };
+    // An unranked observer, there through both jobs, sees the first job's keys go.
+    let observer = StoreClient::connect(addr, ClientOptions::default()).unwrap();
+    for world in [2u32, 3] {
+        let ranks: Vec<StoreClient> = (0..world)
+            .map(|r| {
+                StoreClient::connect(addr, opts(world, r))
+                    .unwrap_or_else(|e| panic!("job of {world} ranks, rank {r}: {e}"))
+            })
+            .collect();
+        for (r, c) in ranks.iter().enumerate() {
+            c.set(format!("job{world}/rank{r}").as_bytes(), b"up")
+                .unwrap();
+        }
+        assert_eq!(observer.get(b"job2/rank1").unwrap().is_some(), world == 2);
+        drop(ranks);
+        // The job ended: its keys are wiped once the store saw every rank's link close.
+        let key = format!("job{world}/rank0");
+        let end = Instant::now() + Duration::from_secs(10);
+        while observer.get(key.as_bytes()).unwrap().is_some() {
+            assert!(Instant::now() < end, "the store kept job {world}'s keys");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

@@ -9,6 +9,7 @@ use smem_linux::store::{CasResult, ClientOptions, ServerConfig, StoreClient, Sto
 
 /// Timing-sensitive tests and CPU-heavy tests of this file run one at a time, so a deadline
 /// measurement is not disturbed by another test saturating the (small) machine.
+#[allow(clippy::disallowed_methods)] // The test's own lock, not a lock of smem.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock()

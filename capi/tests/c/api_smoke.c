@@ -118,6 +118,32 @@ static void pin_signatures(void)
     CHECK(SMEMB_COPY_BUTT == 4 && SMEMB_DATA_OP_HOST_TCP == 4 && SMEMS_DATA_OP_ROCE == 4);
 }
 
+/* SPEC 6.1 (smem_bm.h, smem.h): batch and asynchronous copies, registered memory. */
+static void pin_signatures_6_1(void)
+{
+    int32_t (*p_batch)(smem_bm_t, smem_batch_copy_params *, smem_bm_copy_type, uint32_t) =
+        smem_bm_copy_batch;
+    int32_t (*p_wait)(smem_bm_t) = smem_bm_wait;
+    int32_t (*p_reg)(smem_bm_t, uint64_t, uint64_t) = smem_bm_register_user_mem;
+    int32_t (*p_unreg)(smem_bm_t, uint64_t) = smem_bm_unregister_user_mem;
+    uint32_t (*p_by_gva)(smem_bm_t, void *) = smem_bm_get_rank_id_by_gva;
+    smem_batch_copy_params params;
+    params.sources = NULL;
+    params.destinations = NULL;
+    params.dataSizes = NULL;
+    params.batchSize = 0;
+    CHECK(p_batch != NULL && p_wait != NULL && p_reg != NULL && p_unreg != NULL &&
+          p_by_gva != NULL);
+    CHECK(SMEM_ASYNC_COPY_FLAG == 1u && SMEMB_COPY_G2G == 8);
+    CHECK(smem_bm_copy_batch(NULL, &params, SMEMB_COPY_G2G, SMEM_ASYNC_COPY_FLAG) ==
+          SM_INVALID_PARAM);
+    CHECK(smem_bm_wait(NULL) == SM_INVALID_PARAM);
+    CHECK(smem_bm_register_user_mem(NULL, 4096, 4096) == SM_INVALID_PARAM);
+    CHECK(smem_bm_unregister_user_mem(NULL, 4096) == SM_INVALID_PARAM);
+    CHECK(smem_bm_get_rank_id_by_gva(NULL, NULL) == UINT32_MAX);
+    (void)smem_get_and_clear_last_err_msg();
+}
+
 static void print_layout(void)
 {
     SIZE(smem_bm_config_t);
@@ -137,6 +163,11 @@ static void print_layout(void)
     LAYOUT(smem_shm_config_t, controlOperationTimeout);
     LAYOUT(smem_shm_config_t, startConfigStore);
     LAYOUT(smem_shm_config_t, flags);
+    SIZE(smem_batch_copy_params);
+    LAYOUT(smem_batch_copy_params, sources);
+    LAYOUT(smem_batch_copy_params, destinations);
+    LAYOUT(smem_batch_copy_params, dataSizes);
+    LAYOUT(smem_batch_copy_params, batchSize);
     SIZE(smem_tls_option);
     LAYOUT(smem_tls_option, enableTls);
     LAYOUT(smem_tls_option, caFile);
@@ -281,6 +312,7 @@ int main(int argc, char **argv)
     int quiet = argc > 1 && strcmp(argv[1], "quiet") == 0;
     print_layout();
     pin_signatures();
+    pin_signatures_6_1();
     check_last_error();
     check_logging(quiet);
     check_tls();

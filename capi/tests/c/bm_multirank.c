@@ -38,6 +38,7 @@
 
 #include "smem.h"
 #include "smem_bm.h"
+#include "logger_calls_back.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -235,6 +236,7 @@ static void check_create_join(void)
     smem_bm_data_op_type ops = (smem_bm_data_op_type)(SMEMB_DATA_OP_SDMA | SMEMB_DATA_OP_HOST_TCP);
     g_h = smem_bm_create(0, (uint32_t)g_ws, ops, DRAM_REQ, HBM_REQ, 0);
     EXPECT(g_h != NULL);
+    __atomic_store_n(&g_logger_bm, g_h, __ATOMIC_RELEASE);
     EXPECT(smem_bm_create(0, (uint32_t)g_ws, ops, DRAM_REQ, HBM_REQ, 0) == NULL);
     EXPECT(strstr(smem_get_last_err_msg(), "SM_DUPLICATED_OBJECT") != NULL);
     EXPECT(smem_bm_create(1, (uint32_t)g_ws + 1, ops, DRAM_REQ, HBM_REQ, 0) == NULL);
@@ -437,7 +439,7 @@ int main(int argc, char **argv)
 {
     char url[64];
     const char *host;
-    int port, r, leaver;
+    int port, r, leaver, logger;
     if (argc != 4) {
         fprintf(stderr, "usage: %s RANK WORLD_SIZE PORT\n", argv[0]);
         return 2;
@@ -456,6 +458,7 @@ int main(int argc, char **argv)
     }
     snprintf(url, sizeof url, "tcp://%s:%d", host, port);
     leaver = g_ws - 1;
+    logger = logger_calls_back_install();
 
     check_init(url, g_ws);
     check_create_join();
@@ -516,6 +519,12 @@ int main(int argc, char **argv)
     smem_uninit();
     if (g_failed) {
         return 1;
+    }
+    if (logger) {
+        /* The whole job logged through the logger, debug records included. */
+        EXPECT(logger_calls_back_records(0) > 0 && logger_calls_back_records(1) > 0);
+        printf("rank %d: the logger took %lu debug and %lu info records\n", g_rank,
+               logger_calls_back_records(0), logger_calls_back_records(1));
     }
     printf("rank %d ok\n", g_rank);
     return 0;

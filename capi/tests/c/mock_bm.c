@@ -51,6 +51,13 @@ const char *smem_get_and_clear_last_err_msg(void)
 }
 int32_t smem_init(uint32_t flags) { return flags ? fail(SM_INVALID_PARAM, "flags") : SM_OK; }
 void smem_uninit(void) {}
+/* The mock logs nothing: a logger is accepted and never called. */
+int32_t smem_set_extern_logger(void (*func)(int level, const char *msg))
+{
+    (void)func;
+    return SM_OK;
+}
+int32_t smem_set_log_level(int level) { return level < 0 || level > 3 ? fail(SM_INVALID_PARAM, "level") : SM_OK; }
 
 int32_t smem_bm_config_init(smem_bm_config_t *c)
 {

@@ -26,6 +26,7 @@
 
 #include "smem.h"
 #include "smem_shm.h"
+#include "logger_calls_back.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -145,6 +146,7 @@ static void check_create(void)
     }
     EXPECT(gva != NULL && ((uintptr_t)gva % (2 * MIB)) == 0);
     g_gva = (uint8_t *)gva;
+    __atomic_store_n(&g_logger_shm, g_h, __ATOMIC_RELEASE);
     /* A second object with the same id in this process is refused. */
     EXPECT(smem_shm_create(0, (uint32_t)g_ws, (uint32_t)g_rank, SIZE, SMEMS_DATA_OP_MTE, 0,
                            &gva) == NULL);
@@ -313,7 +315,7 @@ static void teardown(void)
 int main(int argc, char **argv)
 {
     char url[64];
-    int port;
+    int port, logger;
     if (argc != 4) {
         fprintf(stderr, "usage: %s RANK WORLD_SIZE PORT\n", argv[0]);
         return 2;
@@ -327,6 +329,7 @@ int main(int argc, char **argv)
     }
     alarm(240); /* last-resort deadline; the driver has its own */
     snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port);
+    logger = logger_calls_back_install();
 
     check_init(url);
     check_create_errors();
@@ -338,6 +341,12 @@ int main(int argc, char **argv)
     check_allgather(65536);
     check_reach();
     teardown();
+    if (logger) {
+        /* The whole job logged through the logger, debug records included. */
+        EXPECT(logger_calls_back_records(0) > 0 && logger_calls_back_records(1) > 0);
+        printf("rank %d: the logger took %lu debug and %lu info records\n", g_rank,
+               logger_calls_back_records(0), logger_calls_back_records(1));
+    }
     printf("rank %d ok\n", g_rank);
     return 0;
 }

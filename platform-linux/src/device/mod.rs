@@ -333,9 +333,7 @@ pub fn select_named(name: &str, device_id: u16) -> Result<Arc<dyn Device>> {
 /// Logs the backend choice once per process, and again only when it changes.
 fn log_choice(name: &'static str, device_id: u16, why: &str) {
     static LAST: Mutex<Option<(&'static str, u16)>> = Mutex::new(None);
-    let mut last = LAST
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut last = crate::sync::lock(&LAST);
     if *last != Some((name, device_id)) {
         *last = Some((name, device_id));
         drop(last);

@@ -19,14 +19,15 @@
 //! and the store key schedule.
 //! Windows of peers on other hosts stay reserved; objects created with `HOST_TCP` or `ROCE`
 //! reach them through the network transport ([`crate::transport`]), others get
-//! `SM_NOT_SUPPORTED` for them. `unifiedAddressSpace = false` is
-//! accepted and behaves like `true` (every member maps the pool at the same GVA anyway);
-//! `flags` and `dataOpType` do not change the same-host route (memory copy / device copy
-//! engine). The route is chosen per window at join (its atomic state): the copy path reads it
+//! `SM_NOT_SUPPORTED` for them. `unifiedAddressSpace = false` is refused with
+//! `SM_INVALID_PARAM` (every member maps the pool at the same GVA); reserved `flags` (config,
+//! create, join, leave) must be 0; `dataOpType` does not change the same-host route (memory
+//! copy / device copy engine). The route is chosen per window at join (its atomic state): the copy path reads it
 //! once, with no lookup beyond the object's table slot.
 //!
 //! # Locks
-//! `STATE` (init/uninit), `OBJECTS` (the handle table) and each slot's `RwLock` are only held
+//! Every lock is taken through [`crate::sync`], so no log record reaches the external logger
+//! while its thread holds one (SPEC 2.1). `STATE` (init/uninit), `OBJECTS` (the handle table) and each slot's `RwLock` are only held
 //! for short, non-blocking sections, in that order. The copy path takes one slot's read lock
 //! (per object, never global) for the whole copy, validates with `smem_core::bm`, checks the
 //! window's state and copies; it allocates nothing unless it fails. Unmapping a window waits for
@@ -43,10 +44,14 @@
 //! links of a hosted store) are not inherited as such: [`crate::sys::fork::DetachOnFork`]
 //! replaces them in the child with unconnected placeholders, so the store sees this process's
 //! link close when it dies even while a forked child lives, and a hosted store's port is freed.
-#![allow(unsafe_code)] // `bm_copy`/`bm_copy_2d` are `unsafe fn` (caller pointers) and forward
-// that contract to the device copy, one `unsafe` block each.
+#![allow(unsafe_code)] // the copy path (`copy`, `batch`, `async_engine`) has `unsafe fn`s (caller
+// pointers) that forward that contract to the device copy and the transport.
 
+mod async_engine;
+mod batch;
+mod copy;
 mod object;
+mod regions;
 mod rendezvous;
 pub mod shm;
 
@@ -54,24 +59,26 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{
-    Arc, LazyLock, Mutex, MutexGuard, Once, RwLock, RwLockReadGuard, RwLockWriteGuard,
-};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Once, RwLock, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use smem_core::ErrorCode;
-use smem_core::bm::{LocalMemory, Part, check_copy, check_copy_2d};
-use smem_core::gva::{Gva, GvaRange};
+use smem_core::gva::Gva;
 use smem_core::limits::{BM_OBJECTS_MAX, WORLD_SIZE_MAX};
 use smem_core::table::{Handle, Table};
 use smem_core::url::StoreUrl;
 
-use self::object::{BmObject, CreateArgs, WindowGuard, rank_list};
-use crate::device::{self, CopyDirection, Device};
+pub use self::async_engine::bm_wait;
+pub use self::batch::{BATCH_MAX, BatchEntry, bm_copy_batch};
+pub use self::copy::{bm_copy, bm_copy_2d};
+use self::object::{BmObject, CreateArgs, rank_list};
+pub use self::regions::{bm_rank_by_gva, bm_register_user_mem, bm_unregister_user_mem};
+use crate::device::{self, Device};
 use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer};
-use crate::transport::{Node, Op, Transfer};
+use crate::sync::{Held, lock, once, read, write};
+use crate::transport::Node;
 use crate::{Error, Result};
 
 /// Settings of `smem_bm_init` (the Rust form of `smem_bm_config_t`).
@@ -192,18 +199,15 @@ static SLOTS: [Slot; BM_OBJECTS_MAX] = [const { RwLock::new(None) }; BM_OBJECTS_
 static CREATING: [AtomicBool; BM_OBJECTS_MAX] = [const { AtomicBool::new(false) }; BM_OBJECTS_MAX];
 static ATFORK: Once = Once::new();
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn read(slot: &Slot) -> RwLockReadGuard<'_, Published> {
-    slot.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write(slot: &Slot) -> RwLockWriteGuard<'_, Published> {
-    slot.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Refuses a non-zero reserved `flags` value: no bit has a meaning yet, and a bit a future
+/// version gives one must not be silently ignored by this one.
+pub(crate) fn reserved_zero(what: &str, name: &str, flags: u32) -> Result<()> {
+    if flags == 0 {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "{what}: {name} {flags:#x} are reserved and must be 0"
+    )))
 }
 
 fn not_initialized(what: &str) -> Error {
@@ -431,6 +435,12 @@ pub fn bm_init(url: &str, world_size: u32, device_id: u16, config: &BmConfig) ->
             "{what}: worldSize {world_size} is outside 1..={WORLD_SIZE_MAX}"
         )));
     }
+    if !config.unified_address_space {
+        return Err(Error::invalid(format!(
+            "{what}: unifiedAddressSpace = false is not supported: every member maps each pool at the same GVA; set it to true (the default)"
+        )));
+    }
+    reserved_zero(what, "config flags", config.flags)?;
     let parsed = parse_store_url(what, url)?;
     let args = InitArgs {
         url: url.to_owned(),
@@ -692,7 +702,7 @@ pub fn bm_create(
     flags: u32,
 ) -> Result<BmHandle> {
     let what = format!("smem_bm_create {id}");
-    let _ = flags;
+    reserved_zero(&what, "flags", flags)?;
     let ctx = ready_ctx(&what)?;
     let index = id as usize;
     if index >= BM_OBJECTS_MAX {
@@ -802,13 +812,13 @@ pub fn bm_destroy(handle: BmHandle) -> Result<()> {
 
 /// `smem_bm_join`: returns this rank's window base (GVA).
 pub fn bm_join(handle: BmHandle, flags: u32) -> Result<u64> {
-    let _ = flags;
+    reserved_zero("smem_bm_join", "flags", flags)?;
     lookup(handle, "smem_bm_join")?.join()
 }
 
 /// `smem_bm_leave`.
 pub fn bm_leave(handle: BmHandle, flags: u32) -> Result<()> {
-    let _ = flags;
+    reserved_zero("smem_bm_leave", "flags", flags)?;
     lookup(handle, "smem_bm_leave")?.leave()
 }
 
@@ -833,275 +843,11 @@ pub fn bm_ptr(handle: BmHandle, peer: u16) -> Result<u64> {
         })
 }
 
-/// The direction of a copy between a local memory and a window part.
-fn direction(local: LocalMemory, part: Part, writes_global: bool) -> CopyDirection {
-    let global_is_device = part == Part::Hbm;
-    let local_is_device = local == LocalMemory::Device;
-    let (src_dev, dst_dev) = if writes_global {
-        (local_is_device, global_is_device)
-    } else {
-        (global_is_device, local_is_device)
-    };
-    match (src_dev, dst_dev) {
-        (true, true) => CopyDirection::DeviceToDevice,
-        (true, false) => CopyDirection::DeviceToHost,
-        (false, true) => CopyDirection::HostToDevice,
-        (false, false) => CopyDirection::HostToHost,
-    }
-}
-
-/// The local side of a copy, as the device sees it.
-struct LocalSide<'a> {
-    /// Held while the local side lies in a window of this object.
-    _guard: Option<WindowGuard<'a>>,
-    /// The address to copy from / to (translated when it is a device-resident HBM part).
-    addr: u64,
-    /// The memory it is: the copy type's, or the part's when it lies in this object.
-    memory: LocalMemory,
-}
-
-/// When the local side lies in the object's own GVA span (e.g. a copy between two windows),
-/// it must be one joined part, held like the global side, and is addressed like one.
-fn enter_local(obj: &BmObject, local: u64, len: u64, memory: LocalMemory) -> Result<LocalSide<'_>> {
-    let outside = LocalSide {
-        _guard: None,
-        addr: local,
-        memory,
-    };
-    let span = obj.layout.span();
-    let Some(range) = GvaRange::new(Gva(local), len) else {
-        return Ok(outside);
-    };
-    if !range.overlaps(&span) {
-        return Ok(outside);
-    }
-    let loc = obj.layout.locate(Gva(local), len).map_err(|e| {
-        Error::invalid(format!(
-            "local side of the copy lies in this object's GVA range: {e}"
-        ))
-    })?;
-    let guard = obj.enter(loc.rank)?;
-    if guard.net {
-        return Err(Error::invalid(format!(
-            "the local side of the copy lies in rank {}'s window, which is on another host; copy between a local buffer and a window",
-            loc.rank
-        )));
-    }
-    Ok(LocalSide {
-        _guard: Some(guard),
-        addr: global_addr(obj, loc.rank, loc.part, loc.offset),
-        memory: match loc.part {
-            Part::Hbm => LocalMemory::Device,
-            Part::Dram => LocalMemory::Host,
-        },
-    })
-}
-
-/// A copy between local memory and a window of another host, through the network transport
-/// (never inlined into the copy path of mapped windows).
-///
-/// # Safety
-/// The local rows (`local + i * local_pitch`, `width` bytes, `i < height`) must be readable
-/// (`writes`) or writable (otherwise) for the call, in the memory `local_memory` names.
-#[cold]
-#[inline(never)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn remote_copy(
-    obj: &BmObject,
-    global: smem_core::bm::Location,
-    global_pitch: u64,
-    local: u64,
-    local_pitch: u64,
-    width: u64,
-    height: u64,
-    writes: bool,
-    local_memory: LocalMemory,
-) -> Result<()> {
-    let node = obj.node.as_ref().ok_or_else(|| {
-        Error::new(
-            ErrorCode::NotSupported,
-            "this object does not use the network transport",
-        )
-    })?;
-    let (peer, token) = obj.remote_of(global.rank)?;
-    let t = Transfer {
-        peer,
-        rank: global.rank,
-        object: obj.id,
-        token,
-        op: if writes { Op::Write } else { Op::Read },
-        remote_offset: obj.layout.part_offset(global.part) + global.offset,
-        remote_pitch: global_pitch,
-        local,
-        local_pitch,
-        width,
-        height,
-        local_device: (local_memory == LocalMemory::Device).then_some(&*obj.ctx.device),
-    };
-    // SAFETY: forwarded contract of this function; the remote range was validated by
-    // `check_copy*` against the layout (and is validated again by its owner).
-    unsafe { node.pool().transfer(&t, node.timeout()) }
-}
-
-/// The address of `offset` in `rank`'s `part`: in the GVA when the part is mapped, else (device
-/// memory not mapped into the GVA, see `runtime/object.rs`) at the window's device address.
-/// Call only while inside the window ([`BmObject::enter`]).
-#[inline]
-fn global_addr(obj: &BmObject, rank: u32, part: Part, offset: u64) -> u64 {
-    if part == Part::Hbm {
-        if let Some(dev) = obj.device_base(rank) {
-            // `offset` is inside the part (validated), and the part inside the allocation.
-            return dev.wrapping_add(offset);
-        }
-    }
-    // Validated by `check_copy*`: inside the object's span, so no overflow.
-    obj.layout.window_base(rank).map_or(0, Gva::raw) + obj.layout.part_offset(part) + offset
-}
-
-/// `smem_bm_copy`.
-///
-/// # Safety
-/// The local side of the copy (`src` for L2G/H2G, `dest` for G2L/G2H) must be valid for
-/// `size` bytes of reading (resp. writing) for the duration of the call; the global side is
-/// validated against the object's windows.
-pub unsafe fn bm_copy(
-    handle: BmHandle,
-    src: u64,
-    dest: u64,
-    size: u64,
-    copy_type: u32,
-    flags: u32,
-) -> Result<()> {
-    let _ = flags;
-    let what = "smem_bm_copy";
-    let h = decode(handle, what)?;
-    let slot = read(&SLOTS[h.index as usize]);
-    let obj = match &*slot {
-        Some((generation, obj)) if *generation == h.generation => obj,
-        _ => return Err(stale(what)),
-    };
-    let plan = check_copy(&obj.layout, copy_type, src, dest, size)
-        .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
-    let global = obj.enter(plan.global.rank).map_err(|e| e.context(what))?;
-    let local = enter_local(obj, plan.local, size, plan.kind.local_memory())
-        .map_err(|e| e.context(what))?;
-    if global.net {
-        // SAFETY: the local side is valid by the caller's contract (or held by `local`).
-        return unsafe {
-            remote_copy(
-                obj,
-                plan.global,
-                size,
-                local.addr,
-                size,
-                size,
-                1,
-                plan.kind.writes_global(),
-                local.memory,
-            )
-        }
-        .map_err(|e| e.context(what));
-    }
-    let g = global_addr(obj, plan.global.rank, plan.global.part, plan.global.offset);
-    let writes = plan.kind.writes_global();
-    let (s, d) = if writes {
-        (local.addr, g)
-    } else {
-        (g, local.addr)
-    };
-    let dir = direction(local.memory, plan.global.part, writes);
-    let len = usize::try_from(size)
-        .map_err(|_| Error::invalid(format!("{what}: size {size} too large")))?;
-    // SAFETY: the global side is `len` bytes inside one part of a joined window (mapped, or at
-    // its device address), kept so by `global` (unmappers wait for it); the local side is
-    // valid by the caller's contract (or, inside the object, held by `local`); `check_copy`
-    // proved the two ranges disjoint.
-    unsafe { obj.ctx.device.copy(s as *const u8, d as *mut u8, len, dir) }
-}
-
-/// `smem_bm_copy_2d`.
-///
-/// # Safety
-/// As [`bm_copy`], for every row of the local side.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn bm_copy_2d(
-    handle: BmHandle,
-    src: u64,
-    spitch: u64,
-    dest: u64,
-    dpitch: u64,
-    width: u64,
-    height: u64,
-    copy_type: u32,
-    flags: u32,
-) -> Result<()> {
-    let _ = flags;
-    let what = "smem_bm_copy_2d";
-    let h = decode(handle, what)?;
-    let slot = read(&SLOTS[h.index as usize]);
-    let obj = match &*slot {
-        Some((generation, obj)) if *generation == h.generation => obj,
-        _ => return Err(stale(what)),
-    };
-    let plan = check_copy_2d(
-        &obj.layout,
-        copy_type,
-        src,
-        spitch,
-        dest,
-        dpitch,
-        width,
-        height,
-    )
-    .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
-    let global = obj.enter(plan.global.rank).map_err(|e| e.context(what))?;
-    // The local span: checked for overflow by `check_copy_2d`.
-    let local_span = (height - 1) * plan.local_pitch + width;
-    let local = enter_local(obj, plan.local, local_span, plan.kind.local_memory())
-        .map_err(|e| e.context(what))?;
-    if global.net {
-        // SAFETY: every local row is valid by the caller's contract (or held by `local`).
-        return unsafe {
-            remote_copy(
-                obj,
-                plan.global,
-                plan.global_pitch,
-                local.addr,
-                plan.local_pitch,
-                width,
-                height,
-                plan.kind.writes_global(),
-                local.memory,
-            )
-        }
-        .map_err(|e| e.context(what));
-    }
-    let g = global_addr(obj, plan.global.rank, plan.global.part, plan.global.offset);
-    let writes = plan.kind.writes_global();
-    let (s, sp, d, dp) = if writes {
-        (local.addr, plan.local_pitch, g, plan.global_pitch)
-    } else {
-        (g, plan.global_pitch, local.addr, plan.local_pitch)
-    };
-    let dir = direction(local.memory, plan.global.part, writes);
-    let conv =
-        |v: u64| usize::try_from(v).map_err(|_| Error::invalid(format!("{what}: {v} too large")));
-    let (sp, dp, w, hgt) = (conv(sp)?, conv(dp)?, conv(width)?, conv(height)?);
-    // SAFETY: as in `bm_copy`: every global row lies in the validated strided span inside one
-    // mapped part held by `global`; local rows are valid by the caller's contract; the spans
-    // are disjoint (`check_copy_2d`).
-    unsafe {
-        obj.ctx
-            .device
-            .copy_2d(s as *const u8, sp, d as *mut u8, dp, w, hgt, dir)
-    }
-}
-
 /// Locks held across `fork` by the thread that forks (see the module docs).
 struct ForkGuards {
-    state: MutexGuard<'static, State>,
-    objects: MutexGuard<'static, Table<Arc<BmObject>, BM_OBJECTS_MAX>>,
-    slots: Vec<RwLockWriteGuard<'static, Published>>,
+    state: Held<MutexGuard<'static, State>>,
+    objects: Held<MutexGuard<'static, Table<Arc<BmObject>, BM_OBJECTS_MAX>>>,
+    slots: Vec<Held<RwLockWriteGuard<'static, Published>>>,
 }
 
 thread_local! {
@@ -1138,7 +884,7 @@ extern "C" fn fork_child() {
 }
 
 fn register_atfork() {
-    ATFORK.call_once(|| {
+    once(&ATFORK, || {
         if let Err(e) = crate::sys::fork::register_atfork(
             Some(fork_prepare),
             Some(fork_parent),
@@ -1152,26 +898,6 @@ fn register_atfork() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn copy_directions() {
-        use CopyDirection::*;
-        assert_eq!(direction(LocalMemory::Host, Part::Dram, true), HostToHost);
-        assert_eq!(direction(LocalMemory::Host, Part::Hbm, true), HostToDevice);
-        assert_eq!(direction(LocalMemory::Host, Part::Hbm, false), DeviceToHost);
-        assert_eq!(
-            direction(LocalMemory::Device, Part::Dram, true),
-            DeviceToHost
-        );
-        assert_eq!(
-            direction(LocalMemory::Device, Part::Dram, false),
-            HostToDevice
-        );
-        assert_eq!(
-            direction(LocalMemory::Device, Part::Hbm, false),
-            DeviceToDevice
-        );
-    }
 
     /// Nothing in this test binary calls `bm_init`, so every call sees an uninitialised process.
     #[test]

@@ -74,7 +74,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,7 @@ use super::Ctx;
 use crate::device::{Device, DeviceDescriptor, DeviceSegment};
 use crate::mem::{HostSegment, Reservation, SegmentDescriptor, SegmentKind};
 use crate::store::{CasResult, StoreClient};
+use crate::sync::{lock, wait_timeout};
 use crate::transport::{self, Node, Pinned, Served};
 use crate::{Error, Result};
 
@@ -117,10 +118,6 @@ fn bm_ns(id: u32) -> AgreeNs {
         object: format!("BM object {id}"),
         call: format!("smem_bm_create {id}"),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn remaining(deadline: Instant) -> Duration {
@@ -641,11 +638,7 @@ impl BmObject {
                     "the membership log was not delivered within the create timeout",
                 ));
             }
-            ctl = self
-                .ctl_cv
-                .wait_timeout(ctl, left)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
+            ctl = wait_timeout(&self.ctl_cv, ctl, left);
         }
         Ok(())
     }
@@ -1111,7 +1104,7 @@ impl BmObject {
     /// removes the object's keys when this was the last holder. Local memory is freed when the
     /// last reference to the object drops.
     pub(crate) fn destroy(&self) -> Result<()> {
-        let _op = lock(&self.op);
+        let op = lock(&self.op);
         if self.mismatch.is_some() {
             // Never entered the membership log.
             return Ok(());
@@ -1147,11 +1140,7 @@ impl BmObject {
                         if ctl.watcher_gone || left.is_zero() {
                             break None;
                         }
-                        ctl = self
-                            .ctl_cv
-                            .wait_timeout(ctl, left)
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .0;
+                        ctl = wait_timeout(&self.ctl_cv, ctl, left);
                     }
                 };
                 if last == Some(true) {
@@ -1164,13 +1153,16 @@ impl BmObject {
             }
             Err(e) => warn!("{what}: cannot announce the destroy: {e}"),
         }
+        drop(op);
         self.stop_watcher();
         result
     }
 
     fn stop_watcher(&self) {
         let _ = self.ctx.store.unwatch(&key(self.id, "log"));
-        if let Some(t) = lock(&self.watcher).take() {
+        // Not joined under the lock: never wait for another thread while holding one.
+        let watcher = lock(&self.watcher).take();
+        if let Some(t) = watcher {
             if std::thread::current().id() != t.thread().id() {
                 let _ = t.join();
             }

@@ -27,7 +27,8 @@
 //! | `<id>.<e>/gva`, `gva/...`, `abort` | GVA agreement (see `runtime/object.rs`) | every member |
 //! | `<id>.<e>/win/<r>` | window record: host, memfd descriptor, `wrank=` world rank | member `r` |
 //! | `<id>.<e>/ctx` | the extra context | `set_extra_context` |
-//! | `<id>.<e>/c/<g>{c,d,v}` | control operation `g` (`smem_core::collective`) | every member |
+//! | `<id>.<e>/ctl/<r>` | descriptor of the control segment of the host whose lowest rank is `r` | that rank |
+//! | `<id>.<e>/c/<g>{c,d,v}` | control operation `g` between hosts (`smem_core::collective`) | last arriver of each host |
 //! | `<id>.<e>/fin` | ADD counter of members that destroyed the object | every member |
 //!
 //! Every object *instance* has its own key prefix `smem/shm/<id>.<e>/`, so an object created
@@ -47,16 +48,20 @@
 //! create returns on any member, every member has mapped every same-host window.
 //!
 //! # Control operations
-//! Barrier and allgather run the sans-I/O machines of `smem_core::collective` (generation `g`
-//! = the call's number; generation 0 is the barrier ending create), so the store holds at most
-//! eight control keys per object whatever the number of calls. The removals of the previous
-//! generation's keys (asked of the last arriver) go to the `smem-shm-gc` thread, off the
-//! critical path (a 4-rank barrier takes about half the time); its queue is bounded, and when it
-//! is full they run inline, so at most 17 more keys wait per process. Each is bounded by
-//! `controlOperationTimeout`; waits on the store are sliced, and when the store reports that the
-//! link of a member's process went down, the operation fails within 250 ms with `SM_IO_ERROR` naming
-//! the rank instead of waiting for the timeout. After a failed control operation the members
-//! may disagree on the call sequence; destroy the object.
+//! Barrier and allgather go through the control segment the members of each host share
+//! ([`crate::collective`], created at the end of create, before its barrier): with every member
+//! on one host they touch no store key at all. With members on several hosts, the last arriver
+//! of each host runs the sans-I/O machine of `smem_core::collective` with one participant per
+//! host (generation `g` = the call's number; generation 0 is the barrier ending create, run by
+//! every member), so the store holds at most eight control keys per object whatever the number
+//! of calls; allgather bytes go to the generation's value key (each member WRITEs its slice, all
+//! GET it after the release). The removals of the previous generation's keys (asked of the last
+//! arriver) go to the `smem-shm-gc` thread, off the critical path; its queue is bounded, and
+//! when it is full they run inline, so at most 17 more keys wait per process. Each call is
+//! bounded by `controlOperationTimeout`; a member that dies makes the others fail within about
+//! 100 ms (pidfds on the host, the store's rank-down reports across hosts) with `SM_IO_ERROR`
+//! naming it. After a failed control operation every later one is refused until the object is
+//! destroyed.
 //!
 //! # Reach
 //! `topology_can_reach`: a member on this host (same host identity, see
@@ -78,15 +83,19 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use smem_core::ErrorCode;
-use smem_core::collective::{ALLGATHER_SEND_MAX, Collective, Reply, Step, StoreOp};
+use smem_core::collective::Collective;
 use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
 use smem_core::table::{Handle, Table};
 
 use super::Found;
 use super::object::{AgreeNs, Departed, Proposal, WindowRecord, agree_gva, rank_list};
+use crate::collective::{HostGroup, Members};
 use crate::mem::{HostSegment, Reservation, SegmentKind};
 use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer};
+use crate::sync::{Held, lock, once};
 use crate::{Error, Result};
+
+mod collective;
 
 /// `SMEMS_DATA_OP_MTE`: loads / stores (same host).
 pub const DATA_OP_MTE: u32 = 1 << 0;
@@ -145,6 +154,8 @@ struct ShmCtx {
     store: StoreClient,
     host_id: String,
     config: ShmConfig,
+    /// The device `deviceId` opened at init (held for the life of the runtime).
+    _device: Arc<dyn crate::device::Device>,
     /// World rank -> how many times the store reported its link down.
     downs: Mutex<HashMap<u32, u64>>,
     /// Keys of finished control operations, removed by the `smem-shm-gc` thread off the
@@ -211,10 +222,6 @@ enum State {
 static STATE: Mutex<State> = Mutex::new(State::Uninit);
 static ATFORK: Once = Once::new();
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
@@ -268,6 +275,7 @@ pub fn shm_init(
             return Err(Error::invalid(format!("{what}: {name} is 0")));
         }
     }
+    super::reserved_zero(what, "config flags", config.flags)?;
     let parsed = super::parse_store_url(what, url)?;
     let args = InitArgs {
         url: url.to_owned(),
@@ -301,6 +309,9 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
     let deadline = started + config.init_timeout;
     let rank = args.rank;
     let host_id = crate::mem::host_identity()?;
+    // `deviceId` opens that device through the backend, as BM init does (acl: the device must
+    // exist; this process then uses it); the windows themselves are host memory.
+    let device = crate::device::select(args.device_id).map_err(|e| e.context(what))?;
     // The BM runtime of this process on the same store holds the rank and maybe the server.
     let bm = super::bm_store_user().filter(|(url, _)| *url == args.url);
     if let Some((_, bm_rank)) = &bm {
@@ -395,6 +406,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
         store: store.clone(),
         host_id,
         config: config.clone(),
+        _device: device,
         downs: Mutex::new(HashMap::new()),
         gc: start_gc(&store),
     });
@@ -509,6 +521,10 @@ struct Peer {
     world_rank: u32,
     /// How many times its world rank was reported down when the object was created.
     downs_at_create: u64,
+    /// Its host identity.
+    host: String,
+    /// Its process id (same host only; 0 otherwise).
+    pid: u32,
 }
 
 /// An SHM object of this process.
@@ -525,6 +541,8 @@ struct ShmObject {
     peers: Vec<Peer>,
     /// The next control operation's generation; held for the whole operation.
     next_generation: Mutex<u64>,
+    /// The control segment shared with the members of this host (barrier, allgather).
+    group: HostGroup,
     /// The GVA range with every same-host window mapped; dropping it unmaps them all.
     _reservation: Reservation,
     segment: HostSegment,
@@ -536,6 +554,34 @@ struct CreateArgs {
     rank_size: u32,
     rank: u32,
     symmetric_size: u64,
+}
+
+/// Creates or opens this host's control segment of the object (see [`crate::collective`]).
+fn join_host_group(
+    store: &StoreClient,
+    prefix: &str,
+    rank: u32,
+    peers: &[Peer],
+    deadline: Instant,
+    what: &str,
+) -> Result<HostGroup> {
+    let n = u32::try_from(peers.len()).unwrap_or(u32::MAX);
+    let world_ranks: Vec<u32> = peers.iter().map(|p| p.world_rank).collect();
+    let local: Vec<(u32, u32)> = (0..n)
+        .zip(peers)
+        .filter(|(_, p)| p.same_host)
+        .map(|(r, p)| (r, p.pid))
+        .collect();
+    let hosts = smem_core::ctl_segment::Hosts::of(n, rank, |a, b| {
+        peers[a as usize].host == peers[b as usize].host
+    });
+    let members = Members {
+        rank,
+        world_ranks: &world_ranks,
+        local: &local,
+        hosts,
+    };
+    HostGroup::join(store, prefix, &members, deadline, what)
 }
 
 fn win_key(prefix: &str, r: u32) -> Vec<u8> {
@@ -724,6 +770,8 @@ impl ShmObject {
                     same_host: true,
                     world_rank: ctx.rank,
                     downs_at_create: ctx.downs_of(ctx.rank),
+                    host: ctx.host_id.clone(),
+                    pid: std::process::id(),
                 });
                 continue;
             }
@@ -735,6 +783,7 @@ impl ShmObject {
             })?;
             let (prec, wrank) = decode_window(&raw).map_err(|e| e.context(what))?;
             let same_host = prec.host == ctx.host_id;
+            let mut pid = 0;
             if same_host {
                 let d = prec.dram.ok_or_else(|| {
                     Error::new(
@@ -748,6 +797,7 @@ impl ShmObject {
                         d.len
                     )));
                 }
+                pid = d.pid;
                 let seg = HostSegment::open(&d)
                     .map_err(|e| e.context(format!("{what}: opening rank {r}'s window")))?;
                 reservation
@@ -768,8 +818,11 @@ impl ShmObject {
                 same_host,
                 world_rank: wrank,
                 downs_at_create: ctx.downs_of(wrank),
+                host: prec.host,
+                pid,
             });
         }
+        let group = join_host_group(store, prefix, rank, &peers, deadline, what)?;
         let obj = Self {
             id,
             epoch,
@@ -780,6 +833,7 @@ impl ShmObject {
             symmetric_size: size,
             base,
             peers,
+            group,
             next_generation: Mutex::new(1),
             _reservation: reservation,
             segment,
@@ -797,181 +851,6 @@ impl ShmObject {
 
     fn collective_prefix(&self) -> String {
         format!("{}c/", self.prefix)
-    }
-
-    /// A member whose process died since create, if any.
-    fn dead_member(&self) -> Option<u32> {
-        let downs = lock(&self.ctx.downs);
-        self.peers.iter().enumerate().find_map(|(r, p)| {
-            let now = downs.get(&p.world_rank).copied().unwrap_or(0);
-            (now > p.downs_at_create && r as u32 != self.rank).then_some(r as u32)
-        })
-    }
-
-    /// A parked GET of `key` in slices, failing early when a member died.
-    fn wait_key(&self, key: &[u8], deadline: Instant, what: &str) -> Result<Vec<u8>> {
-        let store = &self.ctx.store;
-        loop {
-            let left = remaining(deadline);
-            if left.is_zero() {
-                return Err(Error::new(
-                    ErrorCode::Timeout,
-                    format!("{what}: not every member arrived in time"),
-                ));
-            }
-            match store.wait_get(key, left.min(WAIT_SLICE)) {
-                Ok(v) => return Ok(v),
-                Err(e) if e.code() == ErrorCode::Timeout => {
-                    if let Some(r) = self.dead_member() {
-                        return Err(Error::new(
-                            ErrorCode::IoError,
-                            format!(
-                                "{what}: rank {r} (world rank {}) died: its config store link went down",
-                                self.peers[r as usize].world_rank
-                            ),
-                        ));
-                    }
-                }
-                Err(e) => return Err(e.context(what)),
-            }
-        }
-    }
-
-    /// Drives one collective machine to its end.
-    fn run(
-        &self,
-        mut m: Collective,
-        send: &[u8],
-        mut recv: Option<&mut [u8]>,
-        deadline: Instant,
-        what: &str,
-    ) -> Result<()> {
-        let store = &self.ctx.store;
-        let mut counter_key = Vec::new();
-        loop {
-            let reply = match m.poll() {
-                Step::Finished => break,
-                Step::Run(op) => match op {
-                    StoreOp::WriteSendBytes { key, offset } => {
-                        store.write(key.as_bytes(), offset, send)?;
-                        Reply::Done
-                    }
-                    StoreOp::Add { key, delta } => {
-                        counter_key.clear();
-                        counter_key.extend_from_slice(key.as_bytes());
-                        Reply::Added(store.add(key.as_bytes(), delta)?)
-                    }
-                    StoreOp::Set { key, value } => {
-                        store.set(key.as_bytes(), value)?;
-                        Reply::Done
-                    }
-                    StoreOp::WaitGet { key } => {
-                        let v = self
-                            .wait_key(key.as_bytes(), deadline, what)
-                            .map_err(|e| self.arrivals(e, &counter_key))?;
-                        Reply::Value(v.len())
-                    }
-                    StoreOp::GetGathered { key } => {
-                        let v = store.get(key.as_bytes())?.unwrap_or_default();
-                        if let Some(out) = recv.as_deref_mut() {
-                            if out.len() == v.len() {
-                                out.copy_from_slice(&v);
-                            }
-                        }
-                        Reply::Value(v.len())
-                    }
-                    StoreOp::Remove { key } => {
-                        // Keys of generation g - 1, which every member has finished: nobody
-                        // waits for them, so their removal leaves the critical path.
-                        let queued = match &self.ctx.gc {
-                            Some(tx) => tx.try_send(key.as_bytes().to_vec()).is_ok(),
-                            None => false,
-                        };
-                        if !queued {
-                            store.remove(key.as_bytes())?;
-                        }
-                        Reply::Done
-                    }
-                    _ => return Err(unknown_step(what)),
-                },
-                _ => return Err(unknown_step(what)),
-            };
-            m.complete(reply).map_err(|e| {
-                let code = match e {
-                    smem_core::collective::CollectiveError::GatheredLength { .. } => {
-                        ErrorCode::InvalidParam
-                    }
-                    _ => ErrorCode::ProtocolError,
-                };
-                Error::new(code, format!("{what}: {e}"))
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Adds how many members arrived to a timeout message.
-    fn arrivals(&self, e: Error, counter_key: &[u8]) -> Error {
-        if e.code() != ErrorCode::Timeout || counter_key.is_empty() {
-            return e;
-        }
-        let n = self
-            .ctx
-            .store
-            .get(counter_key)
-            .ok()
-            .flatten()
-            .and_then(|v| parse_u64(&v));
-        match n {
-            Some(n) => Error::new(
-                e.code(),
-                format!(
-                    "{}; {n} of {} members arrived within controlOperationTimeout",
-                    e.message(),
-                    self.rank_size
-                ),
-            ),
-            None => e,
-        }
-    }
-
-    fn barrier(&self) -> Result<()> {
-        let what = self.what("smem_shm_control_barrier");
-        let mut g = lock(&self.next_generation);
-        let deadline = Instant::now() + self.ctx.config.control_timeout;
-        let m = Collective::barrier(&self.collective_prefix(), *g, self.rank, self.rank_size)
-            .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
-        *g += 1;
-        self.run(m, &[], None, deadline, &what)
-    }
-
-    fn allgather(&self, send: &[u8], recv: &mut [u8]) -> Result<()> {
-        let what = self.what("smem_shm_control_allgather");
-        let len = send.len();
-        if len == 0 || len > ALLGATHER_SEND_MAX as usize {
-            return Err(Error::invalid(format!(
-                "{what}: sendSize {len} is outside 1..={ALLGATHER_SEND_MAX}"
-            )));
-        }
-        let want = len as u64 * u64::from(self.rank_size);
-        if recv.len() as u64 != want {
-            return Err(Error::invalid(format!(
-                "{what}: recvSize {} must be sendSize {len} x rankSize {} = {want}",
-                recv.len(),
-                self.rank_size
-            )));
-        }
-        let mut g = lock(&self.next_generation);
-        let deadline = Instant::now() + self.ctx.config.control_timeout;
-        let m = Collective::allgather(
-            &self.collective_prefix(),
-            *g,
-            self.rank,
-            self.rank_size,
-            len as u32,
-        )
-        .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
-        *g += 1;
-        self.run(m, send, Some(recv), deadline, &what)
     }
 
     fn reach(&self, remote: u32) -> Result<u32> {
@@ -1014,13 +893,6 @@ impl ShmObject {
             self.segment.len()
         );
     }
-}
-
-fn unknown_step(what: &str) -> Error {
-    Error::new(
-        ErrorCode::Error,
-        format!("{what}: unknown collective step (smem-core is newer than this runtime)"),
-    )
 }
 
 /// Waits until `open/<id>` names an instance newer than `floor`.
@@ -1087,7 +959,7 @@ pub fn shm_create(
     flags: u32,
 ) -> Result<(ShmHandle, u64)> {
     let what = format!("smem_shm_create {id}");
-    let _ = flags;
+    super::reserved_zero(&what, "flags", flags)?;
     let index = id as usize;
     if index >= SHM_OBJECTS_MAX {
         return Err(Error::invalid(format!(
@@ -1113,6 +985,14 @@ pub fn shm_create(
         return Err(Error::invalid(format!(
             "{what}: dataOpType {data_op:#x} is not a non-empty set of SMEMS_DATA_OP_* bits"
         )));
+    }
+    if data_op & !shm_query_support_data_operation() != 0 {
+        return Err(Error::new(
+            ErrorCode::NotSupported,
+            format!(
+                "{what}: dataOpType {data_op:#x} asks for SMEMS_DATA_OP_ROCE, but SHM has no network engine in this build (windows of other hosts are unreachable); use MTE and/or SDMA (smem_shm_query_support_data_operation)"
+            ),
+        ));
     }
     // The span is reserved in one address space and each window is a file of `symmetricSize`
     // bytes: neither can reach 2^63 bytes.
@@ -1202,7 +1082,7 @@ fn lookup(handle: ShmHandle, what: &str) -> Result<Arc<ShmObject>> {
 /// `SM_INVALID_PARAM` for a malformed handle, `SM_OBJECT_NOT_EXISTS` for a destroyed one.
 pub fn shm_destroy(handle: ShmHandle, flags: u32) -> Result<()> {
     let what = "smem_shm_destroy";
-    let _ = flags;
+    super::reserved_zero(what, "flags", flags)?;
     let obj = match &mut *lock(&STATE) {
         State::Ready(ready) => ready.objects.remove(decode(handle, what)?).map_err(|_| {
             Error::new(
@@ -1305,7 +1185,7 @@ pub fn shm_symmetric_size(handle: ShmHandle) -> Result<u64> {
 }
 
 thread_local! {
-    static FORK_GUARD: RefCell<Option<MutexGuard<'static, State>>> = const { RefCell::new(None) };
+    static FORK_GUARD: RefCell<Option<Held<MutexGuard<'static, State>>>> = const { RefCell::new(None) };
 }
 
 extern "C" fn fork_prepare() {
@@ -1327,7 +1207,7 @@ extern "C" fn fork_child() {
 }
 
 fn register_atfork() {
-    ATFORK.call_once(|| {
+    once(&ATFORK, || {
         if let Err(e) = crate::sys::fork::register_atfork(
             Some(fork_prepare),
             Some(fork_parent),

@@ -11,7 +11,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -23,6 +23,7 @@ use smem_core::wire::{
 };
 
 use super::{AUTO_RANKING_PREFIX, WATCH_RANK_DOWN_KEY};
+use crate::sync::{lock, wait_timeout};
 use crate::sys::fork::DetachOnFork;
 use crate::sys::net::NoSigPipe;
 use crate::tls::{LoadedTls, TlsStream};
@@ -192,10 +193,6 @@ impl std::fmt::Debug for StoreClient {
             .field("connected", &self.is_connected())
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn show(key: &[u8]) -> String {
@@ -756,11 +753,7 @@ impl Inner {
     fn heartbeat_loop(self: Arc<Self>) {
         let mut closed = lock(&self.closed);
         loop {
-            let (g, _) = self
-                .closed_cv
-                .wait_timeout(closed, HEARTBEAT_INTERVAL)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            closed = g;
+            closed = wait_timeout(&self.closed_cv, closed, HEARTBEAT_INTERVAL);
             if *closed {
                 return;
             }

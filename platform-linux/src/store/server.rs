@@ -1880,13 +1880,16 @@ impl EventLoop {
         }
     }
 
-    /// SPEC 5.6: the last ranked link went away; drop data, parked GETs, watchers, cursor.
+    /// SPEC 5.6: the last ranked link went away; drop data, parked GETs, watchers, cursor,
+    /// and release the world size, so the next job may register another one.
     fn wipe(&mut self) {
         info!(
-            "config store: no ranked link left; wiping {} keys, {} parked GETs, {} watched keys",
+            "config store: no ranked link left; wiping {} keys, {} parked GETs, {} watched keys; \
+             world size {:?} released",
             self.st.data.len(),
             self.st.parked.len(),
-            self.st.watchers.len()
+            self.st.watchers.len(),
+            self.st.world_size
         );
         const WIPED: &[u8] = b"store wiped: no ranked link left";
         let parked: Vec<Parked> = self.st.parked.drain().map(|(_, p)| p).collect();
@@ -1909,6 +1912,7 @@ impl EventLoop {
         self.st.data.clear();
         self.st.stored_bytes = 0;
         self.st.cursor = 0;
+        self.st.world_size = None;
     }
 }
 

@@ -100,15 +100,9 @@ impl Drop for DetachOnFork {
 }
 
 fn setup_detach() {
-    DETACH_SETUP.call_once(|| {
+    crate::sync::once(&DETACH_SETUP, || {
         // SAFETY: plain syscall without pointer arguments.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_UNIX,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             log::warn!(
                 "cannot create the fork placeholder socket ({}); forked children inherit store sockets",

@@ -136,10 +136,8 @@ impl Region {
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(usize, usize)>> {
-        self.mapped
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> crate::sync::Held<std::sync::MutexGuard<'_, Vec<(usize, usize)>>> {
+        crate::sync::lock(&self.mapped)
     }
 
     /// Maps `len` bytes of `fd` from `fd_offset`, shared and read/write, over the part

@@ -14,6 +14,7 @@ pub mod copy;
 pub mod dl;
 pub mod fd;
 pub mod fork;
+pub mod futex;
 pub mod mman;
 pub mod net;
 
@@ -32,7 +33,7 @@ pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 pub fn page_size() -> usize {
     use std::sync::OnceLock;
     static PAGE: OnceLock<usize> = OnceLock::new();
-    *PAGE.get_or_init(|| {
+    *crate::sync::get_or_init(&PAGE, || {
         // SAFETY: sysconf has no memory-safety preconditions.
         let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         usize::try_from(v)

@@ -43,6 +43,7 @@
 //! `smem_shm_query_support_data_operation` / `smem_shm_topology_can_reach` map a non-zero
 //! answer to `SMEMS_DATA_OP_ROCE` for peers on other hosts.
 
+pub(crate) mod batch;
 pub(crate) mod tcp;
 pub(crate) mod wire;
 
@@ -92,7 +93,7 @@ pub fn rdma_device_present() -> bool {
 
 /// Logs, once per process, that ROCE requests are carried by TCP.
 pub(crate) fn note_roce_fallback() {
-    ROCE_NOTE.call_once(|| {
+    crate::sync::once(&ROCE_NOTE, || {
         if rdma_device_present() {
             info!(
                 "transport: SMEMB_DATA_OP_ROCE requested; RDMA verbs are not in this build, so cross-host copies use TCP"

@@ -37,7 +37,7 @@ use std::io::{self, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -49,6 +49,7 @@ use super::wire::{
     VERSION,
 };
 use crate::device::{CopyDirection, Device};
+use crate::sync::lock;
 use crate::sys;
 use crate::sys::fork::DetachOnFork;
 use crate::sys::net::NoSigPipe;
@@ -71,10 +72,6 @@ const CONN_STACK: usize = 256 * 1024;
 const MAX_IDLE_PER_PEER: usize = 8;
 /// Rows narrower than this are gathered into one buffer rather than sent one by one.
 const SMALL_ROW: u64 = 16 * 1024;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Keeps a served range valid while it is borrowed (e.g. a window's in-flight count).
 pub(crate) trait Hold {}
@@ -492,7 +489,9 @@ impl Server {
         for (_, (_, c)) in lock(&self.shared.conns).drain() {
             let _ = c.shutdown(Shutdown::Both);
         }
-        if let Some(t) = lock(&self.accept).take() {
+        // Not joined under the lock: never wait for another thread while holding one.
+        let accept = lock(&self.accept).take();
+        if let Some(t) = accept {
             let _ = t.join();
         }
         lock(&self.shared.served).clear();
@@ -794,11 +793,11 @@ pub(crate) struct Transfer<'a> {
 
 /// One request of a transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Piece {
-    remote: u64,
-    local: u64,
-    width: u64,
-    rows: u64,
+pub(super) struct Piece {
+    pub(super) remote: u64,
+    pub(super) local: u64,
+    pub(super) width: u64,
+    pub(super) rows: u64,
 }
 
 /// Splits a transfer into requests of at most [`CHUNK`] bytes.
@@ -978,6 +977,22 @@ impl Pool {
     pub(crate) unsafe fn transfer(&self, t: &Transfer<'_>, timeout: Duration) -> Result<()> {
         let pieces = pieces(t);
         let total = t.width.saturating_mul(t.height);
+        // SAFETY: forwarded contract of this function.
+        unsafe { self.run_pieces(t, &pieces, total, timeout) }
+    }
+
+    /// Runs `pieces` (of `total` bytes) of `t`: on one connection, or spread over several
+    /// side by side when `total` is at least [`PARALLEL_MIN`].
+    ///
+    /// # Safety
+    /// As [`Pool::transfer`], for the local rows of `pieces`.
+    pub(super) unsafe fn run_pieces(
+        &self,
+        t: &Transfer<'_>,
+        pieces: &[Piece],
+        total: u64,
+        timeout: Duration,
+    ) -> Result<()> {
         let streams = if total >= PARALLEL_MIN {
             streams().min(pieces.len())
         } else {
@@ -985,7 +1000,7 @@ impl Pool {
         };
         if streams <= 1 {
             // SAFETY: forwarded contract of this function.
-            return unsafe { self.run_on_one(t, &pieces, timeout) };
+            return unsafe { self.run_on_one(t, pieces, timeout) };
         }
         // Contiguous groups of requests, one connection each, run side by side.
         let per = pieces.len().div_ceil(streams);
@@ -1065,7 +1080,7 @@ pub(crate) const DEFAULT_STREAMS: usize = 4;
 /// Connections per large copy (read once).
 fn streams() -> usize {
     static STREAMS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *STREAMS.get_or_init(|| {
+    *crate::sync::get_or_init(&STREAMS, || {
         std::env::var(super::STREAMS_ENV)
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())

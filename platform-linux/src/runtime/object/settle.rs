@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use smem_core::ErrorCode;
 
-use super::{BmObject, Entry, key, lock, rank_list, remaining};
+use super::{BmObject, Entry, key, rank_list, remaining};
+use crate::sync::{lock, wait_timeout};
 use crate::{Error, Result};
 
 /// How long join / leave wait for a `Settled` marker before reading the members'
@@ -161,11 +162,7 @@ impl BmObject {
                 if left.is_zero() {
                     return Err(late());
                 }
-                ctl = self
-                    .ctl_cv
-                    .wait_timeout(ctl, left)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .0;
+                ctl = wait_timeout(&self.ctl_cv, ctl, left);
             }
         };
         let mut slice = SETTLE_SLICE;
@@ -185,11 +182,7 @@ impl BmObject {
                     if now >= until {
                         break false;
                     }
-                    ctl = self
-                        .ctl_cv
-                        .wait_timeout(ctl, until - now)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .0;
+                    ctl = wait_timeout(&self.ctl_cv, ctl, until - now);
                 }
             };
             if settled {

@@ -1,0 +1,510 @@
+//! The BM copy path: `smem_bm_copy`, `smem_bm_copy_2d` (SPEC 2.2, 6.1) and the validated copy
+//! plans shared with the batch path ([`super::batch`]) and the asynchronous engine
+//! ([`super::async_engine`]).
+//!
+//! A copy is *planned* first (flags, type and ranges checked by `smem_core::bm`, every window it
+//! touches entered: see `runtime/object.rs`, "Copy path"), then *run*: both sides addressable
+//! in this process (the caller's memory, a mapped window, a device-resident HBM part) => a
+//! memory / device copy; one side in a window of another host => one transport transfer with the
+//! other side as its local memory; both sides on other hosts (`G2G` only) => through a bounce
+//! buffer in this process, at most [`BOUNCE`] bytes at a time. Planning and the first two routes
+//! allocate nothing; an error message is only built on failure.
+//!
+//! `flags` is 0 or `SMEM_ASYNC_COPY_FLAG`; any other bit is `SM_INVALID_PARAM` before anything
+//! else. With the flag the copy is planned here (an invalid copy fails at once, nothing is
+//! queued) and queued on the engine, which runs it again as a synchronous copy.
+
+use std::sync::RwLockReadGuard;
+
+use smem_core::ErrorCode;
+use smem_core::bm::{
+    self, LocalMemory, Location, Part, check_copy, check_copy_2d, check_copy_2d_g2g,
+    check_copy_flags, check_copy_g2g,
+};
+use smem_core::gva::{Gva, GvaRange};
+
+use super::object::BmObject;
+use super::{BmHandle, Published, SLOTS, async_engine, decode, read, stale};
+use crate::device::CopyDirection;
+use crate::transport::{Op, Transfer};
+use crate::{Error, Result};
+
+/// Bytes a `G2G` copy between two windows of other hosts stages in this process at a time.
+pub(super) const BOUNCE: u64 = 8 * 1024 * 1024;
+
+/// The object behind `handle`, with its slot's read lock held (see the module docs of
+/// `runtime/mod.rs`, "Locks"): copies run while it is held.
+pub(super) struct Entered {
+    slot: crate::sync::Held<RwLockReadGuard<'static, Published>>,
+}
+
+impl Entered {
+    /// Takes `handle`'s slot read lock; fails for a forged or stale handle.
+    #[inline]
+    pub(super) fn enter(handle: BmHandle, what: &str) -> Result<Self> {
+        let h = decode(handle, what)?;
+        let slot = read(&SLOTS[h.index as usize]);
+        match &*slot {
+            Some((generation, _)) if *generation == h.generation => Ok(Self { slot }),
+            _ => Err(stale(what)),
+        }
+    }
+
+    /// The object.
+    #[inline]
+    pub(super) fn obj(&self) -> &BmObject {
+        match &*self.slot {
+            Some((_, obj)) => obj,
+            // `enter` checked the slot, and the read lock keeps it.
+            None => unreachable!("a held slot is published"),
+        }
+    }
+}
+
+/// One side of a planned copy.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Side {
+    /// Memory of this process outside the object (the caller's), of this kind.
+    Local(u64, LocalMemory),
+    /// A range of a joined window; `net`: reached through the network transport.
+    Window(Location, bool),
+}
+
+impl Side {
+    /// Whether the side is reached through the network transport.
+    #[inline]
+    pub(super) fn net(self) -> bool {
+        matches!(self, Self::Window(_, true))
+    }
+
+    /// The address of the side in this process and whether it is device memory (for a
+    /// window side: only while the window is entered and not `net`).
+    #[inline]
+    pub(super) fn addr(self, obj: &BmObject) -> (u64, bool) {
+        match self {
+            Self::Local(a, m) => (a, m == LocalMemory::Device),
+            Self::Window(loc, _) => (
+                global_addr(obj, loc.rank, loc.part, loc.offset),
+                loc.part == Part::Hbm,
+            ),
+        }
+    }
+}
+
+/// A validated copy of `height` rows of `width` bytes (1D: one row).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Plan {
+    pub(super) src: Side,
+    pub(super) spitch: u64,
+    pub(super) dst: Side,
+    pub(super) dpitch: u64,
+    pub(super) width: u64,
+    pub(super) height: u64,
+}
+
+/// Refuses copy flags other than 0 and `SMEM_ASYNC_COPY_FLAG`; `Ok(true)` for an asynchronous
+/// copy.
+#[inline]
+pub(super) fn async_flag(flags: u32, what: &str) -> Result<bool> {
+    check_copy_flags(flags).map_err(|e| Error::invalid(format!("{what}: {e}")))
+}
+
+#[cold]
+fn invalid(e: bm::CopyError) -> Error {
+    Error::invalid(e.to_string())
+}
+
+/// The window side at `loc`, entered (its state checked) for a copy.
+#[inline]
+fn window(obj: &BmObject, loc: Location) -> Result<Side> {
+    Ok(Side::Window(loc, obj.enter(loc.rank)?.net))
+}
+
+/// The local side of a copy of type L2G/G2L/G2H/H2G. When it lies in the object's own GVA span
+/// (e.g. a copy between two windows written as H2G), it must be one joined, mapped part and is
+/// addressed like one.
+fn local_side(obj: &BmObject, local: u64, len: u64, memory: LocalMemory) -> Result<Side> {
+    let outside = Side::Local(local, memory);
+    let Some(range) = GvaRange::new(Gva(local), len) else {
+        return Ok(outside);
+    };
+    if !range.overlaps(&obj.layout.span()) {
+        return Ok(outside);
+    }
+    let loc = obj.layout.locate(Gva(local), len).map_err(|e| {
+        Error::invalid(format!(
+            "local side of the copy lies in this object's GVA range: {e}"
+        ))
+    })?;
+    let side = window(obj, loc)?;
+    if side.net() {
+        return Err(Error::invalid(format!(
+            "the local side of the copy lies in rank {}'s window, which is on another host; use SMEMB_COPY_G2G for a copy between two windows",
+            loc.rank
+        )));
+    }
+    Ok(side)
+}
+
+/// Plans `smem_bm_copy(src, dest, size, copy_type)` (flags already checked).
+#[inline]
+pub(super) fn plan_1d(
+    obj: &BmObject,
+    src: u64,
+    dest: u64,
+    size: u64,
+    copy_type: u32,
+) -> Result<Plan> {
+    let (src, dst) = if copy_type == bm::COPY_G2G {
+        let p = check_copy_g2g(&obj.layout, src, dest, size).map_err(invalid)?;
+        (window(obj, p.src)?, window(obj, p.dest)?)
+    } else {
+        let p = check_copy(&obj.layout, copy_type, src, dest, size).map_err(invalid)?;
+        let global = window(obj, p.global)?;
+        let local = local_side(obj, p.local, size, p.kind.local_memory())?;
+        if p.kind.writes_global() {
+            (local, global)
+        } else {
+            (global, local)
+        }
+    };
+    Ok(Plan {
+        src,
+        spitch: size,
+        dst,
+        dpitch: size,
+        width: size,
+        height: 1,
+    })
+}
+
+/// Plans `smem_bm_copy_2d(...)` (flags already checked).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn plan_2d(
+    obj: &BmObject,
+    src: u64,
+    spitch: u64,
+    dest: u64,
+    dpitch: u64,
+    width: u64,
+    height: u64,
+    copy_type: u32,
+) -> Result<Plan> {
+    let (src, dst) = if copy_type == bm::COPY_G2G {
+        let p = check_copy_2d_g2g(&obj.layout, src, spitch, dest, dpitch, width, height)
+            .map_err(invalid)?;
+        (window(obj, p.src)?, window(obj, p.dest)?)
+    } else {
+        let p = check_copy_2d(
+            &obj.layout,
+            copy_type,
+            src,
+            spitch,
+            dest,
+            dpitch,
+            width,
+            height,
+        )
+        .map_err(invalid)?;
+        let global = window(obj, p.global)?;
+        // The local span: checked for overflow by `check_copy_2d`.
+        let span = (height - 1) * p.local_pitch + width;
+        let local = local_side(obj, p.local, span, p.kind.local_memory())?;
+        if p.kind.writes_global() {
+            (local, global)
+        } else {
+            (global, local)
+        }
+    };
+    Ok(Plan {
+        src,
+        spitch,
+        dst,
+        dpitch,
+        width,
+        height,
+    })
+}
+
+/// The device copy direction between memories of these kinds (`true`: device memory).
+pub(super) fn direction(src_device: bool, dst_device: bool) -> CopyDirection {
+    match (src_device, dst_device) {
+        (true, true) => CopyDirection::DeviceToDevice,
+        (true, false) => CopyDirection::DeviceToHost,
+        (false, true) => CopyDirection::HostToDevice,
+        (false, false) => CopyDirection::HostToHost,
+    }
+}
+
+fn usize_of(v: u64, what: &str) -> Result<usize> {
+    usize::try_from(v).map_err(|_| Error::invalid(format!("{what}: {v} is too large")))
+}
+
+/// Runs a planned copy to completion.
+///
+/// # Safety
+/// Every row of a `Local` side is valid for reading (source) or writing (destination) for the
+/// call; the caller holds the object's slot read lock since `plan` was made (window sides stay
+/// entered).
+pub(super) unsafe fn run(obj: &BmObject, plan: &Plan, what: &str) -> Result<()> {
+    match (plan.src.net(), plan.dst.net()) {
+        (false, false) => {
+            let (s, s_dev) = plan.src.addr(obj);
+            let (d, d_dev) = plan.dst.addr(obj);
+            let dir = direction(s_dev, d_dev);
+            let len = usize_of(plan.width, what)?;
+            if plan.height == 1 {
+                // SAFETY: window sides lie in entered, mapped parts (validated, kept by the slot
+                // lock), local sides are valid by this function's contract; the planners proved
+                // the ranges disjoint.
+                return unsafe { obj.ctx.device.copy(s as *const u8, d as *mut u8, len, dir) };
+            }
+            let (sp, dp, h) = (
+                usize_of(plan.spitch, what)?,
+                usize_of(plan.dpitch, what)?,
+                usize_of(plan.height, what)?,
+            );
+            // SAFETY: as above, for every row of the validated strided spans.
+            unsafe {
+                obj.ctx
+                    .device
+                    .copy_2d(s as *const u8, sp, d as *mut u8, dp, len, h, dir)
+            }
+        }
+        // SAFETY: forwarded contract.
+        (false, true) | (true, false) => unsafe { remote(obj, plan) }.map_err(|e| e.context(what)),
+        // SAFETY: forwarded contract.
+        (true, true) => unsafe { bounce(obj, plan) }.map_err(|e| e.context(what)),
+    }
+}
+
+/// The network transfer of a plan with exactly one side on another host: a WRITE into the
+/// destination window, or a READ of the source window, with the other side as local memory.
+///
+/// # Safety
+/// As [`run`].
+#[cold]
+#[inline(never)]
+unsafe fn remote(obj: &BmObject, plan: &Plan) -> Result<()> {
+    let (global, global_pitch, local, local_pitch, op) = match (plan.src, plan.dst) {
+        (local, Side::Window(loc, true)) => (loc, plan.dpitch, local, plan.spitch, Op::Write),
+        (Side::Window(loc, true), local) => (loc, plan.spitch, local, plan.dpitch, Op::Read),
+        _ => {
+            return Err(Error::new(
+                ErrorCode::Error,
+                "no side of the copy is remote",
+            ));
+        }
+    };
+    let (addr, device) = local.addr(obj);
+    let t = transfer(obj, global, global_pitch, op, device)?;
+    let t = Transfer {
+        local: addr,
+        local_pitch,
+        width: plan.width,
+        height: plan.height,
+        ..t
+    };
+    let node = node(obj)?;
+    // SAFETY: forwarded contract; the remote range was validated against the layout (and is
+    // validated again by its owner).
+    unsafe { node.pool().transfer(&t, node.timeout()) }
+}
+
+/// The object's transport, or why it has none.
+pub(super) fn node(obj: &BmObject) -> Result<&crate::transport::Node> {
+    obj.node.as_deref().ok_or_else(|| {
+        Error::new(
+            ErrorCode::NotSupported,
+            "this object does not use the network transport",
+        )
+    })
+}
+
+/// A transfer to `global`'s window (its rows `global_pitch` apart), without its local side.
+pub(super) fn transfer(
+    obj: &BmObject,
+    global: Location,
+    global_pitch: u64,
+    op: Op,
+    local_device: bool,
+) -> Result<Transfer<'_>> {
+    let (peer, token) = obj.remote_of(global.rank)?;
+    Ok(Transfer {
+        peer,
+        rank: global.rank,
+        object: obj.id,
+        token,
+        op,
+        remote_offset: obj.layout.part_offset(global.part) + global.offset,
+        remote_pitch: global_pitch,
+        local: 0,
+        local_pitch: 0,
+        width: 0,
+        height: 0,
+        local_device: local_device.then_some(&*obj.ctx.device),
+    })
+}
+
+/// A `G2G` copy between two windows of other hosts, staged through a buffer of this process:
+/// groups of rows (or pieces of one long row) of at most [`BOUNCE`] bytes are read, then
+/// written.
+///
+/// # Safety
+/// As [`run`].
+#[cold]
+#[inline(never)]
+unsafe fn bounce(obj: &BmObject, plan: &Plan) -> Result<()> {
+    let (Side::Window(src, _), Side::Window(dst, _)) = (plan.src, plan.dst) else {
+        return Err(Error::new(
+            ErrorCode::Error,
+            "a bounce copy needs two windows",
+        ));
+    };
+    let node = node(obj)?;
+    let mut buf = vec![0u8; plan.width.saturating_mul(plan.height).min(BOUNCE) as usize];
+    let local = buf.as_mut_ptr().expose_provenance() as u64;
+    // (first row, rows, byte offset in the row, bytes per row) of each stage.
+    let (rows_per, cols_per) = if plan.width <= BOUNCE {
+        ((BOUNCE / plan.width).max(1), plan.width)
+    } else {
+        (1, BOUNCE)
+    };
+    let mut row = 0;
+    while row < plan.height {
+        let rows = rows_per.min(plan.height - row);
+        let mut col = 0;
+        while col < plan.width {
+            let cols = cols_per.min(plan.width - col);
+            let at = |loc: Location, pitch: u64| Location {
+                offset: loc.offset + row * pitch + col,
+                ..loc
+            };
+            for (loc, pitch, op) in [
+                (at(src, plan.spitch), plan.spitch, Op::Read),
+                (at(dst, plan.dpitch), plan.dpitch, Op::Write),
+            ] {
+                let t = Transfer {
+                    local,
+                    local_pitch: cols,
+                    width: cols,
+                    height: rows,
+                    ..transfer(obj, loc, pitch, op, false)?
+                };
+                // SAFETY: `buf` holds `rows * cols` bytes (at most BOUNCE) for the call; the
+                // window ranges are inside the validated spans.
+                unsafe { node.pool().transfer(&t, node.timeout()) }?;
+            }
+            col += cols;
+        }
+        row += rows;
+    }
+    drop(buf);
+    Ok(())
+}
+
+/// The address of `offset` in `rank`'s `part`: in the GVA when the part is mapped, else (device
+/// memory not mapped into the GVA, see `runtime/object.rs`) at the window's device address.
+/// Call only while inside the window ([`BmObject::enter`]).
+#[inline]
+pub(super) fn global_addr(obj: &BmObject, rank: u32, part: Part, offset: u64) -> u64 {
+    if part == Part::Hbm {
+        if let Some(dev) = obj.device_base(rank) {
+            // `offset` is inside the part (validated), and the part inside the allocation.
+            return dev.wrapping_add(offset);
+        }
+    }
+    // Validated by `check_copy*`: inside the object's span, so no overflow.
+    obj.layout.window_base(rank).map_or(0, Gva::raw) + obj.layout.part_offset(part) + offset
+}
+
+/// `smem_bm_copy`.
+///
+/// # Safety
+/// The local side of the copy (`src` for L2G/H2G, `dest` for G2L/G2H; none for G2G) must be
+/// valid for `size` bytes of reading (resp. writing) for the duration of the call, or, with
+/// `SMEM_ASYNC_COPY_FLAG`, until `smem_bm_wait` returned; the global side is validated against
+/// the object's windows.
+pub unsafe fn bm_copy(
+    handle: BmHandle,
+    src: u64,
+    dest: u64,
+    size: u64,
+    copy_type: u32,
+    flags: u32,
+) -> Result<()> {
+    let what = "smem_bm_copy";
+    let is_async = async_flag(flags, what)?;
+    let held = Entered::enter(handle, what)?;
+    let obj = held.obj();
+    let plan = plan_1d(obj, src, dest, size, copy_type).map_err(|e| e.context(what))?;
+    if is_async {
+        drop(held);
+        return async_engine::submit(
+            handle,
+            async_engine::Job::Copy {
+                src,
+                dest,
+                size,
+                copy_type,
+            },
+        );
+    }
+    // SAFETY: forwarded contract; `held` keeps the planned windows entered.
+    unsafe { run(obj, &plan, what) }
+}
+
+/// `smem_bm_copy_2d`.
+///
+/// # Safety
+/// As [`bm_copy`], for every row of the local side.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn bm_copy_2d(
+    handle: BmHandle,
+    src: u64,
+    spitch: u64,
+    dest: u64,
+    dpitch: u64,
+    width: u64,
+    height: u64,
+    copy_type: u32,
+    flags: u32,
+) -> Result<()> {
+    let what = "smem_bm_copy_2d";
+    let is_async = async_flag(flags, what)?;
+    let held = Entered::enter(handle, what)?;
+    let obj = held.obj();
+    let plan = plan_2d(obj, src, spitch, dest, dpitch, width, height, copy_type)
+        .map_err(|e| e.context(what))?;
+    if is_async {
+        drop(held);
+        return async_engine::submit(
+            handle,
+            async_engine::Job::Copy2d {
+                src,
+                spitch,
+                dest,
+                dpitch,
+                width,
+                height,
+                copy_type,
+            },
+        );
+    }
+    // SAFETY: forwarded contract; `held` keeps the planned windows entered.
+    unsafe { run(obj, &plan, what) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_directions() {
+        use CopyDirection::*;
+        assert_eq!(direction(false, false), HostToHost);
+        assert_eq!(direction(false, true), HostToDevice);
+        assert_eq!(direction(true, false), DeviceToHost);
+        assert_eq!(direction(true, true), DeviceToDevice);
+    }
+}
