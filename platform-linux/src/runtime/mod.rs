@@ -7,7 +7,7 @@
 //! rank 0, or with `autoRanking` the process that can bind the URL's address), registers the
 //! rank (`smem/bm/rank/<r>` = host identity and pid) and waits until every rank of the world
 //! registered (unless `dynamicWorldSize`), naming the missing ranks on timeout: a constant
-//! number of store operations per rank ([`rendezvous`]). When the store
+//! number of store operations per rank (`runtime/rendezvous.rs`). When the store
 //! link goes down during that wait (the store host gave up at its own deadline, or died), the
 //! rank does not fail with `SM_IO_ERROR`: it connects again to the store URL until its own init
 //! deadline, registers again when the store is back and keeps waiting; at the deadline it

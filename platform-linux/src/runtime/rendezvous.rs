@@ -11,7 +11,8 @@
 //! A rank sets its record and adds 1 to `registered`. When the counter reaches `worldSize`, it
 //! checks with one PREFIX get (SHM: plus one QUERY_ALIVE per rank, a key left by a process that
 //! died without uninit is no rank) that every rank's record is there, and sets `ready`. Every
-//! rank waits for `ready` with one parked GET, in slices (1 s, doubling up to 8 s); after each
+//! rank waits for `ready` with one parked GET, in slices (the first 10 ms per rank, 50 ms to
+//! 1 s, doubling up to 8 s); after each
 //! slice it checks the records itself with one PREFIX get (SHM: and, from the third slice on,
 //! when every record is there, the liveness of every rank), which covers a counter that
 //! overshot (a rank that registered twice) and a `ready` removed meanwhile. At the deadline the error names the
@@ -34,8 +35,11 @@ use super::object::rank_list;
 use crate::store::StoreClient;
 use crate::{Error, Result};
 
-/// First wait slice for `ready`; doubles up to [`SLICE_MAX`].
-const SLICE_MIN: Duration = Duration::from_secs(1);
+/// The first wait slice for `ready` is 10 ms per rank of the world, within these bounds (a
+/// small world sees its members registered early, which the message of a lost store names);
+/// it doubles up to [`SLICE_MAX`].
+const SLICE_FIRST_MIN: Duration = Duration::from_millis(50);
+const SLICE_FIRST_MAX: Duration = Duration::from_secs(1);
 const SLICE_MAX: Duration = Duration::from_secs(8);
 
 /// One API's rendezvous.
@@ -128,15 +132,10 @@ impl Rendezvous<'_> {
 
     /// The check of a waiter whose slice passed: one PREFIX get; only when every record is
     /// there and the counter says the world is complete (the rank that completed it may still
-    /// be checking), and no sooner than the third slice, the full check of [`Self::complete`]
+    /// be checking), and from the third slice on, the full check of [`Self::complete`]
     /// (for SHM `n` QUERY_ALIVE), so that a slow world does not make every waiter query
     /// every rank.
-    fn recheck(
-        &self,
-        store: &StoreClient,
-        seen: &mut BTreeSet<u32>,
-        slice: Duration,
-    ) -> Result<bool> {
+    fn recheck(&self, store: &StoreClient, seen: &mut BTreeSet<u32>, round: u32) -> Result<bool> {
         let present = self.present(store)?;
         seen.extend(present.iter().copied().filter(|&r| r < self.world_size));
         if (0..self.world_size).any(|r| !present.contains(&r)) {
@@ -146,7 +145,7 @@ impl Rendezvous<'_> {
             store.set(&self.key("ready"), b"1")?;
             return Ok(true);
         }
-        if slice < SLICE_MIN * 4 {
+        if round < 2 {
             return Ok(false);
         }
         self.complete(store, seen)
@@ -178,7 +177,9 @@ impl Rendezvous<'_> {
             seen.extend(0..self.world_size);
             return Ok(());
         }
-        let mut slice = SLICE_MIN;
+        let mut slice =
+            (Duration::from_millis(10) * self.world_size).clamp(SLICE_FIRST_MIN, SLICE_FIRST_MAX);
+        let mut round = 0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match store.wait_get(
@@ -191,18 +192,28 @@ impl Rendezvous<'_> {
                 }
                 Err(e) if e.code() == ErrorCode::Timeout => {
                     if self
-                        .recheck(store, seen, slice)
+                        .recheck(store, seen, round)
                         .map_err(|e| e.context(what))?
                     {
                         seen.extend(0..self.world_size);
                         return Ok(());
                     }
                     if deadline <= Instant::now() {
-                        let detail = self
-                            .incomplete(store, seen)
-                            .ok()
-                            .flatten()
-                            .unwrap_or_else(|| "the world was not complete".to_owned());
+                        // The store may be gone by now (its host gave up): then the ranks
+                        // never seen registered during the wait.
+                        let detail = match self.incomplete(store, seen) {
+                            Ok(Some(d)) => d,
+                            _ => {
+                                let missing: Vec<u32> =
+                                    (0..self.world_size).filter(|r| !seen.contains(r)).collect();
+                                format!(
+                                    "{} of {} ranks were not seen registered: missing rank(s) {}",
+                                    missing.len(),
+                                    self.world_size,
+                                    rank_list(&missing)
+                                )
+                            }
+                        };
                         return Err(Error::new(
                             ErrorCode::Timeout,
                             format!(
@@ -213,6 +224,7 @@ impl Rendezvous<'_> {
                         ));
                     }
                     slice = (slice * 2).min(SLICE_MAX);
+                    round += 1;
                 }
                 Err(e) => return Err(e.context(format!("{what}: waiting for the other ranks"))),
             }

@@ -21,7 +21,7 @@
 //! # Store keys (`smem/shm/`)
 //! | key | value | written by |
 //! |---|---|---|
-//! | `rank/<r>`, `registered`, `ready` | `<host identity> <pid>`; the init rendezvous ([`super::rendezvous`]) | world rank `r` at init |
+//! | `rank/<r>`, `registered`, `ready` | `<host identity> <pid>`; the init rendezvous (`runtime/rendezvous.rs`) | world rank `r` at init |
 //! | `epoch` | ADD counter: the last object instance number handed out | rank 0 of each object |
 //! | `open/<id>` | instance number `e` of the newest object `id` | rank 0 of the object |
 //! | `<id>.<e>/gva`, `gva/...`, `abort` | GVA agreement (see `runtime/object.rs`) | every member |
