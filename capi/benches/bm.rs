@@ -21,7 +21,10 @@ use std::ffi::c_void;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use smem::{SMEMB_COPY_G2H, SMEMB_COPY_H2G, smem_bm_copy, smem_bm_t};
+use smem::{
+    SMEMB_COPY_G2H, SMEMB_COPY_H2G, smem_batch_copy_params, smem_bm_copy, smem_bm_copy_batch,
+    smem_bm_t,
+};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -99,6 +102,59 @@ fn cell(
     (median(&mut a), median(&mut b), median(&mut ratios))
 }
 
+/// Entries of the batch cell and their size (SPEC 6.1's example: 1024 x 16 KiB).
+const BATCH_N: usize = 1024;
+const BATCH_LEN: u64 = 16 * KIB;
+
+/// `smem_bm_copy_batch` of [`BATCH_N`] x [`BATCH_LEN`] (entry `i` at `host + i*len` and
+/// `win + i*len`) vs a `memcpy` loop over the same entries: median GB/s of each and the median
+/// ratio of adjacent sample pairs, as [`cell`].
+fn batch_cell(h: smem_bm_t, dir: Dir, host: *mut u8, win: *mut u8, secs: f64) -> (f64, f64, f64) {
+    let at = |base: *mut u8, i: usize| base.wrapping_add(i * BATCH_LEN as usize).cast::<c_void>();
+    let (mut src, mut dst): (Vec<*mut c_void>, Vec<*mut c_void>) = (0..BATCH_N)
+        .map(|i| match dir {
+            Dir::H2g => (at(host, i), at(win, i)),
+            Dir::G2h => (at(win, i), at(host, i)),
+        })
+        .unzip();
+    let sizes = vec![BATCH_LEN; BATCH_N];
+    let t = match dir {
+        Dir::H2g => SMEMB_COPY_H2G,
+        Dir::G2h => SMEMB_COPY_G2H,
+    };
+    let mut params = smem_batch_copy_params {
+        sources: src.as_mut_ptr(),
+        destinations: dst.as_mut_ptr(),
+        dataSizes: sizes.as_ptr(),
+        batchSize: BATCH_N as u32,
+    };
+    let mut batch = || {
+        // SAFETY: every entry is BATCH_LEN bytes of the live host buffer or of the window.
+        let rc = unsafe { smem_bm_copy_batch(h, &mut params, t, 0) };
+        assert_eq!(rc, 0, "smem_bm_copy_batch");
+    };
+    let total = BATCH_N as f64 * BATCH_LEN as f64;
+    let looped = || {
+        for i in 0..BATCH_N {
+            memcpy(dir, at(host, i).cast(), at(win, i).cast(), BATCH_LEN);
+        }
+    };
+    batch();
+    looped();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    while (Instant::now() < end || a.len() < 5) && a.len() < 100_000 {
+        let t0 = Instant::now();
+        batch();
+        a.push(total / t0.elapsed().as_secs_f64() / 1e9);
+        let t0 = Instant::now();
+        looped();
+        b.push(total / t0.elapsed().as_secs_f64() / 1e9);
+    }
+    let mut ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
+    (median(&mut a), median(&mut b), median(&mut ratios))
+}
+
 fn size_name(len: u64) -> String {
     if len >= MIB {
         format!("{} MiB", len / MIB)
@@ -161,6 +217,20 @@ fn main() {
             r * 100.0,
             size_name(at)
         );
+    }
+
+    if max >= BATCH_N as u64 * BATCH_LEN {
+        println!(
+            "smem_bm_copy_batch of {BATCH_N} x {} vs a memcpy loop over the same entries (one host, peer's DRAM window), median of samples, {secs} s per cell",
+            size_name(BATCH_LEN)
+        );
+        for (name, dir) in [("H2G", Dir::H2g), ("G2H", Dir::G2h)] {
+            let (smem, mc, r) = batch_cell(p.h, dir, hp, win, secs);
+            println!(
+                "batch {name}: smem_bm_copy_batch {smem:.2} GB/s | memcpy loop {mc:.2} GB/s | ratio {:.1}% (target >= 80%)",
+                r * 100.0
+            );
+        }
     }
 
     // 64 B latency, one timed copy per sample; the timer alone is measured the same way.

@@ -45,7 +45,8 @@ typedef int32_t smem_error;
 #define SM_MALLOC_FAILED (-2001)
 /** An object could not be constructed. */
 #define SM_NEW_OBJECT_FAILED (-2002)
-/** The component this call needs (e.g. the config store) has not been started. */
+/** The component this call needs has not been started (e.g. a BM rank in a process that
+ * only hosts the config store: startConfigStoreOnly). */
 #define SM_NOT_STARTED (-2003)
 /** A deadline (initTimeout, createTimeout, controlOperationTimeout...) passed. */
 #define SM_TIMEOUT (-2004)
@@ -153,8 +154,9 @@ const char *smem_get_and_clear_last_err_msg(void);
 /**
  * Sets the TLS settings used by the config store (server and client) and the data transport
  * created afterwards: TLS 1.3, mutual authentication against caFile, CRL checked when given.
- * Call it before smem_bm_init / smem_shm_init. The settings are copied; the caller may free
- * them when this returns.
+ * Call it before smem_bm_init / smem_shm_init: each init captures the setting for all its
+ * links; called while initialised it applies from the next init. The settings are copied;
+ * the caller may free them when this returns.
  * The files (PEM; key PKCS#8 plain or encrypted, PKCS#1 or SEC1) are loaded and checked here.
  * Returns SM_OK; SM_INVALID_PARAM for a NULL tlsOption, or, when enableTls is true, a NULL or
  * non-UTF-8 caFile / certFile / keyFile or a non-UTF-8 crlFile / keyPassword; SM_TLS_ERROR

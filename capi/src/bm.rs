@@ -13,6 +13,7 @@ use std::ptr;
 use std::time::Duration;
 
 use smem_core::ErrorCode;
+use smem_core::data_op::BmDataOps;
 use smem_core::limits::{BM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
 use smem_linux::runtime::{self, BmConfig, BmHandle};
 use smem_linux::{Error, Result};
@@ -24,12 +25,11 @@ use crate::ffi::{self, ffi_status, ffi_value, gva_ptr, timeout};
 pub type smem_bm_t = *mut c_void;
 
 /// `SMEMB_DATA_OP_SDMA`: device copy engine.
-pub const SMEMB_DATA_OP_SDMA: u32 = 1 << 0;
+pub const SMEMB_DATA_OP_SDMA: u32 = BmDataOps::SDMA.bits();
 /// `SMEMB_DATA_OP_ROCE`: RDMA (HOST_TCP where no RDMA device exists).
-pub const SMEMB_DATA_OP_ROCE: u32 = 1 << 1;
+pub const SMEMB_DATA_OP_ROCE: u32 = BmDataOps::ROCE.bits();
 /// `SMEMB_DATA_OP_HOST_TCP`: windows of other hosts over TCP.
-pub const SMEMB_DATA_OP_HOST_TCP: u32 = 1 << 2;
-const DATA_OP_ALL: u32 = SMEMB_DATA_OP_SDMA | SMEMB_DATA_OP_ROCE | SMEMB_DATA_OP_HOST_TCP;
+pub const SMEMB_DATA_OP_HOST_TCP: u32 = BmDataOps::HOST_TCP.bits();
 
 /// `SMEMB_COPY_L2G`: local device memory to a window.
 pub const SMEMB_COPY_L2G: u32 = 0;
@@ -249,11 +249,7 @@ pub unsafe extern "C" fn smem_bm_create(
                 "memberSize {member_size} is out of range 1..={WORLD_SIZE_MAX}"
             )));
         }
-        if data_op_type == 0 || data_op_type & !DATA_OP_ALL != 0 {
-            return Err(Error::invalid(format!(
-                "dataOpType {data_op_type:#x} is not a non-empty set of SMEMB_DATA_OP_* bits ({DATA_OP_ALL:#x})"
-            )));
-        }
+        BmDataOps::from_c(data_op_type).map_err(|e| Error::invalid(e.to_string()))?;
         if local_dram_size == 0 && local_hbm_size == 0 {
             return Err(Error::invalid("localDRAMSize and localHBMSize are both 0"));
         }

@@ -210,6 +210,30 @@ pub(crate) unsafe fn slice_mut_arg<'a>(
     Ok(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) })
 }
 
+/// Borrows an array argument of `len` elements (NULL is accepted only with `len == 0`).
+///
+/// # Errors
+/// `SM_INVALID_PARAM` naming `what` when `p` is NULL and `len > 0`, or misaligned.
+///
+/// # Safety
+/// `p` is NULL or valid for reading `len` initialised `T`s, not mutated during `'a`.
+pub(crate) unsafe fn array_arg<'a, T>(p: *const T, len: usize, what: &str) -> Result<&'a [T]> {
+    if p.is_null() || len == 0 {
+        return if len == 0 {
+            Ok(&[])
+        } else {
+            Err(Error::invalid(format!("{what} is NULL")))
+        };
+    }
+    if !p.is_aligned() {
+        return Err(Error::invalid(format!(
+            "{what} is not aligned for its element type"
+        )));
+    }
+    // SAFETY: non-NULL, aligned and readable for `len` elements during `'a` (contract).
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
 /// The C logger callback type: `void (*)(int level, const char *msg)`.
 pub(crate) type CLogFn = unsafe extern "C" fn(level: c_int, msg: *const c_char);
 

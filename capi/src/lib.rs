@@ -27,9 +27,11 @@ pub mod bm_ext;
 pub mod common;
 pub mod error;
 pub mod shm;
+pub mod trans;
 
 pub use bm::*;
 pub use bm_ext::*;
 pub use common::*;
 pub use error::{smem_get_and_clear_last_err_msg, smem_get_last_err_msg};
 pub use shm::*;
+pub use trans::*;

@@ -11,6 +11,7 @@ use std::ffi::{c_char, c_void};
 use std::ptr;
 
 use smem_core::ErrorCode;
+use smem_core::data_op::ShmDataOps;
 use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
 use smem_linux::runtime::shm::{self as rt, ShmConfig, ShmHandle};
 use smem_linux::{Error, Result};
@@ -22,12 +23,11 @@ use crate::ffi::{self, ffi_status, ffi_value, ffi_with, gva_ptr, timeout};
 pub type smem_shm_t = *mut c_void;
 
 /// `SMEMS_DATA_OP_MTE`: loads / stores (same host).
-pub const SMEMS_DATA_OP_MTE: u32 = 1 << 0;
+pub const SMEMS_DATA_OP_MTE: u32 = ShmDataOps::MTE.bits();
 /// `SMEMS_DATA_OP_SDMA`: device copy engine (same host).
-pub const SMEMS_DATA_OP_SDMA: u32 = 1 << 1;
+pub const SMEMS_DATA_OP_SDMA: u32 = ShmDataOps::SDMA.bits();
 /// `SMEMS_DATA_OP_ROCE`: network engine.
-pub const SMEMS_DATA_OP_ROCE: u32 = 1 << 2;
-const DATA_OP_ALL: u32 = SMEMS_DATA_OP_MTE | SMEMS_DATA_OP_SDMA | SMEMS_DATA_OP_ROCE;
+pub const SMEMS_DATA_OP_ROCE: u32 = ShmDataOps::ROCE.bits();
 
 /// `SMEM_SHM_EXTRA_CONTEXT_MAX`: largest extra context in bytes.
 pub const SMEM_SHM_EXTRA_CONTEXT_MAX: u32 = 65_536;
@@ -220,11 +220,7 @@ pub unsafe extern "C" fn smem_shm_create(
                 "symmetricSize {symmetric_size} x rankSize {rank_size} overflows"
             )));
         }
-        if data_op_type == 0 || data_op_type & !DATA_OP_ALL != 0 {
-            return Err(Error::invalid(format!(
-                "dataOpType {data_op_type:#x} is not a non-empty set of SMEMS_DATA_OP_* bits ({DATA_OP_ALL:#x})"
-            )));
-        }
+        ShmDataOps::from_c(data_op_type).map_err(|e| Error::invalid(e.to_string()))?;
         let (h, base) =
             rt::shm_create(id, rank_size, rank_id, symmetric_size, data_op_type, flags)?;
         let c = to_c_handle(h)?;

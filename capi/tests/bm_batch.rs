@@ -1,5 +1,6 @@
 //! Drives `tests/c/bm_batch.c` (SPEC 6.1: batch, asynchronous and window-to-window copies,
-//! registered memory, GVA lookup, copy flags) as real processes: three ranks on one host, three
+//! registered memory, GVA lookup, copy flags) as real processes: three ranks on one host (an
+//! object without the network transport), three
 //! ranks on two simulated hosts (`SMEM_HOST_ID`; the other host's windows through the TCP
 //! transport, so G2G runs local-to-remote, remote-to-local and remote-to-remote), and a peer
 //! killed mid-batch. Each rank has a deadline; on failure every rank is killed and its output
@@ -39,7 +40,11 @@ fn batch_async_g2g_three_ranks_one_host() {
         &dir,
         WORLD,
         DEADLINE,
-        &[("SMEM_DEVICE", "sim"), ("SMEM_LOG_LEVEL", "warn")],
+        &[
+            ("SMEM_DEVICE", "sim"),
+            ("SMEM_LOG_LEVEL", "warn"),
+            ("SMEM_TEST_SDMA_ONLY", "1"),
+        ],
         &|_| Vec::new(),
         &|_| Vec::new(),
     );

@@ -3,6 +3,7 @@
 //! (config, create, join, leave, SHM create / destroy) are `SM_INVALID_PARAM` naming the field;
 //! an SHM object asking for `SMEMS_DATA_OP_ROCE` (no SHM network engine) is `SM_NOT_SUPPORTED`.
 //! A refused call changes nothing: the same call with the field fixed then succeeds.
+//! `startConfigStoreOnly` is honoured: rank calls in such a process are `SM_NOT_STARTED`.
 //!
 //! One test in its own binary: it initialises the process-wide runtimes (a world of one rank,
 //! the store in process on a free loopback port).
@@ -16,6 +17,7 @@ use smem::*;
 const SM_OK: i32 = 0;
 const SM_INVALID_PARAM: i32 = -2000;
 const SM_NOT_SUPPORTED: i32 = -2102;
+const SM_NOT_STARTED: i32 = -2003;
 const MIB2: u64 = 2 << 20;
 
 fn take_err() -> String {
@@ -139,5 +141,18 @@ fn every_field_is_honoured_or_refused() {
     );
     assert_eq!(unsafe { smem_shm_destroy(h, 0) }, SM_OK);
     unsafe { smem_shm_uninit(0) };
+    unsafe { smem_bm_uninit(0) };
+
+    // startConfigStoreOnly: the process hosts the store and starts no rank, so calls that need
+    // one are SM_NOT_STARTED (the component they need was not started).
+    let mut d = c;
+    d.startConfigStoreOnly = 1;
+    let other = self::url();
+    assert_eq!(unsafe { smem_bm_init(other.as_ptr(), 2, 0, &d) }, SM_OK);
+    assert_eq!(unsafe { smem_bm_get_rank_id() }, u32::MAX);
+    assert_refused(SM_NOT_STARTED, SM_NOT_STARTED, "startConfigStoreOnly");
+    let h = unsafe { smem_bm_create(0, 1, sdma, MIB2, 0, 0) };
+    assert!(h.is_null());
+    assert_refused(SM_NOT_STARTED, SM_NOT_STARTED, "startConfigStoreOnly");
     unsafe { smem_bm_uninit(0) };
 }

@@ -170,9 +170,74 @@ fn set_ssl_option_enables_mutual_tls() {
     let plain = ClientOptions { tls: None, ..opts };
     StoreClient::connect(server.local_addr(), plain).expect_err("a plaintext client is refused");
 
+    trans_over_tls();
+
     opt.enableTls = 0;
     // SAFETY: as above; the file fields are ignored when TLS is off.
     assert_eq!(unsafe { smem_set_ssl_option(&opt) }, SM_OK);
     assert!(ClientOptions::default().tls.is_none());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Transfer engines created while TLS is on: the store and the transport run mutual TLS. The
+/// writer has no `SMEMB_DATA_OP_SDMA`, so its writes into the same-host peer go through the
+/// transport (TLS) rather than memory.
+fn trans_over_tls() {
+    let url = CString::new(format!("tcp://127.0.0.1:{}", common::ranks::free_port())).expect("url");
+    let mut c = std::mem::MaybeUninit::<smem_trans_config_t>::uninit();
+    // SAFETY: `c` is valid for writing a config.
+    assert_eq!(unsafe { smem_trans_config_init(c.as_mut_ptr()) }, SM_OK);
+    // SAFETY: initialised by the call above.
+    let mut c = unsafe { c.assume_init() };
+    c.initTimeout = 10;
+    // SAFETY: `c` is a valid config.
+    assert_eq!(unsafe { smem_trans_init(&c) }, SM_OK, "{}", last_err());
+    let mut host = c;
+    host.startConfigServer = 1;
+    // SAFETY: valid strings and config.
+    let a = unsafe { smem_trans_create(url.as_ptr(), c"tls-a".as_ptr(), &host) };
+    assert!(!a.is_null(), "{}", last_err());
+    let mut target = vec![0u8; 1 << 20];
+    // SAFETY: `target` lives until after the engines are destroyed.
+    let rc = unsafe { smem_trans_register_mem(a, target.as_mut_ptr().cast(), target.len(), 0) };
+    assert_eq!(rc, SM_OK, "{}", last_err());
+    let mut tcp_only = c;
+    tcp_only.dataOpType = SMEMB_DATA_OP_HOST_TCP;
+    // SAFETY: valid strings and config.
+    let b = unsafe { smem_trans_create(url.as_ptr(), c"tls-b".as_ptr(), &tcp_only) };
+    assert!(!b.is_null(), "{}", last_err());
+    let src: Vec<u8> = (0..target.len()).map(|i| (i % 251) as u8).collect();
+    // SAFETY: `src` is readable for its length; the remote range is registered by `a`.
+    let rc = unsafe {
+        smem_trans_write(
+            b,
+            src.as_ptr().cast(),
+            c"tls-a".as_ptr(),
+            target.as_mut_ptr().cast(),
+            src.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, SM_OK, "{}", last_err());
+    let mut back = vec![0u8; 4096];
+    // SAFETY: `back` is writable for its length.
+    let rc = unsafe {
+        smem_trans_read(
+            b,
+            back.as_mut_ptr().cast(),
+            c"tls-a".as_ptr(),
+            target.as_ptr().cast(),
+            back.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, SM_OK, "{}", last_err());
+    assert_eq!(&back[..], &src[..4096]);
+    // SAFETY: handles from create; `a` (hosting the store) goes last.
+    unsafe {
+        smem_trans_destroy(b, 0);
+        smem_trans_destroy(a, 0);
+        smem_trans_uninit(0);
+    }
+    assert_eq!(target, src, "every byte arrived over TLS");
 }

@@ -350,6 +350,89 @@ impl Hosts {
     }
 }
 
+/// Members the model of [`run_model`] takes at most.
+#[cfg(any(test, feature = "_fuzzing-hooks"))]
+pub(crate) const MODEL_MEMBERS_MAX: usize = 8;
+
+/// Runs `rounds` rounds (barrier and allgather alike) of `members` members over a model of the
+/// segment's shared words, stepping the member `pick() % members` each time (a member waiting
+/// for the release just polls). The first `unfair` picks may be anything; a fair schedule from
+/// there must finish. Panics when a member leaves a round before every member arrived in it,
+/// reads a slot of another round or member, or the schedule stops making progress.
+#[cfg(any(test, feature = "_fuzzing-hooks"))]
+pub(crate) fn run_model(members: u32, rounds: u64, unfair: u64, mut pick: impl FnMut() -> u32) {
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum At {
+        Write,
+        Arrive,
+        Wait,
+        Read,
+    }
+    let n = members.clamp(1, MODEL_MEMBERS_MAX as u32);
+    // INVARIANT: 1 <= n <= 8 is a valid member count.
+    let Ok(l) = Layout::new(n) else { return };
+    let mut arrived = 0u64;
+    let mut release = 0u32;
+    // Slot contents by slot index: (round written, member).
+    let mut slots = [(u64::MAX, 0u32); 2 * MODEL_MEMBERS_MAX];
+    let mut state = [(0u64, At::Write); MODEL_MEMBERS_MAX];
+    let slot_index = |k: u64, member: u32| {
+        l.slot(k, member)
+            .map_or(usize::MAX, |s| (s.len - field::SLOTS) / SLOT_STRIDE)
+    };
+    let mut steps = 0u64;
+    while state[..n as usize].iter().any(|s| s.0 < rounds) {
+        steps += 1;
+        // Each member needs at most 4 steps a round, plus polls: a fair schedule ends well
+        // within this; a stuck one (a member never released) does not.
+        assert!(
+            steps < unfair + 64 * (rounds + 1) * u64::from(n) * u64::from(n),
+            "no progress"
+        );
+        let m = pick() % n;
+        let (k, at) = state[m as usize];
+        if k >= rounds {
+            continue;
+        }
+        let r = Round::new(&l, k);
+        state[m as usize].1 = match at {
+            At::Write => {
+                slots[slot_index(k, m)] = (k, m);
+                At::Arrive
+            }
+            At::Arrive => {
+                let before = arrived;
+                arrived += 1;
+                match r.arrival(before) {
+                    Ok(Arrival::Last) => {
+                        release = r.release_word();
+                        At::Read
+                    }
+                    Ok(Arrival::Wait) => At::Wait,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            At::Wait if release == r.release_word() => At::Read,
+            At::Wait => At::Wait,
+            At::Read => {
+                assert!(
+                    arrived >= u64::from(n) * (k + 1),
+                    "member {m} left round {k} before every member arrived"
+                );
+                for q in 0..n {
+                    assert_eq!(
+                        slots[slot_index(k, q)],
+                        (k, q),
+                        "round {k} read a stale slot"
+                    );
+                }
+                state[m as usize] = (k + 1, At::Write);
+                continue;
+            }
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::vec;
@@ -453,74 +536,18 @@ mod tests {
         assert_eq!(Hosts::of(3, 2, |a, b| a == b), Hosts { count: 3, index: 2 });
     }
 
-    /// A model of the segment's shared words run by `n` members in a pseudo-random
-    /// interleaving: no member leaves a round before every member arrived in it, and every
-    /// allgather reads exactly the bytes written for its round.
+    /// The model of the segment run by 1..=8 members in pseudo-random interleavings.
     #[test]
     fn interleaved_members_never_leave_early_or_read_another_round() {
-        #[derive(Clone, Copy, PartialEq, Debug)]
-        enum At {
-            Write,
-            Arrive,
-            Wait,
-            Read,
-        }
-        let n = 4u32;
-        let l = Layout::new(n).unwrap();
         let rounds = if cfg!(miri) { 20 } else { 300 };
-        let mut arrived = 0u64;
-        let mut release = 0u32;
-        // Slot contents: (round written, member).
-        let mut slots = vec![(u64::MAX, 0u32); 2 * n as usize];
-        let mut state = vec![(0u64, At::Write); n as usize];
-        let mut entered = vec![0u64; rounds as usize];
-        let mut seed = 7u64;
-        let mut guard = 0;
-        while state.iter().any(|s| s.0 < rounds) {
-            guard += 1;
-            assert!(guard < 1_000_000, "no progress");
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let m = ((seed >> 33) % u64::from(n)) as u32;
-            let (k, at) = state[m as usize];
-            if k >= rounds {
-                continue;
-            }
-            let r = Round::new(&l, k);
-            let slot_index = |member: u32| {
-                let s = l.slot(k, member).unwrap();
-                (s.len - field::SLOTS) / SLOT_STRIDE
-            };
-            let next = match at {
-                At::Write => {
-                    slots[slot_index(m)] = (k, m);
-                    At::Arrive
-                }
-                At::Arrive => {
-                    entered[k as usize] += 1;
-                    let before = arrived;
-                    arrived += 1;
-                    match r.arrival(before).unwrap() {
-                        Arrival::Last => {
-                            release = r.release_word();
-                            At::Read
-                        }
-                        Arrival::Wait => At::Wait,
-                    }
-                }
-                At::Wait if release == r.release_word() => At::Read,
-                At::Wait => At::Wait,
-                At::Read => {
-                    assert_eq!(entered[k as usize], u64::from(n), "left round {k} early");
-                    for q in 0..n {
-                        assert_eq!(slots[slot_index(q)], (k, q), "round {k} read a stale slot");
-                    }
-                    state[m as usize] = (k + 1, At::Write);
-                    continue;
-                }
-            };
-            state[m as usize].1 = next;
+        for n in 1..=MODEL_MEMBERS_MAX as u32 {
+            let mut seed = 7u64 + u64::from(n);
+            run_model(n, rounds, 0, || {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as u32
+            });
         }
     }
 }

@@ -21,5 +21,6 @@ pub mod sync;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tls;
+pub mod trans;
 pub mod transport;
 pub use error::{Error, Result};

@@ -5,6 +5,8 @@
 //! Run: `cargo build --release --bins && cargo bench -p smem-tests --bench store` (set `SMEM_REF_PYTHON` to a Python with the
 //! wheel, or run `tests/interop/setup-venv.sh` first; without it only our server is measured).
 //! `SMEM_BENCH_SECONDS` sets the time per (server, op, clients) cell (default 1.5).
+//! `SMEM_BENCH_BASELINE_STORE=/path/to/smem-store` also measures that binary (e.g. a build of
+//! the previous commit) in the same run, each cell right after ours, and prints ours/baseline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -102,6 +104,9 @@ fn main() {
             None
         }
     };
+    let baseline = std::env::var_os("SMEM_BENCH_BASELINE_STORE").map(|bin| {
+        SmemStoreProcess::start_bin(bin.as_ref(), &[]).expect("start the baseline smem-store")
+    });
     println!(
         "{:<4} {:>7} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>8} {:>8}",
         "op",
@@ -118,9 +123,24 @@ fn main() {
     for op in [Op::Set, Op::Get, Op::Add] {
         for clients in [1usize, 16, 64] {
             let a = run_cell(ours.addr(), op, clients, secs);
+            let base = baseline
+                .as_ref()
+                .map(|s| run_cell(s.addr(), op, clients, secs));
             let b = reference
                 .as_ref()
                 .map(|r| run_cell(r.addr(), op, clients, secs));
+            if let Some(base) = base {
+                println!(
+                    "{:<4} {:>7} | baseline {:>12.0} {:>9.1} {:>9.1} | ours/baseline ops/s {:.2}, p99 {:.2}",
+                    format!("{op:?}").to_lowercase(),
+                    clients,
+                    base.ops_per_s,
+                    base.p50_us,
+                    base.p99_us,
+                    a.ops_per_s / base.ops_per_s,
+                    a.p99_us / base.p99_us
+                );
+            }
             match b {
                 Some(b) => println!(
                     "{:<4} {:>7} | {:>12.0} {:>9.1} {:>9.1} | {:>12.0} {:>9.1} {:>9.1} | {:>8.2} {:>8.2}",

@@ -1,5 +1,6 @@
 //! Network transport benchmark: remote H2G / G2H bandwidth for 4 KiB .. 256 MiB through
-//! `smem_bm_copy` next to a raw TCP stream measured in the same run on the same path, and the
+//! `smem_bm_copy` next to a raw TCP stream measured in the same run on the same path,
+//! `smem_bm_copy_batch` of 1024 x 16 KiB next to the raw stream of the same 16 MiB, and the
 //! round-trip latency of 4 KiB copies.
 //!
 //! Two ranks run as processes (this binary re-executed) with different `SMEM_HOST_ID`s, so each
@@ -20,7 +21,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use smem_linux::runtime::{self, BmConfig, BmHandle};
+use smem_linux::runtime::{self, BatchEntry, BmConfig, BmHandle};
 use smem_linux::store::{ClientOptions, StoreClient};
 
 const ROLE: &str = "SMEM_TRANSPORT_BENCH_ROLE";
@@ -202,12 +203,21 @@ fn measure_all(url: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let mut raw_buf = vec![0x5au8; max as usize];
+    // 'w': one write of `n` bytes and an ack; 'W': the same request, its bytes written in
+    // BATCH_LEN pieces back to back (a stream of batch entries); 'r': read `n` bytes.
     let raw_op = std::cell::RefCell::new(move |op: u8, n: u64| {
-        let mut hdr = [op; 9];
+        let mut hdr = [if op == b'W' { b'w' } else { op }; 9];
         hdr[1..].copy_from_slice(&n.to_le_bytes());
         let data = &mut raw_buf[..n as usize];
-        if op == b'w' {
-            write_all_vectored(&mut raw, &hdr, data);
+        if op == b'w' || op == b'W' {
+            if op == b'W' {
+                raw.write_all(&hdr).expect("raw request");
+                for piece in data.chunks(BATCH_LEN as usize) {
+                    raw.write_all(piece).expect("raw write");
+                }
+            } else {
+                write_all_vectored(&mut raw, &hdr, data);
+            }
             let mut ack = [0u8; 1];
             raw.read_exact(&mut ack).expect("raw ack");
         } else {
@@ -249,6 +259,9 @@ fn measure_all(url: &str) {
         );
         len *= 4;
     }
+    if max >= BATCH_N as u64 * BATCH_LEN {
+        batches(h, lp, remote, &|op, n| (raw_op.borrow_mut())(op, n));
+    }
     // Round-trip latency of 4 KiB copies, the four variants interleaved.
     let mut lat = [const { Vec::new() }; 4];
     for _ in 0..2000 {
@@ -273,6 +286,60 @@ fn measure_all(url: &str) {
     runtime::bm_destroy(h).expect("destroy");
     drop(local);
     runtime::bm_uninit(0);
+}
+
+/// Entries of the batch cell and their size (SPEC 6.1: 16 KiB entries in batches).
+const BATCH_N: usize = 1024;
+const BATCH_LEN: u64 = 16 * KIB;
+
+/// `smem_bm_copy_batch` of [`BATCH_N`] x [`BATCH_LEN`] into / out of the remote window (one
+/// call, entries contiguous on both sides), next to the raw TCP stream moving the same
+/// 16 MiB (one request, its bytes written in 16 KiB pieces, one ack; reads: one request) and to
+/// a loop of [`BATCH_N`] single `smem_bm_copy` calls.
+fn batches(h: BmHandle, local: u64, remote: u64, raw: &dyn Fn(u8, u64)) {
+    let total = BATCH_N as u64 * BATCH_LEN;
+    let entries = |src: u64, dst: u64| -> Vec<BatchEntry> {
+        (0..BATCH_N as u64)
+            .map(|i| BatchEntry {
+                src: src + i * BATCH_LEN,
+                dest: dst + i * BATCH_LEN,
+                len: BATCH_LEN,
+            })
+            .collect()
+    };
+    let batch = |src: u64, dst: u64, t: u32| {
+        // SAFETY: every local range is part of the caller's live buffer of at least `total`
+        // bytes; the remote ranges are validated.
+        unsafe { runtime::bm_copy_batch(h, entries(src, dst), t, 0) }.expect("batch");
+    };
+    let singles = |src: u64, dst: u64, t: u32| {
+        for i in 0..BATCH_N as u64 {
+            copy(h, src + i * BATCH_LEN, dst + i * BATCH_LEN, BATCH_LEN, t);
+        }
+    };
+    let b = measure(
+        total,
+        &mut [
+            &mut || batch(local, remote, H2G),
+            &mut || raw(b'W', total),
+            &mut || singles(local, remote, H2G),
+            &mut || batch(remote, local, G2H),
+            &mut || raw(b'r', total),
+            &mut || singles(remote, local, G2H),
+        ],
+    );
+    println!(
+        "batch of {BATCH_N} x {}: H2G {:.2} GB/s vs raw TCP {:.2} GB/s = {:.0}% (1024 single copies: {:.2} GB/s) | G2H {:.2} GB/s vs raw {:.2} GB/s = {:.0}% (singles: {:.2} GB/s); target >= 85% of raw",
+        human(BATCH_LEN),
+        b[0],
+        b[1],
+        100.0 * b[0] / b[1],
+        b[2],
+        b[3],
+        b[4],
+        100.0 * b[3] / b[4],
+        b[5],
+    );
 }
 
 fn human(n: u64) -> String {

@@ -31,8 +31,12 @@ pub struct SmemStoreProcess {
 impl SmemStoreProcess {
     /// Starts `smem-store --listen tcp://127.0.0.1:0 ARGS..` and waits for its ready line.
     pub fn start_with(args: &[&str]) -> Result<Self, String> {
-        let bin = workspace_bin("smem-linux", "smem-store");
-        let child = Command::new(&bin)
+        Self::start_bin(&workspace_bin("smem-linux", "smem-store"), args)
+    }
+
+    /// Starts the `smem-store` binary at `bin` (e.g. an older build, as a baseline) the same way.
+    pub fn start_bin(bin: &std::path::Path, args: &[&str]) -> Result<Self, String> {
+        let child = Command::new(bin)
             .args(["--listen", "tcp://127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())

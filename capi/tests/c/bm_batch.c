@@ -4,7 +4,8 @@
  *
  *   bm_batch RANK WORLD_SIZE PORT [kill]
  *
- * Driven by capi/tests/bm_batch.rs: WORLD_SIZE (3) copies on one host, or on two simulated
+ * Driven by capi/tests/bm_batch.rs: WORLD_SIZE (3) copies on one host (SMEM_TEST_SDMA_ONLY=1:
+ * the object is created with SMEMB_DATA_OP_SDMA only, no transport), or on two simulated
  * hosts (SMEM_HOST_ID: rank 0 on one, ranks 1 and 2 on the other), so every route is taken:
  * mapped windows, one side over the TCP transport (local-to-remote, remote-to-local) and G2G
  * between two windows of the other host (remote-to-remote). Rank 0 hosts the config store.
@@ -194,7 +195,12 @@ static void start(const char *url, uint32_t ws)
     smem_bm_config_t cfg;
     void *local = NULL;
     int r;
-    smem_bm_data_op_type ops = (smem_bm_data_op_type)(SMEMB_DATA_OP_SDMA | SMEMB_DATA_OP_HOST_TCP);
+    /* SMEM_TEST_SDMA_ONLY=1 (one host): no network transport at all. */
+    const char *sdma_only = getenv("SMEM_TEST_SDMA_ONLY");
+    smem_bm_data_op_type ops = (sdma_only != NULL && strcmp(sdma_only, "1") == 0)
+                                   ? SMEMB_DATA_OP_SDMA
+                                   : (smem_bm_data_op_type)(SMEMB_DATA_OP_SDMA |
+                                                            SMEMB_DATA_OP_HOST_TCP);
     EXPECT_RC(smem_init(0), SM_OK);
     EXPECT_RC(smem_bm_config_init(&cfg), SM_OK);
     cfg.rankId = (uint16_t)g_rank;

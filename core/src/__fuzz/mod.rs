@@ -5,8 +5,23 @@
 pub mod interleave;
 pub mod mem;
 pub mod store;
+pub mod trans;
 
 pub use interleave::collective_interleaved;
+
+/// Members of one host's control segment stepped in the order the bytes give (first byte: the
+/// member count and round count): nobody leaves a round early or reads another round's slot,
+/// and the schedule completes once the bytes run out (round-robin from there).
+pub fn ctl_segment(data: &[u8]) {
+    let [head, rest @ ..] = data else { return };
+    let members = u32::from(head % 8) + 1;
+    let rounds = u64::from(head >> 3) + 1;
+    let mut i = 0usize;
+    crate::ctl_segment::run_model(members, rounds, rest.len() as u64, || {
+        i += 1;
+        rest.get(i - 1).map_or(i as u32, |&b| u32::from(b))
+    });
+}
 
 use crate::collective::{Collective, Reply, Step};
 

@@ -10,12 +10,14 @@
 //! - [`handshake`]: the 16-byte hello of a link and the 2-byte answer (SPEC 5.1).
 //! - [`frame`]: the 16-byte header before every body (SPEC 5.2).
 //! - [`message`]: the packed body with keys and values (SPEC 5.3), as a zero-copy view.
+//! - [`trans`]: the transfer engine's records in the store (SPEC 6.2).
 
 use core::fmt;
 
 pub mod frame;
 pub mod handshake;
 pub mod message;
+pub mod trans;
 
 pub use frame::{FRAME_HEADER_LEN, FrameHeader, MAX_BODY_LEN};
 pub use handshake::{HANDSHAKE_LEN, HANDSHAKE_REPLY_LEN, Handshake};

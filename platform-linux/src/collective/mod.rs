@@ -442,6 +442,18 @@ impl HostGroup {
         }
     }
 
+    /// The failure another member of this host recorded in the segment, as this member's error.
+    pub fn recorded_failure(&self, what: &dyn fmt::Display) -> Option<Error> {
+        let w = self.words().ok()?;
+        let f = self.failure(w.failed)?;
+        let other = match f {
+            Failure::Died { .. } => true,
+            Failure::TimedOut { rank } | Failure::Failed { rank } => rank != self.rank,
+            _ => true,
+        };
+        other.then(|| self.failure_error(f, 0, w.arrived, what))
+    }
+
     fn failure(&self, failed: &AtomicU64) -> Option<Failure> {
         let v = failed.load(Ordering::Acquire);
         (v != 0).then(|| Failure::decode(v).unwrap_or(Failure::Failed { rank: u32::MAX }))

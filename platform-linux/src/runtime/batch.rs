@@ -136,6 +136,9 @@ impl Groups {
     /// # Safety
     /// Every local range is valid for the transfer (readable for writes, writable for reads).
     unsafe fn run(self, obj: &BmObject) -> Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
         let node = copy::node(obj)?;
         let one = |(k, (loc, spans)): (GroupKey, (smem_core::bm::Location, Vec<Span>))| {
             let (_, op, device) = k;

@@ -127,9 +127,6 @@ impl Default for BmConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BmHandle(pub u64);
 
-/// `smem_bm_data_op_type` bits this build accepts.
-const DATA_OP_ALL: u32 = 0b111;
-
 /// What every object of an initialised process shares.
 #[derive(Debug)]
 pub(crate) struct Ctx {
@@ -141,6 +138,9 @@ pub(crate) struct Ctx {
     pub(crate) config: BmConfig,
     /// The network transport, started by the first object that uses it.
     transport: Mutex<Option<Arc<Node>>>,
+    /// The TLS setting (`smem_set_ssl_option`) as it was at init: every link of this
+    /// initialisation uses it, a later change waits for the next init.
+    tls: Option<Arc<crate::tls::LoadedTls>>,
 }
 
 impl Ctx {
@@ -157,7 +157,7 @@ impl Ctx {
                 "the config store link is down; cannot tell which address to serve windows on",
             )
         })?;
-        let node = Node::start(local.ip(), self.config.control_timeout)?;
+        let node = Node::start(local.ip(), self.config.control_timeout, self.tls.clone())?;
         *t = Some(Arc::clone(&node));
         Ok(node)
     }
@@ -220,9 +220,12 @@ fn not_initialized(what: &str) -> Error {
 fn ready_ctx(what: &str) -> Result<Arc<Ctx>> {
     match &*lock(&STATE) {
         State::Ready { ctx, .. } => Ok(Arc::clone(ctx)),
-        State::StoreOnly { .. } => Err(Error::invalid(format!(
-            "{what}: this process only hosts the config store (startConfigStoreOnly) and has no rank"
-        ))),
+        State::StoreOnly { .. } => Err(Error::new(
+            ErrorCode::NotStarted,
+            format!(
+                "{what}: this process only hosts the config store (startConfigStoreOnly), no BM rank was started; init another process with a rank"
+            ),
+        )),
         _ => Err(not_initialized(what)),
     }
 }
@@ -533,6 +536,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
         // `smem_set_ssl_option` (the store server above took it from `ServerConfig::new`).
         tls: crate::tls::global(),
     };
+    let tls = opts.tls.clone();
     let store = StoreClient::connect(addr, opts.clone())
         .map_err(|e| e.context(format!("{what}: connecting to the config store at {addr}")))?;
     let rank = match explicit {
@@ -592,6 +596,7 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<State> {
         host_id,
         config: config.clone(),
         transport: Mutex::new(None),
+        tls,
     });
     let rank_down = match store.watch_rank_down() {
         Ok(rx) => std::thread::Builder::new()
@@ -722,11 +727,8 @@ pub fn bm_create(
             ctx.rank
         )));
     }
-    if data_op_type & !DATA_OP_ALL != 0 {
-        return Err(Error::invalid(format!(
-            "{what}: unknown dataOpType bits {data_op_type:#x}; use SDMA, ROCE, HOST_TCP"
-        )));
-    }
+    smem_core::data_op::BmDataOps::from_c(data_op_type)
+        .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
     if local_dram_size == 0 && local_hbm_size == 0 {
         return Err(Error::invalid(format!(
             "{what}: localDRAMSize and localHBMSize are both 0; give at least one"

@@ -530,7 +530,7 @@ impl BmObject {
             })?;
         let id = args.id;
         let node = if transport::uses_transport(args.data_op) {
-            if args.data_op & transport::DATA_OP_ROCE != 0 {
+            if args.data_op & smem_core::data_op::BmDataOps::ROCE.bits() != 0 {
                 transport::note_roce_fallback();
             }
             Some(

@@ -94,17 +94,18 @@ use crate::mem::{HostSegment, Reservation, SegmentKind};
 use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer};
 use crate::sync::{Held, lock, once};
 use crate::{Error, Result};
+use smem_core::data_op::ShmDataOps;
 
 mod collective;
 
-/// `SMEMS_DATA_OP_MTE`: loads / stores (same host).
-pub const DATA_OP_MTE: u32 = 1 << 0;
-/// `SMEMS_DATA_OP_SDMA`: device copy engine (same host).
-pub const DATA_OP_SDMA: u32 = 1 << 1;
-/// `SMEMS_DATA_OP_ROCE`: network engine (other hosts).
-pub const DATA_OP_ROCE: u32 = 1 << 2;
+/// `SMEMS_DATA_OP_MTE` ([`ShmDataOps::MTE`]).
+pub const DATA_OP_MTE: u32 = ShmDataOps::MTE.bits();
+/// `SMEMS_DATA_OP_SDMA` ([`ShmDataOps::SDMA`]).
+pub const DATA_OP_SDMA: u32 = ShmDataOps::SDMA.bits();
+/// `SMEMS_DATA_OP_ROCE` ([`ShmDataOps::ROCE`]).
+pub const DATA_OP_ROCE: u32 = ShmDataOps::ROCE.bits();
 /// Every `smem_shm_data_op_type` bit.
-pub const DATA_OP_ALL: u32 = DATA_OP_MTE | DATA_OP_SDMA | DATA_OP_ROCE;
+pub const DATA_OP_ALL: u32 = ShmDataOps::all().bits();
 
 /// Largest extra context, in bytes.
 pub const EXTRA_CONTEXT_MAX: usize = 65_536;
@@ -156,7 +157,9 @@ struct ShmCtx {
     config: ShmConfig,
     /// The device `deviceId` opened at init (held for the life of the runtime).
     _device: Arc<dyn crate::device::Device>,
-    /// World rank -> how many times the store reported its link down.
+    /// World rank -> number of the store's latest report of its link down (reports of every
+    /// rank numbered 1, 2, ... in arrival order): grows with each report of that rank, and the
+    /// smallest among ranks reported since some point went down first.
     downs: Mutex<HashMap<u32, u64>>,
     /// Keys of finished control operations, removed by the `smem-shm-gc` thread off the
     /// critical path (`None`: that thread could not start; removals run inline).
@@ -417,7 +420,9 @@ fn start(addr: SocketAddr, args: InitArgs) -> Result<Ready> {
             .spawn(move || {
                 while let Ok(r) = rx.recv() {
                     debug!("SHM: the store reports rank {r} down");
-                    *lock(&c.downs).entry(r).or_insert(0) += 1;
+                    let mut downs = lock(&c.downs);
+                    let n = downs.values().max().map_or(1, |m| m + 1);
+                    downs.insert(r, n);
                 }
             })
             .ok()
@@ -981,11 +986,7 @@ pub fn shm_create(
             "{what}: symmetricSize {symmetric_size:#x} is not a non-zero multiple of 2 MiB"
         )));
     }
-    if data_op == 0 || data_op & !DATA_OP_ALL != 0 {
-        return Err(Error::invalid(format!(
-            "{what}: dataOpType {data_op:#x} is not a non-empty set of SMEMS_DATA_OP_* bits"
-        )));
-    }
+    ShmDataOps::from_c(data_op).map_err(|e| Error::invalid(format!("{what}: {e}")))?;
     if data_op & !shm_query_support_data_operation() != 0 {
         return Err(Error::new(
             ErrorCode::NotSupported,

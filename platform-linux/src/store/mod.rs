@@ -34,13 +34,11 @@
 
 pub mod client;
 pub mod server;
+mod storage;
 
 pub use client::{CasResult, ClientOptions, StoreClient, Traffic, traffic};
 pub use server::{Limits, ServerConfig, StoreServer};
 
-/// The key of WATCH_RANK_STATE / UNWATCH for rank-down events.
-pub const WATCH_RANK_DOWN_KEY: &[u8] = b"WATCH_RANK_DOWN_KEY";
-/// Prefix of GET keys that ask for an automatically assigned rank.
-pub const AUTO_RANKING_PREFIX: &[u8] = b"AutoRanking#";
+pub use smem_core::store::{AUTO_RANKING_PREFIX, WATCH_RANK_DOWN_KEY};
 /// Env var with the heartbeat timeout in seconds (0 = off).
 pub const HEARTBEAT_ENV: &str = "MF_CONFIG_STORE_HEARTBEAT_TIMEOUT_S";

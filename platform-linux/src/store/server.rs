@@ -1,6 +1,11 @@
-//! The config store server (SPEC 5): one event-loop thread owning every link and all state.
+//! The config store server (SPEC 5): one event-loop thread owning every link and the store.
 //!
-//! Invariants: only the loop thread touches the `State`; every request either gets a reply, is
+//! The loop does the I/O: accept, the handshake and TLS, reading frames within the input
+//! budget, link write buffers, timers (parked-GET deadlines, handshake deadlines, heartbeat
+//! expiry). What a request means is [`smem_core::store::Store`]'s business (over
+//! `MapStorage`); its replies land in the links' write buffers through `Replies`.
+//!
+//! Invariants: only the loop thread touches the store; every request either gets a reply, is
 //! one of the ops the protocol leaves unanswered (WATCH on an absent key, WATCH_RANK_STATE,
 //! HEARTBEAT, UNWATCH), or its link is closed with a logged reason. Every wire length is
 //! checked against the bytes present and the configured [`Limits`] before anything is
@@ -17,13 +22,13 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use smem_core::ErrorCode;
+use smem_core::store::{Output, Storage as _, Store, StoreLimits};
 use smem_core::wire::handshake::{self, Handshake};
 use smem_core::wire::message::{self, MessageHeader};
-use smem_core::wire::{
-    FRAME_HEADER_LEN, FrameHeader, HANDSHAKE_LEN, MessageType, MessageView, status,
-};
+use smem_core::wire::{FRAME_HEADER_LEN, FrameHeader, HANDSHAKE_LEN, MessageType, status};
 
-use super::{AUTO_RANKING_PREFIX, HEARTBEAT_ENV, WATCH_RANK_DOWN_KEY};
+use super::HEARTBEAT_ENV;
+use super::storage::{LinkId, MapStorage};
 use crate::sys::fork::DetachOnFork;
 use crate::sys::net::{EPOLL_HUP_ERR, EPOLL_IN, EPOLL_OUT, Epoll, EventFd, NoSigPipe, Ready};
 use crate::tls::{LoadedTls, ServerTlsSession};
@@ -53,6 +58,20 @@ pub struct Limits {
     /// arriving. A link whose next body does not fit waits (it is not read) until others
     /// complete; small requests are never held back. A body larger than this is refused.
     pub max_input_bytes: u64,
+}
+
+impl Limits {
+    /// The limits the store's op semantics enforce.
+    fn store(&self) -> StoreLimits {
+        StoreLimits {
+            max_body_len: self.max_body_len,
+            max_keys: self.max_keys,
+            max_key_len: self.max_key_len,
+            max_value_len: self.max_value_len,
+            max_total_bytes: self.max_total_bytes,
+            max_waiters_per_link: self.max_waiters_per_link,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -222,7 +241,6 @@ const SMALL_BODY: usize = 64 * 1024;
 /// Bytes read from one link per wake-up before others get a turn.
 const READ_BUDGET: usize = 4 << 20;
 const WRITE_LIMIT_TOTAL: u64 = 1 << 30;
-const ONE_GIB: u64 = 1 << 30;
 /// Plaintext handed to a TLS session per step of `flush` (a few TLS records).
 const TLS_WRITE_CHUNK: usize = 64 * 1024;
 /// How long a TLS store waits for the first byte of the ClientHello after a link's clear
@@ -233,11 +251,6 @@ const TLS_HELLO_WAIT: Duration = Duration::from_secs(1);
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 const NO_CLIENT_HELLO: &str =
     "peer sent no TLS ClientHello after its hello: a plaintext client talking to a TLS store?";
-/// Reference texts for wrong key/value counts.
-const ONE_KEY_NO_VALUES: &str = "invalid request: key should be one and no values.";
-const KEY_AND_VALUE_ONE: &str = "invalid request: key & value should be one.";
-
-type LinkId = u64;
 
 struct Link {
     /// Keeps `stream` out of forked children; declared first, so it is dropped (unregistered)
@@ -248,7 +261,6 @@ struct Link {
     handshaken: bool,
     /// Accepted past `max_links`: its handshake is answered `-1` (as the reference does).
     over_limit: bool,
-    rank: Option<u32>,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     wpos: usize,
@@ -256,10 +268,6 @@ struct Link {
     /// Close once the write buffer is flushed (after a refusing reply).
     close_after_flush: Option<String>,
     last_heartbeat: Option<Instant>,
-    /// Keys this link watches, with the registering seqNo.
-    watches: HashMap<Vec<u8>, u32>,
-    rank_watch: Option<u32>,
-    parked: usize,
     /// Bytes of `max_input_bytes` reserved for the large body at the head of `rbuf`.
     reserved: usize,
     /// Not read (no EPOLLIN) until a reservation fits.
@@ -311,12 +319,6 @@ impl Link {
     }
 }
 
-struct Parked {
-    link: LinkId,
-    seq: u32,
-    key: Vec<u8>,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Parked(u64),
@@ -324,18 +326,6 @@ enum Timer {
     /// A TLS link must have sent the first byte of its ClientHello by now.
     TlsHello(LinkId),
     HeartbeatScan,
-}
-
-struct State {
-    data: HashMap<Vec<u8>, Vec<u8>>,
-    stored_bytes: u64,
-    parked: HashMap<u64, Parked>,
-    parked_by_key: HashMap<Vec<u8>, Vec<u64>>,
-    next_parked: u64,
-    watchers: HashMap<Vec<u8>, HashMap<LinkId, u32>>,
-    ranks: HashMap<u32, LinkId>,
-    world_size: Option<u32>,
-    cursor: u32,
 }
 
 struct EventLoop {
@@ -349,7 +339,7 @@ struct EventLoop {
     links: HashMap<LinkId, Link>,
     next_link: LinkId,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
-    st: State,
+    store: Store<MapStorage>,
     /// Links with queued output to flush at the end of this turn.
     dirty: Vec<LinkId>,
     /// Links to close at the end of this turn, with the reason.
@@ -364,15 +354,6 @@ struct EventLoop {
     scratch: Vec<u8>,
 }
 
-/// What one request produced: nothing, or a reply.
-enum Outcome {
-    None,
-    Text(i16, &'static str),
-    Owned(i16, String),
-    Packed(MessageType, Vec<Vec<u8>>),
-    PackedKv(MessageType, Vec<Vec<u8>>, Vec<Vec<u8>>),
-}
-
 fn not_client_hello(first: u8) -> String {
     format!(
         "peer sent {first:#04x} after its hello, not a TLS ClientHello (0x16): a plaintext \
@@ -382,112 +363,100 @@ fn not_client_hello(first: u8) -> String {
 
 fn encode_frame(seq: u32, status: i16, body_len: usize, out: &mut Vec<u8>) -> usize {
     let start = out.len();
-    let body_len32 = u32::try_from(body_len).unwrap_or(u32::MAX);
     out.resize(start + FRAME_HEADER_LEN, 0);
-    // The slice is exactly FRAME_HEADER_LEN long.
-    let _ = FrameHeader::new(status, body_len32, seq).emit(&mut out[start..]);
+    encode_frame_at(seq, status, body_len, &mut out[start..]);
     start
 }
 
-fn append_packed(
+fn encode_frame_at(seq: u32, status: i16, body_len: usize, header: &mut [u8]) {
+    let body_len32 = u32::try_from(body_len).unwrap_or(u32::MAX);
+    // The slice is FRAME_HEADER_LEN long.
+    let _ = FrameHeader::new(status, body_len32, seq).emit(header);
+}
+
+fn append_packed<'v, K, V>(
     out: &mut Vec<u8>,
     seq: u32,
     st: i16,
     mt: MessageType,
-    keys: &[&[u8]],
-    values: &[&[u8]],
-) {
-    let len = message::encoded_len(keys.iter().copied(), values.iter().copied());
+    keys: K,
+    values: V,
+) where
+    K: Iterator<Item = &'v [u8]> + Clone,
+    V: Iterator<Item = &'v [u8]> + Clone,
+{
+    let len = message::encoded_len(keys.clone(), values.clone());
     encode_frame(seq, st, len, out);
     let at = out.len();
     out.resize(at + len, 0);
     // Sized with encoded_len just above, so it fits.
-    let _ = message::emit(
-        &MessageHeader::reply(mt),
-        keys.iter().copied(),
-        values.iter().copied(),
-        &mut out[at..],
-    );
+    let _ = message::emit(&MessageHeader::reply(mt), keys, values, &mut out[at..]);
 }
 
-fn append_text(out: &mut Vec<u8>, seq: u32, st: i16, text: &[u8]) {
-    encode_frame(seq, st, text.len(), out);
-    out.extend_from_slice(text);
-}
-
-/// `strtoll`-like parse used for the stored value of ADD: leading whitespace, sign, digits, stops
-/// at the first non-digit; no digits, overflow, or a 0 not spelled "0" are refused (SPEC 5.4).
-fn parse_stored_i64(b: &[u8]) -> Option<i64> {
-    let (v, digits) = parse_lenient(b)?;
-    if digits == 0 || (v == 0 && b != b"0") {
-        return None;
+fn append_text(out: &mut Vec<u8>, seq: u32, st: i16, text: std::fmt::Arguments<'_>) {
+    let start = encode_frame(seq, st, 0, out);
+    match text.as_str() {
+        Some(t) => out.extend_from_slice(t.as_bytes()),
+        // Writing into a Vec cannot fail.
+        None => {
+            let _ = out.write_fmt(text);
+        }
     }
-    Some(v)
+    let len = out.len() - start - FRAME_HEADER_LEN;
+    encode_frame_at(seq, st, len, &mut out[start..start + FRAME_HEADER_LEN]);
 }
 
-/// Leading whitespace, optional sign, digits until the first non-digit: (value, digit count).
-/// `None` on overflow.
-fn parse_lenient(b: &[u8]) -> Option<(i64, usize)> {
-    let mut i = b
-        .iter()
-        .take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
-        .count();
-    let neg = match b.get(i) {
-        Some(b'-') => {
-            i += 1;
-            true
+/// Replies of the store, into the links' write buffers; deadlines into the timer heap.
+struct Replies<'a> {
+    links: &'a mut HashMap<LinkId, Link>,
+    dirty: &'a mut Vec<LinkId>,
+    timers: &'a mut BinaryHeap<Reverse<(Instant, Timer)>>,
+}
+
+impl Replies<'_> {
+    fn buf(&mut self, id: LinkId) -> Option<&mut Vec<u8>> {
+        let link = self.links.get_mut(&id)?;
+        self.dirty.push(id);
+        Some(&mut link.wbuf)
+    }
+}
+
+impl Output<LinkId> for Replies<'_> {
+    fn text(&mut self, link: LinkId, seq: u32, status: i16, text: std::fmt::Arguments<'_>) {
+        if let Some(buf) = self.buf(link) {
+            append_text(buf, seq, status, text);
         }
-        Some(b'+') => {
-            i += 1;
-            false
+    }
+
+    fn packed<'v, K, V>(&mut self, link: LinkId, seq: u32, mt: MessageType, keys: K, values: V)
+    where
+        K: Iterator<Item = &'v [u8]> + Clone,
+        V: Iterator<Item = &'v [u8]> + Clone,
+    {
+        if let Some(buf) = self.buf(link) {
+            append_packed(buf, seq, status::OK, mt, keys, values);
         }
-        _ => false,
-    };
-    let mut v: i64 = 0;
-    let mut n = 0;
-    while let Some(d) = b.get(i).filter(|d| d.is_ascii_digit()) {
-        let d = i64::from(d - b'0');
-        v = v.checked_mul(10)?;
-        v = if neg {
-            v.checked_sub(d)?
+    }
+
+    fn arm_deadline(&mut self, id: u64, after_ms: u64) {
+        // Saturating: a deadline past what Instant can hold never fires (waits forever).
+        if let Some(at) = Instant::now().checked_add(Duration::from_millis(after_ms)) {
+            self.timers.push(Reverse((at, Timer::Parked(id))));
+        }
+    }
+
+    fn heartbeat(&mut self, link: LinkId) {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.last_heartbeat = Some(Instant::now());
+        }
+    }
+
+    fn log(&mut self, important: bool, line: std::fmt::Arguments<'_>) {
+        if important {
+            info!("config store: {line}");
         } else {
-            v.checked_add(d)?
-        };
-        i += 1;
-        n += 1;
-    }
-    Some((v, n))
-}
-
-/// The ADD increment: must parse entirely, and be canonical.
-enum Increment {
-    Ok(i64),
-    NonCanonical,
-    Unparseable,
-}
-
-fn parse_increment(b: &[u8]) -> Increment {
-    match parse_lenient(b) {
-        Some((v, n)) if n > 0 => {
-            let canon = v.to_string();
-            if canon.as_bytes() == b {
-                Increment::Ok(v)
-            } else {
-                // Does the whole text parse (whitespace/sign/digits only)?
-                let ws = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
-                let rest = &b[ws..];
-                let rest = rest
-                    .strip_prefix(b"+")
-                    .or_else(|| rest.strip_prefix(b"-"))
-                    .unwrap_or(rest);
-                if !rest.is_empty() && rest.iter().all(u8::is_ascii_digit) {
-                    Increment::NonCanonical
-                } else {
-                    Increment::Unparseable
-                }
-            }
+            debug!("config store: {line}");
         }
-        _ => Increment::Unparseable,
     }
 }
 
@@ -500,6 +469,7 @@ impl EventLoop {
             }
         }
         Self {
+            store: Store::new(MapStorage::default(), config.limits.store()),
             config,
             _detach_listener: DetachOnFork::new(listener.as_fd()),
             listener,
@@ -508,17 +478,6 @@ impl EventLoop {
             links: HashMap::new(),
             next_link: FIRST_LINK,
             timers,
-            st: State {
-                data: HashMap::new(),
-                stored_bytes: 0,
-                parked: HashMap::new(),
-                parked_by_key: HashMap::new(),
-                next_parked: 0,
-                watchers: HashMap::new(),
-                ranks: HashMap::new(),
-                world_size: None,
-                cursor: 0,
-            },
             dirty: Vec::new(),
             doomed: Vec::new(),
             input_reserved: 0,
@@ -627,16 +586,12 @@ impl EventLoop {
                 peer,
                 handshaken: false,
                 over_limit,
-                rank: None,
                 rbuf: Vec::new(),
                 wbuf: Vec::new(),
                 wpos: 0,
                 want_write: false,
                 close_after_flush: None,
                 last_heartbeat: None,
-                watches: HashMap::new(),
-                rank_watch: None,
-                parked: 0,
                 reserved: 0,
                 paused: false,
                 tls: None,
@@ -938,7 +893,12 @@ impl EventLoop {
                     "invalid request: frame body of {} bytes exceeds the limit of {limit}",
                     hdr.body_len
                 );
-                self.queue_text(id, hdr.seq_no, status::INVALID_REQUEST, msg.as_bytes());
+                self.queue_text(
+                    id,
+                    hdr.seq_no,
+                    status::INVALID_REQUEST,
+                    format_args!("{msg}"),
+                );
                 self.close_later(id, format!("bodyLen {} over the limit", hdr.body_len));
                 break;
             }
@@ -955,7 +915,7 @@ impl EventLoop {
                 );
                 continue;
             }
-            self.request(id, hdr.seq_no, body);
+            self.with_store(|store, out| store.request(id, hdr.seq_no, body, out));
         }
         if let Some(link) = self.links.get_mut(&id) {
             rbuf.drain(..consumed.min(rbuf.len()));
@@ -1044,47 +1004,14 @@ impl EventLoop {
             );
             return refuse(self, status::ERROR, why);
         }
-        if !hs.is_supported() {
-            return refuse(
-                self,
-                status::ERROR,
-                format!(
-                    "handshake magic {} / version {} not supported",
-                    hs.magic, hs.version
-                ),
-            );
-        }
-        if let Some(w) = hs.world_size {
-            match self.st.world_size {
-                Some(fixed) if fixed != w => {
-                    return refuse(
-                        self,
-                        status::WORLD_SIZE_MISMATCH,
-                        format!("world size {w} differs from the fixed {fixed}"),
-                    );
-                }
-                Some(_) => {}
-                None => {
-                    info!("config store: world size fixed to {w}");
-                    self.st.world_size = Some(w);
-                }
-            }
-        }
-        if let Some(r) = hs.rank {
-            if let Some(holder) = self.st.ranks.get(&r) {
-                return refuse(
-                    self,
-                    status::ERROR,
-                    format!("rank {r} is already held by live link {holder}"),
-                );
-            }
-            self.st.ranks.insert(r, id);
+        let admitted = self.with_store(|store, out| store.handshake(id, &hs, out));
+        if let Err(r) = admitted {
+            return refuse(self, r.code(), r.to_string());
         }
         let Some(link) = self.links.get_mut(&id) else {
             return;
         };
         link.handshaken = true;
-        link.rank = hs.rank;
         let mut b = [0u8; handshake::HANDSHAKE_REPLY_LEN];
         let _ = handshake::emit_reply(status::OK, &mut b);
         link.wbuf.extend_from_slice(&b);
@@ -1104,543 +1031,41 @@ impl EventLoop {
         }
     }
 
-    fn queue_text(&mut self, id: LinkId, seq: u32, st: i16, text: &[u8]) {
+    fn queue_text(&mut self, id: LinkId, seq: u32, st: i16, text: std::fmt::Arguments<'_>) {
         if let Some(link) = self.links.get_mut(&id) {
             append_text(&mut link.wbuf, seq, st, text);
             self.dirty.push(id);
         }
     }
 
-    fn queue_packed(
+    /// Run `f` on the store, its replies going to the links.
+    fn with_store<R>(
         &mut self,
-        id: LinkId,
-        seq: u32,
-        st: i16,
-        mt: MessageType,
-        keys: &[&[u8]],
-        values: &[&[u8]],
-    ) {
-        if let Some(link) = self.links.get_mut(&id) {
-            append_packed(&mut link.wbuf, seq, st, mt, keys, values);
-            self.dirty.push(id);
-        }
-    }
-
-    fn request(&mut self, id: LinkId, seq: u32, body: &[u8]) {
-        let outcome = match MessageView::parse(body) {
-            Err(e) => {
-                debug!("config store: link {id}: invalid request: {e}");
-                if body.is_empty() {
-                    Outcome::Text(status::INVALID_REQUEST, "invalid request: empty body")
-                } else {
-                    Outcome::Text(status::INVALID_REQUEST, "invalid request")
-                }
-            }
-            Ok(m) => self.dispatch(id, seq, &m),
+        f: impl FnOnce(&mut Store<MapStorage>, &mut Replies<'_>) -> R,
+    ) -> R {
+        let mut out = Replies {
+            links: &mut self.links,
+            dirty: &mut self.dirty,
+            timers: &mut self.timers,
         };
-        match outcome {
-            Outcome::None => {}
-            Outcome::Text(st, t) => self.queue_text(id, seq, st, t.as_bytes()),
-            Outcome::Owned(st, t) => self.queue_text(id, seq, st, t.as_bytes()),
-            Outcome::Packed(mt, values) => {
-                let v: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
-                self.queue_packed(id, seq, status::OK, mt, &[], &v);
-            }
-            Outcome::PackedKv(mt, keys, values) => {
-                let k: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-                let v: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
-                let len = message::encoded_len(k.iter().copied(), v.iter().copied());
-                if len > self.config.limits.max_body_len as usize {
-                    let t = format!(
-                        "invalid request: reply of {len} bytes exceeds the frame limit; use a longer prefix"
-                    );
-                    self.queue_text(id, seq, status::INVALID_REQUEST, t.as_bytes());
-                } else {
-                    self.queue_packed(id, seq, status::OK, mt, &k, &v);
-                }
-            }
-        }
-    }
-
-    fn check_limits(&self, m: &MessageView<'_>) -> Option<String> {
-        let l = &self.config.limits;
-        if m.keys.len() > l.max_keys || m.values.len() > l.max_keys {
-            return Some(format!(
-                "invalid request: more than {} keys or values",
-                l.max_keys
-            ));
-        }
-        if m.keys.iter().any(|k| k.len() > l.max_key_len) {
-            return Some(format!(
-                "invalid request: key longer than {} bytes",
-                l.max_key_len
-            ));
-        }
-        if m.values.iter().any(|v| v.len() > l.max_value_len) {
-            return Some(format!(
-                "invalid request: value larger than {} bytes",
-                l.max_value_len
-            ));
-        }
-        None
-    }
-
-    fn room_for(&self, add: u64) -> bool {
-        self.st.stored_bytes.saturating_add(add) <= self.config.limits.max_total_bytes
-    }
-
-    fn full_msg(&self) -> Outcome {
-        Outcome::Owned(
-            status::INVALID_REQUEST,
-            format!(
-                "store full: {} of {} bytes stored (max_total_bytes); remove keys first",
-                self.st.stored_bytes, self.config.limits.max_total_bytes
-            ),
-        )
-    }
-
-    fn dispatch(&mut self, id: LinkId, seq: u32, m: &MessageView<'_>) -> Outcome {
-        use MessageType as M;
-        const BAD: i16 = status::INVALID_REQUEST;
-        if let Some(why) = self.check_limits(m) {
-            return Outcome::Owned(BAD, why);
-        }
-        let (nk, nv) = (m.keys.len(), m.values.len());
-        let key = m.keys.get(0).unwrap_or_default();
-        let val = m.values.get(0).unwrap_or_default();
-        match m.header.msg_type {
-            M::Set => {
-                if nk != 1 || nv != 1 {
-                    return Outcome::Text(BAD, "invalid request: key value should be one");
-                }
-                let old_len = self.st.data.get(key).map(|v| v.len() + key.len());
-                let changed = self.st.data.get(key).is_none_or(|v| v != val);
-                let add = (key.len() + val.len()) as u64;
-                if !self.room_for(add.saturating_sub(old_len.unwrap_or(0) as u64)) {
-                    return self.full_msg();
-                }
-                self.set_value(key, val.to_vec());
-                if changed {
-                    self.wake(key, val);
-                }
-                Outcome::Text(status::OK, "success")
-            }
-            M::Get => {
-                if nk != 1 || nv != 0 {
-                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
-                }
-                if key.starts_with(AUTO_RANKING_PREFIX) {
-                    return self.auto_rank(id);
-                }
-                if let Some(v) = self.st.data.get(key) {
-                    // Encoded straight from the stored value (no copy of it).
-                    if let Some(link) = self.links.get_mut(&id) {
-                        append_packed(&mut link.wbuf, seq, status::OK, M::Get, &[], &[v]);
-                        self.dirty.push(id);
-                    }
-                    return Outcome::None;
-                }
-                let ms = m.header.user_def;
-                if ms == 0 {
-                    return Outcome::Text(status::NOT_EXIST, "<not exist>");
-                }
-                self.park(id, seq, key, ms)
-            }
-            M::Prefix => {
-                if nk != 1 || nv != 0 {
-                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
-                }
-                let (mut ks, mut vs) = (Vec::new(), Vec::new());
-                for (k, v) in &self.st.data {
-                    if k.starts_with(key) {
-                        ks.push(k.clone());
-                        vs.push(v.clone());
-                    }
-                }
-                Outcome::PackedKv(M::Prefix, ks, vs)
-            }
-            M::Watch => {
-                if nk != 1 {
-                    return Outcome::Text(
-                        BAD,
-                        "invalid request: key should be one and has values.",
-                    );
-                }
-                let Some(link) = self.links.get_mut(&id) else {
-                    return Outcome::None;
-                };
-                let seq = match link.watches.get(key) {
-                    Some(first) => *first,
-                    None => {
-                        if link.parked + link.watches.len()
-                            >= self.config.limits.max_waiters_per_link
-                        {
-                            return Outcome::Text(
-                                BAD,
-                                "invalid request: too many parked GETs and watches on this link",
-                            );
-                        }
-                        link.watches.insert(key.to_vec(), seq);
-                        self.st
-                            .watchers
-                            .entry(key.to_vec())
-                            .or_default()
-                            .insert(id, seq);
-                        seq
-                    }
-                };
-                if let Some(v) = self.st.data.get(key) {
-                    let v = v.clone();
-                    self.queue_packed(id, seq, status::OK, M::Watch, &[], &[&v]);
-                }
-                Outcome::None
-            }
-            M::Add => self.add(key, val, nk, nv),
-            M::Remove => {
-                if nk != 1 || nv != 0 {
-                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
-                }
-                match self.st.data.remove(key) {
-                    Some(v) => {
-                        self.st.stored_bytes = self
-                            .st
-                            .stored_bytes
-                            .saturating_sub((key.len() + v.len()) as u64);
-                        Outcome::Text(status::OK, "success")
-                    }
-                    None => Outcome::Text(status::NOT_EXIST, "not exist"),
-                }
-            }
-            M::Append => {
-                if nk != 1 || nv != 1 {
-                    return Outcome::Text(BAD, KEY_AND_VALUE_ONE);
-                }
-                let cur = self.st.data.get(key).map_or(0, Vec::len);
-                let new_len = cur.saturating_add(val.len());
-                if new_len > self.config.limits.max_value_len {
-                    return Outcome::Owned(
-                        BAD,
-                        format!(
-                            "invalid request: value would exceed {} bytes",
-                            self.config.limits.max_value_len
-                        ),
-                    );
-                }
-                let add = val.len() as u64
-                    + if cur == 0 && !self.st.data.contains_key(key) {
-                        key.len() as u64
-                    } else {
-                        0
-                    };
-                if !self.room_for(add) {
-                    return self.full_msg();
-                }
-                match self.st.data.get_mut(key) {
-                    Some(v) => v.extend_from_slice(val),
-                    None => {
-                        self.st.data.insert(key.to_vec(), val.to_vec());
-                    }
-                }
-                self.st.stored_bytes += add;
-                self.wake(key, val);
-                Outcome::Owned(status::OK, new_len.to_string())
-            }
-            M::Cas => {
-                if nk != 1 || nv != 2 {
-                    return Outcome::Text(BAD, "invalid request: count(key)=1 & count(value)=2");
-                }
-                let new = m.values.get(1).unwrap_or_default();
-                match self.st.data.get(key) {
-                    Some(cur) if cur != val => {
-                        Outcome::Packed(M::Cas, vec![cur.clone(), cur.clone()])
-                    }
-                    cur => {
-                        let old = cur.map_or(0, |c| c.len() + key.len()) as u64;
-                        if !self.room_for(((key.len() + new.len()) as u64).saturating_sub(old)) {
-                            return self.full_msg();
-                        }
-                        self.set_value(key, new.to_vec());
-                        self.wake(key, new);
-                        Outcome::Packed(M::Cas, vec![new.to_vec()])
-                    }
-                }
-            }
-            M::Write => {
-                if nk != 1 || nv != 1 {
-                    return Outcome::Text(BAD, KEY_AND_VALUE_ONE);
-                }
-                let Some((off, data)) = val.split_first_chunk::<4>() else {
-                    return Outcome::Text(BAD, "value size too small.");
-                };
-                let off = u32::from_le_bytes(*off) as u64;
-                let end = off + data.len() as u64;
-                if end > ONE_GIB {
-                    return Outcome::Text(BAD, "write total size exceeds limit.");
-                }
-                if off > 65_535 * data.len() as u64 {
-                    return Outcome::Text(
-                        BAD,
-                        "invalid request: write offset larger than 65535 times the data length",
-                    );
-                }
-                let cur = self.st.data.get(key).map(Vec::len);
-                let new_len = (end as usize).max(cur.unwrap_or(0));
-                if new_len > self.config.limits.max_value_len {
-                    return Outcome::Owned(
-                        BAD,
-                        format!(
-                            "invalid request: value would exceed {} bytes",
-                            self.config.limits.max_value_len
-                        ),
-                    );
-                }
-                let add = (new_len - cur.unwrap_or(0)) as u64
-                    + if cur.is_none() { key.len() as u64 } else { 0 };
-                if !self.room_for(add) {
-                    return self.full_msg();
-                }
-                let v = self.st.data.entry(key.to_vec()).or_default();
-                if v.len() < new_len {
-                    v.resize(new_len, 0);
-                }
-                v[off as usize..end as usize].copy_from_slice(data);
-                self.st.stored_bytes += add;
-                Outcome::Text(status::OK, "success")
-            }
-            M::QueryAlive => {
-                let rank = std::str::from_utf8(key)
-                    .ok()
-                    .and_then(|s| s.parse::<u32>().ok());
-                if nk != 1 || nv != 0 {
-                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
-                }
-                match (nk, rank) {
-                    (1, Some(r)) => {
-                        let alive = self.st.ranks.contains_key(&r);
-                        Outcome::Packed(M::QueryAlive, if alive { vec![vec![1]] } else { vec![] })
-                    }
-                    _ => Outcome::Text(BAD, "invalid input"),
-                }
-            }
-            M::WatchRankState => {
-                if nk != 1 || key != WATCH_RANK_DOWN_KEY {
-                    return Outcome::Text(BAD, "invalid request: key should be");
-                }
-                if let Some(link) = self.links.get_mut(&id) {
-                    link.rank_watch.get_or_insert(seq);
-                }
-                Outcome::None
-            }
-            M::Heartbeat => {
-                if let Some(link) = self.links.get_mut(&id) {
-                    link.last_heartbeat = Some(Instant::now());
-                }
-                Outcome::None
-            }
-            M::Unwatch => {
-                if nk != 1 {
-                    return Outcome::Text(BAD, ONE_KEY_NO_VALUES);
-                }
-                if let Some(link) = self.links.get_mut(&id) {
-                    if key == WATCH_RANK_DOWN_KEY {
-                        link.rank_watch = None;
-                    }
-                    if link.watches.remove(key).is_some() {
-                        if let Some(w) = self.st.watchers.get_mut(key) {
-                            w.remove(&id);
-                            if w.is_empty() {
-                                self.st.watchers.remove(key);
-                            }
-                        }
-                    }
-                }
-                Outcome::None
-            }
-            M::Control => {
-                // key[0] = ControlOp (decimal, 0..=12); group membership is not implemented.
-                let op = std::str::from_utf8(key)
-                    .ok()
-                    .and_then(|s| s.parse::<u8>().ok());
-                if nk == 0 || op.is_none() {
-                    Outcome::Text(BAD, "invalid control op")
-                } else {
-                    Outcome::Text(BAD, "unsupported control op")
-                }
-            }
-            _ => Outcome::Text(BAD, "invalid request message type"),
-        }
-    }
-
-    fn set_value(&mut self, key: &[u8], val: Vec<u8>) {
-        let add = (key.len() + val.len()) as u64;
-        if let Some(old) = self.st.data.insert(key.to_vec(), val) {
-            self.st.stored_bytes = self
-                .st
-                .stored_bytes
-                .saturating_sub((key.len() + old.len()) as u64);
-        }
-        self.st.stored_bytes = self.st.stored_bytes.saturating_add(add);
-    }
-
-    fn add(&mut self, key: &[u8], val: &[u8], nk: usize, nv: usize) -> Outcome {
-        const BAD: i16 = status::INVALID_REQUEST;
-        if nk != 1 || nv != 1 {
-            return Outcome::Text(BAD, "invalid request: key value should be one.");
-        }
-        let inc = match parse_increment(val) {
-            Increment::Ok(v) => v,
-            Increment::NonCanonical => {
-                return Outcome::Text(BAD, "invalid request: value should be a number.");
-            }
-            Increment::Unparseable => {
-                return Outcome::Text(
-                    BAD,
-                    "invalid request: value should be a decimal i64 number.",
-                );
-            }
-        };
-        let new = match self.st.data.get(key) {
-            None => inc,
-            Some(cur) => {
-                let Some(old) = parse_stored_i64(cur) else {
-                    return Outcome::Text(BAD, "oldValueStr should be a number.");
-                };
-                let Some(n) = old.checked_add(inc) else {
-                    return Outcome::Text(BAD, "add result overflow.");
-                };
-                n
-            }
-        };
-        let text = new.to_string();
-        let old = self.st.data.get(key).map_or(0, |c| c.len() + key.len()) as u64;
-        if !self.room_for(((key.len() + text.len()) as u64).saturating_sub(old)) {
-            return self.full_msg();
-        }
-        self.set_value(key, text.clone().into_bytes());
-        self.wake(key, text.as_bytes());
-        Outcome::Owned(status::OK, text)
-    }
-
-    fn auto_rank(&mut self, id: LinkId) -> Outcome {
-        if let Some(r) = self.links.get(&id).and_then(|l| l.rank) {
-            return Outcome::Packed(MessageType::Get, vec![r.to_le_bytes().to_vec()]);
-        }
-        let Some(world) = self.st.world_size.filter(|w| *w > 0) else {
-            return Outcome::Text(
-                status::ERROR,
-                "error: worldSize rankSize bigger than worldSize.",
-            );
-        };
-        for i in 0..world {
-            let r = (self.st.cursor.wrapping_add(i)) % world;
-            if let std::collections::hash_map::Entry::Vacant(e) = self.st.ranks.entry(r) {
-                e.insert(id);
-                self.st.cursor = (r + 1) % world;
-                if let Some(link) = self.links.get_mut(&id) {
-                    link.rank = Some(r);
-                }
-                debug!("config store: link {id} auto-ranked {r}");
-                return Outcome::Packed(MessageType::Get, vec![r.to_le_bytes().to_vec()]);
-            }
-        }
-        Outcome::Text(
-            status::ERROR,
-            "error: worldSize rankSize bigger than worldSize.",
-        )
-    }
-
-    fn park(&mut self, id: LinkId, seq: u32, key: &[u8], ms: i64) -> Outcome {
-        let Some(link) = self.links.get_mut(&id) else {
-            return Outcome::None;
-        };
-        if link.parked + link.watches.len() >= self.config.limits.max_waiters_per_link {
-            return Outcome::Text(
-                status::INVALID_REQUEST,
-                "invalid request: too many parked GETs and watches on this link",
-            );
-        }
-        link.parked += 1;
-        let pid = self.st.next_parked;
-        self.st.next_parked += 1;
-        self.st.parked.insert(
-            pid,
-            Parked {
-                link: id,
-                seq,
-                key: key.to_vec(),
-            },
-        );
-        self.st
-            .parked_by_key
-            .entry(key.to_vec())
-            .or_default()
-            .push(pid);
-        if ms > 0 {
-            // Saturating: a deadline past what Instant can hold never fires (waits forever).
-            if let Some(at) = Instant::now().checked_add(Duration::from_millis(ms.unsigned_abs())) {
-                self.timers.push(Reverse((at, Timer::Parked(pid))));
-            }
-        }
-        Outcome::None
-    }
-
-    fn unpark(&mut self, pid: u64) -> Option<Parked> {
-        let p = self.st.parked.remove(&pid)?;
-        if let Some(list) = self.st.parked_by_key.get_mut(&p.key) {
-            list.retain(|x| *x != pid);
-            if list.is_empty() {
-                self.st.parked_by_key.remove(&p.key);
-            }
-        }
-        if let Some(l) = self.links.get_mut(&p.link) {
-            l.parked = l.parked.saturating_sub(1);
-        }
-        Some(p)
+        f(&mut self.store, &mut out)
     }
 
     /// Drop timer entries of GETs that were answered before their deadline once they
     /// outnumber the live ones, so the heap does not grow with the request rate.
     fn compact_timers(&mut self) {
-        let live = self.st.parked.len() + self.links.len() + 1;
+        let live = self.store.storage().parked_count() + self.links.len() + 1;
         if self.timers.len() <= 2 * live + 1024 {
             return;
         }
-        let (parked, links) = (&self.st.parked, &self.links);
+        let (storage, links) = (self.store.storage(), &self.links);
         self.timers.retain(|Reverse((_, t))| match t {
-            Timer::Parked(pid) => parked.contains_key(pid),
+            Timer::Parked(pid) => storage.is_parked(*pid),
             Timer::Handshake(id) | Timer::TlsHello(id) => {
                 links.get(id).is_some_and(|l| !l.handshaken)
             }
             Timer::HeartbeatScan => true,
         });
-    }
-
-    fn wake(&mut self, key: &[u8], val: &[u8]) {
-        if let Some(pids) = self.st.parked_by_key.remove(key) {
-            for pid in pids {
-                if let Some(p) = self.st.parked.remove(&pid) {
-                    if let Some(l) = self.links.get_mut(&p.link) {
-                        l.parked = l.parked.saturating_sub(1);
-                    }
-                    self.queue_packed(p.link, p.seq, status::OK, MessageType::Get, &[], &[val]);
-                }
-            }
-        }
-        if let Some(w) = self.st.watchers.get(key) {
-            for (l, s) in w {
-                if let Some(link) = self.links.get_mut(l) {
-                    append_packed(
-                        &mut link.wbuf,
-                        *s,
-                        status::OK,
-                        MessageType::Watch,
-                        &[],
-                        &[val],
-                    );
-                    self.dirty.push(*l);
-                }
-            }
-        }
     }
 
     fn fire_timers(&mut self) {
@@ -1651,11 +1076,7 @@ impl EventLoop {
             }
             self.timers.pop();
             match t {
-                Timer::Parked(pid) => {
-                    if let Some(p) = self.unpark(pid) {
-                        self.queue_text(p.link, p.seq, status::TIMEOUT, b"<timeout>");
-                    }
-                }
+                Timer::Parked(pid) => self.with_store(|store, out| store.expire(pid, out)),
                 Timer::Handshake(id) => {
                     let Some(link) = self.links.get_mut(&id) else {
                         continue;
@@ -1710,22 +1131,16 @@ impl EventLoop {
     }
 
     fn finish_turn(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for id in dirty {
-            self.flush(id);
-        }
-        let doomed = std::mem::take(&mut self.doomed);
-        for (id, why) in doomed {
-            self.close(id, &why);
-        }
-        // Closing can queue rank-down events to other links.
-        let dirty = std::mem::take(&mut self.dirty);
-        for id in dirty {
-            self.flush(id);
-        }
-        let doomed = std::mem::take(&mut self.doomed);
-        for (id, why) in doomed {
-            self.close(id, &why);
+        // Twice: closing can queue rank-down events to other links.
+        for _ in 0..2 {
+            let dirty = std::mem::take(&mut self.dirty);
+            for id in dirty {
+                self.flush(id);
+            }
+            let doomed = std::mem::take(&mut self.doomed);
+            for (id, why) in doomed {
+                self.close(id, &why);
+            }
         }
         self.compact_timers();
     }
@@ -1828,7 +1243,8 @@ impl EventLoop {
         if link.handshaken {
             info!(
                 "config store: closing link {id} ({}, rank {:?}): {why}",
-                link.peer, link.rank
+                link.peer,
+                self.store.storage().rank_of(id)
             );
         } else {
             debug!(
@@ -1836,113 +1252,6 @@ impl EventLoop {
                 link.peer
             );
         }
-        for key in link.watches.keys() {
-            if let Some(w) = self.st.watchers.get_mut(key) {
-                w.remove(&id);
-                if w.is_empty() {
-                    self.st.watchers.remove(key);
-                }
-            }
-        }
-        if link.parked > 0 {
-            let pids: Vec<u64> = self
-                .st
-                .parked
-                .iter()
-                .filter(|(_, p)| p.link == id)
-                .map(|(k, _)| *k)
-                .collect();
-            for pid in pids {
-                self.unpark(pid);
-            }
-        }
-        let Some(rank) = link.rank else { return };
-        if self.st.ranks.get(&rank) == Some(&id) {
-            self.st.ranks.remove(&rank);
-        }
-        let watchers: Vec<(LinkId, u32)> = self
-            .links
-            .iter()
-            .filter_map(|(l, k)| k.rank_watch.map(|s| (*l, s)))
-            .collect();
-        for (l, s) in watchers {
-            self.queue_packed(
-                l,
-                s,
-                status::OK,
-                MessageType::WatchRankState,
-                &[],
-                &[&rank.to_le_bytes()],
-            );
-        }
-        if self.st.ranks.is_empty() {
-            self.wipe();
-        }
-    }
-
-    /// SPEC 5.6: the last ranked link went away; drop data, parked GETs, watchers, cursor,
-    /// and release the world size, so the next job may register another one.
-    fn wipe(&mut self) {
-        info!(
-            "config store: no ranked link left; wiping {} keys, {} parked GETs, {} watched keys; \
-             world size {:?} released",
-            self.st.data.len(),
-            self.st.parked.len(),
-            self.st.watchers.len(),
-            self.st.world_size
-        );
-        const WIPED: &[u8] = b"store wiped: no ranked link left";
-        let parked: Vec<Parked> = self.st.parked.drain().map(|(_, p)| p).collect();
-        for p in parked {
-            if let Some(l) = self.links.get_mut(&p.link) {
-                l.parked = 0;
-            }
-            self.queue_text(p.link, p.seq, status::WIPED, WIPED);
-        }
-        let watchers = std::mem::take(&mut self.st.watchers);
-        for (key, links) in watchers {
-            for (l, s) in links {
-                if let Some(link) = self.links.get_mut(&l) {
-                    link.watches.remove(&key);
-                }
-                self.queue_text(l, s, status::WIPED, WIPED);
-            }
-        }
-        self.st.parked_by_key.clear();
-        self.st.data.clear();
-        self.st.stored_bytes = 0;
-        self.st.cursor = 0;
-        self.st.world_size = None;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stored_and_increment_parsing() {
-        assert_eq!(parse_stored_i64(b"+7"), Some(7));
-        assert_eq!(parse_stored_i64(b" 7"), Some(7));
-        assert_eq!(parse_stored_i64(b"07"), Some(7));
-        assert_eq!(parse_stored_i64(b"0"), Some(0));
-        assert_eq!(parse_stored_i64(b"00"), None);
-        assert_eq!(parse_stored_i64(b""), None);
-        assert_eq!(parse_stored_i64(b"-5"), Some(-5));
-        assert_eq!(parse_stored_i64(b"99999999999999999999"), None);
-        assert!(matches!(parse_increment(b"1"), Increment::Ok(1)));
-        assert!(matches!(parse_increment(b"-12"), Increment::Ok(-12)));
-        for nc in [&b"+1"[..], b"01", b" 1", b"-0"] {
-            assert!(
-                matches!(parse_increment(nc), Increment::NonCanonical),
-                "{nc:?}"
-            );
-        }
-        for un in [&b""[..], b"abc", b"99999999999999999999", b"1x", b"-"] {
-            assert!(
-                matches!(parse_increment(un), Increment::Unparseable),
-                "{un:?}"
-            );
-        }
+        self.with_store(|store, out| store.link_closed(id, out));
     }
 }

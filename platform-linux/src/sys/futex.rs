@@ -7,13 +7,14 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
-use super::mman::Region;
-
 /// A file of `len` bytes mapped shared and read/write at a kernel-chosen address, from
-/// creation to `Drop` (pages populated up front).
+/// creation to `Drop`. Pages are not populated up front: a control segment of many members is
+/// large (two 64 KiB slots per member) and most of it is touched only by big allgathers.
 #[derive(Debug)]
 pub struct SharedMap {
-    region: Region,
+    /// Start address; the map hands out references only through `&self` accessors.
+    addr: usize,
+    len: usize,
 }
 
 impl SharedMap {
@@ -22,14 +23,33 @@ impl SharedMap {
     /// # Errors
     /// `EINVAL` for a bad length, the OS error of `mmap`.
     pub fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
-        let region = Region::reserve(None, len)?;
-        region.map_shared(0, fd, 0, len)?;
-        Ok(Self { region })
+        if len == 0 || len % super::page_size() != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: a new shared mapping at a kernel-chosen address (no MAP_FIXED): it replaces
+        // nothing; `fd` is open for the duration of the call.
+        let ret = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ret == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            addr: ret as usize,
+            len,
+        })
     }
 
     /// The mapped length.
     pub fn len(&self) -> usize {
-        self.region.len()
+        self.len
     }
 
     /// Always `false`.
@@ -39,7 +59,15 @@ impl SharedMap {
 
     fn addr_of(&self, offset: usize, size: usize) -> Option<usize> {
         let end = offset.checked_add(size)?;
-        (offset % size == 0 && end <= self.region.len()).then(|| self.region.addr() + offset)
+        (offset % size.max(1) == 0 && end <= self.len).then(|| self.addr + offset)
+    }
+
+    fn range(&self, offset: usize, len: usize) -> io::Result<usize> {
+        offset
+            .checked_add(len)
+            .filter(|&end| end <= self.len)
+            .map(|_| self.addr + offset)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))
     }
 
     /// The `u32` at `offset` as an atomic (`None` when unaligned or out of range).
@@ -61,17 +89,34 @@ impl SharedMap {
     /// Copies bytes out of the mapping from `offset`.
     ///
     /// # Errors
-    /// `EFAULT`/`EINVAL` when the range is outside the mapping.
+    /// `EFAULT` when the range is outside the mapping.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> io::Result<()> {
-        self.region.read(offset, buf)
+        let at = self.range(offset, buf.len())?;
+        // SAFETY: the range is inside the live read/write mapping; `buf` is a distinct Rust
+        // buffer. Peers write these bytes only before publishing them through an atomic
+        // (release/acquire), so no write is in flight while they are read.
+        unsafe { std::ptr::copy_nonoverlapping(at as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
     }
 
     /// Copies `data` into the mapping at `offset`.
     ///
     /// # Errors
-    /// `EFAULT`/`EINVAL` when the range is outside the mapping.
+    /// `EFAULT` when the range is outside the mapping.
     pub fn write(&self, offset: usize, data: &[u8]) -> io::Result<()> {
-        self.region.write(offset, data)
+        let at = self.range(offset, data.len())?;
+        // SAFETY: the range is inside the live read/write mapping, which is not Rust memory;
+        // `data` is a distinct buffer.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), at as *mut u8, data.len()) };
+        Ok(())
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY: the map owns `addr..addr+len`; references into it borrow `self`, so none
+        // outlives this point.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
     }
 }
 

@@ -17,6 +17,7 @@ pub mod fork;
 pub mod futex;
 pub mod mman;
 pub mod net;
+pub mod peer;
 
 use std::io;
 

@@ -53,23 +53,25 @@ use std::time::Duration;
 
 use log::info;
 
-pub(crate) use self::tcp::{Pinned, Served, Transfer};
+pub(crate) use self::batch::Span;
+pub(crate) use self::tcp::{NO_RANK, Pinned, Served, Transfer};
 pub(crate) use self::wire::Op;
 use crate::Result;
+use smem_core::data_op::BmDataOps;
 
 /// Env var: connections one large copy (16 MiB and more) is spread over, `1..=16`; default 4.
 pub const STREAMS_ENV: &str = "SMEM_TRANSPORT_STREAMS";
 
-/// `SMEMB_DATA_OP_ROCE` (`smem_bm_data_op_type`).
-pub const DATA_OP_ROCE: u32 = 1 << 1;
-/// `SMEMB_DATA_OP_HOST_TCP` (`smem_bm_data_op_type`).
-pub const DATA_OP_HOST_TCP: u32 = 1 << 2;
+/// `SMEMB_DATA_OP_ROCE` ([`BmDataOps::ROCE`]).
+pub const DATA_OP_ROCE: u32 = BmDataOps::ROCE.bits();
+/// `SMEMB_DATA_OP_HOST_TCP` ([`BmDataOps::HOST_TCP`]).
+pub const DATA_OP_HOST_TCP: u32 = BmDataOps::HOST_TCP.bits();
 
 static ROCE_NOTE: Once = Once::new();
 
 /// Whether a BM object created with `data_op_type` serves and reaches windows over the network.
 pub fn uses_transport(data_op_type: u32) -> bool {
-    data_op_type & (DATA_OP_HOST_TCP | DATA_OP_ROCE) != 0
+    BmDataOps::from_bits_truncate(data_op_type).uses_network()
 }
 
 /// The BM data operations (`smem_bm_data_op_type` bits) the network transport of this process
@@ -77,7 +79,7 @@ pub fn uses_transport(data_op_type: u32) -> bool {
 /// Cheap (no I/O); callable at any time, from
 /// any thread. SHM maps a non-zero answer to `SMEMS_DATA_OP_ROCE` for peers on other hosts.
 pub fn engines_available() -> u32 {
-    DATA_OP_HOST_TCP | DATA_OP_ROCE
+    (BmDataOps::HOST_TCP | BmDataOps::ROCE).bits()
 }
 
 /// Whether the process configured TLS (`smem_set_ssl_option` with `enableTls`): a transport
@@ -115,12 +117,16 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// Starts serving on `ip` (port 0), with mutual TLS when [`crate::tls::global`] is set.
+    /// Starts serving on `ip` (port 0), with mutual TLS when `tls` is set (the setting the
+    /// runtime captured at init).
     ///
     /// # Errors
     /// The bind / thread error.
-    pub(crate) fn start(ip: IpAddr, timeout: Duration) -> Result<Arc<Self>> {
-        let tls = crate::tls::global();
+    pub(crate) fn start(
+        ip: IpAddr,
+        timeout: Duration,
+        tls: Option<Arc<crate::tls::LoadedTls>>,
+    ) -> Result<Arc<Self>> {
         let server = tcp::Server::start(ip, timeout, tls.clone())?;
         info!(
             "transport: serving windows at {}{}",

@@ -763,6 +763,19 @@ fn serve_conn(s: &TcpStream, sh: &ServerShared) -> Result<()> {
     }
 }
 
+/// [`Transfer::rank`] of a peer that is not a rank (a transfer engine): messages say "the
+/// peer" and the caller adds the peer's name.
+pub(crate) const NO_RANK: u32 = u32::MAX;
+
+/// How messages name the peer of rank `rank`.
+fn peer_label(rank: u32) -> String {
+    if rank == NO_RANK {
+        "the peer".to_owned()
+    } else {
+        format!("rank {rank}")
+    }
+}
+
 /// One copy between this process and a peer's window.
 pub(crate) struct Transfer<'a> {
     /// The peer's data endpoint.
@@ -902,7 +915,7 @@ impl Pool {
     }
 
     fn connect(&self, peer: SocketAddr, rank: u32, timeout: Duration) -> Result<Conn> {
-        let what = || format!("connecting to rank {rank}'s data endpoint {peer}");
+        let what = || format!("connecting to {}'s data endpoint {peer}", peer_label(rank));
         let stream = TcpStream::connect_timeout(&peer, timeout.max(Duration::from_millis(1)))
             .map_err(|e| Error::io(what(), &e))?;
         set_timeouts(&stream, timeout).map_err(|e| Error::io(what(), &e))?;
@@ -1094,12 +1107,12 @@ fn link_err(t: &Transfer<'_>, what: &str, e: &io::Error) -> Failure {
     {
         // Refused by TLS (e.g. our certificate): final, a reconnect would be refused too.
         return Failure::Final(crate::tls::stream_error(
-            &format!("rank {}'s data endpoint {}: {what}", t.rank, t.peer),
+            &format!("{}'s data endpoint {}: {what}", peer_label(t.rank), t.peer),
             e,
         ));
     }
     Failure::Link(Error::io(
-        format_args!("rank {}'s data endpoint {}: {what}", t.rank, t.peer),
+        format_args!("{}'s data endpoint {}: {what}", peer_label(t.rank), t.peer),
         e,
     ))
 }
@@ -1118,7 +1131,7 @@ fn read_reply(
     let proto = |why: &str| {
         Failure::Final(Error::new(
             ErrorCode::ProtocolError,
-            format!("rank {}'s data endpoint {}: {why}", t.rank, t.peer),
+            format!("{}'s data endpoint {}: {why}", peer_label(t.rank), t.peer),
         ))
     };
     let reply = Reply::parse(&b).map_err(proto)?;
@@ -1134,8 +1147,8 @@ fn read_reply(
         return Err(Failure::Final(Error::new(
             code,
             format!(
-                "rank {} refused the copy: {}",
-                t.rank,
+                "{} refused the copy: {}",
+                peer_label(t.rank),
                 String::from_utf8_lossy(&msg)
             ),
         )));
@@ -1220,8 +1233,8 @@ unsafe fn run(
                     return Err(Failure::Final(Error::new(
                         ErrorCode::ProtocolError,
                         format!(
-                            "rank {}'s data endpoint {}: READ reply of {} bytes for {} requested",
-                            t.rank,
+                            "{}'s data endpoint {}: READ reply of {} bytes for {} requested",
+                            peer_label(t.rank),
                             t.peer,
                             reply.len,
                             p.width * p.rows

@@ -14,13 +14,19 @@ use crate::collective::Exchange;
 use crate::{Error, Result};
 
 impl ShmObject {
-    /// A member whose process died since create, if any.
+    /// The member whose process died first since create, if any (members that merely left
+    /// after failing the same collective are reported later, so they are not named).
     pub(super) fn dead_member(&self) -> Option<u32> {
         let downs = lock(&self.ctx.downs);
-        self.peers.iter().enumerate().find_map(|(r, p)| {
-            let now = downs.get(&p.world_rank).copied().unwrap_or(0);
-            (now > p.downs_at_create && r as u32 != self.rank).then_some(r as u32)
-        })
+        self.peers
+            .iter()
+            .enumerate()
+            .filter_map(|(r, p)| {
+                let now = downs.get(&p.world_rank).copied().unwrap_or(0);
+                (now > p.downs_at_create && r as u32 != self.rank).then_some((now, r as u32))
+            })
+            .min()
+            .map(|(_, r)| r)
     }
 
     /// A parked GET of `key` in slices, failing early when a member died.
@@ -37,6 +43,10 @@ impl ShmObject {
             match store.wait_get(key, left.min(WAIT_SLICE)) {
                 Ok(v) => return Ok(v),
                 Err(e) if e.code() == ErrorCode::Timeout => {
+                    // A member of this host already named the cause (it saw it first).
+                    if let Some(e) = self.group.recorded_failure(&what) {
+                        return Err(e);
+                    }
                     if let Some(r) = self.dead_member() {
                         return Err(Error::new(
                             ErrorCode::IoError,

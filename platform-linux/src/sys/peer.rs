@@ -1,0 +1,172 @@
+//! Reaching another process of this host: pidfds (liveness), `process_vm_readv`/`writev`
+//! (copies into and out of its address space) and atomics in shared mappings.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Most iovecs one `process_vm_*` call takes (`IOV_MAX`).
+pub const IOV_MAX: usize = 1024;
+
+/// A pidfd of `pid` (`pidfd_open`, Linux 5.3+): readable once the process has exited.
+///
+/// # Errors
+/// `ESRCH` when no such process exists; `ENOSYS` on older kernels.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags by value; no memory is passed.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(ret).map_err(|_| io::Error::other("pidfd_open: bad descriptor"))?;
+    // SAFETY: the kernel just returned `fd` as a new descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the process of `pidfd` has exited (a `poll` that does not wait).
+pub fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&raw mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// One range of memory: `len` bytes at `addr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// First byte.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+fn iovecs(spans: &[Span]) -> io::Result<Vec<libc::iovec>> {
+    if spans.len() > IOV_MAX {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    spans
+        .iter()
+        .map(|s| {
+            Ok(libc::iovec {
+                iov_base: std::ptr::with_exposed_provenance_mut(
+                    usize::try_from(s.addr)
+                        .map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?,
+                ),
+                iov_len: usize::try_from(s.len)
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+            })
+        })
+        .collect()
+}
+
+/// Writes the bytes of `local` (in order) into `remote` (in order) of process `pid`
+/// (`process_vm_writev`); returns the bytes written (less than asked only when the kernel
+/// stopped at a fault).
+///
+/// Our memory is only read (an unreadable local range fails with `EFAULT`), so the call is
+/// safe for this process whatever the addresses; what it writes in `pid` is the caller's
+/// business (the peer registered those ranges).
+///
+/// # Errors
+/// `EPERM` without ptrace access to `pid`, `ESRCH` when it is gone, `EFAULT` for unmapped
+/// ranges, `EINVAL` for more than [`IOV_MAX`] spans on a side.
+pub fn process_vm_write(pid: u32, local: &[Span], remote: &[Span]) -> io::Result<usize> {
+    let l = iovecs(local)?;
+    let r = iovecs(remote)?;
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: both iovec arrays are valid for the call; the kernel only reads our memory
+    // through them (faulting ranges give EFAULT, not undefined behaviour).
+    let n = unsafe {
+        libc::process_vm_writev(pid, l.as_ptr(), l.len() as _, r.as_ptr(), r.len() as _, 0)
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Reads `remote` (in order) of process `pid` into `local` (in order) (`process_vm_readv`);
+/// returns the bytes read.
+///
+/// # Safety
+/// Every `local` span must be valid for writes of its length for the call and not aliased by
+/// any Rust reference (the kernel writes there).
+///
+/// # Errors
+/// As [`process_vm_write`].
+pub unsafe fn process_vm_read(pid: u32, local: &[Span], remote: &[Span]) -> io::Result<usize> {
+    let l = iovecs(local)?;
+    let r = iovecs(remote)?;
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: both iovec arrays are valid for the call; the local spans are writable and
+    // unaliased by this function's contract.
+    let n = unsafe {
+        libc::process_vm_readv(pid, l.as_ptr(), l.len() as _, r.as_ptr(), r.len() as _, 0)
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Loads the `u64` at `addr` with acquire ordering.
+///
+/// # Safety
+/// `addr` is 8-byte aligned and lies in a mapping that stays mapped for the call; every access
+/// to those 8 bytes, in any process, is atomic.
+pub unsafe fn load_u64(addr: u64) -> u64 {
+    let p = std::ptr::with_exposed_provenance_mut::<u64>(addr as usize);
+    // SAFETY: aligned, mapped and only accessed atomically (contract).
+    unsafe { AtomicU64::from_ptr(p) }.load(Ordering::Acquire)
+}
+
+/// Stores `v` at `addr` with release ordering.
+///
+/// # Safety
+/// As [`load_u64`].
+pub unsafe fn store_u64(addr: u64, v: u64) {
+    let p = std::ptr::with_exposed_provenance_mut::<u64>(addr as usize);
+    // SAFETY: aligned, mapped and only accessed atomically (contract).
+    unsafe { AtomicU64::from_ptr(p) }.store(v, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn own_process_and_pidfd() {
+        let src = *b"hello vm";
+        let mut dst = [0u8; 8];
+        let s = |p: *const u8| Span {
+            addr: p as u64,
+            len: 8,
+        };
+        let n = process_vm_write(
+            std::process::id(),
+            &[s(src.as_ptr())],
+            &[s(dst.as_mut_ptr())],
+        )
+        .expect("writev self");
+        assert_eq!(n, 8);
+        assert_eq!(&dst, b"hello vm");
+        let back = *b"01234567";
+        // SAFETY: `dst` is a live local buffer, not borrowed during the call.
+        let n = unsafe {
+            process_vm_read(
+                std::process::id(),
+                &[s(dst.as_mut_ptr())],
+                &[s(back.as_ptr())],
+            )
+        }
+        .expect("readv");
+        assert_eq!(n, 8);
+        assert_eq!(&dst, b"01234567");
+        let me = pidfd_open(std::process::id()).expect("pidfd");
+        assert!(!pidfd_exited(std::os::fd::AsFd::as_fd(&me)));
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let fd = pidfd_open(child.id()).expect("pidfd child");
+        let _ = child.wait();
+        assert!(pidfd_exited(std::os::fd::AsFd::as_fd(&fd)));
+    }
+}
