@@ -543,18 +543,14 @@ impl State {
                 } else {
                     self.local(dp, Some(size), h)
                 };
+                // Never SMEM_ASYNC_COPY_FLAG: the model applies a copy when the call returns.
+                let flags = reserved(inp);
                 let rc = unsafe {
-                    smem_bm_copy(
-                        h,
-                        src as *const c_void,
-                        dst as *mut c_void,
-                        size,
-                        t,
-                        inp.u32(),
-                    )
+                    smem_bm_copy(h, src as *const c_void, dst as *mut c_void, size, t, flags)
                 };
                 if rc == 0 {
-                    assert!(t < 4, "{what}: copy type {t} accepted");
+                    assert!(t < 4 || t == 8, "{what}: copy type {t} accepted");
+                    assert_eq!(flags, 0, "{what}: copy flags {flags:#x} accepted");
                     self.model_copy(src, dst, size, what);
                     bump(2);
                 } else {

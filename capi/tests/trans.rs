@@ -201,7 +201,8 @@ fn two_hosts_every_call_and_refusal() {
 }
 
 /// A victim engine is killed while a killer engine batch-writes into it in a loop: the
-/// killer's next call fails with `SM_IO_ERROR` naming the victim, promptly.
+/// killer's next call fails with `SM_IO_ERROR` naming the victim, promptly. Then an engine
+/// restarted under the victim's id replaces its record and is found and written by the killer.
 fn killed_mid_batch(
     name: &str,
     target: &str,
@@ -210,11 +211,14 @@ fn killed_mid_batch(
 ) {
     let dir = common::scratch(name);
     let d = dir.to_str().expect("utf-8 dir");
+    let dir2 = dir.join("restarted");
+    std::fs::create_dir_all(&dir2).expect("dir2");
+    let d2 = dir2.to_str().expect("utf-8 dir");
     let url = url();
     let killer = Proc::spawn(
         &dir,
         "killer",
-        &["killer", &url, "killer", "victim", d, target],
+        &["killer", &url, "killer", "victim", d, target, d2],
         killer_env,
     );
     let mut victim = Proc::spawn(&dir, "victim", &["victim", &url, "victim", d], victim_env);
@@ -233,18 +237,39 @@ fn killed_mid_batch(
     let _ = victim.child.kill();
     let killed = Instant::now();
     let _ = victim.child.wait();
-    let status = common::wait_until(
-        &mut procs[0].child,
-        Instant::now() + Duration::from_secs(30),
-    );
+    while !procs[0].stdout().contains("failed rc=") {
+        if killed.elapsed() >= Duration::from_secs(30) {
+            panic!(
+                "the killer did not fail\n{}\n{}",
+                procs[0].output(),
+                victim.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let took = killed.elapsed();
+    let again = Proc::spawn(
+        &dir2,
+        "restarted",
+        &["server", &url, "victim", d2, "0"],
+        victim_env,
+    );
+    procs.push(again);
+    let status = common::wait_until(&mut procs[0].child, Instant::now() + DEADLINE);
     assert!(
         status.is_some_and(|s| s.success()),
         "killer: {status:?}\n{}\n{}",
         procs[0].output(),
         victim.output()
     );
+    let restarted = common::wait_until(&mut procs[1].child, Instant::now() + DEADLINE);
+    assert!(
+        restarted.is_some_and(|s| s.success()) && procs[1].stdout().contains("server ok"),
+        "restarted victim: {restarted:?}\n{}",
+        procs[1].output()
+    );
     let line = procs[0].stdout();
+    assert!(line.contains("restarted peer written"), "{line}");
     let ms: f64 = line
         .split("ms=")
         .nth(1)

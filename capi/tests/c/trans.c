@@ -15,10 +15,12 @@
  *       compares every byte) and every refusal, then asks PEER to check and stop.
  *   trans victim URL ID DIR
  *       creates engine ID with P and U, publishes them, and waits to be killed.
- *   trans killer URL ID PEER DIR pool|user
- *       batch-writes 256 x 16 KiB into PEER's P or U in a loop, printing "looping" after the
- *       first success; exits 0 when a call fails with SM_IO_ERROR naming PEER (printing how
- *       long that call took), 1 on another failure, 3 when nothing failed within 60 s.
+ *   trans killer URL ID PEER DIR pool|user DIR2
+ *       hosts the store, batch-writes 256 x 16 KiB into PEER's P or U in a loop, printing
+ *       "looping" after the first success, until a call fails: that must be SM_IO_ERROR naming
+ *       PEER (it prints how long the call took). Then a new engine under PEER's id (a server
+ *       publishing in DIR2) must be found and written; exits 0 when all that held, 1 otherwise,
+ *       3 when nothing failed within 60 s.
  *   trans benchserver URL ID DIR
  *       a server (hosting the store) for the benchmark: no byte checks at the end.
  *   trans bench URL ID PEER DIR
@@ -383,6 +385,11 @@ static int client(const char *url, const char *id, const char *peer, const char 
     c.flags = 1;
     code_is(smem_trans_init(&c), SM_INVALID_PARAM, "flags", "init with flags");
     config(&c, 3, 0);
+    c.dataOpType = (smem_bm_data_op_type)0;
+    code_is(smem_trans_init(&c), SM_INVALID_PARAM, "dataOpType", "init with no data operation");
+    c.dataOpType = (smem_bm_data_op_type)(1u << 7);
+    code_is(smem_trans_init(&c), SM_INVALID_PARAM, "dataOpType", "init with an unknown data operation");
+    config(&c, 3, 0);
     c.initTimeout = 0;
     code_is(smem_trans_init(&c), SM_INVALID_PARAM, "initTimeout", "init with initTimeout 0");
     code_is(smem_trans_init(NULL), SM_INVALID_PARAM, "config", "init with NULL");
@@ -524,7 +531,43 @@ static int client(const char *url, const char *id, const char *peer, const char 
 
 /* ---- killer ---- */
 
-static int killer(const char *url, const char *id, const char *peer, const char *dir, int pool)
+/* After the victim died: a new engine under the same id (started by the driver, publishing in
+   DIR2) is looked up again and written; it checks the bytes and stops. */
+static int restarted(smem_trans_t h, const char *peer, const char *dir2)
+{
+    uint8_t *p, *u, *r, *src;
+    char buf[256], name[160];
+    int ok;
+    snprintf(name, sizeof name, "%s.addr", peer);
+    if (get_file(dir2, name, buf, sizeof buf) != 0) DIE("no restarted %s", name);
+    if (sscanf(buf, "%p %p %p", (void **)&p, (void **)&u, (void **)&r) != 3) DIE("bad %s", buf);
+    src = (uint8_t *)xalloc(MIB);
+    fill(src, MIB, 11);
+    ok = smem_trans_write(h, src, peer, p, MIB, 0) == SM_OK;
+    fill(src, MIB, 12);
+    ok = ok && smem_trans_write(h, src, peer, u, MIB, 0) == SM_OK;
+    printf("%s\n", ok ? "restarted peer written" : "restarted peer NOT written");
+    if (!ok) fprintf(stderr, "restarted peer: %s\n", smem_get_last_err_msg());
+    snprintf(name, sizeof name, "%s.stop", peer);
+    put_file(dir2, name, "stop\n");
+    /* It frees its memory and destroys its engine (we host the store it needs for that):
+       writes into it fail from then on. */
+    {
+        double until = now_s() + WAIT_S;
+        int32_t rc = SM_OK;
+        while (rc != SM_IO_ERROR && rc != SM_OBJECT_NOT_EXISTS && now_s() < until) {
+            rc = smem_trans_write(h, src, peer, u + 2 * MIB, 16, 0);
+            if (rc == SM_OK || rc == SM_INVALID_PARAM) sleep_ms(5); /* not yet / range withdrawn */
+        }
+        printf("after its stop: rc=%d %s\n", rc, smem_get_last_err_msg());
+        ok = ok && (rc == SM_IO_ERROR || rc == SM_OBJECT_NOT_EXISTS);
+    }
+    free(src);
+    return ok;
+}
+
+static int killer(const char *url, const char *id, const char *peer, const char *dir, int pool,
+                  const char *dir2)
 {
     enum { N = 256 };
     smem_trans_t h;
@@ -561,9 +604,11 @@ static int killer(const char *url, const char *id, const char *peer, const char 
         }
         printf("failed rc=%d ms=%.1f after %ld batches: %s\n", rc, ms, ok, smem_get_last_err_msg());
         fflush(stdout);
+        if (rc != SM_IO_ERROR || strstr(smem_get_last_err_msg(), peer) == NULL) return 1;
+        if (!restarted(h, peer, dir2)) return 1;
         smem_trans_destroy(h, 0);
         smem_trans_uninit(0);
-        return rc == SM_IO_ERROR && strstr(smem_get_last_err_msg(), peer) != NULL ? 0 : 1;
+        return 0;
     }
     printf("nothing failed within 60 s\n");
     return 3;
@@ -715,8 +760,8 @@ int main(int argc, char **argv)
     }
     if (argc == 5 && strcmp(argv[1], "victim") == 0) return serve(argv[2], argv[3], argv[4], 0, 1);
     if (argc == 6 && strcmp(argv[1], "client") == 0) return client(argv[2], argv[3], argv[4], argv[5]);
-    if (argc == 7 && strcmp(argv[1], "killer") == 0)
-        return killer(argv[2], argv[3], argv[4], argv[5], strcmp(argv[6], "pool") == 0);
+    if (argc == 8 && strcmp(argv[1], "killer") == 0)
+        return killer(argv[2], argv[3], argv[4], argv[5], strcmp(argv[6], "pool") == 0, argv[7]);
     if (argc == 6 && strcmp(argv[1], "bench") == 0) return bench(argv[2], argv[3], argv[4], argv[5]);
     fprintf(stderr, "usage: see the comment at the top of trans.c\n");
     return 2;

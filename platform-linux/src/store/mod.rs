@@ -2,7 +2,9 @@
 //!
 //! - [`server`]: one event-loop thread (epoll over non-blocking sockets) that owns all state,
 //!   so no locks; per-link read buffer and bounded write queue; a timer heap for parked GETs,
-//!   handshake deadlines and heartbeat expiry.
+//!   handshake deadlines and heartbeat expiry. What each op means is
+//!   [`smem_core::store::Store`], a state machine without I/O, over `storage::MapStorage`
+//!   (the key-value map, ranks and waiters in hash maps).
 //! - [`client`]: a `Clone + Send + Sync` handle pipelining requests on one link, replies matched
 //!   by seqNo on a reader thread; every operation bounded by a deadline.
 //!

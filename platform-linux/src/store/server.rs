@@ -22,135 +22,23 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use smem_core::ErrorCode;
-use smem_core::store::{Output, Storage as _, Store, StoreLimits};
+use smem_core::store::{Storage as _, Store};
 use smem_core::wire::handshake::{self, Handshake};
-use smem_core::wire::message::{self, MessageHeader};
-use smem_core::wire::{FRAME_HEADER_LEN, FrameHeader, HANDSHAKE_LEN, MessageType, status};
+use smem_core::wire::{FRAME_HEADER_LEN, FrameHeader, HANDSHAKE_LEN, status};
 
-use super::HEARTBEAT_ENV;
 use super::storage::{LinkId, MapStorage};
+
+mod config;
+mod replies;
+mod tls;
+
 use crate::sys::fork::DetachOnFork;
 use crate::sys::net::{EPOLL_HUP_ERR, EPOLL_IN, EPOLL_OUT, Epoll, EventFd, NoSigPipe, Ready};
-use crate::tls::{LoadedTls, ServerTlsSession};
+use crate::tls::ServerTlsSession;
 use crate::{Error, Result};
-
-/// Configurable limits. Over a limit a request gets `-400` with a reason (or, for links, the
-/// handshake gets `-1`); the server keeps serving the others.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Links open at once (handshaken or not). Reference: 2048.
-    pub max_links: usize,
-    /// Largest frame body accepted (at most 64 MiB).
-    pub max_body_len: u32,
-    /// Most keys (and most values) in one message (at most 1024).
-    pub max_keys: usize,
-    /// Longest key (at most 2048).
-    pub max_key_len: usize,
-    /// Largest stored value, after APPEND/WRITE growth too.
-    pub max_value_len: usize,
-    /// Total bytes of keys and values stored.
-    pub max_total_bytes: u64,
-    /// Bytes of replies queued for one link that does not read; over it the link is closed.
-    pub max_write_queue: usize,
-    /// Parked GETs plus watches per link.
-    pub max_waiters_per_link: usize,
-    /// Bytes reserved, over all links, for request bodies larger than 64 KiB that are still
-    /// arriving. A link whose next body does not fit waits (it is not read) until others
-    /// complete; small requests are never held back. A body larger than this is refused.
-    pub max_input_bytes: u64,
-}
-
-impl Limits {
-    /// The limits the store's op semantics enforce.
-    fn store(&self) -> StoreLimits {
-        StoreLimits {
-            max_body_len: self.max_body_len,
-            max_keys: self.max_keys,
-            max_key_len: self.max_key_len,
-            max_value_len: self.max_value_len,
-            max_total_bytes: self.max_total_bytes,
-            max_waiters_per_link: self.max_waiters_per_link,
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_links: 2048,
-            max_body_len: smem_core::wire::MAX_BODY_LEN,
-            max_keys: 1024,
-            max_key_len: 2048,
-            max_value_len: 64 << 20,
-            max_total_bytes: 4 << 30,
-            max_write_queue: 256 << 20,
-            max_waiters_per_link: 65_536,
-            max_input_bytes: 1 << 30,
-        }
-    }
-}
-
-/// Server configuration.
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    /// Address to listen on (port 0 = any free port; read it back with
-    /// [`StoreServer::local_addr`]).
-    pub listen: SocketAddr,
-    /// Limits.
-    pub limits: Limits,
-    /// A link that sent one HEARTBEAT and then none for this long is closed; `None` = off.
-    pub heartbeat_timeout: Option<Duration>,
-    /// How often heartbeats are checked (the reference: 2 s). Capped at half the timeout.
-    pub heartbeat_check_interval: Duration,
-    /// A connection must complete its 16-byte handshake (and, with TLS, the TLS handshake)
-    /// within this.
-    pub handshake_timeout: Duration,
-    /// Mutual TLS (SPEC 2.1): the 16-byte header in clear, then TLS 1.3 with a client
-    /// certificate required; the `i16` reply and every frame inside TLS (the reference's
-    /// order, see [`crate::tls`]). `None`: plain TCP. [`ServerConfig::new`] takes the
-    /// process-wide setting ([`crate::tls::set_global`], i.e. `smem_set_ssl_option`), so a
-    /// store created after TLS was enabled cannot come up in clear by omission.
-    pub tls: Option<Arc<LoadedTls>>,
-}
-
-impl ServerConfig {
-    /// Defaults for `listen`: heartbeat timeout from `MF_CONFIG_STORE_HEARTBEAT_TIMEOUT_S`
-    /// (default 60 s, 0 = off), 10 s handshake timeout, default limits, the process-wide TLS
-    /// setting ([`crate::tls::global`]).
-    pub fn new(listen: SocketAddr) -> Self {
-        Self {
-            listen,
-            limits: Limits::default(),
-            heartbeat_timeout: heartbeat_timeout_from_env(),
-            heartbeat_check_interval: Duration::from_secs(2),
-            handshake_timeout: Duration::from_secs(10),
-            tls: crate::tls::global(),
-        }
-    }
-}
-
-impl Default for ServerConfig {
-    /// [`ServerConfig::new`] on `127.0.0.1:0`.
-    fn default() -> Self {
-        Self::new(SocketAddr::from(([127, 0, 0, 1], 0)))
-    }
-}
-
-/// The heartbeat timeout of `MF_CONFIG_STORE_HEARTBEAT_TIMEOUT_S` (default 60 s; 0 = off). An
-/// unparseable value is logged and the default is used.
-pub fn heartbeat_timeout_from_env() -> Option<Duration> {
-    match std::env::var(HEARTBEAT_ENV) {
-        Err(_) => Some(Duration::from_secs(60)),
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(0) => None,
-            Ok(s) => Some(Duration::from_secs(s)),
-            Err(_) => {
-                warn!("{HEARTBEAT_ENV}={v:?} is not a number of seconds; using 60");
-                Some(Duration::from_secs(60))
-            }
-        },
-    }
-}
+pub use config::{Limits, ServerConfig, heartbeat_timeout_from_env};
+use replies::{Replies, append_text};
+use tls::{LinkTls, not_client_hello};
 
 /// A running server; dropping it shuts it down.
 #[derive(Debug)]
@@ -276,20 +164,6 @@ struct Link {
     tls: Option<LinkTls>,
 }
 
-/// A link's TLS session and the store handshake waiting for the TLS handshake to finish.
-struct LinkTls {
-    session: ServerTlsSession,
-    /// The clear-text header, processed once the peer's certificate is verified.
-    pending: Option<Handshake>,
-    /// TLS bytes read from the socket together with the header, not yet fed.
-    prefix: Vec<u8>,
-    /// Whether the first TLS byte arrived (and was a handshake record: else the link is
-    /// refused as a plaintext client).
-    seen_input: bool,
-    /// `close_notify` queued after the last reply of a refused or closing link.
-    closing: bool,
-}
-
 impl Link {
     fn interest(&self) -> u32 {
         let mut ev = EPOLL_HUP_ERR;
@@ -352,112 +226,6 @@ struct EventLoop {
     /// buffer, so a link holds no spare (zero-filled, hence resident) read capacity: 64 KiB
     /// per idle link would pin 128 MiB at 2048 links, outside every limit.
     scratch: Vec<u8>,
-}
-
-fn not_client_hello(first: u8) -> String {
-    format!(
-        "peer sent {first:#04x} after its hello, not a TLS ClientHello (0x16): a plaintext \
-         client talking to a TLS store?"
-    )
-}
-
-fn encode_frame(seq: u32, status: i16, body_len: usize, out: &mut Vec<u8>) -> usize {
-    let start = out.len();
-    out.resize(start + FRAME_HEADER_LEN, 0);
-    encode_frame_at(seq, status, body_len, &mut out[start..]);
-    start
-}
-
-fn encode_frame_at(seq: u32, status: i16, body_len: usize, header: &mut [u8]) {
-    let body_len32 = u32::try_from(body_len).unwrap_or(u32::MAX);
-    // The slice is FRAME_HEADER_LEN long.
-    let _ = FrameHeader::new(status, body_len32, seq).emit(header);
-}
-
-fn append_packed<'v, K, V>(
-    out: &mut Vec<u8>,
-    seq: u32,
-    st: i16,
-    mt: MessageType,
-    keys: K,
-    values: V,
-) where
-    K: Iterator<Item = &'v [u8]> + Clone,
-    V: Iterator<Item = &'v [u8]> + Clone,
-{
-    let len = message::encoded_len(keys.clone(), values.clone());
-    encode_frame(seq, st, len, out);
-    let at = out.len();
-    out.resize(at + len, 0);
-    // Sized with encoded_len just above, so it fits.
-    let _ = message::emit(&MessageHeader::reply(mt), keys, values, &mut out[at..]);
-}
-
-fn append_text(out: &mut Vec<u8>, seq: u32, st: i16, text: std::fmt::Arguments<'_>) {
-    let start = encode_frame(seq, st, 0, out);
-    match text.as_str() {
-        Some(t) => out.extend_from_slice(t.as_bytes()),
-        // Writing into a Vec cannot fail.
-        None => {
-            let _ = out.write_fmt(text);
-        }
-    }
-    let len = out.len() - start - FRAME_HEADER_LEN;
-    encode_frame_at(seq, st, len, &mut out[start..start + FRAME_HEADER_LEN]);
-}
-
-/// Replies of the store, into the links' write buffers; deadlines into the timer heap.
-struct Replies<'a> {
-    links: &'a mut HashMap<LinkId, Link>,
-    dirty: &'a mut Vec<LinkId>,
-    timers: &'a mut BinaryHeap<Reverse<(Instant, Timer)>>,
-}
-
-impl Replies<'_> {
-    fn buf(&mut self, id: LinkId) -> Option<&mut Vec<u8>> {
-        let link = self.links.get_mut(&id)?;
-        self.dirty.push(id);
-        Some(&mut link.wbuf)
-    }
-}
-
-impl Output<LinkId> for Replies<'_> {
-    fn text(&mut self, link: LinkId, seq: u32, status: i16, text: std::fmt::Arguments<'_>) {
-        if let Some(buf) = self.buf(link) {
-            append_text(buf, seq, status, text);
-        }
-    }
-
-    fn packed<'v, K, V>(&mut self, link: LinkId, seq: u32, mt: MessageType, keys: K, values: V)
-    where
-        K: Iterator<Item = &'v [u8]> + Clone,
-        V: Iterator<Item = &'v [u8]> + Clone,
-    {
-        if let Some(buf) = self.buf(link) {
-            append_packed(buf, seq, status::OK, mt, keys, values);
-        }
-    }
-
-    fn arm_deadline(&mut self, id: u64, after_ms: u64) {
-        // Saturating: a deadline past what Instant can hold never fires (waits forever).
-        if let Some(at) = Instant::now().checked_add(Duration::from_millis(after_ms)) {
-            self.timers.push(Reverse((at, Timer::Parked(id))));
-        }
-    }
-
-    fn heartbeat(&mut self, link: LinkId) {
-        if let Some(l) = self.links.get_mut(&link) {
-            l.last_heartbeat = Some(Instant::now());
-        }
-    }
-
-    fn log(&mut self, important: bool, line: std::fmt::Arguments<'_>) {
-        if important {
-            info!("config store: {line}");
-        } else {
-            debug!("config store: {line}");
-        }
-    }
 }
 
 impl EventLoop {
@@ -726,98 +494,6 @@ impl EventLoop {
         if let Some(reason) = eof {
             self.doomed.push((id, reason));
         }
-    }
-
-    /// Feeds the TLS bytes that came with the clear header to the new session.
-    fn start_tls(&mut self, id: LinkId) {
-        let Some(link) = self.links.get_mut(&id) else {
-            return;
-        };
-        let Some(tls) = link.tls.as_mut() else {
-            return;
-        };
-        let prefix = std::mem::take(&mut tls.prefix);
-        let Some(&first) = prefix.first() else {
-            return;
-        };
-        if first != TLS_HANDSHAKE_RECORD {
-            return self.refuse_plaintext(id, &not_client_hello(first));
-        }
-        tls.seen_input = true;
-        match tls.session.feed(&prefix, &mut link.rbuf) {
-            Ok(_) => self.after_tls_input(id, false),
-            Err(e) => self.refuse_tls(id, &e),
-        }
-    }
-
-    /// After TLS input: once the TLS handshake is done (the client certificate verified), run
-    /// the store handshake, then the frames that arrived. TLS output (handshake messages) is
-    /// flushed at the end of the turn.
-    fn after_tls_input(&mut self, id: LinkId, full: bool) {
-        let Some(link) = self.links.get_mut(&id) else {
-            return;
-        };
-        let Some(tls) = link.tls.as_mut() else {
-            return;
-        };
-        if tls.session.handshake_done() {
-            if let Some(hs) = tls.pending.take() {
-                info!(
-                    "config store: link {id} from {}: TLS peer {}",
-                    link.peer,
-                    tls.session.peer_identity().unwrap_or("?")
-                );
-                self.handshake(id, hs);
-            }
-        }
-        if self
-            .links
-            .get(&id)
-            .is_some_and(|l| l.handshaken && (full || !l.rbuf.is_empty()))
-        {
-            self.process_input(id);
-        }
-        self.dirty.push(id);
-    }
-
-    /// The peer failed TLS (no or bad certificate, not TLS at all...): log the reason, send
-    /// the alert rustls queued (best effort), close.
-    fn refuse_tls(&mut self, id: LinkId, err: &Error) {
-        let Some(link) = self.links.get_mut(&id) else {
-            return;
-        };
-        warn!(
-            "config store: refusing TLS link {id} from {}: {}",
-            link.peer,
-            err.message()
-        );
-        if let Some(tls) = link.tls.as_mut() {
-            let _ = tls.session.flush_to(&link.stream);
-        }
-        self.doomed.push((id, format!("TLS: {}", err.message())));
-    }
-
-    /// The peer of a TLS link sent its clear header but no TLS (a plaintext client): answer
-    /// [`status::TLS_REQUIRED`] in clear, as a plaintext client expects, log why, close.
-    fn refuse_plaintext(&mut self, id: LinkId, why: &str) {
-        let Some(link) = self.links.get_mut(&id) else {
-            return;
-        };
-        warn!("config store: refusing link {id} from {}: {why}", link.peer);
-        // No TLS on this link any more: the answer and nothing else goes out in clear.
-        link.tls = None;
-        link.rbuf.clear();
-        // Discard what the peer already sent (bounded), so that closing with unread input
-        // does not reset the link before the answer is read.
-        let mut sink = [0u8; 4096];
-        for _ in 0..16 {
-            if !matches!(link.stream.read(&mut sink), Ok(n) if n > 0) {
-                break;
-            }
-        }
-        link.wbuf
-            .extend_from_slice(&status::TLS_REQUIRED.to_le_bytes());
-        self.close_later(id, format!("TLS: {why}"));
     }
 
     /// Consume whole handshakes/frames from the link's read buffer.

@@ -77,12 +77,11 @@ use self::peer::Peer;
 use self::queue::Queue;
 use crate::store::{CasResult, ClientOptions, ServerConfig, StoreClient, StoreServer};
 pub(crate) use crate::sync::{lock, read, write};
-use crate::transport::{DATA_OP_HOST_TCP, DATA_OP_ROCE, Node};
+use crate::transport::{DATA_OP_HOST_TCP, Node};
 use crate::{Error, Result};
 
 /// `SMEMB_DATA_OP_SDMA` (`smem_bm_data_op_type`): same-host copies.
 pub const DATA_OP_SDMA: u32 = 1 << 0;
-const DATA_OP_ALL: u32 = DATA_OP_SDMA | DATA_OP_ROCE | DATA_OP_HOST_TCP;
 
 /// `smem_trans_role_t`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,12 +160,8 @@ impl TransConfig {
                 self.flags
             )));
         }
-        if self.data_ops == 0 || self.data_ops & !DATA_OP_ALL != 0 {
-            return Err(Error::invalid(format!(
-                "{what}: config->dataOpType {:#x} must be a non-empty set of SMEMB_DATA_OP_SDMA | ROCE | HOST_TCP",
-                self.data_ops
-            )));
-        }
+        smem_core::data_op::BmDataOps::from_c(self.data_ops)
+            .map_err(|e| Error::invalid(format!("{what}: config->{e}")))?;
         if self.init_timeout.is_zero() {
             return Err(Error::invalid(format!("{what}: config->initTimeout is 0")));
         }

@@ -161,20 +161,31 @@ impl ShmObject {
 
     pub(super) fn barrier(&self) -> Result<()> {
         let what = Call(self, "smem_shm_control_barrier");
+        self.next_call(what, 0, |round, side| {
+            self.group.barrier(round, side.deadline, side, &what)
+        })
+    }
+
+    /// Runs `f` as the next collective call (round and store side), holding the object's call
+    /// lock for the whole call.
+    fn next_call(
+        &self,
+        what: Call<'_>,
+        send_len: usize,
+        f: impl FnOnce(u64, &mut StoreSide<'_>) -> Result<()>,
+    ) -> Result<()> {
         let mut g = lock(&self.next_generation);
-        let deadline = Instant::now() + self.ctx.config.control_timeout;
         let generation = *g;
         *g += 1;
         let mut side = StoreSide {
             obj: self,
             generation,
-            deadline,
-            send_len: 0,
+            deadline: Instant::now() + self.ctx.config.control_timeout,
+            send_len,
             what,
         };
         // Generation 0 is create's barrier (through the store): round k is generation k + 1.
-        self.group
-            .barrier(generation - 1, deadline, &mut side, &what)
+        f(generation - 1, &mut side)
     }
 
     pub(super) fn allgather(&self, send: &[u8], recv: &mut [u8]) -> Result<()> {
@@ -193,19 +204,10 @@ impl ShmObject {
                 self.rank_size
             )));
         }
-        let mut g = lock(&self.next_generation);
-        let deadline = Instant::now() + self.ctx.config.control_timeout;
-        let generation = *g;
-        *g += 1;
-        let mut side = StoreSide {
-            obj: self,
-            generation,
-            deadline,
-            send_len: len,
-            what,
-        };
-        self.group
-            .allgather(generation - 1, send, recv, deadline, &mut side, &what)
+        self.next_call(what, len, |round, side| {
+            self.group
+                .allgather(round, send, recv, side.deadline, side, &what)
+        })
     }
 }
 
