@@ -163,13 +163,18 @@ fn dead_store_host_releases_links_and_port_while_its_fork_lives() {
     // The kernel closes a killed process's descriptors one by one: reap it first, so the
     // listener is certainly closed (the client above may see its link close before that).
     let _ = p.0.wait();
-    // "Free" = nobody listens on it any more (the forked child holds no copy of the listener).
-    // A plain bind would be racy: tests running in parallel may take the port as an ephemeral
-    // client port the moment it is released.
+    // The forked child holds no copy of the listener: no listening socket on the port is one
+    // of the child's descriptors. Not "nobody listens on the port": once it is released, a
+    // test running in parallel (e.g. a store or transport of `fork_under_load_of_64_clients`
+    // binding port 0) may be handed the same port, which failed this test now and then.
     let port = addr_of(&url).port();
+    let held: Vec<u64> = listening_inodes(port)
+        .into_iter()
+        .filter(|i| socket_inodes(child.0).contains(i))
+        .collect();
     assert!(
-        !listening_on(port),
-        "a process still listens on the dead store host's port {port}"
+        held.is_empty(),
+        "the forked child still holds the dead store host's listener on port {port} (socket inodes {held:?})"
     );
 }
 
@@ -281,16 +286,37 @@ fn fork_under_load(r: &Role) {
 
 /// Whether any socket of this network namespace listens on TCP `port` (`/proc/net/tcp{,6}`,
 /// state 0A = LISTEN).
-fn listening_on(port: u16) -> bool {
+/// Inodes of the sockets listening on `port` (IPv4 and IPv6), from `/proc/net/tcp*`.
+fn listening_inodes(port: u16) -> Vec<u64> {
     let hex_port = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|path| {
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-            .any(|line| {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                f.len() > 3 && f[1].ends_with(&hex_port) && f[3] == "0A"
-            })
-    })
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .flat_map(|path| {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    (f.len() > 9 && f[1].ends_with(&hex_port) && f[3] == "0A")
+                        .then(|| f[9].parse().ok())
+                        .flatten()
+                })
+                .collect::<Vec<u64>>()
+        })
+        .collect()
+}
+
+/// Inodes of the sockets among the open descriptors of process `pid`.
+fn socket_inodes(pid: i32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

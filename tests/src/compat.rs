@@ -65,6 +65,11 @@ pub fn exercise_every_op(addr: SocketAddr) {
     c.unwatch(&k("a")).unwrap();
     // Rank down events from a second ranked link.
     let down = c.watch_rank_down().unwrap();
+    // WATCH_RANK_STATE has no reply: a round trip on the same link makes sure the server read
+    // the registration before the other link registers and goes down. Without it, a server
+    // under load could handle the other link's close first and never report it (timed out
+    // below now and then against the reference server).
+    let _ = c.get(&k("watch-sync")).unwrap();
     let other = StoreClient::connect(addr, o).unwrap();
     let r2 = other.auto_rank(b"127.0.0.1").unwrap();
     assert_ne!(r2, rank);
