@@ -140,6 +140,21 @@ impl Reservation {
     /// `SM_INVALID_PARAM` for a part outside the range, unaligned, or already mapped;
     /// `SM_MALLOC_FAILED`/`SM_IO_ERROR` from the kernel.
     pub fn map_segment(&self, offset: u64, fd: BorrowedFd<'_>, len: u64) -> Result<()> {
+        self.map_segment_with(offset, fd, len, true)
+    }
+
+    /// As [`Reservation::map_segment`], pre-faulting the page tables only when `populate`
+    /// (else they fill on first access).
+    ///
+    /// # Errors
+    /// As [`Reservation::map_segment`].
+    pub fn map_segment_with(
+        &self,
+        offset: u64,
+        fd: BorrowedFd<'_>,
+        len: u64,
+        populate: bool,
+    ) -> Result<()> {
         let what = || {
             format!(
                 "mapping {len:#x} bytes at {}+{offset:#x} (reservation {})",
@@ -149,21 +164,22 @@ impl Reservation {
         };
         let o = to_usize(offset, "offset")?;
         let l = to_usize(len, "length")?;
-        self.region
-            .map_shared(o, fd, 0, l)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::EINVAL) => Error::invalid(format!(
-                    "{}: part outside the reservation or not page aligned",
-                    what()
-                )),
-                Some(libc::EBUSY) => {
-                    Error::invalid(format!("{}: part already mapped; unmap it first", what()))
-                }
-                Some(libc::ENOMEM) => {
-                    Error::new(ErrorCode::MallocFailed, format!("{}: {e}", what()))
-                }
-                _ => Error::io(what(), &e),
-            })
+        let r = if populate {
+            self.region.map_shared(o, fd, 0, l)
+        } else {
+            self.region.map_shared_lazy(o, fd, 0, l)
+        };
+        r.map_err(|e| match e.raw_os_error() {
+            Some(libc::EINVAL) => Error::invalid(format!(
+                "{}: part outside the reservation or not page aligned",
+                what()
+            )),
+            Some(libc::EBUSY) => {
+                Error::invalid(format!("{}: part already mapped; unmap it first", what()))
+            }
+            Some(libc::ENOMEM) => Error::new(ErrorCode::MallocFailed, format!("{}: {e}", what())),
+            _ => Error::io(what(), &e),
+        })
     }
 
     /// Returns the part `offset..offset+len` (exactly one earlier mapping) to `PROT_NONE`.

@@ -6,7 +6,8 @@
 //! `bm_init` connects to the config store (hosting it in-process first when this process is
 //! rank 0, or with `autoRanking` the process that can bind the URL's address), registers the
 //! rank (`smem/bm/rank/<r>` = host identity and pid) and waits until every rank of the world
-//! registered (unless `dynamicWorldSize`), naming the missing ranks on timeout. When the store
+//! registered (unless `dynamicWorldSize`), naming the missing ranks on timeout: a constant
+//! number of store operations per rank (`runtime/rendezvous.rs`). When the store
 //! link goes down during that wait (the store host gave up at its own deadline, or died), the
 //! rank does not fail with `SM_IO_ERROR`: it connects again to the store URL until its own init
 //! deadline, registers again when the store is back and keeps waiting; at the deadline it
@@ -51,6 +52,7 @@ mod batch;
 mod copy;
 mod object;
 mod regions;
+mod rendezvous;
 pub mod shm;
 
 use std::cell::RefCell;
@@ -582,14 +584,21 @@ fn start(addr: StoreTarget, args: InitArgs) -> Result<State> {
         &w,
         store,
         |store, seen| {
-            store
-                .set(&rank_key(rank), me.as_bytes())
-                .map_err(|e| e.context(what))?;
-            seen.insert(rank);
             if config.dynamic_world_size {
+                store
+                    .set(&rank_key(rank), me.as_bytes())
+                    .map_err(|e| e.context(what))?;
+                seen.insert(rank);
                 return Ok(());
             }
-            wait_for_ranks(store, world_size, deadline, config.init_timeout, seen)
+            bm_rendezvous(world_size).register_and_wait(
+                store,
+                rank,
+                me.as_bytes(),
+                deadline,
+                config.init_timeout,
+                seen,
+            )
         },
         |seen, lost_at| {
             Error::new(
@@ -649,60 +658,15 @@ fn start(addr: StoreTarget, args: InitArgs) -> Result<State> {
     })
 }
 
-/// Waits until every rank registered on `store`, adding those seen to `seen`.
-fn wait_for_ranks(
-    store: &StoreClient,
-    world_size: u32,
-    deadline: Instant,
-    timeout: Duration,
-    seen: &mut BTreeSet<u32>,
-) -> Result<()> {
-    for r in 0..world_size {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        match store.wait_get(&rank_key(r), left) {
-            Ok(_) => {
-                seen.insert(r);
-            }
-            Err(e) if e.code() == ErrorCode::Timeout => {
-                let listed = store.prefix(b"smem/bm/rank/");
-                let detail = match listed {
-                    Ok(list) => {
-                        let present: BTreeSet<u32> = list
-                            .iter()
-                            .filter_map(|(k, _)| {
-                                std::str::from_utf8(k)
-                                    .ok()?
-                                    .strip_prefix("smem/bm/rank/")?
-                                    .parse()
-                                    .ok()
-                            })
-                            .collect();
-                        let missing: Vec<u32> =
-                            (0..world_size).filter(|x| !present.contains(x)).collect();
-                        format!(
-                            "{} of {world_size} ranks did not register: missing rank(s) {}",
-                            missing.len(),
-                            rank_list(&missing)
-                        )
-                    }
-                    Err(e) => format!(
-                        "rank {r} (at least) did not register; the list of ranks is unavailable ({e})"
-                    ),
-                };
-                return Err(Error::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "smem_bm_init: {detail}; waited {} s; start them or raise initTimeout",
-                        timeout.as_secs_f32()
-                    ),
-                ));
-            }
-            Err(e) => return Err(e.context("smem_bm_init: waiting for the other ranks")),
-        }
+/// The init rendezvous of the BM runtime (`smem/bm/`, see [`rendezvous`]).
+fn bm_rendezvous(world_size: u32) -> rendezvous::Rendezvous<'static> {
+    rendezvous::Rendezvous {
+        ns: "smem/bm/",
+        what: "smem_bm_init",
+        world_size,
+        alive: false,
+        knob: "initTimeout",
     }
-    Ok(())
 }
 
 /// `smem_bm_uninit`.
@@ -731,7 +695,11 @@ pub fn bm_uninit(flags: u32) {
             if let Some(node) = lock(&ctx.transport).take() {
                 node.shutdown();
             }
-            let _ = ctx.store.remove(&rank_key(ctx.rank));
+            if ctx.config.dynamic_world_size {
+                let _ = ctx.store.remove(&rank_key(ctx.rank));
+            } else {
+                bm_rendezvous(ctx.world_size).unregister(&ctx.store, ctx.rank);
+            }
             ctx.store.close();
             if let Some(t) = rank_down {
                 let _ = t.join();

@@ -8,9 +8,12 @@
 //! | `gva/v<nonce>.<n>` | ADD counter: ranks holding candidate `n` (+ [`SUPERSEDED`], + [`ABORT`]) | every member |
 //! | `gva/r<r>` | `<nonce>.<n>` last candidate rank `r` reserved (for the timeout message) | rank `r` |
 //! | `abort` | why SHM create was aborted (sizes differ) | the rank that found it |
-//! | `log` | membership log: `cr;` create, `+r;` join, `-r;` leave, `xr;` destroy (APPEND) | the rank itself |
+//! | `log` | membership log: `cr;` create, `+r;` join, `-r;` leave, `xr;` destroy, `dP;` every holder applied the log up to offset `P` (APPEND) | the rank itself (`dP;`: the holder that completed `seen/P`) |
 //! | `win/<r>` | window record: host identity, HBM and DRAM segment descriptors, and with the network transport its data endpoint and window generation token | rank `r` at join |
-//! | `ack/<off>/<m>` | `ok`, `remote` or `err <why>`: member `m` applied the log entry ending at `off` | member `m` |
+//! | `ack/<m>` | the offset up to which member `m` applied the log (its high-water mark) | member `m` |
+//! | `seen/<P>` | ADD counter: holders whose applied piece of the log ended at `P` | every holder |
+//! | `err/<X>/<m>` | why member `m` could not map the window of the join entry ending at `X` | member `m` |
+//! | `gva/d<nonce>.<n>` | `ok`, `superseded` or `abort`: the outcome of candidate `n` (SHM) | the rank that decided it |
 //!
 //! # Create (never waits for the other members)
 //! SPEC 2.2 makes create a local step (allocate) and join the collective one, with members that
@@ -38,11 +41,32 @@
 //!
 //! # Membership
 //! Every member watches `log` from create on: the watch delivers the whole log, then each
-//! appended entry, in one order for everybody. The watcher thread maps the windows of joining
-//! peers on the same host (`MAP_SHARED` at `base + r*stride`), unmaps leaving ones, and acks
-//! every entry of another rank. Join/leave append their entry and wait for the acks of every
-//! other holder of the object that is alive, so when join returns every earlier member reaches
-//! the new window, and when leave returns nobody maps the leaver's window any more.
+//! appended entry, in one order for everybody (snapshot + deltas). The watcher thread takes
+//! everything delivered so far as one piece, reads the window records of the piece's joiners
+//! (one GET for one joiner, one PREFIX get of `win/` for more), maps the windows of joining
+//! peers on the same host (`MAP_SHARED` at `base + r*stride`; pre-faulted only for objects of
+//! at most [`PREFAULT_MEMBERS_MAX`] members), unmaps leaving ones, and then acknowledges the
+//! whole piece once: `err/<X>/<m>` for a join it could not map, `ack/<m>` = `P` (the end of the
+//! piece's last membership entry) and ADD 1 to `seen/<P>`. The holder whose ADD makes
+//! `seen/<P>` equal to the number of holders the log names at `P` appends `dP;`: every holder
+//! applied everything up to `P`. Join / leave append their entry (end `X`) and wait until
+//! their watcher applied a `dP;` with `P >= X`; joins that arrive together settle together,
+//! at the marker of the last of them. When no marker comes (a member died, or the log never
+//! quiesced at one offset) the waiter reads every member's `ack/` with one PREFIX get after
+//! 1 s, then at doubling intervals up to 8 s, and stops waiting for members that acknowledged
+//! `X`, were reported down, or (at most 8 per check) the store says hold no link. A join then
+//! fails with the `err/<X>/` reasons. So when join returns every earlier member reaches the
+//! new window, and when leave returns nobody maps the leaver's window any more.
+//!
+//! Cost of a join in a world of `n` members (`tests/scale.rs`, `benches/scale.rs`): the
+//! joiner sends SET `win/<r>` + APPEND + one PREFIX get of `err/<X>/`; every holder sends
+//! SET + ADD (+ a GET or PREFIX get of the records) per piece it applies, however many
+//! entries the piece holds (a burst of joins applies in a few pieces), and one holder one
+//! APPEND per settled offset. Store ops per rank are constant (about 10-30 for create + join
+//! at 64-1024 ranks, against `3n` before); bytes per rank grow with `n`: each holder reads
+//! every joiner's record once (about 150 bytes each) and receives every log entry as a watch
+//! event (about 30 bytes each), so O(n) per rank, O(n^2) at the store, in a handful of large
+//! replies rather than `n^2` round trips.
 //!
 //! # Copy path
 //! No allocation and two atomic read-modify-writes: a copy holds its object's slot read lock
@@ -71,19 +95,20 @@
 //! processes of the same-host members to import its HBM segment ([`crate::device::Device::share`], with the
 //! ids they published in their rank records at init).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{Level, debug, info, warn};
 use smem_core::ErrorCode;
 use smem_core::bm::{Part, WindowLayout, part_lens};
 use smem_core::gva::Gva;
 use smem_core::limits::WINDOW_ALIGN;
+
+mod settle;
 
 use super::Ctx;
 use crate::device::{Device, DeviceDescriptor, DeviceSegment};
@@ -121,6 +146,35 @@ fn bm_ns(id: u32) -> AgreeNs {
 
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
+}
+
+/// Objects of at most this many members pre-fault the page tables of every peer window they
+/// map (the first copy into it runs at full speed); larger ones map peers' windows without
+/// (the first touch of each page faults): pre-faulting `n` windows in each of `n` processes
+/// costs `n^2` times the window's page count, minutes and gigabytes of page tables at 1024.
+pub(crate) const PREFAULT_MEMBERS_MAX: u32 = 16;
+
+/// Whether peers' windows of an object of `members` members are pre-faulted.
+pub(crate) fn prefault(members: u32) -> bool {
+    members <= PREFAULT_MEMBERS_MAX
+}
+
+/// Log lines collected while the object's control lock is held, logged after it is released.
+type Notes = Vec<(Level, String)>;
+
+fn log_notes(notes: Notes) {
+    for (level, msg) in notes {
+        log::log!(level, "{msg}");
+    }
+}
+
+/// What applying entries of the membership log needs and produces besides the control state.
+struct Applied<'a> {
+    /// Window records of the joiners in the piece, by rank.
+    records: &'a HashMap<u32, Vec<u8>>,
+    notes: &'a mut Notes,
+    /// Join entries (end offset) whose window this rank could not map, with why.
+    failed: &'a mut Vec<(u64, String)>,
 }
 
 /// One rank's window: its state (see the module docs, "Copy path").
@@ -169,6 +223,11 @@ struct Ctl {
     joined: BTreeSet<u32>,
     /// Ranks that hold the object: their create entry is in the log, minus destroyed or dead.
     holders: BTreeSet<u32>,
+    /// Holders according to the log alone (create minus destroy; deaths are not logged): the
+    /// ranks that acknowledge an offset (module docs, "Membership").
+    logged: BTreeSet<u32>,
+    /// The highest offset a `Settled` entry announced.
+    settled: u64,
     /// Ranks whose parts are mapped here: (rank, hbm mapped, dram mapped).
     mapped: Vec<(u32, bool, bool)>,
     /// Device segments of same-host peers imported (not mapped) here, by rank.
@@ -377,6 +436,8 @@ enum Entry {
     Join(u32),
     Leave(u32),
     Destroy(u32),
+    /// Every holder applied the log up to this offset (module docs, "Membership").
+    Settled(u64),
 }
 
 impl Entry {
@@ -386,6 +447,7 @@ impl Entry {
             Self::Join(r) => format!("+{r};"),
             Self::Leave(r) => format!("-{r};"),
             Self::Destroy(r) => format!("x{r};"),
+            Self::Settled(p) => format!("d{p};"),
         }
     }
 }
@@ -400,7 +462,11 @@ fn parse_entries(piece: &[u8]) -> Vec<(usize, Option<Entry>)> {
         }
         let e = &piece[start..i];
         let entry = e.split_first().and_then(|(kind, num)| {
-            let r: u32 = std::str::from_utf8(num).ok()?.parse().ok()?;
+            let num = std::str::from_utf8(num).ok()?;
+            if *kind == b'd' {
+                return Some(Entry::Settled(num.parse().ok()?));
+            }
+            let r: u32 = num.parse().ok()?;
             match kind {
                 b'c' => Some(Entry::Create(r)),
                 b'+' => Some(Entry::Join(r)),
@@ -612,7 +678,11 @@ impl BmObject {
         let t = std::thread::Builder::new()
             .name(format!("smem-bm{}-watch", self.id))
             .spawn(move || {
-                while let Ok(piece) = rx.recv() {
+                while let Ok(mut piece) = rx.recv() {
+                    // Everything delivered so far is applied (and acknowledged) at once.
+                    while let Ok(more) = rx.try_recv() {
+                        piece.extend_from_slice(&more);
+                    }
                     me.apply(&piece);
                 }
                 let mut ctl = lock(&me.ctl);
@@ -634,44 +704,81 @@ impl BmObject {
         u64::from(rank) * self.layout.stride()
     }
 
-    /// Applies a piece of the membership log (watcher thread).
+    /// Applies a piece of the membership log (watcher thread): maps and unmaps windows, then
+    /// acknowledges the whole piece once (module docs, "Membership").
     fn apply(&self, piece: &[u8]) {
-        let mut ctl = lock(&self.ctl);
-        let base = ctl.processed;
-        for (end, entry) in parse_entries(piece) {
-            let off = base + end as u64;
-            match entry {
-                None => warn!(
-                    "BM object {}: ignoring a malformed membership log entry",
-                    self.id
-                ),
-                Some(e) => self.apply_entry(&mut ctl, e, off),
+        let entries = parse_entries(piece);
+        let records = self.fetch_records(&entries);
+        // Logged after the lock is released.
+        let mut notes = Notes::new();
+        let mut failed = Vec::new();
+        let ack = {
+            let mut ctl = lock(&self.ctl);
+            let base = ctl.processed;
+            let mut last_real = None;
+            for (end, entry) in entries {
+                let off = base + end as u64;
+                match entry {
+                    None => notes.push((
+                        Level::Warn,
+                        format!(
+                            "BM object {}: ignoring a malformed membership log entry",
+                            self.id
+                        ),
+                    )),
+                    Some(Entry::Settled(p)) => ctl.settled = ctl.settled.max(p),
+                    Some(e) => {
+                        last_real = Some(off);
+                        let mut out = Applied {
+                            records: &records,
+                            notes: &mut notes,
+                            failed: &mut failed,
+                        };
+                        self.apply_entry(&mut ctl, e, off, &mut out);
+                    }
+                }
+                ctl.processed = off;
             }
-            ctl.processed = off;
+            // Bytes after the last ';' (never written by us) are skipped.
+            ctl.processed = base + piece.len() as u64;
+            self.ctl_cv.notify_all();
+            last_real
+                .filter(|_| ctl.logged.contains(&self.rank))
+                .map(|p| (p, ctl.logged.len()))
+        };
+        log_notes(notes);
+        if let Some((p, holders)) = ack {
+            self.acknowledge(p, holders, &failed);
         }
-        // Bytes after the last ';' (never written by us) are skipped.
-        ctl.processed = base + piece.len() as u64;
-        self.ctl_cv.notify_all();
     }
 
-    fn apply_entry(&self, ctl: &mut Ctl, entry: Entry, off: u64) {
-        let (Entry::Create(r) | Entry::Join(r) | Entry::Leave(r) | Entry::Destroy(r)) = entry;
+    fn apply_entry(&self, ctl: &mut Ctl, entry: Entry, off: u64, out: &mut Applied<'_>) {
+        let r = match entry {
+            Entry::Create(r) | Entry::Join(r) | Entry::Leave(r) | Entry::Destroy(r) => r,
+            Entry::Settled(_) => return,
+        };
         if r >= self.layout.member_size() {
-            warn!(
-                "BM object {}: log names rank {r}, outside {} members",
-                self.id,
-                self.layout.member_size()
-            );
+            out.notes.push((
+                Level::Warn,
+                format!(
+                    "BM object {}: log names rank {r}, outside {} members",
+                    self.id,
+                    self.layout.member_size()
+                ),
+            ));
             return;
         }
         if let Entry::Create(_) = entry {
-            // A holder from now on: it acks the later entries of the others.
+            // A holder from now on: it acks the later entries.
             ctl.holders.insert(r);
+            ctl.logged.insert(r);
             return;
+        }
+        if matches!(entry, Entry::Destroy(_)) {
+            ctl.logged.remove(&r);
         }
         if r == self.rank {
             match entry {
-                Entry::Create(_) => {}
                 Entry::Join(_) => {
                     ctl.joined.insert(r);
                 }
@@ -682,6 +789,7 @@ impl BmObject {
                     ctl.joined.remove(&r);
                     ctl.holders.remove(&r);
                 }
+                Entry::Create(_) | Entry::Settled(_) => {}
             }
             let others: Vec<u32> = ctl
                 .holders
@@ -692,21 +800,19 @@ impl BmObject {
             ctl.own_entries.push((off, others));
             return;
         }
-        let ack = match entry {
-            Entry::Create(_) => return,
+        match entry {
             Entry::Join(_) => {
                 ctl.joined.insert(r);
-                self.unmap_peer(ctl, r);
-                match self.map_peer(ctl, r) {
-                    Ok(true) => "ok".to_owned(),
-                    Ok(false) => "remote".to_owned(),
-                    Err(e) => {
-                        warn!("BM object {}: cannot map rank {r}'s window: {e}", self.id);
-                        format!(
-                            "err rank {} could not map rank {r}'s window: {e}",
-                            self.rank
-                        )
-                    }
+                self.unmap_peer(ctl, r, out.notes);
+                if let Err(e) = self.map_peer(ctl, r, out.records.get(&r), out.notes) {
+                    out.notes.push((
+                        Level::Warn,
+                        format!("BM object {}: cannot map rank {r}'s window: {e}", self.id),
+                    ));
+                    out.failed.push((
+                        off,
+                        format!("rank {} could not map rank {r}'s window: {e}", self.rank),
+                    ));
                 }
             }
             Entry::Leave(_) | Entry::Destroy(_) => {
@@ -714,31 +820,28 @@ impl BmObject {
                 if matches!(entry, Entry::Destroy(_)) {
                     ctl.holders.remove(&r);
                 }
-                self.unmap_peer(ctl, r);
-                "ok".to_owned()
+                self.unmap_peer(ctl, r, out.notes);
             }
-        };
-        if ctl.holders.contains(&self.rank) {
-            let k = key(self.id, &format!("ack/{off}/{}", self.rank));
-            if let Err(e) = self.ctx.store.set(&k, ack.as_bytes()) {
-                warn!("BM object {}: cannot ack log entry at {off}: {e}", self.id);
-            }
+            Entry::Create(_) | Entry::Settled(_) => {}
         }
     }
 
     /// Maps rank `r`'s window from its record. `Ok(false)`: another host (left reserved).
-    fn map_peer(&self, ctl: &mut Ctl, r: u32) -> Result<bool> {
-        let rec = self
-            .ctx
-            .store
-            .get(&key(self.id, &format!("win/{r}")))?
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::ObjectNotExists,
-                    format!("rank {r} joined but published no window record"),
-                )
-            })?;
-        let rec = WindowRecord::decode(&rec)?;
+    /// `rec`: its record as read from the store before the piece of the log was applied.
+    fn map_peer(
+        &self,
+        ctl: &mut Ctl,
+        r: u32,
+        rec: Option<&Vec<u8>>,
+        notes: &mut Notes,
+    ) -> Result<bool> {
+        let rec = rec.ok_or_else(|| {
+            Error::new(
+                ErrorCode::ObjectNotExists,
+                format!("rank {r} joined but published no window record"),
+            )
+        })?;
+        let rec = WindowRecord::decode(rec)?;
         let w = &self.windows[r as usize];
         let check = |got: u64, want: u64, part: Part| -> Result<()> {
             if got != want {
@@ -763,17 +866,17 @@ impl BmObject {
                 (Some(_), Some(net)) => {
                     *lock(&w.remote) = Some(net);
                     w.state.store(NET, Ordering::SeqCst);
-                    debug!(
+                    notes.push((Level::Debug, format!(
                         "BM object {}: rank {r} is on host {}; its window is reached through the network transport at {}",
                         self.id, rec.host, net.0
-                    );
+                    )));
                 }
                 _ => {
                     w.state.store(REMOTE, Ordering::SeqCst);
-                    debug!(
+                    notes.push((Level::Debug, format!(
                         "BM object {}: rank {r} is on host {} (not ours) and no network transport connects us; its window stays reserved",
                         self.id, rec.host
-                    );
+                    )));
                 }
             }
             return Ok(false);
@@ -785,7 +888,12 @@ impl BmObject {
             let seg = self.ctx.device.open_peer(d)?;
             match (seg.mapping_fd(), seg.device_addr()) {
                 (Some(fd), _) => {
-                    self.reservation.map_segment(off, fd, d.len())?;
+                    self.reservation.map_segment_with(
+                        off,
+                        fd,
+                        d.len(),
+                        prefault(self.layout.member_size()),
+                    )?;
                     hbm_mapped = true;
                 }
                 (None, Some(addr)) => imported = Some((addr, seg)),
@@ -806,8 +914,12 @@ impl BmObject {
                     )));
                 }
                 let seg = HostSegment::open(d)?;
-                self.reservation
-                    .map_segment(off + self.layout.hbm_len(), seg.fd(), d.len)
+                self.reservation.map_segment_with(
+                    off + self.layout.hbm_len(),
+                    seg.fd(),
+                    d.len,
+                    prefault(self.layout.member_size()),
+                )
             })();
             if let Err(e) = res {
                 if hbm_mapped {
@@ -827,7 +939,7 @@ impl BmObject {
     }
 
     /// Stops copies into rank `r`'s window and unmaps it (if mapped).
-    fn unmap_peer(&self, ctl: &mut Ctl, r: u32) {
+    fn unmap_peer(&self, ctl: &mut Ctl, r: u32, notes: &mut Notes) {
         let w = &self.windows[r as usize];
         w.state.store(CLOSING, Ordering::SeqCst);
         super::wait_for_copies(self.id);
@@ -836,7 +948,10 @@ impl BmObject {
             let off = self.window_offset(r);
             if hbm {
                 if let Err(e) = self.reservation.unmap(off, self.layout.hbm_len()) {
-                    warn!("BM object {}: unmapping rank {r}'s HBM part: {e}", self.id);
+                    notes.push((
+                        Level::Warn,
+                        format!("BM object {}: unmapping rank {r}'s HBM part: {e}", self.id),
+                    ));
                 }
             }
             if dram {
@@ -844,7 +959,10 @@ impl BmObject {
                     .reservation
                     .unmap(off + self.layout.hbm_len(), self.layout.dram_len())
                 {
-                    warn!("BM object {}: unmapping rank {r}'s DRAM part: {e}", self.id);
+                    notes.push((
+                        Level::Warn,
+                        format!("BM object {}: unmapping rank {r}'s DRAM part: {e}", self.id),
+                    ));
                 }
             }
         }
@@ -861,100 +979,18 @@ impl BmObject {
         if r == self.rank || r >= self.layout.member_size() {
             return;
         }
-        let mut ctl = lock(&self.ctl);
-        ctl.joined.remove(&r);
-        ctl.holders.remove(&r);
-        self.unmap_peer(&mut ctl, r);
+        let mut notes = Notes::new();
+        {
+            let mut ctl = lock(&self.ctl);
+            ctl.joined.remove(&r);
+            ctl.holders.remove(&r);
+            self.unmap_peer(&mut ctl, r, &mut notes);
+        }
+        log_notes(notes);
         info!(
             "BM object {}: rank {r} is down; its window was dropped",
             self.id
         );
-    }
-
-    /// Appends `entry` and waits until every other alive holder acked it; returns the ranks
-    /// whose ack said `err`.
-    fn announce(&self, entry: Entry, what: &str, deadline: Instant) -> Result<()> {
-        let store = &self.ctx.store;
-        let len = store.append(&key(self.id, "log"), entry.encode().as_bytes())?;
-        let others = {
-            let mut ctl = lock(&self.ctl);
-            loop {
-                if let Some(i) = ctl.own_entries.iter().position(|e| e.0 == len) {
-                    break ctl.own_entries.swap_remove(i).1;
-                }
-                if ctl.watcher_gone {
-                    return Err(Error::new(
-                        ErrorCode::IoError,
-                        format!(
-                            "{what}: the membership watch of BM object {} stopped (config store link down?)",
-                            self.id
-                        ),
-                    ));
-                }
-                let left = remaining(deadline);
-                if left.is_zero() {
-                    return Err(Error::new(
-                        ErrorCode::Timeout,
-                        format!(
-                            "{what}: the membership log of BM object {} was not delivered in time",
-                            self.id
-                        ),
-                    ));
-                }
-                ctl = wait_timeout(&self.ctl_cv, ctl, left);
-            }
-        };
-        let mut failures = Vec::new();
-        let mut missing = Vec::new();
-        for m in others {
-            let k = key(self.id, &format!("ack/{len}/{m}"));
-            let v = loop {
-                let left = remaining(deadline);
-                // Short slices so a member that dies meanwhile is noticed.
-                match store.wait_get(
-                    &k,
-                    left.min(Duration::from_secs(1))
-                        .max(Duration::from_millis(1)),
-                ) {
-                    Ok(v) => break Some(v),
-                    Err(e) if e.code() == ErrorCode::Timeout => {
-                        if !store.query_alive(m).unwrap_or(true)
-                            || !lock(&self.ctl).holders.contains(&m)
-                        {
-                            debug!("{what}: rank {m} is gone; not waiting for its ack");
-                            break None;
-                        }
-                        if remaining(deadline).is_zero() {
-                            missing.push(m);
-                            break None;
-                        }
-                    }
-                    Err(e) => return Err(e.context(what)),
-                }
-            };
-            let _ = store.remove(&k);
-            if let Some(v) = v {
-                if let Some(msg) = v.strip_prefix(b"err ") {
-                    failures.push(String::from_utf8_lossy(msg).into_owned());
-                }
-            }
-        }
-        if !missing.is_empty() {
-            return Err(Error::new(
-                ErrorCode::Timeout,
-                format!(
-                    "{what}: rank(s) {} did not apply the membership change within the create timeout",
-                    rank_list(&missing)
-                ),
-            ));
-        }
-        if !failures.is_empty() {
-            return Err(Error::new(
-                ErrorCode::Error,
-                format!("{what}: {}", failures.join("; ")),
-            ));
-        }
-        Ok(())
     }
 
     /// `smem_bm_join`: publishes the window and waits for every other holder to map it.
@@ -1412,10 +1448,27 @@ pub(crate) fn agree_gva(
     r
 }
 
-/// Counts this rank as holding candidate `p`.
-fn count_in(store: &StoreClient, ns: &AgreeNs, rank: u32, p: &Proposal) -> Result<()> {
+/// The key that settles candidate `tag`: `ok` (every member holds it), `superseded` or
+/// `abort`, set by the rank that decided it; the others wait for it with a parked GET (one
+/// op per wait slice, where watching the counter delivered every member's ADD to every member).
+fn outcome_key(ns: &AgreeNs, tag: &str) -> Vec<u8> {
+    ns.key(&format!("gva/d{tag}"))
+}
+
+/// Counts this rank as holding candidate `p` (one of `members`); the rank that completes the
+/// count settles the candidate.
+fn count_in(
+    store: &StoreClient,
+    ns: &AgreeNs,
+    rank: u32,
+    members: u32,
+    p: &Proposal,
+) -> Result<()> {
     store.set(&ns.key(&format!("gva/r{rank}")), p.tag().as_bytes())?;
-    store.add(&counter_key(ns, &p.tag()), 1)?;
+    let n = store.add(&counter_key(ns, &p.tag()), 1)?;
+    if n >= i64::from(members) && n < SUPERSEDED {
+        store.set(&outcome_key(ns, &p.tag()), b"ok")?;
+    }
     Ok(())
 }
 
@@ -1446,7 +1499,7 @@ fn agree_inner(
             None => match propose_first(store, &gva_key, want)? {
                 Ok((cand, p)) => {
                     *held = Some((p.tag(), cand));
-                    count_in(store, ns, rank, &p)?;
+                    count_in(store, ns, rank, members, &p)?;
                     p.encode()
                 }
                 Err(v) => v,
@@ -1465,6 +1518,7 @@ fn agree_inner(
             );
             let _ = store.set(&ns.key("abort"), msg.as_bytes());
             let _ = store.add(&counter_key(ns, &p.tag()), ABORT);
+            let _ = store.set(&outcome_key(ns, &p.tag()), b"abort");
             // The next attempt starts a fresh agreement (new nonce, new counters).
             let _ = store.remove(&gva_key);
             return Err(Error::invalid(format!("{what}: {msg}")));
@@ -1474,7 +1528,7 @@ fn agree_inner(
             match Reservation::try_reserve_at(Gva(p.base), p.span) {
                 Ok(res) => {
                     *held = Some((p.tag(), res));
-                    count_in(store, ns, rank, &p)?;
+                    count_in(store, ns, rank, members, &p)?;
                 }
                 Err(e) if e.code() == ErrorCode::ResourceInUse => {
                     debug!(
@@ -1490,8 +1544,9 @@ fn agree_inner(
                     };
                     if store.cas(&gva_key, &cur, &next.encode())? == CasResult::Swapped {
                         *held = Some((next.tag(), cand));
-                        count_in(store, ns, rank, &next)?;
+                        count_in(store, ns, rank, members, &next)?;
                         store.add(&counter_key(ns, &p.tag()), SUPERSEDED)?;
+                        store.set(&outcome_key(ns, &p.tag()), b"superseded")?;
                     }
                     continue;
                 }
@@ -1499,27 +1554,17 @@ fn agree_inner(
             }
         }
         // Wait until every member holds this candidate, or it is superseded / aborted.
-        let counter = counter_key(ns, &p.tag());
-        let rx = store.watch(&counter)?;
+        let settle = outcome_key(ns, &p.tag());
         let outcome = loop {
             let left = remaining(deadline);
-            match rx.recv_timeout(left.min(AGREE_SLICE)) {
-                Ok(v) => {
-                    let n: i64 = std::str::from_utf8(&v)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0);
-                    if n >= ABORT {
-                        break Err(());
-                    }
-                    if n >= SUPERSEDED {
-                        break Ok(false);
-                    }
-                    if n >= i64::from(members) {
-                        break Ok(true);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) if left > AGREE_SLICE => {
+            if left.is_zero() {
+                return Err(agree_timeout(store, ns, &what, Some(p.tag())));
+            }
+            match store.wait_get(&settle, left.min(AGREE_SLICE)) {
+                Ok(v) if v == b"ok" => break Ok(true),
+                Ok(v) if v == b"superseded" => break Ok(false),
+                Ok(_) => break Err(()),
+                Err(e) if e.code() == ErrorCode::Timeout => {
                     let gone = departed();
                     if gone.is_empty() {
                         continue;
@@ -1530,7 +1575,6 @@ fn agree_inner(
                         .filter(|r| holders.binary_search(r).is_err())
                         .collect();
                     if !missing.is_empty() {
-                        let _ = store.unwatch(&counter);
                         return Err(Error::new(
                             ErrorCode::IoError,
                             format!(
@@ -1541,19 +1585,17 @@ fn agree_inner(
                         ));
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = store.unwatch(&counter);
-                    return Err(agree_timeout(store, ns, &what, Some(p.tag())));
-                }
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(e) if e.code() == ErrorCode::IoError => {
                     return Err(Error::new(
                         ErrorCode::IoError,
-                        format!("{what}: the config store link went down during the GVA agreement"),
+                        format!(
+                            "{what}: the config store link went down during the GVA agreement ({e})"
+                        ),
                     ));
                 }
+                Err(e) => return Err(e.context(&what)),
             }
         };
-        let _ = store.unwatch(&counter);
         match outcome {
             Ok(true) => {
                 let (_, res) = held.take().ok_or_else(|| {

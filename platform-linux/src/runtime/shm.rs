@@ -21,7 +21,7 @@
 //! # Store keys (`smem/shm/`)
 //! | key | value | written by |
 //! |---|---|---|
-//! | `rank/<r>` | `<host identity> <pid>` | world rank `r` at init |
+//! | `rank/<r>`, `registered`, `ready` | `<host identity> <pid>`; the init rendezvous (`runtime/rendezvous.rs`) | world rank `r` at init |
 //! | `epoch` | ADD counter: the last object instance number handed out | rank 0 of each object |
 //! | `open/<id>` | instance number `e` of the newest object `id` | rank 0 of the object |
 //! | `<id>.<e>/gva`, `gva/...`, `abort` | GVA agreement (see `runtime/object.rs`) | every member |
@@ -228,10 +228,6 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
-fn rank_key(rank: u32) -> Vec<u8> {
-    format!("smem/shm/rank/{rank}").into_bytes()
-}
-
 const EPOCH_KEY: &[u8] = b"smem/shm/epoch";
 
 fn open_key(id: u32) -> Vec<u8> {
@@ -385,13 +381,17 @@ fn start(addr: StoreTarget, args: InitArgs) -> Result<Ready> {
                 .map_err(|e| e.context(what))?
                 .and_then(|v| parse_u64(&v))
                 .unwrap_or(0);
-            store
-                .set(&rank_key(rank), me.as_bytes())
-                .map_err(|e| e.context(what))?;
-            seen.insert(rank);
-            let r = wait_for_ranks(store, world_size, deadline, config.init_timeout, seen);
+            let rv = shm_rendezvous(world_size);
+            let r = rv.register_and_wait(
+                store,
+                rank,
+                me.as_bytes(),
+                deadline,
+                config.init_timeout,
+                seen,
+            );
             if r.is_err() {
-                let _ = store.remove(&rank_key(rank));
+                rv.unregister(store, rank);
             }
             r
         },
@@ -472,75 +472,15 @@ fn start_gc(store: &StoreClient) -> Option<SyncSender<Vec<u8>>> {
     Some(tx)
 }
 
-/// Waits until every rank registered on `store` and holds a live link, adding the ranks seen
-/// registered to `seen`.
-fn wait_for_ranks(
-    store: &StoreClient,
-    world_size: u32,
-    deadline: Instant,
-    timeout: Duration,
-    seen: &mut std::collections::BTreeSet<u32>,
-) -> Result<()> {
-    for r in 0..world_size {
-        let left = remaining(deadline).max(Duration::from_millis(1));
-        match store.wait_get(&rank_key(r), left) {
-            Ok(_) => {
-                seen.insert(r);
-            }
-            Err(e) if e.code() == ErrorCode::Timeout => {
-                let present: Vec<u32> = store
-                    .prefix(b"smem/shm/rank/")
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|(k, _)| {
-                        std::str::from_utf8(k)
-                            .ok()?
-                            .strip_prefix("smem/shm/rank/")?
-                            .parse()
-                            .ok()
-                    })
-                    .collect();
-                let missing: Vec<u32> = (r..world_size).filter(|x| !present.contains(x)).collect();
-                return Err(Error::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "smem_shm_init: {} of {world_size} ranks did not register: missing rank(s) {}; waited {} s; start them or raise shmInitTimeout",
-                        missing.len(),
-                        rank_list(&missing),
-                        timeout.as_secs()
-                    ),
-                ));
-            }
-            Err(e) => return Err(e.context("smem_shm_init: waiting for the other ranks")),
-        }
-    }
-    // A key left by a process that died without smem_shm_uninit (standalone store) is not a
-    // rank: every registered rank must also hold a live link.
-    let mut dead: Vec<u32> = Vec::new();
-    loop {
-        dead.clear();
-        for r in 0..world_size {
-            if !store
-                .query_alive(r)
-                .map_err(|e| e.context("smem_shm_init"))?
-            {
-                dead.push(r);
-            }
-        }
-        if dead.is_empty() {
-            return Ok(());
-        }
-        if remaining(deadline).is_zero() {
-            return Err(Error::new(
-                ErrorCode::Timeout,
-                format!(
-                    "smem_shm_init: rank(s) {} registered but hold no live config store link (a process that died without smem_shm_uninit?); waited {} s",
-                    rank_list(&dead),
-                    timeout.as_secs()
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+/// The init rendezvous of the SHM runtime (`smem/shm/`, see [`super::rendezvous`]):
+/// registered ranks must also hold a live store link.
+fn shm_rendezvous(world_size: u32) -> super::rendezvous::Rendezvous<'static> {
+    super::rendezvous::Rendezvous {
+        ns: "smem/shm/",
+        what: "smem_shm_init",
+        world_size,
+        alive: true,
+        knob: "shmInitTimeout",
     }
 }
 
@@ -561,7 +501,7 @@ pub fn shm_uninit(flags: u32) {
                 obj.destroy();
             }
         }
-        let _ = ready.ctx.store.remove(&rank_key(ready.ctx.rank));
+        shm_rendezvous(ready.ctx.world_size).unregister(&ready.ctx.store, ready.ctx.rank);
         ready.ctx.store.close();
         if let Some(t) = ready.rank_down.take() {
             let _ = t.join();
@@ -678,6 +618,65 @@ fn decode_window(b: &[u8]) -> Result<(WindowRecord, u32)> {
     Ok((rec, wrank))
 }
 
+/// Counts this rank's window record in (`<prefix>wins`, ADD), waits until all `members`
+/// published theirs (`<prefix>wins/all`, set by the rank that completes the count; a parked
+/// GET in slices, failing early when a member died) and reads them with one PREFIX get: a
+/// constant number of ops per rank, where a parked GET per member cost `n`.
+fn published_windows(
+    ctx: &ShmCtx,
+    prefix: &str,
+    members: u32,
+    deadline: Instant,
+    what: &str,
+) -> Result<HashMap<u32, Vec<u8>>> {
+    let store = &ctx.store;
+    let all = format!("{prefix}wins/all").into_bytes();
+    let n = store
+        .add(format!("{prefix}wins").as_bytes(), 1)
+        .map_err(|e| e.context(what))?;
+    if n >= i64::from(members) {
+        store.set(&all, b"1").map_err(|e| e.context(what))?;
+    }
+    loop {
+        let left = remaining(deadline);
+        if left.is_zero() {
+            return Err(Error::new(
+                ErrorCode::Timeout,
+                format!("{what}: not every member published its window in time"),
+            ));
+        }
+        match store.wait_get(&all, left.min(WAIT_SLICE)) {
+            Ok(_) => break,
+            Err(e) if e.code() == ErrorCode::Timeout => {
+                let gone = ctx.departed_members(members);
+                if !gone.is_empty() {
+                    return Err(Error::new(
+                        ErrorCode::IoError,
+                        format!(
+                            "{what}: member rank(s) {} died before publishing their windows (their config store link went down)",
+                            rank_list(&gone)
+                        ),
+                    ));
+                }
+            }
+            Err(e) => return Err(e.context(format!("{what}: waiting for the members' windows"))),
+        }
+    }
+    let win = format!("{prefix}win/");
+    Ok(store
+        .prefix(win.as_bytes())
+        .map_err(|e| e.context(what))?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let r = std::str::from_utf8(k.get(win.len()..)?)
+                .ok()?
+                .parse()
+                .ok()?;
+            Some((r, v))
+        })
+        .collect())
+}
+
 impl ShmObject {
     fn what(&self, call: &str) -> String {
         format!(
@@ -771,6 +770,7 @@ impl ShmObject {
         store
             .set(&win_key(prefix, rank), &encode_window(&rec, ctx.rank))
             .map_err(|e| e.context(what))?;
+        let mut records = published_windows(ctx, prefix, args.rank_size, deadline, what)?;
         let mut peers = Vec::with_capacity(args.rank_size as usize);
         for r in 0..args.rank_size {
             if r == rank {
@@ -783,11 +783,11 @@ impl ShmObject {
                 });
                 continue;
             }
-            let left = remaining(deadline).max(Duration::from_millis(1));
-            let raw = store.wait_get(&win_key(prefix, r), left).map_err(|e| {
-                e.context(format!(
-                    "{what}: waiting for rank {r} to publish its window"
-                ))
+            let raw = records.remove(&r).ok_or_else(|| {
+                Error::new(
+                    ErrorCode::ObjectNotExists,
+                    format!("{what}: rank {r} published no window record"),
+                )
             })?;
             let (prec, wrank) = decode_window(&raw).map_err(|e| e.context(what))?;
             let same_host = prec.host == ctx.host_id;
@@ -809,7 +809,12 @@ impl ShmObject {
                 let seg = HostSegment::open(&d)
                     .map_err(|e| e.context(format!("{what}: opening rank {r}'s window")))?;
                 reservation
-                    .map_segment(u64::from(r) * size, seg.fd(), size)
+                    .map_segment_with(
+                        u64::from(r) * size,
+                        seg.fd(),
+                        size,
+                        super::object::prefault(args.rank_size),
+                    )
                     .map_err(|e| e.context(format!("{what}: mapping rank {r}'s window")))?;
             } else {
                 debug!(

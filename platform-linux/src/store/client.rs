@@ -32,6 +32,55 @@ use crate::{Error, Result};
 /// Interval of the client's HEARTBEAT frames while it holds a rank.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Store traffic of every client of this process since it started (see [`traffic`]).
+static TRAFFIC: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+const T_OPS: usize = 0;
+const T_SENT: usize = 1;
+const T_RECEIVED: usize = 2;
+const T_EVENTS: usize = 3;
+
+fn count(what: usize, n: u64) {
+    TRAFFIC[what].fetch_add(n, Ordering::Relaxed);
+}
+
+/// Store traffic of this process, every client together (for benchmarks and scale checks).
+/// Heartbeats count as ops (one small frame per [`HEARTBEAT_INTERVAL`] per link holding a rank).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Frames sent: every op (parked GETs, WATCH and UNWATCH included) and heartbeat.
+    pub ops: u64,
+    /// Bytes of the requests sent (frame headers included).
+    pub bytes_sent: u64,
+    /// Bytes of replies and watch events received (frame headers included).
+    pub bytes_received: u64,
+    /// Watch and rank-down events received (frames the store pushed without a request).
+    pub events: u64,
+}
+
+impl Traffic {
+    /// The traffic between `earlier` and `self`.
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            ops: self.ops.saturating_sub(earlier.ops),
+            bytes_sent: self.bytes_sent.saturating_sub(earlier.bytes_sent),
+            bytes_received: self.bytes_received.saturating_sub(earlier.bytes_received),
+            events: self.events.saturating_sub(earlier.events),
+        }
+    }
+}
+
+/// The store traffic of this process so far (see [`Traffic`]).
+pub fn traffic() -> Traffic {
+    let t = |i: usize| TRAFFIC[i].load(Ordering::Relaxed);
+    Traffic {
+        ops: t(T_OPS),
+        bytes_sent: t(T_SENT),
+        bytes_received: t(T_RECEIVED),
+        events: t(T_EVENTS),
+    }
+}
+
 /// Connection options.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientOptions {
@@ -262,6 +311,8 @@ impl Link {
                 format!("link to the config store at {addr} is down"),
             ));
         }
+        count(T_OPS, 1);
+        count(T_SENT, frame.len() as u64);
         let mut w = lock(&self.writer);
         if let Err(e) = w.write_all(frame) {
             drop(w);
@@ -277,11 +328,14 @@ impl Link {
     /// Reader thread body: read frames until the link dies, then take it down.
     fn read_loop(
         self: Arc<Self>,
-        mut stream: Box<dyn Read + Send>,
+        stream: Box<dyn Read + Send>,
         detach: DetachOnFork,
         addr: SocketAddr,
     ) {
-        // A local, so it is dropped (unregistered) before the `stream` parameter closes.
+        // Buffered: a burst of replies and watch events costs one read per 64 KiB, not two
+        // per frame.
+        let mut stream = io::BufReader::with_capacity(64 * 1024, stream);
+        // Declared after `stream`, so it is dropped (unregistered) before the stream closes.
         let _detach = detach;
         let mut hdr = [0u8; FRAME_HEADER_LEN];
         let why = loop {
@@ -304,6 +358,7 @@ impl Link {
                 Ok(_) => break "link closed inside a reply".into(),
                 Err(e) => break format!("read: {e}"),
             }
+            count(T_RECEIVED, (FRAME_HEADER_LEN + body.len()) as u64);
             self.dispatch(h.seq_no, h.result, body);
         };
         if self.is_up() {
@@ -321,6 +376,7 @@ impl Link {
             let _ = tx.try_send(Reply { status: st, body });
             return;
         }
+        count(T_EVENTS, 1);
         let mut w = lock(&self.watches);
         if let Some((key, tx)) = w.by_seq.get(&seq) {
             let ok = st == status::OK

@@ -66,6 +66,8 @@ impl StoreServer {
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::io("config store listener", &e))?;
+        crate::sys::net::set_listen_backlog(listener.as_fd(), crate::sys::net::LISTEN_BACKLOG)
+            .map_err(|e| Error::io("config store listen backlog", &e))?;
         let epoll = Epoll::new().map_err(|e| Error::io("config store epoll", &e))?;
         let waker = Arc::new(EventFd::new().map_err(|e| Error::io("config store eventfd", &e))?);
         epoll

@@ -155,6 +155,32 @@ impl Region {
         fd_offset: u64,
         len: usize,
     ) -> io::Result<()> {
+        self.map_shared_with(offset, fd, fd_offset, len, true)
+    }
+
+    /// As [`Region::map_shared`] without pre-faulting: the page tables fill on first access
+    /// (for processes that map many peers' windows and touch few of them).
+    ///
+    /// # Errors
+    /// As [`Region::map_shared`].
+    pub fn map_shared_lazy(
+        &self,
+        offset: usize,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+        len: usize,
+    ) -> io::Result<()> {
+        self.map_shared_with(offset, fd, fd_offset, len, false)
+    }
+
+    fn map_shared_with(
+        &self,
+        offset: usize,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+        len: usize,
+        populate: bool,
+    ) -> io::Result<()> {
         self.check_part(offset, len)?;
         let fd_off = libc::off_t::try_from(fd_offset).map_err(|_| einval())?;
         let mut mapped = self.lock();
@@ -191,6 +217,9 @@ impl Region {
             .unwrap_or(mapped.len());
         mapped.insert(pos, (offset, len));
         drop(mapped);
+        if !populate {
+            return Ok(());
+        }
         // SAFETY: madvise on a range we just mapped; MADV_HUGEPAGE only changes page-size policy.
         let _ = unsafe { libc::madvise(at as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
         // SAFETY: MADV_POPULATE_WRITE faults the pages in as if written, without changing data.

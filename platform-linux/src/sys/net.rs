@@ -370,3 +370,24 @@ pub fn recv_slice(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<()> {
     // SAFETY: `buf` is a live, exclusively borrowed slice, writable for its length.
     unsafe { recv_exact(fd, buf.as_mut_ptr(), buf.len()) }
 }
+
+/// The listen backlog of the config store: a connection storm of [`smem_core::limits::WORLD_SIZE_MAX`]
+/// ranks (times two: BM and SHM links) fits in the accept queue, where std's 128 made the kernel
+/// drop SYNs (the client's retransmission then costs 1 s, 3 s, ...). The kernel caps it at
+/// `net.core.somaxconn` (4096 by default since Linux 5.4).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Sets the accept queue length of the listening socket `fd` to `backlog` (`listen` again on
+/// a listening socket only changes its backlog).
+///
+/// # Errors
+/// The OS error of `listen`.
+pub fn set_listen_backlog(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: `listen` on a descriptor we borrow; no memory is passed.
+    let rc = unsafe { libc::listen(fd.as_raw_fd(), backlog) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,246 @@
+//! Acknowledging the membership log and waiting for a change to settle (see the parent's
+//! module docs, "Membership"): window records fetched once per piece of the log, one
+//! acknowledgement per piece, `Settled` markers, and the wait of join / leave.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use smem_core::ErrorCode;
+
+use super::{BmObject, Entry, key, rank_list, remaining};
+use crate::sync::{lock, wait_timeout};
+use crate::{Error, Result};
+
+/// How long join / leave wait for a `Settled` marker before reading the members'
+/// acknowledgements themselves (a member died, or the log never quiesced at one offset).
+/// The wait doubles after each check, up to [`SETTLE_SLICE_MAX`].
+const SETTLE_SLICE: Duration = Duration::from_secs(1);
+const SETTLE_SLICE_MAX: Duration = Duration::from_secs(8);
+
+/// At most this many lagging members are asked about (QUERY_ALIVE) per slice: a dead member
+/// is normally reported by the rank-down watch already.
+const ALIVE_QUERIES: usize = 8;
+
+impl BmObject {
+    /// The window records of the joiners among `entries` (other ranks): one GET for a single
+    /// joiner, one PREFIX get of `win/` for more.
+    pub(super) fn fetch_records(
+        &self,
+        entries: &[(usize, Option<Entry>)],
+    ) -> HashMap<u32, Vec<u8>> {
+        let mut joiners: Vec<u32> = entries
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Some(Entry::Join(r)) if *r != self.rank => Some(*r),
+                _ => None,
+            })
+            .collect();
+        joiners.sort_unstable();
+        joiners.dedup();
+        let store = &self.ctx.store;
+        let mut out = HashMap::new();
+        match joiners.as_slice() {
+            [] => {}
+            [r] => match store.get(&key(self.id, &format!("win/{r}"))) {
+                Ok(Some(v)) => {
+                    out.insert(*r, v);
+                }
+                Ok(None) => {}
+                Err(e) => warn!(
+                    "BM object {}: reading rank {r}'s window record: {e}",
+                    self.id
+                ),
+            },
+            _ => {
+                let prefix = key(self.id, "win/");
+                match store.prefix(&prefix) {
+                    Ok(list) => {
+                        for (k, v) in list {
+                            let r = k
+                                .get(prefix.len()..)
+                                .and_then(|t| std::str::from_utf8(t).ok())
+                                .and_then(|t| t.parse::<u32>().ok());
+                            if let Some(r) = r.filter(|r| joiners.binary_search(r).is_ok()) {
+                                out.insert(r, v);
+                            }
+                        }
+                    }
+                    Err(e) => warn!("BM object {}: reading window records: {e}", self.id),
+                }
+            }
+        }
+        out
+    }
+
+    /// Acknowledges that this rank applied the log up to `p` (the end of the last membership
+    /// entry of a piece), `holders` being the holders according to the log at `p`: the join
+    /// entries in `failed` first get their `err/` records, then `ack/<rank>` = `p` and one ADD
+    /// to `seen/<p>`; the holder whose ADD makes it `holders` appends `Settled(p)`.
+    pub(super) fn acknowledge(&self, p: u64, holders: usize, failed: &[(u64, String)]) {
+        let store = &self.ctx.store;
+        let id = self.id;
+        for (x, msg) in failed {
+            if let Err(e) = store.set(&key(id, &format!("err/{x}/{}", self.rank)), msg.as_bytes()) {
+                warn!("BM object {id}: cannot report a failed join at {x}: {e}");
+            }
+        }
+        if let Err(e) = store.set(
+            &key(id, &format!("ack/{}", self.rank)),
+            p.to_string().as_bytes(),
+        ) {
+            warn!("BM object {id}: cannot acknowledge the membership log at {p}: {e}");
+        }
+        let seen = key(id, &format!("seen/{p}"));
+        match store.add(&seen, 1) {
+            Ok(n) if n == i64::try_from(holders).unwrap_or(i64::MAX) => {
+                if let Err(e) = store.append(&key(id, "log"), Entry::Settled(p).encode().as_bytes())
+                {
+                    warn!("BM object {id}: cannot announce that offset {p} settled: {e}");
+                }
+                let _ = store.remove(&seen);
+            }
+            Ok(_) => {}
+            Err(e) => warn!("BM object {id}: cannot acknowledge the membership log at {p}: {e}"),
+        }
+    }
+
+    /// The offsets the members acknowledged (`ack/<m>`), by rank.
+    fn watermarks(&self) -> Result<HashMap<u32, u64>> {
+        let prefix = key(self.id, "ack/");
+        Ok(self
+            .ctx
+            .store
+            .prefix(&prefix)?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let m = std::str::from_utf8(k.get(prefix.len()..)?)
+                    .ok()?
+                    .parse()
+                    .ok()?;
+                let off = std::str::from_utf8(&v).ok()?.parse().ok()?;
+                Some((m, off))
+            })
+            .collect())
+    }
+
+    /// Appends `entry` and waits until every other alive holder applied it: a `Settled`
+    /// marker at or past it, or (checked after [`SETTLE_SLICE`], then at doubling intervals) every such holder's
+    /// acknowledgement at or past it. Then the members that could not map this rank's window
+    /// (join) make it fail with their reasons.
+    pub(super) fn announce(&self, entry: Entry, what: &str, deadline: Instant) -> Result<()> {
+        let store = &self.ctx.store;
+        let len = store.append(&key(self.id, "log"), entry.encode().as_bytes())?;
+        let gone = |why: &str| {
+            Error::new(
+                ErrorCode::IoError,
+                format!(
+                    "{what}: the membership watch of BM object {} stopped ({why})",
+                    self.id
+                ),
+            )
+        };
+        let late = || {
+            Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "{what}: the membership log of BM object {} was not delivered in time",
+                    self.id
+                ),
+            )
+        };
+        let others = {
+            let mut ctl = lock(&self.ctl);
+            loop {
+                if let Some(i) = ctl.own_entries.iter().position(|e| e.0 == len) {
+                    break ctl.own_entries.swap_remove(i).1;
+                }
+                if ctl.watcher_gone {
+                    return Err(gone("config store link down?"));
+                }
+                let left = remaining(deadline);
+                if left.is_zero() {
+                    return Err(late());
+                }
+                ctl = wait_timeout(&self.ctl_cv, ctl, left);
+            }
+        };
+        let mut slice = SETTLE_SLICE;
+        let mut check_at = Instant::now() + slice;
+        loop {
+            let settled = {
+                let mut ctl = lock(&self.ctl);
+                loop {
+                    if ctl.settled >= len {
+                        break true;
+                    }
+                    if ctl.watcher_gone {
+                        return Err(gone("config store link down?"));
+                    }
+                    let until = check_at.min(deadline);
+                    let now = Instant::now();
+                    if now >= until {
+                        break false;
+                    }
+                    ctl = wait_timeout(&self.ctl_cv, ctl, until - now);
+                }
+            };
+            if settled {
+                break;
+            }
+            let marks = self.watermarks().map_err(|e| e.context(what))?;
+            let mut pending: Vec<u32> = {
+                let ctl = lock(&self.ctl);
+                others
+                    .iter()
+                    .copied()
+                    .filter(|m| marks.get(m).copied().unwrap_or(0) < len && ctl.holders.contains(m))
+                    .collect()
+            };
+            if pending.len() <= ALIVE_QUERIES {
+                pending.retain(|&m| {
+                    let alive = store.query_alive(m).unwrap_or(true);
+                    if !alive {
+                        debug!("{what}: rank {m} is gone; not waiting for it");
+                    }
+                    alive
+                });
+            }
+            if pending.is_empty() {
+                break;
+            }
+            if remaining(deadline).is_zero() {
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "{what}: rank(s) {} did not apply the membership change within the create timeout",
+                        rank_list(&pending)
+                    ),
+                ));
+            }
+            slice = (slice * 2).min(SETTLE_SLICE_MAX);
+            check_at = Instant::now() + slice;
+        }
+        if !matches!(entry, Entry::Join(_)) {
+            return Ok(());
+        }
+        let prefix = key(self.id, &format!("err/{len}/"));
+        let failures: Vec<String> = store
+            .prefix(&prefix)
+            .map_err(|e| e.context(what))?
+            .into_iter()
+            .map(|(k, v)| {
+                let _ = store.remove(&k);
+                String::from_utf8_lossy(&v).into_owned()
+            })
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorCode::Error,
+                format!("{what}: {}", failures.join("; ")),
+            ))
+        }
+    }
+}
