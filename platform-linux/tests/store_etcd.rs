@@ -213,3 +213,35 @@ fn a_new_job_never_sees_an_old_jobs_keys_and_prefixes_are_separate() {
     d.set(b"k", b"v").unwrap();
     assert_eq!(d.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
 }
+
+/// 3 members; the leader is SIGKILLed between operations: every later operation succeeds
+/// (retried on the other members within its deadline), counters count exactly, and a watch
+/// delivers every appended piece across the failover.
+#[test]
+fn operations_survive_the_leader_being_killed() {
+    let Some(mut cluster) = Cluster::start(3, "failover") else {
+        return;
+    };
+    let url = cluster.url("/fo/");
+    let c = connect(
+        &url,
+        ClientOptions {
+            op_timeout: Duration::from_secs(30),
+            ..opts()
+        },
+    );
+    let rx = c.watch(b"w").unwrap();
+    for i in 0..10 {
+        assert_eq!(c.add(b"n", 1).unwrap(), i + 1);
+    }
+    let leader = cluster.wait_leader(Duration::from_secs(30));
+    cluster.kill(leader);
+    for i in 10..40 {
+        assert_eq!(c.add(b"n", 1).unwrap(), i + 1);
+        c.append(b"w", b"x").unwrap();
+    }
+    for _ in 10..40 {
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), b"x");
+    }
+    assert_eq!(c.get(b"w").unwrap().unwrap().len(), 30);
+}
