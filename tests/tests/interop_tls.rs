@@ -85,17 +85,27 @@ fn tls_both_ways_with_the_reference() {
     let addr = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut c =
         StoreClient::connect(addr, opts.clone()).expect("our TLS client -> reference TLS store");
-    if let Err(e) = c.set(b"interop/tls", b"v") {
-        // Seen on a loaded machine (about 1 run in 10 with a busy loop beside it): the
-        // reference server answers our TLS handshake, then never answers the first request
-        // on the link and closes it ~6 s later without close_notify (no reply, no -400, so not
-        // a rejected frame). Its own logs say nothing. Say so and try once more on a new link.
+    // Seen on a loaded machine (about 1 run in 10 with a busy loop beside it, and twice in a
+    // row under the load of several parallel builds): the reference server answers our TLS
+    // handshake, then never answers the first request on the link and closes it ~6 s later
+    // without close_notify (no reply, no -400, so not a rejected frame). Its own logs say
+    // nothing (tests/interop/NOTES.md). Say so and try again on a new link, up to 3 links,
+    // pausing a moment between them; any other error, or 3 dropped links, fails the test.
+    let mut attempt = 1;
+    while let Err(e) = c.set(b"interop/tls", b"v") {
         assert_eq!(e.code(), ErrorCode::IoError, "set: {e}");
-        println!("NOTE: the reference TLS store dropped our first request ({e}); retrying once");
+        assert!(
+            attempt < 3,
+            "set: the reference dropped the first request of {attempt} links: {e}"
+        );
+        println!(
+            "NOTE: the reference TLS store dropped our first request on link {attempt} ({e}); retrying on a new link"
+        );
         c.close();
-        c = StoreClient::connect(addr, opts)
-            .expect("our TLS client -> reference TLS store (2nd link)");
-        c.set(b"interop/tls", b"v").expect("set on a second link");
+        std::thread::sleep(Duration::from_millis(200 * attempt));
+        attempt += 1;
+        c = StoreClient::connect(addr, opts.clone())
+            .expect("our TLS client -> reference TLS store (new link)");
     }
     assert_eq!(
         c.get(b"interop/tls").expect("get").as_deref(),
