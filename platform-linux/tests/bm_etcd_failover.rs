@@ -2,7 +2,9 @@
 //! run again, see `bm_common`) on an `etcd://` URL of a real 3-member cluster; mid-job the
 //! test SIGKILLs the etcd leader and rank 0 (by PID, while every rank is copying) and the
 //! survivors go on: rank 0 is dropped, copies among them succeed, one leaves and joins again,
-//! and a new object is created, joined and copied into. Every rank has its own deadline; the
+//! a new object is created, joined and copied into, and (in the SHM job the same ranks run
+//! under another prefix) a new SHM object of `rankSize` 3 is created with stores into every
+//! window, a barrier and an allgather. Every rank has its own deadline; the
 //! ranks and the etcd members are killed by PID when the test fails. Skips with a printed
 //! reason only where no etcd binary exists (`.ci/run` installs one).
 
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use bm_common::{Role, barrier, barrier_last, client, config, pattern, role};
 use etcd_common::Cluster;
 use smem_core::ErrorCode;
+use smem_linux::runtime::shm::{self, DATA_OP_MTE, ShmConfig};
 use smem_linux::runtime::{self, BmHandle};
 use smem_linux::store::StoreClient;
 
@@ -135,6 +138,16 @@ fn failover_rank(role: &Role) {
         std::process::exit(3);
     });
     runtime::bm_init(&role.url, WORLD, 0, &config(rank, 40)).expect("init");
+    // An SHM job of the same 4 ranks under another prefix of the same cluster.
+    let shm_url = role.url.replace("/failover/", "/failover-shm/");
+    let b = config(rank, 40);
+    let shm_config = ShmConfig {
+        init_timeout: b.init_timeout,
+        create_timeout: b.create_timeout,
+        control_timeout: b.control_timeout,
+        ..ShmConfig::default()
+    };
+    shm::shm_init(&shm_url, WORLD, rank, 0, &shm_config).expect("shm init");
     let c = client(&role.url);
     let h = runtime::bm_create(1, WORLD, 1, 2 * M, 0, 0).expect("create");
     runtime::bm_join(h, 0).expect("join");
@@ -204,8 +217,39 @@ fn failover_rank(role: &Role) {
     barrier(&c, "joined-2", n);
     copy_all(&c, h2, rank, &SURVIVORS, &SURVIVORS, 3);
     runtime::bm_destroy(h2).expect("destroy new");
+    shm_among_survivors(rank);
     runtime::bm_destroy(h).expect("destroy");
     barrier_last(&c, "destroyed", n);
     println!("rank-ok");
     runtime::bm_uninit(0);
+    shm::shm_uninit(0);
+}
+
+/// A new SHM object of `rankSize` 3 among the survivors (object ranks 0..2 = ranks 1..3): each
+/// stores its id in every window, then a barrier and an allgather, and every value is checked.
+fn shm_among_survivors(rank: u32) {
+    let n = SURVIVORS.len() as u32;
+    let me = rank - 1;
+    let (h, base) =
+        shm::shm_create(5, n, me, 2 * M, DATA_OP_MTE, 0).expect("SHM create among the survivors");
+    for p in 0..n {
+        let at = (base + u64::from(p) * 2 * M + u64::from(me)) as *mut u8;
+        // SAFETY: byte `me` of window `p`, mapped read/write (same host) while `h` lives.
+        unsafe { at.write_volatile(me as u8 + 1) };
+    }
+    shm::shm_control_barrier(h).expect("SHM barrier among the survivors");
+    for p in 0..n {
+        for from in 0..n {
+            let at = (base + u64::from(p) * 2 * M + u64::from(from)) as *const u8;
+            // SAFETY: byte `from` of window `p`, mapped (same host) while `h` lives.
+            let got = unsafe { at.read_volatile() };
+            assert_eq!(got, from as u8 + 1, "SHM window {p}, byte of {from}");
+        }
+    }
+    let mut all = vec![0u8; n as usize * 4];
+    shm::shm_control_allgather(h, &rank.to_le_bytes(), &mut all).expect("SHM allgather");
+    let want: Vec<u8> = SURVIVORS.iter().flat_map(|r| r.to_le_bytes()).collect();
+    assert_eq!(all, want, "allgather among the survivors");
+    shm::shm_control_barrier(h).expect("SHM barrier before destroy");
+    shm::shm_destroy(h, 0).expect("SHM destroy");
 }
