@@ -21,8 +21,9 @@ fn ranks_256_init_create_join_copy_teardown() {
         per_host: None,
         // Generous for a loaded 2-core machine; about 5 s when it is idle.
         deadline: Duration::from_secs(120),
+        store: None,
     };
-    let rep = scale_common::run(shape).unwrap_or_else(|e| panic!("256 ranks: {e}"));
+    let rep = scale_common::run(&shape).unwrap_or_else(|e| panic!("256 ranks: {e}"));
     let mut ops = 0.0;
     for p in ["init", "create", "join"] {
         let (o, bytes, events) = rep.per_rank(p);

@@ -25,7 +25,7 @@ pub enum Api {
 }
 
 /// How the ranks are laid out.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Shape {
     pub api: Api,
     pub world: u32,
@@ -34,6 +34,9 @@ pub struct Shape {
     pub per_host: Option<u32>,
     /// Bounds every call of every rank, and the whole run.
     pub deadline: Duration,
+    /// `None`: rank 0 hosts a `tcp://` store on a free loopback port; `Some(url)`: an external
+    /// store (e.g. `etcd://...`), `startConfigStore` false on every rank.
+    pub store: Option<String>,
 }
 
 /// The phases a rank reports, in order.
@@ -143,6 +146,7 @@ impl Child {
             create_timeout: d,
             control_timeout: d,
             rank_id: u16::try_from(rank).map_err(|_| "rank over u16")?,
+            start_config_store: self.shape.store.is_none(),
             ..BmConfig::default()
         };
         runtime::bm_init(&self.url, world, 0, &cfg).map_err(|e| format!("init: {e}"))?;
@@ -216,6 +220,7 @@ impl Child {
             init_timeout: d,
             create_timeout: d,
             control_timeout: d,
+            start_config_store: self.shape.store.is_none(),
             ..ShmConfig::default()
         };
         shm::shm_init(&self.url, world, rank, 0, &cfg).map_err(|e| format!("init: {e}"))?;
@@ -273,8 +278,8 @@ pub fn free_url() -> String {
 /// Runs `shape`: forks every rank, reads their reports, lets them past the copy barrier once
 /// every rank copied, and waits for all. Kills every child still running when a rank fails or
 /// the deadline passes, then returns the error.
-pub fn run(shape: Shape) -> Result<Report, String> {
-    let url = free_url();
+pub fn run(shape: &Shape) -> Result<Report, String> {
+    let url = shape.store.clone().unwrap_or_else(free_url);
     let (report_r, report_w) = pipe();
     let (go1_r, go1_w) = pipe();
     let (go2_r, go2_w) = pipe();
@@ -333,7 +338,7 @@ pub fn run(shape: Shape) -> Result<Report, String> {
         let child = Child {
             rank,
             url: url.clone(),
-            shape,
+            shape: shape.clone(),
             report: raw_report,
             go: raw_go,
             started,
@@ -367,13 +372,13 @@ pub fn run(shape: Shape) -> Result<Report, String> {
     drop(go1_r);
     drop(go2_r);
     drop(go3_r);
-    let result = wait_children(&shape, &mut pids, started);
+    let result = wait_children(shape, &mut pids, started);
     if result.is_err() {
         kill_all(&pids);
     }
     let text = reader.join().map_err(|_| "report reader panicked")?;
     result.map_err(|e| format!("{e}\n{}", failures(&text)))?;
-    parse(&text, &shape, started)
+    parse(&text, shape, started)
 }
 
 /// The failure lines of the reports.
