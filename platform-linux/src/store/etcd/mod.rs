@@ -316,7 +316,10 @@ impl EtcdClient {
         let handle = rt.handle().clone();
         let mut copts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+            // etcd answers pings more often than its `--grpc-keepalive-min-time` (5 s by
+            // default) with GOAWAY `too_many_pings`, failing every call on that connection (seen
+            // at 256 ranks in `benches/scale.rs`); a killed member is still seen at once (RST).
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_require_leader(true);
         if let Some(tls) = &opts.tls {
             copts = copts.with_tls(crate::tls::etcd_tls(tls)?);
