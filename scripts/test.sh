@@ -17,14 +17,14 @@ bash tests/etcd/setup-venv.sh target/venv-etcd \
 rc=0
 cargo test --workspace --release --no-fail-fast || rc=$?
 
-# The Python package (python/, its own cargo workspace, built by pip through maturin). Its cargo
-# build shares target/ (same lock versions and release profile) so the dependencies built above
-# are reused. pytest's exit code 5 ("no tests collected") is a failure too.
+# The Python package (python/, its own cargo workspace, built by pip through maturin), in its own
+# target dir (target/py): after builds that shared target/, later workspace test binaries held
+# two copies of smem-linux (two TLS globals). pytest exit code 5 (no tests) fails too.
 PY=python3.11; command -v "$PY" >/dev/null 2>&1 || PY=python3
 rm -rf target/venv-py
 "$PY" -m venv target/venv-py
 target/venv-py/bin/pip install --disable-pip-version-check -q maturin pytest numpy
-CARGO_TARGET_DIR="$PWD/target" target/venv-py/bin/pip install --disable-pip-version-check -q ./python
+CARGO_TARGET_DIR="$PWD/target/py" target/venv-py/bin/pip install --disable-pip-version-check -q ./python
 py_rc=0
 (cd python && timeout 600 ../target/venv-py/bin/pytest -p no:cacheprovider -q tests) || py_rc=$?
 if [ "$py_rc" -ne 0 ]; then
