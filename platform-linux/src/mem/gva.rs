@@ -155,6 +155,22 @@ impl Reservation {
         len: u64,
         populate: bool,
     ) -> Result<()> {
+        self.map_file_part(offset, fd, 0, len, populate)
+    }
+
+    /// As [`Reservation::map_segment_with`] for the bytes `fd_offset..fd_offset+len` of the
+    /// file (e.g. the windows of several ranks of one segment shared by a host, mapped at once).
+    ///
+    /// # Errors
+    /// As [`Reservation::map_segment`].
+    pub fn map_file_part(
+        &self,
+        offset: u64,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+        len: u64,
+        populate: bool,
+    ) -> Result<()> {
         let what = || {
             format!(
                 "mapping {len:#x} bytes at {}+{offset:#x} (reservation {})",
@@ -165,9 +181,9 @@ impl Reservation {
         let o = to_usize(offset, "offset")?;
         let l = to_usize(len, "length")?;
         let r = if populate {
-            self.region.map_shared(o, fd, 0, l)
+            self.region.map_shared(o, fd, fd_offset, l)
         } else {
-            self.region.map_shared_lazy(o, fd, 0, l)
+            self.region.map_shared_lazy(o, fd, fd_offset, l)
         };
         r.map_err(|e| match e.raw_os_error() {
             Some(libc::EINVAL) => Error::invalid(format!(
@@ -182,16 +198,17 @@ impl Reservation {
         })
     }
 
-    /// Returns the part `offset..offset+len` (exactly one earlier mapping) to `PROT_NONE`.
+    /// Returns `offset..offset+len` (inside one earlier mapping; the rest of it stays mapped)
+    /// to `PROT_NONE`.
     ///
     /// # Errors
-    /// `SM_INVALID_PARAM` when that part is not mapped; `SM_IO_ERROR` from the kernel.
+    /// `SM_INVALID_PARAM` when that range is not inside one mapped part; `SM_IO_ERROR` from the kernel.
     pub fn unmap(&self, offset: u64, len: u64) -> Result<()> {
         let o = to_usize(offset, "offset")?;
         let l = to_usize(len, "length")?;
         self.region.unmap(o, l).map_err(|e| match e.raw_os_error() {
             Some(libc::EINVAL) => Error::invalid(format!(
-                "{}+{offset:#x} ({len:#x} bytes) is not one mapped part",
+                "{}+{offset:#x} ({len:#x} bytes) is not inside one mapped part",
                 self.base()
             )),
             _ => Error::io(format_args!("unmapping {}+{offset:#x}", self.base()), &e),

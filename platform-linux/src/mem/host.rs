@@ -244,6 +244,82 @@ impl HostSegment {
     }
 }
 
+/// Segments shared by the ranks of one host: one file holding a window per rank at the
+/// window's offset, so a process maps the windows of many same-host peers with one descriptor
+/// and few `mmap` calls (`runtime/object.rs`, "Same-host windows in one segment").
+impl HostSegment {
+    /// A new segment of `len` bytes with no page allocated: each rank allocates its own part
+    /// with [`HostSegment::allocate`].
+    ///
+    /// # Errors
+    /// As [`HostSegment::create`] (no memory is asked for here).
+    pub fn create_sparse(name: &str, kind: SegmentKind, len: u64) -> Result<Self> {
+        let page = super::page_size();
+        if len == 0 || len % page != 0 {
+            return Err(Error::invalid(format!(
+                "segment length {len:#x} must be a non-zero multiple of the page size {page:#x}"
+            )));
+        }
+        let cname = CString::new(name.replace('\0', "?")).unwrap_or_default();
+        let fd = fd::memfd_create(&cname)
+            .map_err(|e| Error::io(format_args!("memfd_create({name})"), &e))?;
+        fd::ftruncate(fd.as_fd(), len)
+            .map_err(|e| Error::io(format_args!("sizing segment {name} to {len:#x} bytes"), &e))?;
+        let st = fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat of a new memfd", &e))?;
+        Ok(Self {
+            fd,
+            kind,
+            len,
+            inode: st.ino,
+        })
+    }
+
+    /// Allocates the pages of `offset..offset+len` now (zeroed: whatever an earlier user of
+    /// that part left is dropped first), so that a lack of memory fails here, never as a
+    /// `SIGBUS` later.
+    ///
+    /// # Errors
+    /// `SM_INVALID_PARAM` for a part outside the segment; `SM_MALLOC_FAILED` when the memory is
+    /// not there; `SM_IO_ERROR` for other OS errors.
+    pub fn allocate(&self, offset: u64, len: u64) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(Error::invalid(format!(
+                "part {offset:#x}+{len:#x} lies outside the segment of {:#x} bytes",
+                self.len
+            )));
+        }
+        super::admit(&format!("window at {offset:#x} of a shared segment"), len)?;
+        self.release(offset, len)?;
+        fd::fallocate_range(self.fd.as_fd(), offset, len).map_err(|e| {
+            let code = match e.raw_os_error() {
+                Some(libc::ENOSPC | libc::ENOMEM | libc::EFBIG) => ErrorCode::MallocFailed,
+                _ => ErrorCode::IoError,
+            };
+            Error::new(
+                code,
+                format!(
+                    "allocating {len:#x} bytes ({}) of shared memory: {e}; free memory or lower the pool size (shmem limits: /dev/shm size, memory cgroup)",
+                    super::human(len)
+                ),
+            )
+        })
+    }
+
+    /// Frees the pages of `offset..offset+len` (they read as zeros afterwards).
+    ///
+    /// # Errors
+    /// `SM_IO_ERROR` from the kernel.
+    pub fn release(&self, offset: u64, len: u64) -> Result<()> {
+        fd::punch_hole(self.fd.as_fd(), offset, len)
+            .map_err(|e| Error::io(format_args!("freeing {offset:#x}+{len:#x} of a segment"), &e))
+    }
+
+    /// The inode number (segments of one host are the same file when their inodes are equal).
+    pub fn inode(&self) -> u64 {
+        self.inode
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

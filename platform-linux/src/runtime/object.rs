@@ -68,6 +68,22 @@
 //! event (about 30 bytes each), so O(n) per rank, O(n^2) at the store, in a handful of large
 //! replies rather than `n^2` round trips.
 //!
+//! # Same-host windows in one segment
+//! The DRAM windows of a DRAM-only object (no HBM part) live in one memfd per host and object,
+//! `member_size * stride` bytes with rank `r`'s window at `r * stride`, each rank allocating
+//! (`fallocate`) only its own part: the first creator on a host creates it (sparse) and
+//! publishes its descriptor in `hs/<host>` (CAS on what it read), later creators open it once
+//! through `/proc/<pid>/fd` (`runtime/object/shared.rs`). A window record then names that
+//! segment and the part's offset (`doff=`); a holder maps the windows of the same-host joiners
+//! of a piece of the log from the descriptor it already holds, one `mmap` per run of
+//! consecutive ranks, and unmaps each on its own at leave. Per process that is one `open`
+//! instead of one per peer (1023 at 1024 ranks, about a million per job on one host), and a
+//! handful of `mmap`s per piece instead of one per peer. Windows not joined (and those of other
+//! hosts) stay reserved `PROT_NONE`, as before. A rank that finds the published segment gone
+//! and loses the CAS to another unopenable one keeps its own (unpublished) segment; peers then
+//! open and map its window through its record like a per-rank segment. Destroy frees the
+//! rank's part (`PUNCH_HOLE`). Objects with an HBM part keep one DRAM segment per rank.
+//!
 //! # Copy path
 //! No allocation and two atomic read-modify-writes: a copy holds its object's slot read lock
 //! (per object, see `runtime/mod.rs`) for its whole duration and checks that the window's atomic
@@ -95,7 +111,7 @@
 //! processes of the same-host members to import its HBM segment ([`crate::device::Device::share`], with the
 //! ids they published in their rank records at init).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -109,6 +125,7 @@ use smem_core::gva::Gva;
 use smem_core::limits::WINDOW_ALIGN;
 
 mod settle;
+mod shared;
 
 use super::Ctx;
 use crate::device::{Device, DeviceDescriptor, DeviceSegment};
@@ -228,8 +245,11 @@ struct Ctl {
     logged: BTreeSet<u32>,
     /// The highest offset a `Settled` entry announced.
     settled: u64,
-    /// Ranks whose parts are mapped here: (rank, hbm mapped, dram mapped).
-    mapped: Vec<(u32, bool, bool)>,
+    /// Ranks whose parts are mapped here: rank -> (hbm mapped, dram mapped).
+    mapped: HashMap<u32, (bool, bool)>,
+    /// Joiners of the piece being applied whose window is in this host's segment: (rank, end
+    /// of the join entry); mapped together, in runs, at the end of the piece.
+    pending: BTreeMap<u32, u64>,
     /// Device segments of same-host peers imported (not mapped) here, by rank.
     imported: Vec<(u32, DeviceSegment)>,
     /// For this rank's own entries: end offset -> other holders at that point.
@@ -253,6 +273,9 @@ pub(crate) struct BmObject {
     reservation: Reservation,
     hbm: Option<DeviceSegment>,
     dram: Option<HostSegment>,
+    /// `Some(offset of the own DRAM part)` when `dram` is the segment of this host's ranks
+    /// (module docs, "Same-host windows in one segment").
+    dram_off: Option<u64>,
     pub(crate) windows: Box<[Window]>,
     /// The network transport, when the object was created with HOST_TCP or ROCE.
     pub(crate) node: Option<Arc<Node>>,
@@ -352,6 +375,9 @@ pub(crate) struct WindowRecord {
     /// The member's transport endpoint and window generation token, when it serves the window
     /// over the network.
     pub(crate) net: Option<(SocketAddr, u64)>,
+    /// Where the DRAM part starts in the `dram` segment when that segment holds the windows of
+    /// several ranks of the host (`doff=`; module docs, "Same-host windows in one segment").
+    pub(crate) dram_off: Option<u64>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -379,6 +405,9 @@ impl WindowRecord {
         if let Some((ep, token)) = self.net {
             s.push_str(&format!(";ep={ep};tok={token:x}"));
         }
+        if let Some(off) = self.dram_off {
+            s.push_str(&format!(";doff={off:x}"));
+        }
         s.into_bytes()
     }
 
@@ -395,6 +424,7 @@ impl WindowRecord {
         let mut dram = None;
         let mut ep: Option<SocketAddr> = None;
         let mut tok: Option<u64> = None;
+        let mut dram_off = None;
         for field in s.split(';') {
             let (k, v) = field.split_once('=').ok_or_else(bad)?;
             let desc = |v: &str| -> Result<Option<SegmentDescriptor>> {
@@ -412,6 +442,7 @@ impl WindowRecord {
                 "dram" => dram = desc(v)?,
                 "ep" => ep = Some(v.parse().map_err(|_| bad())?),
                 "tok" => tok = Some(u64::from_str_radix(v, 16).map_err(|_| bad())?),
+                "doff" => dram_off = Some(u64::from_str_radix(v, 16).map_err(|_| bad())?),
                 _ => {}
             }
         }
@@ -425,6 +456,7 @@ impl WindowRecord {
             hbm,
             dram,
             net,
+            dram_off,
         })
     }
 }
@@ -549,7 +581,9 @@ impl BmObject {
         } else {
             None
         };
-        let dram = if dram_len > 0 {
+        // DRAM-only objects keep the windows of a host in one segment (module docs).
+        let shared_dram = hbm_len == 0 && dram_len > 0;
+        let dram = if dram_len > 0 && !shared_dram {
             Some(
                 HostSegment::create(&format!("smem-bm{id}-dram"), SegmentKind::Host, dram_len)
                     .map_err(|e| e.context(format!("smem_bm_create {id}: DRAM part")))?,
@@ -600,8 +634,35 @@ impl BmObject {
                 }
             }
         }
+        let (dram, dram_off) = match dram {
+            Some(seg) => (Some(seg), None),
+            None if shared_dram => {
+                let (seg, off) = if mismatch.is_none() {
+                    let seg = shared::host_segment(ctx, id, span)?;
+                    seg.allocate(own, dram_len)
+                        .map_err(|e| e.context(format!("smem_bm_create {id}: DRAM part")))?;
+                    (seg, Some(own))
+                } else {
+                    let seg = HostSegment::create(
+                        &format!("smem-bm{id}-dram"),
+                        SegmentKind::Host,
+                        dram_len,
+                    )
+                    .map_err(|e| e.context(format!("smem_bm_create {id}: DRAM part")))?;
+                    (seg, None)
+                };
+                (Some(seg), off)
+            }
+            None => (None, None),
+        };
         if let Some(seg) = &dram {
-            reservation.map_segment(own + hbm_len, seg.fd(), dram_len)?;
+            reservation.map_file_part(
+                own + hbm_len,
+                seg.fd(),
+                dram_off.unwrap_or(0),
+                dram_len,
+                true,
+            )?;
         }
         let ctl = Ctl::default();
         let obj = Arc::new(Self {
@@ -613,6 +674,7 @@ impl BmObject {
             reservation,
             hbm,
             dram,
+            dram_off,
             windows,
             node,
             served: Gate::default(),
@@ -739,6 +801,7 @@ impl BmObject {
                 }
                 ctl.processed = off;
             }
+            self.map_pending(&mut ctl, &mut notes, &mut failed);
             // Bytes after the last ';' (never written by us) are skipped.
             ctl.processed = base + piece.len() as u64;
             self.ctl_cv.notify_all();
@@ -804,7 +867,7 @@ impl BmObject {
             Entry::Join(_) => {
                 ctl.joined.insert(r);
                 self.unmap_peer(ctl, r, out.notes);
-                if let Err(e) = self.map_peer(ctl, r, out.records.get(&r), out.notes) {
+                if let Err(e) = self.map_peer(ctl, r, off, out.records.get(&r), out.notes) {
                     out.notes.push((
                         Level::Warn,
                         format!("BM object {}: cannot map rank {r}'s window: {e}", self.id),
@@ -832,6 +895,7 @@ impl BmObject {
         &self,
         ctl: &mut Ctl,
         r: u32,
+        entry_end: u64,
         rec: Option<&Vec<u8>>,
         notes: &mut Notes,
     ) -> Result<bool> {
@@ -856,11 +920,21 @@ impl BmObject {
             self.layout.hbm_len(),
             Part::Hbm,
         )?;
-        check(
-            rec.dram.map_or(0, |d| d.len),
-            self.layout.dram_len(),
-            Part::Dram,
-        )?;
+        let dram_len = match (rec.dram, rec.dram_off) {
+            // A window in a segment of several: the part must lie inside it.
+            (Some(d), Some(o)) if o.checked_add(self.layout.dram_len()).is_some_and(|e| e <= d.len) => {
+                self.layout.dram_len()
+            }
+            (Some(d), Some(o)) => {
+                return Err(Error::invalid(format!(
+                    "rank {r}'s DRAM part at {o:#x} does not fit its segment of {:#x} bytes",
+                    d.len
+                )));
+            }
+            (d, None) => d.map_or(0, |d| d.len),
+            (None, Some(_)) => 0,
+        };
+        check(dram_len, self.layout.dram_len(), Part::Dram)?;
         if rec.host != self.ctx.host_id {
             match (&self.node, rec.net) {
                 (Some(_), Some(net)) => {
@@ -882,6 +956,11 @@ impl BmObject {
             return Ok(false);
         }
         let off = self.window_offset(r);
+        if rec.hbm.is_none() && self.in_own_segment(r, &rec) {
+            // Mapped with the other joiners of the piece, at its end (`map_pending`).
+            ctl.pending.insert(r, entry_end);
+            return Ok(true);
+        }
         let mut hbm_mapped = false;
         let mut imported = None;
         if let Some(d) = &rec.hbm {
@@ -914,10 +993,11 @@ impl BmObject {
                     )));
                 }
                 let seg = HostSegment::open(d)?;
-                self.reservation.map_segment_with(
+                self.reservation.map_file_part(
                     off + self.layout.hbm_len(),
                     seg.fd(),
-                    d.len,
+                    rec.dram_off.unwrap_or(0),
+                    dram_len,
                     prefault(self.layout.member_size()),
                 )
             })();
@@ -929,7 +1009,7 @@ impl BmObject {
             }
         }
         // The segments' descriptors close here; the mappings keep the memory.
-        ctl.mapped.push((r, hbm_mapped, rec.dram.is_some()));
+        ctl.mapped.insert(r, (hbm_mapped, rec.dram.is_some()));
         if let Some((addr, seg)) = imported {
             w.dev.store(addr, Ordering::SeqCst);
             ctl.imported.push((r, seg));
@@ -941,10 +1021,12 @@ impl BmObject {
     /// Stops copies into rank `r`'s window and unmaps it (if mapped).
     fn unmap_peer(&self, ctl: &mut Ctl, r: u32, notes: &mut Notes) {
         let w = &self.windows[r as usize];
-        w.state.store(CLOSING, Ordering::SeqCst);
-        super::wait_for_copies(self.id);
-        if let Some(i) = ctl.mapped.iter().position(|m| m.0 == r) {
-            let (_, hbm, dram) = ctl.mapped.swap_remove(i);
+        ctl.pending.remove(&r);
+        // Only a window copies can enter (`MAPPED`, `NET`) needs the copies in flight drained.
+        if !matches!(w.state.swap(CLOSING, Ordering::SeqCst), ABSENT | REMOTE) {
+            super::wait_for_copies(self.id);
+        }
+        if let Some((hbm, dram)) = ctl.mapped.remove(&r) {
             let off = self.window_offset(r);
             if hbm {
                 if let Err(e) = self.reservation.unmap(off, self.layout.hbm_len()) {
@@ -1032,6 +1114,7 @@ impl BmObject {
             hbm: self.hbm.as_ref().map(DeviceSegment::descriptor),
             dram: self.dram.as_ref().map(HostSegment::descriptor),
             net,
+            dram_off: self.dram_off,
         };
         if let Err(e) = self
             .ctx
@@ -1179,6 +1262,7 @@ impl BmObject {
         }
         drop(op);
         self.stop_watcher();
+        self.release_own();
         result
     }
 
@@ -1693,13 +1777,19 @@ mod tests {
             hbm: None,
             dram: Some(d),
             net: None,
+            dram_off: None,
         };
         assert_eq!(WindowRecord::decode(&r.encode()), Ok(r.clone()));
         let n = WindowRecord {
             net: Some(("10.250.0.2:4711".parse().expect("addr"), 0xfeed)),
-            ..r
+            ..r.clone()
         };
         assert_eq!(WindowRecord::decode(&n.encode()), Ok(n));
+        let shared = WindowRecord {
+            dram_off: Some(0x60_0000),
+            ..r
+        };
+        assert_eq!(WindowRecord::decode(&shared.encode()), Ok(shared));
         assert!(WindowRecord::decode(b"host=a;hbm=-;dram=-;ep=1.2.3.4:5").is_err());
         assert!(WindowRecord::decode(b"hbm=-").is_err());
         let r = WindowRecord {
@@ -1710,6 +1800,7 @@ mod tests {
             }),
             dram: None,
             net: None,
+            dram_off: None,
         };
         assert_eq!(WindowRecord::decode(&r.encode()), Ok(r));
         let sim = WindowRecord {
@@ -1720,6 +1811,7 @@ mod tests {
             })),
             dram: Some(d),
             net: None,
+            dram_off: None,
         };
         assert_eq!(WindowRecord::decode(&sim.encode()), Ok(sim));
         // An ACL descriptor with a bad key is refused.

@@ -766,6 +766,7 @@ impl ShmObject {
             dram: Some(segment.descriptor()),
             // SHM windows of other hosts are not served over the network (yet).
             net: None,
+            dram_off: None,
         };
         store
             .set(&win_key(prefix, rank), &encode_window(&rec, ctx.rank))
@@ -1233,6 +1234,7 @@ mod tests {
             hbm: None,
             dram: None,
             net: None,
+            dram_off: None,
         };
         let (back, w) = decode_window(&encode_window(&rec, 17)).unwrap();
         assert_eq!((back, w), (rec.clone(), 17));

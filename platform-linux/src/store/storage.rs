@@ -2,8 +2,8 @@
 //! [`smem_core::store::Storage`] (the key-value map, ranks, parked GETs and watches) for the
 //! server's event loop.
 
-use std::collections::HashMap;
-use std::collections::hash_map;
+use std::collections::{BTreeMap, HashMap, btree_map};
+use std::ops::Bound;
 
 use smem_core::store::Storage;
 
@@ -30,7 +30,9 @@ struct LinkState {
 /// The store's state in hash maps.
 #[derive(Default)]
 pub(super) struct MapStorage {
-    data: HashMap<Vec<u8>, Vec<u8>>,
+    /// Ordered, so the pairs under a prefix are one range (PREFIX gets of `n` window records
+    /// or acknowledgements cost O(n), not a scan of every key).
+    data: BTreeMap<Vec<u8>, Vec<u8>>,
     parked: HashMap<u64, Parked>,
     parked_by_key: HashMap<Vec<u8>, Vec<u64>>,
     next_parked: u64,
@@ -67,7 +69,7 @@ impl MapStorage {
 /// The pairs under a prefix.
 #[derive(Clone)]
 pub(super) struct Prefixed<'a> {
-    iter: hash_map::Iter<'a, Vec<u8>, Vec<u8>>,
+    iter: btree_map::Range<'a, Vec<u8>, Vec<u8>>,
     prefix: &'a [u8],
 }
 
@@ -75,9 +77,10 @@ impl<'a> Iterator for Prefixed<'a> {
     type Item = (&'a [u8], &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
+        // The range starts at the prefix; the first key without it ends the pairs under it.
         self.iter
-            .by_ref()
-            .find(|(k, _)| k.starts_with(self.prefix))
+            .next()
+            .filter(|(k, _)| k.starts_with(self.prefix))
             .map(|(k, v)| (k.as_slice(), v.as_slice()))
     }
 }
@@ -133,7 +136,9 @@ impl Storage for MapStorage {
 
     fn with_prefix<'a>(&'a self, prefix: &'a [u8]) -> Prefixed<'a> {
         Prefixed {
-            iter: self.data.iter(),
+            iter: self
+                .data
+                .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded)),
             prefix,
         }
     }

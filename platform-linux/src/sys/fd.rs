@@ -57,6 +57,31 @@ pub fn fallocate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// `fallocate(fd, 0, offset, len)`: allocates the backing pages of one part of the file now
+/// (a window in a segment shared by the ranks of a host).
+///
+/// # Errors
+/// The OS error (`ENOSPC`/`ENOMEM` when the memory is not there, `EOPNOTSUPP`).
+pub fn fallocate_range(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let (o, l) = (off(offset)?, off(len)?);
+    // SAFETY: plain syscall on a borrowed, open descriptor.
+    cvt(unsafe { libc::fallocate(fd.as_raw_fd(), 0, o, l) })?;
+    Ok(())
+}
+
+/// `fallocate(fd, PUNCH_HOLE | KEEP_SIZE, offset, len)`: frees the pages of one part of the
+/// file (they read as zeros afterwards); the size stays.
+///
+/// # Errors
+/// The OS error.
+pub fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let (o, l) = (off(offset)?, off(len)?);
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: plain syscall on a borrowed, open descriptor.
+    cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, o, l) })?;
+    Ok(())
+}
+
 /// `fstat(fd)`.
 ///
 /// # Errors

@@ -247,18 +247,29 @@ impl Region {
         Ok(())
     }
 
-    /// Turns the mapped part `offset..offset+len` (exactly one earlier `map_shared`) back into
-    /// reservation (`PROT_NONE`): any later access faults instead of reaching the old memory.
+    /// Turns `offset..offset+len`, which lies inside one mapped part (one earlier
+    /// `map_shared`, e.g. the windows of several peers mapped at once), back into reservation
+    /// (`PROT_NONE`): any later access faults instead of reaching the old memory. What remains
+    /// of the part on either side stays mapped.
     ///
     /// # Errors
-    /// `EINVAL` when the part is not exactly one mapped part; the OS error.
+    /// `EINVAL` when the range is empty or not inside one mapped part; the OS error.
     pub fn unmap(&self, offset: usize, len: usize) -> io::Result<()> {
+        let end = offset.checked_add(len).filter(|_| len > 0).ok_or_else(einval)?;
         let mut mapped = self.lock();
         let pos = mapped
             .iter()
-            .position(|&p| p == (offset, len))
+            .position(|&(o, l)| o <= offset && end <= o + l)
             .ok_or_else(einval)?;
-        mapped.remove(pos);
+        let (o, l) = mapped.remove(pos);
+        let mut at = pos;
+        if o < offset {
+            mapped.insert(at, (o, offset - o));
+            at += 1;
+        }
+        if end < o + l {
+            mapped.insert(at, (end, o + l - end));
+        }
         drop(mapped);
         self.reserve_again(offset, len)
     }

@@ -117,6 +117,10 @@ impl Child {
                 d.bytes_received,
                 d.events
             ));
+            line.push_str(&format!(
+                " at_{name}:{}",
+                now.duration_since(self.started).as_micros()
+            ));
             t = now;
             tr = tn;
         };
@@ -377,6 +381,10 @@ pub fn run(shape: &Shape) -> Result<Report, String> {
         kill_all(&pids);
     }
     let text = reader.join().map_err(|_| "report reader panicked")?;
+    if let Some(path) = std::env::var_os("SMEM_SCALE_DUMP") {
+        // Every rank's raw report line, for looking at the distribution behind the maxima.
+        let _ = std::fs::write(path, &text);
+    }
     result.map_err(|e| format!("{e}\n{}", failures(&text)))?;
     parse(&text, shape, started)
 }

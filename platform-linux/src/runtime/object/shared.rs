@@ -1,0 +1,130 @@
+//! Same-host windows in one segment (see the parent's module docs): the memfd the ranks of a
+//! host share for the DRAM windows of a DRAM-only object, and mapping the windows of the
+//! same-host joiners of a piece of the log in runs.
+
+use std::sync::atomic::Ordering;
+
+use log::debug;
+
+use super::{BmObject, Ctl, MAPPED, Notes, WindowRecord, key, prefault};
+use crate::mem::{HostSegment, SegmentDescriptor, SegmentKind};
+use crate::runtime::Ctx;
+use crate::store::CasResult;
+use crate::{Error, Result};
+
+/// The segment of this host for BM object `id` (`span` bytes, a window per rank at the
+/// window's offset): the one named in `hs/<host>` when it can be opened, else a new one this
+/// rank publishes there (compare-and-swap against what it found). When another rank published
+/// one in between that cannot be opened either, this rank keeps its own unpublished segment:
+/// peers then map its window through its record, like a per-rank segment.
+pub(super) fn host_segment(ctx: &Ctx, id: u32, span: u64) -> Result<HostSegment> {
+    let store = &ctx.store;
+    let k = key(id, &format!("hs/{}", ctx.host_id));
+    let what = |e: Error| e.context(format!("smem_bm_create {id}: the DRAM segment of this host"));
+    let current = store.get(&k).map_err(what)?;
+    if let Some(seg) = current.as_deref().and_then(|v| open(id, v, span)) {
+        return Ok(seg);
+    }
+    let mine = HostSegment::create_sparse(&format!("smem-bm{id}-host"), SegmentKind::Host, span)
+        .map_err(what)?;
+    let expected = current.unwrap_or_default();
+    match store
+        .cas(&k, &expected, &mine.descriptor().encode())
+        .map_err(what)?
+    {
+        CasResult::Swapped => Ok(mine),
+        CasResult::Mismatch(v) => Ok(open(id, &v, span).unwrap_or(mine)),
+    }
+}
+
+/// The published segment `v`, if it has `span` bytes and its owner still holds it.
+fn open(id: u32, v: &[u8], span: u64) -> Option<HostSegment> {
+    let d = SegmentDescriptor::decode(v)
+        .ok()
+        .filter(|d| d.len == span && d.kind == SegmentKind::Host)?;
+    HostSegment::open(&d)
+        .map_err(|e| debug!("BM object {id}: the published segment of this host is gone: {e}"))
+        .ok()
+}
+
+impl BmObject {
+    /// Whether rank `r`'s window (record `rec`) is at its own offset in this rank's segment of
+    /// the host, so it is mapped from the descriptor this rank holds.
+    pub(super) fn in_own_segment(&self, r: u32, rec: &WindowRecord) -> bool {
+        match (&self.dram, self.dram_off, rec.dram, rec.dram_off) {
+            (Some(seg), Some(_), Some(d), Some(off)) => {
+                d.inode == seg.inode() && d.len == seg.len() && off == self.window_offset(r)
+            }
+            _ => false,
+        }
+    }
+
+    /// Maps the windows of the piece's joiners in this host's segment (`ctl.pending`): one
+    /// `mmap` per run of consecutive ranks, then marks them `MAPPED`. A run that cannot be
+    /// mapped fails the joins of its ranks (reported in `failed`, as `map_peer` does).
+    pub(super) fn map_pending(
+        &self,
+        ctl: &mut Ctl,
+        notes: &mut Notes,
+        failed: &mut Vec<(u64, String)>,
+    ) {
+        if ctl.pending.is_empty() {
+            return;
+        }
+        let pending: Vec<(u32, u64)> = std::mem::take(&mut ctl.pending).into_iter().collect();
+        let Some(seg) = &self.dram else {
+            return;
+        };
+        let (stride, len) = (self.layout.stride(), self.layout.dram_len());
+        // Windows are back to back in the file only when the stride is the DRAM part.
+        let joinable = stride == len;
+        let populate = prefault(self.layout.member_size());
+        let mut i = 0;
+        while i < pending.len() {
+            let mut j = i + 1;
+            while joinable && j < pending.len() && pending[j].0 == pending[j - 1].0 + 1 {
+                j += 1;
+            }
+            let run = &pending[i..j];
+            let first = self.window_offset(run[0].0);
+            let bytes = len * run.len() as u64;
+            match self
+                .reservation
+                .map_file_part(first, seg.fd(), first, bytes, populate)
+            {
+                Ok(()) => {
+                    // One mapping for the run; `unmap_peer` unmaps each window on its own.
+                    for &(r, _) in run {
+                        ctl.mapped.insert(r, (false, true));
+                        self.windows[r as usize]
+                            .state
+                            .store(MAPPED, Ordering::SeqCst);
+                    }
+                }
+                Err(e) => {
+                    for &(r, end) in run {
+                        notes.push((
+                            log::Level::Warn,
+                            format!("BM object {}: cannot map rank {r}'s window: {e}", self.id),
+                        ));
+                        failed.push((
+                            end,
+                            format!("rank {} could not map rank {r}'s window: {e}", self.rank),
+                        ));
+                    }
+                }
+            }
+            i = j;
+        }
+    }
+
+    /// Frees the pages of this rank's window in the host's segment (destroy: the peers dropped
+    /// the window when it left).
+    pub(super) fn release_own(&self) {
+        if let (Some(seg), Some(off)) = (&self.dram, self.dram_off) {
+            if let Err(e) = seg.release(off, self.layout.dram_len()) {
+                debug!("BM object {}: {e}", self.id);
+            }
+        }
+    }
+}
