@@ -310,8 +310,12 @@ impl HostSegment {
     /// # Errors
     /// `SM_IO_ERROR` from the kernel.
     pub fn release(&self, offset: u64, len: u64) -> Result<()> {
-        fd::punch_hole(self.fd.as_fd(), offset, len)
-            .map_err(|e| Error::io(format_args!("freeing {offset:#x}+{len:#x} of a segment"), &e))
+        fd::punch_hole(self.fd.as_fd(), offset, len).map_err(|e| {
+            Error::io(
+                format_args!("freeing {offset:#x}+{len:#x} of a segment"),
+                &e,
+            )
+        })
     }
 
     /// The inode number (segments of one host are the same file when their inodes are equal).

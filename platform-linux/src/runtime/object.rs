@@ -922,7 +922,10 @@ impl BmObject {
         )?;
         let dram_len = match (rec.dram, rec.dram_off) {
             // A window in a segment of several: the part must lie inside it.
-            (Some(d), Some(o)) if o.checked_add(self.layout.dram_len()).is_some_and(|e| e <= d.len) => {
+            (Some(d), Some(o))
+                if o.checked_add(self.layout.dram_len())
+                    .is_some_and(|e| e <= d.len) =>
+            {
                 self.layout.dram_len()
             }
             (Some(d), Some(o)) => {

@@ -255,7 +255,10 @@ impl Region {
     /// # Errors
     /// `EINVAL` when the range is empty or not inside one mapped part; the OS error.
     pub fn unmap(&self, offset: usize, len: usize) -> io::Result<()> {
-        let end = offset.checked_add(len).filter(|_| len > 0).ok_or_else(einval)?;
+        let end = offset
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or_else(einval)?;
         let mut mapped = self.lock();
         let pos = mapped
             .iter()

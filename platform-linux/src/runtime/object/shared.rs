@@ -20,7 +20,11 @@ use crate::{Error, Result};
 pub(super) fn host_segment(ctx: &Ctx, id: u32, span: u64) -> Result<HostSegment> {
     let store = &ctx.store;
     let k = key(id, &format!("hs/{}", ctx.host_id));
-    let what = |e: Error| e.context(format!("smem_bm_create {id}: the DRAM segment of this host"));
+    let what = |e: Error| {
+        e.context(format!(
+            "smem_bm_create {id}: the DRAM segment of this host"
+        ))
+    };
     let current = store.get(&k).map_err(what)?;
     if let Some(seg) = current.as_deref().and_then(|v| open(id, v, span)) {
         return Ok(seg);
