@@ -109,6 +109,32 @@ impl fmt::Display for SegmentDescriptor {
     }
 }
 
+/// Why `fallocate` of `len` bytes for `what` failed.
+fn alloc_failed(e: &std::io::Error, len: u64, what: &str) -> Error {
+    let code = match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::ENOMEM | libc::EFBIG) => ErrorCode::MallocFailed,
+        _ => ErrorCode::IoError,
+    };
+    Error::new(
+        code,
+        format!(
+            "allocating {len:#x} bytes ({}) of shared memory for {what}: {e}; free memory or lower the pool size (shmem limits: /dev/shm size, memory cgroup)",
+            super::human(len)
+        ),
+    )
+}
+
+/// `SM_INVALID_PARAM` unless `len` is a non-zero multiple of the page size.
+fn check_len(len: u64) -> Result<()> {
+    let page = super::page_size();
+    if len == 0 || len % page != 0 {
+        return Err(Error::invalid(format!(
+            "segment length {len:#x} must be a non-zero multiple of the page size {page:#x}"
+        )));
+    }
+    Ok(())
+}
+
 /// `len` bytes of host memory in a `memfd`, pages allocated at creation (see the module docs of
 /// [`crate::mem`]). Not mapped by itself: map it into a [`crate::mem::Reservation`].
 #[derive(Debug)]
@@ -129,13 +155,15 @@ impl HostSegment {
     /// (refused up front by [`super::admit()`], before any descriptor exists, or by `fallocate`);
     /// `SM_IO_ERROR` for other OS errors.
     pub fn create(name: &str, kind: SegmentKind, len: u64) -> Result<Self> {
-        let page = super::page_size();
-        if len == 0 || len % page != 0 {
-            return Err(Error::invalid(format!(
-                "segment length {len:#x} must be a non-zero multiple of the page size {page:#x}"
-            )));
-        }
+        check_len(len)?;
         super::admit(&format!("segment {name}"), len)?;
+        let seg = Self::sized(name, kind, len)?;
+        fd::fallocate(seg.fd.as_fd(), len).map_err(|e| alloc_failed(&e, len, name))?;
+        Ok(seg)
+    }
+
+    /// A memfd of `len` bytes (no page allocated yet).
+    fn sized(name: &str, kind: SegmentKind, len: u64) -> Result<Self> {
         let cname = CString::new(name.replace('\0', "?")).unwrap_or_default();
         let fd = fd::memfd_create(&cname)
             .map_err(|e| Error::io(format_args!("memfd_create({name})"), &e))?;
@@ -149,19 +177,6 @@ impl HostSegment {
                 format!("sizing segment {name} to {len:#x} bytes: {e}; ask for less"),
             )
         })?;
-        if let Err(e) = fd::fallocate(fd.as_fd(), len) {
-            let code = match e.raw_os_error() {
-                Some(libc::ENOSPC | libc::ENOMEM | libc::EFBIG) => ErrorCode::MallocFailed,
-                _ => ErrorCode::IoError,
-            };
-            return Err(Error::new(
-                code,
-                format!(
-                    "allocating {len:#x} bytes ({}) of shared memory for {name}: {e}; free memory or lower the pool size (shmem limits: /dev/shm size, memory cgroup)",
-                    super::human(len)
-                ),
-            ));
-        }
         let st = fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat of a new memfd", &e))?;
         Ok(Self {
             fd,
@@ -254,24 +269,8 @@ impl HostSegment {
     /// # Errors
     /// As [`HostSegment::create`] (no memory is asked for here).
     pub fn create_sparse(name: &str, kind: SegmentKind, len: u64) -> Result<Self> {
-        let page = super::page_size();
-        if len == 0 || len % page != 0 {
-            return Err(Error::invalid(format!(
-                "segment length {len:#x} must be a non-zero multiple of the page size {page:#x}"
-            )));
-        }
-        let cname = CString::new(name.replace('\0', "?")).unwrap_or_default();
-        let fd = fd::memfd_create(&cname)
-            .map_err(|e| Error::io(format_args!("memfd_create({name})"), &e))?;
-        fd::ftruncate(fd.as_fd(), len)
-            .map_err(|e| Error::io(format_args!("sizing segment {name} to {len:#x} bytes"), &e))?;
-        let st = fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat of a new memfd", &e))?;
-        Ok(Self {
-            fd,
-            kind,
-            len,
-            inode: st.ino,
-        })
+        check_len(len)?;
+        Self::sized(name, kind, len)
     }
 
     /// Allocates the pages of `offset..offset+len` now (zeroed: whatever an earlier user of
@@ -290,19 +289,8 @@ impl HostSegment {
         }
         super::admit(&format!("window at {offset:#x} of a shared segment"), len)?;
         self.release(offset, len)?;
-        fd::fallocate_range(self.fd.as_fd(), offset, len).map_err(|e| {
-            let code = match e.raw_os_error() {
-                Some(libc::ENOSPC | libc::ENOMEM | libc::EFBIG) => ErrorCode::MallocFailed,
-                _ => ErrorCode::IoError,
-            };
-            Error::new(
-                code,
-                format!(
-                    "allocating {len:#x} bytes ({}) of shared memory: {e}; free memory or lower the pool size (shmem limits: /dev/shm size, memory cgroup)",
-                    super::human(len)
-                ),
-            )
-        })
+        fd::fallocate_range(self.fd.as_fd(), offset, len)
+            .map_err(|e| alloc_failed(&e, len, &format!("the window at {offset:#x}")))
     }
 
     /// Frees the pages of `offset..offset+len` (they read as zeros afterwards).
@@ -431,5 +419,37 @@ mod tests {
         res.read(0, &mut buf).expect("read");
         assert_eq!(&buf, b"from child");
         let _ = Gva(res.base().raw());
+    }
+
+    /// Windows of several ranks in one sparse segment: each part allocated on its own, three
+    /// mapped with one call, the middle one unmapped alone, a part freed and allocated again
+    /// reads zeros.
+    #[test]
+    fn shared_segment_parts_map_in_runs_and_unmap_alone() {
+        let seg = HostSegment::create_sparse("runs", SegmentKind::Host, 4 * LEN).expect("seg");
+        assert!(seg.allocate(3 * LEN, 2 * LEN).is_err(), "past the end");
+        for r in 0..4 {
+            seg.allocate(r * LEN, LEN).expect("allocate part");
+        }
+        let res = Reservation::reserve_anywhere(4 * LEN, LEN).expect("reserve");
+        res.map_file_part(LEN, seg.fd(), LEN, 3 * LEN, false)
+            .expect("map a run");
+        for r in 1..4 {
+            res.write(r * LEN, &[r as u8]).expect("write");
+        }
+        res.unmap(2 * LEN, LEN).expect("unmap the middle window");
+        assert!(res.is_mapped(LEN, LEN) && res.is_mapped(3 * LEN, LEN));
+        assert!(!res.is_mapped(2 * LEN, 1) && !res.is_mapped(0, 1));
+        assert!(res.unmap(2 * LEN, LEN).is_err(), "unmapped already");
+        res.map_file_part(2 * LEN, seg.fd(), 2 * LEN, LEN, true)
+            .expect("map it again");
+        let mut b = [0u8; 1];
+        res.read(2 * LEN, &mut b).expect("read");
+        assert_eq!(b, [2], "the data stays in the segment");
+        seg.allocate(2 * LEN, LEN).expect("allocate again");
+        res.read(2 * LEN, &mut b).expect("read");
+        assert_eq!(b, [0], "a part allocated again is zeroed");
+        res.read(3 * LEN, &mut b).expect("read");
+        assert_eq!(b, [3], "the neighbour keeps its data");
     }
 }
