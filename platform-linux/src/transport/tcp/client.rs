@@ -19,7 +19,7 @@ use super::{CHUNK, MAX_IDLE_PER_PEER, READ_WINDOW, WRITE_WINDOW};
 use crate::device::Device;
 use crate::sync::lock;
 use crate::sys;
-use crate::sys::fork::DetachOnFork;
+use crate::sys::fork::Detached;
 use crate::tls::LoadedTls;
 use crate::{Error, Result};
 
@@ -110,10 +110,8 @@ pub(super) fn pieces(t: &Transfer<'_>) -> Vec<Piece> {
 /// A client connection.
 #[derive(Debug)]
 struct Conn {
-    /// Keeps the socket out of forked children; declared first, so it is unregistered before
-    /// the stream closes.
-    _detach: DetachOnFork,
-    stream: TcpStream,
+    /// The socket, kept out of forked children.
+    stream: Detached<TcpStream>,
     /// The TLS stream (over a clone of `stream`) when the transport runs TLS.
     tls: Option<TlsWire>,
     next_seq: u32,
@@ -235,8 +233,7 @@ impl Pool {
             None => None,
         };
         Ok(Conn {
-            _detach: DetachOnFork::new(stream.as_fd()),
-            stream,
+            stream: Detached::new(stream),
             tls,
             next_seq: 0,
         })

@@ -11,7 +11,7 @@ use super::SMALL_ROW;
 use crate::Error;
 use crate::device::{CopyDirection, Device};
 use crate::sys;
-use crate::sys::fork::DetachOnFork;
+use crate::sys::fork::Detached;
 
 /// Rows of memory in this process: `rows` rows of `width` bytes, `pitch` apart.
 pub(super) struct Rows<'a> {
@@ -53,9 +53,8 @@ const TLS_OUT_MAX: usize = 256 * 1024;
 
 /// A TLS connection of the transport (client or server side).
 pub(super) struct TlsWire {
-    /// Keeps the stream's own descriptor out of forked children; declared first.
-    _detach: DetachOnFork,
-    io: Box<dyn TlsIo>,
+    /// The TLS stream, its descriptor kept out of forked children.
+    io: Detached<Box<dyn TlsIo>>,
     /// Plaintext waiting to be written (see [`Link::send`]).
     out: Vec<u8>,
     /// Plaintext staging for reads into raw memory.
@@ -68,8 +67,7 @@ impl<T: Read + io::Write + Send> TlsIo for T {}
 impl TlsWire {
     pub(super) fn new(fd: std::os::fd::RawFd, io: Box<dyn TlsIo>) -> Self {
         Self {
-            _detach: DetachOnFork::from_raw(fd),
-            io,
+            io: Detached::with_raw_fd(fd, io),
             out: Vec::new(),
             buf: Vec::new(),
         }

@@ -21,7 +21,7 @@ use super::{CONN_STACK, IDLE_CLOSE, MAX_CONNECTIONS};
 use crate::device::Device;
 use crate::sync::lock;
 use crate::sys;
-use crate::sys::fork::DetachOnFork;
+use crate::sys::fork::Detached;
 use crate::sys::net::NoSigPipe;
 use crate::tls::LoadedTls;
 use crate::{Error, Result};
@@ -55,7 +55,7 @@ pub(crate) trait Served: Send + Sync {
 pub(super) struct ServerShared {
     served: Mutex<HashMap<u32, Weak<dyn Served>>>,
     /// Clones of the open connections, to shut them down (each kept out of forked children).
-    pub(super) conns: Mutex<HashMap<u64, (DetachOnFork, TcpStream)>>,
+    pub(super) conns: Mutex<HashMap<u64, Detached<TcpStream>>>,
     next_conn: AtomicU64,
     stop: AtomicBool,
     timeout: Duration,
@@ -106,6 +106,8 @@ impl Server {
             timeout,
             tls,
         });
+        // Forked children must not keep the port open after we die.
+        let listener = Detached::new(listener);
         let sh = Arc::clone(&shared);
         let t = std::thread::Builder::new()
             .name("smem-net-accept".into())
@@ -145,7 +147,7 @@ impl Server {
         }
         // Wake the accept thread; it sees `stop` and returns.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        for (_, (_, c)) in lock(&self.shared.conns).drain() {
+        for (_, c) in lock(&self.shared.conns).drain() {
             let _ = c.shutdown(Shutdown::Both);
         }
         // Not joined under the lock: never wait for another thread while holding one.
@@ -158,14 +160,13 @@ impl Server {
 }
 
 fn accept_loop(listener: &TcpListener, sh: &Arc<ServerShared>) {
-    // Forked children must not keep the port (or, below, connections) open after we die.
-    let _detach = DetachOnFork::new(listener.as_fd());
     for incoming in listener.incoming() {
         if sh.stop.load(Ordering::SeqCst) {
             return;
         }
+        // Forked children must not keep connections open after we die.
         let stream = match incoming {
-            Ok(s) => s,
+            Ok(s) => Detached::new(s),
             Err(e) => {
                 warn!("transport: accept failed ({e}); retrying");
                 std::thread::sleep(Duration::from_millis(20));
@@ -186,7 +187,7 @@ fn accept_loop(listener: &TcpListener, sh: &Arc<ServerShared>) {
             }
             match stream.try_clone() {
                 Ok(c) => {
-                    conns.insert(id, (DetachOnFork::new(c.as_fd()), c));
+                    conns.insert(id, Detached::new(c));
                 }
                 Err(e) => {
                     warn!("transport: refusing the connection from {peer}: {e}");
@@ -199,7 +200,6 @@ fn accept_loop(listener: &TcpListener, sh: &Arc<ServerShared>) {
             .name("smem-net-conn".into())
             .stack_size(CONN_STACK)
             .spawn(move || {
-                let detach = DetachOnFork::new(stream.as_fd());
                 if let Err(why) = serve_conn(&stream, &sh2) {
                     if !sh2.stop.load(Ordering::SeqCst) {
                         warn!("transport: closing the connection from {peer}: {why}");
@@ -207,8 +207,6 @@ fn accept_loop(listener: &TcpListener, sh: &Arc<ServerShared>) {
                 }
                 let _ = stream.shutdown(Shutdown::Both);
                 lock(&sh2.conns).remove(&id);
-                // Unregistered before `stream` closes with the closure.
-                drop(detach);
             });
         if let Err(e) = spawned {
             warn!("transport: cannot start a connection thread: {e}");

@@ -176,7 +176,7 @@ fn cached_connection_closed_by_the_server(
     let mut one = [4u8; 64];
     // SAFETY: `one` is live.
     unsafe { pool.transfer(&xfer(server.addr(), Op::Write, 0, &mut one, 5), T) }.expect("first");
-    for (_, (_, c)) in lock(&server.shared.conns).iter() {
+    for c in lock(&server.shared.conns).values() {
         let _ = c.shutdown(Shutdown::Both);
     }
     std::thread::sleep(Duration::from_millis(50));
