@@ -23,8 +23,15 @@ pub(super) struct Rows<'a> {
 }
 
 impl Rows<'_> {
-    fn len(&self) -> u64 {
-        self.width * self.rows
+    /// `(width, pitch, rows)` as `usize`.
+    fn dims(&self) -> io::Result<(usize, usize, usize)> {
+        let width = usize_of(self.width)?;
+        let n = usize_of(self.rows)?;
+        // The gathered length fits too (it is at most a request's 16 MiB).
+        width
+            .checked_mul(n)
+            .ok_or_else(|| io::Error::other("length exceeds the address space"))?;
+        Ok((width, usize_of(self.pitch)?, n))
     }
 
     fn gathered(&self) -> bool {
@@ -199,13 +206,9 @@ pub(super) unsafe fn recv_rows(
     rows: &Rows<'_>,
     scratch: &mut Vec<u8>,
 ) -> io::Result<()> {
-    let (width, pitch, n) = (
-        usize_of(rows.width)?,
-        usize_of(rows.pitch)?,
-        usize_of(rows.rows)?,
-    );
+    let (width, pitch, n) = rows.dims()?;
     if rows.gathered() {
-        scratch.resize(usize_of(rows.len())?, 0);
+        scratch.resize(width * n, 0);
         link.recv(scratch)?;
         let dst = rows.addr as *mut u8;
         match rows.device {
@@ -246,13 +249,9 @@ pub(super) unsafe fn send_rows(
     scratch: &mut Vec<u8>,
     more: bool,
 ) -> io::Result<()> {
-    let (width, pitch, n) = (
-        usize_of(rows.width)?,
-        usize_of(rows.pitch)?,
-        usize_of(rows.rows)?,
-    );
+    let (width, pitch, n) = rows.dims()?;
     if rows.gathered() {
-        scratch.resize(usize_of(rows.len())?, 0);
+        scratch.resize(width * n, 0);
         let src = rows.addr as *const u8;
         match rows.device {
             // SAFETY: the rows at `src` are readable device memory by this function's contract;

@@ -298,6 +298,17 @@ fn server_handshake(s: &TcpStream, tls: &LoadedTls) -> Result<TlsWire> {
     ))
 }
 
+/// The window rows request `req` names inside the range `p` pinned for it.
+fn window_rows<'a>(req: &Request, p: &Pinned<'a>) -> Rows<'a> {
+    Rows {
+        addr: p.addr,
+        pitch: req.pitch,
+        width: req.width,
+        rows: req.rows(),
+        device: p.device,
+    }
+}
+
 /// Serves one connection until it closes. `Err` = a reason to log.
 fn serve_conn(s: &TcpStream, sh: &ServerShared) -> Result<()> {
     set_timeouts(s, sh.timeout).map_err(|e| Error::io("configuring the socket", &e))?;
@@ -366,26 +377,20 @@ fn serve_conn(s: &TcpStream, sh: &ServerShared) -> Result<()> {
                 ),
             )),
         };
+        let ok = Reply {
+            op: req.op,
+            seq: req.seq,
+            status: 0,
+            msg_len: 0,
+            len: if req.op == Op::Read { req.len } else { 0 },
+        };
         match (req.op, pinned) {
             (Op::Write, Ok(p)) => {
-                let rows = Rows {
-                    addr: p.addr,
-                    pitch: req.pitch,
-                    width: req.width,
-                    rows: req.rows(),
-                    device: p.device,
-                };
+                let rows = window_rows(&req, &p);
                 // SAFETY: `pin` validated the strided span inside one part of the window and
                 // keeps it mapped (and writable) until `p` drops, after the receive.
                 unsafe { recv_rows(s, &rows, &mut scratch) }.map_err(io("receiving WRITE data"))?;
                 drop(p);
-                let ok = Reply {
-                    op: Op::Write,
-                    seq: req.seq,
-                    status: 0,
-                    msg_len: 0,
-                    len: 0,
-                };
                 send_reply(s, &ok, &[], false).map_err(io("acknowledging a WRITE"))?;
             }
             (Op::Write, Err(e)) => {
@@ -394,20 +399,7 @@ fn serve_conn(s: &TcpStream, sh: &ServerShared) -> Result<()> {
                 error_reply(s, &req, &e).map_err(io("refusing a WRITE"))?;
             }
             (Op::Read, Ok(p)) => {
-                let rows = Rows {
-                    addr: p.addr,
-                    pitch: req.pitch,
-                    width: req.width,
-                    rows: req.rows(),
-                    device: p.device,
-                };
-                let ok = Reply {
-                    op: Op::Read,
-                    seq: req.seq,
-                    status: 0,
-                    msg_len: 0,
-                    len: req.len,
-                };
+                let rows = window_rows(&req, &p);
                 send_reply(s, &ok, &[], true).map_err(io("answering a READ"))?;
                 // SAFETY: as for WRITE; the rows are readable while `p` is held.
                 unsafe { send_rows(s, &rows, &mut scratch, false) }
