@@ -449,11 +449,12 @@ pub unsafe extern "C" fn smem_trans_deregister_mem(h: smem_trans_t, address: *mu
 
 /// Defines a transfer call and its `_submit` twin: the same arguments plus a `stream` before
 /// `flags`; the twin queues the transfer (completed by `smem_trans_wait`) where the call runs
-/// it. `$sides` builds the [`Sides`] from the arguments.
+/// it. The body is [`run`] with the direction, the peer argument and the [`Sides`] built from
+/// the arguments.
 macro_rules! transfer_calls {
     (
         $(#[$doc:meta])*
-        fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $dir:ident, $sides:expr;
+        fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => run($dir:ident, $peer:ident, $sides:expr);
         $(#[$submit_doc:meta])*
         fn $submit:ident;
     ) => {
@@ -462,7 +463,7 @@ macro_rules! transfer_calls {
         pub unsafe extern "C" fn $name(h: smem_trans_t, $($arg: $ty,)* flags: u32) -> i32 {
             ffi_status!(stringify!($name), {
                 // SAFETY: forwarded contract of this function.
-                unsafe { run(stringify!($name), h, $dir, peer, $sides, None, flags) }
+                unsafe { run(stringify!($name), h, $dir, $peer, $sides, None, flags) }
             })
         }
 
@@ -476,7 +477,7 @@ macro_rules! transfer_calls {
         ) -> i32 {
             ffi_status!(stringify!($submit), {
                 // SAFETY: forwarded contract of this function.
-                unsafe { run(stringify!($submit), h, $dir, peer, $sides, Some(stream), flags) }
+                unsafe { run(stringify!($submit), h, $dir, $peer, $sides, Some(stream), flags) }
             })
         }
     };
@@ -492,7 +493,7 @@ transfer_calls! {
         peer: *const c_char,
         remote: *mut c_void,
         size: usize,
-    ) => Write, Sides::one(local, remote.cast_const(), size);
+    ) => run(Write, peer, Sides::one(local, remote.cast_const(), size));
     /// `smem_trans_write_submit`.
     ///
     /// # Safety
@@ -511,7 +512,11 @@ transfer_calls! {
         remotes: *mut *mut c_void,
         sizes: *mut usize,
         n: u32,
-    ) => Write, Sides::batch(locals, remotes.cast_const().cast(), sizes.cast_const(), n);
+    ) => run(
+        Write,
+        peer,
+        Sides::batch(locals, remotes.cast_const().cast(), sizes.cast_const(), n)
+    );
     /// `smem_trans_batch_write_submit`.
     ///
     /// # Safety
@@ -529,7 +534,7 @@ transfer_calls! {
         peer: *const c_char,
         remote: *const c_void,
         size: usize,
-    ) => Read, Sides::one(local.cast_const(), remote, size);
+    ) => run(Read, peer, Sides::one(local.cast_const(), remote, size));
     /// `smem_trans_read_submit`.
     ///
     /// # Safety
@@ -549,7 +554,11 @@ transfer_calls! {
         remotes: *const *const c_void,
         sizes: *mut usize,
         n: u32,
-    ) => Read, Sides::batch(locals.cast_const().cast(), remotes, sizes.cast_const(), n);
+    ) => run(
+        Read,
+        peer,
+        Sides::batch(locals.cast_const().cast(), remotes, sizes.cast_const(), n)
+    );
     /// `smem_trans_batch_read_submit`.
     ///
     /// # Safety
