@@ -77,7 +77,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::mpsc::{RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -86,12 +85,12 @@ use smem_core::collective::Collective;
 use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
 use smem_core::table::{Handle, Table};
 
-use super::Found;
+use super::life::{self, Hosting, InitArgs, InitWait, Session, remaining};
 use super::object::{AgreeNs, Departed, Proposal, WindowRecord, agree_gva, rank_list};
 use crate::collective::{HostGroup, Members};
 use crate::mem::{HostSegment, Reservation, SegmentKind};
-use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer, StoreTarget};
-use crate::sync::{Held, lock, once};
+use crate::store::{StoreClient, StoreTarget};
+use crate::sync::{Held, lock};
 use crate::{Error, Result};
 use smem_core::data_op::ShmDataOps;
 
@@ -189,21 +188,11 @@ impl ShmCtx {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct InitArgs {
-    url: String,
-    world_size: u32,
-    rank: u32,
-    device_id: u16,
-    config: ShmConfig,
-}
-
 #[derive(Debug)]
 struct Ready {
-    args: InitArgs,
+    args: InitArgs<ShmConfig>,
     ctx: Arc<ShmCtx>,
-    server: Option<StoreServer>,
-    rank_down: Option<JoinHandle<()>>,
+    hosting: Hosting,
     objects: Table<Arc<ShmObject>, SHM_OBJECTS_MAX>,
     creating: [bool; SHM_OBJECTS_MAX],
     /// Per id: the newest instance this process created (0: none).
@@ -212,21 +201,17 @@ struct Ready {
     epoch_at_init: u64,
 }
 
-#[derive(Debug, Default)]
-enum State {
-    #[default]
-    Uninit,
-    /// `shm_init` or `shm_uninit` is running.
-    Busy,
-    Ready(Box<Ready>),
+impl Session for Box<Ready> {
+    type Args = InitArgs<ShmConfig>;
+    fn args(&self) -> &Self::Args {
+        &self.args
+    }
 }
+
+type State = life::State<Box<Ready>>;
 
 static STATE: Mutex<State> = Mutex::new(State::Uninit);
 static ATFORK: Once = Once::new();
-
-fn remaining(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
-}
 
 const EPOCH_KEY: &[u8] = b"smem/shm/epoch";
 
@@ -235,10 +220,7 @@ fn open_key(id: u32) -> Vec<u8> {
 }
 
 fn not_initialized(what: &str) -> Error {
-    Error::new(
-        ErrorCode::NotInitialized,
-        format!("{what}: smem_shm_init has not been called (or smem_shm_uninit was)"),
-    )
+    life::not_initialized(what, "smem_shm")
 }
 
 fn parse_u64(v: &[u8]) -> Option<u64> {
@@ -277,39 +259,26 @@ pub fn shm_init(
             return Err(Error::invalid(format!("{what}: {name} is 0")));
         }
     }
-    super::reserved_zero(what, "config flags", config.flags)?;
-    let parsed = super::parse_store_url(what, url)?;
+    life::reserved_zero(what, "config flags", config.flags)?;
+    let parsed = life::parse_store_url(what, url)?;
     let args = InitArgs {
         url: url.to_owned(),
         world_size,
-        rank: rank_id,
+        rank: Some(rank_id),
         device_id,
         config: config.clone(),
     };
-    super::guarded_init(
-        &STATE,
-        "smem_shm",
-        args,
-        |st, args| match st {
-            State::Uninit => Found::Uninit,
-            State::Ready(r) if r.args == *args => Found::Same,
-            State::Busy => Found::Busy,
-            State::Ready(_) => Found::Other,
-        },
-        [State::Busy, State::Uninit],
-        |args| {
-            register_atfork();
-            start(parsed, args).map(|ready| State::Ready(Box::new(ready)))
-        },
-    )
+    life::guarded_init(&STATE, "smem_shm", args, |args| {
+        register_atfork();
+        start(parsed, args, rank_id).map(Box::new)
+    })
 }
 
-fn start(addr: StoreTarget, args: InitArgs) -> Result<Ready> {
+fn start(addr: StoreTarget, args: InitArgs<ShmConfig>, rank: u32) -> Result<Ready> {
     let what = "smem_shm_init";
     let config = &args.config;
     let started = Instant::now();
     let deadline = started + config.init_timeout;
-    let rank = args.rank;
     let host_id = crate::mem::host_identity()?;
     // `deviceId` opens that device through the backend, as BM init does (acl: the device must
     // exist; this process then uses it); the windows themselves are host memory.
@@ -329,83 +298,63 @@ fn start(addr: StoreTarget, args: InitArgs) -> Result<Ready> {
         );
     }
     let hosted = if config.start_config_store && rank == 0 && bm.is_none() {
-        super::hosted_addr(what, &addr)
+        life::hosted_addr(what, &addr)
     } else {
         None
     };
-    let server = match hosted {
-        Some(host) => Some(
-            StoreServer::start(ServerConfig::new(host))
-                .map_err(|e| e.context(format!("{what}: rank 0 hosts the config store")))?,
-        ),
-        None => None,
-    };
-    let opts = ClientOptions {
-        world_size: Some(args.world_size),
-        rank: if bm.is_some() { None } else { Some(rank) },
-        connect_timeout: config.init_timeout,
-        op_timeout: config.control_timeout,
-        reconnect: false,
-        // `smem_set_ssl_option` (the store server above took it from `ServerConfig::new`).
-        tls: crate::tls::global(),
-    };
-    let store = StoreClient::connect_to(addr.clone(), opts.clone())
-        .map_err(|e| e.context(format!("{what}: connecting to the config store at {addr}")))?;
+    let server = hosted
+        .map(|host| life::host_store(what, host))
+        .transpose()?;
+    let opts = life::init_options(
+        args.world_size,
+        if bm.is_some() { None } else { Some(rank) },
+        config.init_timeout,
+        config.control_timeout,
+    );
+    let store = life::connect(what, &addr, opts.clone())?;
     let me = format!("{host_id} {}", std::process::id());
-    let w = super::InitWait {
+    let world_size = args.world_size;
+    let w = InitWait {
         what,
         addr: addr.clone(),
         opts,
         started,
         deadline,
+        world_size,
+        timeout: (config.init_timeout, "shmInitTimeout"),
     };
-    let world_size = args.world_size;
     let mut epoch_at_init = 0;
     // Watched before the wait for the others, on every link the wait uses: a rank that dies
     // after the wait saw it alive is then reported, however early (a create's wait for a dead
     // member relies on it).
     let mut rank_down_rx = None;
-    let store = super::survive_store_loss(
-        &w,
-        store,
-        |store, seen| {
-            rank_down_rx = store.watch_rank_down().map_err(|e| {
-                warn!(
-                    "{what}: cannot watch for ranks going down ({e}); a dead member is noticed only by the operation timeouts"
-                );
-            }).ok();
-            // Read before registering: no rank can create an object of this session before
-            // every rank registered, so every instance of this session is newer.
-            epoch_at_init = store
-                .get(EPOCH_KEY)
-                .map_err(|e| e.context(what))?
-                .and_then(|v| parse_u64(&v))
-                .unwrap_or(0);
-            let rv = shm_rendezvous(world_size);
-            let r = rv.register_and_wait(
-                store,
-                rank,
-                me.as_bytes(),
-                deadline,
-                config.init_timeout,
-                seen,
+    let store = life::survive_store_loss(&w, store, |store, seen| {
+        rank_down_rx = store.watch_rank_down().map_err(|e| {
+            warn!(
+                "{what}: cannot watch for ranks going down ({e}); a dead member is noticed only by the operation timeouts"
             );
-            if r.is_err() {
-                rv.unregister(store, rank);
-            }
-            r
-        },
-        |seen, lost_at| {
-            Error::new(
-                ErrorCode::Timeout,
-                format!(
-                    "{what}: {}; waited {} s; start them (and the store) or raise shmInitTimeout",
-                    super::store_gone_detail(world_size, seen, &addr, lost_at),
-                    config.init_timeout.as_secs()
-                ),
-            )
-        },
-    )?;
+        }).ok();
+        // Read before registering: no rank can create an object of this session before
+        // every rank registered, so every instance of this session is newer.
+        epoch_at_init = store
+            .get(EPOCH_KEY)
+            .map_err(|e| e.context(what))?
+            .and_then(|v| parse_u64(&v))
+            .unwrap_or(0);
+        let rv = shm_rendezvous(world_size);
+        let r = rv.register_and_wait(
+            store,
+            rank,
+            me.as_bytes(),
+            deadline,
+            config.init_timeout,
+            seen,
+        );
+        if r.is_err() {
+            rv.unregister(store, rank);
+        }
+        r
+    })?;
     let ctx = Arc::new(ShmCtx {
         rank,
         world_size: args.world_size,
@@ -418,32 +367,18 @@ fn start(addr: StoreTarget, args: InitArgs) -> Result<Ready> {
     });
     let rank_down = rank_down_rx.and_then(|rx| {
         let c = Arc::clone(&ctx);
-        std::thread::Builder::new()
-            .name("smem-shm-rankdown".into())
-            .spawn(move || {
-                while let Ok(r) = rx.recv() {
-                    debug!("SHM: the store reports rank {r} down");
-                    let mut downs = lock(&c.downs);
-                    let n = downs.values().max().map_or(1, |m| m + 1);
-                    downs.insert(r, n);
-                }
-            })
-            .ok()
+        life::spawn_rank_down("smem-shm-rankdown", rx, move |r| {
+            debug!("SHM: the store reports rank {r} down");
+            let mut downs = lock(&c.downs);
+            let n = downs.values().max().map_or(1, |m| m + 1);
+            downs.insert(r, n);
+        })
     });
-    info!(
-        "{what}: rank {rank} of {} ready (store {addr}{})",
-        args.world_size,
-        if server.is_some() {
-            ", hosted here"
-        } else {
-            ""
-        }
-    );
+    life::log_ready(what, rank, args.world_size, &addr, server.is_some());
     Ok(Ready {
         args,
         ctx,
-        server,
-        rank_down,
+        hosting: Hosting { server, rank_down },
         objects: Table::new(),
         creating: [false; SHM_OBJECTS_MAX],
         last_epoch: [0; SHM_OBJECTS_MAX],
@@ -487,31 +422,19 @@ fn shm_rendezvous(world_size: u32) -> super::rendezvous::Rendezvous<'static> {
 /// `smem_shm_uninit`: destroys every SHM object of this process and leaves the domain.
 pub fn shm_uninit(flags: u32) {
     let _ = flags;
-    let old = {
-        let mut st = lock(&STATE);
-        match &*st {
-            State::Busy | State::Uninit => return,
-            State::Ready(_) => std::mem::replace(&mut *st, State::Busy),
-        }
+    let Some(mut ready) = life::take_for_uninit(&STATE) else {
+        return;
     };
-    if let State::Ready(mut ready) = old {
-        let handles: Vec<Handle> = ready.objects.iter().map(|(h, _)| h).collect();
-        for h in handles {
-            if let Ok(obj) = ready.objects.remove(h) {
-                obj.destroy();
-            }
-        }
-        shm_rendezvous(ready.ctx.world_size).unregister(&ready.ctx.store, ready.ctx.rank);
-        ready.ctx.store.close();
-        if let Some(t) = ready.rank_down.take() {
-            let _ = t.join();
-        }
-        if let Some(s) = ready.server.take() {
-            s.shutdown();
+    let handles: Vec<Handle> = ready.objects.iter().map(|(h, _)| h).collect();
+    for h in handles {
+        if let Ok(obj) = ready.objects.remove(h) {
+            obj.destroy();
         }
     }
-    *lock(&STATE) = State::Uninit;
-    info!("smem_shm_uninit: done");
+    shm_rendezvous(ready.ctx.world_size).unregister(&ready.ctx.store, ready.ctx.rank);
+    let Ready { ctx, hosting, .. } = *ready;
+    hosting.end(&ctx.store);
+    life::finish_uninit(&STATE, "smem_shm");
 }
 
 /// `smem_shm_query_support_data_operation`: the engines this process can use: loads/stores and
@@ -967,7 +890,7 @@ pub fn shm_create(
     flags: u32,
 ) -> Result<(ShmHandle, u64)> {
     let what = format!("smem_shm_create {id}");
-    super::reserved_zero(&what, "flags", flags)?;
+    life::reserved_zero(&what, "flags", flags)?;
     let index = id as usize;
     if index >= SHM_OBJECTS_MAX {
         return Err(Error::invalid(format!(
@@ -1086,7 +1009,7 @@ fn lookup(handle: ShmHandle, what: &str) -> Result<Arc<ShmObject>> {
 /// `SM_INVALID_PARAM` for a malformed handle, `SM_OBJECT_NOT_EXISTS` for a destroyed one.
 pub fn shm_destroy(handle: ShmHandle, flags: u32) -> Result<()> {
     let what = "smem_shm_destroy";
-    super::reserved_zero(what, "flags", flags)?;
+    life::reserved_zero(what, "flags", flags)?;
     let obj = match &mut *lock(&STATE) {
         State::Ready(ready) => ready.objects.remove(decode(handle, what)?).map_err(|_| {
             Error::new(
@@ -1211,15 +1134,11 @@ extern "C" fn fork_child() {
 }
 
 fn register_atfork() {
-    once(&ATFORK, || {
-        if let Err(e) = crate::sys::fork::register_atfork(
-            Some(fork_prepare),
-            Some(fork_parent),
-            Some(fork_child),
-        ) {
-            warn!("pthread_atfork failed ({e}); forking while SHM is busy may deadlock the child");
-        }
-    });
+    life::register_atfork(
+        &ATFORK,
+        [fork_prepare, fork_parent, fork_child],
+        "SHM is busy",
+    );
 }
 
 #[cfg(test)]
