@@ -39,7 +39,7 @@ impl ServerTlsSession {
     ///
     /// # Errors
     /// `SM_TLS_ERROR` if rustls cannot create the connection (not expected with a
-    /// configuration from [`TlsOptions::load`]).
+    /// configuration from [`TlsOptions::load`](super::TlsOptions::load)).
     pub fn new(tls: &LoadedTls) -> Result<Self> {
         let mut conn = ServerConnection::new(server_config(tls))
             .map_err(|e| tls_error(format!("TLS server session: {e}")))?;
