@@ -66,8 +66,8 @@
 //! # Reach
 //! `topology_can_reach`: a member on this host (same host identity, see
 //! [`crate::mem::host_identity`]) is reached by loads/stores and the copy engine
-//! (`MTE | SDMA`); a member on another host by nothing until a network engine exists (then
-//! `ROCE`).
+//! (`MTE | SDMA`); a member on another host by nothing (SHM has no network engine, so `ROCE`
+//! is never reported).
 //!
 //! # Fork
 //! A `pthread_atfork` prepare handler takes the SHM state lock; the child forgets every object,
