@@ -21,13 +21,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::time::Duration;
 
-use log::warn;
 use smem_core::ErrorCode;
 
 use super::BmHandle;
 use super::batch::{self, BatchEntry};
 use super::copy::{self, Entered};
-use crate::sync::{Held, lock, once, wait_timeout};
+use crate::sync::{Held, lock, wait_timeout};
 use crate::{Error, Result};
 
 /// How long a condition-variable wait sleeps before re-checking (wake-ups are notified; this
@@ -269,15 +268,9 @@ extern "C" fn fork_child() {
 }
 
 fn register_atfork() {
-    once(&ATFORK, || {
-        if let Err(e) = crate::sys::fork::register_atfork(
-            Some(fork_prepare),
-            Some(fork_parent),
-            Some(fork_child),
-        ) {
-            warn!(
-                "pthread_atfork failed ({e}); forking while asynchronous copies run may deadlock the child"
-            );
-        }
-    });
+    super::life::register_atfork(
+        &ATFORK,
+        [fork_prepare, fork_parent, fork_child],
+        "asynchronous copies run",
+    );
 }

@@ -23,9 +23,11 @@ use smem_core::bm::{
 };
 use smem_core::gva::{Gva, GvaRange};
 
+use super::async_engine;
+use super::handles::{BmHandle, Published, SLOTS, decode, stale};
 use super::object::BmObject;
-use super::{BmHandle, Published, SLOTS, async_engine, decode, read, stale};
 use crate::device::CopyDirection;
+use crate::sync::read;
 use crate::transport::{Op, Transfer};
 use crate::{Error, Result};
 

@@ -18,7 +18,7 @@ use smem_core::gva::{Gva, GvaRange};
 use smem_core::limits::BM_OBJECTS_MAX;
 
 use super::copy::Entered;
-use super::{BmHandle, decode};
+use super::handles::{BmHandle, decode};
 use crate::sync::{Held, lock};
 use crate::{Error, Result};
 
