@@ -616,6 +616,45 @@ pub struct CopyPlan {
     pub local: u64,
 }
 
+/// The ranges of `smem_bm_copy_2d(src, spitch, dest, dpitch, width, height, ..)`, as given:
+/// `height` rows of `width` bytes, `spitch` apart from `src` and `dpitch` apart from `dest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Copy2d {
+    /// Source address.
+    pub src: u64,
+    /// Source pitch.
+    pub spitch: u64,
+    /// Destination address.
+    pub dest: u64,
+    /// Destination pitch.
+    pub dpitch: u64,
+    /// Row width in bytes.
+    pub width: u64,
+    /// Row count.
+    pub height: u64,
+}
+
+impl Copy2d {
+    /// The arguments in the order of `smem_bm_copy_2d`.
+    pub const fn new(
+        src: u64,
+        spitch: u64,
+        dest: u64,
+        dpitch: u64,
+        width: u64,
+        height: u64,
+    ) -> Self {
+        Self {
+            src,
+            spitch,
+            dest,
+            dpitch,
+            width,
+            height,
+        }
+    }
+}
+
 /// A validated 2D copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Copy2dPlan {
@@ -708,26 +747,21 @@ pub fn check_copy(
 ///
 /// # Errors
 /// Any [`CopyError`]; on error nothing may be copied.
-#[allow(clippy::too_many_arguments)]
 pub fn check_copy_2d(
     layout: &WindowLayout,
     copy_type: u32,
-    src: u64,
-    spitch: u64,
-    dest: u64,
-    dpitch: u64,
-    width: u64,
-    height: u64,
+    copy: &Copy2d,
 ) -> Result<Copy2dPlan, CopyError> {
     let kind = CopyType::from_raw(copy_type).ok_or(CopyError::UnknownType(copy_type))?;
+    let c = copy;
     let (global, global_pitch, local, local_pitch) = if kind.writes_global() {
-        (dest, dpitch, src, spitch)
+        (c.dest, c.dpitch, c.src, c.spitch)
     } else {
-        (src, spitch, dest, dpitch)
+        (c.src, c.spitch, c.dest, c.dpitch)
     };
-    let local_len = span_2d(local_pitch, width, height)?;
+    let local_len = span_2d(local_pitch, c.width, c.height)?;
     check_local(local, local_len)?;
-    let location = layout.locate_2d(Gva(global), global_pitch, width, height)?;
+    let location = layout.locate_2d(Gva(global), global_pitch, c.width, c.height)?;
     check_overlap(local, local_len, global, location.len)?;
     Ok(Copy2dPlan {
         kind,
@@ -735,8 +769,8 @@ pub fn check_copy_2d(
         global_pitch,
         local,
         local_pitch,
-        width,
-        height,
+        width: c.width,
+        height: c.height,
     })
 }
 
@@ -930,33 +964,33 @@ mod tests {
         let g = BASE + M2; // rank 0 DRAM, 4 MiB long
         let h = 0x10_0000;
         // 4 rows of 1 KiB, global pitch 1 MiB: span 3 MiB + 1 KiB fits.
-        let plan = check_copy_2d(&l, 3, h, 1024, g, 1 << 20, 1024, 4).expect("fits");
+        let plan = check_copy_2d(&l, 3, &Copy2d::new(h, 1024, g, 1 << 20, 1024, 4)).expect("fits");
         assert_eq!(plan.global.len, 3 * (1 << 20) + 1024);
         // The last row's last byte is the part's last byte: fits; one more row does not.
         let p = 1 << 20;
         let w = 1 << 20;
-        assert!(check_copy_2d(&l, 3, h, w, g, p, w, 4).is_ok());
+        assert!(check_copy_2d(&l, 3, &Copy2d::new(h, w, g, p, w, 4)).is_ok());
         assert!(matches!(
-            check_copy_2d(&l, 3, h, w, g, p, w, 5),
+            check_copy_2d(&l, 3, &Copy2d::new(h, w, g, p, w, 5)),
             Err(CopyError::CrossesPart { .. })
         ));
         assert_eq!(
-            check_copy_2d(&l, 3, h, 1024, g, 512, 1024, 2),
+            check_copy_2d(&l, 3, &Copy2d::new(h, 1024, g, 512, 1024, 2)),
             Err(CopyError::PitchTooSmall {
                 pitch: 512,
                 width: 1024
             })
         );
         assert_eq!(
-            check_copy_2d(&l, 3, h, 1024, g, 1024, 1024, 0),
+            check_copy_2d(&l, 3, &Copy2d::new(h, 1024, g, 1024, 1024, 0)),
             Err(CopyError::ZeroSize)
         );
         assert!(matches!(
-            check_copy_2d(&l, 3, h, u64::MAX, g, 1024, 1024, 3),
+            check_copy_2d(&l, 3, &Copy2d::new(h, u64::MAX, g, 1024, 1024, 3)),
             Err(CopyError::SpanOverflow { .. })
         ));
         assert!(matches!(
-            check_copy_2d(&l, 2, g, 1024, u64::MAX - 4096, 4096, 1024, 2),
+            check_copy_2d(&l, 2, &Copy2d::new(g, 1024, u64::MAX - 4096, 4096, 1024, 2)),
             Err(CopyError::LocalOverflow { .. })
         ));
     }
