@@ -6,6 +6,7 @@ pub mod interleave;
 pub mod mem;
 pub mod store;
 pub mod trans;
+pub mod transport;
 
 pub use interleave::collective_interleaved;
 

@@ -11,6 +11,7 @@
 //! - [`frame`]: the 16-byte header before every body (SPEC 5.2).
 //! - [`message`]: the packed body with keys and values (SPEC 5.3), as a zero-copy view.
 //! - [`trans`]: the transfer engine's records in the store (SPEC 6.2).
+//! - [`transport`]: the BM network transport's hello, request and reply headers (SPEC 2.7).
 
 use core::fmt;
 
@@ -18,6 +19,7 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 pub mod trans;
+pub mod transport;
 
 pub use frame::{FRAME_HEADER_LEN, FrameHeader, MAX_BODY_LEN};
 pub use handshake::{HANDSHAKE_LEN, HANDSHAKE_REPLY_LEN, Handshake};
@@ -129,6 +131,14 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn i16(&mut self, what: &'static str) -> Result<i16> {
         self.array::<2>(what).map(i16::from_le_bytes)
+    }
+
+    pub(crate) fn i32(&mut self, what: &'static str) -> Result<i32> {
+        self.array::<4>(what).map(i32::from_le_bytes)
+    }
+
+    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16> {
+        self.array::<2>(what).map(u16::from_le_bytes)
     }
 }
 
