@@ -6,7 +6,8 @@
 //!   window (any two windows, also the same one), checked exactly like the global side of the
 //!   other copy types; the two ranges must not overlap (2D: their strided spans).
 
-use super::{Copy2d, CopyError, Location, WindowLayout, disjoint};
+use super::copy::disjoint;
+use super::{Copy2d, CopyError, Location, WindowLayout};
 use crate::gva::Gva;
 
 /// `SMEM_ASYNC_COPY_FLAG` (`smem.h`): the copy is queued, completed by `smem_bm_wait`.
@@ -101,12 +102,7 @@ mod tests {
     use super::super::Part;
     use super::*;
 
-    const M2: u64 = crate::limits::WINDOW_ALIGN;
-    const BASE: u64 = 0x7000_0000_0000;
-
-    fn layout() -> WindowLayout {
-        WindowLayout::new(Gva(BASE), 4 * M2, 4, 1, 3 * 1024 * 1024).expect("valid layout")
-    }
+    use super::super::test_layout::{BASE, M2, layout};
 
     #[test]
     fn flags() {
