@@ -11,12 +11,15 @@
 //! - [`frame`]: the 16-byte header before every body (SPEC 5.2).
 //! - [`message`]: the packed body with keys and values (SPEC 5.3), as a zero-copy view.
 //! - [`trans`]: the transfer engine's records in the store (SPEC 6.2).
+//! - [`record`]: the BM / SHM runtimes' text records in the store (proposal, membership log,
+//!   window and rank records).
 
 use core::fmt;
 
 pub mod frame;
 pub mod handshake;
 pub mod message;
+pub mod record;
 pub mod trans;
 
 pub use frame::{FRAME_HEADER_LEN, FrameHeader, MAX_BODY_LEN};

@@ -85,8 +85,10 @@ use smem_core::collective::Collective;
 use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
 use smem_core::table::{Handle, Table};
 
+use super::agree::{AgreeNs, Departed, Proposal, agree_gva};
 use super::life::{self, Hosting, InitArgs, InitWait, Session, remaining};
-use super::object::{AgreeNs, Departed, Proposal, WindowRecord, agree_gva, rank_list};
+use super::object::records::{WindowRecord, rank_record};
+use super::rank_list;
 use crate::collective::{HostGroup, Members};
 use crate::mem::{HostSegment, Reservation, SegmentKind};
 use crate::store::{StoreClient, StoreTarget};
@@ -312,7 +314,7 @@ fn start(addr: StoreTarget, args: InitArgs<ShmConfig>, rank: u32) -> Result<Read
         config.control_timeout,
     );
     let store = life::connect(what, &addr, opts.clone())?;
-    let me = format!("{host_id} {}", std::process::id());
+    let me = rank_record(&host_id, None).map_err(|e| e.context(what))?;
     let world_size = args.world_size;
     let w = InitWait {
         what,
@@ -342,14 +344,7 @@ fn start(addr: StoreTarget, args: InitArgs<ShmConfig>, rank: u32) -> Result<Read
             .and_then(|v| parse_u64(&v))
             .unwrap_or(0);
         let rv = shm_rendezvous(world_size);
-        let r = rv.register_and_wait(
-            store,
-            rank,
-            me.as_bytes(),
-            deadline,
-            config.init_timeout,
-            seen,
-        );
+        let r = rv.register_and_wait(store, rank, &me, deadline, config.init_timeout, seen);
         if r.is_err() {
             rv.unregister(store, rank);
         }
@@ -519,25 +514,19 @@ fn win_key(prefix: &str, r: u32) -> Vec<u8> {
     format!("{prefix}win/{r}").into_bytes()
 }
 
-/// Encodes a member's window record: the BM record plus `;wrank=<world rank>`.
-fn encode_window(rec: &WindowRecord, world_rank: u32) -> Vec<u8> {
-    let mut v = rec.encode();
-    v.extend_from_slice(format!(";wrank={world_rank}").as_bytes());
-    v
+/// Encodes a member's window record: the BM record plus its world rank.
+fn encode_window(rec: &WindowRecord, world_rank: u32) -> Result<Vec<u8>> {
+    rec.encode_ranked(world_rank)
 }
 
 fn decode_window(b: &[u8]) -> Result<(WindowRecord, u32)> {
-    let rec = WindowRecord::decode(b)?;
-    let wrank = std::str::from_utf8(b)
-        .ok()
-        .and_then(|s| s.split(';').find_map(|f| f.strip_prefix("wrank=")))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            Error::new(
-                ErrorCode::ProtocolError,
-                "SHM window record without a world rank",
-            )
-        })?;
+    let (rec, wrank) = WindowRecord::decode_ranked(b)?;
+    let wrank = wrank.ok_or_else(|| {
+        Error::new(
+            ErrorCode::ProtocolError,
+            "SHM window record without a world rank",
+        )
+    })?;
     Ok((rec, wrank))
 }
 
@@ -691,7 +680,7 @@ impl ShmObject {
             net: None,
         };
         store
-            .set(&win_key(prefix, rank), &encode_window(&rec, ctx.rank))
+            .set(&win_key(prefix, rank), &encode_window(&rec, ctx.rank)?)
             .map_err(|e| e.context(what))?;
         let mut records = published_windows(ctx, prefix, args.rank_size, deadline, what)?;
         let mut peers = Vec::with_capacity(args.rank_size as usize);
@@ -1153,9 +1142,9 @@ mod tests {
             dram: None,
             net: None,
         };
-        let (back, w) = decode_window(&encode_window(&rec, 17)).unwrap();
+        let (back, w) = decode_window(&encode_window(&rec, 17).unwrap()).unwrap();
         assert_eq!((back, w), (rec.clone(), 17));
-        assert!(decode_window(&rec.encode()).is_err());
+        assert!(decode_window(&rec.encode().unwrap()).is_err());
     }
 
     /// Nothing in this test binary calls `shm_init`.
