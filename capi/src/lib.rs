@@ -1,6 +1,6 @@
-//! libsmem: the C API of smem (`capi/include/smem.h`, `smem_bm.h`, `smem_shm.h`), built as
-//! `libsmem.so` (cdylib) and `libsmem.a` (staticlib), plus an rlib so Rust tests can call the
-//! exports directly.
+//! libsmem: the C API of smem (`capi/include/smem.h`, `smem_bm.h`, `smem_shm.h`,
+//! `smem_trans.h`), built as `libsmem.so` (cdylib) and `libsmem.a` (staticlib), plus an rlib so
+//! Rust tests can call the exports directly.
 //!
 //! A thin boundary over [`smem_linux::runtime`] (FFI playbook of STYLE.md section 5, after
 //! rustls-ffi):

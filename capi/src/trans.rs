@@ -8,6 +8,7 @@ use std::ffi::{c_char, c_void};
 use std::ptr;
 
 use smem_core::ErrorCode;
+use smem_linux::trans::Direction::{Read, Write};
 use smem_linux::trans::{self, Direction, Entry, Role, TransConfig, TransHandle};
 use smem_linux::{Error, Result};
 use static_assertions::{assert_eq_align, assert_eq_size, const_assert_eq};
@@ -191,6 +192,85 @@ unsafe fn go(
     }
 }
 
+/// The local and remote sides of a transfer call, as C passed them.
+enum Sides {
+    /// `smem_trans_{write,read}[_submit]`: one range.
+    One {
+        local: *const c_void,
+        remote: *const c_void,
+        size: usize,
+    },
+    /// `smem_trans_batch_{write,read}[_submit]`: `n` ranges in three arrays.
+    Batch {
+        locals: *const *const c_void,
+        remotes: *const *const c_void,
+        sizes: *const usize,
+        n: u32,
+    },
+}
+
+impl Sides {
+    fn one(local: *const c_void, remote: *const c_void, size: usize) -> Self {
+        Self::One {
+            local,
+            remote,
+            size,
+        }
+    }
+
+    fn batch(
+        locals: *const *const c_void,
+        remotes: *const *const c_void,
+        sizes: *const usize,
+        n: u32,
+    ) -> Self {
+        Self::Batch {
+            locals,
+            remotes,
+            sizes,
+            n,
+        }
+    }
+}
+
+/// The body of every transfer call: checks `flags` and (for a `_submit` call, which has a
+/// `stream`) the stream, then the entries, then runs or queues the transfer.
+///
+/// # Safety
+/// The arrays of [`Sides::Batch`] are NULL or hold `n` elements; as [`go`].
+unsafe fn run(
+    what: &str,
+    h: smem_trans_t,
+    dir: Direction,
+    peer: *const c_char,
+    sides: Sides,
+    stream: Option<*mut c_void>,
+    flags: u32,
+) -> Result<()> {
+    reserved(flags, what)?;
+    if let Some(stream) = stream {
+        no_stream(stream)?;
+    }
+    let entries = match sides {
+        Sides::One {
+            local,
+            remote,
+            size,
+        } => vec![entry(local, remote, size, None)?],
+        Sides::Batch {
+            locals,
+            remotes,
+            sizes,
+            n,
+        } => {
+            // SAFETY: forwarded contract.
+            unsafe { batch(locals, remotes, sizes, n) }?
+        }
+    };
+    // SAFETY: forwarded contract.
+    unsafe { go(h, dir, peer, entries, stream.is_some()) }
+}
+
 /// `smem_trans_config_init`.
 ///
 /// # Safety
@@ -367,189 +447,123 @@ pub unsafe extern "C" fn smem_trans_deregister_mem(h: smem_trans_t, address: *mu
     })
 }
 
-/// `smem_trans_write`.
-///
-/// # Safety
-/// `local` is readable for `size` bytes; `peer` is NULL or a NUL-terminated string.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn smem_trans_write(
-    h: smem_trans_t,
-    local: *const c_void,
-    peer: *const c_char,
-    remote: *mut c_void,
-    size: usize,
-    flags: u32,
-) -> i32 {
-    ffi_status!("smem_trans_write", {
-        reserved(flags, "smem_trans_write")?;
-        let e = entry(local, remote, size, None)?;
-        // SAFETY: forwarded contract of this function.
-        unsafe { go(h, Direction::Write, peer, vec![e], false) }
-    })
+/// Defines a transfer call and its `_submit` twin: the same arguments plus a `stream` before
+/// `flags`; the twin queues the transfer (completed by `smem_trans_wait`) where the call runs
+/// it. The body is [`run`] with the direction, the peer argument and the [`Sides`] built from
+/// the arguments.
+macro_rules! transfer_calls {
+    (
+        $(#[$doc:meta])*
+        fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => run($dir:ident, $peer:ident, $sides:expr);
+        $(#[$submit_doc:meta])*
+        fn $submit:ident;
+    ) => {
+        $(#[$doc])*
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(h: smem_trans_t, $($arg: $ty,)* flags: u32) -> i32 {
+            ffi_status!(stringify!($name), {
+                // SAFETY: forwarded contract of this function.
+                unsafe { run(stringify!($name), h, $dir, $peer, $sides, None, flags) }
+            })
+        }
+
+        $(#[$submit_doc])*
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $submit(
+            h: smem_trans_t,
+            $($arg: $ty,)*
+            stream: *mut c_void,
+            flags: u32,
+        ) -> i32 {
+            ffi_status!(stringify!($submit), {
+                // SAFETY: forwarded contract of this function.
+                unsafe { run(stringify!($submit), h, $dir, $peer, $sides, Some(stream), flags) }
+            })
+        }
+    };
 }
 
-/// `smem_trans_batch_write`.
-///
-/// # Safety
-/// The arrays are NULL or hold `n` elements; each local range is readable.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn smem_trans_batch_write(
-    h: smem_trans_t,
-    locals: *const *const c_void,
-    peer: *const c_char,
-    remotes: *mut *mut c_void,
-    sizes: *mut usize,
-    n: u32,
-    flags: u32,
-) -> i32 {
-    ffi_status!("smem_trans_batch_write", {
-        reserved(flags, "smem_trans_batch_write")?;
-        // SAFETY: forwarded contract of this function.
-        let e = unsafe { batch(locals, remotes.cast_const().cast(), sizes.cast_const(), n) }?;
-        // SAFETY: forwarded contract of this function.
-        unsafe { go(h, Direction::Write, peer, e, false) }
-    })
+transfer_calls! {
+    /// `smem_trans_write`.
+    ///
+    /// # Safety
+    /// `local` is readable for `size` bytes; `peer` is NULL or a NUL-terminated string.
+    fn smem_trans_write(
+        local: *const c_void,
+        peer: *const c_char,
+        remote: *mut c_void,
+        size: usize,
+    ) => run(Write, peer, Sides::one(local, remote.cast_const(), size));
+    /// `smem_trans_write_submit`.
+    ///
+    /// # Safety
+    /// As [`smem_trans_write`], with `local` readable until this thread's `smem_trans_wait`.
+    fn smem_trans_write_submit;
 }
 
-/// `smem_trans_read`.
-///
-/// # Safety
-/// `local` is writable for `size` bytes and not otherwise accessed during the call.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn smem_trans_read(
-    h: smem_trans_t,
-    local: *mut c_void,
-    peer: *const c_char,
-    remote: *const c_void,
-    size: usize,
-    flags: u32,
-) -> i32 {
-    ffi_status!("smem_trans_read", {
-        reserved(flags, "smem_trans_read")?;
-        let e = entry(local, remote, size, None)?;
-        // SAFETY: forwarded contract of this function.
-        unsafe { go(h, Direction::Read, peer, vec![e], false) }
-    })
+transfer_calls! {
+    /// `smem_trans_batch_write`.
+    ///
+    /// # Safety
+    /// The arrays are NULL or hold `n` elements; each local range is readable.
+    fn smem_trans_batch_write(
+        locals: *const *const c_void,
+        peer: *const c_char,
+        remotes: *mut *mut c_void,
+        sizes: *mut usize,
+        n: u32,
+    ) => run(
+        Write,
+        peer,
+        Sides::batch(locals, remotes.cast_const().cast(), sizes.cast_const(), n)
+    );
+    /// `smem_trans_batch_write_submit`.
+    ///
+    /// # Safety
+    /// As [`smem_trans_batch_write`], local ranges valid until this thread's `smem_trans_wait`.
+    fn smem_trans_batch_write_submit;
 }
 
-/// `smem_trans_batch_read`.
-///
-/// # Safety
-/// The arrays are NULL or hold `n` elements; each local range is writable, and they do not
-/// overlap.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn smem_trans_batch_read(
-    h: smem_trans_t,
-    locals: *mut *mut c_void,
-    peer: *const c_char,
-    remotes: *const *const c_void,
-    sizes: *mut usize,
-    n: u32,
-    flags: u32,
-) -> i32 {
-    ffi_status!("smem_trans_batch_read", {
-        reserved(flags, "smem_trans_batch_read")?;
-        // SAFETY: forwarded contract of this function.
-        let e = unsafe { batch(locals.cast_const().cast(), remotes, sizes.cast_const(), n) }?;
-        // SAFETY: forwarded contract of this function.
-        unsafe { go(h, Direction::Read, peer, e, false) }
-    })
+transfer_calls! {
+    /// `smem_trans_read`.
+    ///
+    /// # Safety
+    /// `local` is writable for `size` bytes and not otherwise accessed during the call.
+    fn smem_trans_read(
+        local: *mut c_void,
+        peer: *const c_char,
+        remote: *const c_void,
+        size: usize,
+    ) => run(Read, peer, Sides::one(local.cast_const(), remote, size));
+    /// `smem_trans_read_submit`.
+    ///
+    /// # Safety
+    /// As [`smem_trans_read`], with `local` writable until this thread's `smem_trans_wait`.
+    fn smem_trans_read_submit;
 }
 
-/// `smem_trans_write_submit`.
-///
-/// # Safety
-/// As [`smem_trans_write`], with `local` readable until this thread's `smem_trans_wait`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn smem_trans_write_submit(
-    h: smem_trans_t,
-    local: *const c_void,
-    peer: *const c_char,
-    remote: *mut c_void,
-    size: usize,
-    stream: *mut c_void,
-    flags: u32,
-) -> i32 {
-    ffi_status!("smem_trans_write_submit", {
-        reserved(flags, "smem_trans_write_submit")?;
-        no_stream(stream)?;
-        let e = entry(local, remote, size, None)?;
-        // SAFETY: forwarded contract of this function.
-        unsafe { go(h, Direction::Write, peer, vec![e], true) }
-    })
-}
-
-/// `smem_trans_read_submit`.
-///
-/// # Safety
-/// As [`smem_trans_read`], with `local` writable until this thread's `smem_trans_wait`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn smem_trans_read_submit(
-    h: smem_trans_t,
-    local: *mut c_void,
-    peer: *const c_char,
-    remote: *const c_void,
-    size: usize,
-    stream: *mut c_void,
-    flags: u32,
-) -> i32 {
-    ffi_status!("smem_trans_read_submit", {
-        reserved(flags, "smem_trans_read_submit")?;
-        no_stream(stream)?;
-        let e = entry(local, remote, size, None)?;
-        // SAFETY: forwarded contract of this function.
-        unsafe { go(h, Direction::Read, peer, vec![e], true) }
-    })
-}
-
-/// `smem_trans_batch_write_submit`.
-///
-/// # Safety
-/// As [`smem_trans_batch_write`], local ranges valid until this thread's `smem_trans_wait`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn smem_trans_batch_write_submit(
-    h: smem_trans_t,
-    locals: *const *const c_void,
-    peer: *const c_char,
-    remotes: *mut *mut c_void,
-    sizes: *mut usize,
-    n: u32,
-    stream: *mut c_void,
-    flags: u32,
-) -> i32 {
-    ffi_status!("smem_trans_batch_write_submit", {
-        reserved(flags, "smem_trans_batch_write_submit")?;
-        no_stream(stream)?;
-        // SAFETY: forwarded contract of this function.
-        let e = unsafe { batch(locals, remotes.cast_const().cast(), sizes.cast_const(), n) }?;
-        // SAFETY: forwarded contract of this function.
-        unsafe { go(h, Direction::Write, peer, e, true) }
-    })
-}
-
-/// `smem_trans_batch_read_submit`.
-///
-/// # Safety
-/// As [`smem_trans_batch_read`], local ranges valid until this thread's `smem_trans_wait`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn smem_trans_batch_read_submit(
-    h: smem_trans_t,
-    locals: *mut *mut c_void,
-    peer: *const c_char,
-    remotes: *const *const c_void,
-    sizes: *mut usize,
-    n: u32,
-    stream: *mut c_void,
-    flags: u32,
-) -> i32 {
-    ffi_status!("smem_trans_batch_read_submit", {
-        reserved(flags, "smem_trans_batch_read_submit")?;
-        no_stream(stream)?;
-        // SAFETY: forwarded contract of this function.
-        let e = unsafe { batch(locals.cast_const().cast(), remotes, sizes.cast_const(), n) }?;
-        // SAFETY: forwarded contract of this function.
-        unsafe { go(h, Direction::Read, peer, e, true) }
-    })
+transfer_calls! {
+    /// `smem_trans_batch_read`.
+    ///
+    /// # Safety
+    /// The arrays are NULL or hold `n` elements; each local range is writable, and they do not
+    /// overlap.
+    fn smem_trans_batch_read(
+        locals: *mut *mut c_void,
+        peer: *const c_char,
+        remotes: *const *const c_void,
+        sizes: *mut usize,
+        n: u32,
+    ) => run(
+        Read,
+        peer,
+        Sides::batch(locals.cast_const().cast(), remotes, sizes.cast_const(), n)
+    );
+    /// `smem_trans_batch_read_submit`.
+    ///
+    /// # Safety
+    /// As [`smem_trans_batch_read`], local ranges valid until this thread's `smem_trans_wait`.
+    fn smem_trans_batch_read_submit;
 }
 
 /// `smem_trans_wait`.

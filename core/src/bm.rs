@@ -643,26 +643,35 @@ fn check_local(local: u64, len: u64) -> Result<(), CopyError> {
     Ok(())
 }
 
+/// `Ok` when `[a, a + a_len)` and `[b, b + b_len)` are disjoint, else `overlap(longer len)`.
+///
+/// # Errors
+/// `overlap(..)`; [`CopyError::ZeroSize`] when a range is empty or wraps (callers check both
+/// ranges before, so this is a safety net).
+fn disjoint(
+    a: u64,
+    a_len: u64,
+    b: u64,
+    b_len: u64,
+    overlap: impl FnOnce(u64) -> CopyError,
+) -> Result<(), CopyError> {
+    match (GvaRange::new(Gva(a), a_len), GvaRange::new(Gva(b), b_len)) {
+        (Some(x), Some(y)) if x.overlaps(&y) => Err(overlap(a_len.max(b_len))),
+        (Some(_), Some(_)) => Ok(()),
+        _ => Err(CopyError::ZeroSize),
+    }
+}
+
+/// The local range must not overlap the global one.
 fn check_overlap(
     local: u64,
     local_len: u64,
     global: u64,
     global_len: u64,
 ) -> Result<(), CopyError> {
-    let (Some(l), Some(g)) = (
-        GvaRange::new(Gva(local), local_len),
-        GvaRange::new(Gva(global), global_len),
-    ) else {
-        return Err(CopyError::ZeroSize);
-    };
-    if l.overlaps(&g) {
-        return Err(CopyError::LocalOverlapsGlobal {
-            local,
-            global,
-            len: local_len.max(global_len),
-        });
-    }
-    Ok(())
+    disjoint(local, local_len, global, global_len, |len| {
+        CopyError::LocalOverlapsGlobal { local, global, len }
+    })
 }
 
 /// Validates `smem_bm_copy(src, dest, size, copy_type)` against `layout`.

@@ -1,7 +1,7 @@
 //! smem-core: the allocation-free heart of smem.
 //!
 //! Everything here is `#![no_std]`, names no `alloc`, and contains no `unsafe`: the config store
-//! wire codec, URL parsing, the GVA range allocator, fixed-capacity handle tables, and copy-range
+//! wire codec, URL parsing, GVA ranges, fixed-capacity handle tables, and copy-range
 //! validation. Parsing never panics, whatever the bytes. Capacities are compile-time constants
 //! ([`limits`]).
 #![no_std]

@@ -136,7 +136,7 @@ fn heartbeat_timeout_from_env() {
         request_id: 0,
         msg_type: smem_core::wire::MessageType::Heartbeat,
     };
-    smem_core::wire::Message::emit(&h, [], [], &mut body).unwrap();
+    smem_core::wire::message::emit(&h, [], [], &mut body).unwrap();
     let mut fh = [0u8; 16];
     smem_core::wire::FrameHeader::new(0, 42, 0)
         .emit(&mut fh)

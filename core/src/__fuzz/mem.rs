@@ -1,10 +1,10 @@
-//! Fuzz entry points for the GVA allocator, handle tables and copy validation.
+//! Fuzz entry points for the handle tables and copy validation.
 //!
 //! Each drives the real code with a byte-coded operation sequence and checks it against a
 //! simple model; a panic here means an invariant of ours broke.
 
 use crate::bm::{Part, WindowLayout, check_copy, check_copy_2d};
-use crate::gva::{Gva, GvaRange, RangeAllocator};
+use crate::gva::{Gva, GvaRange};
 use crate::table::{Handle, Table, TableError};
 
 /// A little-endian cursor over fuzz input that yields zeros once exhausted.
@@ -45,71 +45,6 @@ impl Bytes<'_> {
 }
 
 const SLOTS: usize = 8;
-
-/// Allocator op sequences: alloc / alloc_at / free, checked against the allocator's own
-/// invariant and a model of what is allocated.
-pub fn gva_alloc(data: &[u8]) {
-    let mut b = Bytes(data);
-    let start = b.edgy(0x1000);
-    let len = b.edgy(0x1000).max(1);
-    let Some(area) = GvaRange::new(Gva(start), len)
-        .or_else(|| GvaRange::from_inclusive(Gva(start), Gva(u64::MAX)))
-    else {
-        return;
-    };
-    let mut a: RangeAllocator<SLOTS> = RangeAllocator::new(area);
-    let mut model: heapless::Vec<GvaRange, SLOTS> = heapless::Vec::new();
-    while !b.is_empty() {
-        match b.u8() % 3 {
-            0 => {
-                let len = b.edgy(0x1000);
-                let align = 1u64 << (b.u8() % 64);
-                match a.alloc(len, align) {
-                    Ok(r) => {
-                        assert!(area.contains_range(&r));
-                        assert!(r.start().is_aligned(align));
-                        assert_eq!(r.len(), Some(len));
-                        assert!(model.iter().all(|m| !m.overlaps(&r)));
-                        assert!(model.push(r).is_ok());
-                    }
-                    Err(e) => {
-                        use crate::gva::AllocError;
-                        match e {
-                            AllocError::TableFull => assert!(model.is_full()),
-                            AllocError::BadRequest => assert_eq!(len, 0),
-                            AllocError::NoSpace => {}
-                            other => panic!("unexpected {other:?}"),
-                        }
-                    }
-                }
-            }
-            1 => {
-                let Some(r) = GvaRange::new(Gva(b.edgy(0x1000)), b.edgy(0x1000)) else {
-                    continue;
-                };
-                let ok = a.alloc_at(r).is_ok();
-                let fits = area.contains_range(&r)
-                    && model.iter().all(|m| !m.overlaps(&r))
-                    && !model.is_full();
-                assert_eq!(ok, fits);
-                if ok {
-                    assert!(model.push(r).is_ok());
-                }
-            }
-            _ => {
-                if model.is_empty() {
-                    continue;
-                }
-                let i = usize::from(b.u8()) % model.len();
-                let r = model.swap_remove(i);
-                assert_eq!(a.free(r), Ok(()));
-                assert!(a.free(r).is_err());
-            }
-        }
-        assert!(a.is_sorted_disjoint());
-        assert_eq!(a.ranges().len(), model.len());
-    }
-}
 
 /// Table op sequences checked against a model of live handles.
 pub fn table_ops(data: &[u8]) {
@@ -233,7 +168,6 @@ mod tests {
                 *b = state as u8;
             }
             let len = round % buf.len();
-            super::gva_alloc(&buf[..len]);
             super::table_ops(&buf[..len]);
             super::copy_check(&buf[..len]);
         }

@@ -6,8 +6,8 @@
 //!   window (any two windows, also the same one), checked exactly like the global side of the
 //!   other copy types; the two ranges must not overlap (2D: their strided spans).
 
-use super::{CopyError, Location, WindowLayout};
-use crate::gva::{Gva, GvaRange};
+use super::{CopyError, Location, WindowLayout, disjoint};
+use crate::gva::Gva;
 
 /// `SMEM_ASYNC_COPY_FLAG` (`smem.h`): the copy is queued, completed by `smem_bm_wait`.
 pub const ASYNC_COPY_FLAG: u32 = 1 << 0;
@@ -53,23 +53,6 @@ pub struct G2g2dPlan {
     pub height: u64,
 }
 
-fn disjoint(src: u64, src_len: u64, dest: u64, dest_len: u64) -> Result<(), CopyError> {
-    let (Some(s), Some(d)) = (
-        GvaRange::new(Gva(src), src_len),
-        GvaRange::new(Gva(dest), dest_len),
-    ) else {
-        return Err(CopyError::ZeroSize);
-    };
-    if s.overlaps(&d) {
-        return Err(CopyError::RangesOverlap {
-            src,
-            dest,
-            len: src_len.max(dest_len),
-        });
-    }
-    Ok(())
-}
-
 /// Validates `smem_bm_copy(src, dest, size, SMEMB_COPY_G2G)` against `layout`.
 ///
 /// # Errors
@@ -83,7 +66,7 @@ pub fn check_copy_g2g(
 ) -> Result<G2gPlan, CopyError> {
     let s = layout.locate(Gva(src), size)?;
     let d = layout.locate(Gva(dest), size)?;
-    disjoint(src, size, dest, size)?;
+    check_disjoint(src, size, dest, size)?;
     Ok(G2gPlan { src: s, dest: d })
 }
 
@@ -103,7 +86,7 @@ pub fn check_copy_2d_g2g(
 ) -> Result<G2g2dPlan, CopyError> {
     let s = layout.locate_2d(Gva(src), spitch, width, height)?;
     let d = layout.locate_2d(Gva(dest), dpitch, width, height)?;
-    disjoint(src, s.len, dest, d.len)?;
+    check_disjoint(src, s.len, dest, d.len)?;
     Ok(G2g2dPlan {
         src: s,
         spitch,
@@ -111,6 +94,13 @@ pub fn check_copy_2d_g2g(
         dpitch,
         width,
         height,
+    })
+}
+
+/// The two ranges of a `G2G` copy must not overlap.
+fn check_disjoint(src: u64, src_len: u64, dest: u64, dest_len: u64) -> Result<(), CopyError> {
+    disjoint(src, src_len, dest, dest_len, |len| {
+        CopyError::RangesOverlap { src, dest, len }
     })
 }
 

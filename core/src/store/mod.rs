@@ -674,34 +674,28 @@ impl<S: Storage> Store<S> {
         out: &mut O,
     ) -> Result<(), Refused> {
         const ALL_TAKEN: &str = "error: worldSize rankSize bigger than worldSize.";
-        if let Some(r) = self.storage.rank_of(link) {
-            out.packed(
+        let held = self.storage.rank_of(link);
+        // A link holding a rank gets it again; else the first free rank from the cursor.
+        let rank = held.or_else(|| {
+            let world = self.world_size.filter(|w| *w > 0).unwrap_or(0);
+            let r = (0..world)
+                .map(|i| self.cursor.wrapping_add(i) % world)
+                .find(|r| self.storage.rank_holder(*r).is_none())?;
+            self.storage.bind_rank(r, link);
+            self.cursor = (r + 1) % world;
+            out.log(false, format_args!("link {link} auto-ranked {r}"));
+            Some(r)
+        });
+        match rank {
+            Some(r) => out.packed(
                 link,
                 seq,
                 MessageType::Get,
                 none(),
                 once(&r.to_le_bytes()[..]),
-            );
-            return Ok(());
+            ),
+            None => out.text(link, seq, status::ERROR, format_args!("{ALL_TAKEN}")),
         }
-        let world = self.world_size.filter(|w| *w > 0).unwrap_or(0);
-        for i in 0..world {
-            let r = self.cursor.wrapping_add(i) % world;
-            if self.storage.rank_holder(r).is_none() {
-                self.storage.bind_rank(r, link);
-                self.cursor = (r + 1) % world;
-                out.log(false, format_args!("link {link} auto-ranked {r}"));
-                out.packed(
-                    link,
-                    seq,
-                    MessageType::Get,
-                    none(),
-                    once(&r.to_le_bytes()[..]),
-                );
-                return Ok(());
-            }
-        }
-        out.text(link, seq, status::ERROR, format_args!("{ALL_TAKEN}"));
         Ok(())
     }
 }

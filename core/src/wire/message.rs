@@ -130,49 +130,6 @@ impl MessageHeader {
     }
 }
 
-/// Entry points for messages: [`Message::parse`] gives a [`MessageView`] borrowing the body;
-/// [`Message::encoded_len`] and [`Message::emit`] encode one from a header and item lists.
-#[derive(Debug)]
-pub enum Message {}
-
-impl Message {
-    /// Parse a frame body; see [`MessageView::parse`].
-    ///
-    /// # Errors
-    /// A [`WireError`] naming the first field that is wrong.
-    pub fn parse(body: &[u8]) -> Result<MessageView<'_>> {
-        MessageView::parse(body)
-    }
-
-    /// Encoded length of a message with these keys and values; see [`encoded_len`].
-    pub fn encoded_len<'k, 'v, K, V>(keys: K, values: V) -> usize
-    where
-        K: IntoIterator<Item = &'k [u8]>,
-        V: IntoIterator<Item = &'v [u8]>,
-    {
-        encoded_len(keys, values)
-    }
-
-    /// Encode a message into `buf`; see [`emit`].
-    ///
-    /// # Errors
-    /// [`WireError::BufferTooSmall`] when `buf` is shorter than [`Message::encoded_len`].
-    pub fn emit<'k, 'v, K, V>(
-        header: &MessageHeader,
-        keys: K,
-        values: V,
-        buf: &mut [u8],
-    ) -> Result<usize>
-    where
-        K: IntoIterator<Item = &'k [u8]>,
-        K::IntoIter: Clone,
-        V: IntoIterator<Item = &'v [u8]>,
-        V::IntoIter: Clone,
-    {
-        emit(header, keys, values, buf)
-    }
-}
-
 /// A list of length-prefixed items inside a parsed message, already validated.
 #[derive(Clone, Copy, Debug)]
 pub struct Items<'a> {
@@ -463,11 +420,11 @@ mod tests {
     }
 
     #[test]
-    fn test_message_entry_points() {
-        let m = Message::parse(&SET_KV).unwrap();
+    fn test_parse_emit_round_trip() {
+        let m = MessageView::parse(&SET_KV).unwrap();
         let mut buf = [0u8; 61];
-        let n = Message::emit(&m.header, m.keys, m.values, &mut buf).unwrap();
-        assert_eq!(n, Message::encoded_len(m.keys, m.values));
+        let n = emit(&m.header, m.keys, m.values, &mut buf).unwrap();
+        assert_eq!(n, encoded_len(m.keys, m.values));
         assert_eq!(buf, SET_KV);
     }
 

@@ -24,7 +24,7 @@ pub mod trans;
 
 pub use frame::{FRAME_HEADER_LEN, FrameHeader, MAX_BODY_LEN};
 pub use handshake::{HANDSHAKE_LEN, HANDSHAKE_REPLY_LEN, Handshake};
-pub use message::{Items, MESSAGE_BASE_LEN, Message, MessageHeader, MessageType, MessageView};
+pub use message::{Items, MESSAGE_BASE_LEN, MessageHeader, MessageType, MessageView};
 
 /// Why bytes could not be parsed or emitted.
 ///

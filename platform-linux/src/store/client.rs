@@ -5,29 +5,26 @@
 //! timeout); no lock is held while waiting for a reply. Watch receivers are fed with `send` on
 //! unbounded channels, so the reader never blocks on a slow consumer.
 
-use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use log::{debug, warn};
+use log::debug;
 use smem_core::ErrorCode;
-use smem_core::wire::handshake::{self, Handshake};
 use smem_core::wire::message::{self, MessageHeader};
-use smem_core::wire::{
-    FRAME_HEADER_LEN, FrameHeader, HANDSHAKE_LEN, MessageType, MessageView, status,
-};
+use smem_core::wire::{FRAME_HEADER_LEN, FrameHeader, MessageType, MessageView, status};
 
 use super::{AUTO_RANKING_PREFIX, WATCH_RANK_DOWN_KEY};
 use crate::sync::{lock, wait_timeout};
-use crate::sys::fork::DetachOnFork;
-use crate::sys::net::NoSigPipe;
-use crate::tls::{LoadedTls, TlsStream};
+use crate::tls::LoadedTls;
 use crate::{Error, Result};
+
+mod link;
+
+pub use link::connect_error_is_transient;
+use link::{Link, open_link};
 
 /// Interval of the client's HEARTBEAT frames while it holds a rank.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
@@ -128,27 +125,6 @@ pub enum CasResult {
 struct Reply {
     status: i16,
     body: Vec<u8>,
-}
-
-/// One TCP connection to the store and what is registered on it.
-struct Link {
-    /// Keeps the descriptors of this link out of forked children; declared first, so it is
-    /// dropped (unregistered) before they close.
-    _detach: [DetachOnFork; 2],
-    /// The socket, or the writing half of its TLS stream.
-    writer: Mutex<Box<dyn Write + Send>>,
-    /// A second handle, so taking the link down never waits for a writer blocked in the kernel.
-    shutdown_handle: TcpStream,
-    pending: Mutex<HashMap<u32, SyncSender<Reply>>>,
-    watches: Mutex<Watches>,
-    up: AtomicBool,
-}
-
-#[derive(Default)]
-struct Watches {
-    by_seq: HashMap<u32, (Vec<u8>, Sender<Vec<u8>>)>,
-    by_key: HashMap<Vec<u8>, u32>,
-    rank_down: Option<(u32, Sender<u32>)>,
 }
 
 struct Inner {
@@ -285,352 +261,6 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
                 format!("cannot spawn the {name} thread: {e}"),
             )
         })
-}
-
-impl Link {
-    /// Take the link down: fail every pending op (dropping its sender) and disconnect every
-    /// watcher.
-    fn down(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        let _ = self.shutdown_handle.shutdown(Shutdown::Both);
-        lock(&self.pending).clear();
-        let mut w = lock(&self.watches);
-        w.by_seq.clear();
-        w.by_key.clear();
-        w.rank_down = None;
-    }
-
-    fn is_up(&self) -> bool {
-        self.up.load(Ordering::SeqCst)
-    }
-
-    fn write(&self, addr: SocketAddr, frame: &[u8]) -> Result<()> {
-        if !self.is_up() {
-            return Err(Error::new(
-                ErrorCode::IoError,
-                format!("link to the config store at {addr} is down"),
-            ));
-        }
-        count(T_OPS, 1);
-        count(T_SENT, frame.len() as u64);
-        let mut w = lock(&self.writer);
-        if let Err(e) = w.write_all(frame) {
-            drop(w);
-            self.down();
-            return Err(Error::io(
-                format!("sending to the config store at {addr}"),
-                &e,
-            ));
-        }
-        Ok(())
-    }
-
-    /// Reader thread body: read frames until the link dies, then take it down.
-    fn read_loop(
-        self: Arc<Self>,
-        stream: Box<dyn Read + Send>,
-        detach: DetachOnFork,
-        addr: SocketAddr,
-    ) {
-        // Buffered: a burst of replies and watch events costs one read per 64 KiB, not two
-        // per frame.
-        let mut stream = io::BufReader::with_capacity(64 * 1024, stream);
-        // Declared after `stream`, so it is dropped (unregistered) before the stream closes.
-        let _detach = detach;
-        let mut hdr = [0u8; FRAME_HEADER_LEN];
-        let why = loop {
-            if let Err(e) = stream.read_exact(&mut hdr) {
-                break format!("read: {e}");
-            }
-            let Ok(h) = FrameHeader::parse(&hdr) else {
-                break "bad header".into();
-            };
-            if h.body_len > smem_core::wire::MAX_BODY_LEN {
-                break format!("reply bodyLen {} over 64 MiB", h.body_len);
-            }
-            // Grows with the bytes that actually arrive, not with the declared length.
-            let mut body = Vec::new();
-            match (&mut stream)
-                .take(u64::from(h.body_len))
-                .read_to_end(&mut body)
-            {
-                Ok(n) if n == h.body_len as usize => {}
-                Ok(_) => break "link closed inside a reply".into(),
-                Err(e) => break format!("read: {e}"),
-            }
-            count(T_RECEIVED, (FRAME_HEADER_LEN + body.len()) as u64);
-            self.dispatch(h.seq_no, h.result, body);
-        };
-        if self.is_up() {
-            debug!("store client for {addr}: link down ({why})");
-        }
-        self.down();
-    }
-
-    fn dispatch(&self, seq: u32, st: i16, body: Vec<u8>) {
-        if seq == 0 {
-            debug!("store client: ignoring server push (status {st})");
-            return;
-        }
-        if let Some(tx) = lock(&self.pending).remove(&seq) {
-            let _ = tx.try_send(Reply { status: st, body });
-            return;
-        }
-        count(T_EVENTS, 1);
-        let mut w = lock(&self.watches);
-        if let Some((key, tx)) = w.by_seq.get(&seq) {
-            let ok = st == status::OK
-                && MessageView::parse(&body)
-                    .is_ok_and(|m| m.values.get(0).is_some_and(|v| tx.send(v.to_vec()).is_ok()));
-            if !ok {
-                if st != status::OK {
-                    warn!(
-                        "store watch of key {} ended: status {st} {:?}",
-                        show(key),
-                        text(&body)
-                    );
-                }
-                let key = key.clone();
-                w.by_seq.remove(&seq);
-                if w.by_key.get(&key) == Some(&seq) {
-                    w.by_key.remove(&key);
-                }
-            }
-            return;
-        }
-        if let Some((rseq, tx)) = &w.rank_down {
-            if *rseq == seq {
-                let rank = MessageView::parse(&body).ok().and_then(|m| {
-                    m.values
-                        .get(0)
-                        .and_then(|v| v.try_into().ok())
-                        .map(u32::from_le_bytes)
-                });
-                let alive = st == status::OK && rank.is_some_and(|r| tx.send(r).is_ok());
-                if !alive {
-                    w.rank_down = None;
-                }
-                return;
-            }
-        }
-        debug!("store client: reply for unknown seqNo {seq} (late after a timeout?)");
-    }
-}
-
-/// Whether a failed TCP connect may succeed later: nobody listens yet (refused, reset), the
-/// route or the host is not there yet (host/network unreachable, e.g. an interface or a
-/// neighbour coming up), the attempt timed out, or a signal interrupted it. Other errors (bad
-/// address, address family not supported, permission) will not change by waiting.
-pub fn connect_error_is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::ECONNREFUSED
-                | libc::ECONNRESET
-                | libc::ECONNABORTED
-                | libc::EHOSTUNREACH
-                | libc::ENETUNREACH
-                | libc::EHOSTDOWN
-                | libc::ENETDOWN
-                | libc::ETIMEDOUT
-                | libc::EINTR
-                | libc::EAGAIN
-        )
-    ) || matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::TimedOut
-            | io::ErrorKind::Interrupted
-    )
-}
-
-/// First and last pause between connect attempts (doubling in between).
-const CONNECT_BACKOFF: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(200)];
-
-/// A TCP connection to `addr`, retrying transient failures
-/// ([`connect_error_is_transient`]) with backoff until `deadline`.
-///
-/// # Errors
-/// `SM_TIMEOUT` naming the address, the timeout and the last OS error, at the deadline or at
-/// once for an error that waiting will not fix.
-fn connect_until(addr: SocketAddr, deadline: Instant, timeout: Duration) -> Result<TcpStream> {
-    let mut pause = CONNECT_BACKOFF[0];
-    let mut attempts = 0u32;
-    loop {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        attempts += 1;
-        let err = match TcpStream::connect_timeout(&addr, left) {
-            // A TCP self-connection: with nobody listening on a port of the ephemeral range,
-            // the kernel may pick that very port as our source port and "connect" the socket
-            // to itself (simultaneous open). It is not the store: drop it and retry as if
-            // refused, or our own handshake would come back to us.
-            Ok(s) if s.local_addr().ok() == Some(addr) => {
-                drop(s);
-                io::Error::from_raw_os_error(libc::ECONNREFUSED)
-            }
-            Ok(s) => return Ok(s),
-            Err(e) => e,
-        };
-        let transient = connect_error_is_transient(&err);
-        if !transient || Instant::now() >= deadline {
-            return Err(Error::new(
-                ErrorCode::Timeout,
-                format!(
-                    "cannot connect to the config store at {addr} within {} ms ({attempts} attempt(s){}): last error: {err}; is it running and reachable from here?",
-                    timeout.as_millis(),
-                    if transient { "" } else { ", not retried" }
-                ),
-            ));
-        }
-        debug!("store client: connecting to {addr}: {err}; retrying in {pause:?}");
-        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-        pause = (pause * 2).min(CONNECT_BACKOFF[1]);
-    }
-}
-
-/// Connect (retrying transient failures until `connect_timeout`), handshake, start the reader.
-fn open_link(
-    addr: SocketAddr,
-    opts: &ClientOptions,
-    rank: Option<u32>,
-    reconnect: bool,
-) -> Result<Arc<Link>> {
-    // Saturating: an absurd timeout means "a very long time", never a panic.
-    let now = Instant::now();
-    let deadline = now
-        .checked_add(opts.connect_timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
-    let mut stream = connect_until(addr, deadline, opts.connect_timeout)?;
-    let _ = stream.set_nodelay(true);
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(100));
-    let io = |e: io::Error| Error::io("configuring the store socket", &e);
-    stream.set_read_timeout(Some(left)).map_err(io)?;
-    stream
-        .set_write_timeout(Some(opts.op_timeout.max(Duration::from_millis(1))))
-        .map_err(io)?;
-    send_header(&mut stream, opts.world_size, rank, reconnect, addr)?;
-    let shutdown_handle = stream.try_clone().map_err(io)?;
-    let check = |r: &mut dyn Read| read_reply(r, opts, rank, addr);
-    let (reader, writer, reader_fd, writer_fd): (
-        Box<dyn Read + Send>,
-        Box<dyn Write + Send>,
-        RawFd,
-        RawFd,
-    ) = match &opts.tls {
-        Some(tls) => {
-            // The reference's order: TLS right behind the clear header, the reply inside.
-            let mut tls = TlsStream::connect(stream, tls, addr.ip(), deadline)
-                .map_err(|e| e.context(format!("config store at {addr}")))?;
-            check(&mut tls)?;
-            tls.tcp().set_read_timeout(None).map_err(io)?;
-            debug!(
-                "store client: TLS link to {addr}, server {}",
-                tls.peer_identity()
-            );
-            let writer_fd = tls.tcp().as_raw_fd();
-            let (r, w) = tls.into_split()?;
-            let reader_fd = r.socket().as_raw_fd();
-            (Box::new(r), Box::new(w), reader_fd, writer_fd)
-        }
-        None => {
-            check(&mut stream)?;
-            stream.set_read_timeout(None).map_err(io)?;
-            let reader = stream.try_clone().map_err(io)?;
-            let (reader_fd, writer_fd) = (reader.as_raw_fd(), stream.as_raw_fd());
-            // Writes as `send(MSG_NOSIGNAL)`: never SIGPIPE in a C host.
-            let writer = NoSigPipe::new(stream);
-            (Box::new(reader), Box::new(writer), reader_fd, writer_fd)
-        }
-    };
-    // The descriptors stay open as long as `reader`, `writer` and `shutdown_handle` live, and
-    // each guard is dropped before its descriptor closes (field and local order).
-    let reader_detach = DetachOnFork::from_raw(reader_fd);
-    let link = Arc::new(Link {
-        _detach: [
-            DetachOnFork::from_raw(writer_fd),
-            DetachOnFork::new(shutdown_handle.as_fd()),
-        ],
-        writer: Mutex::new(writer),
-        shutdown_handle,
-        pending: Mutex::new(HashMap::new()),
-        watches: Mutex::new(Watches::default()),
-        up: AtomicBool::new(true),
-    });
-    let l = Arc::clone(&link);
-    if let Err(e) = spawn("smem-store-rx", move || {
-        l.read_loop(reader, reader_detach, addr)
-    }) {
-        link.down();
-        return Err(e);
-    }
-    Ok(link)
-}
-
-fn send_header(
-    stream: &mut TcpStream,
-    world: Option<u32>,
-    rank: Option<u32>,
-    reconnect: bool,
-    addr: SocketAddr,
-) -> Result<()> {
-    let mut hs = [0u8; HANDSHAKE_LEN];
-    let _ = Handshake::new(world, rank, reconnect).emit(&mut hs);
-    NoSigPipe::new(&*stream)
-        .write_all(&hs)
-        .map_err(|e| Error::io(format!("handshake with the config store at {addr}"), &e))
-}
-
-fn read_reply(
-    stream: &mut dyn Read,
-    opts: &ClientOptions,
-    rank: Option<u32>,
-    addr: SocketAddr,
-) -> Result<()> {
-    let world = opts.world_size;
-    let mut r = [0u8; handshake::HANDSHAKE_REPLY_LEN];
-    stream.read_exact(&mut r).map_err(|e| {
-        if opts.tls.is_some() {
-            // E.g. the store refused our certificate: its alert arrives here.
-            let e = crate::tls::stream_error(&format!("TLS link to the config store at {addr}"), &e);
-            if e.code() == ErrorCode::TlsError {
-                return e;
-            }
-        }
-        Error::new(
-            ErrorCode::IoError,
-            format!("config store at {addr} closed the link during the handshake ({e}); it refused us or is overloaded"),
-        )
-    })?;
-    match handshake::parse_reply(&r).unwrap_or(status::ERROR) {
-        status::OK => Ok(()),
-        status::WORLD_SIZE_MISMATCH => Err(Error::invalid(format!(
-            "config store at {addr} refused world size {world:?}: another rank registered a different world size"
-        ))),
-        status::TLS_REQUIRED => Err(Error::new(
-            ErrorCode::TlsError,
-            format!(
-                "config store at {addr} requires TLS and this client speaks plaintext: enable TLS with smem_set_ssl_option (Rust: tls::set_global or ClientOptions::tls) before connecting"
-            ),
-        )),
-        code if opts.tls.is_none() => Err(Error::new(
-            ErrorCode::StoreRejected,
-            format!(
-                "config store at {addr} refused the handshake ({code}): rank {rank:?} is already held by a live link, too many links are open, or the store requires TLS (enable it with smem_set_ssl_option)"
-            ),
-        )),
-        code => Err(Error::new(
-            ErrorCode::StoreRejected,
-            format!(
-                "config store at {addr} refused the handshake ({code}): rank {rank:?} is already held by a live link, too many links are open, or the protocol differs"
-            ),
-        )),
-    }
 }
 
 impl Inner {
@@ -802,16 +432,10 @@ impl TcpClient {
         &self.handle.inner
     }
 
-    fn call(
-        &self,
-        op: &str,
-        mt: MessageType,
-        user_def: i64,
-        keys: &[&[u8]],
-        values: &[&[u8]],
-    ) -> Result<Reply> {
-        self.inner()
-            .call(op, mt, user_def, keys, values, self.inner().opts.op_timeout)
+    /// One request bounded by the op timeout.
+    fn call(&self, op: &str, mt: MessageType, keys: &[&[u8]], values: &[&[u8]]) -> Result<Reply> {
+        let inner = self.inner();
+        inner.call(op, mt, 0, keys, values, inner.opts.op_timeout)
     }
 
     /// Store `value` under `key`.
@@ -819,7 +443,7 @@ impl TcpClient {
     /// # Errors
     /// Link, timeout, or store refusal (e.g. over a limit).
     pub fn set(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let r = self.call("SET", MessageType::Set, 0, &[key], &[value])?;
+        let r = self.call("SET", MessageType::Set, &[key], &[value])?;
         if r.status == status::OK {
             Ok(())
         } else {
@@ -832,7 +456,7 @@ impl TcpClient {
     /// # Errors
     /// Link, timeout, or store refusal.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let r = self.call("GET", MessageType::Get, 0, &[key], &[])?;
+        let r = self.call("GET", MessageType::Get, &[key], &[])?;
         match r.status {
             status::OK => Ok(Some(
                 packed_values("GET", key, &r.body)?
@@ -888,7 +512,7 @@ impl TcpClient {
     /// `SM_STORE_REJECTED` when the stored value is not a number or the sum overflows.
     pub fn add(&self, key: &[u8], delta: i64) -> Result<i64> {
         let d = delta.to_string();
-        let r = self.call("ADD", MessageType::Add, 0, &[key], &[d.as_bytes()])?;
+        let r = self.call("ADD", MessageType::Add, &[key], &[d.as_bytes()])?;
         if r.status != status::OK {
             return Err(rejected("ADD", key, &r));
         }
@@ -903,7 +527,7 @@ impl TcpClient {
     /// # Errors
     /// Link, timeout, or store refusal.
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
-        let r = self.call("REMOVE", MessageType::Remove, 0, &[key], &[])?;
+        let r = self.call("REMOVE", MessageType::Remove, &[key], &[])?;
         match r.status {
             status::OK => Ok(true),
             status::NOT_EXIST => Ok(false),
@@ -916,7 +540,7 @@ impl TcpClient {
     /// # Errors
     /// Link, timeout, or store refusal.
     pub fn append(&self, key: &[u8], value: &[u8]) -> Result<u64> {
-        let r = self.call("APPEND", MessageType::Append, 0, &[key], &[value])?;
+        let r = self.call("APPEND", MessageType::Append, &[key], &[value])?;
         if r.status != status::OK {
             return Err(rejected("APPEND", key, &r));
         }
@@ -931,7 +555,7 @@ impl TcpClient {
     /// # Errors
     /// Link, timeout, or store refusal.
     pub fn cas(&self, key: &[u8], expected: &[u8], new: &[u8]) -> Result<CasResult> {
-        let r = self.call("CAS", MessageType::Cas, 0, &[key], &[expected, new])?;
+        let r = self.call("CAS", MessageType::Cas, &[key], &[expected, new])?;
         if r.status != status::OK {
             return Err(rejected("CAS", key, &r));
         }
@@ -951,7 +575,7 @@ impl TcpClient {
         let mut v = Vec::with_capacity(4 + data.len());
         v.extend_from_slice(&offset.to_le_bytes());
         v.extend_from_slice(data);
-        let r = self.call("WRITE", MessageType::Write, 0, &[key], &[&v])?;
+        let r = self.call("WRITE", MessageType::Write, &[key], &[&v])?;
         if r.status == status::OK {
             Ok(())
         } else {
@@ -964,7 +588,7 @@ impl TcpClient {
     /// # Errors
     /// Link, timeout, or store refusal (reply too large).
     pub fn prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let r = self.call("PREFIX", MessageType::Prefix, 0, &[prefix], &[])?;
+        let r = self.call("PREFIX", MessageType::Prefix, &[prefix], &[])?;
         if r.status != status::OK {
             return Err(rejected("PREFIX", prefix, &r));
         }
@@ -986,13 +610,7 @@ impl TcpClient {
     /// Link, timeout, or store refusal.
     pub fn query_alive(&self, rank: u32) -> Result<bool> {
         let k = rank.to_string();
-        let r = self.call(
-            "QUERY_ALIVE",
-            MessageType::QueryAlive,
-            0,
-            &[k.as_bytes()],
-            &[],
-        )?;
+        let r = self.call("QUERY_ALIVE", MessageType::QueryAlive, &[k.as_bytes()], &[])?;
         if r.status != status::OK {
             return Err(rejected("QUERY_ALIVE", k.as_bytes(), &r));
         }
@@ -1006,7 +624,7 @@ impl TcpClient {
     pub fn auto_rank(&self, key_suffix: &[u8]) -> Result<u32> {
         let mut key = AUTO_RANKING_PREFIX.to_vec();
         key.extend_from_slice(key_suffix);
-        let r = self.call("AutoRanking GET", MessageType::Get, 0, &[&key], &[])?;
+        let r = self.call("AutoRanking GET", MessageType::Get, &[&key], &[])?;
         if r.status != status::OK {
             return Err(Error::new(
                 ErrorCode::LimitExceeded,

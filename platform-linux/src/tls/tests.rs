@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
+use std::{fs, io};
 
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls_pki_types::ServerName;
 use smem_core::ErrorCode;
 
 use super::*;
@@ -126,8 +129,7 @@ fn connect(addr: SocketAddr) -> TcpStream {
 
 /// Connects with `tls`, echoes `ping`; `Ok(server identity)` or the client's error text.
 fn ping(addr: SocketAddr, tls: &LoadedTls) -> std::result::Result<String, String> {
-    let mut stream = TlsStream::connect(connect(addr), tls, LOCALHOST, Instant::now() + IO_TIMEOUT)
-        .map_err(|e| e.to_string())?;
+    let mut stream = connect_tls(addr, tls, IO_TIMEOUT).map_err(|e| e.to_string())?;
     stream
         .tcp()
         .set_read_timeout(Some(IO_TIMEOUT))
@@ -152,6 +154,42 @@ fn client_tls(pki: &Pki) -> LoadedTls {
     TlsOptions::new(&pki.ca_file, &pki.client_cert, &pki.client_key)
         .load()
         .expect("client TLS")
+}
+
+/// The material of `cert` and `key` (which must load), trusting the test CA.
+fn leaf_tls(pki: &Pki, cert: &Path, key: &Path) -> LoadedTls {
+    TlsOptions::new(&pki.ca_file, cert, key)
+        .load()
+        .expect("load")
+}
+
+/// A client whose certificate (serial `serial`) expired.
+fn expired_tls(pki: &Pki, serial: u64) -> LoadedTls {
+    let mut spec = LeafSpec::loopback("old-rank", serial);
+    spec.expired = true;
+    let (cert, key) = pki.leaf_files("expired", &spec);
+    leaf_tls(pki, &cert, &key)
+}
+
+/// A client handshake over a fresh connection to `addr`, bounded by `timeout`.
+fn connect_tls(addr: SocketAddr, tls: &LoadedTls, timeout: Duration) -> Result<TlsStream> {
+    TlsStream::connect(connect(addr), tls, LOCALHOST, Instant::now() + timeout)
+}
+
+/// `server` refuses the client `tls`: the client's error contains one of `client_says`, the
+/// server's report contains `server_says`, and a good client is served afterwards.
+fn assert_refused(
+    server: &EchoServer,
+    pki: &Pki,
+    tls: &LoadedTls,
+    client_says: &[&str],
+    server_says: &str,
+) {
+    let err = ping(server.addr, tls).expect_err("must be refused");
+    assert!(client_says.iter().any(|w| err.contains(w)), "{err}");
+    let report = server.next_report().expect_err("server must refuse");
+    assert!(report.contains(server_says), "{report}");
+    assert_still_serving(server, pki);
 }
 
 /// A good client is served: the server is still healthy after a refusal.
@@ -280,15 +318,14 @@ fn client_from_another_ca_is_refused() {
     let cert = pki.dir.write("intruder.pem", leaf.cert_pem());
     let key = pki.dir.write("intruder.key", leaf.key_pem());
     // It trusts our CA (so it accepts the server) but its own certificate is from elsewhere.
-    let tls = TlsOptions::new(&pki.ca_file, &cert, &key)
-        .load()
-        .expect("load");
-    let err = ping(server.addr, &tls).expect_err("must be refused");
-    assert!(err.contains("UnknownCA") || err.contains("alert"), "{err}");
-
-    let report = server.next_report().expect_err("server must refuse");
-    assert!(report.contains("not signed by a trusted CA"), "{report}");
-    assert_still_serving(&server, &pki);
+    let tls = leaf_tls(&pki, &cert, &key);
+    assert_refused(
+        &server,
+        &pki,
+        &tls,
+        &["UnknownCA", "alert"],
+        "not signed by a trusted CA",
+    );
 }
 
 #[test]
@@ -296,18 +333,7 @@ fn client_from_another_ca_is_refused() {
 fn expired_client_certificate_is_refused() {
     let pki = Pki::new("expired");
     let server = EchoServer::start(server_tls(&pki));
-    let mut spec = LeafSpec::loopback("old-rank", 40);
-    spec.expired = true;
-    let (cert, key) = pki.leaf_files("expired", &spec);
-    let tls = TlsOptions::new(&pki.ca_file, &cert, &key)
-        .load()
-        .expect("load");
-    let err = ping(server.addr, &tls).expect_err("must be refused");
-    assert!(err.contains("alert"), "{err}");
-
-    let report = server.next_report().expect_err("server must refuse");
-    assert!(report.contains("expired"), "{report}");
-    assert_still_serving(&server, &pki);
+    assert_refused(&server, &pki, &expired_tls(&pki, 40), &["alert"], "expired");
 }
 
 #[test]
@@ -321,17 +347,9 @@ fn revoked_client_certificate_is_refused() {
         .load()
         .expect("server TLS with CRL");
     let server = EchoServer::start(server_tls);
-
-    let tls = TlsOptions::new(&pki.ca_file, &cert, &key)
-        .load()
-        .expect("load");
-    let err = ping(server.addr, &tls).expect_err("must be refused");
-    assert!(err.contains("alert"), "{err}");
-    let report = server.next_report().expect_err("server must refuse");
-    assert!(report.contains("revoked"), "{report}");
-
-    // Not revoked: served (its issuer's CRL is known, so its status is known).
-    assert_still_serving(&server, &pki);
+    // Then one not revoked is served (its issuer's CRL is known, so its status is known).
+    let tls = leaf_tls(&pki, &cert, &key);
+    assert_refused(&server, &pki, &tls, &["alert"], "revoked");
 }
 
 #[test]
@@ -365,11 +383,7 @@ fn server_ip_san_must_match_when_present() {
     let mut spec = LeafSpec::loopback("elsewhere", 60);
     spec.ips = vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))];
     let (cert, key) = pki.leaf_files("elsewhere", &spec);
-    let server = EchoServer::start(
-        TlsOptions::new(&pki.ca_file, &cert, &key)
-            .load()
-            .expect("load"),
-    );
+    let server = EchoServer::start(leaf_tls(&pki, &cert, &key));
     let err = ping(server.addr, &client).expect_err("wrong IP SAN must be refused");
     assert!(err.contains("not valid for the address"), "{err}");
     drop(server);
@@ -378,11 +392,7 @@ fn server_ip_san_must_match_when_present() {
     let mut spec = LeafSpec::loopback("by-hostname", 61);
     spec.ips = vec![];
     let (cert, key) = pki.leaf_files("hostname", &spec);
-    let server = EchoServer::start(
-        TlsOptions::new(&pki.ca_file, &cert, &key)
-            .load()
-            .expect("load"),
-    );
+    let server = EchoServer::start(leaf_tls(&pki, &cert, &key));
     assert_eq!(ping(server.addr, &client).as_deref(), Ok("CN=by-hostname"));
 }
 
@@ -431,13 +441,7 @@ fn tls_client_to_plaintext_server_fails_cleanly() {
         let _ = s.write_all(&[0_u8; 16]); // a clear-text store reply
     });
     let started = Instant::now();
-    let err = TlsStream::connect(
-        connect(addr),
-        &client_tls(&pki),
-        LOCALHOST,
-        Instant::now() + IO_TIMEOUT,
-    )
-    .expect_err("must fail");
+    let err = connect_tls(addr, &client_tls(&pki), IO_TIMEOUT).expect_err("must fail");
     assert!(started.elapsed() < IO_TIMEOUT);
     assert!(
         err.code() == ErrorCode::TlsError || err.code() == ErrorCode::IoError,
@@ -453,13 +457,8 @@ fn silent_server_times_out() {
     let listener = TcpListener::bind((LOCALHOST, 0)).expect("bind");
     let addr = listener.local_addr().expect("addr");
     let started = Instant::now();
-    let err = TlsStream::connect(
-        connect(addr),
-        &client_tls(&pki),
-        LOCALHOST,
-        Instant::now() + Duration::from_millis(300),
-    )
-    .expect_err("must time out");
+    let err = connect_tls(addr, &client_tls(&pki), Duration::from_millis(300))
+        .expect_err("must time out");
     assert_eq!(err.code(), ErrorCode::Timeout, "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
     drop(listener);
@@ -512,9 +511,7 @@ fn sec1_key_loads() {
     let leaf = pki.ca.issue(&LeafSpec::loopback("sec1-rank", 80));
     let cert = pki.dir.write("sec1.pem", leaf.cert_pem());
     let key = pki.dir.write("sec1.key", leaf.sec1_key_pem());
-    let tls = TlsOptions::new(&pki.ca_file, &cert, &key)
-        .load()
-        .expect("SEC1 key loads");
+    let tls = leaf_tls(&pki, &cert, &key);
     let server = EchoServer::start(server_tls(&pki));
     assert_eq!(ping(server.addr, &tls).as_deref(), Ok("CN=store-server"));
 }
@@ -727,13 +724,7 @@ fn temp_dirs_are_removed() {
 fn split_stream_concurrent_writers() {
     let pki = Pki::new("split");
     let server = EchoServer::start(server_tls(&pki));
-    let stream = TlsStream::connect(
-        connect(server.addr),
-        &client_tls(&pki),
-        LOCALHOST,
-        Instant::now() + IO_TIMEOUT,
-    )
-    .expect("connect");
+    let stream = connect_tls(server.addr, &client_tls(&pki), IO_TIMEOUT).expect("connect");
     let (mut reader, writer) = stream.into_split().expect("split");
     const WRITERS: u8 = 4;
     const MESSAGES: usize = 6;
@@ -785,19 +776,8 @@ fn split_stream_concurrent_writers() {
 fn split_reader_sees_the_refusal() {
     let pki = Pki::new("splitrefused");
     let server = EchoServer::start(server_tls(&pki));
-    let mut spec = LeafSpec::loopback("old-rank", 41);
-    spec.expired = true;
-    let (cert, key) = pki.leaf_files("expired", &spec);
-    let tls = TlsOptions::new(&pki.ca_file, &cert, &key)
-        .load()
-        .expect("load");
-    let stream = TlsStream::connect(
-        connect(server.addr),
-        &tls,
-        LOCALHOST,
-        Instant::now() + IO_TIMEOUT,
-    )
-    .expect("the client side of the handshake completes");
+    let stream = connect_tls(server.addr, &expired_tls(&pki, 41), IO_TIMEOUT)
+        .expect("the client side of the handshake completes");
     let (mut reader, mut writer) = stream.into_split().expect("split");
     let _ = writer.write_all(b"ping");
     let err = reader.read(&mut [0_u8; 4]).expect_err("refused");

@@ -89,13 +89,7 @@ impl BmObject {
         }
     }
 
-    fn apply_entry(
-        &self,
-        ctl: &mut Ctl,
-        entry: LogEntry,
-        off: u64,
-        out: &mut Applied<'_>,
-    ) {
+    fn apply_entry(&self, ctl: &mut Ctl, entry: LogEntry, off: u64, out: &mut Applied<'_>) {
         let r = match entry {
             LogEntry::Create(r) | LogEntry::Join(r) | LogEntry::Leave(r) | LogEntry::Destroy(r) => {
                 r

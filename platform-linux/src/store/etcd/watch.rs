@@ -98,6 +98,31 @@ async fn forward(
     }
 }
 
+impl Shared {
+    /// Starts forwarding the events of `key` (a prefix when `prefix`) after revision `rev` to
+    /// `deliver` on the client's runtime (see [`forward`]); dropping the returned handle stops
+    /// it.
+    fn spawn_forward(
+        &self,
+        key: Vec<u8>,
+        prefix: bool,
+        rev: i64,
+        deliver: impl FnMut(EventType, &[u8], &[u8]) -> bool + Send + 'static,
+    ) -> oneshot::Sender<()> {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        self.handle.spawn(forward(
+            self.client.clone(),
+            self.target.to_string(),
+            key,
+            prefix,
+            rev + 1,
+            stop_rx,
+            deliver,
+        ));
+        stop_tx
+    }
+}
+
 impl EtcdClient {
     /// Reads `key` (data key) and starts a watch from the revision after the read; the
     /// receiver gets the current value first, if any.
@@ -113,7 +138,6 @@ impl EtcdClient {
         if let Some(kv) = r.kvs().first() {
             let _ = tx.send(full(kv.value()).to_vec());
         }
-        let (stop_tx, stop_rx) = oneshot::channel();
         let deliver = move |t: EventType, _: &[u8], v: &[u8]| {
             if t != EventType::Put {
                 return true;
@@ -124,16 +148,7 @@ impl EtcdClient {
             };
             piece.is_none_or(|p| tx.send(p.to_vec()).is_ok())
         };
-        s.handle.spawn(forward(
-            s.client.clone(),
-            s.target.to_string(),
-            dk,
-            false,
-            rev + 1,
-            stop_rx,
-            deliver,
-        ));
-        Ok((stop_tx, rx))
+        Ok((s.spawn_forward(dk, false, rev, deliver), rx))
     }
 
     /// Watch `key`: the receiver gets the current value (if any) and what every later wake
@@ -209,7 +224,6 @@ impl EtcdClient {
         })?;
         let rev = r.header().map_or(0, |h| h.revision());
         let (tx, rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel();
         let strip = prefix.len();
         let deliver = move |t: EventType, k: &[u8], _: &[u8]| {
             if t != EventType::Delete {
@@ -223,16 +237,8 @@ impl EtcdClient {
                 None => true,
             }
         };
-        s.handle.spawn(forward(
-            s.client.clone(),
-            s.target.to_string(),
-            prefix,
-            true,
-            rev + 1,
-            stop_rx,
-            deliver,
-        ));
-        let old = lock(&s.watches).rank_down.replace(stop_tx);
+        let stop = s.spawn_forward(prefix, true, rev, deliver);
+        let old = lock(&s.watches).rank_down.replace(stop);
         drop(old);
         Ok(rx)
     }

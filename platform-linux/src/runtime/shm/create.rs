@@ -1,0 +1,540 @@
+//! An SHM object of this process and its collective creation: GVA agreement, the own window
+//! mapped and published, the same-host peers' windows mapped, the host's control segment joined
+//! (see the module docs of [`super`], "Create"), and its destruction.
+
+use std::collections::HashMap;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use log::{debug, info, warn};
+use smem_core::ErrorCode;
+use smem_core::collective::Collective;
+use smem_core::data_op::ShmDataOps;
+use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
+
+use super::{
+    DATA_OP_MTE, DATA_OP_SDMA, EPOCH_KEY, STATE, ShmCtx, ShmHandle, State, WAIT_SLICE,
+    decode_window, encode_window, not_initialized, open_key, parse_u64, win_key,
+};
+use crate::collective::{HostGroup, Members};
+use crate::mem::{HostSegment, Reservation, SegmentKind};
+use crate::runtime::agree::{AgreeNs, Departed, Proposal, agree_gva};
+use crate::runtime::life::{self, remaining};
+use crate::runtime::object::records::WindowRecord;
+use crate::runtime::rank_list;
+use crate::store::StoreClient;
+use crate::sync::lock;
+use crate::{Error, Result};
+
+/// One member as seen from this process.
+#[derive(Debug)]
+pub(super) struct Peer {
+    /// On this host (its window is mapped here).
+    pub(super) same_host: bool,
+    /// Its world rank (for the store's rank-down reports).
+    pub(super) world_rank: u32,
+    /// How many times its world rank was reported down when the object was created.
+    pub(super) downs_at_create: u64,
+    /// Its host identity.
+    pub(super) host: String,
+    /// Its process id (same host only; 0 otherwise).
+    pub(super) pid: u32,
+}
+
+/// An SHM object of this process.
+#[derive(Debug)]
+pub(super) struct ShmObject {
+    pub(super) id: u32,
+    pub(super) epoch: u64,
+    pub(super) prefix: String,
+    pub(super) ctx: Arc<ShmCtx>,
+    pub(super) rank: u32,
+    pub(super) rank_size: u32,
+    pub(super) symmetric_size: u64,
+    pub(super) base: u64,
+    pub(super) peers: Vec<Peer>,
+    /// The next control operation's generation; held for the whole operation.
+    pub(super) next_generation: Mutex<u64>,
+    /// The control segment shared with the members of this host (barrier, allgather).
+    pub(super) group: HostGroup,
+    /// The GVA range with every same-host window mapped; dropping it unmaps them all.
+    pub(super) _reservation: Reservation,
+    pub(super) segment: HostSegment,
+}
+
+/// Arguments of `shm_create`, validated.
+pub(super) struct CreateArgs {
+    pub(super) id: u32,
+    pub(super) rank_size: u32,
+    pub(super) rank: u32,
+    pub(super) symmetric_size: u64,
+}
+
+/// Creates or opens this host's control segment of the object (see [`crate::collective`]).
+fn join_host_group(
+    store: &StoreClient,
+    prefix: &str,
+    rank: u32,
+    peers: &[Peer],
+    deadline: Instant,
+    what: &str,
+) -> Result<HostGroup> {
+    let n = u32::try_from(peers.len()).unwrap_or(u32::MAX);
+    let world_ranks: Vec<u32> = peers.iter().map(|p| p.world_rank).collect();
+    let local: Vec<(u32, u32)> = (0..n)
+        .zip(peers)
+        .filter(|(_, p)| p.same_host)
+        .map(|(r, p)| (r, p.pid))
+        .collect();
+    let hosts = smem_core::ctl_segment::Hosts::of(n, rank, |a, b| {
+        peers[a as usize].host == peers[b as usize].host
+    });
+    let members = Members {
+        rank,
+        world_ranks: &world_ranks,
+        local: &local,
+        hosts,
+    };
+    HostGroup::join(store, prefix, &members, deadline, what)
+}
+
+/// Counts this rank's window record in (`<prefix>wins`, ADD), waits until all `members`
+/// published theirs (`<prefix>wins/all`, set by the rank that completes the count; a parked
+/// GET in slices, failing early when a member died) and reads them with one PREFIX get: a
+/// constant number of ops per rank, where a parked GET per member cost `n`.
+fn published_windows(
+    ctx: &ShmCtx,
+    prefix: &str,
+    members: u32,
+    deadline: Instant,
+    what: &str,
+) -> Result<HashMap<u32, Vec<u8>>> {
+    let store = &ctx.store;
+    let all = format!("{prefix}wins/all").into_bytes();
+    let n = store
+        .add(format!("{prefix}wins").as_bytes(), 1)
+        .map_err(|e| e.context(what))?;
+    if n >= i64::from(members) {
+        store.set(&all, b"1").map_err(|e| e.context(what))?;
+    }
+    loop {
+        let left = remaining(deadline);
+        if left.is_zero() {
+            return Err(Error::new(
+                ErrorCode::Timeout,
+                format!("{what}: not every member published its window in time"),
+            ));
+        }
+        match store.wait_get(&all, left.min(WAIT_SLICE)) {
+            Ok(_) => break,
+            Err(e) if e.code() == ErrorCode::Timeout => {
+                let gone = ctx.departed_members(members);
+                if !gone.is_empty() {
+                    return Err(Error::new(
+                        ErrorCode::IoError,
+                        format!(
+                            "{what}: member rank(s) {} died before publishing their windows (their config store link went down)",
+                            rank_list(&gone)
+                        ),
+                    ));
+                }
+            }
+            Err(e) => return Err(e.context(format!("{what}: waiting for the members' windows"))),
+        }
+    }
+    let win = format!("{prefix}win/");
+    Ok(store
+        .prefix(win.as_bytes())
+        .map_err(|e| e.context(what))?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let r = std::str::from_utf8(k.get(win.len()..)?)
+                .ok()?
+                .parse()
+                .ok()?;
+            Some((r, v))
+        })
+        .collect())
+}
+
+impl ShmObject {
+    pub(super) fn what(&self, call: &str) -> String {
+        format!(
+            "{call} of SHM object {} (rank {} of {})",
+            self.id, self.rank, self.rank_size
+        )
+    }
+
+    /// Creates the object; `used` is set to the instance number as soon as it is known (also
+    /// when create then fails), so a retry waits for a newer instance.
+    pub(super) fn create(
+        ctx: &Arc<ShmCtx>,
+        args: &CreateArgs,
+        epoch_floor: u64,
+        used: &mut u64,
+    ) -> Result<Self> {
+        let id = args.id;
+        let what = format!("smem_shm_create {id} (rank {})", args.rank);
+        let deadline = Instant::now() + ctx.config.create_timeout;
+        let store = &ctx.store;
+        let span = args
+            .symmetric_size
+            .checked_mul(u64::from(args.rank_size))
+            .ok_or_else(|| Error::invalid(format!("{what}: rankSize x symmetricSize overflows")))?;
+        let epoch = if args.rank == 0 {
+            let e = store.add(EPOCH_KEY, 1).map_err(|e| e.context(&what))?;
+            let e = u64::try_from(e).map_err(|_| {
+                Error::new(
+                    ErrorCode::ProtocolError,
+                    format!("{what}: smem/shm/epoch is negative"),
+                )
+            })?;
+            store
+                .set(&open_key(id), e.to_string().as_bytes())
+                .map_err(|e| e.context(&what))?;
+            e
+        } else {
+            wait_open(store, id, epoch_floor, deadline, &what, &|| {
+                ctx.departed_members(args.rank_size)
+            })?
+        };
+        *used = epoch;
+        let prefix = format!("smem/shm/{id}.{epoch}/");
+        let r = Self::create_instance(ctx, args, epoch, &prefix, span, deadline, &what);
+        if r.is_err() {
+            let _ = store.remove(&win_key(&prefix, args.rank));
+        }
+        r
+    }
+
+    pub(super) fn create_instance(
+        ctx: &Arc<ShmCtx>,
+        args: &CreateArgs,
+        epoch: u64,
+        prefix: &str,
+        span: u64,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<Self> {
+        let store = &ctx.store;
+        let (id, rank, size) = (args.id, args.rank, args.symmetric_size);
+        let segment = HostSegment::create(&format!("smem-shm{id}"), SegmentKind::Host, size)
+            .map_err(|e| e.context(what))?;
+        let want = Proposal {
+            version: 0,
+            nonce: 0,
+            base: 0,
+            span,
+            stride: size,
+            hbm: 0,
+            dram: size,
+        };
+        let ns = AgreeNs {
+            prefix: prefix.to_owned(),
+            object: format!("SHM object {id}"),
+            call: format!("smem_shm_create {id}"),
+        };
+        let departed = || ctx.departed_members(args.rank_size);
+        let (reservation, base) =
+            agree_gva(store, &ns, rank, args.rank_size, want, deadline, &departed)?;
+        reservation
+            .map_segment(u64::from(rank) * size, segment.fd(), size)
+            .map_err(|e| e.context(what))?;
+        let rec = WindowRecord {
+            host: ctx.host_id.clone(),
+            hbm: None,
+            dram: Some(segment.descriptor()),
+            // SHM windows of other hosts are not served over the network (yet).
+            net: None,
+        };
+        store
+            .set(&win_key(prefix, rank), &encode_window(&rec, ctx.rank)?)
+            .map_err(|e| e.context(what))?;
+        let mut records = published_windows(ctx, prefix, args.rank_size, deadline, what)?;
+        let mut peers = Vec::with_capacity(args.rank_size as usize);
+        for r in 0..args.rank_size {
+            if r == rank {
+                peers.push(Peer {
+                    same_host: true,
+                    world_rank: ctx.rank,
+                    downs_at_create: ctx.downs_of(ctx.rank),
+                    host: ctx.host_id.clone(),
+                    pid: std::process::id(),
+                });
+                continue;
+            }
+            let raw = records.remove(&r).ok_or_else(|| {
+                Error::new(
+                    ErrorCode::ObjectNotExists,
+                    format!("{what}: rank {r} published no window record"),
+                )
+            })?;
+            let (prec, wrank) = decode_window(&raw).map_err(|e| e.context(what))?;
+            let same_host = prec.host == ctx.host_id;
+            let mut pid = 0;
+            if same_host {
+                let d = prec.dram.ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::ProtocolError,
+                        format!("{what}: rank {r}'s window record has no segment"),
+                    )
+                })?;
+                if d.len != size {
+                    return Err(Error::invalid(format!(
+                        "{what}: rank {r}'s window is {:#x} bytes, this one {size:#x}; every member must pass the same symmetricSize",
+                        d.len
+                    )));
+                }
+                pid = d.pid;
+                let seg = HostSegment::open(&d)
+                    .map_err(|e| e.context(format!("{what}: opening rank {r}'s window")))?;
+                reservation
+                    .map_segment_with(
+                        u64::from(r) * size,
+                        seg.fd(),
+                        size,
+                        crate::runtime::object::prefault(args.rank_size),
+                    )
+                    .map_err(|e| e.context(format!("{what}: mapping rank {r}'s window")))?;
+            } else {
+                debug!(
+                    "{what}: rank {r} is on host {} (not ours); its window stays reserved",
+                    prec.host
+                );
+            }
+            peers.push(Peer {
+                same_host,
+                world_rank: wrank,
+                downs_at_create: ctx.downs_of(wrank),
+                host: prec.host,
+                pid,
+            });
+        }
+        let group = join_host_group(store, prefix, rank, &peers, deadline, what)?;
+        let obj = Self {
+            id,
+            epoch,
+            prefix: prefix.to_owned(),
+            ctx: Arc::clone(ctx),
+            rank,
+            rank_size: args.rank_size,
+            symmetric_size: size,
+            base,
+            peers,
+            group,
+            next_generation: Mutex::new(1),
+            _reservation: reservation,
+            segment,
+        };
+        // Generation 0: nobody returns before every member mapped every window.
+        let m = Collective::barrier(&obj.collective_prefix(), 0, rank, args.rank_size)
+            .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+        obj.run(m, &[], None, deadline, what)?;
+        info!(
+            "{what}: instance {epoch} at GVA {base:#x}, {} windows of {size:#x} bytes",
+            args.rank_size
+        );
+        Ok(obj)
+    }
+
+    pub(super) fn collective_prefix(&self) -> String {
+        format!("{}c/", self.prefix)
+    }
+
+    pub(super) fn reach(&self, remote: u32) -> Result<u32> {
+        let peer = self.peers.get(remote as usize).ok_or_else(|| {
+            Error::invalid(format!(
+                "smem_shm_topology_can_reach of SHM object {}: remoteRank {remote} is not below rankSize {}",
+                self.id, self.rank_size
+            ))
+        })?;
+        Ok(if peer.same_host {
+            DATA_OP_MTE | DATA_OP_SDMA
+        } else {
+            // Another host: reached through a network engine, of which this build has none.
+            0
+        })
+    }
+
+    /// Store side of destroy: counts this member out; the last one removes the instance's
+    /// keys. Store failures are logged (the local memory is released anyway).
+    pub(super) fn destroy(&self) {
+        let what = self.what("smem_shm_destroy");
+        let store = &self.ctx.store;
+        let _ = store.remove(&win_key(&self.prefix, self.rank));
+        match store.add(format!("{}fin", self.prefix).as_bytes(), 1) {
+            Ok(n) if n >= i64::from(self.rank_size) => match store.prefix(self.prefix.as_bytes()) {
+                Ok(keys) => {
+                    for (k, _) in keys {
+                        let _ = store.remove(&k);
+                    }
+                }
+                Err(e) => warn!("{what}: cannot list the object's keys to remove them: {e}"),
+            },
+            Ok(_) => {}
+            Err(e) => warn!("{what}: cannot count this member out in the config store: {e}"),
+        }
+        debug!(
+            "{what}: instance {} at {:#x} ({:#x} bytes local) released",
+            self.epoch,
+            self.base,
+            self.segment.len()
+        );
+    }
+}
+
+/// Waits until `open/<id>` names an instance newer than `floor`.
+fn wait_open(
+    store: &StoreClient,
+    id: u32,
+    floor: u64,
+    deadline: Instant,
+    what: &str,
+    departed: Departed<'_>,
+) -> Result<u64> {
+    let key = open_key(id);
+    let rx = store.watch(&key).map_err(|e| e.context(what))?;
+    let r = loop {
+        let left = remaining(deadline);
+        match rx.recv_timeout(left.min(WAIT_SLICE)) {
+            Ok(v) => match parse_u64(&v) {
+                Some(e) if e > floor => break Ok(e),
+                _ => {}
+            },
+            Err(RecvTimeoutError::Timeout) if left > WAIT_SLICE => {
+                let gone = departed();
+                if !gone.is_empty() {
+                    break Err(Error::new(
+                        ErrorCode::IoError,
+                        format!(
+                            "{what}: member rank(s) [{}] died before the object was created (their config store link went down); restart the job",
+                            rank_list(&gone)
+                        ),
+                    ));
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                break Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "{what}: rank 0 of the object did not create it within shmCreateTimeout"
+                    ),
+                ));
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                break Err(Error::new(
+                    ErrorCode::IoError,
+                    format!("{what}: the config store link went down"),
+                ));
+            }
+        }
+    };
+    let _ = store.unwatch(&key);
+    r
+}
+
+/// `smem_shm_create`: returns the handle and the object's base GVA (rank 0's window).
+///
+/// # Errors
+/// `SM_INVALID_PARAM` for bad arguments, `SM_DUPLICATED_OBJECT` when id exists in this
+/// process, `SM_TIMEOUT` after `shmCreateTimeout`, store and memory errors.
+pub fn shm_create(
+    id: u32,
+    rank_size: u32,
+    rank_id: u32,
+    symmetric_size: u64,
+    data_op: u32,
+    flags: u32,
+) -> Result<(ShmHandle, u64)> {
+    let what = format!("smem_shm_create {id}");
+    life::reserved_zero(&what, "flags", flags)?;
+    let index = id as usize;
+    if index >= SHM_OBJECTS_MAX {
+        return Err(Error::invalid(format!(
+            "{what}: id must be below {SHM_OBJECTS_MAX}"
+        )));
+    }
+    if rank_size == 0 || rank_size as usize > WORLD_SIZE_MAX {
+        return Err(Error::invalid(format!(
+            "{what}: rankSize {rank_size} is outside 1..={WORLD_SIZE_MAX}"
+        )));
+    }
+    if rank_id >= rank_size {
+        return Err(Error::invalid(format!(
+            "{what}: rankId {rank_id} is not below rankSize {rank_size}"
+        )));
+    }
+    if symmetric_size == 0 || symmetric_size % WINDOW_ALIGN != 0 {
+        return Err(Error::invalid(format!(
+            "{what}: symmetricSize {symmetric_size:#x} is not a non-zero multiple of 2 MiB"
+        )));
+    }
+    ShmDataOps::from_c(data_op).map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+    if data_op & !super::shm_query_support_data_operation() != 0 {
+        return Err(Error::new(
+            ErrorCode::NotSupported,
+            format!(
+                "{what}: dataOpType {data_op:#x} asks for SMEMS_DATA_OP_ROCE, but SHM has no network engine in this build (windows of other hosts are unreachable); use MTE and/or SDMA (smem_shm_query_support_data_operation)"
+            ),
+        ));
+    }
+    // The span is reserved in one address space and each window is a file of `symmetricSize`
+    // bytes: neither can reach 2^63 bytes.
+    if symmetric_size
+        .checked_mul(u64::from(rank_size))
+        .is_none_or(|span| span > i64::MAX as u64)
+    {
+        return Err(Error::invalid(format!(
+            "{what}: rankSize {rank_size} x symmetricSize {symmetric_size:#x} overflows the 64-bit address space; ask for less"
+        )));
+    }
+    // Refused before any store traffic, so the other members are not left waiting for a
+    // create this rank cannot back.
+    crate::mem::admit(&format!("{what}: window"), symmetric_size)?;
+    let (ctx, floor) = {
+        let mut st = lock(&STATE);
+        let State::Ready(ready) = &mut *st else {
+            return Err(not_initialized(&what));
+        };
+        if rank_size > ready.args.world_size {
+            return Err(Error::invalid(format!(
+                "{what}: rankSize {rank_size} is larger than worldSize {}",
+                ready.args.world_size
+            )));
+        }
+        if ready.objects.handle_at(index).is_some() || ready.creating[index] {
+            return Err(Error::new(
+                ErrorCode::DuplicatedObject,
+                format!("{what}: an object with this id exists in this process; destroy it first"),
+            ));
+        }
+        ready.creating[index] = true;
+        (
+            Arc::clone(&ready.ctx),
+            ready.last_epoch[index].max(ready.epoch_at_init),
+        )
+    };
+    let args = CreateArgs {
+        id,
+        rank_size,
+        rank: rank_id,
+        symmetric_size,
+    };
+    let mut used = 0;
+    let created = ShmObject::create(&ctx, &args, floor, &mut used);
+    let mut st = lock(&STATE);
+    let State::Ready(ready) = &mut *st else {
+        // Uninit ran meanwhile: the new object is dropped (unmapped) here.
+        return Err(not_initialized(&what));
+    };
+    ready.creating[index] = false;
+    ready.last_epoch[index] = ready.last_epoch[index].max(used);
+    let obj = created?;
+    let base = obj.base;
+    let handle = ready
+        .objects
+        .insert_at(index, Arc::new(obj))
+        .map_err(|(e, _)| Error::new(ErrorCode::DuplicatedObject, format!("{what}: {e}")))?;
+    Ok((ShmHandle(handle.encode()), base))
+}
