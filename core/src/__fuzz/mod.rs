@@ -7,6 +7,7 @@ pub mod mem;
 pub mod record;
 pub mod store;
 pub mod trans;
+pub mod transport;
 
 pub use interleave::collective_interleaved;
 

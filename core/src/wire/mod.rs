@@ -13,6 +13,7 @@
 //! - [`trans`]: the transfer engine's records in the store (SPEC 6.2).
 //! - [`record`]: the BM / SHM runtimes' text records in the store (proposal, membership log,
 //!   window and rank records).
+//! - [`transport`]: the BM network transport's hello, request and reply headers (SPEC 2.7).
 
 use core::fmt;
 
@@ -21,6 +22,7 @@ pub mod handshake;
 pub mod message;
 pub mod record;
 pub mod trans;
+pub mod transport;
 
 pub use frame::{FRAME_HEADER_LEN, FrameHeader, MAX_BODY_LEN};
 pub use handshake::{HANDSHAKE_LEN, HANDSHAKE_REPLY_LEN, Handshake};
@@ -132,6 +134,14 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn i16(&mut self, what: &'static str) -> Result<i16> {
         self.array::<2>(what).map(i16::from_le_bytes)
+    }
+
+    pub(crate) fn i32(&mut self, what: &'static str) -> Result<i32> {
+        self.array::<4>(what).map(i32::from_le_bytes)
+    }
+
+    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16> {
+        self.array::<2>(what).map(u16::from_le_bytes)
     }
 }
 

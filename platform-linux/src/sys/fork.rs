@@ -1,8 +1,10 @@
 //! `pthread_atfork`: handlers that keep a forked child usable, and [`DetachOnFork`], which keeps
-//! socket descriptors (store links, listeners) out of forked children.
+//! socket descriptors (store links, listeners) out of forked children; [`Detached`] owns a
+//! socket together with its guard.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
@@ -99,6 +101,51 @@ impl Drop for DetachOnFork {
     }
 }
 
+/// A socket (or a stream over one) kept out of forked children for as long as it lives: owns
+/// the socket and the [`DetachOnFork`] guard of its descriptor, and drops the guard first, so
+/// the descriptor is unregistered before the socket closes it.
+#[derive(Debug)]
+pub struct Detached<S> {
+    // Declared first: dropped first (see `DetachOnFork`).
+    _guard: DetachOnFork,
+    sock: S,
+}
+
+impl<S: AsFd> Detached<S> {
+    /// Registers `sock`'s descriptor and takes ownership of it.
+    pub fn new(sock: S) -> Self {
+        Self {
+            _guard: DetachOnFork::new(sock.as_fd()),
+            sock,
+        }
+    }
+}
+
+impl<S> Detached<S> {
+    /// Takes `sock`, which keeps the descriptor number `fd` open for as long as it lives (for
+    /// streams that lend no `BorrowedFd`, e.g. a TLS stream over a socket).
+    pub fn with_raw_fd(fd: RawFd, sock: S) -> Self {
+        Self {
+            _guard: DetachOnFork::from_raw(fd),
+            sock,
+        }
+    }
+}
+
+impl<S> Deref for Detached<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.sock
+    }
+}
+
+impl<S> DerefMut for Detached<S> {
+    fn deref_mut(&mut self) -> &mut S {
+        &mut self.sock
+    }
+}
+
 fn setup_detach() {
     crate::sync::once(&DETACH_SETUP, || {
         // SAFETY: plain syscall without pointer arguments.
@@ -138,7 +185,7 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::{AsFd, AsRawFd, RawFd};
 
-    use super::DetachOnFork;
+    use super::{DetachOnFork, Detached};
 
     /// The address family of socket `fd` (`getsockname`), or -1.
     fn family(fd: RawFd) -> i32 {
@@ -158,13 +205,16 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let a = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
         let b = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let c = Detached::new(TcpStream::connect(l.local_addr().expect("addr")).expect("connect"));
         let guard = DetachOnFork::new(a.as_fd());
-        let (fa, fb) = (a.as_raw_fd(), b.as_raw_fd());
+        let (fa, fb, fc) = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd());
         // SAFETY: the child only calls getsockname and _exit (async-signal-safe).
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            let ok = family(fa) == libc::AF_UNIX && family(fb) == libc::AF_INET;
+            let ok = family(fa) == libc::AF_UNIX
+                && family(fb) == libc::AF_INET
+                && family(fc) == libc::AF_UNIX;
             // SAFETY: ends the child without running the parent's destructors.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };
         }
@@ -177,6 +227,8 @@ mod tests {
         );
         assert_eq!(family(fa), libc::AF_INET);
         assert!(a.peer_addr().is_ok(), "the parent's link is intact");
+        assert!(c.peer_addr().is_ok(), "the parent's link is intact");
         drop(guard);
+        drop(c);
     }
 }

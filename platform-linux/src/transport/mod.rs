@@ -45,7 +45,6 @@
 
 pub(crate) mod batch;
 pub(crate) mod tcp;
-pub(crate) mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Once, Weak};
@@ -55,9 +54,9 @@ use log::info;
 
 pub(crate) use self::batch::Span;
 pub(crate) use self::tcp::{NO_RANK, Pinned, Served, Transfer};
-pub(crate) use self::wire::Op;
 use crate::Result;
 use smem_core::data_op::BmDataOps;
+pub(crate) use smem_core::wire::transport::Op;
 
 /// Env var: connections one large copy (16 MiB and more) is spread over, `1..=16`; default 4.
 pub const STREAMS_ENV: &str = "SMEM_TRANSPORT_STREAMS";
