@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 
 use log::debug;
 
-use super::{BmObject, Ctl, MAPPED, Notes, WindowRecord, key, prefault};
+use super::membership::Notes;
+use super::records::WindowRecord;
+use super::{BmObject, Ctl, MAPPED, key, prefault};
 use crate::mem::{HostSegment, SegmentDescriptor, SegmentKind};
 use crate::runtime::Ctx;
 use crate::store::CasResult;
@@ -52,15 +54,35 @@ fn open(id: u32, v: &[u8], span: u64) -> Option<HostSegment> {
 }
 
 impl BmObject {
-    /// Whether rank `r`'s window (record `rec`) is at its own offset in this rank's segment of
-    /// the host, so it is mapped from the descriptor this rank holds.
-    pub(super) fn in_own_segment(&self, r: u32, rec: &WindowRecord) -> bool {
-        match (&self.dram, self.dram_off, rec.dram, rec.dram_off) {
-            (Some(seg), Some(_), Some(d), Some(off)) => {
-                d.inode == seg.inode() && d.len == seg.len() && off == self.window_offset(r)
-            }
+    /// Whether a peer's window (record `rec`) is in this rank's segment of the host, so it is
+    /// mapped from the descriptor this rank holds.
+    pub(super) fn in_own_segment(&self, rec: &WindowRecord) -> bool {
+        match (&self.dram, self.dram_off, rec.dram) {
+            (Some(seg), Some(_), Some(d)) => d.inode == seg.inode() && d.len == seg.len(),
             _ => false,
         }
+    }
+
+    /// Where rank `r`'s DRAM part starts in the segment `d` of its record: 0 in a segment of
+    /// its own (the part's length), the window's offset in a segment of the host's ranks (the
+    /// object's span). A record carries no offset: the segment's length tells the two apart.
+    ///
+    /// # Errors
+    /// `SM_INVALID_PARAM` naming both sizes for any other length (sizes differ).
+    pub(super) fn dram_file_offset(&self, r: u32, d: &SegmentDescriptor) -> Result<u64> {
+        let len = self.layout.dram_len();
+        if d.len == len {
+            return Ok(0);
+        }
+        let span = self.layout.stride() * u64::from(self.layout.member_size());
+        let off = self.window_offset(r) + self.layout.hbm_len();
+        if d.len == span && off + len <= span {
+            return Ok(off);
+        }
+        Err(Error::invalid(format!(
+            "rank {r}'s DRAM part is in a segment of {:#x} bytes, neither this object's part ({len:#x}) nor its span ({span:#x}); every member must create with the same sizes",
+            d.len
+        )))
     }
 
     /// Maps the windows of the piece's joiners in this host's segment (`ctl.pending`): one
