@@ -3,7 +3,7 @@
 //! Each drives the real code with a byte-coded operation sequence and checks it against a
 //! simple model; a panic here means an invariant of ours broke.
 
-use crate::bm::{Part, WindowLayout, check_copy, check_copy_2d};
+use crate::bm::{Copy2d, Part, WindowLayout, check_copy, check_copy_2d};
 use crate::gva::{Gva, GvaRange};
 use crate::table::{Handle, Table, TableError};
 
@@ -128,7 +128,7 @@ pub fn copy_check(data: &[u8]) {
         }
     } else {
         let (sp, dp, w, h) = (b.edgy(0x100), b.edgy(0x100), b.edgy(0x100), b.edgy(1));
-        if let Ok(plan) = check_copy_2d(&layout, t, src, sp, dest, dp, w, h) {
+        if let Ok(plan) = check_copy_2d(&layout, t, &Copy2d::new(src, sp, dest, dp, w, h)) {
             let global = if plan.kind.writes_global() { dest } else { src };
             let span = (h - 1) * plan.global_pitch + w;
             assert_in_one_part(&layout, global, span, plan.global.rank, plan.global.part);

@@ -6,7 +6,8 @@
 //!   window (any two windows, also the same one), checked exactly like the global side of the
 //!   other copy types; the two ranges must not overlap (2D: their strided spans).
 
-use super::{CopyError, Location, WindowLayout, disjoint};
+use super::copy::disjoint;
+use super::{Copy2d, CopyError, Location, WindowLayout};
 use crate::gva::Gva;
 
 /// `SMEM_ASYNC_COPY_FLAG` (`smem.h`): the copy is queued, completed by `smem_bm_wait`.
@@ -74,26 +75,18 @@ pub fn check_copy_g2g(
 ///
 /// # Errors
 /// As [`check_copy_g2g`], plus [`CopyError::PitchTooSmall`] and [`CopyError::SpanOverflow`].
-#[allow(clippy::too_many_arguments)]
-pub fn check_copy_2d_g2g(
-    layout: &WindowLayout,
-    src: u64,
-    spitch: u64,
-    dest: u64,
-    dpitch: u64,
-    width: u64,
-    height: u64,
-) -> Result<G2g2dPlan, CopyError> {
-    let s = layout.locate_2d(Gva(src), spitch, width, height)?;
-    let d = layout.locate_2d(Gva(dest), dpitch, width, height)?;
-    check_disjoint(src, s.len, dest, d.len)?;
+pub fn check_copy_2d_g2g(layout: &WindowLayout, copy: &Copy2d) -> Result<G2g2dPlan, CopyError> {
+    let c = copy;
+    let s = layout.locate_2d(Gva(c.src), c.spitch, c.width, c.height)?;
+    let d = layout.locate_2d(Gva(c.dest), c.dpitch, c.width, c.height)?;
+    check_disjoint(c.src, s.len, c.dest, d.len)?;
     Ok(G2g2dPlan {
         src: s,
-        spitch,
+        spitch: c.spitch,
         dest: d,
-        dpitch,
-        width,
-        height,
+        dpitch: c.dpitch,
+        width: c.width,
+        height: c.height,
     })
 }
 
@@ -109,12 +102,7 @@ mod tests {
     use super::super::Part;
     use super::*;
 
-    const M2: u64 = crate::limits::WINDOW_ALIGN;
-    const BASE: u64 = 0x7000_0000_0000;
-
-    fn layout() -> WindowLayout {
-        WindowLayout::new(Gva(BASE), 4 * M2, 4, 1, 3 * 1024 * 1024).expect("valid layout")
-    }
+    use super::super::test_layout::{BASE, M2, layout};
 
     #[test]
     fn flags() {
@@ -157,15 +145,16 @@ mod tests {
     fn g2g_2d_spans() {
         let l = layout();
         let (w0, w2) = (BASE, BASE + 8 * M2);
-        let p = check_copy_2d_g2g(&l, w0 + M2, 300, w2 + M2, 200, 100, 10).expect("valid");
+        let p = check_copy_2d_g2g(&l, &Copy2d::new(w0 + M2, 300, w2 + M2, 200, 100, 10))
+            .expect("valid");
         assert_eq!(p.src.len, 9 * 300 + 100);
         assert_eq!(p.dest.len, 9 * 200 + 100);
         assert!(matches!(
-            check_copy_2d_g2g(&l, w0 + M2, 50, w2 + M2, 200, 100, 10),
+            check_copy_2d_g2g(&l, &Copy2d::new(w0 + M2, 50, w2 + M2, 200, 100, 10)),
             Err(CopyError::PitchTooSmall { .. })
         ));
         assert!(matches!(
-            check_copy_2d_g2g(&l, w0 + M2, 300, w0 + M2 + 1000, 300, 100, 10),
+            check_copy_2d_g2g(&l, &Copy2d::new(w0 + M2, 300, w0 + M2 + 1000, 300, 100, 10)),
             Err(CopyError::RangesOverlap { .. })
         ));
     }

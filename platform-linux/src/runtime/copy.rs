@@ -18,7 +18,7 @@ use std::sync::RwLockReadGuard;
 
 use smem_core::ErrorCode;
 use smem_core::bm::{
-    self, LocalMemory, Location, Part, check_copy, check_copy_2d, check_copy_2d_g2g,
+    self, Copy2d, LocalMemory, Location, Part, check_copy, check_copy_2d, check_copy_2d_g2g,
     check_copy_flags, check_copy_g2g,
 };
 use smem_core::gva::{Gva, GvaRange};
@@ -192,22 +192,12 @@ pub(super) fn plan_2d(
     height: u64,
     copy_type: u32,
 ) -> Result<Plan> {
+    let copy = Copy2d::new(src, spitch, dest, dpitch, width, height);
     let (src, dst) = if copy_type == bm::COPY_G2G {
-        let p = check_copy_2d_g2g(&obj.layout, src, spitch, dest, dpitch, width, height)
-            .map_err(invalid)?;
+        let p = check_copy_2d_g2g(&obj.layout, &copy).map_err(invalid)?;
         (window(obj, p.src)?, window(obj, p.dest)?)
     } else {
-        let p = check_copy_2d(
-            &obj.layout,
-            copy_type,
-            src,
-            spitch,
-            dest,
-            dpitch,
-            width,
-            height,
-        )
-        .map_err(invalid)?;
+        let p = check_copy_2d(&obj.layout, copy_type, &copy).map_err(invalid)?;
         let global = window(obj, p.global)?;
         // The local span: checked for overflow by `check_copy_2d`.
         let span = (height - 1) * p.local_pitch + width;
