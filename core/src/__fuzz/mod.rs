@@ -4,6 +4,7 @@
 
 pub mod interleave;
 pub mod mem;
+pub mod record;
 pub mod store;
 pub mod trans;
 pub mod transport;

@@ -11,6 +11,8 @@
 //! - [`frame`]: the 16-byte header before every body (SPEC 5.2).
 //! - [`message`]: the packed body with keys and values (SPEC 5.3), as a zero-copy view.
 //! - [`trans`]: the transfer engine's records in the store (SPEC 6.2).
+//! - [`record`]: the BM / SHM runtimes' text records in the store (proposal, membership log,
+//!   window and rank records).
 //! - [`transport`]: the BM network transport's hello, request and reply headers (SPEC 2.7).
 
 use core::fmt;
@@ -18,6 +20,7 @@ use core::fmt;
 pub mod frame;
 pub mod handshake;
 pub mod message;
+pub mod record;
 pub mod trans;
 pub mod transport;
 

@@ -12,6 +12,7 @@ use smem_core::limits::WORLD_SIZE_MAX;
 use super::handles::{self, OBJECTS};
 use super::life::{self, Hosting, InitArgs, InitWait, Session};
 use super::object::BmObject;
+use super::object::records::rank_record;
 use super::rendezvous;
 use crate::device::{self, Device};
 use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer, StoreTarget};
@@ -257,7 +258,7 @@ fn start(addr: StoreTarget, args: BmInitArgs) -> Result<Bm> {
         None => store.auto_rank(b"smem_bm").map_err(|e| e.context(what))?,
     };
     let share_pid = device.sharing_pid().map_err(|e| e.context(what))?;
-    let me = format!("{host_id} {} {share_pid}", std::process::id());
+    let me = rank_record(&host_id, Some(share_pid)).map_err(|e| e.context(what))?;
     let world_size = args.world_size;
     let w = InitWait {
         what,
@@ -275,7 +276,7 @@ fn start(addr: StoreTarget, args: BmInitArgs) -> Result<Bm> {
     let store = life::survive_store_loss(&w, store, |store, seen| {
         if config.dynamic_world_size {
             store
-                .set(&rank_key(rank), me.as_bytes())
+                .set(&rank_key(rank), &me)
                 .map_err(|e| e.context(what))?;
             seen.insert(rank);
             return Ok(());
@@ -283,7 +284,7 @@ fn start(addr: StoreTarget, args: BmInitArgs) -> Result<Bm> {
         bm_rendezvous(world_size).register_and_wait(
             store,
             rank,
-            me.as_bytes(),
+            &me,
             deadline,
             config.init_timeout,
             seen,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use smem_core::ErrorCode;
 
-use super::object::rank_list;
+use super::rank_list;
 use crate::store::{ClientOptions, ServerConfig, StoreClient, StoreServer, StoreTarget};
 use crate::sync::{lock, once};
 use crate::{Error, Result};

@@ -47,6 +47,7 @@
 #![allow(unsafe_code)] // the copy path (`copy`, `batch`, `async_engine`) has `unsafe fn`s (caller
 // pointers) that forward that contract to the device copy and the transport.
 
+mod agree;
 mod async_engine;
 mod batch;
 mod bm;
@@ -86,6 +87,28 @@ pub fn init(flags: u32) -> Result<()> {
 pub fn uninit() {
     shm::shm_uninit(0);
     bm_uninit(0);
+}
+
+/// Names a list of ranks compactly: `0-3,7`.
+pub(crate) fn rank_list(ranks: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < ranks.len() {
+        let mut j = i;
+        while j + 1 < ranks.len() && ranks[j + 1] == ranks[j] + 1 {
+            j += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if j > i {
+            out.push_str(&format!("{}-{}", ranks[i], ranks[j]));
+        } else {
+            out.push_str(&ranks[i].to_string());
+        }
+        i = j + 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -140,5 +163,12 @@ mod tests {
         let e = bm_init("tcp://127.0.0.1:1", 0, 0, &BmConfig::default()).expect_err("world 0");
         assert_eq!(e.code(), ErrorCode::InvalidParam);
         bm_uninit(0);
+    }
+
+    #[test]
+    fn rank_lists_are_compact() {
+        assert_eq!(rank_list(&[0, 1, 2, 3, 7, 9, 10]), "0-3,7,9-10");
+        assert_eq!(rank_list(&[]), "");
+        assert_eq!(rank_list(&[5]), "5");
     }
 }

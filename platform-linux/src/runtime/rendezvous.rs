@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use smem_core::ErrorCode;
 
-use super::object::rank_list;
+use super::rank_list;
 use crate::store::StoreClient;
 use crate::{Error, Result};
 

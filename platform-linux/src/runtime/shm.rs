@@ -89,7 +89,7 @@ use smem_core::limits::{SHM_OBJECTS_MAX, WORLD_SIZE_MAX};
 use smem_core::table::{Handle, Table};
 
 use super::life::{self, Hosting, InitArgs, InitWait, Session, remaining};
-use super::object::WindowRecord;
+use super::object::records::{WindowRecord, rank_record};
 use crate::store::{StoreClient, StoreTarget};
 use crate::sync::{Held, lock};
 use crate::{Error, Result};
@@ -317,7 +317,7 @@ fn start(addr: StoreTarget, args: InitArgs<ShmConfig>, rank: u32) -> Result<Read
         config.control_timeout,
     );
     let store = life::connect(what, &addr, opts.clone())?;
-    let me = format!("{host_id} {}", std::process::id());
+    let me = rank_record(&host_id, None).map_err(|e| e.context(what))?;
     let world_size = args.world_size;
     let w = InitWait {
         what,
@@ -347,14 +347,7 @@ fn start(addr: StoreTarget, args: InitArgs<ShmConfig>, rank: u32) -> Result<Read
             .and_then(|v| parse_u64(&v))
             .unwrap_or(0);
         let rv = shm_rendezvous(world_size);
-        let r = rv.register_and_wait(
-            store,
-            rank,
-            me.as_bytes(),
-            deadline,
-            config.init_timeout,
-            seen,
-        );
+        let r = rv.register_and_wait(store, rank, &me, deadline, config.init_timeout, seen);
         if r.is_err() {
             rv.unregister(store, rank);
         }
@@ -453,24 +446,18 @@ fn win_key(prefix: &str, r: u32) -> Vec<u8> {
 }
 
 /// Encodes a member's window record: the BM record plus `;wrank=<world rank>`.
-fn encode_window(rec: &WindowRecord, world_rank: u32) -> Vec<u8> {
-    let mut v = rec.encode();
-    v.extend_from_slice(format!(";wrank={world_rank}").as_bytes());
-    v
+fn encode_window(rec: &WindowRecord, world_rank: u32) -> Result<Vec<u8>> {
+    rec.encode_ranked(world_rank)
 }
 
 fn decode_window(b: &[u8]) -> Result<(WindowRecord, u32)> {
-    let rec = WindowRecord::decode(b)?;
-    let wrank = std::str::from_utf8(b)
-        .ok()
-        .and_then(|s| s.split(';').find_map(|f| f.strip_prefix("wrank=")))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            Error::new(
-                ErrorCode::ProtocolError,
-                "SHM window record without a world rank",
-            )
-        })?;
+    let (rec, wrank) = WindowRecord::decode_ranked(b)?;
+    let wrank = wrank.ok_or_else(|| {
+        Error::new(
+            ErrorCode::ProtocolError,
+            "SHM window record without a world rank",
+        )
+    })?;
     Ok((rec, wrank))
 }
 
@@ -648,9 +635,9 @@ mod tests {
             dram: None,
             net: None,
         };
-        let (back, w) = decode_window(&encode_window(&rec, 17)).unwrap();
+        let (back, w) = decode_window(&encode_window(&rec, 17).unwrap()).unwrap();
         assert_eq!((back, w), (rec.clone(), 17));
-        assert!(decode_window(&rec.encode()).is_err());
+        assert!(decode_window(&rec.encode().unwrap()).is_err());
     }
 
     /// Nothing in this test binary calls `shm_init`.

@@ -8,7 +8,12 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use smem_core::ErrorCode;
 
-use super::{BmObject, Entry, key, rank_list, remaining};
+use smem_core::wire::record::LogEntry;
+
+use super::records::entry_bytes;
+use super::{BmObject, key};
+use crate::runtime::life::remaining;
+use crate::runtime::rank_list;
 use crate::sync::{lock, wait_timeout};
 use crate::{Error, Result};
 
@@ -27,12 +32,12 @@ impl BmObject {
     /// joiner, one PREFIX get of `win/` for more.
     pub(super) fn fetch_records(
         &self,
-        entries: &[(usize, Option<Entry>)],
+        entries: &[(usize, Option<LogEntry>)],
     ) -> HashMap<u32, Vec<u8>> {
         let mut joiners: Vec<u32> = entries
             .iter()
             .filter_map(|(_, e)| match e {
-                Some(Entry::Join(r)) if *r != self.rank => Some(*r),
+                Some(LogEntry::Join(r)) if *r != self.rank => Some(*r),
                 _ => None,
             })
             .collect();
@@ -94,8 +99,7 @@ impl BmObject {
         let seen = key(id, &format!("seen/{p}"));
         match store.add(&seen, 1) {
             Ok(n) if n == i64::try_from(holders).unwrap_or(i64::MAX) => {
-                if let Err(e) = store.append(&key(id, "log"), Entry::Settled(p).encode().as_bytes())
-                {
+                if let Err(e) = store.append(&key(id, "log"), &entry_bytes(LogEntry::Settled(p))) {
                     warn!("BM object {id}: cannot announce that offset {p} settled: {e}");
                 }
                 let _ = store.remove(&seen);
@@ -128,9 +132,9 @@ impl BmObject {
     /// marker at or past it, or (checked after [`SETTLE_SLICE`], then at doubling intervals) every such holder's
     /// acknowledgement at or past it. Then the members that could not map this rank's window
     /// (join) make it fail with their reasons.
-    pub(super) fn announce(&self, entry: Entry, what: &str, deadline: Instant) -> Result<()> {
+    pub(super) fn announce(&self, entry: LogEntry, what: &str, deadline: Instant) -> Result<()> {
         let store = &self.ctx.store;
-        let len = store.append(&key(self.id, "log"), entry.encode().as_bytes())?;
+        let len = store.append(&key(self.id, "log"), &entry_bytes(entry))?;
         let gone = |why: &str| {
             Error::new(
                 ErrorCode::IoError,
@@ -221,7 +225,7 @@ impl BmObject {
             slice = (slice * 2).min(SETTLE_SLICE_MAX);
             check_at = Instant::now() + slice;
         }
-        if !matches!(entry, Entry::Join(_)) {
+        if !matches!(entry, LogEntry::Join(_)) {
             return Ok(());
         }
         let prefix = key(self.id, &format!("err/{len}/"));

@@ -19,8 +19,10 @@ use super::{
 };
 use crate::collective::{HostGroup, Members};
 use crate::mem::{HostSegment, Reservation, SegmentKind};
+use crate::runtime::agree::{AgreeNs, Departed, Proposal, agree_gva};
 use crate::runtime::life::{self, remaining};
-use crate::runtime::object::{AgreeNs, Departed, Proposal, WindowRecord, agree_gva, rank_list};
+use crate::runtime::object::records::WindowRecord;
+use crate::runtime::rank_list;
 use crate::store::StoreClient;
 use crate::sync::lock;
 use crate::{Error, Result};
@@ -247,7 +249,7 @@ impl ShmObject {
             net: None,
         };
         store
-            .set(&win_key(prefix, rank), &encode_window(&rec, ctx.rank))
+            .set(&win_key(prefix, rank), &encode_window(&rec, ctx.rank)?)
             .map_err(|e| e.context(what))?;
         let mut records = published_windows(ctx, prefix, args.rank_size, deadline, what)?;
         let mut peers = Vec::with_capacity(args.rank_size as usize);
