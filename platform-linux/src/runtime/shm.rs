@@ -627,17 +627,14 @@ mod tests {
 
     use super::*;
 
+    /// An SHM window record carries the member's world rank; one without (BM's) is refused.
     #[test]
     fn window_records_carry_the_world_rank() {
-        let rec = WindowRecord {
-            host: "boot/1".into(),
-            hbm: None,
-            dram: None,
-            net: None,
-        };
+        let rec = WindowRecord::decode(b"host=boot/1;hbm=-;dram=-").expect("a BM record");
         let (back, w) = decode_window(&encode_window(&rec, 17).unwrap()).unwrap();
         assert_eq!((back, w), (rec.clone(), 17));
-        assert!(decode_window(&rec.encode().unwrap()).is_err());
+        let e = decode_window(&rec.encode().unwrap()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ProtocolError);
     }
 
     /// Nothing in this test binary calls `shm_init`.
