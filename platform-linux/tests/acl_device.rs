@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use smem_core::ErrorCode;
-use smem_linux::device::{self, AclDevice, CopyDirection, Device, DeviceDescriptor};
+use smem_linux::device::{self, AclDevice, CopyDirection, Device, DeviceDescriptor, Shape2d};
 
 const M2: u64 = 2 * 1024 * 1024;
 const ROLE: &str = "ACL_TEST_ROLE";
@@ -291,11 +291,8 @@ fn alloc_and_copies() {
     unsafe {
         dev.copy_2d(
             rows.as_ptr(),
-            64,
             pa as *mut u8,
-            128,
-            48,
-            8,
+            Shape2d::new(64, 128, 48, 8),
             CopyDirection::HostToDevice,
         )
     }
@@ -304,11 +301,8 @@ fn alloc_and_copies() {
     unsafe {
         dev.copy_2d(
             pa as *const u8,
-            128,
             pb as *mut u8,
-            96,
-            48,
-            8,
+            Shape2d::new(128, 96, 48, 8),
             CopyDirection::DeviceToDevice,
         )
     }
@@ -318,11 +312,8 @@ fn alloc_and_copies() {
     unsafe {
         dev.copy_2d(
             pb as *const u8,
-            96,
             out.as_mut_ptr(),
-            64,
-            48,
-            8,
+            Shape2d::new(96, 64, 48, 8),
             CopyDirection::DeviceToHost,
         )
     }
@@ -456,11 +447,8 @@ fn injected_failures_are_named() {
                     } else {
                         dev.copy_2d(
                             buf.as_ptr(),
-                            32,
                             p as *mut u8,
-                            64,
-                            32,
-                            2,
+                            Shape2d::new(32, 64, 32, 2),
                             CopyDirection::HostToDevice,
                         )
                     }

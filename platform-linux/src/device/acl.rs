@@ -45,7 +45,7 @@ use std::sync::Arc;
 use log::debug;
 use smem_core::ErrorCode;
 
-use super::{CopyDirection, Device, DeviceDescriptor, DeviceSegment, SegmentInner};
+use super::{CopyDirection, Device, DeviceDescriptor, DeviceSegment, SegmentInner, Shape2d};
 use crate::sys::acl::{AclApi, AclCallError, Context, MemcpyKind};
 use crate::sys::copy;
 use crate::{Error, Result};
@@ -370,69 +370,53 @@ impl Device for AclDevice {
         })
     }
 
-    unsafe fn copy(
-        &self,
-        src: *const u8,
-        dst: *mut u8,
-        len: usize,
-        dir: CopyDirection,
-    ) -> Result<()> {
-        if dir == CopyDirection::HostToHost {
-            // SAFETY: the caller upholds `Device::copy`'s contract (host memory both sides).
-            unsafe { copy::copy_bytes(src, dst, len) };
-            return Ok(());
-        }
-        let _ctx = self.shared.bind()?;
-        // SAFETY: the caller upholds `Device::copy`'s contract: `src`/`dst` are valid in the
-        // memories `dir` names (device addresses for device sides) and disjoint.
-        unsafe { self.shared.api.memcpy(dst, src, len, Self::copy_kind(dir)) }
-            .map_err(|e| self.shared.fail(e))
-    }
-
     unsafe fn copy_2d(
         &self,
         src: *const u8,
-        spitch: usize,
         dst: *mut u8,
-        dpitch: usize,
-        width: usize,
-        height: usize,
+        shape: Shape2d,
         dir: CopyDirection,
     ) -> Result<()> {
         match dir {
             CopyDirection::HostToHost => {
                 // SAFETY: the caller upholds `Device::copy_2d`'s contract (host memory).
-                unsafe { copy::copy_2d(src, spitch, dst, dpitch, width, height) };
+                unsafe { copy::copy_2d(src, dst, shape) };
                 Ok(())
+            }
+            _ if shape.height == 1 => {
+                let _ctx = self.shared.bind()?;
+                // SAFETY: the caller upholds `Device::copy_2d`'s contract for the one row:
+                // `src`/`dst` are valid in the memories `dir` names (device addresses for
+                // device sides) and disjoint.
+                unsafe {
+                    self.shared
+                        .api
+                        .memcpy(dst, src, shape.width, Self::copy_kind(dir))
+                }
+                .map_err(|e| self.shared.fail(e))
             }
             CopyDirection::HostToDevice | CopyDirection::DeviceToHost => {
                 let _ctx = self.shared.bind()?;
                 // SAFETY: the caller upholds `Device::copy_2d`'s contract for every row.
                 unsafe {
-                    self.shared.api.memcpy_2d(
-                        dst,
-                        dpitch,
-                        src,
-                        spitch,
-                        width,
-                        height,
-                        Self::copy_kind(dir),
-                    )
+                    self.shared
+                        .api
+                        .memcpy_2d(dst, src, shape, Self::copy_kind(dir))
                 }
                 .map_err(|e| self.shared.fail(e))
             }
             CopyDirection::DeviceToDevice => {
                 // aclrtMemcpy2d supports host<->device only: one aclrtMemcpy per row.
                 let _ctx = self.shared.bind()?;
-                for row in 0..height {
-                    let s = src.wrapping_add(row.wrapping_mul(spitch));
-                    let d = dst.wrapping_add(row.wrapping_mul(dpitch));
+                for row in 0..shape.height {
+                    let s = src.wrapping_add(row.wrapping_mul(shape.spitch));
+                    let d = dst.wrapping_add(row.wrapping_mul(shape.dpitch));
                     // SAFETY: row `row` of both sides is valid and disjoint by the caller's
                     // contract (offsets checked for overflow by the caller).
                     unsafe {
                         self.shared
                             .api
-                            .memcpy(d, s, width, MemcpyKind::DeviceToDevice)
+                            .memcpy(d, s, shape.width, MemcpyKind::DeviceToDevice)
                     }
                     .map_err(|e| self.shared.fail(e).context(format!("2D copy row {row}")))?;
                 }

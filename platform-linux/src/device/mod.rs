@@ -34,6 +34,7 @@ pub use sim::SimDevice;
 
 use self::acl::AclSegment;
 use crate::mem::{HostSegment, SegmentDescriptor};
+pub use crate::sys::copy::Shape2d;
 use crate::{Error, Result};
 
 /// Env var that selects the backend.
@@ -252,24 +253,24 @@ pub trait Device: Send + Sync + fmt::Debug {
         dst: *mut u8,
         len: usize,
         dir: CopyDirection,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        // SAFETY: forwarded contract: one row of `len` bytes.
+        unsafe { self.copy_2d(src, dst, Shape2d::row(len), dir) }
+    }
 
-    /// Copies `height` rows of `width` bytes, row `i` from `src + i*spitch` to `dst + i*dpitch`.
+    /// Copies the rows of `shape`: row `i` from `src + i*spitch` to `dst + i*dpitch`
+    /// (backends copy a single row as one contiguous range).
     ///
     /// # Safety
     /// As [`Device::copy`], for every row.
     ///
     /// # Errors
     /// The device's copy error.
-    #[allow(clippy::too_many_arguments)]
     unsafe fn copy_2d(
         &self,
         src: *const u8,
-        spitch: usize,
         dst: *mut u8,
-        dpitch: usize,
-        width: usize,
-        height: usize,
+        shape: Shape2d,
         dir: CopyDirection,
     ) -> Result<()>;
 }
@@ -399,7 +400,7 @@ mod xproc_tests {
 
     use super::*;
     use crate::mem::Reservation;
-    use crate::mem::test_child::{child_arg, run_child};
+    use crate::mem::test_child::{child_bytes, run_child_with_bytes};
 
     const M2: u64 = 2 * 1024 * 1024;
 
@@ -411,10 +412,7 @@ mod xproc_tests {
     fn sim_segment_shared_and_copied() {
         const NAME: &str = "device::xproc_tests::sim_segment_shared_and_copied";
         let dev = select_named("sim", 0).expect("sim");
-        if let Some(arg) = child_arg() {
-            let bytes: Vec<u8> = (0..arg.len() / 2)
-                .map(|i| u8::from_str_radix(&arg[2 * i..2 * i + 2], 16).expect("hex"))
-                .collect();
+        if let Some(bytes) = child_bytes() {
             let desc = DeviceDescriptor::decode(&bytes).expect("descriptor");
             let seg = dev.open_peer(&desc).expect("open peer");
             let res = Reservation::reserve_anywhere(M2, M2).expect("reserve");
@@ -431,11 +429,8 @@ mod xproc_tests {
             unsafe {
                 dev.copy_2d(
                     rows.as_ptr(),
-                    4,
                     at as *mut u8,
-                    4,
-                    2,
-                    2,
+                    Shape2d::new(4, 4, 2, 2),
                     CopyDirection::HostToDevice,
                 )
             }
@@ -447,13 +442,7 @@ mod xproc_tests {
         let res = Reservation::reserve_anywhere(M2, M2).expect("reserve");
         res.map_segment(0, seg.mapping_fd().expect("sim maps"), M2)
             .expect("map");
-        let hex: String = seg
-            .descriptor()
-            .encode()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let out = run_child(NAME, &hex, Duration::from_secs(20));
+        let out = run_child_with_bytes(NAME, &seg.descriptor().encode(), Duration::from_secs(20));
         assert!(out.contains("child-ok"), "{out}");
         let mut tail = [0u8; 4];
         let at = res.mapped_addr(M2 - 4, 4).expect("mapped");

@@ -1,7 +1,7 @@
 //! The `sim` backend: "HBM" is host memory in a `memfd`, handled exactly like a device segment.
 #![allow(unsafe_code)] // forwarding the trait's copy contract to `sys::copy`, see below
 
-use super::{CopyDirection, Device, DeviceDescriptor, DeviceSegment, SegmentInner};
+use super::{CopyDirection, Device, DeviceDescriptor, DeviceSegment, SegmentInner, Shape2d};
 use crate::mem::{HostSegment, SegmentKind};
 use crate::sys::copy;
 use crate::{Error, Result};
@@ -51,32 +51,16 @@ impl Device for SimDevice {
         })
     }
 
-    unsafe fn copy(
-        &self,
-        src: *const u8,
-        dst: *mut u8,
-        len: usize,
-        dir: CopyDirection,
-    ) -> Result<()> {
-        let _ = dir; // every direction is a memory copy here
-        // SAFETY: the caller upholds `Device::copy`'s contract, which is `copy_bytes`' contract.
-        unsafe { copy::copy_bytes(src, dst, len) };
-        Ok(())
-    }
-
     unsafe fn copy_2d(
         &self,
         src: *const u8,
-        spitch: usize,
         dst: *mut u8,
-        dpitch: usize,
-        width: usize,
-        height: usize,
+        shape: Shape2d,
         dir: CopyDirection,
     ) -> Result<()> {
         let _ = dir;
         // SAFETY: the caller upholds `Device::copy_2d`'s contract, which is `copy_2d`'s contract.
-        unsafe { copy::copy_2d(src, spitch, dst, dpitch, width, height) };
+        unsafe { copy::copy_2d(src, dst, shape) };
         Ok(())
     }
 }

@@ -164,11 +164,7 @@ impl Reservation {
         };
         let o = to_usize(offset, "offset")?;
         let l = to_usize(len, "length")?;
-        let r = if populate {
-            self.region.map_shared(o, fd, 0, l)
-        } else {
-            self.region.map_shared_lazy(o, fd, 0, l)
-        };
+        let r = self.region.map_shared(o, fd, 0, l, populate);
         r.map_err(|e| match e.raw_os_error() {
             Some(libc::EINVAL) => Error::invalid(format!(
                 "{}: part outside the reservation or not page aligned",

@@ -250,7 +250,7 @@ mod tests {
 
     use super::*;
     use crate::mem::Reservation;
-    use crate::mem::test_child::{child_arg, run_child};
+    use crate::mem::test_child::{child_bytes, run_child_with_bytes};
     use smem_core::gva::Gva;
 
     const LEN: u64 = 2 * 1024 * 1024;
@@ -320,10 +320,7 @@ mod tests {
     #[cfg_attr(miri, ignore)]
     fn shared_with_another_process() {
         const NAME: &str = "mem::host::tests::shared_with_another_process";
-        if let Some(arg) = child_arg() {
-            let bytes: Vec<u8> = (0..arg.len() / 2)
-                .map(|i| u8::from_str_radix(&arg[2 * i..2 * i + 2], 16).expect("hex"))
-                .collect();
+        if let Some(bytes) = child_bytes() {
             let desc = SegmentDescriptor::decode(&bytes).expect("descriptor");
             let seg = HostSegment::open(&desc).expect("open parent's segment");
             let res = Reservation::reserve_anywhere(LEN, LEN).expect("reserve");
@@ -339,13 +336,7 @@ mod tests {
         let res = Reservation::reserve_anywhere(LEN, LEN).expect("reserve");
         res.map_segment(0, seg.fd(), LEN).expect("map");
         res.write(LEN - 5, b"hello").expect("write last bytes");
-        let hex: String = seg
-            .descriptor()
-            .encode()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let out = run_child(NAME, &hex, Duration::from_secs(20));
+        let out = run_child_with_bytes(NAME, &seg.descriptor().encode(), Duration::from_secs(20));
         assert!(out.contains("child-ok"), "{out}");
         let mut buf = [0u8; 10];
         res.read(0, &mut buf).expect("read");

@@ -11,6 +11,26 @@ pub(crate) fn child_arg() -> Option<String> {
     std::env::var(CHILD_ENV).ok()
 }
 
+/// The bytes a parent passed with [`run_child_with_bytes`], when this process is its child.
+///
+/// # Panics
+/// When the argument is not hex.
+pub(crate) fn child_bytes() -> Option<Vec<u8>> {
+    let arg = child_arg()?;
+    Some(
+        (0..arg.len() / 2)
+            .map(|i| u8::from_str_radix(&arg[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect(),
+    )
+}
+
+/// [`run_child`] with `bytes` (hex-encoded) as the argument; the child reads them with
+/// [`child_bytes`].
+pub(crate) fn run_child_with_bytes(name: &str, bytes: &[u8], deadline: Duration) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    run_child(name, &hex, deadline)
+}
+
 /// Runs test `name` (full path) of the current test binary as a child with `arg` in
 /// [`CHILD_ENV`], waits at most `deadline`, kills it on timeout, and returns its stdout.
 ///

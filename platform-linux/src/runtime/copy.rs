@@ -272,11 +272,12 @@ pub(super) unsafe fn run(obj: &BmObject, plan: &Plan, what: &str) -> Result<()> 
                 usize_of(plan.dpitch, what)?,
                 usize_of(plan.height, what)?,
             );
+            let shape = crate::device::Shape2d::new(sp, dp, len, h);
             // SAFETY: as above, for every row of the validated strided spans.
             unsafe {
                 obj.ctx
                     .device
-                    .copy_2d(s as *const u8, sp, d as *mut u8, dp, len, h, dir)
+                    .copy_2d(s as *const u8, d as *mut u8, shape, dir)
             }
         }
         // SAFETY: forwarded contract.

@@ -16,6 +16,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::fmt;
 use std::ptr::NonNull;
 
+use super::copy::Shape2d;
 use super::dl::Library;
 
 /// `aclError`: 0 = success.
@@ -301,17 +302,19 @@ impl AclApi {
     ///
     /// # Errors
     /// The ACL code.
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn memcpy_2d(
         &self,
         dst: *mut u8,
-        dpitch: usize,
         src: *const u8,
-        spitch: usize,
-        width: usize,
-        height: usize,
+        shape: Shape2d,
         kind: MemcpyKind,
     ) -> Result<(), AclCallError> {
+        let Shape2d {
+            spitch,
+            dpitch,
+            width,
+            height,
+        } = shape;
         // SAFETY: forwarded to the caller.
         check("aclrtMemcpy2d", unsafe {
             (self.memcpy_2d)(

@@ -39,6 +39,33 @@ fn mmap_ret(ret: *mut libc::c_void) -> io::Result<usize> {
     }
 }
 
+/// `mmap(at, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | extra, fd, fd_off)`.
+///
+/// # Safety
+/// `at..at+len` must be address space the caller owns with no reference into it in use: the
+/// mapping replaces whatever is there.
+unsafe fn map_fd_fixed(
+    at: usize,
+    len: usize,
+    fd: BorrowedFd<'_>,
+    fd_off: libc::off_t,
+    extra: libc::c_int,
+) -> io::Result<usize> {
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_SHARED | libc::MAP_FIXED | extra;
+    // SAFETY: forwarded to the caller; `fd` is a live descriptor for the call.
+    mmap_ret(unsafe {
+        libc::mmap(
+            at as *mut libc::c_void,
+            len,
+            prot,
+            flags,
+            fd.as_raw_fd(),
+            fd_off,
+        )
+    })
+}
+
 impl Region {
     /// Reserves `len` bytes (`PROT_NONE`, `MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE`).
     ///
@@ -141,39 +168,16 @@ impl Region {
     }
 
     /// Maps `len` bytes of `fd` from `fd_offset`, shared and read/write, over the part
-    /// `offset..offset+len` of the region (which must be reserved, not mapped), then asks for
-    /// transparent huge pages (ignored where not allowed) and pre-faults the page tables, so
-    /// the first access runs at full speed.
+    /// `offset..offset+len` of the region (which must be reserved, not mapped). With
+    /// `populate`, then asks for transparent huge pages (ignored where not allowed) and
+    /// pre-faults the page tables, so the first access runs at full speed; without, the page
+    /// tables fill on first access (for processes that map many peers' windows and touch few of
+    /// them).
     ///
     /// # Errors
     /// `EINVAL` for a bad or unaligned part, `EBUSY` when part of it is mapped, the OS error of
     /// `mmap`. On error the part is reserved again.
     pub fn map_shared(
-        &self,
-        offset: usize,
-        fd: BorrowedFd<'_>,
-        fd_offset: u64,
-        len: usize,
-    ) -> io::Result<()> {
-        self.map_shared_with(offset, fd, fd_offset, len, true)
-    }
-
-    /// As [`Region::map_shared`] without pre-faulting: the page tables fill on first access
-    /// (for processes that map many peers' windows and touch few of them).
-    ///
-    /// # Errors
-    /// As [`Region::map_shared`].
-    pub fn map_shared_lazy(
-        &self,
-        offset: usize,
-        fd: BorrowedFd<'_>,
-        fd_offset: u64,
-        len: usize,
-    ) -> io::Result<()> {
-        self.map_shared_with(offset, fd, fd_offset, len, false)
-    }
-
-    fn map_shared_with(
         &self,
         offset: usize,
         fd: BorrowedFd<'_>,
@@ -191,21 +195,10 @@ impl Region {
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }
         let at = self.addr + offset;
-        let prot = libc::PROT_READ | libc::PROT_WRITE;
-        let flags = libc::MAP_SHARED | libc::MAP_FIXED;
         // SAFETY: `at..at+len` lies inside this region, which owns that address range and has
         // handed out no references into it; it is reserved (checked above), so replacing it
         // affects no memory in use.
-        let r = mmap_ret(unsafe {
-            libc::mmap(
-                at as *mut libc::c_void,
-                len,
-                prot,
-                flags,
-                fd.as_raw_fd(),
-                fd_off,
-            )
-        });
+        let r = unsafe { map_fd_fixed(at, len, fd, fd_off, 0) };
         if let Err(e) = r {
             drop(mapped);
             let _ = self.reserve_again(offset, len);
@@ -226,19 +219,9 @@ impl Region {
         let pop = unsafe { libc::madvise(at as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) };
         if pop != 0 {
             // Kernels before 5.14: map again with MAP_POPULATE (same file range, same place).
-            let flags = flags | libc::MAP_POPULATE;
             // SAFETY: replaces our own mapping of the same file range with an identical,
             // populated one; the bytes live in the file, so nothing is lost.
-            let r = mmap_ret(unsafe {
-                libc::mmap(
-                    at as *mut libc::c_void,
-                    len,
-                    prot,
-                    flags,
-                    fd.as_raw_fd(),
-                    fd_off,
-                )
-            });
+            let r = unsafe { map_fd_fixed(at, len, fd, fd_off, libc::MAP_POPULATE) };
             if let Err(e) = r {
                 let _ = self.unmap(offset, len);
                 return Err(e);
@@ -290,26 +273,34 @@ impl Region {
         self.is_mapped(offset, len).then(|| self.addr + offset)
     }
 
+    /// Runs `f` with the address of `offset` while `offset..offset+len` is inside one mapped
+    /// part, holding the lock (so `unmap`, which takes it, cannot remove the part meanwhile).
+    fn with_mapped<R>(
+        &self,
+        offset: usize,
+        len: usize,
+        f: impl FnOnce(usize) -> R,
+    ) -> io::Result<R> {
+        let mapped = self.lock();
+        let end = offset.checked_add(len).ok_or_else(einval)?;
+        if !mapped.iter().any(|&(o, l)| o <= offset && end <= o + l) {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+        let r = f(self.addr + offset);
+        drop(mapped);
+        Ok(r)
+    }
+
     /// Copies `buf.len()` bytes out of the region from `offset` (which must be mapped).
     ///
     /// # Errors
     /// `EFAULT` when the range is not inside one mapped part.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> io::Result<()> {
-        let mapped = self.lock();
-        let end = offset.checked_add(buf.len()).ok_or_else(einval)?;
-        if !mapped.iter().any(|&(o, l)| o <= offset && end <= o + l) {
-            return Err(io::Error::from_raw_os_error(libc::EFAULT));
-        }
-        // SAFETY: the range is mapped read/write and stays mapped while we hold the lock
-        // (unmap takes it); `buf` is a distinct Rust buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (self.addr + offset) as *const u8,
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        Ok(())
+        self.with_mapped(offset, buf.len(), |at| {
+            // SAFETY: the range is mapped read/write and stays mapped while `with_mapped` holds
+            // the lock; `buf` is a distinct Rust buffer.
+            unsafe { std::ptr::copy_nonoverlapping(at as *const u8, buf.as_mut_ptr(), buf.len()) }
+        })
     }
 
     /// Copies `data` into the region at `offset` (which must be mapped).
@@ -317,20 +308,10 @@ impl Region {
     /// # Errors
     /// `EFAULT` when the range is not inside one mapped part.
     pub fn write(&self, offset: usize, data: &[u8]) -> io::Result<()> {
-        let mapped = self.lock();
-        let end = offset.checked_add(data.len()).ok_or_else(einval)?;
-        if !mapped.iter().any(|&(o, l)| o <= offset && end <= o + l) {
-            return Err(io::Error::from_raw_os_error(libc::EFAULT));
-        }
-        // SAFETY: as in `read`; the destination is mapped writable and is not Rust memory.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                (self.addr + offset) as *mut u8,
-                data.len(),
-            )
-        };
-        Ok(())
+        self.with_mapped(offset, data.len(), |at| {
+            // SAFETY: as in `read`; the destination is mapped writable and is not Rust memory.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), at as *mut u8, data.len()) }
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::SMALL_ROW;
 use crate::Error;
-use crate::device::{CopyDirection, Device};
+use crate::device::{CopyDirection, Device, Shape2d};
 use crate::sys;
 use crate::sys::fork::Detached;
 
@@ -211,23 +211,17 @@ pub(super) unsafe fn recv_rows(
         scratch.resize(width * n, 0);
         link.recv(scratch)?;
         let dst = rows.addr as *mut u8;
+        let shape = Shape2d::new(width, pitch, width, n);
         match rows.device {
-            // SAFETY: `scratch` holds `n` rows of `width` bytes; the rows at `dst` are writable
-            // device memory by this function's contract; host and device ranges are disjoint.
-            Some(dev) => unsafe {
-                dev.copy_2d(
-                    scratch.as_ptr(),
-                    width,
-                    dst,
-                    pitch,
-                    width,
-                    n,
-                    CopyDirection::HostToDevice,
-                )
+            Some(dev) => {
+                // SAFETY: `scratch` holds `n` rows of `width` bytes; the rows at `dst` are
+                // writable device memory by this function's contract; host and device ranges
+                // are disjoint.
+                unsafe { dev.copy_2d(scratch.as_ptr(), dst, shape, CopyDirection::HostToDevice) }
+                    .map_err(dev_err)?
             }
-            .map_err(dev_err)?,
             // SAFETY: as above, host memory; `scratch` is our own buffer, disjoint from `dst`.
-            None => unsafe { sys::copy::copy_2d(scratch.as_ptr(), width, dst, pitch, width, n) },
+            None => unsafe { sys::copy::copy_2d(scratch.as_ptr(), dst, shape) },
         }
         return Ok(());
     }
@@ -253,25 +247,21 @@ pub(super) unsafe fn send_rows(
     if rows.gathered() {
         scratch.resize(width * n, 0);
         let src = rows.addr as *const u8;
+        let shape = Shape2d::new(pitch, width, width, n);
         match rows.device {
             // SAFETY: the rows at `src` are readable device memory by this function's contract;
             // `scratch` has room for `n` rows of `width` bytes and is disjoint from them.
             Some(dev) => unsafe {
                 dev.copy_2d(
                     src,
-                    pitch,
                     scratch.as_mut_ptr(),
-                    width,
-                    width,
-                    n,
+                    shape,
                     CopyDirection::DeviceToHost,
                 )
             }
             .map_err(dev_err)?,
             // SAFETY: as above, host memory.
-            None => unsafe {
-                sys::copy::copy_2d(src, pitch, scratch.as_mut_ptr(), width, width, n)
-            },
+            None => unsafe { sys::copy::copy_2d(src, scratch.as_mut_ptr(), shape) },
         }
         return link.send(scratch, more);
     }
