@@ -54,6 +54,12 @@
 //!   keep `EPOLLOUT` armed until it returns `Ok(true)`. On an `Err` from `on_readable`
 //!   (bad certificate, not TLS...), call `flush_to` once to send the alert, log the error and
 //!   close the socket.
+//!
+//! # Code
+//! This file: [`TlsOptions`], the loaded configurations and the process-wide setting, error
+//! texts; `files.rs`: reading the PEM files; `stream.rs`: the client stream and its split
+//! halves; `session.rs`: the server session; `verify.rs`: the server certificate check;
+//! `x509.rs`: names and IP SANs from certificates.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

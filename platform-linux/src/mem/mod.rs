@@ -17,9 +17,9 @@
 //! Limits of this choice: the peer must see the owner's pid in its own PID namespace and have
 //! ptrace read access to it (same user, owner dumpable; Yama's `ptrace_scope` does not restrict
 //! this read access). Processes in different PID namespaces (e.g. separate containers) cannot
-//! share this way; the runtime then treats the peer like one on another host and refuses, or
-//! later uses the network transport. A future fallback is passing descriptors over a Unix
-//! socket (`SCM_RIGHTS`), which works across PID namespaces that share a socket path.
+//! share this way: their host identities differ ([`host_identity`]), so the runtime treats the
+//! peer like one on another host (reached over the network transport, or refused where none
+//! serves it). Descriptors are not passed over Unix sockets (`SCM_RIGHTS`).
 //!
 //! # Admission
 //! A segment the machine cannot back is refused with `SM_MALLOC_FAILED` before anything is

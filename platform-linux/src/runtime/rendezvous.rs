@@ -20,8 +20,8 @@
 //!
 //! Cost: SET + ADD + one parked GET per rank (3 ops, about 250 bytes with the frame headers,
 //! whatever the world size); the rank that completes the world adds one PREFIX get of the `n`
-//! records (about 60 `n` bytes) and, for SHM, `n` QUERY_ALIVE. The old scheme (a parked GET of
-//! every rank's record by every rank) cost `n` ops per rank, `n^2` for the store.
+//! records (about 60 `n` bytes) and, for SHM, `n` QUERY_ALIVE; a parked GET of every rank's
+//! record by every rank would cost `n` ops per rank, `n^2` for the store.
 //!
 //! At uninit a rank removes its record and adds -1; the rank whose decrement takes the counter
 //! below `worldSize` removes `ready`, so a world that lost a rank is waited for again.

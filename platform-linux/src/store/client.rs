@@ -4,6 +4,9 @@
 //! Locks: the writer lock is held only for the socket write of one frame (bounded by a write
 //! timeout); no lock is held while waiting for a reply. Watch receivers are fed with `send` on
 //! unbounded channels, so the reader never blocks on a slow consumer.
+//!
+//! This file: the operations and the reconnect logic; `client/link.rs`: one link (connect with
+//! retries, handshake, writer, reader thread).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

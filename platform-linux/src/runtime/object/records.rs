@@ -224,7 +224,10 @@ mod tests {
         assert_eq!(WindowRecord::decode(&bytes), Ok(rec.clone()));
         let plain = rec.encode().expect("encode");
         assert_eq!(WindowRecord::decode_ranked(&plain), Ok((rec, None)));
-        assert!(WindowRecord::decode_shm(&plain).is_err());
+        assert_eq!(
+            WindowRecord::decode_shm(&plain).map_err(|e| e.code()),
+            Err(ErrorCode::ProtocolError)
+        );
     }
 
     #[test]
