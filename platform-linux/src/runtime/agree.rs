@@ -162,22 +162,12 @@ pub(crate) type Departed<'a> = &'a dyn Fn() -> Vec<u32>;
 /// failure the candidate this rank counted for is uncounted, so a later attempt cannot complete
 /// with a count that includes a rank that gave up. A member reported by `departed` that does
 /// not hold the current candidate fails the agreement at once with `SM_IO_ERROR` naming it.
-pub(crate) fn agree_gva(
-    store: &StoreClient,
-    ns: &AgreeNs,
-    rank: u32,
-    members: u32,
-    want: Proposal,
-    deadline: Instant,
-    departed: Departed<'_>,
-) -> Result<(Reservation, u64)> {
+pub(crate) fn agree_gva(a: &Agreement<'_>) -> Result<(Reservation, u64)> {
     let mut held: Option<(String, Reservation)> = None;
-    let r = agree_inner(
-        store, ns, rank, members, want, deadline, departed, &mut held,
-    );
+    let r = agree_inner(a, &mut held);
     if r.is_err() {
         if let Some((tag, _)) = held.take() {
-            let _ = store.add(&counter_key(ns, &tag), -1);
+            let _ = a.store.add(&counter_key(a.ns, &tag), -1);
         }
     }
     r
@@ -208,17 +198,34 @@ fn count_in(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The arguments of one [`agree_gva`] call.
+#[derive(Clone, Copy)]
+pub(crate) struct Agreement<'a> {
+    pub(crate) store: &'a StoreClient,
+    pub(crate) ns: &'a AgreeNs,
+    /// This member's rank in the object.
+    pub(crate) rank: u32,
+    /// How many members must hold the range.
+    pub(crate) members: u32,
+    /// This member's sizes (the proposal it would make).
+    pub(crate) want: Proposal,
+    pub(crate) deadline: Instant,
+    pub(crate) departed: Departed<'a>,
+}
+
 fn agree_inner(
-    store: &StoreClient,
-    ns: &AgreeNs,
-    rank: u32,
-    members: u32,
-    want: Proposal,
-    deadline: Instant,
-    departed: Departed<'_>,
+    a: &Agreement<'_>,
     held: &mut Option<(String, Reservation)>,
 ) -> Result<(Reservation, u64)> {
+    let Agreement {
+        store,
+        ns,
+        rank,
+        members,
+        want,
+        deadline,
+        departed,
+    } = *a;
     let gva_key = ns.key("gva");
     let what = format!("{} (rank {rank})", ns.call);
     loop {

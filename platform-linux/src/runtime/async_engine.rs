@@ -41,23 +41,8 @@ pub(super) const QUEUE_MAX: usize = 1024;
 /// One queued copy: the arguments of the synchronous call that runs it.
 #[derive(Debug)]
 pub(super) enum Job {
-    /// `smem_bm_copy`.
-    Copy {
-        src: u64,
-        dest: u64,
-        size: u64,
-        copy_type: u32,
-    },
-    /// `smem_bm_copy_2d`.
-    Copy2d {
-        src: u64,
-        spitch: u64,
-        dest: u64,
-        dpitch: u64,
-        width: u64,
-        height: u64,
-        copy_type: u32,
-    },
+    /// `smem_bm_copy` or `smem_bm_copy_2d`.
+    Copy(copy::Request),
     /// `smem_bm_copy_batch`.
     Batch {
         entries: Vec<BatchEntry>,
@@ -164,23 +149,7 @@ fn run(handle: BmHandle, job: Job) -> Result<()> {
     // its `smem_bm_wait`, which waits for this copy.
     unsafe {
         match job {
-            Job::Copy {
-                src,
-                dest,
-                size,
-                copy_type,
-            } => copy::bm_copy(handle, src, dest, size, copy_type, 0),
-            Job::Copy2d {
-                src,
-                spitch,
-                dest,
-                dpitch,
-                width,
-                height,
-                copy_type,
-            } => copy::bm_copy_2d(
-                handle, src, spitch, dest, dpitch, width, height, copy_type, 0,
-            ),
+            Job::Copy(request) => copy::copy(handle, request, 0),
             Job::Batch { entries, copy_type } => {
                 batch::bm_copy_batch(handle, entries, copy_type, 0)
             }

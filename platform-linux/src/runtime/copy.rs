@@ -148,6 +148,37 @@ fn local_side(obj: &BmObject, local: u64, len: u64, memory: LocalMemory) -> Resu
     Ok(side)
 }
 
+/// The arguments of `smem_bm_copy` or `smem_bm_copy_2d` (without flags): a 1D copy is the
+/// 2D copy of one row of `size` bytes, validated with the 1D rules (and messages).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Request {
+    /// The ranges; a 1D copy of `size` bytes is one row with both pitches `size`.
+    pub(super) copy: Copy2d,
+    pub(super) copy_type: u32,
+    /// Made by `smem_bm_copy` (checked by the 1D rules).
+    pub(super) one_d: bool,
+}
+
+impl Request {
+    /// `smem_bm_copy(src, dest, size, copy_type)`.
+    pub(super) const fn new_1d(src: u64, dest: u64, size: u64, copy_type: u32) -> Self {
+        Self {
+            copy: Copy2d::new(src, size, dest, size, size, 1),
+            copy_type,
+            one_d: true,
+        }
+    }
+
+    /// The API call the request came from, for messages.
+    pub(super) const fn what(&self) -> &'static str {
+        if self.one_d {
+            "smem_bm_copy"
+        } else {
+            "smem_bm_copy_2d"
+        }
+    }
+}
+
 /// Plans `smem_bm_copy(src, dest, size, copy_type)` (flags already checked).
 #[inline]
 pub(super) fn plan_1d(
@@ -157,52 +188,37 @@ pub(super) fn plan_1d(
     size: u64,
     copy_type: u32,
 ) -> Result<Plan> {
-    let (src, dst) = if copy_type == bm::COPY_G2G {
-        let p = check_copy_g2g(&obj.layout, src, dest, size).map_err(invalid)?;
-        (window(obj, p.src)?, window(obj, p.dest)?)
-    } else {
-        let p = check_copy(&obj.layout, copy_type, src, dest, size).map_err(invalid)?;
-        let global = window(obj, p.global)?;
-        let local = local_side(obj, p.local, size, p.kind.local_memory())?;
-        if p.kind.writes_global() {
-            (local, global)
-        } else {
-            (global, local)
-        }
-    };
-    Ok(Plan {
-        src,
-        spitch: size,
-        dst,
-        dpitch: size,
-        width: size,
-        height: 1,
-    })
+    plan(obj, &Request::new_1d(src, dest, size, copy_type))
 }
 
-/// Plans `smem_bm_copy_2d(...)` (flags already checked).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn plan_2d(
-    obj: &BmObject,
-    src: u64,
-    spitch: u64,
-    dest: u64,
-    dpitch: u64,
-    width: u64,
-    height: u64,
-    copy_type: u32,
-) -> Result<Plan> {
-    let copy = Copy2d::new(src, spitch, dest, dpitch, width, height);
-    let (src, dst) = if copy_type == bm::COPY_G2G {
-        let p = check_copy_2d_g2g(&obj.layout, &copy).map_err(invalid)?;
-        (window(obj, p.src)?, window(obj, p.dest)?)
+/// Plans a copy request (flags already checked): the G2G or local/global checks of its
+/// dimension, then every window side entered.
+#[inline]
+pub(super) fn plan(obj: &BmObject, r: &Request) -> Result<Plan> {
+    let c = &r.copy;
+    let layout = &obj.layout;
+    let (src, dst) = if r.copy_type == bm::COPY_G2G {
+        let (s, d) = if r.one_d {
+            let p = check_copy_g2g(layout, c.src, c.dest, c.width).map_err(invalid)?;
+            (p.src, p.dest)
+        } else {
+            let p = check_copy_2d_g2g(layout, c).map_err(invalid)?;
+            (p.src, p.dest)
+        };
+        (window(obj, s)?, window(obj, d)?)
     } else {
-        let p = check_copy_2d(&obj.layout, copy_type, &copy).map_err(invalid)?;
-        let global = window(obj, p.global)?;
-        // The local span: checked for overflow by `check_copy_2d`.
-        let span = (height - 1) * p.local_pitch + width;
-        let local = local_side(obj, p.local, span, p.kind.local_memory())?;
-        if p.kind.writes_global() {
+        // The local side's span: checked for overflow by `check_copy_2d`.
+        let (kind, global, local, span) = if r.one_d {
+            let p = check_copy(layout, r.copy_type, c.src, c.dest, c.width).map_err(invalid)?;
+            (p.kind, p.global, p.local, c.width)
+        } else {
+            let p = check_copy_2d(layout, r.copy_type, c).map_err(invalid)?;
+            let span = (c.height - 1) * p.local_pitch + c.width;
+            (p.kind, p.global, p.local, span)
+        };
+        let global = window(obj, global)?;
+        let local = local_side(obj, local, span, kind.local_memory())?;
+        if kind.writes_global() {
             (local, global)
         } else {
             (global, local)
@@ -210,11 +226,11 @@ pub(super) fn plan_2d(
     };
     Ok(Plan {
         src,
-        spitch,
+        spitch: c.spitch,
         dst,
-        dpitch,
-        width,
-        height,
+        dpitch: c.dpitch,
+        width: c.width,
+        height: c.height,
     })
 }
 
@@ -411,6 +427,25 @@ pub(super) fn global_addr(obj: &BmObject, rank: u32, part: Part, offset: u64) ->
     obj.layout.window_base(rank).map_or(0, Gva::raw) + obj.layout.part_offset(part) + offset
 }
 
+/// Plans `request` and runs it, or with `SMEM_ASYNC_COPY_FLAG` queues it (`smem_bm_copy`,
+/// `smem_bm_copy_2d`, and the asynchronous engine with `flags` 0).
+///
+/// # Safety
+/// As [`bm_copy`] (for every row of the local side).
+pub(super) unsafe fn copy(handle: BmHandle, request: Request, flags: u32) -> Result<()> {
+    let what = request.what();
+    let is_async = async_flag(flags, what)?;
+    let held = Entered::enter(handle, what)?;
+    let obj = held.obj();
+    let plan = plan(obj, &request).map_err(|e| e.context(what))?;
+    if is_async {
+        drop(held);
+        return async_engine::submit(handle, async_engine::Job::Copy(request));
+    }
+    // SAFETY: forwarded contract; `held` keeps the planned windows entered.
+    unsafe { run(obj, &plan, what) }
+}
+
 /// `smem_bm_copy`.
 ///
 /// # Safety
@@ -426,25 +461,9 @@ pub unsafe fn bm_copy(
     copy_type: u32,
     flags: u32,
 ) -> Result<()> {
-    let what = "smem_bm_copy";
-    let is_async = async_flag(flags, what)?;
-    let held = Entered::enter(handle, what)?;
-    let obj = held.obj();
-    let plan = plan_1d(obj, src, dest, size, copy_type).map_err(|e| e.context(what))?;
-    if is_async {
-        drop(held);
-        return async_engine::submit(
-            handle,
-            async_engine::Job::Copy {
-                src,
-                dest,
-                size,
-                copy_type,
-            },
-        );
-    }
-    // SAFETY: forwarded contract; `held` keeps the planned windows entered.
-    unsafe { run(obj, &plan, what) }
+    let request = Request::new_1d(src, dest, size, copy_type);
+    // SAFETY: forwarded contract.
+    unsafe { copy(handle, request, flags) }
 }
 
 /// `smem_bm_copy_2d`.
@@ -463,29 +482,13 @@ pub unsafe fn bm_copy_2d(
     copy_type: u32,
     flags: u32,
 ) -> Result<()> {
-    let what = "smem_bm_copy_2d";
-    let is_async = async_flag(flags, what)?;
-    let held = Entered::enter(handle, what)?;
-    let obj = held.obj();
-    let plan = plan_2d(obj, src, spitch, dest, dpitch, width, height, copy_type)
-        .map_err(|e| e.context(what))?;
-    if is_async {
-        drop(held);
-        return async_engine::submit(
-            handle,
-            async_engine::Job::Copy2d {
-                src,
-                spitch,
-                dest,
-                dpitch,
-                width,
-                height,
-                copy_type,
-            },
-        );
-    }
-    // SAFETY: forwarded contract; `held` keeps the planned windows entered.
-    unsafe { run(obj, &plan, what) }
+    let request = Request {
+        copy: Copy2d::new(src, spitch, dest, dpitch, width, height),
+        copy_type,
+        one_d: false,
+    };
+    // SAFETY: forwarded contract.
+    unsafe { copy(handle, request, flags) }
 }
 
 #[cfg(test)]

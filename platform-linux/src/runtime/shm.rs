@@ -89,7 +89,7 @@ use smem_core::limits::{SHM_OBJECTS_MAX, WORLD_SIZE_MAX};
 use smem_core::table::{Handle, Table};
 
 use super::life::{self, Hosting, InitArgs, InitWait, Session, remaining};
-use super::object::records::{WindowRecord, rank_record};
+use super::object::records::rank_record;
 use crate::store::{StoreClient, StoreTarget};
 use crate::sync::{Held, lock};
 use crate::{Error, Result};
@@ -445,22 +445,6 @@ fn win_key(prefix: &str, r: u32) -> Vec<u8> {
     format!("{prefix}win/{r}").into_bytes()
 }
 
-/// Encodes a member's window record: the BM record plus `;wrank=<world rank>`.
-fn encode_window(rec: &WindowRecord, world_rank: u32) -> Result<Vec<u8>> {
-    rec.encode_ranked(world_rank)
-}
-
-fn decode_window(b: &[u8]) -> Result<(WindowRecord, u32)> {
-    let (rec, wrank) = WindowRecord::decode_ranked(b)?;
-    let wrank = wrank.ok_or_else(|| {
-        Error::new(
-            ErrorCode::ProtocolError,
-            "SHM window record without a world rank",
-        )
-    })?;
-    Ok((rec, wrank))
-}
-
 fn decode(handle: ShmHandle, what: &str) -> Result<Handle> {
     Handle::decode(handle.0)
         .filter(|h| (h.index as usize) < SHM_OBJECTS_MAX)
@@ -626,16 +610,6 @@ mod tests {
     use smem_core::limits::WINDOW_ALIGN;
 
     use super::*;
-
-    /// An SHM window record carries the member's world rank; one without (BM's) is refused.
-    #[test]
-    fn window_records_carry_the_world_rank() {
-        let rec = WindowRecord::decode(b"host=boot/1;hbm=-;dram=-").expect("a BM record");
-        let (back, w) = decode_window(&encode_window(&rec, 17).unwrap()).unwrap();
-        assert_eq!((back, w), (rec.clone(), 17));
-        let e = decode_window(&rec.encode().unwrap()).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::ProtocolError);
-    }
 
     /// Nothing in this test binary calls `shm_init`.
     #[test]

@@ -62,7 +62,19 @@ impl WindowRecord {
         Self::decode_ranked(b).map(|(rec, _)| rec)
     }
 
-    /// Parses a record with the world rank it may carry (SHM).
+    /// Parses an SHM record: it must carry the member's world rank.
+    pub(crate) fn decode_shm(b: &[u8]) -> Result<(Self, u32)> {
+        let (rec, world_rank) = Self::decode_ranked(b)?;
+        let world_rank = world_rank.ok_or_else(|| {
+            Error::new(
+                ErrorCode::ProtocolError,
+                "SHM window record without a world rank",
+            )
+        })?;
+        Ok((rec, world_rank))
+    }
+
+    /// Parses a record with the world rank it may carry.
     pub(crate) fn decode_ranked(b: &[u8]) -> Result<(Self, Option<u32>)> {
         let bad = |e: smem_core::wire::WireError| {
             Error::new(
@@ -208,9 +220,14 @@ mod tests {
             WindowRecord::decode_ranked(&bytes),
             Ok((rec.clone(), Some(17)))
         );
+        assert_eq!(WindowRecord::decode_shm(&bytes), Ok((rec.clone(), 17)));
         assert_eq!(WindowRecord::decode(&bytes), Ok(rec.clone()));
         let plain = rec.encode().expect("encode");
         assert_eq!(WindowRecord::decode_ranked(&plain), Ok((rec, None)));
+        assert_eq!(
+            WindowRecord::decode_shm(&plain).map_err(|e| e.code()),
+            Err(ErrorCode::ProtocolError)
+        );
     }
 
     #[test]

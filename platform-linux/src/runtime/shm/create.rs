@@ -15,11 +15,11 @@ use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
 
 use super::{
     DATA_OP_MTE, DATA_OP_SDMA, EPOCH_KEY, STATE, ShmCtx, ShmHandle, State, WAIT_SLICE,
-    decode_window, encode_window, not_initialized, open_key, parse_u64, win_key,
+    not_initialized, open_key, parse_u64, win_key,
 };
 use crate::collective::{HostGroup, Members};
 use crate::mem::{HostSegment, Reservation, SegmentKind};
-use crate::runtime::agree::{AgreeNs, Departed, Proposal, agree_gva};
+use crate::runtime::agree::{AgreeNs, Agreement, Departed, Proposal, agree_gva};
 use crate::runtime::life::{self, remaining};
 use crate::runtime::object::records::WindowRecord;
 use crate::runtime::rank_list;
@@ -236,8 +236,15 @@ impl ShmObject {
             call: format!("smem_shm_create {id}"),
         };
         let departed = || ctx.departed_members(args.rank_size);
-        let (reservation, base) =
-            agree_gva(store, &ns, rank, args.rank_size, want, deadline, &departed)?;
+        let (reservation, base) = agree_gva(&Agreement {
+            store,
+            ns: &ns,
+            rank,
+            members: args.rank_size,
+            want,
+            deadline,
+            departed: &departed,
+        })?;
         reservation
             .map_segment(u64::from(rank) * size, segment.fd(), size)
             .map_err(|e| e.context(what))?;
@@ -249,7 +256,7 @@ impl ShmObject {
             net: None,
         };
         store
-            .set(&win_key(prefix, rank), &encode_window(&rec, ctx.rank)?)
+            .set(&win_key(prefix, rank), &rec.encode_ranked(ctx.rank)?)
             .map_err(|e| e.context(what))?;
         let mut records = published_windows(ctx, prefix, args.rank_size, deadline, what)?;
         let mut peers = Vec::with_capacity(args.rank_size as usize);
@@ -270,7 +277,7 @@ impl ShmObject {
                     format!("{what}: rank {r} published no window record"),
                 )
             })?;
-            let (prec, wrank) = decode_window(&raw).map_err(|e| e.context(what))?;
+            let (prec, wrank) = WindowRecord::decode_shm(&raw).map_err(|e| e.context(what))?;
             let same_host = prec.host == ctx.host_id;
             let mut pid = 0;
             if same_host {
