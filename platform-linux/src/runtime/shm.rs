@@ -135,13 +135,15 @@ pub struct ShmConfig {
 }
 
 impl Default for ShmConfig {
+    /// The defaults `smem_shm_config_init` shares with `smem_bm_config_init`.
     fn default() -> Self {
+        let bm = super::bm::BmConfig::default();
         Self {
-            init_timeout: Duration::from_secs(120),
-            create_timeout: Duration::from_secs(120),
-            control_timeout: Duration::from_secs(120),
-            start_config_store: true,
-            flags: 0,
+            init_timeout: bm.init_timeout,
+            create_timeout: bm.create_timeout,
+            control_timeout: bm.control_timeout,
+            start_config_store: bm.start_config_store,
+            flags: bm.flags,
         }
     }
 }
