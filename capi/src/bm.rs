@@ -13,6 +13,7 @@ use std::ptr;
 use std::time::Duration;
 
 use smem_core::ErrorCode;
+use smem_core::bm::Copy2d;
 use smem_core::data_op::BmDataOps;
 use smem_core::limits::{BM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
 use smem_linux::runtime::{self, BmConfig, BmHandle};
@@ -442,6 +443,13 @@ pub unsafe extern "C" fn smem_bm_copy_2d(
         check_span(d, span_2d(dpitch, width, height, "dpitch")?, "dest")?;
         // SAFETY: every local row is valid (this function's contract); the runtime validates
         // the global side.
-        unsafe { runtime::bm_copy_2d(h, s, spitch, d, dpitch, width, height, t, flags) }
+        unsafe {
+            runtime::bm_copy_2d(
+                h,
+                Copy2d::new(s, spitch, d, dpitch, width, height),
+                t,
+                flags,
+            )
+        }
     })
 }

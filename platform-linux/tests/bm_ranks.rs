@@ -11,6 +11,7 @@ use bm_common::{
     run_all_ok, spawn,
 };
 use smem_core::ErrorCode;
+use smem_core::bm::Copy2d;
 use smem_linux::runtime::{self, BmHandle};
 
 const M: u64 = 1 << 20;
@@ -223,8 +224,15 @@ fn pairs_rank(role: &Role) {
             .collect();
         let dst = win + hbm_len + M + u64::from(rank) * 4000;
         // SAFETY: `rows` holds 4 rows of 100 bytes at pitch 100.
-        unsafe { runtime::bm_copy_2d(h, rows.as_ptr() as u64, 100, dst, 1000, 100, 4, H2G, 0) }
-            .expect("2D H2G");
+        unsafe {
+            runtime::bm_copy_2d(
+                h,
+                Copy2d::new(rows.as_ptr() as u64, 100, dst, 1000, 100, 4),
+                H2G,
+                0,
+            )
+        }
+        .expect("2D H2G");
     }
     barrier(&c, "written", n);
     for p in 0..n {
@@ -249,7 +257,12 @@ fn pairs_rank(role: &Role) {
             let src = win + hbm_len + M + u64::from(from) * 4000;
             // SAFETY: `rows` is 400 writable bytes: 4 rows of 100 at pitch 100.
             unsafe {
-                runtime::bm_copy_2d(h, src, 1000, rows.as_mut_ptr() as u64, 100, 100, 4, G2H, 0)
+                runtime::bm_copy_2d(
+                    h,
+                    Copy2d::new(src, 1000, rows.as_mut_ptr() as u64, 100, 100, 4),
+                    G2H,
+                    0,
+                )
             }
             .expect("2D G2H");
             for (i, b) in rows.iter().enumerate() {

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bm_common::{barrier, barrier_last, client, config, free_url, pattern, role, spawn_with};
+use smem_core::bm::Copy2d;
 use smem_linux::runtime;
 use smem_linux::tls::{self, TlsOptions};
 
@@ -178,8 +179,15 @@ fn tls_net_rank(rank: u32, n: u32, url: &str) {
             .collect();
         let dst = win + hbm + M + u64::from(rank) * 4000;
         // SAFETY: `rows` holds 4 rows of 100 bytes at pitch 100.
-        unsafe { runtime::bm_copy_2d(h, rows.as_ptr() as u64, 100, dst, 1000, 100, 4, H2G, 0) }
-            .expect("2D H2G");
+        unsafe {
+            runtime::bm_copy_2d(
+                h,
+                Copy2d::new(rows.as_ptr() as u64, 100, dst, 1000, 100, 4),
+                H2G,
+                0,
+            )
+        }
+        .expect("2D H2G");
     }
     barrier(&c, "written", n);
     for p in 0..n {
@@ -201,7 +209,12 @@ fn tls_net_rank(rank: u32, n: u32, url: &str) {
             let src = win + hbm + M + u64::from(from) * 4000;
             // SAFETY: `rows` is 400 writable bytes: 4 rows of 100 at pitch 100.
             unsafe {
-                runtime::bm_copy_2d(h, src, 1000, rows.as_mut_ptr() as u64, 100, 100, 4, G2H, 0)
+                runtime::bm_copy_2d(
+                    h,
+                    Copy2d::new(src, 1000, rows.as_mut_ptr() as u64, 100, 100, 4),
+                    G2H,
+                    0,
+                )
             }
             .expect("2D G2H");
             for (i, b) in rows.iter().enumerate() {

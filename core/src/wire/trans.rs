@@ -220,6 +220,17 @@ pub struct Region {
 }
 
 impl Region {
+    /// A region of user memory (`smem_trans_register_mem`): no memfd, no inode.
+    pub const fn user(addr: u64, len: u64) -> Self {
+        Self {
+            addr,
+            len,
+            kind: RegionKind::User,
+            fd: -1,
+            inode: 0,
+        }
+    }
+
     /// One past the last byte (never wraps in a parsed table).
     pub const fn end(&self) -> u64 {
         self.addr.saturating_add(self.len)
@@ -469,13 +480,7 @@ mod tests {
     }
 
     fn region(addr: u64, len: u64) -> Region {
-        Region {
-            addr,
-            len,
-            kind: RegionKind::User,
-            fd: -1,
-            inode: 0,
-        }
+        Region::user(addr, len)
     }
 
     #[test]

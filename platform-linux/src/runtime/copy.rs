@@ -466,24 +466,18 @@ pub unsafe fn bm_copy(
     unsafe { copy(handle, request, flags) }
 }
 
-/// `smem_bm_copy_2d`.
+/// `smem_bm_copy_2d`: `ranges` holds its six range arguments (see [`Copy2d::new`]).
 ///
 /// # Safety
 /// As [`bm_copy`], for every row of the local side.
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn bm_copy_2d(
     handle: BmHandle,
-    src: u64,
-    spitch: u64,
-    dest: u64,
-    dpitch: u64,
-    width: u64,
-    height: u64,
+    ranges: Copy2d,
     copy_type: u32,
     flags: u32,
 ) -> Result<()> {
     let request = Request {
-        copy: Copy2d::new(src, spitch, dest, dpitch, width, height),
+        copy: ranges,
         copy_type,
         one_d: false,
     };

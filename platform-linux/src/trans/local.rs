@@ -166,16 +166,7 @@ impl Local {
                     r.len
                 )));
             }
-            next.insert(
-                pos,
-                Region {
-                    addr,
-                    len,
-                    kind: RegionKind::User,
-                    fd: -1,
-                    inode: 0,
-                },
-            );
+            next.insert(pos, Region::user(addr, len));
         }
         self.change(&mut g, next)
     }
