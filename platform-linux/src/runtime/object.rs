@@ -270,6 +270,10 @@ impl BmObject {
         };
         // DRAM-only objects keep the windows of a host in one segment (module docs).
         let shared_dram = hbm_len == 0 && dram_len > 0;
+        if shared_dram {
+            // Refused before any address space is reserved, as a segment of its own would be.
+            crate::mem::admit(&format!("smem_bm_create {id}: DRAM part"), dram_len)?;
+        }
         let dram = if dram_len > 0 && !shared_dram {
             Some(
                 HostSegment::create(&format!("smem-bm{id}-dram"), SegmentKind::Host, dram_len)
