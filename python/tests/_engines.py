@@ -22,7 +22,7 @@ def payload(batch, i, size):
     return np.random.default_rng(1000 * batch + i).integers(0, 256, size=size, dtype=np.uint8)
 
 
-def decode(url, store_up, decode_id, addrs, done, q):
+def decode(url, store_up, decode_id, addrs, done, released, q):
     def body():
         import smem
 
@@ -47,14 +47,18 @@ def decode(url, store_up, decode_id, addrs, done, q):
             for i, (s, n) in enumerate(zip(slots, sizes)):
                 assert np.array_equal(kv[s, :n], payload(batch, i, n)), f"batch {batch} block {i}"
         assert bytes(extra[:4096]) == bytes(range(256)) * 16
-        assert engine.unregister_memory(extra_addr) == 0
+        try:
+            assert engine.unregister_memory(extra_addr) == 0, smem.get_last_err_msg()
+        finally:
+            # Prefill hosts the config store: it stays up until this engine no longer needs it.
+            released.set()
         engine.destroy()
         engine.destroy()
 
     report(0, q, body)
 
 
-def prefill(url, store_up, decode_id, prefill_id, addrs, done, q):
+def prefill(url, store_up, decode_id, prefill_id, addrs, done, released, q):
     def body():
         import smem
 
@@ -107,6 +111,8 @@ def prefill(url, store_up, decode_id, prefill_id, addrs, done, q):
         else:
             raise AssertionError("a str buffer must raise TypeError")
         done.set()
+        # This process hosts the config store: keep it up until the decode engine unregistered.
+        assert released.wait(WAIT_S), "the decode engine never released its memory"
         engine.destroy()
 
     report(1, q, body)

@@ -13,10 +13,10 @@ def test_transfer_engine_pair_moves_kv_blocks():
     ctx = mp.get_context("spawn")
     url = f"tcp://127.0.0.1:{free_port()}"
     decode_id, prefill_id = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    store_up, done, addrs = ctx.Event(), ctx.Event(), ctx.Queue()
+    store_up, done, addrs, released = ctx.Event(), ctx.Event(), ctx.Queue(), ctx.Event()
     run_processes(
         [
-            (_engines.decode, (url, store_up, decode_id, addrs, done)),
-            (_engines.prefill, (url, store_up, decode_id, prefill_id, addrs, done)),
+            (_engines.decode, (url, store_up, decode_id, addrs, done, released)),
+            (_engines.prefill, (url, store_up, decode_id, prefill_id, addrs, done, released)),
         ]
     )
