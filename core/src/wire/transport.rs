@@ -493,8 +493,10 @@ mod tests {
                 assert_eq!(h.to_bytes()[..], b[..HELLO_LEN]);
             }
         }
+        // Fewer than one in 5,000 random headers is valid: only the full native count checks that
+        // the generator reaches the accepting paths.
         assert!(
-            accepted > 0,
+            accepted > 0 || cfg!(miri),
             "no random header was valid; the generator is too narrow"
         );
     }
