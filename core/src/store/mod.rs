@@ -124,6 +124,9 @@ pub trait Storage {
     fn take_waiters(&mut self, each: &mut dyn FnMut(Self::Link, u32));
 }
 
+/// The sink [`Output::packed_to_each`] hands its targets to: one (link, seq) per request.
+pub type Sink<'a, L> = &'a mut dyn FnMut(L, u32);
+
 /// What the store asks of its driver.
 pub trait Output<L> {
     /// Reply to `link`'s request `seq` with a text body.
@@ -147,7 +150,7 @@ pub trait Output<L> {
         &mut self,
         mt: MessageType,
         value: &[u8],
-        targets: &mut dyn FnMut(&mut dyn FnMut(L, u32)),
+        targets: &mut dyn FnMut(Sink<'_, L>),
     ) {
         targets(&mut |l, s| self.packed(l, s, mt, none(), once(value)));
     }

@@ -95,8 +95,8 @@ impl Link {
         // Declared after `stream`, so it is dropped (unregistered) before the stream closes.
         let _detach = detach;
         let mut hdr = [0u8; FRAME_HEADER_LEN];
-        // One buffer for every frame's body: a watch event costs one allocation (its value,
-        // handed to the watcher), a reply one (its body, handed to the caller).
+        // One buffer for every watch event's body: an event costs one allocation (its value,
+        // handed to the watcher); a reply takes the buffer with it to its caller.
         let mut body = Vec::new();
         let why = loop {
             if let Err(e) = stream.read_exact(&mut hdr) {
@@ -116,9 +116,18 @@ impl Link {
                 body.extend_from_slice(&stream.buffer()[..len]);
                 stream.consume(len);
                 Ok(len)
+            } else if len <= DIRECT_BODY {
+                // E.g. a PREFIX reply of every window record: read in place (a read bigger
+                // than the buffer goes straight into `body`), no growth, no copies.
+                body.resize(len, 0);
+                match stream.read_exact(&mut body) {
+                    Ok(()) => Ok(len),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                    Err(e) => Err(e),
+                }
             } else {
                 // Grows with the bytes that actually arrive, not with the declared length.
-                body.reserve(len.min(64 * 1024));
+                body.reserve(DIRECT_BODY);
                 (&mut stream)
                     .take(u64::from(h.body_len))
                     .read_to_end(&mut body)
@@ -129,8 +138,8 @@ impl Link {
                 Err(e) => break format!("read: {e}"),
             }
             count(T_RECEIVED, (FRAME_HEADER_LEN + len) as u64);
-            self.dispatch(h.seq_no, h.result, &body);
-            if body.capacity() > 1 << 20 {
+            self.dispatch(h.seq_no, h.result, &mut body);
+            if body.capacity() > DIRECT_BODY {
                 body = Vec::new();
             }
         };
@@ -140,17 +149,20 @@ impl Link {
         self.down();
     }
 
-    fn dispatch(&self, seq: u32, st: i16, body: &[u8]) {
+    /// Hand frame `body` to its waiter (taking the buffer) or to its watcher (a copy of the
+    /// value).
+    fn dispatch(&self, seq: u32, st: i16, body: &mut Vec<u8>) {
         if seq == 0 {
             debug!("store client: ignoring server push (status {st})");
             return;
         }
         let waiter = lock(&self.pending).remove(&seq);
         if let Some(tx) = waiter {
-            let body = body.to_vec();
+            let body = std::mem::take(body);
             let _ = tx.try_send(Reply { status: st, body });
             return;
         }
+        let body = &body[..];
         count(T_EVENTS, 1);
         let mut w = lock(&self.watches);
         if let Some((key, tx)) = w.by_seq.get(&seq) {
@@ -191,6 +203,10 @@ impl Link {
         debug!("store client: reply for unknown seqNo {seq} (late after a timeout?)");
     }
 }
+
+/// Frame bodies up to this size are read into a buffer of their declared length at once;
+/// larger ones grow with the bytes that arrive (a corrupt length costs no memory up front).
+const DIRECT_BODY: usize = 4 << 20;
 
 /// Whether a failed TCP connect may succeed later: nobody listens yet (refused, reset), the
 /// route or the host is not there yet (host/network unreachable, e.g. an interface or a

@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
-use smem_core::store::Output;
+use smem_core::store::{Output, Sink};
 use smem_core::wire::message::{self, MessageHeader};
 use smem_core::wire::{FRAME_HEADER_LEN, FrameHeader, MessageType, status};
 
@@ -110,7 +110,7 @@ impl Output<LinkId> for Replies<'_> {
         &mut self,
         mt: MessageType,
         value: &[u8],
-        targets: &mut dyn FnMut(&mut dyn FnMut(LinkId, u32)),
+        targets: &mut dyn FnMut(Sink<'_, LinkId>),
     ) {
         let frame = &mut *self.fan_out;
         frame.clear();
