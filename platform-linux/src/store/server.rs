@@ -256,6 +256,8 @@ struct EventLoop {
     scratch: Vec<u8>,
     /// The listener is out of the epoll set until [`Timer::ResumeAccept`].
     accept_paused: bool,
+    /// The last accept failed (its warning was logged).
+    accept_failing: bool,
 }
 
 impl EventLoop {
@@ -284,6 +286,7 @@ impl EventLoop {
             paused: std::collections::VecDeque::new(),
             scratch: vec![0; READ_CHUNK],
             accept_paused: false,
+            accept_failing: false,
         }
     }
 

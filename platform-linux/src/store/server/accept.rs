@@ -22,7 +22,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 
 use super::{
     DetachOnFork, EPOLL_HUP_ERR, EPOLL_IN, EventLoop, Limits, Link, LinkId, OVER_LIMIT_GRACE,
@@ -57,6 +57,7 @@ impl EventLoop {
         loop {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
+                    self.accept_failing = false;
                     let open = self.links.len();
                     let max = self.config.limits.max_links;
                     let over = open >= max;
@@ -72,12 +73,17 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
-                    // E.g. EMFILE: the connection stays queued; rest, then accept again.
-                    warn!(
-                        "config store accept failed ({} links open): {e}; accepting again in {} ms",
-                        self.links.len(),
-                        ACCEPT_PAUSE.as_millis()
-                    );
+                    // E.g. EMFILE: the connection stays queued; rest, then accept again. Said
+                    // once per episode, not every ACCEPT_PAUSE.
+                    let (open, pause) = (self.links.len(), ACCEPT_PAUSE.as_millis());
+                    if self.accept_failing {
+                        debug!("config store accept failed again ({open} links open): {e}");
+                    } else {
+                        warn!(
+                            "config store accept failed ({open} links open): {e}; connections wait in the queue, accepting again every {pause} ms"
+                        );
+                    }
+                    self.accept_failing = true;
                     self.pause_accept();
                     return;
                 }
@@ -109,7 +115,6 @@ impl EventLoop {
         match self.epoll.modify(fd, TOKEN_LISTENER, EPOLL_IN) {
             Ok(()) => {
                 self.accept_paused = false;
-                info!("config store: accepting again");
                 self.accept();
             }
             Err(e) => {
