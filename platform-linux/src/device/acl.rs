@@ -45,9 +45,11 @@ use std::sync::Arc;
 use log::debug;
 use smem_core::ErrorCode;
 
-use super::{CopyDirection, Device, DeviceDescriptor, DeviceSegment, SegmentInner, Shape2d};
+use super::{
+    CopyDirection, Device, DeviceDescriptor, DeviceSegment, SegmentInner, Shape2d, copy_err,
+};
 use crate::sys::acl::{AclApi, AclCallError, Context, MemcpyKind};
-use crate::sys::copy;
+use crate::sys::copy::RawRange;
 use crate::{Error, Result};
 
 /// Env var naming the CANN installation (`.../ascend-toolkit/latest`).
@@ -370,57 +372,41 @@ impl Device for AclDevice {
         })
     }
 
-    unsafe fn copy_2d(
+    fn copy_2d(
         &self,
-        src: *const u8,
-        dst: *mut u8,
+        src: RawRange<'_>,
+        dst: RawRange<'_>,
         shape: Shape2d,
         dir: CopyDirection,
     ) -> Result<()> {
+        let c = shape.check(src, dst).map_err(copy_err)?;
         match dir {
             CopyDirection::HostToHost => {
-                // SAFETY: the caller upholds `Device::copy_2d`'s contract (host memory).
-                unsafe { copy::copy_2d(src, dst, shape) };
+                c.run();
                 Ok(())
             }
-            _ if shape.height == 1 => {
+            CopyDirection::HostToDevice | CopyDirection::DeviceToHost if shape.height > 1 => {
                 let _ctx = self.shared.bind()?;
-                // SAFETY: the caller upholds `Device::copy_2d`'s contract for the one row:
-                // `src`/`dst` are valid in the memories `dir` names (device addresses for
-                // device sides) and disjoint.
-                unsafe {
-                    self.shared
-                        .api
-                        .memcpy(dst, src, shape.width, Self::copy_kind(dir))
-                }
-                .map_err(|e| self.shared.fail(e))
+                self.shared
+                    .api
+                    .memcpy_2d(&c, Self::copy_kind(dir))
+                    .map_err(|e| self.shared.fail(e))
             }
-            CopyDirection::HostToDevice | CopyDirection::DeviceToHost => {
+            // One row, or device to device (aclrtMemcpy2d supports host<->device only): one
+            // aclrtMemcpy per row.
+            _ => {
                 let _ctx = self.shared.bind()?;
-                // SAFETY: the caller upholds `Device::copy_2d`'s contract for every row.
-                unsafe {
-                    self.shared
-                        .api
-                        .memcpy_2d(dst, src, shape, Self::copy_kind(dir))
-                }
-                .map_err(|e| self.shared.fail(e))
-            }
-            CopyDirection::DeviceToDevice => {
-                // aclrtMemcpy2d supports host<->device only: one aclrtMemcpy per row.
-                let _ctx = self.shared.bind()?;
-                for row in 0..shape.height {
-                    let s = src.wrapping_add(row.wrapping_mul(shape.spitch));
-                    let d = dst.wrapping_add(row.wrapping_mul(shape.dpitch));
-                    // SAFETY: row `row` of both sides is valid and disjoint by the caller's
-                    // contract (offsets checked for overflow by the caller).
-                    unsafe {
-                        self.shared
-                            .api
-                            .memcpy(d, s, shape.width, MemcpyKind::DeviceToDevice)
-                    }
-                    .map_err(|e| self.shared.fail(e).context(format!("2D copy row {row}")))?;
-                }
-                Ok(())
+                self.shared
+                    .api
+                    .memcpy_rows(&c, Self::copy_kind(dir))
+                    .map_err(|(row, e)| {
+                        let e = self.shared.fail(e);
+                        if shape.height > 1 {
+                            e.context(format!("2D copy row {row}"))
+                        } else {
+                            e
+                        }
+                    })
             }
         }
     }

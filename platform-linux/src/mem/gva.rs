@@ -5,6 +5,7 @@ use std::os::fd::BorrowedFd;
 use smem_core::ErrorCode;
 use smem_core::gva::{Gva, GvaRange};
 
+use crate::sys::copy::RawRange;
 use crate::sys::mman::Region;
 use crate::{Error, Result};
 
@@ -225,6 +226,15 @@ impl Reservation {
         let o = usize::try_from(offset).ok()?;
         let l = usize::try_from(len).ok()?;
         self.region.mapped_addr(o, l).map(|a| a as u64)
+    }
+
+    /// `offset..offset+len` as a range for raw copies when it lies inside one mapped part (see
+    /// [`crate::sys::mman::Region::mapped_range`]: the data path keeps the part mapped while it
+    /// copies).
+    pub fn mapped_range(&self, offset: u64, len: u64) -> Option<RawRange<'_>> {
+        let o = usize::try_from(offset).ok()?;
+        let l = usize::try_from(len).ok()?;
+        self.region.mapped_range(o, l)
     }
 
     /// Copies bytes out of a mapped part (control path and tests; copies of the data path go

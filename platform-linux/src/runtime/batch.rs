@@ -25,6 +25,7 @@ use smem_core::ErrorCode;
 use super::copy::{self, BOUNCE, Entered, Plan, Side};
 use super::object::BmObject;
 use super::{BmHandle, async_engine};
+use crate::sys::copy::RawRange;
 use crate::transport::Op;
 use crate::transport::batch::Span;
 use crate::{Error, Result};
@@ -107,15 +108,15 @@ fn plan_all(obj: &BmObject, entries: &[BatchEntry], copy_type: u32) -> Result<Ve
 
 /// Network groups of a batch: per (peer, direction, local kind), the ranges to move.
 #[derive(Default)]
-struct Groups(BTreeMap<GroupKey, (smem_core::bm::Location, Vec<Span>)>);
+struct Groups<'a>(BTreeMap<GroupKey, (smem_core::bm::Location, Vec<Span<'a>>)>);
 
-impl Groups {
-    /// Adds `len` bytes between the window range `loc` and local address `local`.
+impl<'a> Groups<'a> {
+    /// Adds the bytes between the window range `loc` and `local` (of the same length).
     fn add(
         &mut self,
         loc: smem_core::bm::Location,
         op: Op,
-        local: u64,
+        local: RawRange<'a>,
         device: bool,
         obj: &BmObject,
     ) {
@@ -124,28 +125,20 @@ impl Groups {
             .entry((loc.rank, op_key(op), device))
             .or_insert_with(|| (loc, Vec::new()))
             .1
-            .push(Span {
-                remote,
-                local,
-                len: loc.len,
-            });
+            .push(Span { remote, local });
     }
 
     /// Runs every group, groups of different peers side by side; the first error wins.
-    ///
-    /// # Safety
-    /// Every local range is valid for the transfer (readable for writes, writable for reads).
-    unsafe fn run(self, obj: &BmObject) -> Result<()> {
+    fn run(self, obj: &BmObject) -> Result<()> {
         if self.0.is_empty() {
             return Ok(());
         }
         let node = copy::node(obj)?;
-        let one = |(k, (loc, spans)): (GroupKey, (smem_core::bm::Location, Vec<Span>))| {
+        let one = |(k, (loc, spans)): (GroupKey, (smem_core::bm::Location, Vec<Span<'_>>))| {
             let (_, op, device) = k;
             // The remote offsets of `spans` are absolute (the transfer's own offset is unused).
             let t = copy::transfer(obj, loc, 0, key_op(op), device)?;
-            // SAFETY: forwarded contract.
-            unsafe { node.pool().transfer_spans(&t, &spans, node.timeout()) }
+            node.pool().transfer_spans(&t, &spans, node.timeout())
         };
         let mut groups = self.0.into_iter();
         let Some(first) = groups.next() else {
@@ -189,12 +182,14 @@ unsafe fn run_all(obj: &BmObject, plans: &[Plan]) -> Result<()> {
         match (p.src, p.dst) {
             (Side::Window(_, true), Side::Window(_, true)) => both_remote.push(i),
             (local, Side::Window(loc, true)) => {
-                let (addr, device) = local.addr(obj);
-                net.add(loc, Op::Write, addr, device, obj);
+                // SAFETY: forwarded contract.
+                let (range, device) = unsafe { copy::side_range(obj, local, 0, loc.len, 1) }?;
+                net.add(loc, Op::Write, range, device, obj);
             }
             (Side::Window(loc, true), local) => {
-                let (addr, device) = local.addr(obj);
-                net.add(loc, Op::Read, addr, device, obj);
+                // SAFETY: forwarded contract.
+                let (range, device) = unsafe { copy::side_range(obj, local, 0, loc.len, 1) }?;
+                net.add(loc, Op::Read, range, device, obj);
             }
             _ => {
                 // SAFETY: forwarded contract; both sides are addressable here.
@@ -203,8 +198,7 @@ unsafe fn run_all(obj: &BmObject, plans: &[Plan]) -> Result<()> {
             }
         }
     }
-    // SAFETY: forwarded contract.
-    unsafe { net.run(obj) }?;
+    net.run(obj)?;
     // SAFETY: forwarded contract.
     unsafe { bounce_all(obj, plans, &both_remote) }
 }
@@ -237,7 +231,7 @@ unsafe fn bounce_all(obj: &BmObject, plans: &[Plan], which: &[usize]) -> Result<
         }
     }
     let mut buf = vec![0u8; BOUNCE as usize];
-    let base = buf.as_mut_ptr().expose_provenance() as u64;
+    let staging = RawRange::from_mut(&mut buf);
     let mut start = 0;
     while start < pieces.len() {
         let (mut end, mut used) = (start, 0u64);
@@ -248,14 +242,19 @@ unsafe fn bounce_all(obj: &BmObject, plans: &[Plan], which: &[usize]) -> Result<
         let (mut reads, mut writes) = (Groups::default(), Groups::default());
         let mut at = 0;
         for (s, d) in &pieces[start..end] {
-            reads.add(*s, Op::Read, base + at, false, obj);
-            writes.add(*d, Op::Write, base + at, false, obj);
+            // `used <= BOUNCE`: inside the staging buffer.
+            let Some(local) = staging.sub(at, s.len) else {
+                return Err(Error::new(
+                    ErrorCode::Error,
+                    "bounce round exceeds its buffer",
+                ));
+            };
+            reads.add(*s, Op::Read, local, false, obj);
+            writes.add(*d, Op::Write, local, false, obj);
             at += s.len;
         }
-        // SAFETY: every local range is a disjoint part of `buf`, alive for both calls.
-        unsafe { reads.run(obj) }?;
-        // SAFETY: as above.
-        unsafe { writes.run(obj) }?;
+        reads.run(obj)?;
+        writes.run(obj)?;
         start = end;
     }
     drop(buf);

@@ -26,7 +26,7 @@ use smem_core::gva::{Gva, GvaRange};
 use super::async_engine;
 use super::handles::{BmHandle, Published, SLOTS, decode, stale};
 use super::object::BmObject;
-use crate::device::CopyDirection;
+use crate::device::{CopyDirection, RawRange, Shape2d};
 use crate::sync::read;
 use crate::transport::{Op, Transfer};
 use crate::{Error, Result};
@@ -91,6 +91,29 @@ impl Side {
             ),
         }
     }
+}
+
+/// The memory of `side` in this process holding `height` rows of `width` bytes `pitch` apart,
+/// and whether it is device memory.
+///
+/// # Safety
+/// As [`run`]: a `Local` side's rows are valid for the copy; a window side is entered.
+pub(super) unsafe fn side_range(
+    obj: &BmObject,
+    side: Side,
+    pitch: u64,
+    width: u64,
+    height: u64,
+) -> Result<(RawRange<'_>, bool)> {
+    let (addr, device) = side.addr(obj);
+    let span = (height - 1)
+        .checked_mul(pitch)
+        .and_then(|v| v.checked_add(width));
+    // SAFETY: forwarded contract (the planners validated the span against the window or the
+    // local memory the caller vouched for).
+    let range = span.and_then(|span| unsafe { RawRange::new(addr, span) });
+    let range = range.ok_or_else(|| Error::invalid("copy span overflows the address space"))?;
+    Ok((range, device))
 }
 
 /// A validated copy of `height` rows of `width` bytes (1D: one row).
@@ -257,28 +280,25 @@ fn usize_of(v: u64, what: &str) -> Result<usize> {
 pub(super) unsafe fn run(obj: &BmObject, plan: &Plan, what: &str) -> Result<()> {
     match (plan.src.net(), plan.dst.net()) {
         (false, false) => {
-            let (s, s_dev) = plan.src.addr(obj);
-            let (d, d_dev) = plan.dst.addr(obj);
+            // SAFETY: forwarded contract.
+            let (s, s_dev) =
+                unsafe { side_range(obj, plan.src, plan.spitch, plan.width, plan.height) }?;
+            // SAFETY: forwarded contract.
+            let (d, d_dev) =
+                unsafe { side_range(obj, plan.dst, plan.dpitch, plan.width, plan.height) }?;
             let dir = direction(s_dev, d_dev);
             let len = usize_of(plan.width, what)?;
             if plan.height == 1 {
-                // SAFETY: window sides lie in entered, mapped parts (validated, kept by the slot
-                // lock), local sides are valid by this function's contract; the planners proved
-                // the ranges disjoint.
-                return unsafe { obj.ctx.device.copy(s as *const u8, d as *mut u8, len, dir) };
+                return obj.ctx.device.copy_2d(s, d, Shape2d::row(len), dir);
             }
             let (sp, dp, h) = (
                 usize_of(plan.spitch, what)?,
                 usize_of(plan.dpitch, what)?,
                 usize_of(plan.height, what)?,
             );
-            let shape = crate::device::Shape2d::new(sp, dp, len, h);
-            // SAFETY: as above, for every row of the validated strided spans.
-            unsafe {
-                obj.ctx
-                    .device
-                    .copy_2d(s as *const u8, d as *mut u8, shape, dir)
-            }
+            obj.ctx
+                .device
+                .copy_2d(s, d, Shape2d::new(sp, dp, len, h), dir)
         }
         // SAFETY: forwarded contract.
         (false, true) | (true, false) => unsafe { remote(obj, plan) }.map_err(|e| e.context(what)),
@@ -305,19 +325,18 @@ unsafe fn remote(obj: &BmObject, plan: &Plan) -> Result<()> {
             ));
         }
     };
-    let (addr, device) = local.addr(obj);
+    // SAFETY: forwarded contract.
+    let (local, device) = unsafe { side_range(obj, local, local_pitch, plan.width, plan.height) }?;
     let t = transfer(obj, global, global_pitch, op, device)?;
     let t = Transfer {
-        local: addr,
+        local,
         local_pitch,
         width: plan.width,
         height: plan.height,
         ..t
     };
     let node = node(obj)?;
-    // SAFETY: forwarded contract; the remote range was validated against the layout (and is
-    // validated again by its owner).
-    unsafe { node.pool().transfer(&t, node.timeout()) }
+    node.pool().transfer(&t, node.timeout())
 }
 
 /// The object's transport, or why it has none.
@@ -347,7 +366,7 @@ pub(super) fn transfer(
         op,
         remote_offset: obj.layout.part_offset(global.part) + global.offset,
         remote_pitch: global_pitch,
-        local: 0,
+        local: RawRange::EMPTY,
         local_pitch: 0,
         width: 0,
         height: 0,
@@ -372,7 +391,7 @@ unsafe fn bounce(obj: &BmObject, plan: &Plan) -> Result<()> {
     };
     let node = node(obj)?;
     let mut buf = vec![0u8; plan.width.saturating_mul(plan.height).min(BOUNCE) as usize];
-    let local = buf.as_mut_ptr().expose_provenance() as u64;
+    let local = RawRange::from_mut(&mut buf);
     // (first row, rows, byte offset in the row, bytes per row) of each stage.
     let (rows_per, cols_per) = if plan.width <= BOUNCE {
         ((BOUNCE / plan.width).max(1), plan.width)
@@ -400,9 +419,7 @@ unsafe fn bounce(obj: &BmObject, plan: &Plan) -> Result<()> {
                     height: rows,
                     ..transfer(obj, loc, pitch, op, false)?
                 };
-                // SAFETY: `buf` holds `rows * cols` bytes (at most BOUNCE) for the call; the
-                // window ranges are inside the validated spans.
-                unsafe { node.pool().transfer(&t, node.timeout()) }?;
+                node.pool().transfer(&t, node.timeout())?;
             }
             col += cols;
         }

@@ -16,7 +16,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::fmt;
 use std::ptr::NonNull;
 
-use super::copy::Shape2d;
+use super::copy::{Checked, Shape2d};
 use super::dl::Library;
 
 /// `aclError`: 0 = success.
@@ -272,55 +272,48 @@ impl AclApi {
         check("aclrtFree", unsafe { (self.free)(p as *mut c_void) })
     }
 
-    /// `aclrtMemcpy(dst, len, src, len, kind)` (synchronous).
-    ///
-    /// # Safety
-    /// `src` readable and `dst` writable for `len` bytes in the memories `kind` names, not
-    /// overlapping, for the whole call.
+    /// `aclrtMemcpy(dst, width, src, width, kind)` for each row of `c` (synchronous): any
+    /// direction, one call per row.
     ///
     /// # Errors
-    /// The ACL code.
-    pub unsafe fn memcpy(
+    /// The first failed row and its ACL code.
+    pub fn memcpy_rows(
         &self,
-        dst: *mut u8,
-        src: *const u8,
-        len: usize,
+        c: &Checked<'_>,
         kind: MemcpyKind,
-    ) -> Result<(), AclCallError> {
-        // SAFETY: forwarded to the caller; destMax = count = len.
-        check("aclrtMemcpy", unsafe {
-            (self.memcpy)(dst.cast(), len, src.cast(), len, kind as c_int)
-        })
+    ) -> Result<(), (usize, AclCallError)> {
+        let width = c.shape().width;
+        for row in 0..c.shape().height {
+            let (s, d) = c.row(row);
+            // SAFETY: `c` was checked: row `row` lies in ranges valid (in the memories `kind`
+            // names, by the ranges' contract) for the call; destMax = count = width.
+            check("aclrtMemcpy", unsafe {
+                (self.memcpy)(d.cast(), width, s.cast(), width, kind as c_int)
+            })
+            .map_err(|e| (row, e))?;
+        }
+        Ok(())
     }
 
-    /// `aclrtMemcpy2d(dst, dpitch, src, spitch, width, height, kind)` (synchronous; the API
-    /// supports only host-to-device and device-to-host).
-    ///
-    /// # Safety
-    /// For every row `i < height`, `src + i*spitch` readable and `dst + i*dpitch` writable for
-    /// `width` bytes in the memories `kind` names, not overlapping.
+    /// `aclrtMemcpy2d(dst, dpitch, src, spitch, width, height, kind)` of `c` (synchronous; the
+    /// API supports only host-to-device and device-to-host).
     ///
     /// # Errors
     /// The ACL code.
-    pub unsafe fn memcpy_2d(
-        &self,
-        dst: *mut u8,
-        src: *const u8,
-        shape: Shape2d,
-        kind: MemcpyKind,
-    ) -> Result<(), AclCallError> {
+    pub fn memcpy_2d(&self, c: &Checked<'_>, kind: MemcpyKind) -> Result<(), AclCallError> {
         let Shape2d {
             spitch,
             dpitch,
             width,
             height,
-        } = shape;
-        // SAFETY: forwarded to the caller.
+        } = c.shape();
+        // SAFETY: `c` was checked: every row lies in ranges valid (in the memories `kind`
+        // names, by the ranges' contract) for the call.
         check("aclrtMemcpy2d", unsafe {
             (self.memcpy_2d)(
-                dst.cast(),
+                c.dst().cast(),
                 dpitch,
-                src.cast(),
+                c.src().cast(),
                 spitch,
                 width,
                 height,

@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Mutex;
 
+use super::copy::RawRange;
 use super::page_size;
 
 /// `MAP_FIXED_NOREPLACE` (Linux 4.17). Older kernels ignore it and treat the address as a hint,
@@ -285,6 +286,19 @@ impl Region {
     /// The address of byte `offset`, if `offset..offset+len` lies inside one mapped part.
     pub fn mapped_addr(&self, offset: usize, len: usize) -> Option<usize> {
         self.is_mapped(offset, len).then(|| self.addr + offset)
+    }
+
+    /// The bytes `offset..offset+len` as a range for raw copies, if they lie inside one mapped
+    /// part. The range borrows the region, so the mapping outlives it unless the part is
+    /// unmapped meanwhile: the owner's protocol must keep the part mapped while copies use the
+    /// range (a copy after an unmap faults on the reservation; it never reaches memory outside
+    /// the region).
+    pub fn mapped_range(&self, offset: usize, len: usize) -> Option<RawRange<'_>> {
+        let at = self.mapped_addr(offset, len)?;
+        // SAFETY: the bytes lie in a mapped, read/write part of this region, which owns the
+        // address range until it drops (the range borrows it); the region hands out no Rust
+        // references into it.
+        unsafe { RawRange::new(at as u64, len as u64) }
     }
 
     /// Runs `f` with the address of `offset` while `offset..offset+len` is inside one mapped

@@ -8,7 +8,8 @@ use smem_core::ErrorCode;
 
 use super::Engine;
 use super::peer::{Peer, Route};
-use crate::sys::peer::{self as sys_peer, IOV_MAX, Span};
+use crate::sys::copy::RawRange;
+use crate::sys::peer::{self as sys_peer, IOV_MAX, Span, VmDirection};
 use crate::transport::{self, NO_RANK, Op, Transfer};
 use crate::{Error, Result};
 
@@ -94,58 +95,51 @@ unsafe fn run_with(engine: &Engine, peer: &Peer, dir: Direction, entries: &[Entr
             ));
         }
         peer.check_far(engine, entries.iter().map(|e| (e.remote, e.len)))?;
-        let spans: Vec<transport::Span> = entries.iter().map(net_span).collect();
-        // SAFETY: forwarded contract.
-        return unsafe { net(engine, peer, dir, &spans) };
+        let spans = entries.iter().map(net_span).collect::<Result<Vec<_>>>()?;
+        return net(engine, peer, dir, &spans);
     };
     if !near.alive() {
         return Err(peer.gone("is dead or destroyed its engine"));
     }
     let routes = near.routes(engine, peer, entries.iter().map(|e| (e.remote, e.len)))?;
-    let mut vm: Vec<(Span, Span)> = Vec::new();
-    let mut over_net: Vec<transport::Span> = Vec::new();
+    let mut vm: Vec<(RawRange<'static>, Span)> = Vec::new();
+    let mut over_net: Vec<transport::Span<'static>> = Vec::new();
     for (e, route) in entries.iter().zip(&routes) {
         if e.len == 0 {
             continue;
         }
         let len = usize::try_from(e.len)
             .map_err(|_| Error::invalid("entry length exceeds the address space"))?;
+        let local = local_range(e)?;
         match route {
             Route::Mapped { at, .. } => {
+                // SAFETY: the remote range lies in the peer's segment, mapped here and kept
+                // mapped by the route's `Arc` until `routes` drops after the copy.
+                let at = unsafe { RawRange::new(*at, e.len) }
+                    .ok_or_else(|| Error::invalid("remote range wraps around"))?;
                 let (src, dst) = match dir {
-                    Direction::Write => (e.local, *at),
-                    Direction::Read => (*at, e.local),
+                    Direction::Write => (local, at),
+                    Direction::Read => (at, local),
                 };
-                // SAFETY: the local range is valid by the caller's contract; the remote range
-                // lies in the peer's segment, mapped here and kept mapped by the route's `Arc`
-                // until `routes` drops after the copy. A separate mapping never overlaps the
-                // caller's memory.
-                unsafe {
-                    crate::sys::copy::copy_bytes(
-                        std::ptr::with_exposed_provenance(src as usize),
-                        std::ptr::with_exposed_provenance_mut(dst as usize),
-                        len,
-                    );
-                }
+                let _ = len;
+                crate::sys::copy::copy(src, dst).map_err(|e| Error::io("copying", &e))?;
             }
             Route::Vm => vm.push((
-                Span {
-                    addr: e.local,
-                    len: e.len,
-                },
+                local,
                 Span {
                     addr: e.remote,
                     len: e.len,
                 },
             )),
-            Route::Net => over_net.push(net_span(e)),
+            Route::Net => over_net.push(transport::Span {
+                remote: e.remote,
+                local,
+            }),
         }
     }
-    // SAFETY: forwarded contract.
-    unsafe { vm_copy(peer, dir, &vm)? };
+    vm_copy(peer, dir, &vm)?;
     if !over_net.is_empty() {
-        // SAFETY: forwarded contract.
-        unsafe { net(engine, peer, dir, &over_net)? };
+        net(engine, peer, dir, &over_net)?;
     }
     drop(routes);
     if !near.alive() {
@@ -156,24 +150,23 @@ unsafe fn run_with(engine: &Engine, peer: &Peer, dir: Direction, entries: &[Entr
     Ok(())
 }
 
-fn net_span(e: &Entry) -> transport::Span {
-    transport::Span {
+/// The local range of `e`.
+fn local_range(e: &Entry) -> Result<RawRange<'static>> {
+    // SAFETY: the caller's contract (`super::transfer`): the local range is valid for the
+    // transfer.
+    unsafe { RawRange::new(e.local, e.len) }
+        .ok_or_else(|| Error::invalid("local range wraps around the address space"))
+}
+
+fn net_span(e: &Entry) -> Result<transport::Span<'static>> {
+    Ok(transport::Span {
         remote: e.remote,
-        local: e.local,
-        len: e.len,
-    }
+        local: local_range(e)?,
+    })
 }
 
 /// The transport path.
-///
-/// # Safety
-/// As [`run`].
-unsafe fn net(
-    engine: &Engine,
-    peer: &Peer,
-    dir: Direction,
-    spans: &[transport::Span],
-) -> Result<()> {
+fn net(engine: &Engine, peer: &Peer, dir: Direction, spans: &[transport::Span<'_>]) -> Result<()> {
     let t = Transfer {
         peer: peer.endpoint,
         rank: NO_RANK,
@@ -185,34 +178,31 @@ unsafe fn net(
         },
         remote_offset: 0,
         remote_pitch: 0,
-        local: 0,
+        local: RawRange::EMPTY,
         local_pitch: 0,
         width: 0,
         height: 0,
         local_device: None,
     };
     let spans = coalesce(spans);
-    // SAFETY: forwarded contract (local ranges readable / writable and disjoint).
-    unsafe {
-        engine
-            .node
-            .pool()
-            .transfer_spans(&t, &spans, engine.node.timeout())
-    }
+    engine
+        .node
+        .pool()
+        .transfer_spans(&t, &spans, engine.node.timeout())
 }
 
 /// `spans` with each run of entries contiguous on both sides merged into one (a batch of KV
 /// blocks laid out back to back becomes a few large requests).
-fn coalesce(spans: &[transport::Span]) -> Vec<transport::Span> {
-    let mut out: Vec<transport::Span> = Vec::with_capacity(spans.len());
-    for s in spans.iter().filter(|s| s.len > 0) {
-        match out.last_mut() {
-            Some(l)
-                if l.remote.checked_add(l.len) == Some(s.remote)
-                    && l.local.checked_add(l.len) == Some(s.local) =>
-            {
-                l.len += s.len;
-            }
+fn coalesce<'a>(spans: &[transport::Span<'a>]) -> Vec<transport::Span<'a>> {
+    let mut out: Vec<transport::Span<'a>> = Vec::with_capacity(spans.len());
+    for s in spans.iter().filter(|s| !s.local.is_empty()) {
+        let merged = out.last().and_then(|l| {
+            (l.remote.checked_add(l.local.len()) == Some(s.remote))
+                .then(|| l.local.join(s.local))
+                .flatten()
+        });
+        match (merged, out.last_mut()) {
+            (Some(local), Some(l)) => l.local = local,
             _ => out.push(*s),
         }
     }
@@ -220,20 +210,17 @@ fn coalesce(spans: &[transport::Span]) -> Vec<transport::Span> {
 }
 
 /// `process_vm_writev` / `readv` of `pairs` (local, remote), [`IOV_MAX`] at a time.
-///
-/// # Safety
-/// As [`run`].
-unsafe fn vm_copy(peer: &Peer, dir: Direction, pairs: &[(Span, Span)]) -> Result<()> {
+fn vm_copy(peer: &Peer, dir: Direction, pairs: &[(RawRange<'_>, Span)]) -> Result<()> {
+    let vm_dir = match dir {
+        Direction::Write => VmDirection::Write,
+        Direction::Read => VmDirection::Read,
+    };
     for group in pairs.chunks(IOV_MAX) {
-        let mut local: Vec<Span> = group.iter().map(|p| p.0).collect();
+        let mut local: Vec<RawRange<'_>> = group.iter().map(|p| p.0).collect();
         let mut remote: Vec<Span> = group.iter().map(|p| p.1).collect();
-        let mut left: u64 = local.iter().map(|s| s.len).sum();
+        let mut left: u64 = local.iter().map(|s| s.len()).sum();
         while left > 0 {
-            let r = match dir {
-                Direction::Write => sys_peer::process_vm_write(peer.pid, &local, &remote),
-                // SAFETY: the local spans are writable and disjoint (forwarded contract).
-                Direction::Read => unsafe { sys_peer::process_vm_read(peer.pid, &local, &remote) },
-            };
+            let r = sys_peer::process_vm(vm_dir, peer.pid, &local, &remote);
             let n = match r {
                 Ok(0) | Err(_) => {
                     let e = r
@@ -262,11 +249,28 @@ unsafe fn vm_copy(peer: &Peer, dir: Direction, pairs: &[(Span, Span)]) -> Result
                 Ok(n) => n as u64,
             };
             left -= n.min(left);
-            advance(&mut local, n);
+            advance_ranges(&mut local, n);
             advance(&mut remote, n);
         }
     }
     Ok(())
+}
+
+/// Drops the first `n` bytes of `ranges`.
+fn advance_ranges(ranges: &mut Vec<RawRange<'_>>, mut n: u64) {
+    let mut skip = 0;
+    for r in ranges.iter_mut() {
+        if n == 0 {
+            break;
+        }
+        let k = n.min(r.len());
+        *r = r.skip(k).unwrap_or(RawRange::EMPTY);
+        n -= k;
+        if r.is_empty() {
+            skip += 1;
+        }
+    }
+    ranges.drain(..skip);
 }
 
 /// Drops the first `n` bytes of `spans`.
@@ -291,12 +295,15 @@ fn advance(spans: &mut Vec<Span>, mut n: u64) {
 mod tests {
     use super::*;
 
-    fn span(remote: u64, local: u64, len: u64) -> transport::Span {
-        transport::Span { remote, local, len }
-    }
-
     #[test]
     fn coalesce_merges_runs_contiguous_on_both_sides() {
+        let mut buf = vec![0u8; 300];
+        let base = buf.as_ptr() as u64;
+        let all = RawRange::from_mut(&mut buf);
+        let span = |remote: u64, local: u64, len: u64| transport::Span {
+            remote,
+            local: all.sub(local, len).expect("inside"),
+        };
         let got = coalesce(&[
             span(0, 100, 10),
             span(10, 110, 10),
@@ -309,6 +316,7 @@ mod tests {
             got,
             vec![span(0, 100, 20), span(20, 200, 15), span(100, 215, 1)]
         );
+        assert_eq!(got[0].local.addr(), base + 100);
     }
 
     #[test]

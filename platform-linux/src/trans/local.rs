@@ -13,6 +13,7 @@ use smem_core::wire::trans::{Region, RegionKind, emit_regions, regions_len};
 use super::{lock, read, write};
 use crate::mem::{HostSegment, Reservation, SegmentDescriptor, SegmentKind, page_size};
 use crate::store::StoreClient;
+use crate::sys::copy::RawRange;
 use crate::sys::peer;
 use crate::transport::{Pinned, Served};
 use crate::{Error, Result};
@@ -322,8 +323,16 @@ impl Served for Local {
                 self.uid
             )));
         }
+        // SAFETY: the range lies in a region the engine registered (the C caller keeps it valid
+        // until its deregister) or in one of its segments, and the read guard, held by the
+        // returned pin, keeps a deregister or free waiting until the request is done.
+        let range = unsafe { RawRange::new(offset, span) }.ok_or_else(|| {
+            Error::invalid(format!(
+                "[{offset:#x}, +{span:#x}) wraps around the address space"
+            ))
+        })?;
         Ok(Pinned {
-            addr: offset,
+            range,
             device: None,
             _hold: Box::new(g),
         })

@@ -10,7 +10,7 @@ use smem_core::ErrorCode;
 use smem_core::bm::Part;
 
 use super::{BmObject, MAPPED, NET, REMOTE};
-use crate::device::Device;
+use crate::device::{Device, RawRange};
 use crate::sync::lock;
 use crate::transport::{Pinned, Served};
 use crate::{Error, Result};
@@ -163,8 +163,13 @@ impl Served for BmObject {
             (Part::Hbm, Some(dev)) => dev.wrapping_add(loc.offset),
             _ => start.raw(),
         };
+        // SAFETY: the span lies in one part of this rank's window (validated above), which stays
+        // mapped (or allocated on the device) while the gate's in-flight count, held by the
+        // returned guard, keeps a leave or destroy from unmapping it (`drain`).
+        let range = unsafe { RawRange::new(addr, span) }
+            .ok_or_else(|| bad(&"the range wraps around the address space"))?;
         Ok(Pinned {
-            addr,
+            range,
             device: (loc.part == Part::Hbm).then_some(&*self.ctx.device as &dyn Device),
             _hold: Box::new(hold),
         })

@@ -18,7 +18,7 @@ use smem_core::wire::transport::{
 
 use super::link::{Link, Rows, TlsWire, discard, recv_rows, send_rows, set_timeouts};
 use super::{CONN_STACK, IDLE_CLOSE, MAX_CONNECTIONS};
-use crate::device::Device;
+use crate::device::{Device, RawRange};
 use crate::sync::lock;
 use crate::sys;
 use crate::sys::fork::Detached;
@@ -32,8 +32,8 @@ impl<T> Hold for T {}
 
 /// A range of a served window, pinned for the duration of one request.
 pub(crate) struct Pinned<'a> {
-    /// Address of the first byte of the range in this process.
-    pub(crate) addr: u64,
+    /// The pinned bytes in this process (the whole span of the request).
+    pub(crate) range: RawRange<'a>,
     /// Set when the range is device memory: bytes move through this device's copy engine.
     pub(crate) device: Option<&'a dyn Device>,
     /// Released when the request is done.
@@ -301,7 +301,7 @@ fn server_handshake(s: &TcpStream, tls: &LoadedTls) -> Result<TlsWire> {
 /// The window rows request `req` names inside the range `p` pinned for it.
 fn window_rows<'a>(req: &Request, p: &Pinned<'a>) -> Rows<'a> {
     Rows {
-        addr: p.addr,
+        range: p.range,
         pitch: req.pitch,
         width: req.width,
         rows: req.rows(),
@@ -387,9 +387,7 @@ fn serve_conn(s: &TcpStream, sh: &ServerShared) -> Result<()> {
         match (req.op, pinned) {
             (Op::Write, Ok(p)) => {
                 let rows = window_rows(&req, &p);
-                // SAFETY: `pin` validated the strided span inside one part of the window and
-                // keeps it mapped (and writable) until `p` drops, after the receive.
-                unsafe { recv_rows(s, &rows, &mut scratch) }.map_err(io("receiving WRITE data"))?;
+                recv_rows(s, &rows, &mut scratch).map_err(io("receiving WRITE data"))?;
                 drop(p);
                 send_reply(s, &ok, &[], false).map_err(io("acknowledging a WRITE"))?;
             }
@@ -401,9 +399,7 @@ fn serve_conn(s: &TcpStream, sh: &ServerShared) -> Result<()> {
             (Op::Read, Ok(p)) => {
                 let rows = window_rows(&req, &p);
                 send_reply(s, &ok, &[], true).map_err(io("answering a READ"))?;
-                // SAFETY: as for WRITE; the rows are readable while `p` is held.
-                unsafe { send_rows(s, &rows, &mut scratch, false) }
-                    .map_err(io("sending READ data"))?;
+                send_rows(s, &rows, &mut scratch, false).map_err(io("sending READ data"))?;
                 drop(p);
             }
             (Op::Read, Err(e)) => {
