@@ -117,7 +117,7 @@ use smem_core::wire::record::LogEntry;
 mod membership;
 pub(crate) mod records;
 mod settle;
-mod shared;
+pub(crate) mod shared;
 mod window;
 
 use self::records::{WindowRecord, entry_bytes};

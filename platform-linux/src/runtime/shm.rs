@@ -25,7 +25,8 @@
 //! | `epoch` | ADD counter: the last object instance number handed out | rank 0 of each object |
 //! | `open/<id>` | instance number `e` of the newest object `id` | rank 0 of the object |
 //! | `<id>.<e>/gva`, `gva/...`, `abort` | GVA agreement (see `runtime/object.rs`) | every member |
-//! | `<id>.<e>/win/<r>` | window record: host, memfd descriptor, `wrank=` world rank | member `r` |
+//! | `<id>.<e>/hs/<host>` | descriptor of the segment the members on host `host` share | first member of the host there |
+//! | `<id>.<e>/win/<r>` | window record: host, descriptor of its segment, `wrank=` world rank | member `r` |
 //! | `<id>.<e>/ctx` | the extra context | `set_extra_context` |
 //! | `<id>.<e>/ctl/<r>` | descriptor of the control segment of the host whose lowest rank is `r` | that rank |
 //! | `<id>.<e>/c/<g>{c,d,v}` | control operation `g` between hosts (`smem_core::collective`) | last arriver of each host |
@@ -40,12 +41,18 @@
 //! the instance; `open/<id>` stays (one key per id, overwritten by the next create).
 //!
 //! # Create
-//! Collective over `rankSize` ranks, bounded by `shmCreateTimeout`: allocate the local memfd
-//! window (pages allocated and pre-faulted), agree on one GVA range of `rankSize *
-//! symmetricSize` bytes through the store with no-clobber reservations (the agreement of the BM
-//! runtime), map the own window, publish it, map every same-host peer's window `MAP_SHARED` at
-//! `base + r*symmetricSize` (windows of other hosts stay reserved), then one barrier: when
-//! create returns on any member, every member has mapped every same-host window.
+//! Collective over `rankSize` ranks, bounded by `shmCreateTimeout`: open (or create and
+//! publish in `hs/<host>`) the memfd of `rankSize * symmetricSize` bytes the members of this
+//! host share (`runtime/object/shared.rs`, as BM objects do) and allocate this rank's window
+//! in it at `rank * symmetricSize` (pages allocated now), agree on one GVA range of the same
+//! length through the store with no-clobber reservations (the agreement of the BM runtime),
+//! map the own window (pre-faulted), publish it, then map every same-host peer's window
+//! `MAP_SHARED` at `base + r*symmetricSize`: one `mmap` per run of consecutive same-host ranks
+//! from the one descriptor (a peer that kept a segment of its own, because the published one
+//! could not be opened, is opened and mapped on its own); windows of other hosts stay
+//! reserved. Then one barrier: when create returns on any member, every member has mapped
+//! every same-host window. A window's pages live until every process of the host unmapped
+//! the object (as with a memfd per window, which the peers' mappings kept alive).
 //!
 //! # Control operations
 //! Barrier and allgather go through the control segment the members of each host share

@@ -1,6 +1,7 @@
 //! Same-host windows in one segment (see the parent's module docs): the memfd the ranks of a
-//! host share for the DRAM windows of a DRAM-only object, and mapping the windows of the
-//! same-host joiners of a piece of the log in runs.
+//! host share for the DRAM windows of a DRAM-only object ([`shared_segment`], also the one
+//! segment per host of an SHM object), and mapping the windows of the same-host joiners of a
+//! piece of the log in runs.
 
 use std::sync::atomic::Ordering;
 
@@ -11,45 +12,61 @@ use super::records::WindowRecord;
 use super::{BmObject, Ctl, MAPPED, key, prefault};
 use crate::mem::{HostSegment, SegmentDescriptor, SegmentKind};
 use crate::runtime::Ctx;
-use crate::store::CasResult;
+use crate::store::{CasResult, StoreClient};
 use crate::{Error, Result};
 
 /// The segment of this host for BM object `id` (`span` bytes, a window per rank at the
-/// window's offset): the one named in `hs/<host>` when it can be opened, else a new one this
-/// rank publishes there (compare-and-swap against what it found). When another rank published
-/// one in between that cannot be opened either, this rank keeps its own unpublished segment:
-/// peers then map its window through its record, like a per-rank segment.
+/// window's offset), published in `hs/<host>` ([`shared_segment`]).
 pub(super) fn host_segment(ctx: &Ctx, id: u32, span: u64) -> Result<HostSegment> {
-    let store = &ctx.store;
-    let k = key(id, &format!("hs/{}", ctx.host_id));
-    let what = |e: Error| {
-        e.context(format!(
-            "smem_bm_create {id}: the DRAM segment of this host"
-        ))
-    };
-    let current = store.get(&k).map_err(what)?;
-    if let Some(seg) = current.as_deref().and_then(|v| open(id, v, span)) {
+    shared_segment(
+        &ctx.store,
+        &key(id, &format!("hs/{}", ctx.host_id)),
+        &format!("smem-bm{id}-host"),
+        span,
+        &format!("smem_bm_create {id}: the DRAM segment of this host"),
+    )
+}
+
+/// The segment of `len` bytes the ranks of this host share, named in the store key `k`
+/// (BM objects and SHM objects each have one per host): the one published there when it can
+/// be opened, else a new sparse one (`name`, no page allocated: each rank allocates its part)
+/// this rank publishes there (compare-and-swap against what it found). When another rank
+/// published one in between that cannot be opened either, this rank keeps its own unpublished
+/// segment: peers then map its window through its record, like a per-rank segment. `what`
+/// prefixes errors.
+///
+/// # Errors
+/// Store errors; memory errors creating the segment.
+pub(crate) fn shared_segment(
+    store: &StoreClient,
+    k: &[u8],
+    name: &str,
+    len: u64,
+    what: &str,
+) -> Result<HostSegment> {
+    let ctx_err = |e: Error| e.context(what);
+    let current = store.get(k).map_err(ctx_err)?;
+    if let Some(seg) = current.as_deref().and_then(|v| open(what, v, len)) {
         return Ok(seg);
     }
-    let mine = HostSegment::create_sparse(&format!("smem-bm{id}-host"), SegmentKind::Host, span)
-        .map_err(what)?;
+    let mine = HostSegment::create_sparse(name, SegmentKind::Host, len).map_err(ctx_err)?;
     let expected = current.unwrap_or_default();
     match store
-        .cas(&k, &expected, &mine.descriptor().encode())
-        .map_err(what)?
+        .cas(k, &expected, &mine.descriptor().encode())
+        .map_err(ctx_err)?
     {
         CasResult::Swapped => Ok(mine),
-        CasResult::Mismatch(v) => Ok(open(id, &v, span).unwrap_or(mine)),
+        CasResult::Mismatch(v) => Ok(open(what, &v, len).unwrap_or(mine)),
     }
 }
 
-/// The published segment `v`, if it has `span` bytes and its owner still holds it.
-fn open(id: u32, v: &[u8], span: u64) -> Option<HostSegment> {
+/// The published segment `v`, if it has `len` bytes and its owner still holds it.
+fn open(what: &str, v: &[u8], len: u64) -> Option<HostSegment> {
     let d = SegmentDescriptor::decode(v)
         .ok()
-        .filter(|d| d.len == span && d.kind == SegmentKind::Host)?;
+        .filter(|d| d.len == len && d.kind == SegmentKind::Host)?;
     HostSegment::open(&d)
-        .map_err(|e| debug!("BM object {id}: the published segment of this host is gone: {e}"))
+        .map_err(|e| debug!("{what}: the published segment is gone: {e}"))
         .ok()
 }
 

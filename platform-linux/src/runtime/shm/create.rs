@@ -18,10 +18,11 @@ use super::{
     not_initialized, open_key, parse_u64, win_key,
 };
 use crate::collective::{HostGroup, Members};
-use crate::mem::{HostSegment, Reservation, SegmentKind};
+use crate::mem::{HostSegment, Reservation};
 use crate::runtime::agree::{AgreeNs, Agreement, Departed, Proposal, agree_gva};
 use crate::runtime::life::{self, remaining};
 use crate::runtime::object::records::WindowRecord;
+use crate::runtime::object::shared::shared_segment;
 use crate::runtime::rank_list;
 use crate::store::StoreClient;
 use crate::sync::lock;
@@ -60,7 +61,9 @@ pub(super) struct ShmObject {
     pub(super) group: HostGroup,
     /// The GVA range with every same-host window mapped; dropping it unmaps them all.
     pub(super) _reservation: Reservation,
-    pub(super) segment: HostSegment,
+    /// This host's segment of the object (this rank's window at `rank * symmetricSize`), held
+    /// open: the peers of this host may open it through this process's descriptor.
+    pub(super) _segment: HostSegment,
 }
 
 /// Arguments of `shm_create`, validated.
@@ -219,8 +222,17 @@ impl ShmObject {
     ) -> Result<Self> {
         let store = &ctx.store;
         let (id, rank, size) = (args.id, args.rank, args.symmetric_size);
-        let segment = HostSegment::create(&format!("smem-shm{id}"), SegmentKind::Host, size)
-            .map_err(|e| e.context(what))?;
+        let own = u64::from(rank) * size;
+        let segment = shared_segment(
+            store,
+            format!("{prefix}hs/{}", ctx.host_id).as_bytes(),
+            &format!("smem-shm{id}-host"),
+            span,
+            &format!("{what}: the segment of this host"),
+        )?;
+        segment
+            .allocate(own, size)
+            .map_err(|e| e.context(format!("{what}: window")))?;
         let want = Proposal {
             version: 0,
             nonce: 0,
@@ -246,7 +258,7 @@ impl ShmObject {
             departed: &departed,
         })?;
         reservation
-            .map_segment(u64::from(rank) * size, segment.fd(), size)
+            .map_file_part(own, segment.fd(), own, size, true)
             .map_err(|e| e.context(what))?;
         let rec = WindowRecord {
             host: ctx.host_id.clone(),
@@ -260,6 +272,9 @@ impl ShmObject {
             .map_err(|e| e.context(what))?;
         let mut records = published_windows(ctx, prefix, args.rank_size, deadline, what)?;
         let mut peers = Vec::with_capacity(args.rank_size as usize);
+        // Peers whose windows are in this rank's segment of the host, ascending.
+        let mut in_segment = Vec::new();
+        let populate = crate::runtime::object::prefault(args.rank_size);
         for r in 0..args.rank_size {
             if r == rank {
                 peers.push(Peer {
@@ -287,23 +302,24 @@ impl ShmObject {
                         format!("{what}: rank {r}'s window record has no segment"),
                     )
                 })?;
-                if d.len != size {
+                if d.len != span {
                     return Err(Error::invalid(format!(
-                        "{what}: rank {r}'s window is {:#x} bytes, this one {size:#x}; every member must pass the same symmetricSize",
+                        "{what}: rank {r}'s window is in a segment of {:#x} bytes, this one's {span:#x}; every member must pass the same symmetricSize",
                         d.len
                     )));
                 }
                 pid = d.pid;
-                let seg = HostSegment::open(&d)
-                    .map_err(|e| e.context(format!("{what}: opening rank {r}'s window")))?;
-                reservation
-                    .map_segment_with(
-                        u64::from(r) * size,
-                        seg.fd(),
-                        size,
-                        crate::runtime::object::prefault(args.rank_size),
-                    )
-                    .map_err(|e| e.context(format!("{what}: mapping rank {r}'s window")))?;
+                if d.inode == segment.inode() {
+                    in_segment.push(r);
+                } else {
+                    // A segment of its own (it could not open the published one).
+                    let seg = HostSegment::open(&d)
+                        .map_err(|e| e.context(format!("{what}: opening rank {r}'s window")))?;
+                    let at = u64::from(r) * size;
+                    reservation
+                        .map_file_part(at, seg.fd(), at, size, populate)
+                        .map_err(|e| e.context(format!("{what}: mapping rank {r}'s window")))?;
+                }
             } else {
                 debug!(
                     "{what}: rank {r} is on host {} (not ours); its window stays reserved",
@@ -317,6 +333,21 @@ impl ShmObject {
                 host: prec.host,
                 pid,
             });
+        }
+        // One mapping per run of consecutive ranks (the whole span less this rank's window
+        // when every member is on this host).
+        for run in in_segment.chunk_by(|a, b| *b == a + 1) {
+            let at = u64::from(run[0]) * size;
+            let len = size * run.len() as u64;
+            reservation
+                .map_file_part(at, segment.fd(), at, len, populate)
+                .map_err(|e| {
+                    e.context(format!(
+                        "{what}: mapping the windows of ranks {}..={}",
+                        run[0],
+                        run[run.len() - 1]
+                    ))
+                })?;
         }
         let group = join_host_group(store, prefix, rank, &peers, deadline, what)?;
         let obj = Self {
@@ -332,7 +363,7 @@ impl ShmObject {
             group,
             next_generation: Mutex::new(1),
             _reservation: reservation,
-            segment,
+            _segment: segment,
         };
         // Generation 0: nobody returns before every member mapped every window.
         let m = Collective::barrier(&obj.collective_prefix(), 0, rank, args.rank_size)
@@ -383,10 +414,8 @@ impl ShmObject {
             Err(e) => warn!("{what}: cannot count this member out in the config store: {e}"),
         }
         debug!(
-            "{what}: instance {} at {:#x} ({:#x} bytes local) released",
-            self.epoch,
-            self.base,
-            self.segment.len()
+            "{what}: instance {} at {:#x} ({:#x} bytes a window) released",
+            self.epoch, self.base, self.symmetric_size
         );
     }
 }
