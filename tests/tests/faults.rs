@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use smem_core::ErrorCode;
 use smem_linux::runtime::{self, BmConfig, BmHandle};
 use smem_linux::store::{ClientOptions, StoreClient};
+use smem_linux::sys::copy::bm_local;
 
 const ROLE: &str = "SMEM_FAULT_ROLE";
 const RANK: &str = "SMEM_FAULT_RANK";
@@ -78,7 +79,21 @@ fn copy_loop(h: BmHandle, peer: u16, limit: Duration) {
         let off = (n % (DRAM / CHUNK as u64)) * CHUNK as u64;
         // SAFETY: `src` is a live local buffer of CHUNK bytes; the runtime validates the
         // global side.
-        unsafe { runtime::bm_copy(h, src.as_ptr() as u64, dst + off, CHUNK as u64, H2G, 0) }
+        unsafe {
+            runtime::bm_copy(
+                h,
+                src.as_ptr() as u64,
+                dst + off,
+                CHUNK as u64,
+                H2G,
+                0,
+                bm_local(
+                    H2G,
+                    (src.as_ptr() as u64, CHUNK as u64),
+                    (dst + off, CHUNK as u64),
+                ),
+            )
+        }
     };
     let wait_end = Instant::now() + Duration::from_secs(2 * TIMEOUT_S);
     while copy(0).is_err() {
@@ -176,7 +191,17 @@ fn fault_child() {
             let src = vec![7u8; 4096];
             let dst = runtime::bm_ptr(h, peer).expect("ptr");
             // SAFETY: 4096 local bytes; the global side is validated.
-            let r = unsafe { runtime::bm_copy(h, src.as_ptr() as u64, dst, 4096, H2G, 0) };
+            let r = unsafe {
+                runtime::bm_copy(
+                    h,
+                    src.as_ptr() as u64,
+                    dst,
+                    4096,
+                    H2G,
+                    0,
+                    bm_local(H2G, (src.as_ptr() as u64, 4096), (dst, 4096)),
+                )
+            };
             report("copy", Instant::now(), &r);
             barrier(&c, "copied", world);
             let t0 = Instant::now();
@@ -197,7 +222,17 @@ fn fault_child() {
                 let src = vec![1u8; 4096];
                 let dst = runtime::bm_ptr(h, other).expect("ptr");
                 // SAFETY: 4096 local bytes; the global side is validated.
-                let r = unsafe { runtime::bm_copy(h, src.as_ptr() as u64, dst, 4096, H2G, 0) };
+                let r = unsafe {
+                    runtime::bm_copy(
+                        h,
+                        src.as_ptr() as u64,
+                        dst,
+                        4096,
+                        H2G,
+                        0,
+                        bm_local(H2G, (src.as_ptr() as u64, 4096), (dst, 4096)),
+                    )
+                };
                 report("copy_alive", Instant::now(), &r);
             }
             // A control operation after the fault returns within its deadline.

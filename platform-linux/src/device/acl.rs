@@ -38,9 +38,10 @@
 //! A failed ACL call becomes an `SM_ERROR` (`SM_MALLOC_FAILED` for `aclrtMalloc`) whose message
 //! names the call and its ACL error code.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use log::debug;
 use smem_core::ErrorCode;
@@ -48,6 +49,7 @@ use smem_core::ErrorCode;
 use super::{
     CopyDirection, Device, DeviceDescriptor, DeviceSegment, SegmentInner, Shape2d, copy_err,
 };
+use crate::sync::lock;
 use crate::sys::acl::{AclApi, AclCallError, Context, MemcpyKind};
 use crate::sys::copy::RawRange;
 use crate::{Error, Result};
@@ -82,6 +84,9 @@ pub(super) struct Shared {
     api: AclApi,
     ctx: Context,
     device_id: u16,
+    /// Live allocations and imports of this device: address -> length (see
+    /// [`Device::device_range`]).
+    live: Mutex<BTreeMap<u64, u64>>,
 }
 
 /// This device's context is current on the calling thread while it lives; the thread's
@@ -210,6 +215,7 @@ impl AclDevice {
             api,
             ctx,
             device_id,
+            live: Mutex::new(BTreeMap::new()),
         };
         debug!("acl: device {device_id} opened through {path}");
         Ok(Self {
@@ -270,6 +276,7 @@ impl AclSegment {
 
 impl Drop for AclSegment {
     fn drop(&mut self) {
+        lock(&self.shared.live).remove(&self.addr);
         let what = if self.owned { "exported" } else { "imported" };
         let _ctx = match self.shared.bind() {
             Ok(g) => g,
@@ -297,6 +304,18 @@ impl Device for AclDevice {
         "acl"
     }
 
+    fn device_range(&self, addr: u64, len: u64) -> Option<RawRange<'_>> {
+        let live = lock(&self.shared.live);
+        let (&start, &n) = live.range(..=addr).next_back()?;
+        if addr.checked_add(len)? > start.checked_add(n)? {
+            return None;
+        }
+        // SAFETY: the bytes lie in a live allocation or import of this device, which stays
+        // until its segment drops; the runtime drops a window's segment only after the copies
+        // through it ended (the window protocol), and device copies name it as device memory.
+        unsafe { RawRange::new(addr, len) }
+    }
+
     fn device_id(&self) -> u16 {
         self.device_id
     }
@@ -320,6 +339,7 @@ impl Device for AclDevice {
                 return Err(s.fail(e).context(name));
             }
         };
+        lock(&s.live).insert(addr, len);
         Ok(DeviceSegment {
             inner: SegmentInner::Acl(AclSegment {
                 shared: Arc::clone(s),
@@ -361,6 +381,7 @@ impl Device for AclDevice {
         let s = &self.shared;
         let _ctx = s.bind()?;
         let addr = s.api.import_by_key(&ckey).map_err(|e| s.fail(e))?;
+        lock(&s.live).insert(addr, *len);
         Ok(DeviceSegment {
             inner: SegmentInner::Acl(AclSegment {
                 shared: Arc::clone(s),

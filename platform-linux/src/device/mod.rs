@@ -237,6 +237,15 @@ pub trait Device: Send + Sync + fmt::Debug {
     /// As [`HostSegment::open`], plus `SM_INVALID_PARAM` for a descriptor of another kind.
     fn open_peer(&self, desc: &DeviceDescriptor) -> Result<DeviceSegment>;
 
+    /// `len` bytes at device address `addr` of a live allocation or import of this device, as
+    /// a range for device copies; `None` when no live segment holds them. The segment must
+    /// outlive the copies through the range (the runtime's window protocol). Backends whose
+    /// memory is mapped into the GVA (`sim`) have no device-resident memory.
+    fn device_range(&self, addr: u64, len: u64) -> Option<RawRange<'_>> {
+        let _ = (addr, len);
+        None
+    }
+
     /// Copies all of `src` to the start of `dst`, in the memories `dir` names; complete when
     /// the call returns.
     ///

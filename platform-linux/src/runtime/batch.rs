@@ -42,6 +42,8 @@ pub struct BatchEntry {
     pub dest: u64,
     /// Byte count.
     pub len: u64,
+    /// The caller's memory of the local side, as for [`super::bm_copy`].
+    pub local: Option<RawRange<'static>>,
 }
 
 /// A group of network entries to one peer: (rank, op, local memory is device memory).
@@ -58,14 +60,13 @@ fn key_op(k: u8) -> Op {
     if k == 0 { Op::Write } else { Op::Read }
 }
 
-/// `smem_bm_copy_batch`.
+/// `smem_bm_copy_batch`. Each entry carries the caller's memory of its local side (its `src`
+/// for L2G/H2G, its `dest` for G2L/G2H; none for G2G), as for [`super::bm_copy`];
+/// destinations written by different entries should not overlap (their order is unspecified).
 ///
-/// # Safety
-/// The local side of every entry (its `src` for L2G/H2G, its `dest` for G2L/G2H; none for
-/// G2G) must be valid for `len` bytes of reading (resp. writing) for the call, or, with
-/// `SMEM_ASYNC_COPY_FLAG`, until `smem_bm_wait` returned; destinations written by different
-/// entries should not overlap (their order is unspecified).
-pub unsafe fn bm_copy_batch(
+/// # Errors
+/// As SPEC 6.1 `smem_bm_copy_batch`.
+pub fn bm_copy_batch(
     handle: BmHandle,
     entries: Vec<BatchEntry>,
     copy_type: u32,
@@ -86,8 +87,8 @@ pub unsafe fn bm_copy_batch(
         drop(held);
         return async_engine::submit(handle, async_engine::Job::Batch { entries, copy_type });
     }
-    // SAFETY: forwarded contract; `held` keeps every planned window entered.
-    unsafe { run_all(obj, &plans) }.map_err(|e| e.context(what))
+    // `held` keeps every planned window entered.
+    run_all(obj, &plans).map_err(|e| e.context(what))
 }
 
 /// Plans every entry; the first bad one fails naming its index.
@@ -96,7 +97,7 @@ fn plan_all(obj: &BmObject, entries: &[BatchEntry], copy_type: u32) -> Result<Ve
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            copy::plan_1d(obj, e.src, e.dest, e.len, copy_type).map_err(|err| {
+            copy::plan_1d(obj, e.src, e.dest, e.len, copy_type, e.local).map_err(|err| {
                 err.context(format_args!(
                     "entry {i} ({:#x} -> {:#x}, {} bytes)",
                     e.src, e.dest, e.len
@@ -171,44 +172,36 @@ impl<'a> Groups<'a> {
     }
 }
 
-/// Runs every planned entry (see the module docs for the order).
-///
-/// # Safety
-/// As [`bm_copy_batch`]; the caller holds the object's slot read lock since planning.
-unsafe fn run_all(obj: &BmObject, plans: &[Plan]) -> Result<()> {
+/// Runs every planned entry (see the module docs for the order); the caller holds the
+/// object's slot read lock since planning.
+fn run_all(obj: &BmObject, plans: &[Plan]) -> Result<()> {
     let mut net = Groups::default();
     let mut both_remote = Vec::new();
     for (i, p) in plans.iter().enumerate() {
         match (p.src, p.dst) {
             (Side::Window(_, true), Side::Window(_, true)) => both_remote.push(i),
             (local, Side::Window(loc, true)) => {
-                // SAFETY: forwarded contract.
-                let (range, device) = unsafe { copy::side_range(obj, local, 0, loc.len, 1) }?;
+                let (range, device) = copy::side_range(obj, local, 0, loc.len, 1)?;
                 net.add(loc, Op::Write, range, device, obj);
             }
             (Side::Window(loc, true), local) => {
-                // SAFETY: forwarded contract.
-                let (range, device) = unsafe { copy::side_range(obj, local, 0, loc.len, 1) }?;
+                let (range, device) = copy::side_range(obj, local, 0, loc.len, 1)?;
                 net.add(loc, Op::Read, range, device, obj);
             }
             _ => {
-                // SAFETY: forwarded contract; both sides are addressable here.
-                unsafe { copy::run(obj, p, "memory copy") }
+                // Both sides are addressable here.
+                copy::run(obj, p, "memory copy")
                     .map_err(|e| e.context(format_args!("entry {i}")))?;
             }
         }
     }
     net.run(obj)?;
-    // SAFETY: forwarded contract.
-    unsafe { bounce_all(obj, plans, &both_remote) }
+    bounce_all(obj, plans, &both_remote)
 }
 
 /// The `G2G` entries whose two windows are on other hosts, in rounds of at most [`BOUNCE`]
 /// staged bytes (entries larger than that are split).
-///
-/// # Safety
-/// As [`run_all`].
-unsafe fn bounce_all(obj: &BmObject, plans: &[Plan], which: &[usize]) -> Result<()> {
+fn bounce_all(obj: &BmObject, plans: &[Plan], which: &[usize]) -> Result<()> {
     if which.is_empty() {
         return Ok(());
     }

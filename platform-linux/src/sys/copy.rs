@@ -127,6 +127,23 @@ impl<'a> RawRange<'a> {
     }
 }
 
+/// The local side of a BM copy of type `copy_type` as a range: `src` (address, span) for
+/// `L2G`/`H2G`, `dest` for `G2L`/`G2H`; `None` for `G2G` and unknown types (no local side). The
+/// C boundary (and tests standing in for it) vouch for the caller's memory with it.
+///
+/// # Safety
+/// As [`RawRange::new`] for the chosen side: the promise a caller of `smem_bm_copy` makes.
+pub unsafe fn bm_local(
+    copy_type: u32,
+    src: (u64, u64),
+    dest: (u64, u64),
+) -> Option<RawRange<'static>> {
+    let ty = smem_core::bm::CopyType::from_raw(copy_type)?;
+    let (addr, len) = if ty.writes_global() { src } else { dest };
+    // SAFETY: forwarded contract.
+    unsafe { RawRange::new(addr, len) }
+}
+
 /// The shape of a strided copy: `height` rows of `width` bytes, source rows `spitch` bytes
 /// apart, destination rows `dpitch` bytes apart (a 1D copy is one row).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,7 +307,7 @@ mod tests {
     #[test]
     fn copies_rows_and_refuses_rows_outside() {
         let mut src: Vec<u8> = (0..12).collect();
-        let mut dst = [0u8; 8];
+        let mut dst = [0u8; 9];
         let s = RawRange::from_mut(&mut src);
         let d = RawRange::from_mut(&mut dst);
         copy_2d(s, d, Shape2d::new(4, 3, 3, 3)).expect("fits");
@@ -298,6 +315,6 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         assert!(e.to_string().contains("source"), "{e}");
         assert!(copy(s, d).is_err());
-        assert_eq!(&dst[..], &[0, 1, 2, 4, 5, 6, 8, 9]);
+        assert_eq!(&dst[..], &[0, 1, 2, 4, 5, 6, 8, 9, 10]);
     }
 }

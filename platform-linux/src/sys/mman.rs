@@ -8,7 +8,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use super::copy::RawRange;
 use super::page_size;
@@ -25,7 +25,7 @@ pub struct Region {
     /// Length in bytes (a multiple of the page size).
     len: usize,
     /// Mapped parts as sorted, disjoint `(offset, len)` pairs.
-    mapped: Mutex<Vec<(usize, usize)>>,
+    mapped: RwLock<Vec<(usize, usize)>>,
 }
 
 fn einval() -> io::Error {
@@ -103,7 +103,7 @@ impl Region {
         Ok(Self {
             addr: got,
             len,
-            mapped: Mutex::new(Vec::new()),
+            mapped: RwLock::new(Vec::new()),
         })
     }
 
@@ -136,7 +136,7 @@ impl Region {
         Ok(Self {
             addr: start,
             len,
-            mapped: Mutex::new(Vec::new()),
+            mapped: RwLock::new(Vec::new()),
         })
     }
 
@@ -164,8 +164,18 @@ impl Region {
         Ok(())
     }
 
-    fn lock(&self) -> crate::sync::Held<std::sync::MutexGuard<'_, Vec<(usize, usize)>>> {
-        crate::sync::lock(&self.mapped)
+    fn lock(&self) -> crate::sync::Held<std::sync::RwLockWriteGuard<'_, Vec<(usize, usize)>>> {
+        crate::sync::write(&self.mapped)
+    }
+
+    /// Whether `offset..offset+len` lies inside one of the sorted, disjoint `parts`.
+    fn inside(parts: &[(usize, usize)], offset: usize, len: usize) -> bool {
+        let Some(end) = offset.checked_add(len) else {
+            return false;
+        };
+        // The last part starting at or before `offset` is the only candidate.
+        let i = parts.partition_point(|&(o, _)| o <= offset);
+        i > 0 && end <= parts[i - 1].0 + parts[i - 1].1
     }
 
     /// Maps `len` bytes of `fd` from `fd_offset`, shared and read/write, over the part
@@ -275,12 +285,7 @@ impl Region {
 
     /// Whether `offset..offset+len` lies inside one mapped part.
     pub fn is_mapped(&self, offset: usize, len: usize) -> bool {
-        let Some(end) = offset.checked_add(len) else {
-            return false;
-        };
-        self.lock()
-            .iter()
-            .any(|&(o, l)| o <= offset && end <= o + l)
+        Self::inside(&crate::sync::read(&self.mapped), offset, len)
     }
 
     /// The address of byte `offset`, if `offset..offset+len` lies inside one mapped part.
@@ -309,9 +314,8 @@ impl Region {
         len: usize,
         f: impl FnOnce(usize) -> R,
     ) -> io::Result<R> {
-        let mapped = self.lock();
-        let end = offset.checked_add(len).ok_or_else(einval)?;
-        if !mapped.iter().any(|&(o, l)| o <= offset && end <= o + l) {
+        let mapped = crate::sync::read(&self.mapped);
+        if !Self::inside(&mapped, offset, len) {
             return Err(io::Error::from_raw_os_error(libc::EFAULT));
         }
         let r = f(self.addr + offset);

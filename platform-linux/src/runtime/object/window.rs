@@ -126,6 +126,45 @@ impl BmObject {
     }
 }
 
+impl BmObject {
+    /// The `len` bytes at `offset` of rank `rank`'s `part` in this process, for a copy: in the
+    /// GVA when the part is mapped, else (device memory not mapped into the GVA, module docs)
+    /// at the window's device address. Call only while inside the window
+    /// ([`BmObject::enter`], or the gate for the own window), which keeps it mapped.
+    ///
+    /// # Errors
+    /// `SM_ERROR` when the range is not mapped (or not device memory of this process).
+    #[inline]
+    pub(crate) fn window_range(
+        &self,
+        rank: u32,
+        part: Part,
+        offset: u64,
+        len: u64,
+    ) -> Result<RawRange<'_>> {
+        let range = match (part, self.device_base(rank)) {
+            (Part::Hbm, Some(dev)) => dev
+                .checked_add(offset)
+                .and_then(|at| self.ctx.device.device_range(at, len)),
+            _ => self.layout.window_base(rank).and_then(|base| {
+                // Validated by the planners: inside the object's span, so no overflow.
+                let at = base.raw() + self.layout.part_offset(part) + offset;
+                self.reservation
+                    .mapped_range(at.checked_sub(self.reservation.base().raw())?, len)
+            }),
+        };
+        range.ok_or_else(|| {
+            Error::new(
+                ErrorCode::Error,
+                format!(
+                    "{len} bytes at offset {offset:#x} of rank {rank}'s {part:?} part of BM object {} are not mapped in this process",
+                    self.id
+                ),
+            )
+        })
+    }
+}
+
 impl Served for BmObject {
     fn pin(&self, token: u64, offset: u64, span: u64) -> Result<Pinned<'_>> {
         let w = &self.served;
@@ -158,16 +197,9 @@ impl Served for BmObject {
         if loc.rank != self.rank {
             return Err(bad(&"the range leaves the window"));
         }
-        // A device-resident HBM part is addressed at its device address (module docs).
-        let addr = match (loc.part, self.device_base(self.rank)) {
-            (Part::Hbm, Some(dev)) => dev.wrapping_add(loc.offset),
-            _ => start.raw(),
-        };
-        // SAFETY: the span lies in one part of this rank's window (validated above), which stays
-        // mapped (or allocated on the device) while the gate's in-flight count, held by the
-        // returned guard, keeps a leave or destroy from unmapping it (`drain`).
-        let range = unsafe { RawRange::new(addr, span) }
-            .ok_or_else(|| bad(&"the range wraps around the address space"))?;
+        // The part stays mapped (or allocated on the device) while the gate's in-flight count,
+        // held by the returned guard, keeps a leave or destroy from unmapping it (`drain`).
+        let range = self.window_range(self.rank, loc.part, loc.offset, span)?;
         Ok(Pinned {
             range,
             device: (loc.part == Part::Hbm).then_some(&*self.ctx.device as &dyn Device),
