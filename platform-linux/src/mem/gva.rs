@@ -237,6 +237,16 @@ impl Reservation {
         self.region.mapped_range(o, l)
     }
 
+    /// Loads the atomic word at `offset` (see [`crate::sys::mman::Region::load_u64`]).
+    pub fn load_u64(&self, offset: u64) -> Option<u64> {
+        self.region.load_u64(usize::try_from(offset).ok()?)
+    }
+
+    /// Stores the atomic word at `offset` (see [`crate::sys::mman::Region::store_u64`]).
+    pub fn store_u64(&self, offset: u64, v: u64) -> bool {
+        usize::try_from(offset).is_ok_and(|o| self.region.store_u64(o, v))
+    }
+
     /// Copies bytes out of a mapped part (control path and tests; copies of the data path go
     /// through [`crate::sys::copy`]).
     ///

@@ -9,6 +9,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::copy::RawRange;
 use super::page_size;
@@ -321,6 +322,35 @@ impl Region {
         let r = f(self.addr + offset);
         drop(mapped);
         Ok(r)
+    }
+
+    /// Loads the `u64` at `offset` with acquire ordering; `None` unless it is 8-aligned and
+    /// mapped. The word must only ever be accessed atomically, in every process mapping it.
+    pub fn load_u64(&self, offset: usize) -> Option<u64> {
+        if offset % 8 != 0 {
+            return None;
+        }
+        self.with_mapped(offset, 8, |at| {
+            let p = std::ptr::with_exposed_provenance_mut::<u64>(at);
+            // SAFETY: aligned (region and offset are), mapped read/write while `with_mapped`
+            // holds the lock, and only accessed atomically (documented contract of the word).
+            unsafe { AtomicU64::from_ptr(p) }.load(Ordering::Acquire)
+        })
+        .ok()
+    }
+
+    /// Stores `v` at `offset` with release ordering; `false` unless it is 8-aligned and mapped.
+    /// As [`Region::load_u64`].
+    pub fn store_u64(&self, offset: usize, v: u64) -> bool {
+        if offset % 8 != 0 {
+            return false;
+        }
+        self.with_mapped(offset, 8, |at| {
+            let p = std::ptr::with_exposed_provenance_mut::<u64>(at);
+            // SAFETY: as in `load_u64`.
+            unsafe { AtomicU64::from_ptr(p) }.store(v, Ordering::Release);
+        })
+        .is_ok()
     }
 
     /// Copies `buf.len()` bytes out of the region from `offset` (which must be mapped).

@@ -1,9 +1,8 @@
 //! Reaching another process of this host: pidfds (liveness), `process_vm_readv`/`writev`
-//! (copies into and out of its address space) and atomics in shared mappings.
+//! (copies into and out of its address space).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::copy::RawRange;
 
@@ -119,27 +118,6 @@ pub fn process_vm(
         }
     };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-/// Loads the `u64` at `addr` with acquire ordering.
-///
-/// # Safety
-/// `addr` is 8-byte aligned and lies in a mapping that stays mapped for the call; every access
-/// to those 8 bytes, in any process, is atomic.
-pub unsafe fn load_u64(addr: u64) -> u64 {
-    let p = std::ptr::with_exposed_provenance_mut::<u64>(addr as usize);
-    // SAFETY: aligned, mapped and only accessed atomically (contract).
-    unsafe { AtomicU64::from_ptr(p) }.load(Ordering::Acquire)
-}
-
-/// Stores `v` at `addr` with release ordering.
-///
-/// # Safety
-/// As [`load_u64`].
-pub unsafe fn store_u64(addr: u64, v: u64) {
-    let p = std::ptr::with_exposed_provenance_mut::<u64>(addr as usize);
-    // SAFETY: aligned, mapped and only accessed atomically (contract).
-    unsafe { AtomicU64::from_ptr(p) }.store(v, Ordering::Release);
 }
 
 #[cfg(test)]

@@ -1,8 +1,5 @@
 //! Running one transfer (sync or from the queue): validate every entry, route each one
 //! (mapped segment, `process_vm_*`, transport), move the bytes, check the peer is still alive.
-// The copy paths take raw addresses of the caller's memory and of mapped peer segments; the
-// `unsafe` blocks forward those contracts to `sys` and the transport, each with a SAFETY note.
-#![allow(unsafe_code)]
 
 use smem_core::ErrorCode;
 
@@ -22,44 +19,45 @@ pub enum Direction {
     Read,
 }
 
-/// One entry: `len` bytes between `local` (this process) and `remote` (the peer's address).
+/// One entry: the bytes of `local` (this process: memory the C caller vouched for, valid for
+/// the transfer) to or from `remote` (the peer's address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// Address in this process.
-    pub local: u64,
+    /// The local memory.
+    pub local: RawRange<'static>,
     /// Address in the peer's process.
     pub remote: u64,
+}
+
+impl Entry {
     /// Bytes.
-    pub len: u64,
+    pub const fn len(&self) -> u64 {
+        self.local.len()
+    }
+
+    /// Whether the entry moves no bytes.
+    pub const fn is_empty(&self) -> bool {
+        self.local.is_empty()
+    }
 }
 
 /// Runs a transfer with peer `uid`.
-///
-/// # Safety
-/// As [`super::transfer`].
-pub(crate) unsafe fn run(
-    engine: &Engine,
-    dir: Direction,
-    uid: &str,
-    entries: &[Entry],
-) -> Result<()> {
+pub(crate) fn run(engine: &Engine, dir: Direction, uid: &str, entries: &[Entry]) -> Result<()> {
     let what = match dir {
         Direction::Write => "write to",
         Direction::Read => "read from",
     };
     for (i, e) in entries.iter().enumerate() {
-        if e.len > 0
-            && (e.local.checked_add(e.len).is_none() || e.remote.checked_add(e.len).is_none())
-        {
+        if !e.is_empty() && e.remote.checked_add(e.len()).is_none() {
             return Err(Error::invalid(format!(
                 "entry {i}: [{:#x}, +{:#x}) wraps around the address space",
-                e.remote, e.len
+                e.remote,
+                e.len()
             )));
         }
     }
     let peer = engine.peer(uid)?;
-    // SAFETY: forwarded contract.
-    let r = unsafe { run_with(engine, &peer, dir, entries) };
+    let r = run_with(engine, &peer, dir, entries);
     if let Err(e) = &r {
         if matches!(
             e.code(),
@@ -77,7 +75,7 @@ pub(crate) unsafe fn run(
     })
 }
 
-unsafe fn run_with(engine: &Engine, peer: &Peer, dir: Direction, entries: &[Entry]) -> Result<()> {
+fn run_with(engine: &Engine, peer: &Peer, dir: Direction, entries: &[Entry]) -> Result<()> {
     let Some(near) = &peer.near else {
         let tcp = transport::DATA_OP_HOST_TCP | transport::DATA_OP_ROCE;
         if engine.config.data_ops & tcp == 0 || peer.data_ops & tcp == 0 {
@@ -94,47 +92,45 @@ unsafe fn run_with(engine: &Engine, peer: &Peer, dir: Direction, entries: &[Entr
                 ),
             ));
         }
-        peer.check_far(engine, entries.iter().map(|e| (e.remote, e.len)))?;
-        let spans = entries.iter().map(net_span).collect::<Result<Vec<_>>>()?;
+        peer.check_far(engine, entries.iter().map(|e| (e.remote, e.len())))?;
+        let spans: Vec<_> = entries.iter().map(net_span).collect();
         return net(engine, peer, dir, &spans);
     };
     if !near.alive() {
         return Err(peer.gone("is dead or destroyed its engine"));
     }
-    let routes = near.routes(engine, peer, entries.iter().map(|e| (e.remote, e.len)))?;
+    let routes = near.routes(engine, peer, entries.iter().map(|e| (e.remote, e.len())))?;
     let mut vm: Vec<(RawRange<'static>, Span)> = Vec::new();
     let mut over_net: Vec<transport::Span<'static>> = Vec::new();
     for (e, route) in entries.iter().zip(&routes) {
-        if e.len == 0 {
+        if e.is_empty() {
             continue;
         }
-        let len = usize::try_from(e.len)
-            .map_err(|_| Error::invalid("entry length exceeds the address space"))?;
-        let local = local_range(e)?;
         match route {
-            Route::Mapped { at, .. } => {
-                // SAFETY: the remote range lies in the peer's segment, mapped here and kept
-                // mapped by the route's `Arc` until `routes` drops after the copy.
-                let at = unsafe { RawRange::new(*at, e.len) }
-                    .ok_or_else(|| Error::invalid("remote range wraps around"))?;
+            Route::Mapped { seg, offset } => {
+                // The peer's segment stays mapped while `routes` holds it (after the copy).
+                let at = seg.range(*offset, e.len()).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "peer engine '{}': {} bytes at {:#x} leave its segment",
+                        peer.uid,
+                        e.len(),
+                        e.remote
+                    ))
+                })?;
                 let (src, dst) = match dir {
-                    Direction::Write => (local, at),
-                    Direction::Read => (at, local),
+                    Direction::Write => (e.local, at),
+                    Direction::Read => (at, e.local),
                 };
-                let _ = len;
-                crate::sys::copy::copy(src, dst).map_err(|e| Error::io("copying", &e))?;
+                crate::sys::copy::copy(src, dst).map_err(|err| Error::io("copying", &err))?;
             }
             Route::Vm => vm.push((
-                local,
+                e.local,
                 Span {
                     addr: e.remote,
-                    len: e.len,
+                    len: e.len(),
                 },
             )),
-            Route::Net => over_net.push(transport::Span {
-                remote: e.remote,
-                local,
-            }),
+            Route::Net => over_net.push(net_span(e)),
         }
     }
     vm_copy(peer, dir, &vm)?;
@@ -150,19 +146,11 @@ unsafe fn run_with(engine: &Engine, peer: &Peer, dir: Direction, entries: &[Entr
     Ok(())
 }
 
-/// The local range of `e`.
-fn local_range(e: &Entry) -> Result<RawRange<'static>> {
-    // SAFETY: the caller's contract (`super::transfer`): the local range is valid for the
-    // transfer.
-    unsafe { RawRange::new(e.local, e.len) }
-        .ok_or_else(|| Error::invalid("local range wraps around the address space"))
-}
-
-fn net_span(e: &Entry) -> Result<transport::Span<'static>> {
-    Ok(transport::Span {
+fn net_span(e: &Entry) -> transport::Span<'static> {
+    transport::Span {
         remote: e.remote,
-        local: local_range(e)?,
-    })
+        local: e.local,
+    }
 }
 
 /// The transport path.

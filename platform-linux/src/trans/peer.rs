@@ -68,12 +68,12 @@ struct Table {
 /// Where one entry's remote bytes are.
 #[derive(Debug)]
 pub(crate) enum Route {
-    /// Mapped here: the address in this process.
+    /// Mapped here.
     Mapped {
-        /// Keeps the mapping alive while the route is used.
-        _keep: Arc<Mapped>,
-        /// The remote address's place in this process.
-        at: u64,
+        /// The peer's segment, mapped while the route is used.
+        seg: Arc<Mapped>,
+        /// Offset of the remote address in the segment.
+        offset: u64,
     },
     /// In the peer's registered user memory, reachable with `process_vm_*`.
     Vm,
@@ -299,8 +299,10 @@ impl Near {
                             m
                         }
                     };
-                    let at = m.addr() + (addr - r.addr);
-                    Route::Mapped { _keep: m, at }
+                    Route::Mapped {
+                        seg: m,
+                        offset: addr - r.addr,
+                    }
                 }
                 RegionKind::User if self.vm => Route::Vm,
                 RegionKind::User => Route::Net,

@@ -166,10 +166,16 @@ impl BmObject {
 }
 
 impl Served for BmObject {
-    fn pin(&self, token: u64, offset: u64, span: u64) -> Result<Pinned<'_>> {
+    fn pinned(
+        &self,
+        token: u64,
+        offset: u64,
+        span: u64,
+        io: &mut dyn FnMut(Pinned<'_>),
+    ) -> Result<()> {
         let w = &self.served;
         w.inflight.fetch_add(1, Ordering::SeqCst);
-        let hold = GateGuard(w);
+        let _hold = GateGuard(w);
         if w.state.load(Ordering::SeqCst) != MAPPED
             || token == 0
             || self.token.load(Ordering::SeqCst) != token
@@ -198,13 +204,13 @@ impl Served for BmObject {
             return Err(bad(&"the range leaves the window"));
         }
         // The part stays mapped (or allocated on the device) while the gate's in-flight count,
-        // held by the returned guard, keeps a leave or destroy from unmapping it (`drain`).
+        // held by `_hold`, keeps a leave or destroy from unmapping it (`drain`).
         let range = self.window_range(self.rank, loc.part, loc.offset, span)?;
-        Ok(Pinned {
+        io(Pinned {
             range,
             device: (loc.part == Part::Hbm).then_some(&*self.ctx.device as &dyn Device),
-            _hold: Box::new(hold),
-        })
+        });
+        Ok(())
     }
 }
 

@@ -46,7 +46,13 @@ impl Fake {
 }
 
 impl Served for Fake {
-    fn pin(&self, token: u64, offset: u64, span: u64) -> Result<Pinned<'_>> {
+    fn pinned(
+        &self,
+        token: u64,
+        offset: u64,
+        span: u64,
+        io: &mut dyn FnMut(Pinned<'_>),
+    ) -> Result<()> {
         if token != self.token {
             return Err(Error::new(ErrorCode::ObjectNotExists, "other generation"));
         }
@@ -54,11 +60,11 @@ impl Served for Fake {
             .map
             .mapped_range(offset, span)
             .ok_or_else(|| Error::invalid("outside the window"))?;
-        Ok(Pinned {
+        io(Pinned {
             range,
             device: None,
-            _hold: Box::new(()),
-        })
+        });
+        Ok(())
     }
 }
 
