@@ -38,10 +38,9 @@
 //! A failed ACL call becomes an `SM_ERROR` (`SM_MALLOC_FAILED` for `aclrtMalloc`) whose message
 //! names the call and its ACL error code.
 
-use std::collections::BTreeMap;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use log::debug;
 use smem_core::ErrorCode;
@@ -49,8 +48,7 @@ use smem_core::ErrorCode;
 use super::{
     CopyDirection, Device, DeviceDescriptor, DeviceSegment, SegmentInner, Shape2d, copy_err,
 };
-use crate::sync::lock;
-use crate::sys::acl::{AclApi, AclCallError, Context, MemcpyKind};
+use crate::sys::acl::{AclApi, AclCallError, Context, DeviceMem, MemcpyKind};
 use crate::sys::copy::RawRange;
 use crate::{Error, Result};
 
@@ -84,9 +82,6 @@ pub(super) struct Shared {
     api: AclApi,
     ctx: Context,
     device_id: u16,
-    /// Live allocations and imports of this device: address -> length (see
-    /// [`Device::device_range`]).
-    live: Mutex<BTreeMap<u64, u64>>,
 }
 
 /// This device's context is current on the calling thread while it lives; the thread's
@@ -180,9 +175,7 @@ impl AclDevice {
     /// # Errors
     /// As [`AclDevice::open`].
     pub fn open_path(path: &str, device_id: u16) -> Result<Self> {
-        // SAFETY: loading the Ascend runtime is what the user asked for (SMEM_DEVICE=acl or the
-        // default probe); the library is trusted to implement the ACL API it exports.
-        let api = unsafe { AclApi::load(path) }.map_err(|e| {
+        let api = AclApi::open(path).map_err(|e| {
             Error::new(
                 ErrorCode::NotSupported,
                 format!("cannot load the Ascend runtime: {e}"),
@@ -215,7 +208,6 @@ impl AclDevice {
             api,
             ctx,
             device_id,
-            live: Mutex::new(BTreeMap::new()),
         };
         debug!("acl: device {device_id} opened through {path}");
         Ok(Self {
@@ -251,13 +243,22 @@ impl Drop for Shared {
 #[derive(Debug)]
 pub(super) struct AclSegment {
     shared: Arc<Shared>,
+    /// Taken when dropped.
+    mem: Option<DeviceMem>,
     addr: u64,
     len: u64,
-    key: CString,
-    owned: bool,
 }
 
 impl AclSegment {
+    fn new(shared: &Arc<Shared>, mem: DeviceMem) -> Self {
+        Self {
+            shared: Arc::clone(shared),
+            addr: mem.addr(),
+            len: mem.len(),
+            mem: Some(mem),
+        }
+    }
+
     pub(super) fn addr(&self) -> u64 {
         self.addr
     }
@@ -266,18 +267,22 @@ impl AclSegment {
         self.len
     }
 
+    fn key(&self) -> &CStr {
+        self.mem.as_ref().map_or(c"", DeviceMem::key)
+    }
+
     pub(super) fn descriptor(&self) -> DeviceDescriptor {
         DeviceDescriptor::AclIpc {
             len: self.len,
-            key: self.key.to_string_lossy().into_owned(),
+            key: self.key().to_string_lossy().into_owned(),
         }
     }
 }
 
 impl Drop for AclSegment {
     fn drop(&mut self) {
-        lock(&self.shared.live).remove(&self.addr);
-        let what = if self.owned { "exported" } else { "imported" };
+        let Some(mem) = self.mem.take() else { return };
+        let what = if mem.owned() { "exported" } else { "imported" };
         let _ctx = match self.shared.bind() {
             Ok(g) => g,
             Err(e) => {
@@ -285,16 +290,14 @@ impl Drop for AclSegment {
                 return;
             }
         };
-        // SAFETY: the segment is being dropped: the runtime stopped every copy through this
-        // address (window drained) before dropping it.
-        if let Err(e) = unsafe { self.shared.api.ipc_close(&self.key) } {
+        // The runtime stopped every copy through this memory (window drained) before dropping
+        // the segment.
+        let [close, free] = self.shared.api.release(mem);
+        if let Some(e) = close {
             log::warn!("acl: closing the {what} IPC key: {}", self.shared.fail(e));
         }
-        if self.owned {
-            // SAFETY: `addr` came from aclrtMalloc of this library and nothing uses it any more.
-            if let Err(e) = unsafe { self.shared.api.free(self.addr) } {
-                log::warn!("acl: {}", self.shared.fail(e));
-            }
+        if let Some(e) = free {
+            log::warn!("acl: {}", self.shared.fail(e));
         }
     }
 }
@@ -305,15 +308,7 @@ impl Device for AclDevice {
     }
 
     fn device_range(&self, addr: u64, len: u64) -> Option<RawRange<'_>> {
-        let live = lock(&self.shared.live);
-        let (&start, &n) = live.range(..=addr).next_back()?;
-        if addr.checked_add(len)? > start.checked_add(n)? {
-            return None;
-        }
-        // SAFETY: the bytes lie in a live allocation or import of this device, which stays
-        // until its segment drops; the runtime drops a window's segment only after the copies
-        // through it ended (the window protocol), and device copies name it as device memory.
-        unsafe { RawRange::new(addr, len) }
+        self.shared.api.device_range(addr, len)
     }
 
     fn device_id(&self) -> u16 {
@@ -327,27 +322,15 @@ impl Device for AclDevice {
             .filter(|&n| n > 0)
             .ok_or_else(|| Error::invalid(format!("{name}: bad device segment length {len:#x}")))?;
         let _ctx = s.bind()?;
-        let addr = s
-            .api
-            .malloc(n)
-            .map_err(|e| s.fail(e).context(format!("{name}: {len:#x} bytes")))?;
-        let key = match s.api.export_key(addr, n) {
-            Ok(k) => k,
-            Err(e) => {
-                // SAFETY: just allocated, never shared.
-                let _ = unsafe { s.api.free(addr) };
-                return Err(s.fail(e).context(name));
+        let mem = s.api.alloc_exported(n).map_err(|e| {
+            if e.call == "aclrtMalloc" {
+                s.fail(e).context(format!("{name}: {len:#x} bytes"))
+            } else {
+                s.fail(e).context(name)
             }
-        };
-        lock(&s.live).insert(addr, len);
+        })?;
         Ok(DeviceSegment {
-            inner: SegmentInner::Acl(AclSegment {
-                shared: Arc::clone(s),
-                addr,
-                len,
-                key,
-                owned: true,
-            }),
+            inner: SegmentInner::Acl(AclSegment::new(s, mem)),
         })
     }
 
@@ -361,7 +344,7 @@ impl Device for AclDevice {
         let _ctx = self.shared.bind()?;
         self.shared
             .api
-            .set_import_pids(&a.key, pids)
+            .set_import_pids(a.key(), pids)
             .map_err(|e| self.shared.fail(e))
     }
 
@@ -380,16 +363,9 @@ impl Device for AclDevice {
             .map_err(|_| Error::invalid("IPC key with a NUL byte in a window record"))?;
         let s = &self.shared;
         let _ctx = s.bind()?;
-        let addr = s.api.import_by_key(&ckey).map_err(|e| s.fail(e))?;
-        lock(&s.live).insert(addr, *len);
+        let mem = s.api.import(ckey, *len).map_err(|e| s.fail(e))?;
         Ok(DeviceSegment {
-            inner: SegmentInner::Acl(AclSegment {
-                shared: Arc::clone(s),
-                addr,
-                len: *len,
-                key: ckey,
-                owned: false,
-            }),
+            inner: SegmentInner::Acl(AclSegment::new(s, mem)),
         })
     }
 

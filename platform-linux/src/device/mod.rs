@@ -15,8 +15,6 @@
 //! is an error (`SM_NOT_SUPPORTED`) that says what was tried. The choice is logged at info level
 //! once per process (and again only if it changes).
 
-// Owns device allocations and IPC keys through `sys::acl` (`unsafe` frees and closes).
-#[allow(unsafe_code)]
 pub mod acl;
 mod sim;
 
