@@ -9,6 +9,9 @@
 //! with `ACL_TEST_ROLE` set), so no test changes the environment of the test process.
 #![allow(unsafe_code)] // copies through `Device::copy`, an `unsafe fn` taking raw pointers
 
+#[path = "common/copy.rs"]
+mod copy;
+use copy::raw_copy;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,7 +22,6 @@ use smem_core::ErrorCode;
 use smem_linux::device::{
     self, AclDevice, CopyDirection, Device, DeviceDescriptor, RawRange, Shape2d,
 };
-use smem_linux::sys::copy::bm_local;
 
 const M2: u64 = 2 * 1024 * 1024;
 const ROLE: &str = "ACL_TEST_ROLE";
@@ -550,61 +552,18 @@ fn bm_object_on_acl() {
         let data: Vec<u8> = (0..1000u32).map(|i| (i % 253) as u8).collect();
         // L2G = 0, G2L = 1, G2H = 2, H2G = 3.
         // SAFETY: local buffers of the given sizes; the global side is validated.
-        unsafe {
-            runtime::bm_copy(
-                h,
-                data.as_ptr() as u64,
-                base + 64,
-                1000,
-                3,
-                0,
-                bm_local(3, (data.as_ptr() as u64, 1000), (base + 64, 1000)),
-            )
-        }
-        .expect("H2G into HBM");
+        unsafe { raw_copy(h, data.as_ptr() as u64, base + 64, 1000, 3) }.expect("H2G into HBM");
         let mut back = vec![0u8; 1000];
         // SAFETY: as above.
-        unsafe {
-            runtime::bm_copy(
-                h,
-                base + 64,
-                back.as_mut_ptr() as u64,
-                1000,
-                2,
-                0,
-                bm_local(2, (base + 64, 1000), (back.as_mut_ptr() as u64, 1000)),
-            )
-        }
-        .expect("G2H from HBM");
+        unsafe { raw_copy(h, base + 64, back.as_mut_ptr() as u64, 1000, 2) }.expect("G2H from HBM");
         assert_eq!(back, data);
         // HBM -> DRAM inside the object (local side in the object's span).
         // SAFETY: both sides inside the joined window (validated).
-        unsafe {
-            runtime::bm_copy(
-                h,
-                base + 64,
-                base + M2 + 8,
-                1000,
-                0,
-                0,
-                bm_local(0, (base + 64, 1000), (base + M2 + 8, 1000)),
-            )
-        }
-        .expect("L2G HBM to DRAM");
+        unsafe { raw_copy(h, base + 64, base + M2 + 8, 1000, 0) }.expect("L2G HBM to DRAM");
         let mut dram = vec![0u8; 1000];
         // SAFETY: as above.
-        unsafe {
-            runtime::bm_copy(
-                h,
-                base + M2 + 8,
-                dram.as_mut_ptr() as u64,
-                1000,
-                2,
-                0,
-                bm_local(2, (base + M2 + 8, 1000), (dram.as_mut_ptr() as u64, 1000)),
-            )
-        }
-        .expect("G2H from DRAM");
+        unsafe { raw_copy(h, base + M2 + 8, dram.as_mut_ptr() as u64, 1000, 2) }
+            .expect("G2H from DRAM");
         assert_eq!(dram, data);
         runtime::bm_destroy(h).expect("destroy");
         runtime::bm_uninit(0);

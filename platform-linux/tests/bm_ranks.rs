@@ -3,6 +3,9 @@
 
 mod bm_common;
 
+#[path = "common/copy.rs"]
+mod copy;
+use copy::raw_copy;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -33,38 +36,14 @@ fn tagged<'a>(out: &'a str, tag: &str) -> &'a str {
 
 fn write(h: BmHandle, dst: u64, data: &[u8], t: u32) -> smem_linux::Result<()> {
     // SAFETY: `data` is a live slice of `data.len()` readable bytes.
-    unsafe {
-        runtime::bm_copy(
-            h,
-            data.as_ptr() as u64,
-            dst,
-            data.len() as u64,
-            t,
-            0,
-            bm_local(
-                t,
-                (data.as_ptr() as u64, data.len() as u64),
-                (dst, data.len() as u64),
-            ),
-        )
-    }
+    unsafe { raw_copy(h, data.as_ptr() as u64, dst, data.len() as u64, t) }
 }
 
 fn read(h: BmHandle, src: u64, len: usize, t: u32) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     // SAFETY: `buf` is a live buffer of `len` writable bytes.
-    unsafe {
-        runtime::bm_copy(
-            h,
-            src,
-            buf.as_mut_ptr() as u64,
-            len as u64,
-            t,
-            0,
-            bm_local(t, (src, len as u64), (buf.as_mut_ptr() as u64, len as u64)),
-        )
-    }
-    .expect("read from a window");
+    unsafe { raw_copy(h, src, buf.as_mut_ptr() as u64, len as u64, t) }
+        .expect("read from a window");
     buf
 }
 

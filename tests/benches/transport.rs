@@ -16,6 +16,9 @@
 //! `DIR/ca.pem`, `DIR/server.pem` + `server.key` (rank 0) and `DIR/client.pem` + `client.key`
 //! (rank 1), certificates valid for 127.0.0.1; the raw baseline stays plain TCP.
 
+#[path = "../../platform-linux/tests/common/copy.rs"]
+mod copy;
+use copy::raw_copy;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -154,8 +157,7 @@ fn measure(len: u64, ops: &mut [&mut dyn FnMut()]) -> Vec<f64> {
 
 fn copy(h: BmHandle, src: u64, dst: u64, len: u64, t: u32) {
     // SAFETY: the local side is a live buffer of at least `len` bytes owned by the caller.
-    unsafe { runtime::bm_copy(h, src, dst, len, t, 0, bm_local(t, (src, len), (dst, len))) }
-        .expect("copy");
+    unsafe { raw_copy(h, src, dst, len, t) }.expect("copy");
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -200,19 +202,7 @@ fn measure_all(url: &str) {
     let lp = local.as_mut_ptr() as u64;
     let deadline = Instant::now() + Duration::from_secs(60);
     // SAFETY: `local` is a live buffer of `max` bytes.
-    while unsafe {
-        runtime::bm_copy(
-            h,
-            lp,
-            remote,
-            1,
-            H2G,
-            0,
-            bm_local(H2G, (lp, 1), (remote, 1)),
-        )
-    }
-    .is_err()
-    {
+    while unsafe { raw_copy(h, lp, remote, 1, H2G) }.is_err() {
         assert!(Instant::now() < deadline, "rank 1's window never joined");
         std::thread::sleep(Duration::from_millis(10));
     }

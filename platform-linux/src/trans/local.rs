@@ -12,7 +12,7 @@ use super::{lock, read, write};
 use crate::mem::{HostSegment, Reservation, SegmentDescriptor, SegmentKind, page_size};
 use crate::store::StoreClient;
 use crate::sys::copy::RawRange;
-use crate::transport::{Pinned, Served};
+use crate::transport::{Pinned, PinnedIo, Served};
 use crate::{Error, Result};
 
 /// Length of the control segment.
@@ -325,13 +325,7 @@ pub(crate) fn find(regions: &[Region], addr: u64, len: u64) -> Option<Region> {
 }
 
 impl Served for Local {
-    fn pinned(
-        &self,
-        token: u64,
-        offset: u64,
-        span: u64,
-        io: &mut dyn FnMut(Pinned<'_>),
-    ) -> Result<()> {
+    fn pinned(&self, token: u64, offset: u64, span: u64, io: PinnedIo<'_>) -> Result<()> {
         if token != self.token {
             return Err(Error::new(
                 ErrorCode::ObjectNotExists,

@@ -12,7 +12,7 @@ use smem_core::bm::Part;
 use super::{BmObject, MAPPED, NET, REMOTE};
 use crate::device::{Device, RawRange};
 use crate::sync::lock;
-use crate::transport::{Pinned, Served};
+use crate::transport::{Pinned, PinnedIo, Served};
 use crate::{Error, Result};
 
 /// One rank's window: its state (see the module docs, "Copy path").
@@ -166,13 +166,7 @@ impl BmObject {
 }
 
 impl Served for BmObject {
-    fn pinned(
-        &self,
-        token: u64,
-        offset: u64,
-        span: u64,
-        io: &mut dyn FnMut(Pinned<'_>),
-    ) -> Result<()> {
+    fn pinned(&self, token: u64, offset: u64, span: u64, io: PinnedIo<'_>) -> Result<()> {
         let w = &self.served;
         w.inflight.fetch_add(1, Ordering::SeqCst);
         let _hold = GateGuard(w);

@@ -43,7 +43,7 @@ mod tests;
 use std::time::Duration;
 
 pub(crate) use self::client::{NO_RANK, Piece, Pool, Transfer};
-pub(crate) use self::server::{Pinned, Served, Server};
+pub(crate) use self::server::{Pinned, PinnedIo, Served, Server};
 
 /// Bytes per request of a large copy.
 pub(crate) const CHUNK: u64 = 2 * 1024 * 1024;

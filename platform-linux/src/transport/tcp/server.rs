@@ -43,14 +43,11 @@ pub(crate) trait Served: Send + Sync {
     /// `SM_OBJECT_NOT_EXISTS` when the window is not served (left, destroyed, other generation),
     /// `SM_INVALID_PARAM` when the range does not lie in one part of the window; `io` did not
     /// run then.
-    fn pinned(
-        &self,
-        token: u64,
-        offset: u64,
-        span: u64,
-        io: &mut dyn FnMut(Pinned<'_>),
-    ) -> Result<()>;
+    fn pinned(&self, token: u64, offset: u64, span: u64, io: PinnedIo<'_>) -> Result<()>;
 }
+
+/// What a request does with its pinned range ([`Served::pinned`]).
+pub(crate) type PinnedIo<'f> = &'f mut dyn FnMut(Pinned<'_>);
 
 /// What the server threads share.
 pub(super) struct ServerShared {

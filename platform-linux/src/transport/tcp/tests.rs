@@ -46,13 +46,7 @@ impl Fake {
 }
 
 impl Served for Fake {
-    fn pinned(
-        &self,
-        token: u64,
-        offset: u64,
-        span: u64,
-        io: &mut dyn FnMut(Pinned<'_>),
-    ) -> Result<()> {
+    fn pinned(&self, token: u64, offset: u64, span: u64, io: PinnedIo<'_>) -> Result<()> {
         if token != self.token {
             return Err(Error::new(ErrorCode::ObjectNotExists, "other generation"));
         }
