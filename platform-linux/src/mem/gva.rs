@@ -195,6 +195,65 @@ impl Reservation {
         })
     }
 
+    /// Maps the bytes `fd_offset..fd_offset+len` of the segment file `fd` at `base + offset`,
+    /// shared but inaccessible: a backing of which [`Reservation::open`] makes pieces
+    /// accessible and [`Reservation::close`] inaccessible again, one `mprotect` each (see
+    /// [`crate::sys::mman::Region::back_shared`]).
+    ///
+    /// # Errors
+    /// As [`Reservation::map_segment`].
+    pub fn back_file(
+        &self,
+        offset: u64,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        let o = to_usize(offset, "offset")?;
+        let l = to_usize(len, "length")?;
+        let r = self.region.back_shared(o, fd, fd_offset, l);
+        r.map_err(|e| self.part_error(e, offset, len, "backing"))
+    }
+
+    /// Makes `offset..offset+len` of a [`Reservation::back_file`] backing accessible
+    /// (pre-faulted when `populate`).
+    ///
+    /// # Errors
+    /// `SM_INVALID_PARAM` when the range is not inside one backing; the kernel's error.
+    pub fn open(&self, offset: u64, len: u64, populate: bool) -> Result<()> {
+        let o = to_usize(offset, "offset")?;
+        let l = to_usize(len, "length")?;
+        let r = self.region.open(o, l, populate);
+        r.map_err(|e| self.part_error(e, offset, len, "opening"))
+    }
+
+    /// Makes `offset..offset+len` of a [`Reservation::back_file`] backing inaccessible again.
+    ///
+    /// # Errors
+    /// As [`Reservation::open`].
+    pub fn close(&self, offset: u64, len: u64) -> Result<()> {
+        let o = to_usize(offset, "offset")?;
+        let l = to_usize(len, "length")?;
+        let r = self.region.close(o, l);
+        r.map_err(|e| self.part_error(e, offset, len, "closing"))
+    }
+
+    fn part_error(&self, e: std::io::Error, offset: u64, len: u64, doing: &str) -> Error {
+        let what = format!(
+            "{doing} {len:#x} bytes at {}+{offset:#x} (reservation {})",
+            self.base(),
+            self.range
+        );
+        match e.raw_os_error() {
+            Some(libc::EINVAL) => Error::invalid(format!(
+                "{what}: part outside the reservation or its backing, or not page aligned"
+            )),
+            Some(libc::EBUSY) => Error::invalid(format!("{what}: part already mapped")),
+            Some(libc::ENOMEM) => Error::new(ErrorCode::MallocFailed, format!("{what}: {e}")),
+            _ => Error::io(what, &e),
+        }
+    }
+
     /// Returns `offset..offset+len` (inside one earlier mapping; the rest of it stays mapped)
     /// to `PROT_NONE`.
     ///

@@ -443,4 +443,47 @@ mod tests {
         res.read(3 * LEN, &mut b).expect("read");
         assert_eq!(b, [3], "the neighbour keeps its data");
     }
+
+    /// A host segment backing a whole reservation: windows opened and closed with one call per
+    /// run (also across windows already in that state), closed ones refuse accessors, data
+    /// stays in the segment; a part mapped on its own leaves the backing.
+    #[test]
+    fn backed_segment_opens_and_closes_runs() {
+        let seg = HostSegment::create_sparse("backed", SegmentKind::Host, 4 * LEN).expect("seg");
+        for r in 0..4 {
+            seg.allocate(r * LEN, LEN).expect("allocate part");
+        }
+        let res = Reservation::reserve_anywhere(4 * LEN, LEN).expect("reserve");
+        res.back_file(0, seg.fd(), 0, 4 * LEN).expect("back");
+        assert!(!res.is_mapped(0, 1), "a backing is inaccessible");
+        res.open(LEN, LEN, true).expect("open one");
+        res.open(3 * LEN, LEN, false).expect("open another");
+        res.open(LEN, 3 * LEN, false)
+            .expect("open a run over open windows");
+        assert!(res.is_mapped(LEN, 3 * LEN), "one mapped part");
+        for r in 1..4 {
+            res.write(r * LEN, &[r as u8]).expect("write");
+        }
+        res.close(2 * LEN, LEN).expect("close the middle");
+        assert!(res.is_mapped(LEN, LEN) && res.is_mapped(3 * LEN, LEN));
+        let mut b = [0u8; 1];
+        assert!(res.read(2 * LEN, &mut b).is_err(), "closed");
+        res.close(0, 3 * LEN)
+            .expect("close a run over closed windows");
+        assert!(!res.is_mapped(LEN, 1) && res.is_mapped(3 * LEN, LEN));
+        res.open(2 * LEN, LEN, false).expect("open again");
+        res.read(2 * LEN, &mut b).expect("read");
+        assert_eq!(b, [2], "the data stays in the segment");
+        res.close(2 * LEN, LEN).expect("close");
+        let own = HostSegment::create("own", SegmentKind::Host, LEN).expect("own segment");
+        res.map_file_part(2 * LEN, own.fd(), 0, LEN, false)
+            .expect("map another segment over the backing");
+        res.unmap(2 * LEN, LEN).expect("unmap it");
+        assert!(
+            res.open(LEN, 2 * LEN, false).is_err(),
+            "no longer backed there"
+        );
+        assert!(res.open(4 * LEN, LEN, false).is_err(), "outside");
+        res.open(0, LEN, false).expect("the rest stays backed");
+    }
 }

@@ -28,6 +28,7 @@ use smem_core::wire::{FRAME_HEADER_LEN, FrameHeader, HANDSHAKE_LEN, status};
 
 use super::storage::{LinkId, MapStorage};
 
+mod accept;
 mod config;
 mod replies;
 mod tls;
@@ -54,6 +55,7 @@ impl StoreServer {
     /// # Errors
     /// `SM_IO_ERROR` when the address cannot be bound or the event loop cannot be set up.
     pub fn start(config: ServerConfig) -> Result<Self> {
+        accept::raise_descriptor_limit(&config.limits);
         let listener = TcpListener::bind(config.listen).map_err(|e| {
             Error::io(
                 format!("config store cannot listen on {}", config.listen),
@@ -198,6 +200,8 @@ enum Timer {
     /// A TLS link must have sent the first byte of its ClientHello by now.
     TlsHello(LinkId),
     HeartbeatScan,
+    /// Put the listener back after an accept failure paused it.
+    ResumeAccept,
 }
 
 struct EventLoop {
@@ -222,6 +226,8 @@ struct EventLoop {
     /// buffer, so a link holds no spare (zero-filled, hence resident) read capacity: 64 KiB
     /// per idle link would pin 128 MiB at 2048 links, outside every limit.
     scratch: Vec<u8>,
+    /// The listener is out of the epoll set until [`Timer::ResumeAccept`].
+    accept_paused: bool,
 }
 
 impl EventLoop {
@@ -246,6 +252,7 @@ impl EventLoop {
             input_reserved: 0,
             paused: std::collections::VecDeque::new(),
             scratch: vec![0; READ_CHUNK],
+            accept_paused: false,
         }
     }
 
@@ -294,76 +301,6 @@ impl EventLoop {
         );
         // Dropping the links closes every socket.
         self.links.clear();
-    }
-
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    let open = self.links.len();
-                    let over = open >= self.config.limits.max_links;
-                    if over
-                        && open
-                            >= self
-                                .config
-                                .limits
-                                .max_links
-                                .saturating_add(OVER_LIMIT_GRACE)
-                    {
-                        warn!("config store: dropping {peer}: {open} links open (max_links)");
-                        continue;
-                    }
-                    if let Err(e) = self.add_link(stream, peer, over) {
-                        warn!("config store: cannot register link from {peer}: {e}");
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // E.g. EMFILE: log and retry on the next wake-up, never spin hot forever.
-                    warn!("config store accept failed: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn add_link(
-        &mut self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        over_limit: bool,
-    ) -> io::Result<()> {
-        stream.set_nonblocking(true)?;
-        let _ = stream.set_nodelay(true);
-        let id = self.next_link;
-        self.next_link += 1;
-        self.epoll
-            .add(stream.as_raw_fd(), id, EPOLL_IN | EPOLL_HUP_ERR)?;
-        debug!("config store: link {id} from {peer}");
-        self.links.insert(
-            id,
-            Link {
-                stream: Detached::new(stream),
-                peer,
-                handshaken: false,
-                over_limit,
-                rbuf: Vec::new(),
-                wbuf: Vec::new(),
-                wpos: 0,
-                want_write: false,
-                close_after_flush: None,
-                last_heartbeat: None,
-                reserved: 0,
-                paused: false,
-                tls: None,
-            },
-        );
-        let at = Instant::now().checked_add(self.config.handshake_timeout);
-        if let Some(at) = at {
-            self.timers.push(Reverse((at, Timer::Handshake(id))));
-        }
-        Ok(())
     }
 
     fn link_event(&mut self, id: LinkId, events: u32) {
@@ -734,7 +671,7 @@ impl EventLoop {
             Timer::Handshake(id) | Timer::TlsHello(id) => {
                 links.get(id).is_some_and(|l| !l.handshaken)
             }
-            Timer::HeartbeatScan => true,
+            Timer::HeartbeatScan | Timer::ResumeAccept => true,
         });
     }
 
@@ -748,6 +685,9 @@ impl EventLoop {
             match t {
                 Timer::Parked(pid) => self.with_store(|store, out| store.expire(pid, out)),
                 Timer::Handshake(id) => {
+                    if self.links.get(&id).is_some_and(|l| l.tls.is_none()) {
+                        self.catch_up(id);
+                    }
                     let Some(link) = self.links.get_mut(&id) else {
                         continue;
                     };
@@ -778,16 +718,25 @@ impl EventLoop {
                         self.refuse_plaintext(id, NO_CLIENT_HELLO);
                     }
                 }
+                Timer::ResumeAccept => self.resume_accept(),
                 Timer::HeartbeatScan => {
                     let Some(limit) = self.config.heartbeat_timeout else {
                         continue;
                     };
-                    for (id, l) in &self.links {
-                        if l.last_heartbeat
-                            .is_some_and(|t| now.saturating_duration_since(t) > limit)
-                        {
-                            self.doomed
-                                .push((*id, format!("no heartbeat for {} ms", limit.as_millis())));
+                    let late = |l: &Link| {
+                        l.last_heartbeat
+                            .is_some_and(|t| Instant::now().saturating_duration_since(t) > limit)
+                    };
+                    let suspects: Vec<LinkId> = (self.links.iter())
+                        .filter(|(_, l)| late(l))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in suspects {
+                        // A heartbeat may be waiting unread behind a busy turn.
+                        self.catch_up(id);
+                        if self.links.get(&id).is_some_and(late) {
+                            let why = format!("no heartbeat for {} ms", limit.as_millis());
+                            self.doomed.push((id, why));
                         }
                     }
                     if let Some(iv) = Self::heartbeat_interval(&self.config) {

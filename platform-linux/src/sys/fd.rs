@@ -118,3 +118,29 @@ pub fn open_proc_fd(pid: u32, fd: i32) -> io::Result<OwnedFd> {
 pub fn getpid() -> u32 {
     std::process::id()
 }
+
+/// Raises the soft limit on open descriptors (`RLIMIT_NOFILE`) to `want`, or to the hard limit
+/// when that is lower; never lowers it. Returns the (soft, hard) limits in force afterwards.
+///
+/// # Errors
+/// The OS error of `getrlimit` / `setrlimit`.
+pub fn raise_nofile_limit(want: u64) -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    let target = want.min(lim.rlim_max);
+    if target > lim.rlim_cur {
+        let new = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `new` is a valid rlimit read by the call; raising the soft limit up to the
+        // hard one needs no privilege.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) })?;
+        lim.rlim_cur = target;
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}

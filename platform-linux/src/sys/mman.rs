@@ -8,7 +8,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::copy::RawRange;
@@ -27,6 +27,10 @@ pub struct Region {
     len: usize,
     /// Mapped parts as sorted, disjoint `(offset, len)` pairs.
     mapped: RwLock<Vec<(usize, usize)>>,
+    /// Parts backed by a shared file mapping that is inaccessible where not mapped
+    /// ([`Region::back_shared`]), as sorted, disjoint `(offset, len)` pairs. Taken after
+    /// `mapped` when both are held.
+    backed: Mutex<Vec<(usize, usize)>>,
 }
 
 fn einval() -> io::Error {
@@ -68,6 +72,49 @@ unsafe fn map_fd_fixed(
     })
 }
 
+/// Whether `offset..end` lies inside one part of `parts` (sorted, disjoint `(offset, len)`).
+fn inside(parts: &[(usize, usize)], offset: usize, end: usize) -> bool {
+    // The last part starting at or before `offset` is the only candidate.
+    let i = parts.partition_point(|&(o, _)| o <= offset);
+    i > 0 && end <= parts[i - 1].0 + parts[i - 1].1
+}
+
+/// Adds `offset..end` to `parts`, merging it with the parts it overlaps or touches.
+fn add_part(parts: &mut Vec<(usize, usize)>, offset: usize, end: usize) {
+    let (mut lo, mut hi) = (offset, end);
+    parts.retain(|&(o, l)| {
+        let keep = o + l < lo || hi < o;
+        if !keep {
+            lo = lo.min(o);
+            hi = hi.max(o + l);
+        }
+        keep
+    });
+    let pos = parts
+        .iter()
+        .position(|&(o, _)| o > lo)
+        .unwrap_or(parts.len());
+    parts.insert(pos, (lo, hi - lo));
+}
+
+/// Removes `offset..end` from `parts` (what remains of a part on either side stays).
+fn remove_part(parts: &mut Vec<(usize, usize)>, offset: usize, end: usize) {
+    let mut out = Vec::with_capacity(parts.len() + 1);
+    for &(o, l) in parts.iter() {
+        if o + l <= offset || end <= o {
+            out.push((o, l));
+            continue;
+        }
+        if o < offset {
+            out.push((o, offset - o));
+        }
+        if end < o + l {
+            out.push((end, o + l - end));
+        }
+    }
+    *parts = out;
+}
+
 impl Region {
     /// Reserves `len` bytes (`PROT_NONE`, `MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE`).
     ///
@@ -105,6 +152,7 @@ impl Region {
             addr: got,
             len,
             mapped: RwLock::new(Vec::new()),
+            backed: Mutex::new(Vec::new()),
         })
     }
 
@@ -138,6 +186,7 @@ impl Region {
             addr: start,
             len,
             mapped: RwLock::new(Vec::new()),
+            backed: Mutex::new(Vec::new()),
         })
     }
 
@@ -169,15 +218,6 @@ impl Region {
         crate::sync::write(&self.mapped)
     }
 
-    /// Whether `offset..offset+len` lies inside one of the sorted, disjoint `parts`.
-    fn inside(parts: &[(usize, usize)], offset: usize, len: usize) -> bool {
-        let Some(end) = offset.checked_add(len) else {
-            return false;
-        };
-        // The last part starting at or before `offset` is the only candidate.
-        let i = parts.partition_point(|&(o, _)| o <= offset);
-        i > 0 && end <= parts[i - 1].0 + parts[i - 1].1
-    }
 
     /// Maps `len` bytes of `fd` from `fd_offset`, shared and read/write, over the part
     /// `offset..offset+len` of the region (which must be reserved, not mapped). With
@@ -221,6 +261,7 @@ impl Region {
             .position(|&(o, _)| o > offset)
             .unwrap_or(mapped.len());
         mapped.insert(pos, (offset, len));
+        remove_part(&mut crate::sync::lock(&self.backed), offset, offset + len);
         drop(mapped);
         if !populate {
             return Ok(());
@@ -281,12 +322,119 @@ impl Region {
         mmap_ret(unsafe {
             libc::mmap(at as *mut libc::c_void, len, libc::PROT_NONE, flags, -1, 0)
         })?;
+        remove_part(&mut crate::sync::lock(&self.backed), offset, offset + len);
+        Ok(())
+    }
+
+    /// Maps `len` bytes of `fd` from `fd_offset`, shared but inaccessible (`PROT_NONE`), over
+    /// the reserved part `offset..offset+len`: a backing of which [`Region::open`] makes pieces
+    /// accessible and [`Region::close`] inaccessible again, one `mprotect` each, without
+    /// mapping anything anew (e.g. the windows of a host's ranks in one segment, mapped once).
+    /// Unmapped parts of it stay inaccessible like a reservation.
+    ///
+    /// # Errors
+    /// `EINVAL` for a bad or unaligned part, `EBUSY` when part of it is mapped, the OS error of
+    /// `mmap`. On error the part is reserved again.
+    pub fn back_shared(
+        &self,
+        offset: usize,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+        len: usize,
+    ) -> io::Result<()> {
+        self.check_part(offset, len)?;
+        let fd_off = libc::off_t::try_from(fd_offset).map_err(|_| einval())?;
+        let mapped = self.lock();
+        if mapped
+            .iter()
+            .any(|&(o, l)| o < offset + len && offset < o + l)
+        {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        let at = self.addr + offset;
+        let flags = libc::MAP_SHARED | libc::MAP_FIXED;
+        // SAFETY: `at..at+len` lies inside this region, which owns it and has handed out no
+        // references into it; it is not mapped (checked above, under the lock), so replacing
+        // it affects no memory in use; the new mapping is inaccessible.
+        let r = mmap_ret(unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                len,
+                libc::PROT_NONE,
+                flags,
+                fd.as_raw_fd(),
+                fd_off,
+            )
+        });
+        if let Err(e) = r {
+            drop(mapped);
+            let _ = self.reserve_again(offset, len);
+            return Err(e);
+        }
+        add_part(&mut crate::sync::lock(&self.backed), offset, offset + len);
+        Ok(())
+    }
+
+    /// Makes `offset..offset+len`, inside one part of a [`Region::back_shared`] backing,
+    /// accessible (read/write): mapped from then on, merged with the mapped parts it touches.
+    /// With `populate`, pre-faults its page tables (best effort).
+    ///
+    /// # Errors
+    /// `EINVAL` for a bad or unaligned part or one not inside one backing; the OS error of
+    /// `mprotect`.
+    pub fn open(&self, offset: usize, len: usize, populate: bool) -> io::Result<()> {
+        self.protect(offset, len, true)?;
+        if populate {
+            let at = self.addr + offset;
+            // SAFETY: MADV_POPULATE_WRITE faults in pages of a range we just made read/write,
+            // as if written, without changing data; an older kernel refuses it (ignored: the
+            // page tables then fill on first access).
+            let _ =
+                unsafe { libc::madvise(at as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) };
+        }
+        Ok(())
+    }
+
+    /// Makes `offset..offset+len`, inside one part of a [`Region::back_shared`] backing,
+    /// inaccessible again (`PROT_NONE`): not mapped from then on; any later access faults.
+    ///
+    /// # Errors
+    /// As [`Region::open`].
+    pub fn close(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.protect(offset, len, false)
+    }
+
+    fn protect(&self, offset: usize, len: usize, accessible: bool) -> io::Result<()> {
+        self.check_part(offset, len)?;
+        let end = offset + len;
+        let mut mapped = self.lock();
+        if !inside(&crate::sync::lock(&self.backed), offset, end) {
+            return Err(einval());
+        }
+        let prot = if accessible {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            remove_part(&mut mapped, offset, end);
+            libc::PROT_NONE
+        };
+        // SAFETY: the range lies in this region's shared file backing (checked above), which
+        // the region owns; changing its protection frees nothing. Closing: removed from the
+        // mapped set first (under the lock), so no accessor of ours uses it any more.
+        let r = unsafe { libc::mprotect((self.addr + offset) as *mut libc::c_void, len, prot) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if accessible {
+            add_part(&mut mapped, offset, end);
+        }
         Ok(())
     }
 
     /// Whether `offset..offset+len` lies inside one mapped part.
     pub fn is_mapped(&self, offset: usize, len: usize) -> bool {
-        Self::inside(&crate::sync::read(&self.mapped), offset, len)
+        offset
+            .checked_add(len)
+            .is_some_and(|end| inside(&crate::sync::read(&self.mapped), offset, end))
     }
 
     /// The address of byte `offset`, if `offset..offset+len` lies inside one mapped part.
@@ -316,7 +464,8 @@ impl Region {
         f: impl FnOnce(usize) -> R,
     ) -> io::Result<R> {
         let mapped = crate::sync::read(&self.mapped);
-        if !Self::inside(&mapped, offset, len) {
+        let end = offset.checked_add(len).ok_or_else(einval)?;
+        if !inside(&mapped, offset, end) {
             return Err(io::Error::from_raw_os_error(libc::EFAULT));
         }
         let r = f(self.addr + offset);

@@ -76,7 +76,8 @@ impl BmObject {
                 }
                 ctl.processed = off;
             }
-            self.map_pending(&mut ctl, &mut notes, &mut failed);
+            self.close_dropped(&mut ctl, &mut notes);
+            self.open_pending(&mut ctl, &mut notes, &mut failed);
             // Bytes after the last ';' (never written by us) are skipped.
             ctl.processed = base + piece.len() as u64;
             self.ctl_cv.notify_all();
@@ -228,10 +229,12 @@ impl BmObject {
         }
         let off = self.window_offset(r);
         if rec.hbm.is_none() && self.in_own_segment(&rec) {
-            // Mapped with the other joiners of the piece, at its end (`map_pending`).
+            // Opened with the other joiners of the piece, at its end (`open_pending`).
+            ctl.closing.remove(&r);
             ctl.pending.insert(r, entry_end);
             return Ok(true);
         }
+        ctl.foreign.insert(r);
         let mut hbm_mapped = false;
         let mut imported = None;
         if let Some(d) = &rec.hbm {
@@ -297,6 +300,10 @@ impl BmObject {
         if !matches!(w.state.swap(CLOSING, Ordering::SeqCst), ABSENT | REMOTE) {
             wait_for_copies(self.id);
         }
+        if ctl.open.remove(&r) {
+            // Closed with the piece's other dropped windows, at its end (`close_dropped`).
+            ctl.closing.insert(r);
+        }
         if let Some((hbm, dram)) = ctl.mapped.remove(&r) {
             let off = self.window_offset(r);
             if hbm {
@@ -338,6 +345,7 @@ impl BmObject {
             ctl.joined.remove(&r);
             ctl.holders.remove(&r);
             self.unmap_peer(&mut ctl, r, &mut notes);
+            self.close_dropped(&mut ctl, &mut notes);
         }
         log_notes(notes);
         info!(

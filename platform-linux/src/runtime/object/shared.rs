@@ -1,7 +1,7 @@
 //! Same-host windows in one segment (see the parent's module docs): the memfd the ranks of a
 //! host share for the DRAM windows of a DRAM-only object ([`shared_segment`], also the one
-//! segment per host of an SHM object), and mapping the windows of the same-host joiners of a
-//! piece of the log in runs.
+//! segment per host of an SHM object), and opening and closing the windows of the same-host
+//! joiners and leavers of a piece of the log in runs.
 
 use std::sync::atomic::Ordering;
 
@@ -25,6 +25,7 @@ pub(super) fn host_segment(ctx: &Ctx, id: u32, span: u64) -> Result<HostSegment>
         span,
         &format!("smem_bm_create {id}: the DRAM segment of this host"),
     )
+    .map(|(seg, _)| seg)
 }
 
 /// The segment of `len` bytes the ranks of this host share, named in the store key `k`
@@ -32,8 +33,8 @@ pub(super) fn host_segment(ctx: &Ctx, id: u32, span: u64) -> Result<HostSegment>
 /// be opened, else a new sparse one (`name`, no page allocated: each rank allocates its part)
 /// this rank publishes there (compare-and-swap against what it found). When another rank
 /// published one in between that cannot be opened either, this rank keeps its own unpublished
-/// segment: peers then map its window through its record, like a per-rank segment. `what`
-/// prefixes errors.
+/// segment: peers then map its window through its record, like a per-rank segment. Returns
+/// the segment and whether it is the published one. `what` prefixes errors.
 ///
 /// # Errors
 /// Store errors; memory errors creating the segment.
@@ -43,11 +44,11 @@ pub(crate) fn shared_segment(
     name: &str,
     len: u64,
     what: &str,
-) -> Result<HostSegment> {
+) -> Result<(HostSegment, bool)> {
     let ctx_err = |e: Error| e.context(what);
     let current = store.get(k).map_err(ctx_err)?;
     if let Some(seg) = current.as_deref().and_then(|v| open(what, v, len)) {
-        return Ok(seg);
+        return Ok((seg, true));
     }
     let mine = HostSegment::create_sparse(name, SegmentKind::Host, len).map_err(ctx_err)?;
     let expected = current.unwrap_or_default();
@@ -55,8 +56,8 @@ pub(crate) fn shared_segment(
         .cas(k, &expected, &mine.descriptor().encode())
         .map_err(ctx_err)?
     {
-        CasResult::Swapped => Ok(mine),
-        CasResult::Mismatch(v) => Ok(open(what, &v, len).unwrap_or(mine)),
+        CasResult::Swapped => Ok((mine, true)),
+        CasResult::Mismatch(v) => Ok(open(what, &v, len).map_or((mine, false), |s| (s, true))),
     }
 }
 
@@ -102,10 +103,11 @@ impl BmObject {
         )))
     }
 
-    /// Maps the windows of the piece's joiners in this host's segment (`ctl.pending`): one
-    /// `mmap` per run of consecutive ranks, then marks them `MAPPED`. A run that cannot be
-    /// mapped fails the joins of its ranks (reported in `failed`, as `map_peer` does).
-    pub(super) fn map_pending(
+    /// Opens the windows of the piece's joiners in this host's segment (`ctl.pending`): one
+    /// `mprotect` per run of ranks whose windows are to be opened or already open (the own
+    /// included), then marks them `MAPPED`. A run that cannot be opened fails the joins of
+    /// its ranks (reported in `failed`, as `map_peer` does).
+    pub(super) fn open_pending(
         &self,
         ctl: &mut Ctl,
         notes: &mut Notes,
@@ -115,30 +117,17 @@ impl BmObject {
             return;
         }
         let pending: Vec<(u32, u64)> = std::mem::take(&mut ctl.pending).into_iter().collect();
-        let Some(seg) = &self.dram else {
-            return;
-        };
-        let (stride, len) = (self.layout.stride(), self.layout.dram_len());
-        // Windows are back to back in the file only when the stride is the DRAM part.
-        let joinable = stride == len;
+        let len = self.layout.dram_len();
         let populate = prefault(self.layout.member_size());
-        let mut i = 0;
-        while i < pending.len() {
-            let mut j = i + 1;
-            while joinable && j < pending.len() && pending[j].0 == pending[j - 1].0 + 1 {
-                j += 1;
-            }
-            let run = &pending[i..j];
-            let first = self.window_offset(run[0].0);
-            let bytes = len * run.len() as u64;
-            match self
-                .reservation
-                .map_file_part(first, seg.fd(), first, bytes, populate)
-            {
+        let open = |ctl: &Ctl, x: u32| x == self.rank || ctl.open.contains(&x);
+        for run in self.runs(ctl, &pending, open) {
+            let (first, last) = (run[0].0, run[run.len() - 1].0);
+            let at = self.window_offset(first);
+            let bytes = self.window_offset(last) + len - at;
+            match self.reservation.open(at, bytes, populate) {
                 Ok(()) => {
-                    // One mapping for the run; `unmap_peer` unmaps each window on its own.
                     for &(r, _) in run {
-                        ctl.mapped.insert(r, (false, true));
+                        ctl.open.insert(r);
                         self.windows[r as usize]
                             .state
                             .store(MAPPED, Ordering::SeqCst);
@@ -157,8 +146,64 @@ impl BmObject {
                     }
                 }
             }
+        }
+    }
+
+    /// Closes the windows in this host's segment dropped while applying the piece
+    /// (`ctl.closing`, already drained of copies): one `mprotect` per run of ranks whose
+    /// windows are to be closed or already closed.
+    pub(super) fn close_dropped(&self, ctl: &mut Ctl, notes: &mut Notes) {
+        if ctl.closing.is_empty() {
+            return;
+        }
+        let closing: Vec<(u32, u64)> = std::mem::take(&mut ctl.closing)
+            .into_iter()
+            .map(|r| (r, 0))
+            .collect();
+        let len = self.layout.dram_len();
+        let closed = |ctl: &Ctl, x: u32| {
+            x != self.rank && !ctl.open.contains(&x) && !ctl.foreign.contains(&x)
+        };
+        for run in self.runs(ctl, &closing, closed) {
+            let (first, last) = (run[0].0, run[run.len() - 1].0);
+            let at = self.window_offset(first);
+            let bytes = self.window_offset(last) + len - at;
+            if let Err(e) = self.reservation.close(at, bytes) {
+                notes.push((
+                    log::Level::Warn,
+                    format!(
+                        "BM object {}: closing the windows of ranks {first}-{last}: {e}",
+                        self.id
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Splits `ranks` (sorted) into runs: two neighbours share one when every rank between
+    /// them already is in the state the run sets (`like`), so one `mprotect` covers them.
+    /// Windows are back to back only when the stride is the DRAM part; else one run each.
+    fn runs<'a>(
+        &self,
+        ctl: &Ctl,
+        ranks: &'a [(u32, u64)],
+        like: impl Fn(&Ctl, u32) -> bool,
+    ) -> Vec<&'a [(u32, u64)]> {
+        let joinable = self.layout.stride() == self.layout.dram_len();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < ranks.len() {
+            let mut j = i + 1;
+            while joinable
+                && j < ranks.len()
+                && (ranks[j - 1].0 + 1..ranks[j].0).all(|x| like(ctl, x))
+            {
+                j += 1;
+            }
+            out.push(&ranks[i..j]);
             i = j;
         }
+        out
     }
 
     /// Frees the pages of this rank's window in the host's segment (destroy: the peers dropped

@@ -252,17 +252,55 @@ pub(super) fn open_link(
     let deadline = now
         .checked_add(opts.connect_timeout)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
-    let mut stream = connect_until(addr, deadline, opts.connect_timeout)?;
-    let _ = stream.set_nodelay(true);
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(100));
     let io = |e: io::Error| Error::io("configuring the store socket", &e);
-    stream.set_read_timeout(Some(left)).map_err(io)?;
-    stream
-        .set_write_timeout(Some(opts.op_timeout.max(Duration::from_millis(1))))
-        .map_err(io)?;
-    send_header(&mut stream, opts.world_size, rank, reconnect, addr)?;
+    let mut pause = CONNECT_BACKOFF[0];
+    let stream = loop {
+        let mut stream = connect_until(addr, deadline, opts.connect_timeout)?;
+        let _ = stream.set_nodelay(true);
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        stream.set_read_timeout(Some(left)).map_err(io)?;
+        stream
+            .set_write_timeout(Some(opts.op_timeout.max(Duration::from_millis(1))))
+            .map_err(io)?;
+        let header = send_header(&mut stream, opts.world_size, rank, reconnect);
+        // In clear, the reply is read here; a link the store dropped before answering (reset
+        // or closed: it was starved or out of descriptors, see `store/server/accept.rs`) is
+        // connected again within the deadline, never reported. A refusal has a reply.
+        let dropped = match header {
+            Err(e) => Some(e),
+            Ok(()) if opts.tls.is_none() => match read_reply_code(&mut stream) {
+                Ok(code) => {
+                    check_reply(code, opts, rank, addr)?;
+                    break stream;
+                }
+                Err(e) => Some(e),
+            },
+            Ok(()) => None,
+        };
+        let Some(e) = dropped else { break stream };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !dropped_by_store(&e) || left <= pause {
+            let what = if dropped_by_store(&e) {
+                "closed the link during the handshake"
+            } else {
+                "did not complete the handshake"
+            };
+            return Err(Error::new(
+                ErrorCode::IoError,
+                format!(
+                    "config store at {addr} {what} ({e}) within the connect timeout of {} ms; it refused us or is overloaded",
+                    opts.connect_timeout.as_millis()
+                ),
+            ));
+        }
+        debug!(
+            "store client: {addr} dropped the link during the handshake ({e}); connecting again in {pause:?}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(CONNECT_BACKOFF[1]);
+    };
     let shutdown_handle = stream.try_clone().map_err(io)?;
     let check = |r: &mut dyn Read| read_reply(r, opts, rank, addr);
     let (reader, writer, reader_fd, writer_fd): (
@@ -287,7 +325,6 @@ pub(super) fn open_link(
             (Box::new(r), Box::new(w), reader_fd, writer_fd)
         }
         None => {
-            check(&mut stream)?;
             stream.set_read_timeout(None).map_err(io)?;
             let reader = stream.try_clone().map_err(io)?;
             let (reader_fd, writer_fd) = (reader.as_raw_fd(), stream.as_raw_fd());
@@ -318,22 +355,38 @@ fn send_header(
     world: Option<u32>,
     rank: Option<u32>,
     reconnect: bool,
-    addr: SocketAddr,
-) -> Result<()> {
+) -> io::Result<()> {
     let mut hs = [0u8; HANDSHAKE_LEN];
     let _ = Handshake::new(world, rank, reconnect).emit(&mut hs);
-    NoSigPipe::new(&*stream)
-        .write_all(&hs)
-        .map_err(|e| Error::io(format!("handshake with the config store at {addr}"), &e))
+    NoSigPipe::new(&*stream).write_all(&hs)
 }
 
+/// Whether the store dropped a link before answering its handshake (reset, closed, broken
+/// pipe), as opposed to a timeout or a local error.
+fn dropped_by_store(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// The `i16` handshake reply, read in clear.
+fn read_reply_code(stream: &mut TcpStream) -> io::Result<i16> {
+    let mut r = [0u8; handshake::HANDSHAKE_REPLY_LEN];
+    stream.read_exact(&mut r)?;
+    Ok(handshake::parse_reply(&r).unwrap_or(status::ERROR))
+}
+
+/// The handshake reply inside TLS, as a result.
 fn read_reply(
     stream: &mut dyn Read,
     opts: &ClientOptions,
     rank: Option<u32>,
     addr: SocketAddr,
 ) -> Result<()> {
-    let world = opts.world_size;
     let mut r = [0u8; handshake::HANDSHAKE_REPLY_LEN];
     stream.read_exact(&mut r).map_err(|e| {
         if opts.tls.is_some() {
@@ -348,7 +401,18 @@ fn read_reply(
             format!("config store at {addr} closed the link during the handshake ({e}); it refused us or is overloaded"),
         )
     })?;
-    match handshake::parse_reply(&r).unwrap_or(status::ERROR) {
+    check_reply(
+        handshake::parse_reply(&r).unwrap_or(status::ERROR),
+        opts,
+        rank,
+        addr,
+    )
+}
+
+/// The handshake reply `code` as a result.
+fn check_reply(code: i16, opts: &ClientOptions, rank: Option<u32>, addr: SocketAddr) -> Result<()> {
+    let world = opts.world_size;
+    match code {
         status::OK => Ok(()),
         status::WORLD_SIZE_MISMATCH => Err(Error::invalid(format!(
             "config store at {addr} refused world size {world:?}: another rank registered a different world size"
