@@ -8,8 +8,8 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::{Mutex, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use super::copy::RawRange;
 use super::page_size;
@@ -217,7 +217,6 @@ impl Region {
     fn lock(&self) -> crate::sync::Held<std::sync::RwLockWriteGuard<'_, Vec<(usize, usize)>>> {
         crate::sync::write(&self.mapped)
     }
-
 
     /// Maps `len` bytes of `fd` from `fd_offset`, shared and read/write, over the part
     /// `offset..offset+len` of the region (which must be reserved, not mapped). With
