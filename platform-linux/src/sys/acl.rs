@@ -1,6 +1,6 @@
 //! The Ascend runtime (`libascendcl.so`) as a table of typed function pointers, resolved once.
 //!
-//! [`AclApi::load`] opens the library (`RTLD_NOW | RTLD_LOCAL`, see [`super::dl`]) and resolves
+//! [`AclApi::open`] opens the library (`RTLD_NOW | RTLD_LOCAL`, see [`super::dl`]) and resolves
 //! every symbol of [`SYMBOLS`] at once; a missing one fails the load with its name and the
 //! library path. The pointers are private fields of the same struct that owns the [`Library`]
 //! and are never handed out, so no pointer can outlive the `dlclose` in the library's `Drop`
@@ -181,7 +181,7 @@ impl AclApi {
     /// ACL runtime API it exports (a C library cannot be checked).
     ///
     /// # Errors
-    /// As [`AclApi::load`].
+    /// The loader's message for the library, or the first missing symbol with the path.
     pub fn open(path: &str) -> Result<Self, String> {
         // SAFETY: the library named is the ACL runtime (or a stand-in implementing its API,
         // e.g. the tests' stub), trusted as described above.

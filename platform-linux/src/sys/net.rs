@@ -8,7 +8,7 @@
 //! keeps the default disposition (terminate), and a library must not change the process's
 //! signal dispositions. std's `TcpStream::write` sends with `MSG_NOSIGNAL`, but its
 //! `write_vectored` is a plain `writev` (rustls' `write_tls` uses it). So every write to a
-//! socket, ours or rustls', goes through [`NoSigPipe`], [`send_all`] or [`send_slice`].
+//! socket, ours or rustls', goes through [`NoSigPipe`], [`send_from`] or [`send_slice`].
 
 use super::copy::RawRange;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
