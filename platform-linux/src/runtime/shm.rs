@@ -25,8 +25,9 @@
 //! | `epoch` | ADD counter: the last object instance number handed out | rank 0 of each object |
 //! | `open/<id>` | instance number `e` of the newest object `id` | rank 0 of the object |
 //! | `<id>.<e>/gva`, `gva/...`, `abort` | GVA agreement (see `runtime/object.rs`) | every member |
-//! | `<id>.<e>/hs/<host>` | descriptor of the segment the members on host `host` share | first member of the host there |
-//! | `<id>.<e>/win/<r>` | window record: host, descriptor of its segment, `wrank=` world rank | member `r` |
+//! | `<id>.<e>/hs/<len>/<host>` | descriptor of the segment (`len` bytes, hex) the members on host `host` share | first member of the host there |
+//! | `<id>.<e>/hosts` | the host table: per host, 16-byte runs (first object rank, count, first world rank, host leader) | APPEND by each host's leader |
+//! | `<id>.<e>/hostsn`, `hostsn/all` | ADD counter of the members in `hosts`; set when it reaches `rankSize` | host leaders; the last one |
 //! | `<id>.<e>/ctx` | the extra context | `set_extra_context` |
 //! | `<id>.<e>/ctl/<r>` | descriptor of the control segment of the host whose lowest rank is `r` | that rank |
 //! | `<id>.<e>/c/<g>{c,d,v}` | control operation `g` between hosts (`smem_core::collective`) | last arriver of each host |
@@ -41,18 +42,30 @@
 //! the instance; `open/<id>` stays (one key per id, overwritten by the next create).
 //!
 //! # Create
-//! Collective over `rankSize` ranks, bounded by `shmCreateTimeout`: open (or create and
-//! publish in `hs/<host>`) the memfd of `rankSize * symmetricSize` bytes the members of this
-//! host share (`runtime/object/shared.rs`, as BM objects do) and allocate this rank's window
-//! in it at `rank * symmetricSize` (pages allocated now), agree on one GVA range of the same
-//! length through the store with no-clobber reservations (the agreement of the BM runtime),
-//! map the own window (pre-faulted), publish it, then map every same-host peer's window
-//! `MAP_SHARED` at `base + r*symmetricSize`: one `mmap` per run of consecutive same-host ranks
-//! from the one descriptor (a peer that kept a segment of its own, because the published one
-//! could not be opened, is opened and mapped on its own); windows of other hosts stay
-//! reserved. Then one barrier: when create returns on any member, every member has mapped
-//! every same-host window. A window's pages live until every process of the host unmapped
-//! the object (as with a memfd per window, which the peers' mappings kept alive).
+//! Collective over `rankSize` ranks, bounded by `shmCreateTimeout`:
+//! 1. open (or create and publish in `hs/<len>/<host>`) the memfd the members of this host
+//!    share (`runtime/object/shared.rs`, as BM objects do): a *directory* of 16 bytes per rank
+//!    (2 MiB rounded) then the span of `rankSize * symmetricSize` bytes; allocate this rank's
+//!    window in it at `rank * symmetricSize` (pages allocated now) and enter this rank's pid
+//!    and world rank in its directory slot. A published segment that cannot be opened fails
+//!    create (`SM_IO_ERROR`);
+//! 2. agree on one GVA range of the span through the store with no-clobber reservations (the
+//!    agreement of the BM runtime), which also makes sure every member entered its directory;
+//!    map the own window (pre-faulted);
+//! 3. the host's *leader* (its lowest rank in the directory) appends the host's runs of ranks
+//!    to the host table `hosts` and adds their number to `hostsn`; every member waits until
+//!    the table names all `rankSize` ranks and reads it with one GET: where every rank is and
+//!    its world rank, in 16 bytes per run of consecutive ranks per host;
+//! 4. map the windows of this host's other members `MAP_SHARED` at `base + r*symmetricSize`,
+//!    one `mmap` per run of consecutive ranks from the one descriptor (windows of other hosts
+//!    stay reserved); join the host's control segment; one barrier: when create returns on any
+//!    member, every member has mapped every same-host window.
+//!
+//! Store cost per member: a constant number of ops (about 15) and of bytes, except the host
+//! table (16 bytes per run of ranks per host: 16 bytes with every member on one host, 2 KiB
+//! for 128 hosts of 8); no key per rank is written or read. A window's pages live until every
+//! process of the host unmapped the object (as with a memfd per window, which the peers'
+//! mappings kept alive).
 //!
 //! # Control operations
 //! Barrier and allgather go through the control segment the members of each host share
@@ -82,7 +95,8 @@
 //!
 //! # Code
 //! This file: the life cycle, the store keys and the handle API; `create.rs`: the object and
-//! its collective create and destroy; `collective.rs`: barrier and allgather.
+//! its collective create and destroy; `hosts.rs`: the directory and the host table of create;
+//! `collective.rs`: barrier and allgather.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -104,6 +118,7 @@ use smem_core::data_op::ShmDataOps;
 
 mod collective;
 mod create;
+mod hosts;
 
 use create::ShmObject;
 pub use create::shm_create;
@@ -448,10 +463,6 @@ pub fn shm_uninit(flags: u32) {
 /// the copy engine for windows of this host; no network engine exists in this build.
 pub fn shm_query_support_data_operation() -> u32 {
     DATA_OP_MTE | DATA_OP_SDMA
-}
-
-fn win_key(prefix: &str, r: u32) -> Vec<u8> {
-    format!("{prefix}win/{r}").into_bytes()
 }
 
 fn decode(handle: ShmHandle, what: &str) -> Result<Handle> {

@@ -31,11 +31,6 @@ impl WindowRecord {
         self.encode_with(None)
     }
 
-    /// The record's bytes with the member's world rank (SHM).
-    pub(crate) fn encode_ranked(&self, world_rank: u32) -> Result<Vec<u8>> {
-        self.encode_with(Some(world_rank))
-    }
-
     fn encode_with(&self, world_rank: Option<u32>) -> Result<Vec<u8>> {
         let hbm = self.hbm.as_ref().map(DeviceDescriptor::encode);
         let dram = self.dram.map(|d| d.encode());
@@ -60,18 +55,6 @@ impl WindowRecord {
     /// Parses a BM record (a world rank in it is ignored).
     pub(crate) fn decode(b: &[u8]) -> Result<Self> {
         Self::decode_ranked(b).map(|(rec, _)| rec)
-    }
-
-    /// Parses an SHM record: it must carry the member's world rank.
-    pub(crate) fn decode_shm(b: &[u8]) -> Result<(Self, u32)> {
-        let (rec, world_rank) = Self::decode_ranked(b)?;
-        let world_rank = world_rank.ok_or_else(|| {
-            Error::new(
-                ErrorCode::ProtocolError,
-                "SHM window record without a world rank",
-            )
-        })?;
-        Ok((rec, world_rank))
     }
 
     /// Parses a record with the world rank it may carry.
@@ -225,20 +208,15 @@ mod tests {
             dram: None,
             net: None,
         };
-        let bytes = rec.encode_ranked(17).expect("encode");
+        let bytes = rec.encode_with(Some(17)).expect("encode");
         assert_eq!(bytes, b"host=boot/1;hbm=-;dram=-;wrank=17");
         assert_eq!(
             WindowRecord::decode_ranked(&bytes),
             Ok((rec.clone(), Some(17)))
         );
-        assert_eq!(WindowRecord::decode_shm(&bytes), Ok((rec.clone(), 17)));
         assert_eq!(WindowRecord::decode(&bytes), Ok(rec.clone()));
         let plain = rec.encode().expect("encode");
         assert_eq!(WindowRecord::decode_ranked(&plain), Ok((rec, None)));
-        assert_eq!(
-            WindowRecord::decode_shm(&plain).map_err(|e| e.code()),
-            Err(ErrorCode::ProtocolError)
-        );
     }
 
     #[test]

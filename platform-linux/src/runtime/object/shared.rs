@@ -25,6 +25,7 @@ pub(super) fn host_segment(ctx: &Ctx, id: u32, span: u64) -> Result<HostSegment>
         span,
         &format!("smem_bm_create {id}: the DRAM segment of this host"),
     )
+    .map(|(seg, _)| seg)
 }
 
 /// The segment of `len` bytes the ranks of this host share, named in the store key `k`
@@ -32,8 +33,8 @@ pub(super) fn host_segment(ctx: &Ctx, id: u32, span: u64) -> Result<HostSegment>
 /// be opened, else a new sparse one (`name`, no page allocated: each rank allocates its part)
 /// this rank publishes there (compare-and-swap against what it found). When another rank
 /// published one in between that cannot be opened either, this rank keeps its own unpublished
-/// segment: peers then map its window through its record, like a per-rank segment. `what`
-/// prefixes errors.
+/// segment: peers then map its window through its record, like a per-rank segment. Returns
+/// the segment and whether it is the published one. `what` prefixes errors.
 ///
 /// # Errors
 /// Store errors; memory errors creating the segment.
@@ -43,11 +44,11 @@ pub(crate) fn shared_segment(
     name: &str,
     len: u64,
     what: &str,
-) -> Result<HostSegment> {
+) -> Result<(HostSegment, bool)> {
     let ctx_err = |e: Error| e.context(what);
     let current = store.get(k).map_err(ctx_err)?;
     if let Some(seg) = current.as_deref().and_then(|v| open(what, v, len)) {
-        return Ok(seg);
+        return Ok((seg, true));
     }
     let mine = HostSegment::create_sparse(name, SegmentKind::Host, len).map_err(ctx_err)?;
     let expected = current.unwrap_or_default();
@@ -55,8 +56,8 @@ pub(crate) fn shared_segment(
         .cas(k, &expected, &mine.descriptor().encode())
         .map_err(ctx_err)?
     {
-        CasResult::Swapped => Ok(mine),
-        CasResult::Mismatch(v) => Ok(open(what, &v, len).unwrap_or(mine)),
+        CasResult::Swapped => Ok((mine, true)),
+        CasResult::Mismatch(v) => Ok(open(what, &v, len).map_or((mine, false), |s| (s, true))),
     }
 }
 

@@ -1,8 +1,7 @@
-//! An SHM object of this process and its collective creation: GVA agreement, the own window
-//! mapped and published, the same-host peers' windows mapped, the host's control segment joined
+//! An SHM object of this process and its collective creation: the host's segment and
+//! directory, GVA agreement, the host table, the same-host windows mapped, the host's control segment joined
 //! (see the module docs of [`super`], "Create"), and its destruction.
 
-use std::collections::HashMap;
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -13,15 +12,15 @@ use smem_core::collective::Collective;
 use smem_core::data_op::ShmDataOps;
 use smem_core::limits::{SHM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
 
+use super::hosts::{self, Local};
 use super::{
     DATA_OP_MTE, DATA_OP_SDMA, EPOCH_KEY, STATE, ShmCtx, ShmHandle, State, WAIT_SLICE,
-    not_initialized, open_key, parse_u64, win_key,
+    not_initialized, open_key, parse_u64,
 };
 use crate::collective::{HostGroup, Members};
 use crate::mem::{HostSegment, Reservation};
 use crate::runtime::agree::{AgreeNs, Agreement, Departed, Proposal, agree_gva};
 use crate::runtime::life::{self, remaining};
-use crate::runtime::object::records::WindowRecord;
 use crate::runtime::object::shared::shared_segment;
 use crate::runtime::rank_list;
 use crate::store::StoreClient;
@@ -37,8 +36,8 @@ pub(super) struct Peer {
     pub(super) world_rank: u32,
     /// How many times its world rank was reported down when the object was created.
     pub(super) downs_at_create: u64,
-    /// Its host identity.
-    pub(super) host: String,
+    /// Its host: the lowest object rank on it (the host's leader).
+    pub(super) host: u32,
     /// Its process id (same host only; 0 otherwise).
     pub(super) pid: u32,
 }
@@ -90,9 +89,15 @@ fn join_host_group(
         .filter(|(_, p)| p.same_host)
         .map(|(r, p)| (r, p.pid))
         .collect();
-    let hosts = smem_core::ctl_segment::Hosts::of(n, rank, |a, b| {
-        peers[a as usize].host == peers[b as usize].host
-    });
+    // Hosts are ordered by their lowest object rank, the leader that names them.
+    let mine = peers[rank as usize].host;
+    let mut leaders: Vec<u32> = peers.iter().map(|p| p.host).collect();
+    leaders.sort_unstable();
+    leaders.dedup();
+    let hosts = smem_core::ctl_segment::Hosts {
+        count: u32::try_from(leaders.len()).unwrap_or(u32::MAX),
+        index: u32::try_from(leaders.partition_point(|&l| l < mine)).unwrap_or(u32::MAX),
+    };
     let members = Members {
         rank,
         world_ranks: &world_ranks,
@@ -100,65 +105,6 @@ fn join_host_group(
         hosts,
     };
     HostGroup::join(store, prefix, &members, deadline, what)
-}
-
-/// Counts this rank's window record in (`<prefix>wins`, ADD), waits until all `members`
-/// published theirs (`<prefix>wins/all`, set by the rank that completes the count; a parked
-/// GET in slices, failing early when a member died) and reads them with one PREFIX get: a
-/// constant number of ops per rank, where a parked GET per member cost `n`.
-fn published_windows(
-    ctx: &ShmCtx,
-    prefix: &str,
-    members: u32,
-    deadline: Instant,
-    what: &str,
-) -> Result<HashMap<u32, Vec<u8>>> {
-    let store = &ctx.store;
-    let all = format!("{prefix}wins/all").into_bytes();
-    let n = store
-        .add(format!("{prefix}wins").as_bytes(), 1)
-        .map_err(|e| e.context(what))?;
-    if n >= i64::from(members) {
-        store.set(&all, b"1").map_err(|e| e.context(what))?;
-    }
-    loop {
-        let left = remaining(deadline);
-        if left.is_zero() {
-            return Err(Error::new(
-                ErrorCode::Timeout,
-                format!("{what}: not every member published its window in time"),
-            ));
-        }
-        match store.wait_get(&all, left.min(WAIT_SLICE)) {
-            Ok(_) => break,
-            Err(e) if e.code() == ErrorCode::Timeout => {
-                let gone = ctx.departed_members(members);
-                if !gone.is_empty() {
-                    return Err(Error::new(
-                        ErrorCode::IoError,
-                        format!(
-                            "{what}: member rank(s) {} died before publishing their windows (their config store link went down)",
-                            rank_list(&gone)
-                        ),
-                    ));
-                }
-            }
-            Err(e) => return Err(e.context(format!("{what}: waiting for the members' windows"))),
-        }
-    }
-    let win = format!("{prefix}win/");
-    Ok(store
-        .prefix(win.as_bytes())
-        .map_err(|e| e.context(what))?
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let r = std::str::from_utf8(k.get(win.len()..)?)
-                .ok()?
-                .parse()
-                .ok()?;
-            Some((r, v))
-        })
-        .collect())
 }
 
 impl ShmObject {
@@ -204,11 +150,7 @@ impl ShmObject {
         };
         *used = epoch;
         let prefix = format!("smem/shm/{id}.{epoch}/");
-        let r = Self::create_instance(ctx, args, epoch, &prefix, span, deadline, &what);
-        if r.is_err() {
-            let _ = store.remove(&win_key(&prefix, args.rank));
-        }
-        r
+        Self::create_instance(ctx, args, epoch, &prefix, span, deadline, &what)
     }
 
     pub(super) fn create_instance(
@@ -221,18 +163,35 @@ impl ShmObject {
         what: &str,
     ) -> Result<Self> {
         let store = &ctx.store;
-        let (id, rank, size) = (args.id, args.rank, args.symmetric_size);
-        let own = u64::from(rank) * size;
-        let segment = shared_segment(
+        let (id, rank, size, n) = (args.id, args.rank, args.symmetric_size, args.rank_size);
+        let head = hosts::dir_len(n);
+        let (segment, published) = shared_segment(
             store,
-            format!("{prefix}hs/{}", ctx.host_id).as_bytes(),
+            // The length in the key: members passing another symmetricSize make a segment of
+            // their own, and the agreement below names the mismatch.
+            format!("{prefix}hs/{:x}/{}", head + span, ctx.host_id).as_bytes(),
             &format!("smem-shm{id}-host"),
-            span,
+            head + span,
             &format!("{what}: the segment of this host"),
         )?;
+        if !published {
+            return Err(Error::new(
+                ErrorCode::IoError,
+                format!(
+                    "{what}: another member of this host published the host's segment of the object, but it cannot be opened (its process gone, another user or PID namespace; the debug log says which)"
+                ),
+            ));
+        }
+        let own = u64::from(rank) * size;
         segment
-            .allocate(own, size)
+            .allocate(head + own, size)
             .map_err(|e| e.context(format!("{what}: window")))?;
+        let dir = hosts::Directory::map(&segment, n, what)?;
+        dir.enter(Local {
+            rank,
+            pid: std::process::id(),
+            world_rank: ctx.rank,
+        })?;
         let want = Proposal {
             version: 0,
             nonce: 0,
@@ -247,100 +206,77 @@ impl ShmObject {
             object: format!("SHM object {id}"),
             call: format!("smem_shm_create {id}"),
         };
-        let departed = || ctx.departed_members(args.rank_size);
+        let departed = || ctx.departed_members(n);
+        // Every member entered its host's directory before counting in here.
         let (reservation, base) = agree_gva(&Agreement {
             store,
             ns: &ns,
             rank,
-            members: args.rank_size,
+            members: n,
             want,
             deadline,
             departed: &departed,
         })?;
         reservation
-            .map_file_part(own, segment.fd(), own, size, true)
+            .map_file_part(own, segment.fd(), head + own, size, true)
             .map_err(|e| e.context(what))?;
-        let rec = WindowRecord {
-            host: ctx.host_id.clone(),
-            hbm: None,
-            dram: Some(segment.descriptor()),
-            // SHM windows of other hosts are not served over the network (yet).
-            net: None,
-        };
-        store
-            .set(&win_key(prefix, rank), &rec.encode_ranked(ctx.rank)?)
-            .map_err(|e| e.context(what))?;
-        let mut records = published_windows(ctx, prefix, args.rank_size, deadline, what)?;
-        let mut peers = Vec::with_capacity(args.rank_size as usize);
-        // Peers whose windows are in this rank's segment of the host, ascending.
-        let mut in_segment = Vec::new();
-        let populate = crate::runtime::object::prefault(args.rank_size);
-        for r in 0..args.rank_size {
-            if r == rank {
-                peers.push(Peer {
-                    same_host: true,
-                    world_rank: ctx.rank,
-                    downs_at_create: ctx.downs_of(ctx.rank),
-                    host: ctx.host_id.clone(),
-                    pid: std::process::id(),
-                });
-                continue;
-            }
-            let raw = records.remove(&r).ok_or_else(|| {
-                Error::new(
-                    ErrorCode::ObjectNotExists,
-                    format!("{what}: rank {r} published no window record"),
+        let local = dir.members()?;
+        let leader = local.first().map_or(rank, |l| l.rank);
+        let by = if leader == rank {
+            store
+                .append(
+                    format!("{prefix}hosts").as_bytes(),
+                    &hosts::encode_runs(&local),
                 )
-            })?;
-            let (prec, wrank) = WindowRecord::decode_shm(&raw).map_err(|e| e.context(what))?;
-            let same_host = prec.host == ctx.host_id;
-            let mut pid = 0;
-            if same_host {
-                let d = prec.dram.ok_or_else(|| {
-                    Error::new(
-                        ErrorCode::ProtocolError,
-                        format!("{what}: rank {r}'s window record has no segment"),
-                    )
-                })?;
-                if d.len != span {
-                    return Err(Error::invalid(format!(
-                        "{what}: rank {r}'s window is in a segment of {:#x} bytes, this one's {span:#x}; every member must pass the same symmetricSize",
-                        d.len
-                    )));
-                }
-                pid = d.pid;
-                if d.inode == segment.inode() {
-                    in_segment.push(r);
-                } else {
-                    // A segment of its own (it could not open the published one).
-                    let seg = HostSegment::open(&d)
-                        .map_err(|e| e.context(format!("{what}: opening rank {r}'s window")))?;
-                    let at = u64::from(r) * size;
-                    reservation
-                        .map_file_part(at, seg.fd(), at, size, populate)
-                        .map_err(|e| e.context(format!("{what}: mapping rank {r}'s window")))?;
-                }
-            } else {
-                debug!(
-                    "{what}: rank {r} is on host {} (not ours); its window stays reserved",
-                    prec.host
-                );
+                .map_err(|e| e.context(what))?;
+            local.len() as i64
+        } else {
+            0
+        };
+        hosts::count_in(ctx, prefix, "hostsn", (by, n), n, deadline, what)?;
+        let table = store
+            .get(format!("{prefix}hosts").as_bytes())
+            .map_err(|e| e.context(what))?
+            .unwrap_or_default();
+        let whereabouts = hosts::decode_runs(&table, n).map_err(|e| e.context(what))?;
+        let mut peers = Vec::with_capacity(n as usize);
+        let mut mine = local.iter().peekable();
+        for (r, (host, world_rank)) in (0..n).zip(whereabouts) {
+            let pid = mine.next_if(|l| l.rank == r).map(|l| l.pid);
+            if pid.is_some() != (host == leader) {
+                return Err(Error::new(
+                    ErrorCode::ProtocolError,
+                    format!(
+                        "{what}: the host table puts rank {r} on the host of rank {host}, this host's directory {}",
+                        if pid.is_some() {
+                            "on this one"
+                        } else {
+                            "elsewhere"
+                        }
+                    ),
+                ));
             }
             peers.push(Peer {
-                same_host,
-                world_rank: wrank,
-                downs_at_create: ctx.downs_of(wrank),
-                host: prec.host,
-                pid,
+                same_host: pid.is_some(),
+                world_rank,
+                downs_at_create: ctx.downs_of(world_rank),
+                host,
+                pid: pid.unwrap_or(0),
             });
         }
-        // One mapping per run of consecutive ranks (the whole span less this rank's window
-        // when every member is on this host).
-        for run in in_segment.chunk_by(|a, b| *b == a + 1) {
+        // One mapping per run of consecutive ranks of this host (this rank's window, mapped
+        // pre-faulted above, splits a run): the whole span in two when every member is here.
+        let populate = crate::runtime::object::prefault(n);
+        let others: Vec<u32> = local
+            .iter()
+            .map(|l| l.rank)
+            .filter(|&r| r != rank)
+            .collect();
+        for run in others.chunk_by(|a, b| *b == a + 1) {
             let at = u64::from(run[0]) * size;
             let len = size * run.len() as u64;
             reservation
-                .map_file_part(at, segment.fd(), at, len, populate)
+                .map_file_part(at, segment.fd(), head + at, len, populate)
                 .map_err(|e| {
                     e.context(format!(
                         "{what}: mapping the windows of ranks {}..={}",
@@ -356,7 +292,7 @@ impl ShmObject {
             prefix: prefix.to_owned(),
             ctx: Arc::clone(ctx),
             rank,
-            rank_size: args.rank_size,
+            rank_size: n,
             symmetric_size: size,
             base,
             peers,
@@ -366,13 +302,10 @@ impl ShmObject {
             _segment: segment,
         };
         // Generation 0: nobody returns before every member mapped every window.
-        let m = Collective::barrier(&obj.collective_prefix(), 0, rank, args.rank_size)
+        let m = Collective::barrier(&obj.collective_prefix(), 0, rank, n)
             .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
         obj.run(m, &[], None, deadline, what)?;
-        info!(
-            "{what}: instance {epoch} at GVA {base:#x}, {} windows of {size:#x} bytes",
-            args.rank_size
-        );
+        info!("{what}: instance {epoch} at GVA {base:#x}, {n} windows of {size:#x} bytes");
         Ok(obj)
     }
 
@@ -400,7 +333,6 @@ impl ShmObject {
     pub(super) fn destroy(&self) {
         let what = self.what("smem_shm_destroy");
         let store = &self.ctx.store;
-        let _ = store.remove(&win_key(&self.prefix, self.rank));
         match store.add(format!("{}fin", self.prefix).as_bytes(), 1) {
             Ok(n) if n >= i64::from(self.rank_size) => match store.prefix(self.prefix.as_bytes()) {
                 Ok(keys) => {
