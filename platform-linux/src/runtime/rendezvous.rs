@@ -13,9 +13,12 @@
 //! died without uninit is no rank) that every rank's record is there, and sets `ready`. Every
 //! rank waits for `ready` with one parked GET, in slices (the first 10 ms per rank, 50 ms to
 //! 1 s, doubling up to 8 s); after each
-//! slice it checks the records itself with one PREFIX get (SHM: and, from the third slice on,
-//! when every record is there, the liveness of every rank), which covers a counter that
-//! overshot (a rank that registered twice) and a `ready` removed meanwhile. At the deadline the error names the
+//! slice it reads the counter (one GET) and, once it says the world is complete (SHM: from the
+//! third slice on) or the deadline is within the next slice, checks the records itself with
+//! one PREFIX get (SHM: and, when every record is there, the liveness of every rank), which covers a
+//! counter that overshot (a rank that registered twice) and a `ready` removed meanwhile. So a
+//! world slow to gather (1024 ranks on a loaded machine) costs each waiter a GET per slice,
+//! not the `n` records. At the deadline the error names the
 //! ranks that never registered (or, SHM, registered without a live link).
 //!
 //! Cost: SET + ADD + one parked GET per rank (3 ops, about 250 bytes with the frame headers,
@@ -135,7 +138,30 @@ impl Rendezvous<'_> {
     /// be checking), and from the third slice on, the full check of [`Self::complete`]
     /// (for SHM `n` QUERY_ALIVE), so that a slow world does not make every waiter query
     /// every rank.
-    fn recheck(&self, store: &StoreClient, seen: &mut BTreeSet<u32>, round: u32) -> Result<bool> {
+    ///
+    /// Unless `near_deadline` (the records then name the missing ranks should the store be
+    /// gone at the deadline), a counter below the world size ends the check after one GET
+    /// (the rank that completes the count checks the records itself), and so does, for SHM,
+    /// any counter before the third slice.
+    fn recheck(
+        &self,
+        store: &StoreClient,
+        seen: &mut BTreeSet<u32>,
+        round: u32,
+        near_deadline: bool,
+    ) -> Result<bool> {
+        if !near_deadline {
+            let count = store.get(&self.key("registered"))?.and_then(|v| {
+                std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i64>().ok())
+            });
+            // SHM before the third slice: the rank that completed the count is still
+            // checking the ranks' links, and this check would end where that one starts.
+            if count.is_some_and(|c| c < i64::from(self.world_size)) || (self.alive && round < 2) {
+                return Ok(false);
+            }
+        }
         let present = self.present(store)?;
         seen.extend(present.iter().copied().filter(|&r| r < self.world_size));
         if (0..self.world_size).any(|r| !present.contains(&r)) {
@@ -191,8 +217,9 @@ impl Rendezvous<'_> {
                     return Ok(());
                 }
                 Err(e) if e.code() == ErrorCode::Timeout => {
+                    let near = deadline <= Instant::now() + slice * 2;
                     if self
-                        .recheck(store, seen, round)
+                        .recheck(store, seen, round, near)
                         .map_err(|e| e.context(what))?
                     {
                         seen.extend(0..self.world_size);
