@@ -10,6 +10,23 @@
 //! HEARTBEAT, UNWATCH), or its link is closed with a logged reason. Every wire length is
 //! checked against the bytes present and the configured [`Limits`] before anything is
 //! allocated for it. Deadlines use saturating arithmetic.
+//!
+//! Load at 1024 ranks (issue 11; numbers from `tests/store_bench.rs` and
+//! `tests/store_storm.rs` on the 2-core dev machine, loaded):
+//! - Connection storm: see `server/accept.rs` (backlog 4096, accept until the queue is
+//!   empty, descriptor limit raised, deadlines that read pending input first); 1024 links
+//!   connecting at once are handshaken in about 0.1 s, none reset.
+//! - Heartbeats: a link holding a rank sends one 42-byte HEARTBEAT per
+//!   `client::HEARTBEAT_INTERVAL` (2 s): 1024 ranks are 512 frames/s. Each costs the loop
+//!   one wake-up, a read and a timestamp, about 20 us when it arrives alone (3 us in a
+//!   burst), so at most about 1 % of one core; the expiry scan every
+//!   `heartbeat_check_interval` walks the links (O(links), 0.005 % of a core at 1024). The
+//!   bound grows linearly: `links / interval * 20 us` per second.
+//! - Watch fan-out: a wake-up's frame is encoded once and copied into each watcher's write
+//!   buffer with that watcher's seqNo written over the header (`Output::packed_to_each`:
+//!   the same bytes, one WATCH frame per watcher and wake-up); a link is flushed once per
+//!   loop turn however many frames it got (one `send` per link and turn). About 0.3-0.5 us
+//!   of this thread per delivered event at 1024 watchers.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
