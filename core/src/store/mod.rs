@@ -124,6 +124,9 @@ pub trait Storage {
     fn take_waiters(&mut self, each: &mut dyn FnMut(Self::Link, u32));
 }
 
+/// The sink [`Output::packed_to_each`] hands its targets to: one (link, seq) per request.
+pub type Sink<'a, L> = &'a mut dyn FnMut(L, u32);
+
 /// What the store asks of its driver.
 pub trait Output<L> {
     /// Reply to `link`'s request `seq` with a text body.
@@ -139,6 +142,18 @@ pub trait Output<L> {
     fn heartbeat(&mut self, link: L);
     /// A line for the log (`info` when `important`, else `debug`).
     fn log(&mut self, important: bool, line: fmt::Arguments<'_>);
+    /// The same reply (status OK, a packed message of type `mt` with no keys and the one
+    /// value `value`) to every request that `targets` hands to its sink as (link, seq): the
+    /// wake-up of a key's parked GETs and watchers. Byte for byte what [`Output::packed`]
+    /// would send to each; a driver may encode the message once for all of them.
+    fn packed_to_each(
+        &mut self,
+        mt: MessageType,
+        value: &[u8],
+        targets: &mut dyn FnMut(Sink<'_, L>),
+    ) {
+        targets(&mut |l, s| self.packed(l, s, mt, none(), once(value)));
+    }
 }
 
 /// Why a handshake is refused; its status code and text.
@@ -407,11 +422,12 @@ impl<S: Storage> Store<S> {
 
     /// Answer every GET parked on `key` and every watcher of `key` with `value`.
     fn wake<O: Output<S::Link>>(&mut self, key: &[u8], value: &[u8], out: &mut O) {
-        self.storage.unpark_key(key, &mut |l, s| {
-            out.packed(l, s, MessageType::Get, none(), once(value));
+        let storage = &mut self.storage;
+        out.packed_to_each(MessageType::Get, value, &mut |each| {
+            storage.unpark_key(key, each);
         });
-        self.storage.watchers(key, &mut |l, s| {
-            out.packed(l, s, MessageType::Watch, none(), once(value));
+        out.packed_to_each(MessageType::Watch, value, &mut |each| {
+            storage.watchers(key, each);
         });
     }
 

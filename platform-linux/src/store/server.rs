@@ -10,9 +10,26 @@
 //! HEARTBEAT, UNWATCH), or its link is closed with a logged reason. Every wire length is
 //! checked against the bytes present and the configured [`Limits`] before anything is
 //! allocated for it. Deadlines use saturating arithmetic.
+//!
+//! Load at 1024 ranks (issue 11; numbers from `tests/store_bench.rs` and
+//! `tests/store_storm.rs` on the 2-core dev machine, loaded):
+//! - Connection storm: see `server/accept.rs` (backlog 4096, accept until the queue is
+//!   empty, descriptor limit raised, deadlines that read pending input first); 1024 links
+//!   connecting at once are handshaken in about 0.1 s, none reset.
+//! - Heartbeats: a link holding a rank sends one 42-byte HEARTBEAT per
+//!   `client::HEARTBEAT_INTERVAL` (2 s): 1024 ranks are 512 frames/s. Each costs the loop
+//!   one wake-up, a read and a timestamp, about 20 us when it arrives alone (3 us in a
+//!   burst), so at most about 1 % of one core; the expiry scan every
+//!   `heartbeat_check_interval` walks the links (O(links), 0.005 % of a core at 1024). The
+//!   bound grows linearly: `links / interval * 20 us` per second.
+//! - Watch fan-out: a wake-up's frame is encoded once and copied into each watcher's write
+//!   buffer with that watcher's seqNo written over the header (`Output::packed_to_each`:
+//!   the same bytes, one WATCH frame per watcher and wake-up); a link is flushed once per
+//!   loop turn however many frames it got (one `send` per link and turn). About 0.3-0.5 us
+//!   of this thread per delivered event at 1024 watchers.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
@@ -26,7 +43,7 @@ use smem_core::store::{Storage as _, Store};
 use smem_core::wire::handshake::{self, Handshake};
 use smem_core::wire::{FRAME_HEADER_LEN, FrameHeader, HANDSHAKE_LEN, status};
 
-use super::storage::{LinkId, MapStorage};
+use super::storage::{IdMap, LinkId, MapStorage};
 
 mod accept;
 mod config;
@@ -164,6 +181,9 @@ struct Link {
     paused: bool,
     /// TLS state once the clear-text header arrived on a TLS server.
     tls: Option<LinkTls>,
+    /// In `EventLoop::dirty` through `Replies` since its last flush (one entry per link and
+    /// turn, however many frames it is sent).
+    queued: bool,
 }
 
 impl Link {
@@ -214,12 +234,16 @@ struct EventLoop {
     listener: TcpListener,
     epoll: Epoll,
     waker: Arc<EventFd>,
-    links: HashMap<LinkId, Link>,
+    links: IdMap<LinkId, Link>,
     next_link: LinkId,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     store: Store<MapStorage>,
     /// Links with queued output to flush at the end of this turn.
     dirty: Vec<LinkId>,
+    /// The previous turn's `dirty`, empty: its capacity is reused.
+    dirty_spare: Vec<LinkId>,
+    /// A reply encoded once for many links (`Replies::packed_to_each`).
+    fan_out: Vec<u8>,
     /// Links to close at the end of this turn, with the reason.
     doomed: Vec<(LinkId, String)>,
     /// Sum of `Link::reserved`.
@@ -249,10 +273,12 @@ impl EventLoop {
             listener,
             epoll,
             waker,
-            links: HashMap::new(),
+            links: IdMap::default(),
             next_link: FIRST_LINK,
             timers,
             dirty: Vec::new(),
+            dirty_spare: Vec::new(),
+            fan_out: Vec::new(),
             doomed: Vec::new(),
             input_reserved: 0,
             paused: std::collections::VecDeque::new(),
@@ -658,6 +684,7 @@ impl EventLoop {
         let mut out = Replies {
             links: &mut self.links,
             dirty: &mut self.dirty,
+            fan_out: &mut self.fan_out,
             timers: &mut self.timers,
         };
         f(&mut self.store, &mut out)
@@ -757,10 +784,12 @@ impl EventLoop {
     fn finish_turn(&mut self) {
         // Twice: closing can queue rank-down events to other links.
         for _ in 0..2 {
-            let dirty = std::mem::take(&mut self.dirty);
-            for id in dirty {
+            let spare = std::mem::take(&mut self.dirty_spare);
+            let mut dirty = std::mem::replace(&mut self.dirty, spare);
+            for id in dirty.drain(..) {
                 self.flush(id);
             }
+            self.dirty_spare = dirty;
             let doomed = std::mem::take(&mut self.doomed);
             for (id, why) in doomed {
                 self.close(id, &why);
@@ -773,6 +802,7 @@ impl EventLoop {
         let Some(link) = self.links.get_mut(&id) else {
             return;
         };
+        link.queued = false;
         let mut failed = None;
         let mut tls_backlog = false;
         if let Some(tls) = link.tls.as_mut() {

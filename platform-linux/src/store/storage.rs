@@ -3,12 +3,43 @@
 //! server's event loop.
 
 use std::collections::{BTreeMap, HashMap, btree_map};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Bound;
 
 use smem_core::store::Storage;
 
 /// Names a link of the server.
 pub(super) type LinkId = u64;
+
+/// Hashes the server's own ids (links, parked GETs, ranks): they are handed out in sequence or
+/// bounded by the world size, never chosen freely by a peer, so one multiplication spreads
+/// them over the buckets, and SipHash's resistance to chosen keys would only cost time (every
+/// watch event looks its link up).
+#[derive(Default, Clone, Copy)]
+pub(super) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A hash map keyed by one of the server's ids.
+pub(super) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// A parked GET.
 struct Parked {
@@ -33,12 +64,12 @@ pub(super) struct MapStorage {
     /// Ordered, so the pairs under a prefix are one range (PREFIX gets of `n` window records
     /// or acknowledgements cost O(n), not a scan of every key).
     data: BTreeMap<Vec<u8>, Vec<u8>>,
-    parked: HashMap<u64, Parked>,
+    parked: IdMap<u64, Parked>,
     parked_by_key: HashMap<Vec<u8>, Vec<u64>>,
     next_parked: u64,
-    watchers: HashMap<Vec<u8>, HashMap<LinkId, u32>>,
-    ranks: HashMap<u32, LinkId>,
-    links: HashMap<LinkId, LinkState>,
+    watchers: HashMap<Vec<u8>, IdMap<LinkId, u32>>,
+    ranks: IdMap<u32, LinkId>,
+    links: IdMap<LinkId, LinkState>,
 }
 
 impl MapStorage {

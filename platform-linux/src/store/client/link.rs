@@ -3,7 +3,7 @@
 //! requests by seqNo and feeds watch receivers.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead as _, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,6 +95,9 @@ impl Link {
         // Declared after `stream`, so it is dropped (unregistered) before the stream closes.
         let _detach = detach;
         let mut hdr = [0u8; FRAME_HEADER_LEN];
+        // One buffer for every watch event's body: an event costs one allocation (its value,
+        // handed to the watcher); a reply takes the buffer with it to its caller.
+        let mut body = Vec::new();
         let why = loop {
             if let Err(e) = stream.read_exact(&mut hdr) {
                 break format!("read: {e}");
@@ -105,18 +108,40 @@ impl Link {
             if h.body_len > smem_core::wire::MAX_BODY_LEN {
                 break format!("reply bodyLen {} over 64 MiB", h.body_len);
             }
-            // Grows with the bytes that actually arrive, not with the declared length.
-            let mut body = Vec::new();
-            match (&mut stream)
-                .take(u64::from(h.body_len))
-                .read_to_end(&mut body)
-            {
-                Ok(n) if n == h.body_len as usize => {}
+            let len = h.body_len as usize;
+            body.clear();
+            let read = if len <= stream.buffer().len() {
+                // The usual case: the whole body is in the buffer already (a burst of watch
+                // events arrives in one read): copied out, no read call, no allocation.
+                body.extend_from_slice(&stream.buffer()[..len]);
+                stream.consume(len);
+                Ok(len)
+            } else if len <= DIRECT_BODY {
+                // E.g. a PREFIX reply of every window record: read in place (a read bigger
+                // than the buffer goes straight into `body`), no growth, no copies.
+                body.resize(len, 0);
+                match stream.read_exact(&mut body) {
+                    Ok(()) => Ok(len),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                    Err(e) => Err(e),
+                }
+            } else {
+                // Grows with the bytes that actually arrive, not with the declared length.
+                body.reserve(DIRECT_BODY);
+                (&mut stream)
+                    .take(u64::from(h.body_len))
+                    .read_to_end(&mut body)
+            };
+            match read {
+                Ok(n) if n == len => {}
                 Ok(_) => break "link closed inside a reply".into(),
                 Err(e) => break format!("read: {e}"),
             }
-            count(T_RECEIVED, (FRAME_HEADER_LEN + body.len()) as u64);
-            self.dispatch(h.seq_no, h.result, body);
+            count(T_RECEIVED, (FRAME_HEADER_LEN + len) as u64);
+            self.dispatch(h.seq_no, h.result, &mut body);
+            if body.capacity() > DIRECT_BODY {
+                body = Vec::new();
+            }
         };
         if self.is_up() {
             debug!("store client for {addr}: link down ({why})");
@@ -124,27 +149,32 @@ impl Link {
         self.down();
     }
 
-    fn dispatch(&self, seq: u32, st: i16, body: Vec<u8>) {
+    /// Hand frame `body` to its waiter (taking the buffer) or to its watcher (a copy of the
+    /// value).
+    fn dispatch(&self, seq: u32, st: i16, body: &mut Vec<u8>) {
         if seq == 0 {
             debug!("store client: ignoring server push (status {st})");
             return;
         }
-        if let Some(tx) = lock(&self.pending).remove(&seq) {
+        let waiter = lock(&self.pending).remove(&seq);
+        if let Some(tx) = waiter {
+            let body = std::mem::take(body);
             let _ = tx.try_send(Reply { status: st, body });
             return;
         }
+        let body = &body[..];
         count(T_EVENTS, 1);
         let mut w = lock(&self.watches);
         if let Some((key, tx)) = w.by_seq.get(&seq) {
             let ok = st == status::OK
-                && MessageView::parse(&body)
+                && MessageView::parse(body)
                     .is_ok_and(|m| m.values.get(0).is_some_and(|v| tx.send(v.to_vec()).is_ok()));
             if !ok {
                 if st != status::OK {
                     warn!(
                         "store watch of key {} ended: status {st} {:?}",
                         show(key),
-                        text(&body)
+                        text(body)
                     );
                 }
                 let key = key.clone();
@@ -157,7 +187,7 @@ impl Link {
         }
         if let Some((rseq, tx)) = &w.rank_down {
             if *rseq == seq {
-                let rank = MessageView::parse(&body).ok().and_then(|m| {
+                let rank = MessageView::parse(body).ok().and_then(|m| {
                     m.values
                         .get(0)
                         .and_then(|v| v.try_into().ok())
@@ -173,6 +203,10 @@ impl Link {
         debug!("store client: reply for unknown seqNo {seq} (late after a timeout?)");
     }
 }
+
+/// Frame bodies up to this size are read into a buffer of their declared length at once;
+/// larger ones grow with the bytes that arrive (a corrupt length costs no memory up front).
+const DIRECT_BODY: usize = 4 << 20;
 
 /// Whether a failed TCP connect may succeed later: nobody listens yet (refused, reset), the
 /// route or the host is not there yet (host/network unreachable, e.g. an interface or a

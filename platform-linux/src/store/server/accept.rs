@@ -151,6 +151,7 @@ impl EventLoop {
                 reserved: 0,
                 paused: false,
                 tls: None,
+                queued: false,
             },
         );
         let at = Instant::now().checked_add(self.config.handshake_timeout);

@@ -2,16 +2,16 @@
 //! through.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
-use smem_core::store::Output;
+use smem_core::store::{Output, Sink};
 use smem_core::wire::message::{self, MessageHeader};
 use smem_core::wire::{FRAME_HEADER_LEN, FrameHeader, MessageType, status};
 
-use super::{Link, LinkId, Timer};
+use super::{IdMap, Link, LinkId, Timer};
 
 fn encode_frame(seq: u32, status: i16, body_len: usize, out: &mut Vec<u8>) -> usize {
     let start = out.len();
@@ -60,16 +60,30 @@ pub(super) fn append_text(out: &mut Vec<u8>, seq: u32, st: i16, text: std::fmt::
 
 /// Replies of the store, into the links' write buffers; deadlines into the timer heap.
 pub(super) struct Replies<'a> {
-    pub(super) links: &'a mut HashMap<LinkId, Link>,
+    pub(super) links: &'a mut IdMap<LinkId, Link>,
     pub(super) dirty: &'a mut Vec<LinkId>,
     pub(super) timers: &'a mut BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Scratch for a reply encoded once for many links.
+    pub(super) fan_out: &'a mut Vec<u8>,
+}
+
+/// The write buffer of link `id`, the link marked for this turn's flush (once).
+fn out_buf<'l>(
+    links: &'l mut IdMap<LinkId, Link>,
+    dirty: &mut Vec<LinkId>,
+    id: LinkId,
+) -> Option<&'l mut Vec<u8>> {
+    let link = links.get_mut(&id)?;
+    if !link.queued {
+        link.queued = true;
+        dirty.push(id);
+    }
+    Some(&mut link.wbuf)
 }
 
 impl Replies<'_> {
     fn buf(&mut self, id: LinkId) -> Option<&mut Vec<u8>> {
-        let link = self.links.get_mut(&id)?;
-        self.dirty.push(id);
-        Some(&mut link.wbuf)
+        out_buf(self.links, self.dirty, id)
     }
 }
 
@@ -87,6 +101,37 @@ impl Output<LinkId> for Replies<'_> {
     {
         if let Some(buf) = self.buf(link) {
             append_packed(buf, seq, status::OK, mt, keys, values);
+        }
+    }
+
+    /// Encodes the frame once (seqNo 0), then copies it into each link's buffer with the
+    /// link's own seqNo written over the header: the same bytes `packed` would queue.
+    fn packed_to_each(
+        &mut self,
+        mt: MessageType,
+        value: &[u8],
+        targets: &mut dyn FnMut(Sink<'_, LinkId>),
+    ) {
+        let frame = &mut *self.fan_out;
+        frame.clear();
+        let one = std::iter::once(value);
+        append_packed(frame, 0, status::OK, mt, std::iter::empty(), one);
+        let body_len = frame.len() - FRAME_HEADER_LEN;
+        let (links, dirty) = (&mut *self.links, &mut *self.dirty);
+        targets(&mut |id, seq| {
+            if let Some(buf) = out_buf(links, dirty, id) {
+                let at = buf.len();
+                buf.extend_from_slice(frame);
+                encode_frame_at(
+                    seq,
+                    status::OK,
+                    body_len,
+                    &mut buf[at..at + FRAME_HEADER_LEN],
+                );
+            }
+        });
+        if frame.capacity() > 1 << 20 {
+            *frame = Vec::new();
         }
     }
 
