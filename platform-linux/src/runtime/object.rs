@@ -51,8 +51,8 @@
 //! bytes) + one PREFIX get of `err/<X>/` (empty unless a holder failed); every holder sends
 //! SET `ack/` + ADD `seen/` per piece of the log it applies, however many entries the piece
 //! holds (a burst of joins applies in a few pieces), and one holder one APPEND per settled
-//! offset. Store ops per rank are flat in `n`: create + join took 6 + 11 ops per rank at
-//! 64 ranks, 6 + 15 at 256 and 9 + 13 at 1024 on one host (create adds a GET of
+//! offset. Store ops per rank are flat in `n`: create took 6-9 ops per rank and join 7-40
+//! (two per piece a holder applies) at 64, 256 and 1024 ranks (create adds a GET of
 //! `hs/<host>` and, for the first creator on a host, one CAS). Bytes per rank are linear in
 //! `n` with a small constant, the information itself: every join entry (with its record)
 //! reaches every holder once, as a watch event or in the snapshot a later creator's watch
