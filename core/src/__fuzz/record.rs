@@ -1,12 +1,14 @@
 //! Fuzz entry of the runtimes' text records in the store ([`crate::wire::record`]).
 
 use crate::wire::record::{
-    DESCRIPTOR_MAX, LOG_ENTRY_MAX_LEN, LogEntry, PROPOSAL_MAX_LEN, Proposal, RANK_RECORD_MAX_LEN,
-    RankRecord, WINDOW_RECORD_MAX_LEN, WindowRecord, log_entries,
+    DESCRIPTOR_MAX, LOG_ENTRY_MAX_LEN, LOG_RECORD_MAX_LEN, LogEntry, PROPOSAL_MAX_LEN, Proposal,
+    RANK_RECORD_MAX_LEN, RankRecord, WINDOW_RECORD_MAX_LEN, WindowRecord, emit_log_record,
+    log_entries, log_records,
 };
 
 /// Parses `data` as every record: whatever parses must emit, and the emitted bytes must parse
-/// to the same value; log entries come with increasing offsets, each just past a `;`. Then
+/// to the same value; log entries come with increasing offsets, each just past a `;`; log
+/// records emit to bytes that parse to the same record. Then
 /// the bytes, read as numbers, make a proposal and a log entry that must survive emit and
 /// parse.
 pub fn store_records(data: &[u8]) {
@@ -20,6 +22,13 @@ pub fn store_records(data: &[u8]) {
         if let Some(e) = entry {
             entry_round_trip(e);
         }
+    }
+    for (r, rec) in log_records(data).take(1024) {
+        let mut buf = [0u8; LOG_RECORD_MAX_LEN];
+        let n = emit_log_record(r, rec, &mut buf).expect("a parsed log record emits");
+        let mut again = log_records(&buf[..n]);
+        assert_eq!(again.next(), Some((r, rec)));
+        assert_eq!(again.next(), None);
     }
     let mut scratch = [0u8; 2 * DESCRIPTOR_MAX];
     if let Ok(w) = WindowRecord::parse(data, &mut scratch) {

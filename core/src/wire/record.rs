@@ -7,6 +7,8 @@
 //! Tag:          <x nonce>.<d version>                      (names a proposal in counter keys)
 //! Log entry:    c<d rank>;  +<d rank>;  -<d rank>;  x<d rank>;  d<d offset>;
 //!               (create, join, leave, destroy, settled up to offset)
+//!               w<d rank>:<d len>:<window record, len bytes>;  (the record of the join that
+//!               follows it in the same append; its bytes may hold `;`)
 //! Window:       host=<host>;hbm=<hex bytes | ->;dram=<hex bytes | ->[;ep=<ip:port>;tok=<x>][;wrank=<d>]
 //! Rank:         <host> <d pid>[ <d sharing pid>]
 //! ```
@@ -38,6 +40,9 @@ pub const WINDOW_RECORD_MAX_LEN: usize = "host=".len()
     + ";ep=[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535".len()
     + ";tok=ffffffffffffffff".len()
     + ";wrank=4294967295".len();
+/// Longest record entry of the membership log ([`emit_log_record`]).
+pub const LOG_RECORD_MAX_LEN: usize =
+    "w4294967295:".len() + "65535:".len() + WINDOW_RECORD_MAX_LEN + 1;
 /// Longest encoded [`RankRecord`].
 pub const RANK_RECORD_MAX_LEN: usize = HOST_MAX + " 4294967295 -2147483648".len();
 /// Scratch space [`WindowRecord::parse`] decodes the two descriptors into.
@@ -208,10 +213,68 @@ impl LogEntry {
 
 /// The entries of a piece of the membership log, in order: each `;`-terminated entry with
 /// the offset just past its `;` (relative to the piece start) and the entry, `None` when it
-/// does not parse (skipped by readers). Bytes after the last `;` are an incomplete entry and
-/// are not yielded.
+/// does not parse (skipped by readers). Record entries (`w…`, see [`log_records`]) are
+/// stepped over, not yielded. Bytes after the last `;` are an incomplete entry and are not
+/// yielded.
 pub fn log_entries(piece: &[u8]) -> LogEntries<'_> {
     LogEntries { piece, pos: 0 }
+}
+
+/// The window records a piece of the membership log carries (`w<r>:<len>:<bytes>;`, appended
+/// with rank `r`'s join entry), in order: rank and record bytes. A malformed record entry is
+/// skipped like any malformed entry.
+pub fn log_records(piece: &[u8]) -> LogRecords<'_> {
+    LogRecords { piece, pos: 0 }
+}
+
+/// Writes rank `rank`'s window record entry (`record`: its encoded [`WindowRecord`]) into
+/// `buf` (at most [`LOG_RECORD_MAX_LEN`] bytes); returns the bytes written.
+///
+/// # Errors
+/// [`WireError::Invalid`] for a record longer than [`WINDOW_RECORD_MAX_LEN`],
+/// [`WireError::BufferTooSmall`].
+pub fn emit_log_record(rank: u32, record: &[u8], buf: &mut [u8]) -> Result<usize> {
+    if record.len() > WINDOW_RECORD_MAX_LEN {
+        return Err(WireError::Invalid("window record too long for the log"));
+    }
+    let mut w = Writer::new(buf);
+    write!(w, "w{rank}:{}:", record.len()).map_err(|_| WireError::BufferTooSmall)?;
+    let at = w.written();
+    let end = at + record.len();
+    let out = buf.get_mut(at..=end).ok_or(WireError::BufferTooSmall)?;
+    out[..record.len()].copy_from_slice(record);
+    out[record.len()] = b';';
+    Ok(end + 1)
+}
+
+/// One step through a piece of the log.
+enum Step<'a> {
+    Entry(Option<LogEntry>),
+    Record(Option<(u32, &'a [u8])>),
+}
+
+/// The step at `pos` of `piece` and the position after it (`None`: no complete entry left).
+fn step(piece: &[u8], pos: usize) -> Option<(usize, Step<'_>)> {
+    let rest = piece.get(pos..)?;
+    let len = rest.iter().position(|b| *b == b';')?;
+    if rest.first() != Some(&b'w') {
+        let entry = LogEntry::parse(rest.get(..len)?).ok();
+        return Some((pos + len + 1, Step::Entry(entry)));
+    }
+    // `w<r>:<len>:<bytes>;`: the bytes may hold `;`. Malformed: skipped up to the first `;`.
+    let record = (|| {
+        let mut head = rest.get(1..)?.splitn(3, |b| *b == b':');
+        let r = u32::try_from(decimal(head.next()?)?).ok()?;
+        let n = usize::try_from(decimal(head.next()?)?).ok()?;
+        let body = head.next()?;
+        (n <= WINDOW_RECORD_MAX_LEN && body.get(n) == Some(&b';')).then_some(())?;
+        let at = rest.len() - body.len();
+        Some((pos + at + n + 1, r, body.get(..n)?))
+    })();
+    Some(match record {
+        Some((next, r, bytes)) => (next, Step::Record(Some((r, bytes)))),
+        None => (pos + len + 1, Step::Record(None)),
+    })
 }
 
 /// Iterator of [`log_entries`].
@@ -225,15 +288,38 @@ impl Iterator for LogEntries<'_> {
     type Item = (usize, Option<LogEntry>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let rest = self.piece.get(self.pos..)?;
-        let len = rest.iter().position(|b| *b == b';')?;
-        let entry = LogEntry::parse(rest.get(..len)?).ok();
-        self.pos += len + 1;
-        Some((self.pos, entry))
+        loop {
+            let (next, s) = step(self.piece, self.pos)?;
+            self.pos = next;
+            if let Step::Entry(entry) = s {
+                return Some((next, entry));
+            }
+        }
     }
 }
 
-/// What a member publishes at join (`win/<r>`): where its window's memory is.
+/// Iterator of [`log_records`].
+#[derive(Clone, Debug)]
+pub struct LogRecords<'a> {
+    piece: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Iterator for LogRecords<'a> {
+    type Item = (u32, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (next, s) = step(self.piece, self.pos)?;
+            self.pos = next;
+            if let Step::Record(Some(rec)) = s {
+                return Some(rec);
+            }
+        }
+    }
+}
+
+/// What a member publishes at join (BM: in the membership log, with its join entry): where its window's memory is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WindowRecord<'a> {
     /// The member's host identity (same value: memory shareable).

@@ -4,8 +4,7 @@
 //! # Store keys of object `<id>` (prefix `smem/bm/o<id>/`; the `gva` keys: [`super::agree`])
 //! | key | value | written by |
 //! |---|---|---|
-//! | `log` | membership log: `cr;` create, `+r;` join, `-r;` leave, `xr;` destroy, `dP;` every holder applied the log up to offset `P` (APPEND) | the rank itself (`dP;`: the holder that completed `seen/P`) |
-//! | `win/<r>` | window record: host identity, HBM and DRAM segment descriptors, and with the network transport its data endpoint and window generation token | rank `r` at join |
+//! | `log` | membership log: `cr;` create, `wr:<len>:<record>;+r;` join with its window record (host identity, HBM and DRAM segment descriptors, and with the network transport its data endpoint and window generation token), `-r;` leave, `xr;` destroy, `dP;` every holder applied the log up to offset `P` (APPEND) | the rank itself (`dP;`: the holder that completed `seen/P`) |
 //! | `hs/<host>` | descriptor of the DRAM segment of the ranks on `<host>` (DRAM-only objects, "Same-host windows in one segment") | CAS by the first creator on the host |
 //! | `ack/<m>` | the offset up to which member `m` applied the log (its high-water mark) | member `m` |
 //! | `seen/<P>` | ADD counter: holders whose applied piece of the log ended at `P` | every holder |
@@ -30,9 +29,10 @@
 //! # Membership
 //! Every member watches `log` from create on: the watch delivers the whole log, then each
 //! appended entry, in one order for everybody (snapshot + deltas). The watcher thread takes
-//! everything delivered so far as one piece, reads the window records of the piece's joiners
-//! (one GET for one joiner, one PREFIX get of `win/` for more), maps the windows of joining
-//! peers on the same host (`MAP_SHARED` at `base + r*stride`; pre-faulted only for objects of
+//! everything delivered so far as one piece, takes the window records of the piece's joiners
+//! from the piece itself (a join appends its record and its entry in one APPEND, so the log
+//! carries every record once, to every holder, and nobody reads records from other keys),
+//! maps the windows of joining peers on the same host (at `base + r*stride`; pre-faulted only for objects of
 //! at most [`PREFAULT_MEMBERS_MAX`] members), unmaps leaving ones, and then acknowledges the
 //! whole piece once: `err/<X>/<m>` for a join it could not map, `ack/<m>` = `P` (the end of the
 //! piece's last membership entry) and ADD 1 to `seen/<P>`. The holder whose ADD makes
@@ -46,18 +46,22 @@
 //! fails with the `err/<X>/` reasons. So when join returns every earlier member reaches the
 //! new window, and when leave returns nobody maps the leaver's window any more.
 //!
-//! Cost of a join in a world of `n` members (`tests/scale.rs`, `benches/scale.rs`): the
-//! joiner sends SET `win/<r>` + APPEND + one PREFIX get of `err/<X>/`; every holder sends
-//! SET + ADD (+ a GET or PREFIX get of the records) per piece it applies, however many
-//! entries the piece holds (a burst of joins applies in a few pieces), and one holder one
-//! APPEND per settled offset. Store ops per rank are constant (about 10-30 for create + join
-//! at 64-1024 ranks, against `3n` before; create adds a GET of `hs/<host>` and, for the
-//! first creator on a host, one CAS); bytes per rank grow with `n`: a piece with several
-//! joiners reads the records with one PREFIX get of `win/`, which returns every record
-//! published so far (about 150 bytes each), and every log entry reaches every holder as a
-//! watch event (about 5-30 bytes each), so at 1024 ranks about 0.5 MB per rank for create +
-//! join (`benches/scale.rs`: 85 KB at create, 530 KB at join, 1000-2000 events), O(n^2) at the
-//! store, in a handful of large replies rather than `n^2` round trips.
+//! Cost of a join in a world of `n` members (measured with `benches/scale.rs`, which also
+//! counts heartbeats): the joiner sends one APPEND (its record and entry, about 150-250
+//! bytes) + one PREFIX get of `err/<X>/` (empty unless a holder failed); every holder sends
+//! SET `ack/` + ADD `seen/` per piece of the log it applies, however many entries the piece
+//! holds (a burst of joins applies in a few pieces), and one holder one APPEND per settled
+//! offset. Store ops per rank are flat in `n`: create took 6-9 ops per rank and join 7-40
+//! (two per piece a holder applies) at 64, 256 and 1024 ranks (create adds a GET of
+//! `hs/<host>` and, for the first creator on a host, one CAS). Bytes per rank are linear in
+//! `n` with a small constant, the information itself: every join entry (with its record)
+//! reaches every holder once, as a watch event or in the snapshot a later creator's watch
+//! starts with, about 80-280 bytes a join with the frame. Measured per rank for create +
+//! join: 17 KB at 64 ranks, 61 KB at 256, 157 KB at 1024 on one host (`n^2 * 150` bytes at
+//! the store in all, no request that grows with `n`); with 128 hosts of 8 (records carry
+//! the transport endpoint) 298 KB at 1024. Watch events per rank are one per append after
+//! the rank's watch began: about 90 at 64 ranks, 290 at 256 and 440-1540 at 1024 (`2n` +
+//! markers at most: every create and join entry is an append).
 //!
 //! # Same-host windows in one segment
 //! The DRAM windows of a DRAM-only object (no HBM part) live in one memfd per host and object,
@@ -508,20 +512,19 @@ impl BmObject {
             dram: self.dram.as_ref().map(HostSegment::descriptor),
             net,
         };
-        let published = rec.encode().and_then(|b| {
-            self.ctx
-                .store
-                .set(&key(self.id, &format!("win/{}", self.rank)), &b)
-        });
-        if let Err(e) = published {
-            self.stop_serving();
-            return Err(e.context(&what));
-        }
-        if let Err(e) = self.announce(LogEntry::Join(self.rank), &what, deadline) {
+        let record = match rec.encode() {
+            Ok(b) => b,
+            Err(e) => {
+                self.stop_serving();
+                return Err(e.context(&what));
+            }
+        };
+        if let Err(e) = self.announce(LogEntry::Join(self.rank), Some(&record), &what, deadline) {
             self.stop_serving();
             // Roll back so nobody keeps a half-joined window.
             let _ = self.announce(
                 LogEntry::Leave(self.rank),
+                None,
                 &what,
                 Instant::now() + Duration::from_secs(5),
             );
@@ -560,12 +563,7 @@ impl BmObject {
         self.stop_serving();
         lock(&self.ctl).joined_self = false;
         let deadline = Instant::now() + self.ctx.config.create_timeout;
-        let r = self.announce(LogEntry::Leave(self.rank), &what, deadline);
-        let _ = self
-            .ctx
-            .store
-            .remove(&key(self.id, &format!("win/{}", self.rank)));
-        r
+        self.announce(LogEntry::Leave(self.rank), None, &what, deadline)
     }
 
     /// `smem_bm_destroy` (store side): leaves if joined, tells the others, stops the watcher and

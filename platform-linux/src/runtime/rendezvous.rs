@@ -16,9 +16,11 @@
 //! slice it reads the counter (one GET) and, once it says the world is complete (SHM: from the
 //! third slice on) or the deadline is within the next slice, checks the records itself with
 //! one PREFIX get (SHM: and, when every record is there, the liveness of every rank), which covers a
-//! counter that overshot (a rank that registered twice) and a `ready` removed meanwhile. So a
-//! world slow to gather (1024 ranks on a loaded machine) costs each waiter a GET per slice,
-//! not the `n` records. At the deadline the error names the
+//! counter that overshot (a rank that registered twice) and a `ready` removed meanwhile; from
+//! the second slice on it also reads them when the counter says more ranks registered than it
+//! has seen (so a timeout names a rank that came and left as such). So a world slow to gather
+//! (1024 ranks, first slice 1 s) costs each waiter a GET per slice, not the `n` records, for
+//! its first slice. At the deadline the error names the
 //! ranks that never registered (or, SHM, registered without a live link).
 //!
 //! Cost: SET + ADD + one parked GET per rank (3 ops, about 250 bytes with the frame headers,
@@ -142,7 +144,8 @@ impl Rendezvous<'_> {
     /// Unless `near_deadline` (the records then name the missing ranks should the store be
     /// gone at the deadline), a counter below the world size ends the check after one GET
     /// (the rank that completes the count checks the records itself), and so does, for SHM,
-    /// any counter before the third slice.
+    /// any counter before the third slice; except from the second slice on, when the counter
+    /// says more ranks registered than this waiter has seen.
     fn recheck(
         &self,
         store: &StoreClient,
@@ -156,9 +159,15 @@ impl Rendezvous<'_> {
                     .ok()
                     .and_then(|t| t.trim().parse::<i64>().ok())
             });
+            let complete = count.is_none_or(|c| c >= i64::from(self.world_size));
             // SHM before the third slice: the rank that completed the count is still
             // checking the ranks' links, and this check would end where that one starts.
-            if count.is_some_and(|c| c < i64::from(self.world_size)) || (self.alive && round < 2) {
+            let useful = complete && !(self.alive && round < 2);
+            // From the second slice on, ranks registered that this waiter has not seen yet
+            // are looked up, so that a timeout can tell a rank that came and left from one
+            // that never came.
+            let unseen = round >= 1 && count.is_some_and(|c| c > seen.len() as i64);
+            if !useful && !unseen {
                 return Ok(false);
             }
         }

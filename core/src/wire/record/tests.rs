@@ -99,6 +99,51 @@ fn log_entries_parse_with_offsets() {
 }
 
 #[test]
+fn log_records_travel_with_their_join_entries() {
+    let rec = b"host=h;hbm=-;dram=-";
+    let mut piece = [0u8; 64];
+    let n = emit_log_record(5, rec, &mut piece).expect("emit");
+    assert_eq!(&piece[..n], b"w5:19:host=h;hbm=-;dram=-;");
+    piece[n..n + 3].copy_from_slice(b"+5;");
+    let piece = &piece[..n + 3];
+    // The record's `;`s do not split it; entries skip it, records yield it.
+    assert_eq!(
+        log_entries(piece).collect::<heapless::Vec<_, 4>>(),
+        [(n + 3, Some(LogEntry::Join(5)))]
+    );
+    assert_eq!(
+        log_records(piece).collect::<heapless::Vec<_, 4>>(),
+        [(5, &rec[..])]
+    );
+    // Malformed record entries are skipped up to their first `;`, like any malformed entry.
+    for bad in [
+        &b"w5:99:host=h;+5;"[..],
+        b"w:3:abc;+5;",
+        b"w5:3:abcd;+5;",
+        b"wx;+5;",
+    ] {
+        assert_eq!(log_records(bad).count(), 0, "{bad:?}");
+        assert_eq!(
+            log_entries(bad).last(),
+            Some((bad.len(), Some(LogEntry::Join(5)))),
+            "{bad:?}"
+        );
+    }
+    // An incomplete record is not yielded.
+    assert_eq!(log_records(&piece[..n - 1]).count(), 0);
+    let mut small = [0u8; 8];
+    assert_eq!(
+        emit_log_record(5, rec, &mut small),
+        Err(WireError::BufferTooSmall)
+    );
+    let long = [b'a'; WINDOW_RECORD_MAX_LEN + 1];
+    let mut buf = [0u8; LOG_RECORD_MAX_LEN + 8];
+    assert!(emit_log_record(5, &long, &mut buf).is_err());
+    let max = emit_log_record(u32::MAX, &long[1..], &mut buf).expect("longest");
+    assert!(max <= LOG_RECORD_MAX_LEN);
+}
+
+#[test]
 fn log_entry_emit_parse() {
     for (e, bytes) in [
         (LogEntry::Create(0), &b"c0;"[..]),

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use log::{Level, info};
 use smem_core::ErrorCode;
 use smem_core::bm::Part;
-use smem_core::wire::record::{LogEntry, log_entries};
+use smem_core::wire::record::{LogEntry, log_entries, log_records};
 
 use super::records::{WindowRecord, sharing_pid_on};
 use super::{ABSENT, BmObject, CLOSING, Ctl, MAPPED, NET, REMOTE, prefault};
@@ -29,7 +29,7 @@ fn log_notes(notes: Notes) {
 /// What applying entries of the membership log needs and produces besides the control state.
 struct Applied<'a> {
     /// Window records of the joiners in the piece, by rank.
-    records: &'a HashMap<u32, Vec<u8>>,
+    records: &'a HashMap<u32, &'a [u8]>,
     notes: &'a mut Notes,
     /// Join entries (end offset) whose window this rank could not map, with why.
     failed: &'a mut Vec<(u64, String)>,
@@ -44,8 +44,9 @@ impl BmObject {
     /// Applies a piece of the membership log (watcher thread): maps and unmaps windows, then
     /// acknowledges the whole piece once (module docs, "Membership").
     pub(super) fn apply(&self, piece: &[u8]) {
-        let entries: Vec<(usize, Option<LogEntry>)> = log_entries(piece).collect();
-        let records = self.fetch_records(&entries);
+        // The records of the piece's joiners travel with their join entries (the last one
+        // of a rank counts).
+        let records: HashMap<u32, &[u8]> = log_records(piece).collect();
         // Logged after the lock is released.
         let mut notes = Notes::new();
         let mut failed = Vec::new();
@@ -53,7 +54,7 @@ impl BmObject {
             let mut ctl = lock(&self.ctl);
             let base = ctl.processed;
             let mut last_real = None;
-            for (end, entry) in entries {
+            for (end, entry) in log_entries(piece) {
                 let off = base + end as u64;
                 match entry {
                     None => notes.push((
@@ -145,7 +146,8 @@ impl BmObject {
             LogEntry::Join(_) => {
                 ctl.joined.insert(r);
                 self.unmap_peer(ctl, r, out.notes);
-                if let Err(e) = self.map_peer(ctl, r, off, out.records.get(&r), out.notes) {
+                if let Err(e) = self.map_peer(ctl, r, off, out.records.get(&r).copied(), out.notes)
+                {
                     out.notes.push((
                         Level::Warn,
                         format!("BM object {}: cannot map rank {r}'s window: {e}", self.id),
@@ -168,7 +170,7 @@ impl BmObject {
     }
 
     /// Maps rank `r`'s window from its record. `Ok(false)`: another host (left reserved).
-    /// `rec`: its record as read from the store before the piece of the log was applied.
+    /// `rec`: its record, carried by the log with its join entry.
     /// `entry_end`: the end of its join entry (a window in this host's segment is mapped with
     /// the piece's other joiners, see `map_pending`).
     fn map_peer(
@@ -176,13 +178,13 @@ impl BmObject {
         ctl: &mut Ctl,
         r: u32,
         entry_end: u64,
-        rec: Option<&Vec<u8>>,
+        rec: Option<&[u8]>,
         notes: &mut Notes,
     ) -> Result<bool> {
         let rec = rec.ok_or_else(|| {
             Error::new(
                 ErrorCode::ObjectNotExists,
-                format!("rank {r} joined but published no window record"),
+                format!("rank {r} joined but its join entry carries no window record"),
             )
         })?;
         let rec = WindowRecord::decode(rec)?;

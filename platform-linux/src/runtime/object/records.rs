@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use smem_core::ErrorCode;
 use smem_core::wire::record::{
-    self as wire, DESCRIPTOR_MAX, LOG_ENTRY_MAX_LEN, LogEntry, PROPOSAL_MAX_LEN, Proposal,
-    RankRecord, WINDOW_RECORD_MAX_LEN,
+    self as wire, DESCRIPTOR_MAX, LOG_ENTRY_MAX_LEN, LOG_RECORD_MAX_LEN, LogEntry,
+    PROPOSAL_MAX_LEN, Proposal, RankRecord, WINDOW_RECORD_MAX_LEN,
 };
 
 use crate::device::DeviceDescriptor;
@@ -85,6 +85,17 @@ pub(crate) fn entry_bytes(entry: LogEntry) -> Vec<u8> {
     // INVARIANT: every entry fits LOG_ENTRY_MAX_LEN bytes (the codec's bound).
     let n = entry.emit(&mut buf).expect("log entry fits its maximum");
     buf[..n].to_vec()
+}
+
+/// The bytes of rank `rank`'s join: its window record entry and its join entry, appended
+/// together (module docs of [`super`], "Membership").
+pub(crate) fn join_bytes(rank: u32, record: &[u8]) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; LOG_RECORD_MAX_LEN];
+    let n = wire::emit_log_record(rank, record, &mut buf)
+        .map_err(|e| Error::invalid(format!("cannot publish the window record: {e}")))?;
+    buf.truncate(n);
+    buf.extend_from_slice(&entry_bytes(LogEntry::Join(rank)));
+    Ok(buf)
 }
 
 /// The bytes of a GVA proposal.

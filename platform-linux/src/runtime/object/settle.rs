@@ -1,6 +1,6 @@
 //! Acknowledging the membership log and waiting for a change to settle (see the parent's
-//! module docs, "Membership"): window records fetched once per piece of the log, one
-//! acknowledgement per piece, `Settled` markers, and the wait of join / leave.
+//! module docs, "Membership"): one acknowledgement per piece of the log, `Settled` markers,
+//! and the wait of join / leave.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use smem_core::ErrorCode;
 
 use smem_core::wire::record::LogEntry;
 
-use super::records::entry_bytes;
+use super::records::{entry_bytes, join_bytes};
 use super::{BmObject, key};
 use crate::runtime::life::remaining;
 use crate::runtime::rank_list;
@@ -28,56 +28,6 @@ const SETTLE_SLICE_MAX: Duration = Duration::from_secs(8);
 const ALIVE_QUERIES: usize = 8;
 
 impl BmObject {
-    /// The window records of the joiners among `entries` (other ranks): one GET for a single
-    /// joiner, one PREFIX get of `win/` for more.
-    pub(super) fn fetch_records(
-        &self,
-        entries: &[(usize, Option<LogEntry>)],
-    ) -> HashMap<u32, Vec<u8>> {
-        let mut joiners: Vec<u32> = entries
-            .iter()
-            .filter_map(|(_, e)| match e {
-                Some(LogEntry::Join(r)) if *r != self.rank => Some(*r),
-                _ => None,
-            })
-            .collect();
-        joiners.sort_unstable();
-        joiners.dedup();
-        let store = &self.ctx.store;
-        let mut out = HashMap::new();
-        match joiners.as_slice() {
-            [] => {}
-            [r] => match store.get(&key(self.id, &format!("win/{r}"))) {
-                Ok(Some(v)) => {
-                    out.insert(*r, v);
-                }
-                Ok(None) => {}
-                Err(e) => warn!(
-                    "BM object {}: reading rank {r}'s window record: {e}",
-                    self.id
-                ),
-            },
-            _ => {
-                let prefix = key(self.id, "win/");
-                match store.prefix(&prefix) {
-                    Ok(list) => {
-                        for (k, v) in list {
-                            let r = k
-                                .get(prefix.len()..)
-                                .and_then(|t| std::str::from_utf8(t).ok())
-                                .and_then(|t| t.parse::<u32>().ok());
-                            if let Some(r) = r.filter(|r| joiners.binary_search(r).is_ok()) {
-                                out.insert(r, v);
-                            }
-                        }
-                    }
-                    Err(e) => warn!("BM object {}: reading window records: {e}", self.id),
-                }
-            }
-        }
-        out
-    }
-
     /// Acknowledges that this rank applied the log up to `p` (the end of the last membership
     /// entry of a piece), `holders` being the holders according to the log at `p`: the join
     /// entries in `failed` first get their `err/` records, then `ack/<rank>` = `p` and one ADD
@@ -128,13 +78,23 @@ impl BmObject {
             .collect())
     }
 
-    /// Appends `entry` and waits until every other alive holder applied it: a `Settled`
+    /// Appends `entry` (a join with its window `record`) and waits until every other alive holder applied it: a `Settled`
     /// marker at or past it, or (checked after [`SETTLE_SLICE`], then at doubling intervals) every such holder's
     /// acknowledgement at or past it. Then the members that could not map this rank's window
     /// (join) make it fail with their reasons.
-    pub(super) fn announce(&self, entry: LogEntry, what: &str, deadline: Instant) -> Result<()> {
+    pub(super) fn announce(
+        &self,
+        entry: LogEntry,
+        record: Option<&[u8]>,
+        what: &str,
+        deadline: Instant,
+    ) -> Result<()> {
         let store = &self.ctx.store;
-        let len = store.append(&key(self.id, "log"), &entry_bytes(entry))?;
+        let bytes = match record {
+            Some(rec) => join_bytes(self.rank, rec)?,
+            None => entry_bytes(entry),
+        };
+        let len = store.append(&key(self.id, "log"), &bytes)?;
         let gone = |why: &str| {
             Error::new(
                 ErrorCode::IoError,

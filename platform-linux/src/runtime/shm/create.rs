@@ -89,15 +89,9 @@ fn join_host_group(
         .filter(|(_, p)| p.same_host)
         .map(|(r, p)| (r, p.pid))
         .collect();
-    // Hosts are ordered by their lowest object rank, the leader that names them.
-    let mine = peers[rank as usize].host;
-    let mut leaders: Vec<u32> = peers.iter().map(|p| p.host).collect();
-    leaders.sort_unstable();
-    leaders.dedup();
-    let hosts = smem_core::ctl_segment::Hosts {
-        count: u32::try_from(leaders.len()).unwrap_or(u32::MAX),
-        index: u32::try_from(leaders.partition_point(|&l| l < mine)).unwrap_or(u32::MAX),
-    };
+    let hosts = smem_core::ctl_segment::Hosts::of(n, rank, |a, b| {
+        peers[a as usize].host == peers[b as usize].host
+    });
     let members = Members {
         rank,
         world_ranks: &world_ranks,
