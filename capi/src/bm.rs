@@ -17,6 +17,7 @@ use smem_core::bm::Copy2d;
 use smem_core::data_op::BmDataOps;
 use smem_core::limits::{BM_OBJECTS_MAX, WINDOW_ALIGN, WORLD_SIZE_MAX};
 use smem_linux::runtime::{self, BmConfig, BmHandle};
+use smem_linux::sys::copy::bm_local;
 use smem_linux::{Error, Result};
 use static_assertions::{assert_eq_align, assert_eq_size, const_assert_eq};
 
@@ -390,7 +391,8 @@ pub unsafe extern "C" fn smem_bm_copy(
         check_span(d, size, "dest")?;
         // SAFETY: the local side is valid for `size` bytes (this function's contract); the
         // runtime validates the global side.
-        unsafe { runtime::bm_copy(h, s, d, size, t, flags) }
+        let local = unsafe { bm_local(t, (s, size), (d, size)) };
+        runtime::bm_copy(h, s, d, size, t, flags, local)
     })
 }
 
@@ -439,17 +441,21 @@ pub unsafe extern "C" fn smem_bm_copy_2d(
         }
         check_copy_type(t)?;
         let (s, d) = (addr_of(src), addr_of(dest.cast_const()));
-        check_span(s, span_2d(spitch, width, height, "spitch")?, "src")?;
-        check_span(d, span_2d(dpitch, width, height, "dpitch")?, "dest")?;
-        // SAFETY: every local row is valid (this function's contract); the runtime validates
-        // the global side.
-        unsafe {
-            runtime::bm_copy_2d(
-                h,
-                Copy2d::new(s, spitch, d, dpitch, width, height),
-                t,
-                flags,
-            )
-        }
+        let (s_span, d_span) = (
+            span_2d(spitch, width, height, "spitch")?,
+            span_2d(dpitch, width, height, "dpitch")?,
+        );
+        check_span(s, s_span, "src")?;
+        check_span(d, d_span, "dest")?;
+        // SAFETY: every local row is valid (this function's contract), so the span holding
+        // them is; the runtime validates the global side.
+        let local = unsafe { bm_local(t, (s, s_span), (d, d_span)) };
+        runtime::bm_copy_2d(
+            h,
+            Copy2d::new(s, spitch, d, dpitch, width, height),
+            t,
+            flags,
+            local,
+        )
     })
 }

@@ -5,6 +5,7 @@
 use std::ffi::c_void;
 
 use smem_linux::runtime::{self, BATCH_MAX, BatchEntry};
+use smem_linux::sys::copy::bm_local;
 use smem_linux::{Error, Result};
 use static_assertions::{assert_eq_size, const_assert_eq};
 
@@ -77,18 +78,20 @@ pub unsafe extern "C" fn smem_bm_copy_batch(
             .zip(&sizes)
             .enumerate()
             .map(|(i, ((s, d), &len))| {
+                let (src, dest) = (addr_of(s.cast_const()), addr_of(d.cast_const()));
                 let entry = BatchEntry {
-                    src: addr_of(s.cast_const()),
-                    dest: addr_of(d.cast_const()),
+                    src,
+                    dest,
                     len,
+                    // SAFETY: every local side is valid (this function's contract); the runtime
+                    // validates the window sides.
+                    local: unsafe { bm_local(t, (src, len), (dest, len)) },
                 };
                 check_entry(i, &entry)?;
                 Ok(entry)
             })
             .collect::<Result<Vec<_>>>()?;
-        // SAFETY: every local side is valid (this function's contract); the runtime validates
-        // the window sides.
-        unsafe { runtime::bm_copy_batch(h, entries, t, flags) }
+        runtime::bm_copy_batch(h, entries, t, flags)
     })
 }
 

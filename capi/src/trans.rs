@@ -8,6 +8,7 @@ use std::ffi::{c_char, c_void};
 use std::ptr;
 
 use smem_core::ErrorCode;
+use smem_linux::sys::copy::RawRange;
 use smem_linux::trans::Direction::{Read, Write};
 use smem_linux::trans::{self, Direction, Entry, Role, TransConfig, TransHandle};
 use smem_linux::{Error, Result};
@@ -117,7 +118,10 @@ fn no_stream(stream: *mut c_void) -> Result<()> {
 }
 
 /// One entry from C pointers, checked.
-fn entry(
+///
+/// # Safety
+/// `local` is valid for `len` bytes for the transfer (until `smem_trans_wait` when queued).
+unsafe fn entry(
     local: *const c_void,
     remote: *const c_void,
     len: usize,
@@ -136,10 +140,16 @@ fn entry(
     if remote.is_null() {
         return Err(Error::invalid(at("the remote address is NULL")));
     }
+    let at_local = addr_of(local);
+    // SAFETY: forwarded contract.
+    let local = unsafe { RawRange::new(at_local, len as u64) }.ok_or_else(|| {
+        Error::invalid(at(&format!(
+            "the local range [{at_local:#x}, +{len:#x}) wraps around the address space"
+        )))
+    })?;
     Ok(Entry {
-        local: addr_of(local),
+        local,
         remote: addr_of(remote),
-        len: len as u64,
     })
 }
 
@@ -165,7 +175,10 @@ unsafe fn batch(
     let r = unsafe { ffi::array_arg(remotes, n, "remoteAddrs") }?;
     // SAFETY: forwarded contract.
     let s = unsafe { ffi::array_arg(sizes, n, "dataSizes") }?;
-    (0..n).map(|i| entry(l[i], r[i], s[i], Some(i))).collect()
+    // SAFETY: forwarded contract: each local range is valid for the transfer.
+    (0..n)
+        .map(|i| unsafe { entry(l[i], r[i], s[i], Some(i)) })
+        .collect()
 }
 
 /// Runs (`submit` false) or queues a transfer.
@@ -184,11 +197,9 @@ unsafe fn go(
     // SAFETY: forwarded contract.
     let peer = unsafe { ffi::cstr_arg(peer, "remoteUniqueId") }?;
     if submit {
-        // SAFETY: forwarded contract.
-        unsafe { trans::submit(h, dir, peer, entries) }
+        trans::submit(h, dir, peer, entries)
     } else {
-        // SAFETY: forwarded contract.
-        unsafe { trans::transfer(h, dir, peer, &entries) }
+        trans::transfer(h, dir, peer, &entries)
     }
 }
 
@@ -256,7 +267,10 @@ unsafe fn run(
             local,
             remote,
             size,
-        } => vec![entry(local, remote, size, None)?],
+        } => {
+            // SAFETY: forwarded contract.
+            vec![unsafe { entry(local, remote, size, None) }?]
+        }
         Sides::Batch {
             locals,
             remotes,
@@ -377,6 +391,19 @@ pub unsafe extern "C" fn smem_trans_free(h: smem_trans_t, address: *mut c_void) 
     })
 }
 
+/// A range to register; a wrapping one is refused.
+///
+/// # Safety
+/// `[addr, addr + len)` stays valid until it is deregistered (peers read and write it).
+unsafe fn registered(addr: u64, len: usize) -> Result<RawRange<'static>> {
+    // SAFETY: forwarded contract.
+    unsafe { RawRange::new(addr, len as u64) }.ok_or_else(|| {
+        Error::invalid(format!(
+            "cannot register [{addr:#x}, +{len:#x}): the range is empty, NULL or wraps"
+        ))
+    })
+}
+
 /// `smem_trans_register_mem`.
 ///
 /// # Safety
@@ -396,7 +423,9 @@ pub unsafe extern "C" fn smem_trans_register_mem(
                 "address {address:p} / capacity {capacity}: a non-NULL address and a capacity >= 1 are needed"
             )));
         }
-        trans::register(handle(h)?, &[(addr_of(address), capacity as u64)])
+        // SAFETY: the range stays valid until it is deregistered (this function's contract).
+        let range = unsafe { registered(addr_of(address), capacity) }?;
+        trans::register(handle(h)?, &[range])
     })
 }
 
@@ -424,11 +453,13 @@ pub unsafe extern "C" fn smem_trans_batch_register_mem(
         let a = unsafe { ffi::array_arg(addresses.cast_const(), count as usize, "addresses") }?;
         // SAFETY: forwarded contract of this function.
         let c = unsafe { ffi::array_arg(capacities.cast_const(), count as usize, "capacities") }?;
-        let ranges: Vec<(u64, u64)> = a
+        let ranges = a
             .iter()
             .zip(c)
-            .map(|(p, n)| (addr_of(*p), *n as u64))
-            .collect();
+            // SAFETY: each range stays valid until it is deregistered (this function's
+            // contract).
+            .map(|(p, n)| unsafe { registered(addr_of(*p), *n) })
+            .collect::<Result<Vec<_>>>()?;
         trans::register(handle(h)?, &ranges)
     })
 }

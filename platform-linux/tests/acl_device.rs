@@ -9,6 +9,9 @@
 //! with `ACL_TEST_ROLE` set), so no test changes the environment of the test process.
 #![allow(unsafe_code)] // copies through `Device::copy`, an `unsafe fn` taking raw pointers
 
+#[path = "common/copy.rs"]
+mod copy;
+use copy::raw_copy;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,7 +19,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use smem_core::ErrorCode;
-use smem_linux::device::{self, AclDevice, CopyDirection, Device, DeviceDescriptor, Shape2d};
+use smem_linux::device::{
+    self, AclDevice, CopyDirection, Device, DeviceDescriptor, RawRange, Shape2d,
+};
 
 const M2: u64 = 2 * 1024 * 1024;
 const ROLE: &str = "ACL_TEST_ROLE";
@@ -117,30 +122,31 @@ fn open() -> AclDevice {
     AclDevice::open_path(&stub_lib(), 0).expect("open the stub")
 }
 
+/// `len` bytes of device memory at `addr`, inside a segment the test keeps alive while it
+/// copies.
+fn dev_mem(addr: u64, len: u64) -> RawRange<'static> {
+    // SAFETY: every caller passes a range inside a device segment it holds for the copy.
+    unsafe { RawRange::new(addr, len) }.expect("device range")
+}
+
 fn h2d(dev: &dyn Device, dst: u64, data: &[u8]) {
-    // SAFETY: `dst` is device memory of at least `data.len()` bytes (the callers' segments).
-    unsafe {
-        dev.copy(
-            data.as_ptr(),
-            dst as *mut u8,
-            data.len(),
-            CopyDirection::HostToDevice,
-        )
-    }
+    let mut data = data.to_vec();
+    let len = data.len() as u64;
+    dev.copy(
+        RawRange::from_mut(&mut data),
+        dev_mem(dst, len),
+        CopyDirection::HostToDevice,
+    )
     .expect("H2D");
 }
 
 fn d2h(dev: &dyn Device, src: u64, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    // SAFETY: `src` is device memory of at least `len` bytes; `out` is `len` bytes.
-    unsafe {
-        dev.copy(
-            src as *const u8,
-            out.as_mut_ptr(),
-            len,
-            CopyDirection::DeviceToHost,
-        )
-    }
+    dev.copy(
+        dev_mem(src, len as u64),
+        RawRange::from_mut(&mut out),
+        CopyDirection::DeviceToHost,
+    )
     .expect("D2H");
     out
 }
@@ -270,15 +276,12 @@ fn alloc_and_copies() {
     h2d(&*dev, pa + 100, &data);
     assert_eq!(d2h(&*dev, pa + 100, data.len()), data);
     // D2D into b, read back on another thread.
-    // SAFETY: both ranges are inside their segments (4096 bytes at offsets < 2 MiB).
-    unsafe {
-        dev.copy(
-            (pa + 100) as *const u8,
-            (pb + M2) as *mut u8,
-            data.len(),
-            CopyDirection::DeviceToDevice,
-        )
-    }
+    // Both ranges are inside their segments (4096 bytes at offsets < 2 MiB).
+    dev.copy(
+        dev_mem(pa + 100, 4096),
+        dev_mem(pb + M2, 4096),
+        CopyDirection::DeviceToDevice,
+    )
     .expect("D2D");
     let d2 = Arc::clone(&dev);
     let back = std::thread::spawn(move || d2h(&*d2, pb + M2, 4096))
@@ -286,37 +289,31 @@ fn alloc_and_copies() {
         .expect("thread");
     assert_eq!(back, data);
     // 2D: H2D (aclrtMemcpy2d), D2D (row by row), D2H (aclrtMemcpy2d).
-    let rows: Vec<u8> = (0..8 * 64).map(|i| (i % 251) as u8).collect();
-    // SAFETY: 8 rows of 48 bytes, pitch 64 on the host (512 bytes) and 128 on the device.
-    unsafe {
-        dev.copy_2d(
-            rows.as_ptr(),
-            pa as *mut u8,
-            Shape2d::new(64, 128, 48, 8),
-            CopyDirection::HostToDevice,
-        )
-    }
+    let mut rows: Vec<u8> = (0..8 * 64).map(|i| (i % 251) as u8).collect();
+    // 8 rows of 48 bytes, pitch 64 on the host (512 bytes) and 128 on the device.
+    dev.copy_2d(
+        RawRange::from_mut(&mut rows),
+        dev_mem(pa, 1024),
+        Shape2d::new(64, 128, 48, 8),
+        CopyDirection::HostToDevice,
+    )
     .expect("2D H2D");
-    // SAFETY: the same shape, device to device (pitch 128 to 96), inside both segments.
-    unsafe {
-        dev.copy_2d(
-            pa as *const u8,
-            pb as *mut u8,
-            Shape2d::new(128, 96, 48, 8),
-            CopyDirection::DeviceToDevice,
-        )
-    }
+    // The same shape, device to device (pitch 128 to 96), inside both segments.
+    dev.copy_2d(
+        dev_mem(pa, 1024),
+        dev_mem(pb, 1024),
+        Shape2d::new(128, 96, 48, 8),
+        CopyDirection::DeviceToDevice,
+    )
     .expect("2D D2D");
     let mut out = vec![0xEEu8; 8 * 64];
-    // SAFETY: 8 rows of 48 bytes from the device (pitch 96) to `out` (pitch 64).
-    unsafe {
-        dev.copy_2d(
-            pb as *const u8,
-            out.as_mut_ptr(),
-            Shape2d::new(96, 64, 48, 8),
-            CopyDirection::DeviceToHost,
-        )
-    }
+    // 8 rows of 48 bytes from the device (pitch 96) to `out` (pitch 64).
+    dev.copy_2d(
+        dev_mem(pb, 1024),
+        RawRange::from_mut(&mut out),
+        Shape2d::new(96, 64, 48, 8),
+        CopyDirection::DeviceToHost,
+    )
     .expect("2D D2H");
     for r in 0..8 {
         assert_eq!(
@@ -439,35 +436,45 @@ fn injected_failures_are_named() {
             "aclrtMemcpy" | "aclrtMemcpy2d" => {
                 let seg = dev.alloc("x", M2).expect("alloc");
                 let p = seg.device_addr().expect("addr");
-                let buf = [1u8; 64];
-                // SAFETY: 64 bytes (or 2 rows of 32) into a 2 MiB device segment.
-                let e = unsafe {
-                    if r == "aclrtMemcpy" {
-                        dev.copy(buf.as_ptr(), p as *mut u8, 64, CopyDirection::HostToDevice)
-                    } else {
-                        dev.copy_2d(
-                            buf.as_ptr(),
-                            p as *mut u8,
-                            Shape2d::new(32, 64, 32, 2),
-                            CopyDirection::HostToDevice,
-                        )
-                    }
+                let mut buf = [1u8; 64];
+                let to = dev_mem(p, M2);
+                // 64 bytes (or 2 rows of 32) into a 2 MiB device segment.
+                let e = if r == "aclrtMemcpy" {
+                    dev.copy(
+                        RawRange::from_mut(&mut buf),
+                        to,
+                        CopyDirection::HostToDevice,
+                    )
+                } else {
+                    dev.copy_2d(
+                        RawRange::from_mut(&mut buf),
+                        to,
+                        Shape2d::new(32, 64, 32, 2),
+                        CopyDirection::HostToDevice,
+                    )
                 }
                 .expect_err("copy");
                 check(e, &r);
                 // The 2nd call of the same function succeeds (":1" injected the first only).
-                // SAFETY: as above.
-                unsafe { dev.copy(buf.as_ptr(), p as *mut u8, 64, CopyDirection::HostToDevice) }
-                    .expect("later copies work");
+                dev.copy(
+                    RawRange::from_mut(&mut buf),
+                    to,
+                    CopyDirection::HostToDevice,
+                )
+                .expect("later copies work");
             }
             "aclrtSetCurrentContext" => {
                 let seg = dev.alloc("x", M2).expect("alloc");
                 let p = seg.device_addr().expect("addr");
                 let d = Arc::clone(&dev);
                 let e = std::thread::spawn(move || {
-                    let buf = [1u8; 8];
-                    // SAFETY: 8 bytes into a 2 MiB device segment.
-                    unsafe { d.copy(buf.as_ptr(), p as *mut u8, 8, CopyDirection::HostToDevice) }
+                    let mut buf = [1u8; 8];
+                    // 8 bytes into a 2 MiB device segment.
+                    d.copy(
+                        RawRange::from_mut(&mut buf),
+                        dev_mem(p, 8),
+                        CopyDirection::HostToDevice,
+                    )
                 })
                 .join()
                 .expect("thread")
@@ -545,20 +552,17 @@ fn bm_object_on_acl() {
         let data: Vec<u8> = (0..1000u32).map(|i| (i % 253) as u8).collect();
         // L2G = 0, G2L = 1, G2H = 2, H2G = 3.
         // SAFETY: local buffers of the given sizes; the global side is validated.
-        unsafe { runtime::bm_copy(h, data.as_ptr() as u64, base + 64, 1000, 3, 0) }
-            .expect("H2G into HBM");
+        unsafe { raw_copy(h, data.as_ptr() as u64, base + 64, 1000, 3) }.expect("H2G into HBM");
         let mut back = vec![0u8; 1000];
         // SAFETY: as above.
-        unsafe { runtime::bm_copy(h, base + 64, back.as_mut_ptr() as u64, 1000, 2, 0) }
-            .expect("G2H from HBM");
+        unsafe { raw_copy(h, base + 64, back.as_mut_ptr() as u64, 1000, 2) }.expect("G2H from HBM");
         assert_eq!(back, data);
         // HBM -> DRAM inside the object (local side in the object's span).
         // SAFETY: both sides inside the joined window (validated).
-        unsafe { runtime::bm_copy(h, base + 64, base + M2 + 8, 1000, 0, 0) }
-            .expect("L2G HBM to DRAM");
+        unsafe { raw_copy(h, base + 64, base + M2 + 8, 1000, 0) }.expect("L2G HBM to DRAM");
         let mut dram = vec![0u8; 1000];
         // SAFETY: as above.
-        unsafe { runtime::bm_copy(h, base + M2 + 8, dram.as_mut_ptr() as u64, 1000, 2, 0) }
+        unsafe { raw_copy(h, base + M2 + 8, dram.as_mut_ptr() as u64, 1000, 2) }
             .expect("G2H from DRAM");
         assert_eq!(dram, data);
         runtime::bm_destroy(h).expect("destroy");

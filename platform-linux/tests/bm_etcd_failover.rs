@@ -11,6 +11,9 @@
 mod bm_common;
 mod etcd_common;
 
+#[path = "common/copy.rs"]
+mod copy;
+use copy::raw_copy;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -36,13 +39,13 @@ const NAME: &str = "leader_and_rank0_killed_mid_job";
 
 fn write(h: BmHandle, dst: u64, data: &[u8]) -> smem_linux::Result<()> {
     // SAFETY: `data` is a live slice of `data.len()` readable bytes.
-    unsafe { runtime::bm_copy(h, data.as_ptr() as u64, dst, data.len() as u64, H2G, 0) }
+    unsafe { raw_copy(h, data.as_ptr() as u64, dst, data.len() as u64, H2G) }
 }
 
 fn read(h: BmHandle, src: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     // SAFETY: `buf` is a live buffer of `len` writable bytes.
-    unsafe { runtime::bm_copy(h, src, buf.as_mut_ptr() as u64, len as u64, G2H, 0) }
+    unsafe { raw_copy(h, src, buf.as_mut_ptr() as u64, len as u64, G2H) }
         .expect("read from a window");
     buf
 }

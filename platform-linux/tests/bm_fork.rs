@@ -9,6 +9,9 @@
 
 mod bm_common;
 
+#[path = "common/copy.rs"]
+mod copy;
+use copy::raw_copy;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -223,7 +226,7 @@ fn fork_under_load(r: &Role) {
                     if i == 0 {
                         let data = [n as u8; 4096];
                         // SAFETY: `data` is a live buffer of 4096 bytes.
-                        unsafe { runtime::bm_copy(h, data.as_ptr() as u64, base, 4096, 3, 0) }
+                        unsafe { raw_copy(h, data.as_ptr() as u64, base, 4096, 3) }
                             .expect("busy copy");
                     }
                     n += 1;
@@ -255,7 +258,7 @@ fn fork_under_load(r: &Role) {
                 let b = runtime::bm_join(h, 0).expect("child join");
                 let msg = format!("child {f}");
                 // SAFETY: `msg` is live for the copy.
-                unsafe { runtime::bm_copy(h, msg.as_ptr() as u64, b, msg.len() as u64, 3, 0) }
+                unsafe { raw_copy(h, msg.as_ptr() as u64, b, msg.len() as u64, 3) }
                     .expect("child copy");
                 let c = client(&parent_url);
                 c.set(format!("child/{f}").as_bytes(), b"1")

@@ -3,6 +3,9 @@
 
 mod bm_common;
 
+#[path = "common/copy.rs"]
+mod copy;
+use copy::raw_copy;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -13,6 +16,7 @@ use bm_common::{
 use smem_core::ErrorCode;
 use smem_core::bm::Copy2d;
 use smem_linux::runtime::{self, BmHandle};
+use smem_linux::sys::copy::bm_local;
 
 const M: u64 = 1 << 20;
 const L2G: u32 = 0;
@@ -32,13 +36,13 @@ fn tagged<'a>(out: &'a str, tag: &str) -> &'a str {
 
 fn write(h: BmHandle, dst: u64, data: &[u8], t: u32) -> smem_linux::Result<()> {
     // SAFETY: `data` is a live slice of `data.len()` readable bytes.
-    unsafe { runtime::bm_copy(h, data.as_ptr() as u64, dst, data.len() as u64, t, 0) }
+    unsafe { raw_copy(h, data.as_ptr() as u64, dst, data.len() as u64, t) }
 }
 
 fn read(h: BmHandle, src: u64, len: usize, t: u32) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     // SAFETY: `buf` is a live buffer of `len` writable bytes.
-    unsafe { runtime::bm_copy(h, src, buf.as_mut_ptr() as u64, len as u64, t, 0) }
+    unsafe { raw_copy(h, src, buf.as_mut_ptr() as u64, len as u64, t) }
         .expect("read from a window");
     buf
 }
@@ -230,6 +234,11 @@ fn pairs_rank(role: &Role) {
                 Copy2d::new(rows.as_ptr() as u64, 100, dst, 1000, 100, 4),
                 H2G,
                 0,
+                bm_local(
+                    H2G,
+                    (rows.as_ptr() as u64, (4 - 1) * 100 + 100),
+                    (dst, (4 - 1) * 1000 + 100),
+                ),
             )
         }
         .expect("2D H2G");
@@ -262,6 +271,11 @@ fn pairs_rank(role: &Role) {
                     Copy2d::new(src, 1000, rows.as_mut_ptr() as u64, 100, 100, 4),
                     G2H,
                     0,
+                    bm_local(
+                        G2H,
+                        (src, (4 - 1) * 1000 + 100),
+                        (rows.as_mut_ptr() as u64, (4 - 1) * 100 + 100),
+                    ),
                 )
             }
             .expect("2D G2H");

@@ -4,6 +4,9 @@
 
 mod bm_common;
 
+#[path = "common/copy.rs"]
+mod copy;
+use copy::raw_copy;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -12,6 +15,7 @@ use std::time::Duration;
 use bm_common::{barrier, barrier_last, client, config, free_url, pattern, role, spawn_with};
 use smem_core::bm::Copy2d;
 use smem_linux::runtime;
+use smem_linux::sys::copy::bm_local;
 use smem_linux::tls::{self, TlsOptions};
 
 #[path = "support/pki.rs"]
@@ -97,7 +101,7 @@ fn tls_rank(rank: u32, n: u32, url: &str) {
         let data = [pattern(rank, p, 0); 4096];
         let dst = win + u64::from(rank) * 4096;
         // SAFETY: `data` is a live slice of 4096 readable bytes.
-        unsafe { runtime::bm_copy(h, data.as_ptr() as u64, dst, 4096, L2G, 0) }.expect("L2G");
+        unsafe { raw_copy(h, data.as_ptr() as u64, dst, 4096, L2G) }.expect("L2G");
     }
     barrier(&c, "written", n);
     for p in 0..n {
@@ -106,8 +110,7 @@ fn tls_rank(rank: u32, n: u32, url: &str) {
             let mut buf = vec![0_u8; 4096];
             let src = win + u64::from(from) * 4096;
             // SAFETY: `buf` is 4096 writable bytes.
-            unsafe { runtime::bm_copy(h, src, buf.as_mut_ptr() as u64, 4096, G2L, 0) }
-                .expect("G2L");
+            unsafe { raw_copy(h, src, buf.as_mut_ptr() as u64, 4096, G2L) }.expect("G2L");
             assert!(
                 buf.iter().all(|&b| b == pattern(from, p, 0)),
                 "{p} from {from}"
@@ -155,7 +158,7 @@ fn four_ranks_copy_every_pair_over_the_tls_transport() {
 
 fn copy(h: runtime::BmHandle, src: u64, dst: u64, len: usize, t: u32) {
     // SAFETY: the callers pass a live local buffer of `len` bytes as the local side.
-    unsafe { runtime::bm_copy(h, src, dst, len as u64, t, 0) }.expect("copy");
+    unsafe { raw_copy(h, src, dst, len as u64, t) }.expect("copy");
 }
 
 fn tls_net_rank(rank: u32, n: u32, url: &str) {
@@ -185,6 +188,11 @@ fn tls_net_rank(rank: u32, n: u32, url: &str) {
                 Copy2d::new(rows.as_ptr() as u64, 100, dst, 1000, 100, 4),
                 H2G,
                 0,
+                bm_local(
+                    H2G,
+                    (rows.as_ptr() as u64, (4 - 1) * 100 + 100),
+                    (dst, (4 - 1) * 1000 + 100),
+                ),
             )
         }
         .expect("2D H2G");
@@ -214,6 +222,11 @@ fn tls_net_rank(rank: u32, n: u32, url: &str) {
                     Copy2d::new(src, 1000, rows.as_mut_ptr() as u64, 100, 100, 4),
                     G2H,
                     0,
+                    bm_local(
+                        G2H,
+                        (src, (4 - 1) * 1000 + 100),
+                        (rows.as_mut_ptr() as u64, (4 - 1) * 100 + 100),
+                    ),
                 )
             }
             .expect("2D G2H");

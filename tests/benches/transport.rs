@@ -16,6 +16,9 @@
 //! `DIR/ca.pem`, `DIR/server.pem` + `server.key` (rank 0) and `DIR/client.pem` + `client.key`
 //! (rank 1), certificates valid for 127.0.0.1; the raw baseline stays plain TCP.
 
+#[path = "../../platform-linux/tests/common/copy.rs"]
+mod copy;
+use copy::raw_copy;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use smem_linux::runtime::{self, BatchEntry, BmConfig, BmHandle};
 use smem_linux::store::{ClientOptions, StoreClient};
+use smem_linux::sys::copy::bm_local;
 
 const ROLE: &str = "SMEM_TRANSPORT_BENCH_ROLE";
 const URL: &str = "SMEM_TRANSPORT_BENCH_URL";
@@ -153,7 +157,7 @@ fn measure(len: u64, ops: &mut [&mut dyn FnMut()]) -> Vec<f64> {
 
 fn copy(h: BmHandle, src: u64, dst: u64, len: u64, t: u32) {
     // SAFETY: the local side is a live buffer of at least `len` bytes owned by the caller.
-    unsafe { runtime::bm_copy(h, src, dst, len, t, 0) }.expect("copy");
+    unsafe { raw_copy(h, src, dst, len, t) }.expect("copy");
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -198,7 +202,7 @@ fn measure_all(url: &str) {
     let lp = local.as_mut_ptr() as u64;
     let deadline = Instant::now() + Duration::from_secs(60);
     // SAFETY: `local` is a live buffer of `max` bytes.
-    while unsafe { runtime::bm_copy(h, lp, remote, 1, H2G, 0) }.is_err() {
+    while unsafe { raw_copy(h, lp, remote, 1, H2G) }.is_err() {
         assert!(Instant::now() < deadline, "rank 1's window never joined");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -298,19 +302,23 @@ const BATCH_LEN: u64 = 16 * KIB;
 /// a loop of [`BATCH_N`] single `smem_bm_copy` calls.
 fn batches(h: BmHandle, local: u64, remote: u64, raw: &dyn Fn(u8, u64)) {
     let total = BATCH_N as u64 * BATCH_LEN;
-    let entries = |src: u64, dst: u64| -> Vec<BatchEntry> {
+    let entries = |src: u64, dst: u64, t: u32| -> Vec<BatchEntry> {
         (0..BATCH_N as u64)
-            .map(|i| BatchEntry {
-                src: src + i * BATCH_LEN,
-                dest: dst + i * BATCH_LEN,
-                len: BATCH_LEN,
+            .map(|i| {
+                let (src, dest) = (src + i * BATCH_LEN, dst + i * BATCH_LEN);
+                BatchEntry {
+                    src,
+                    dest,
+                    len: BATCH_LEN,
+                    // SAFETY: every local range is part of the caller's live buffer of at least
+                    // `total` bytes; the remote ranges are validated.
+                    local: unsafe { bm_local(t, (src, BATCH_LEN), (dest, BATCH_LEN)) },
+                }
             })
             .collect()
     };
     let batch = |src: u64, dst: u64, t: u32| {
-        // SAFETY: every local range is part of the caller's live buffer of at least `total`
-        // bytes; the remote ranges are validated.
-        unsafe { runtime::bm_copy_batch(h, entries(src, dst), t, 0) }.expect("batch");
+        runtime::bm_copy_batch(h, entries(src, dst, t), t, 0).expect("batch");
     };
     let singles = |src: u64, dst: u64, t: u32| {
         for i in 0..BATCH_N as u64 {

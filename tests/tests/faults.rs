@@ -8,6 +8,9 @@
 //! environment; it reports on stdout with `FAULT <event> ...` lines that the parent parses. All
 //! waits are bounded; children are killed by PID when a test fails.
 
+#[path = "../../platform-linux/tests/common/copy.rs"]
+mod copy;
+use copy::raw_copy;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -78,7 +81,7 @@ fn copy_loop(h: BmHandle, peer: u16, limit: Duration) {
         let off = (n % (DRAM / CHUNK as u64)) * CHUNK as u64;
         // SAFETY: `src` is a live local buffer of CHUNK bytes; the runtime validates the
         // global side.
-        unsafe { runtime::bm_copy(h, src.as_ptr() as u64, dst + off, CHUNK as u64, H2G, 0) }
+        unsafe { raw_copy(h, src.as_ptr() as u64, dst + off, CHUNK as u64, H2G) }
     };
     let wait_end = Instant::now() + Duration::from_secs(2 * TIMEOUT_S);
     while copy(0).is_err() {
@@ -176,7 +179,7 @@ fn fault_child() {
             let src = vec![7u8; 4096];
             let dst = runtime::bm_ptr(h, peer).expect("ptr");
             // SAFETY: 4096 local bytes; the global side is validated.
-            let r = unsafe { runtime::bm_copy(h, src.as_ptr() as u64, dst, 4096, H2G, 0) };
+            let r = unsafe { raw_copy(h, src.as_ptr() as u64, dst, 4096, H2G) };
             report("copy", Instant::now(), &r);
             barrier(&c, "copied", world);
             let t0 = Instant::now();
@@ -197,7 +200,7 @@ fn fault_child() {
                 let src = vec![1u8; 4096];
                 let dst = runtime::bm_ptr(h, other).expect("ptr");
                 // SAFETY: 4096 local bytes; the global side is validated.
-                let r = unsafe { runtime::bm_copy(h, src.as_ptr() as u64, dst, 4096, H2G, 0) };
+                let r = unsafe { raw_copy(h, src.as_ptr() as u64, dst, 4096, H2G) };
                 report("copy_alive", Instant::now(), &r);
                 // The other survivor may still be copying into this rank's window: destroy
                 // (after `create_after`) only once the parent saw every `copy_alive`.

@@ -38,16 +38,18 @@
 //! A failed ACL call becomes an `SM_ERROR` (`SM_MALLOC_FAILED` for `aclrtMalloc`) whose message
 //! names the call and its ACL error code.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use log::debug;
 use smem_core::ErrorCode;
 
-use super::{CopyDirection, Device, DeviceDescriptor, DeviceSegment, SegmentInner, Shape2d};
-use crate::sys::acl::{AclApi, AclCallError, Context, MemcpyKind};
-use crate::sys::copy;
+use super::{
+    CopyDirection, Device, DeviceDescriptor, DeviceSegment, SegmentInner, Shape2d, copy_err,
+};
+use crate::sys::acl::{AclApi, AclCallError, Context, DeviceMem, MemcpyKind};
+use crate::sys::copy::RawRange;
 use crate::{Error, Result};
 
 /// Env var naming the CANN installation (`.../ascend-toolkit/latest`).
@@ -173,9 +175,7 @@ impl AclDevice {
     /// # Errors
     /// As [`AclDevice::open`].
     pub fn open_path(path: &str, device_id: u16) -> Result<Self> {
-        // SAFETY: loading the Ascend runtime is what the user asked for (SMEM_DEVICE=acl or the
-        // default probe); the library is trusted to implement the ACL API it exports.
-        let api = unsafe { AclApi::load(path) }.map_err(|e| {
+        let api = AclApi::open(path).map_err(|e| {
             Error::new(
                 ErrorCode::NotSupported,
                 format!("cannot load the Ascend runtime: {e}"),
@@ -243,13 +243,22 @@ impl Drop for Shared {
 #[derive(Debug)]
 pub(super) struct AclSegment {
     shared: Arc<Shared>,
+    /// Taken when dropped.
+    mem: Option<DeviceMem>,
     addr: u64,
     len: u64,
-    key: CString,
-    owned: bool,
 }
 
 impl AclSegment {
+    fn new(shared: &Arc<Shared>, mem: DeviceMem) -> Self {
+        Self {
+            shared: Arc::clone(shared),
+            addr: mem.addr(),
+            len: mem.len(),
+            mem: Some(mem),
+        }
+    }
+
     pub(super) fn addr(&self) -> u64 {
         self.addr
     }
@@ -258,17 +267,22 @@ impl AclSegment {
         self.len
     }
 
+    fn key(&self) -> &CStr {
+        self.mem.as_ref().map_or(c"", DeviceMem::key)
+    }
+
     pub(super) fn descriptor(&self) -> DeviceDescriptor {
         DeviceDescriptor::AclIpc {
             len: self.len,
-            key: self.key.to_string_lossy().into_owned(),
+            key: self.key().to_string_lossy().into_owned(),
         }
     }
 }
 
 impl Drop for AclSegment {
     fn drop(&mut self) {
-        let what = if self.owned { "exported" } else { "imported" };
+        let Some(mem) = self.mem.take() else { return };
+        let what = if mem.owned() { "exported" } else { "imported" };
         let _ctx = match self.shared.bind() {
             Ok(g) => g,
             Err(e) => {
@@ -276,16 +290,14 @@ impl Drop for AclSegment {
                 return;
             }
         };
-        // SAFETY: the segment is being dropped: the runtime stopped every copy through this
-        // address (window drained) before dropping it.
-        if let Err(e) = unsafe { self.shared.api.ipc_close(&self.key) } {
+        // The runtime stopped every copy through this memory (window drained) before dropping
+        // the segment.
+        let [close, free] = self.shared.api.release(mem);
+        if let Some(e) = close {
             log::warn!("acl: closing the {what} IPC key: {}", self.shared.fail(e));
         }
-        if self.owned {
-            // SAFETY: `addr` came from aclrtMalloc of this library and nothing uses it any more.
-            if let Err(e) = unsafe { self.shared.api.free(self.addr) } {
-                log::warn!("acl: {}", self.shared.fail(e));
-            }
+        if let Some(e) = free {
+            log::warn!("acl: {}", self.shared.fail(e));
         }
     }
 }
@@ -293,6 +305,10 @@ impl Drop for AclSegment {
 impl Device for AclDevice {
     fn name(&self) -> &'static str {
         "acl"
+    }
+
+    fn device_range(&self, addr: u64, len: u64) -> Option<RawRange<'_>> {
+        self.shared.api.device_range(addr, len)
     }
 
     fn device_id(&self) -> u16 {
@@ -306,26 +322,15 @@ impl Device for AclDevice {
             .filter(|&n| n > 0)
             .ok_or_else(|| Error::invalid(format!("{name}: bad device segment length {len:#x}")))?;
         let _ctx = s.bind()?;
-        let addr = s
-            .api
-            .malloc(n)
-            .map_err(|e| s.fail(e).context(format!("{name}: {len:#x} bytes")))?;
-        let key = match s.api.export_key(addr, n) {
-            Ok(k) => k,
-            Err(e) => {
-                // SAFETY: just allocated, never shared.
-                let _ = unsafe { s.api.free(addr) };
-                return Err(s.fail(e).context(name));
+        let mem = s.api.alloc_exported(n).map_err(|e| {
+            if e.call == "aclrtMalloc" {
+                s.fail(e).context(format!("{name}: {len:#x} bytes"))
+            } else {
+                s.fail(e).context(name)
             }
-        };
+        })?;
         Ok(DeviceSegment {
-            inner: SegmentInner::Acl(AclSegment {
-                shared: Arc::clone(s),
-                addr,
-                len,
-                key,
-                owned: true,
-            }),
+            inner: SegmentInner::Acl(AclSegment::new(s, mem)),
         })
     }
 
@@ -339,7 +344,7 @@ impl Device for AclDevice {
         let _ctx = self.shared.bind()?;
         self.shared
             .api
-            .set_import_pids(&a.key, pids)
+            .set_import_pids(a.key(), pids)
             .map_err(|e| self.shared.fail(e))
     }
 
@@ -358,69 +363,47 @@ impl Device for AclDevice {
             .map_err(|_| Error::invalid("IPC key with a NUL byte in a window record"))?;
         let s = &self.shared;
         let _ctx = s.bind()?;
-        let addr = s.api.import_by_key(&ckey).map_err(|e| s.fail(e))?;
+        let mem = s.api.import(ckey, *len).map_err(|e| s.fail(e))?;
         Ok(DeviceSegment {
-            inner: SegmentInner::Acl(AclSegment {
-                shared: Arc::clone(s),
-                addr,
-                len: *len,
-                key: ckey,
-                owned: false,
-            }),
+            inner: SegmentInner::Acl(AclSegment::new(s, mem)),
         })
     }
 
-    unsafe fn copy_2d(
+    fn copy_2d(
         &self,
-        src: *const u8,
-        dst: *mut u8,
+        src: RawRange<'_>,
+        dst: RawRange<'_>,
         shape: Shape2d,
         dir: CopyDirection,
     ) -> Result<()> {
+        let c = shape.check(src, dst).map_err(copy_err)?;
         match dir {
             CopyDirection::HostToHost => {
-                // SAFETY: the caller upholds `Device::copy_2d`'s contract (host memory).
-                unsafe { copy::copy_2d(src, dst, shape) };
+                c.run();
                 Ok(())
             }
-            _ if shape.height == 1 => {
+            CopyDirection::HostToDevice | CopyDirection::DeviceToHost if shape.height > 1 => {
                 let _ctx = self.shared.bind()?;
-                // SAFETY: the caller upholds `Device::copy_2d`'s contract for the one row:
-                // `src`/`dst` are valid in the memories `dir` names (device addresses for
-                // device sides) and disjoint.
-                unsafe {
-                    self.shared
-                        .api
-                        .memcpy(dst, src, shape.width, Self::copy_kind(dir))
-                }
-                .map_err(|e| self.shared.fail(e))
+                self.shared
+                    .api
+                    .memcpy_2d(&c, Self::copy_kind(dir))
+                    .map_err(|e| self.shared.fail(e))
             }
-            CopyDirection::HostToDevice | CopyDirection::DeviceToHost => {
+            // One row, or device to device (aclrtMemcpy2d supports host<->device only): one
+            // aclrtMemcpy per row.
+            _ => {
                 let _ctx = self.shared.bind()?;
-                // SAFETY: the caller upholds `Device::copy_2d`'s contract for every row.
-                unsafe {
-                    self.shared
-                        .api
-                        .memcpy_2d(dst, src, shape, Self::copy_kind(dir))
-                }
-                .map_err(|e| self.shared.fail(e))
-            }
-            CopyDirection::DeviceToDevice => {
-                // aclrtMemcpy2d supports host<->device only: one aclrtMemcpy per row.
-                let _ctx = self.shared.bind()?;
-                for row in 0..shape.height {
-                    let s = src.wrapping_add(row.wrapping_mul(shape.spitch));
-                    let d = dst.wrapping_add(row.wrapping_mul(shape.dpitch));
-                    // SAFETY: row `row` of both sides is valid and disjoint by the caller's
-                    // contract (offsets checked for overflow by the caller).
-                    unsafe {
-                        self.shared
-                            .api
-                            .memcpy(d, s, shape.width, MemcpyKind::DeviceToDevice)
-                    }
-                    .map_err(|e| self.shared.fail(e).context(format!("2D copy row {row}")))?;
-                }
-                Ok(())
+                self.shared
+                    .api
+                    .memcpy_rows(&c, Self::copy_kind(dir))
+                    .map_err(|(row, e)| {
+                        let e = self.shared.fail(e);
+                        if shape.height > 1 {
+                            e.context(format!("2D copy row {row}"))
+                        } else {
+                            e
+                        }
+                    })
             }
         }
     }

@@ -14,10 +14,6 @@
 //! `acl` when the Ascend runtime loads, else `sim`. `SMEM_DEVICE=acl` without a loadable runtime
 //! is an error (`SM_NOT_SUPPORTED`) that says what was tried. The choice is logged at info level
 //! once per process (and again only if it changes).
-// The trait's copy methods take raw caller pointers and are `unsafe fn`; declaring them needs
-// this allow. The only `unsafe` blocks are the forwarding calls in `sim.rs` and `acl.rs` into
-// `sys::copy` and `sys::acl`.
-#![allow(unsafe_code)]
 
 pub mod acl;
 mod sim;
@@ -34,7 +30,7 @@ pub use sim::SimDevice;
 
 use self::acl::AclSegment;
 use crate::mem::{HostSegment, SegmentDescriptor};
-pub use crate::sys::copy::Shape2d;
+pub use crate::sys::copy::{RawRange, Shape2d};
 use crate::{Error, Result};
 
 /// Env var that selects the backend.
@@ -239,40 +235,45 @@ pub trait Device: Send + Sync + fmt::Debug {
     /// As [`HostSegment::open`], plus `SM_INVALID_PARAM` for a descriptor of another kind.
     fn open_peer(&self, desc: &DeviceDescriptor) -> Result<DeviceSegment>;
 
-    /// Copies `len` bytes from `src` to `dst`; complete when the call returns.
-    ///
-    /// # Safety
-    /// `src` must be readable and `dst` writable for `len` bytes, in the memories `dir` names,
-    /// for the whole call, and the ranges must not overlap.
-    ///
-    /// # Errors
-    /// The device's copy error.
-    unsafe fn copy(
-        &self,
-        src: *const u8,
-        dst: *mut u8,
-        len: usize,
-        dir: CopyDirection,
-    ) -> Result<()> {
-        // SAFETY: forwarded contract: one row of `len` bytes.
-        unsafe { self.copy_2d(src, dst, Shape2d::row(len), dir) }
+    /// `len` bytes at device address `addr` of a live allocation or import of this device, as
+    /// a range for device copies; `None` when no live segment holds them. The segment must
+    /// outlive the copies through the range (the runtime's window protocol). Backends whose
+    /// memory is mapped into the GVA (`sim`) have no device-resident memory.
+    fn device_range(&self, addr: u64, len: u64) -> Option<RawRange<'_>> {
+        let _ = (addr, len);
+        None
     }
 
-    /// Copies the rows of `shape`: row `i` from `src + i*spitch` to `dst + i*dpitch`
-    /// (backends copy a single row as one contiguous range).
-    ///
-    /// # Safety
-    /// As [`Device::copy`], for every row.
+    /// Copies all of `src` to the start of `dst`, in the memories `dir` names; complete when
+    /// the call returns.
     ///
     /// # Errors
-    /// The device's copy error.
-    unsafe fn copy_2d(
+    /// `SM_INVALID_PARAM` when `dst` is shorter than `src`; the device's copy error.
+    fn copy(&self, src: RawRange<'_>, dst: RawRange<'_>, dir: CopyDirection) -> Result<()> {
+        let len =
+            usize::try_from(src.len()).map_err(|_| Error::invalid("copy length exceeds usize"))?;
+        self.copy_2d(src, dst, Shape2d::row(len), dir)
+    }
+
+    /// Copies the rows of `shape`: row `i` from offset `i*spitch` of `src` to offset
+    /// `i*dpitch` of `dst`, in the memories `dir` names (backends copy a single row as one
+    /// contiguous range).
+    ///
+    /// # Errors
+    /// `SM_INVALID_PARAM` when a row leaves its range (nothing is copied); the device's copy
+    /// error.
+    fn copy_2d(
         &self,
-        src: *const u8,
-        dst: *mut u8,
+        src: RawRange<'_>,
+        dst: RawRange<'_>,
         shape: Shape2d,
         dir: CopyDirection,
     ) -> Result<()>;
+}
+
+/// The error of a copy whose rows leave their ranges ([`Shape2d::check`]).
+pub(crate) fn copy_err(e: std::io::Error) -> Error {
+    Error::invalid(format!("copy: {e}"))
 }
 
 /// The backend named by `SMEM_DEVICE` (default: `acl` when it loads, else `sim`) for device
@@ -418,23 +419,33 @@ mod xproc_tests {
             let res = Reservation::reserve_anywhere(M2, M2).expect("reserve");
             res.map_segment(0, seg.mapping_fd().expect("sim maps"), M2)
                 .expect("map");
-            let at = res.mapped_addr(M2 - 4, 4).expect("mapped");
-            let src = *b"tail";
-            // SAFETY: `at` is mapped for 4 bytes for the life of `res`; `src` is a local array.
-            unsafe { dev.copy(src.as_ptr(), at as *mut u8, 4, CopyDirection::HostToDevice) }
-                .expect("copy");
-            let rows = *b"ab..cd..";
-            let at = res.mapped_addr(0, 6).expect("mapped");
-            // SAFETY: 2 rows of 2 bytes, pitch 4 in `rows` (8 bytes) and 4 at `at` (6 bytes span).
-            unsafe {
-                dev.copy_2d(
-                    rows.as_ptr(),
-                    at as *mut u8,
-                    Shape2d::new(4, 4, 2, 2),
+            let at = res.mapped_range(M2 - 4, 4).expect("mapped");
+            let mut src = *b"tail";
+            dev.copy(
+                RawRange::from_mut(&mut src),
+                at,
+                CopyDirection::HostToDevice,
+            )
+            .expect("copy");
+            let mut rows = *b"ab..cd..";
+            let at = res.mapped_range(0, 6).expect("mapped");
+            let shape = Shape2d::new(4, 4, 2, 2);
+            dev.copy_2d(
+                RawRange::from_mut(&mut rows),
+                at,
+                shape,
+                CopyDirection::HostToDevice,
+            )
+            .expect("2d");
+            let e = dev
+                .copy_2d(
+                    RawRange::from_mut(&mut rows),
+                    at,
+                    Shape2d::new(4, 4, 3, 2),
                     CopyDirection::HostToDevice,
                 )
-            }
-            .expect("2d");
+                .expect_err("rows leave the destination");
+            assert_eq!(e.code(), ErrorCode::InvalidParam);
             println!("child-ok");
             return;
         }
@@ -445,16 +456,12 @@ mod xproc_tests {
         let out = run_child_with_bytes(NAME, &seg.descriptor().encode(), Duration::from_secs(20));
         assert!(out.contains("child-ok"), "{out}");
         let mut tail = [0u8; 4];
-        let at = res.mapped_addr(M2 - 4, 4).expect("mapped");
-        // SAFETY: `at` is mapped for 4 bytes; `tail` is a local array.
-        unsafe {
-            dev.copy(
-                at as *const u8,
-                tail.as_mut_ptr(),
-                4,
-                CopyDirection::DeviceToHost,
-            )
-        }
+        let at = res.mapped_range(M2 - 4, 4).expect("mapped");
+        dev.copy(
+            at,
+            RawRange::from_mut(&mut tail),
+            CopyDirection::DeviceToHost,
+        )
         .expect("copy");
         assert_eq!(&tail, b"tail");
         let mut head = [0u8; 6];

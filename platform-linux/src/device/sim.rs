@@ -1,9 +1,10 @@
 //! The `sim` backend: "HBM" is host memory in a `memfd`, handled exactly like a device segment.
-#![allow(unsafe_code)] // forwarding the trait's copy contract to `sys::copy`, see below
 
-use super::{CopyDirection, Device, DeviceDescriptor, DeviceSegment, SegmentInner, Shape2d};
+use super::{
+    CopyDirection, Device, DeviceDescriptor, DeviceSegment, RawRange, SegmentInner, Shape2d,
+    copy_err,
+};
 use crate::mem::{HostSegment, SegmentKind};
-use crate::sys::copy;
 use crate::{Error, Result};
 
 /// The simulated device (see the module docs).
@@ -51,16 +52,15 @@ impl Device for SimDevice {
         })
     }
 
-    unsafe fn copy_2d(
+    fn copy_2d(
         &self,
-        src: *const u8,
-        dst: *mut u8,
+        src: RawRange<'_>,
+        dst: RawRange<'_>,
         shape: Shape2d,
         dir: CopyDirection,
     ) -> Result<()> {
         let _ = dir;
-        // SAFETY: the caller upholds `Device::copy_2d`'s contract, which is `copy_2d`'s contract.
-        unsafe { copy::copy_2d(src, dst, shape) };
+        shape.check(src, dst).map_err(copy_err)?.run();
         Ok(())
     }
 }

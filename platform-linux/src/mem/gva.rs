@@ -5,6 +5,7 @@ use std::os::fd::BorrowedFd;
 use smem_core::ErrorCode;
 use smem_core::gva::{Gva, GvaRange};
 
+use crate::sys::copy::RawRange;
 use crate::sys::mman::Region;
 use crate::{Error, Result};
 
@@ -284,6 +285,25 @@ impl Reservation {
         let o = usize::try_from(offset).ok()?;
         let l = usize::try_from(len).ok()?;
         self.region.mapped_addr(o, l).map(|a| a as u64)
+    }
+
+    /// `offset..offset+len` as a range for raw copies when it lies inside one mapped part (see
+    /// [`crate::sys::mman::Region::mapped_range`]: the data path keeps the part mapped while it
+    /// copies).
+    pub fn mapped_range(&self, offset: u64, len: u64) -> Option<RawRange<'_>> {
+        let o = usize::try_from(offset).ok()?;
+        let l = usize::try_from(len).ok()?;
+        self.region.mapped_range(o, l)
+    }
+
+    /// Loads the atomic word at `offset` (see [`crate::sys::mman::Region::load_u64`]).
+    pub fn load_u64(&self, offset: u64) -> Option<u64> {
+        self.region.load_u64(usize::try_from(offset).ok()?)
+    }
+
+    /// Stores the atomic word at `offset` (see [`crate::sys::mman::Region::store_u64`]).
+    pub fn store_u64(&self, offset: u64, v: u64) -> bool {
+        usize::try_from(offset).is_ok_and(|o| self.region.store_u64(o, v))
     }
 
     /// Copies bytes out of a mapped part (control path and tests; copies of the data path go

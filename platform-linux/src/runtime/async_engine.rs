@@ -145,15 +145,11 @@ fn work(e: &'static Engine) {
 
 /// Runs a queued copy synchronously.
 fn run(handle: BmHandle, job: Job) -> Result<()> {
-    // SAFETY: the submitter promised (SPEC 6.1) that source and destination stay valid until
-    // its `smem_bm_wait`, which waits for this copy.
-    unsafe {
-        match job {
-            Job::Copy(request) => copy::copy(handle, request, 0),
-            Job::Batch { entries, copy_type } => {
-                batch::bm_copy_batch(handle, entries, copy_type, 0)
-            }
-        }
+    // The submitter's local memory (in the job) stays valid until its `smem_bm_wait`, which
+    // waits for this copy (SPEC 6.1).
+    match job {
+        Job::Copy(request) => copy::copy(handle, request, 0),
+        Job::Batch { entries, copy_type } => batch::bm_copy_batch(handle, entries, copy_type, 0),
     }
 }
 

@@ -25,6 +25,7 @@ use smem_core::ErrorCode;
 use super::copy::{self, BOUNCE, Entered, Plan, Side};
 use super::object::BmObject;
 use super::{BmHandle, async_engine};
+use crate::sys::copy::RawRange;
 use crate::transport::Op;
 use crate::transport::batch::Span;
 use crate::{Error, Result};
@@ -41,6 +42,8 @@ pub struct BatchEntry {
     pub dest: u64,
     /// Byte count.
     pub len: u64,
+    /// The caller's memory of the local side, as for [`super::bm_copy`].
+    pub local: Option<RawRange<'static>>,
 }
 
 /// A group of network entries to one peer: (rank, op, local memory is device memory).
@@ -57,14 +60,13 @@ fn key_op(k: u8) -> Op {
     if k == 0 { Op::Write } else { Op::Read }
 }
 
-/// `smem_bm_copy_batch`.
+/// `smem_bm_copy_batch`. Each entry carries the caller's memory of its local side (its `src`
+/// for L2G/H2G, its `dest` for G2L/G2H; none for G2G), as for [`super::bm_copy`];
+/// destinations written by different entries should not overlap (their order is unspecified).
 ///
-/// # Safety
-/// The local side of every entry (its `src` for L2G/H2G, its `dest` for G2L/G2H; none for
-/// G2G) must be valid for `len` bytes of reading (resp. writing) for the call, or, with
-/// `SMEM_ASYNC_COPY_FLAG`, until `smem_bm_wait` returned; destinations written by different
-/// entries should not overlap (their order is unspecified).
-pub unsafe fn bm_copy_batch(
+/// # Errors
+/// As SPEC 6.1 `smem_bm_copy_batch`.
+pub fn bm_copy_batch(
     handle: BmHandle,
     entries: Vec<BatchEntry>,
     copy_type: u32,
@@ -85,8 +87,8 @@ pub unsafe fn bm_copy_batch(
         drop(held);
         return async_engine::submit(handle, async_engine::Job::Batch { entries, copy_type });
     }
-    // SAFETY: forwarded contract; `held` keeps every planned window entered.
-    unsafe { run_all(obj, &plans) }.map_err(|e| e.context(what))
+    // `held` keeps every planned window entered.
+    run_all(obj, &plans).map_err(|e| e.context(what))
 }
 
 /// Plans every entry; the first bad one fails naming its index.
@@ -95,7 +97,7 @@ fn plan_all(obj: &BmObject, entries: &[BatchEntry], copy_type: u32) -> Result<Ve
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            copy::plan_1d(obj, e.src, e.dest, e.len, copy_type).map_err(|err| {
+            copy::plan_1d(obj, e.src, e.dest, e.len, copy_type, e.local).map_err(|err| {
                 err.context(format_args!(
                     "entry {i} ({:#x} -> {:#x}, {} bytes)",
                     e.src, e.dest, e.len
@@ -107,15 +109,15 @@ fn plan_all(obj: &BmObject, entries: &[BatchEntry], copy_type: u32) -> Result<Ve
 
 /// Network groups of a batch: per (peer, direction, local kind), the ranges to move.
 #[derive(Default)]
-struct Groups(BTreeMap<GroupKey, (smem_core::bm::Location, Vec<Span>)>);
+struct Groups<'a>(BTreeMap<GroupKey, (smem_core::bm::Location, Vec<Span<'a>>)>);
 
-impl Groups {
-    /// Adds `len` bytes between the window range `loc` and local address `local`.
+impl<'a> Groups<'a> {
+    /// Adds the bytes between the window range `loc` and `local` (of the same length).
     fn add(
         &mut self,
         loc: smem_core::bm::Location,
         op: Op,
-        local: u64,
+        local: RawRange<'a>,
         device: bool,
         obj: &BmObject,
     ) {
@@ -124,28 +126,20 @@ impl Groups {
             .entry((loc.rank, op_key(op), device))
             .or_insert_with(|| (loc, Vec::new()))
             .1
-            .push(Span {
-                remote,
-                local,
-                len: loc.len,
-            });
+            .push(Span { remote, local });
     }
 
     /// Runs every group, groups of different peers side by side; the first error wins.
-    ///
-    /// # Safety
-    /// Every local range is valid for the transfer (readable for writes, writable for reads).
-    unsafe fn run(self, obj: &BmObject) -> Result<()> {
+    fn run(self, obj: &BmObject) -> Result<()> {
         if self.0.is_empty() {
             return Ok(());
         }
         let node = copy::node(obj)?;
-        let one = |(k, (loc, spans)): (GroupKey, (smem_core::bm::Location, Vec<Span>))| {
+        let one = |(k, (loc, spans)): (GroupKey, (smem_core::bm::Location, Vec<Span<'_>>))| {
             let (_, op, device) = k;
             // The remote offsets of `spans` are absolute (the transfer's own offset is unused).
             let t = copy::transfer(obj, loc, 0, key_op(op), device)?;
-            // SAFETY: forwarded contract.
-            unsafe { node.pool().transfer_spans(&t, &spans, node.timeout()) }
+            node.pool().transfer_spans(&t, &spans, node.timeout())
         };
         let mut groups = self.0.into_iter();
         let Some(first) = groups.next() else {
@@ -178,43 +172,36 @@ impl Groups {
     }
 }
 
-/// Runs every planned entry (see the module docs for the order).
-///
-/// # Safety
-/// As [`bm_copy_batch`]; the caller holds the object's slot read lock since planning.
-unsafe fn run_all(obj: &BmObject, plans: &[Plan]) -> Result<()> {
+/// Runs every planned entry (see the module docs for the order); the caller holds the
+/// object's slot read lock since planning.
+fn run_all(obj: &BmObject, plans: &[Plan]) -> Result<()> {
     let mut net = Groups::default();
     let mut both_remote = Vec::new();
     for (i, p) in plans.iter().enumerate() {
         match (p.src, p.dst) {
             (Side::Window(_, true), Side::Window(_, true)) => both_remote.push(i),
             (local, Side::Window(loc, true)) => {
-                let (addr, device) = local.addr(obj);
-                net.add(loc, Op::Write, addr, device, obj);
+                let (range, device) = copy::side_range(obj, local, 0, loc.len, 1)?;
+                net.add(loc, Op::Write, range, device, obj);
             }
             (Side::Window(loc, true), local) => {
-                let (addr, device) = local.addr(obj);
-                net.add(loc, Op::Read, addr, device, obj);
+                let (range, device) = copy::side_range(obj, local, 0, loc.len, 1)?;
+                net.add(loc, Op::Read, range, device, obj);
             }
             _ => {
-                // SAFETY: forwarded contract; both sides are addressable here.
-                unsafe { copy::run(obj, p, "memory copy") }
+                // Both sides are addressable here.
+                copy::run(obj, p, "memory copy")
                     .map_err(|e| e.context(format_args!("entry {i}")))?;
             }
         }
     }
-    // SAFETY: forwarded contract.
-    unsafe { net.run(obj) }?;
-    // SAFETY: forwarded contract.
-    unsafe { bounce_all(obj, plans, &both_remote) }
+    net.run(obj)?;
+    bounce_all(obj, plans, &both_remote)
 }
 
 /// The `G2G` entries whose two windows are on other hosts, in rounds of at most [`BOUNCE`]
 /// staged bytes (entries larger than that are split).
-///
-/// # Safety
-/// As [`run_all`].
-unsafe fn bounce_all(obj: &BmObject, plans: &[Plan], which: &[usize]) -> Result<()> {
+fn bounce_all(obj: &BmObject, plans: &[Plan], which: &[usize]) -> Result<()> {
     if which.is_empty() {
         return Ok(());
     }
@@ -237,7 +224,7 @@ unsafe fn bounce_all(obj: &BmObject, plans: &[Plan], which: &[usize]) -> Result<
         }
     }
     let mut buf = vec![0u8; BOUNCE as usize];
-    let base = buf.as_mut_ptr().expose_provenance() as u64;
+    let staging = RawRange::from_mut(&mut buf);
     let mut start = 0;
     while start < pieces.len() {
         let (mut end, mut used) = (start, 0u64);
@@ -248,14 +235,19 @@ unsafe fn bounce_all(obj: &BmObject, plans: &[Plan], which: &[usize]) -> Result<
         let (mut reads, mut writes) = (Groups::default(), Groups::default());
         let mut at = 0;
         for (s, d) in &pieces[start..end] {
-            reads.add(*s, Op::Read, base + at, false, obj);
-            writes.add(*d, Op::Write, base + at, false, obj);
+            // `used <= BOUNCE`: inside the staging buffer.
+            let Some(local) = staging.sub(at, s.len) else {
+                return Err(Error::new(
+                    ErrorCode::Error,
+                    "bounce round exceeds its buffer",
+                ));
+            };
+            reads.add(*s, Op::Read, local, false, obj);
+            writes.add(*d, Op::Write, local, false, obj);
             at += s.len;
         }
-        // SAFETY: every local range is a disjoint part of `buf`, alive for both calls.
-        unsafe { reads.run(obj) }?;
-        // SAFETY: as above.
-        unsafe { writes.run(obj) }?;
+        reads.run(obj)?;
+        writes.run(obj)?;
         start = end;
     }
     drop(buf);

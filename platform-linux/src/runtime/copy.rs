@@ -26,7 +26,7 @@ use smem_core::gva::{Gva, GvaRange};
 use super::async_engine;
 use super::handles::{BmHandle, Published, SLOTS, decode, stale};
 use super::object::BmObject;
-use crate::device::CopyDirection;
+use crate::device::{CopyDirection, RawRange, Shape2d};
 use crate::sync::read;
 use crate::transport::{Op, Transfer};
 use crate::{Error, Result};
@@ -66,8 +66,9 @@ impl Entered {
 /// One side of a planned copy.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Side {
-    /// Memory of this process outside the object (the caller's), of this kind.
-    Local(u64, LocalMemory),
+    /// Memory of this process outside the object (the caller's, from the first row), of this
+    /// kind.
+    Local(RawRange<'static>, LocalMemory),
     /// A range of a joined window; `net`: reached through the network transport.
     Window(Location, bool),
 }
@@ -78,18 +79,37 @@ impl Side {
     pub(super) fn net(self) -> bool {
         matches!(self, Self::Window(_, true))
     }
+}
 
-    /// The address of the side in this process and whether it is device memory (for a
-    /// window side: only while the window is entered and not `net`).
-    #[inline]
-    pub(super) fn addr(self, obj: &BmObject) -> (u64, bool) {
-        match self {
-            Self::Local(a, m) => (a, m == LocalMemory::Device),
-            Self::Window(loc, _) => (
-                global_addr(obj, loc.rank, loc.part, loc.offset),
-                loc.part == Part::Hbm,
-            ),
+/// The memory of `side` in this process holding `height` rows of `width` bytes `pitch` apart,
+/// and whether it is device memory (a window side: only while the window is entered and not
+/// `net`).
+#[inline]
+pub(super) fn side_range(
+    obj: &BmObject,
+    side: Side,
+    pitch: u64,
+    width: u64,
+    height: u64,
+) -> Result<(RawRange<'_>, bool)> {
+    let span = (height - 1)
+        .checked_mul(pitch)
+        .and_then(|v| v.checked_add(width))
+        .ok_or_else(|| Error::invalid("copy span overflows the address space"))?;
+    match side {
+        Side::Local(r, m) => {
+            let r = r.sub(0, span).ok_or_else(|| {
+                Error::invalid(format!(
+                    "the local rows of the copy ({span} bytes) leave the {} bytes given",
+                    r.len()
+                ))
+            })?;
+            Ok((r, m == LocalMemory::Device))
         }
+        Side::Window(loc, _) => Ok((
+            obj.window_range(loc.rank, loc.part, loc.offset, span)?,
+            loc.part == Part::Hbm,
+        )),
     }
 }
 
@@ -125,13 +145,28 @@ fn window(obj: &BmObject, loc: Location) -> Result<Side> {
 /// The local side of a copy of type L2G/G2L/G2H/H2G. When it lies in the object's own GVA span
 /// (e.g. a copy between two windows written as H2G), it must be one joined, mapped part and is
 /// addressed like one.
-fn local_side(obj: &BmObject, local: u64, len: u64, memory: LocalMemory) -> Result<Side> {
-    let outside = Side::Local(local, memory);
+fn local_side(
+    obj: &BmObject,
+    local: u64,
+    len: u64,
+    memory: LocalMemory,
+    given: Option<RawRange<'static>>,
+) -> Result<Side> {
+    let outside = || {
+        given
+            .and_then(|g| g.sub(local.checked_sub(g.addr())?, len))
+            .map(|r| Side::Local(r, memory))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "the local side of the copy ({len} bytes at {local:#x}) is not inside the local memory given with it"
+                ))
+            })
+    };
     let Some(range) = GvaRange::new(Gva(local), len) else {
-        return Ok(outside);
+        return outside();
     };
     if !range.overlaps(&obj.layout.span()) {
-        return Ok(outside);
+        return outside();
     }
     let loc = obj.layout.locate(Gva(local), len).map_err(|e| {
         Error::invalid(format!(
@@ -157,15 +192,24 @@ pub(super) struct Request {
     pub(super) copy_type: u32,
     /// Made by `smem_bm_copy` (checked by the 1D rules).
     pub(super) one_d: bool,
+    /// The caller's memory of the local side (see [`bm_copy`]).
+    pub(super) local: Option<RawRange<'static>>,
 }
 
 impl Request {
-    /// `smem_bm_copy(src, dest, size, copy_type)`.
-    pub(super) const fn new_1d(src: u64, dest: u64, size: u64, copy_type: u32) -> Self {
+    /// `smem_bm_copy(src, dest, size, copy_type)` with the caller's `local` memory.
+    pub(super) const fn new_1d(
+        src: u64,
+        dest: u64,
+        size: u64,
+        copy_type: u32,
+        local: Option<RawRange<'static>>,
+    ) -> Self {
         Self {
             copy: Copy2d::new(src, size, dest, size, size, 1),
             copy_type,
             one_d: true,
+            local,
         }
     }
 
@@ -179,7 +223,8 @@ impl Request {
     }
 }
 
-/// Plans `smem_bm_copy(src, dest, size, copy_type)` (flags already checked).
+/// Plans `smem_bm_copy(src, dest, size, copy_type)` with the caller's `local` memory (flags
+/// already checked).
 #[inline]
 pub(super) fn plan_1d(
     obj: &BmObject,
@@ -187,8 +232,9 @@ pub(super) fn plan_1d(
     dest: u64,
     size: u64,
     copy_type: u32,
+    local: Option<RawRange<'static>>,
 ) -> Result<Plan> {
-    plan(obj, &Request::new_1d(src, dest, size, copy_type))
+    plan(obj, &Request::new_1d(src, dest, size, copy_type, local))
 }
 
 /// Plans a copy request (flags already checked): the G2G or local/global checks of its
@@ -217,7 +263,7 @@ pub(super) fn plan(obj: &BmObject, r: &Request) -> Result<Plan> {
             (p.kind, p.global, p.local, span)
         };
         let global = window(obj, global)?;
-        let local = local_side(obj, local, span, kind.local_memory())?;
+        let local = local_side(obj, local, span, kind.local_memory(), r.local)?;
         if kind.writes_global() {
             (local, global)
         } else {
@@ -248,53 +294,37 @@ fn usize_of(v: u64, what: &str) -> Result<usize> {
     usize::try_from(v).map_err(|_| Error::invalid(format!("{what}: {v} is too large")))
 }
 
-/// Runs a planned copy to completion.
-///
-/// # Safety
-/// Every row of a `Local` side is valid for reading (source) or writing (destination) for the
-/// call; the caller holds the object's slot read lock since `plan` was made (window sides stay
-/// entered).
-pub(super) unsafe fn run(obj: &BmObject, plan: &Plan, what: &str) -> Result<()> {
+/// Runs a planned copy to completion. The caller holds the object's slot read lock since
+/// `plan` was made (window sides stay entered).
+pub(super) fn run(obj: &BmObject, plan: &Plan, what: &str) -> Result<()> {
     match (plan.src.net(), plan.dst.net()) {
         (false, false) => {
-            let (s, s_dev) = plan.src.addr(obj);
-            let (d, d_dev) = plan.dst.addr(obj);
+            let (s, s_dev) = side_range(obj, plan.src, plan.spitch, plan.width, plan.height)?;
+            let (d, d_dev) = side_range(obj, plan.dst, plan.dpitch, plan.width, plan.height)?;
             let dir = direction(s_dev, d_dev);
             let len = usize_of(plan.width, what)?;
             if plan.height == 1 {
-                // SAFETY: window sides lie in entered, mapped parts (validated, kept by the slot
-                // lock), local sides are valid by this function's contract; the planners proved
-                // the ranges disjoint.
-                return unsafe { obj.ctx.device.copy(s as *const u8, d as *mut u8, len, dir) };
+                return obj.ctx.device.copy_2d(s, d, Shape2d::row(len), dir);
             }
             let (sp, dp, h) = (
                 usize_of(plan.spitch, what)?,
                 usize_of(plan.dpitch, what)?,
                 usize_of(plan.height, what)?,
             );
-            let shape = crate::device::Shape2d::new(sp, dp, len, h);
-            // SAFETY: as above, for every row of the validated strided spans.
-            unsafe {
-                obj.ctx
-                    .device
-                    .copy_2d(s as *const u8, d as *mut u8, shape, dir)
-            }
+            obj.ctx
+                .device
+                .copy_2d(s, d, Shape2d::new(sp, dp, len, h), dir)
         }
-        // SAFETY: forwarded contract.
-        (false, true) | (true, false) => unsafe { remote(obj, plan) }.map_err(|e| e.context(what)),
-        // SAFETY: forwarded contract.
-        (true, true) => unsafe { bounce(obj, plan) }.map_err(|e| e.context(what)),
+        (false, true) | (true, false) => remote(obj, plan).map_err(|e| e.context(what)),
+        (true, true) => bounce(obj, plan).map_err(|e| e.context(what)),
     }
 }
 
 /// The network transfer of a plan with exactly one side on another host: a WRITE into the
 /// destination window, or a READ of the source window, with the other side as local memory.
-///
-/// # Safety
-/// As [`run`].
 #[cold]
 #[inline(never)]
-unsafe fn remote(obj: &BmObject, plan: &Plan) -> Result<()> {
+fn remote(obj: &BmObject, plan: &Plan) -> Result<()> {
     let (global, global_pitch, local, local_pitch, op) = match (plan.src, plan.dst) {
         (local, Side::Window(loc, true)) => (loc, plan.dpitch, local, plan.spitch, Op::Write),
         (Side::Window(loc, true), local) => (loc, plan.spitch, local, plan.dpitch, Op::Read),
@@ -305,19 +335,17 @@ unsafe fn remote(obj: &BmObject, plan: &Plan) -> Result<()> {
             ));
         }
     };
-    let (addr, device) = local.addr(obj);
+    let (local, device) = side_range(obj, local, local_pitch, plan.width, plan.height)?;
     let t = transfer(obj, global, global_pitch, op, device)?;
     let t = Transfer {
-        local: addr,
+        local,
         local_pitch,
         width: plan.width,
         height: plan.height,
         ..t
     };
     let node = node(obj)?;
-    // SAFETY: forwarded contract; the remote range was validated against the layout (and is
-    // validated again by its owner).
-    unsafe { node.pool().transfer(&t, node.timeout()) }
+    node.pool().transfer(&t, node.timeout())
 }
 
 /// The object's transport, or why it has none.
@@ -347,7 +375,7 @@ pub(super) fn transfer(
         op,
         remote_offset: obj.layout.part_offset(global.part) + global.offset,
         remote_pitch: global_pitch,
-        local: 0,
+        local: RawRange::EMPTY,
         local_pitch: 0,
         width: 0,
         height: 0,
@@ -358,12 +386,9 @@ pub(super) fn transfer(
 /// A `G2G` copy between two windows of other hosts, staged through a buffer of this process:
 /// groups of rows (or pieces of one long row) of at most [`BOUNCE`] bytes are read, then
 /// written.
-///
-/// # Safety
-/// As [`run`].
 #[cold]
 #[inline(never)]
-unsafe fn bounce(obj: &BmObject, plan: &Plan) -> Result<()> {
+fn bounce(obj: &BmObject, plan: &Plan) -> Result<()> {
     let (Side::Window(src, _), Side::Window(dst, _)) = (plan.src, plan.dst) else {
         return Err(Error::new(
             ErrorCode::Error,
@@ -372,7 +397,7 @@ unsafe fn bounce(obj: &BmObject, plan: &Plan) -> Result<()> {
     };
     let node = node(obj)?;
     let mut buf = vec![0u8; plan.width.saturating_mul(plan.height).min(BOUNCE) as usize];
-    let local = buf.as_mut_ptr().expose_provenance() as u64;
+    let local = RawRange::from_mut(&mut buf);
     // (first row, rows, byte offset in the row, bytes per row) of each stage.
     let (rows_per, cols_per) = if plan.width <= BOUNCE {
         ((BOUNCE / plan.width).max(1), plan.width)
@@ -400,9 +425,7 @@ unsafe fn bounce(obj: &BmObject, plan: &Plan) -> Result<()> {
                     height: rows,
                     ..transfer(obj, loc, pitch, op, false)?
                 };
-                // SAFETY: `buf` holds `rows * cols` bytes (at most BOUNCE) for the call; the
-                // window ranges are inside the validated spans.
-                unsafe { node.pool().transfer(&t, node.timeout()) }?;
+                node.pool().transfer(&t, node.timeout())?;
             }
             col += cols;
         }
@@ -412,27 +435,9 @@ unsafe fn bounce(obj: &BmObject, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// The address of `offset` in `rank`'s `part`: in the GVA when the part is mapped, else (device
-/// memory not mapped into the GVA, see `runtime/object.rs`) at the window's device address.
-/// Call only while inside the window ([`BmObject::enter`]).
-#[inline]
-pub(super) fn global_addr(obj: &BmObject, rank: u32, part: Part, offset: u64) -> u64 {
-    if part == Part::Hbm {
-        if let Some(dev) = obj.device_base(rank) {
-            // `offset` is inside the part (validated), and the part inside the allocation.
-            return dev.wrapping_add(offset);
-        }
-    }
-    // Validated by `check_copy*`: inside the object's span, so no overflow.
-    obj.layout.window_base(rank).map_or(0, Gva::raw) + obj.layout.part_offset(part) + offset
-}
-
 /// Plans `request` and runs it, or with `SMEM_ASYNC_COPY_FLAG` queues it (`smem_bm_copy`,
 /// `smem_bm_copy_2d`, and the asynchronous engine with `flags` 0).
-///
-/// # Safety
-/// As [`bm_copy`] (for every row of the local side).
-pub(super) unsafe fn copy(handle: BmHandle, request: Request, flags: u32) -> Result<()> {
+pub(super) fn copy(handle: BmHandle, request: Request, flags: u32) -> Result<()> {
     let what = request.what();
     let is_async = async_flag(flags, what)?;
     let held = Entered::enter(handle, what)?;
@@ -442,47 +447,52 @@ pub(super) unsafe fn copy(handle: BmHandle, request: Request, flags: u32) -> Res
         drop(held);
         return async_engine::submit(handle, async_engine::Job::Copy(request));
     }
-    // SAFETY: forwarded contract; `held` keeps the planned windows entered.
-    unsafe { run(obj, &plan, what) }
+    // `held` keeps the planned windows entered.
+    run(obj, &plan, what)
 }
 
-/// `smem_bm_copy`.
+/// `smem_bm_copy`. `local` is the caller's memory of the local side (`src` for L2G/H2G,
+/// `dest` for G2L/G2H, `size` bytes; `None` for G2G), valid for the call or, with
+/// `SMEM_ASYNC_COPY_FLAG`, until `smem_bm_wait` returned (see [`crate::sys::copy::bm_local`]); the local side
+/// must lie in it. The global side is validated against the object's windows.
 ///
-/// # Safety
-/// The local side of the copy (`src` for L2G/H2G, `dest` for G2L/G2H; none for G2G) must be
-/// valid for `size` bytes of reading (resp. writing) for the duration of the call, or, with
-/// `SMEM_ASYNC_COPY_FLAG`, until `smem_bm_wait` returned; the global side is validated against
-/// the object's windows.
-pub unsafe fn bm_copy(
+/// # Errors
+/// As SPEC 2.2 `smem_bm_copy`.
+pub fn bm_copy(
     handle: BmHandle,
     src: u64,
     dest: u64,
     size: u64,
     copy_type: u32,
     flags: u32,
+    local: Option<RawRange<'static>>,
 ) -> Result<()> {
-    let request = Request::new_1d(src, dest, size, copy_type);
-    // SAFETY: forwarded contract.
-    unsafe { copy(handle, request, flags) }
+    copy(
+        handle,
+        Request::new_1d(src, dest, size, copy_type, local),
+        flags,
+    )
 }
 
-/// `smem_bm_copy_2d`: `ranges` holds its six range arguments (see [`Copy2d::new`]).
+/// `smem_bm_copy_2d`: `ranges` holds its six range arguments (see [`Copy2d::new`]); `local` as
+/// for [`bm_copy`], holding every row of the local side.
 ///
-/// # Safety
-/// As [`bm_copy`], for every row of the local side.
-pub unsafe fn bm_copy_2d(
+/// # Errors
+/// As SPEC 2.2 `smem_bm_copy_2d`.
+pub fn bm_copy_2d(
     handle: BmHandle,
     ranges: Copy2d,
     copy_type: u32,
     flags: u32,
+    local: Option<RawRange<'static>>,
 ) -> Result<()> {
     let request = Request {
         copy: ranges,
         copy_type,
         one_d: false,
+        local,
     };
-    // SAFETY: forwarded contract.
-    unsafe { copy(handle, request, flags) }
+    copy(handle, request, flags)
 }
 
 #[cfg(test)]

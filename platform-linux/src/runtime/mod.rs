@@ -44,8 +44,6 @@
 //! links of a hosted store) are not inherited as such: [`crate::sys::fork::DetachOnFork`]
 //! replaces them in the child with unconnected placeholders, so the store sees this process's
 //! link close when it dies even while a forked child lives, and a hosted store's port is freed.
-#![allow(unsafe_code)] // the copy path (`copy`, `batch`, `async_engine`) has `unsafe fn`s (caller
-// pointers) that forward that contract to the device copy and the transport.
 
 mod agree;
 mod async_engine;
@@ -155,8 +153,7 @@ mod tests {
             bm_ptr(beyond, 0).map_err(|e| e.code()),
             Err(ErrorCode::InvalidParam)
         );
-        // SAFETY: the handle is invalid, so no pointer is touched.
-        let r = unsafe { bm_copy(forged, 1, 2, 3, 0, 0) };
+        let r = bm_copy(forged, 1, 2, 3, 0, 0, None);
         assert_eq!(r.map_err(|e| e.code()), Err(ErrorCode::ObjectNotExists));
         let e = bm_init("http://x", 1, 0, &BmConfig::default()).expect_err("bad url");
         assert_eq!(e.code(), ErrorCode::InvalidParam);

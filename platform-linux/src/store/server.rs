@@ -50,7 +50,7 @@ mod config;
 mod replies;
 mod tls;
 
-use crate::sys::fork::DetachOnFork;
+use crate::sys::fork::Detached;
 use crate::sys::net::{EPOLL_HUP_ERR, EPOLL_IN, EPOLL_OUT, Epoll, EventFd, NoSigPipe, Ready};
 use crate::tls::ServerTlsSession;
 use crate::{Error, Result};
@@ -160,10 +160,8 @@ const NO_CLIENT_HELLO: &str =
     "peer sent no TLS ClientHello after its hello: a plaintext client talking to a TLS store?";
 
 struct Link {
-    /// Keeps `stream` out of forked children; declared first, so it is dropped (unregistered)
-    /// before the stream closes.
-    _detach: DetachOnFork,
-    stream: TcpStream,
+    /// Kept out of forked children while it lives.
+    stream: Detached<TcpStream>,
     peer: SocketAddr,
     handshaken: bool,
     /// Accepted past `max_links`: its handshake is answered `-1` (as the reference does).
@@ -228,10 +226,8 @@ enum Timer {
 
 struct EventLoop {
     config: ServerConfig,
-    /// Keeps `listener` out of forked children (a child must not hold the port); declared
-    /// before it, so it is unregistered before the listener closes.
-    _detach_listener: DetachOnFork,
-    listener: TcpListener,
+    /// Kept out of forked children (a child must not hold the port).
+    listener: Detached<TcpListener>,
     epoll: Epoll,
     waker: Arc<EventFd>,
     links: IdMap<LinkId, Link>,
@@ -269,8 +265,7 @@ impl EventLoop {
         Self {
             store: Store::new(MapStorage::default(), config.limits.store()),
             config,
-            _detach_listener: DetachOnFork::new(listener.as_fd()),
-            listener,
+            listener: Detached::new(listener),
             epoll,
             waker,
             links: IdMap::default(),
@@ -833,7 +828,7 @@ impl EventLoop {
             }
         }
         while link.tls.is_none() && link.wpos < link.wbuf.len() {
-            match NoSigPipe::new(&link.stream).write(&link.wbuf[link.wpos..]) {
+            match NoSigPipe::new(&*link.stream).write(&link.wbuf[link.wpos..]) {
                 Ok(0) => {
                     failed = Some("peer stopped accepting data".to_string());
                     break;

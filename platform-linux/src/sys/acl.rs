@@ -1,6 +1,6 @@
 //! The Ascend runtime (`libascendcl.so`) as a table of typed function pointers, resolved once.
 //!
-//! [`AclApi::load`] opens the library (`RTLD_NOW | RTLD_LOCAL`, see [`super::dl`]) and resolves
+//! [`AclApi::open`] opens the library (`RTLD_NOW | RTLD_LOCAL`, see [`super::dl`]) and resolves
 //! every symbol of [`SYMBOLS`] at once; a missing one fails the load with its name and the
 //! library path. The pointers are private fields of the same struct that owns the [`Library`]
 //! and are never handed out, so no pointer can outlive the `dlclose` in the library's `Drop`
@@ -16,7 +16,10 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::fmt;
 use std::ptr::NonNull;
 
-use super::copy::Shape2d;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::copy::{Checked, RawRange, Shape2d};
 use super::dl::Library;
 
 /// `aclError`: 0 = success.
@@ -116,8 +119,49 @@ pub struct AclApi {
     ipc_close: IpcCloseFn,
     bare_tgid: BareTgidFn,
     reset_device: ResetDeviceFn,
+    /// Device memory of this process now live (allocated or imported, not released):
+    /// address -> length; what [`AclApi::device_range`] hands out ranges of.
+    live: Mutex<BTreeMap<u64, u64>>,
     // Declared last: dropped (dlclose) after nothing can call through the pointers above.
     _lib: Library,
+}
+
+/// Device memory of this process: allocated and exported here ([`AclApi::alloc_exported`]) or
+/// imported from another process by its IPC key ([`AclApi::import`]). Ended with
+/// [`AclApi::release`] (no `Drop`: the device context must be current to release it).
+#[derive(Debug)]
+pub struct DeviceMem {
+    addr: u64,
+    len: u64,
+    key: CString,
+    owned: bool,
+}
+
+impl DeviceMem {
+    /// The device address.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the memory is empty (never: allocations have a length).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The IPC key naming it for processes of this host.
+    pub fn key(&self) -> &CStr {
+        &self.key
+    }
+
+    /// Allocated here (else imported).
+    pub fn owned(&self) -> bool {
+        self.owned
+    }
 }
 
 impl fmt::Debug for AclApi {
@@ -131,6 +175,19 @@ impl fmt::Debug for AclApi {
 pub struct Context(usize);
 
 impl AclApi {
+    /// Loads the Ascend runtime from `path` (a file, or a bare name searched on the loader
+    /// path): what the user asked for (`SMEM_DEVICE=acl`, `ASCEND_HOME_PATH`, or the default
+    /// probe). Like any program linking it, this process trusts that library to implement the
+    /// ACL runtime API it exports (a C library cannot be checked).
+    ///
+    /// # Errors
+    /// The loader's message for the library, or the first missing symbol with the path.
+    pub fn open(path: &str) -> Result<Self, String> {
+        // SAFETY: the library named is the ACL runtime (or a stand-in implementing its API,
+        // e.g. the tests' stub), trusted as described above.
+        unsafe { Self::load(path) }
+    }
+
     /// Opens `path` and resolves every symbol of [`SYMBOLS`].
     ///
     /// # Safety
@@ -139,7 +196,7 @@ impl AclApi {
     ///
     /// # Errors
     /// The loader's message for the library, or the first missing symbol with the path.
-    pub unsafe fn load(path: &str) -> Result<Self, String> {
+    unsafe fn load(path: &str) -> Result<Self, String> {
         let cpath = CString::new(path).map_err(|_| format!("{path:?} contains a NUL byte"))?;
         // SAFETY: forwarded to the caller.
         let lib = unsafe { Library::open(&cpath) }.map_err(|e| format!("dlopen({path}): {e}"))?;
@@ -175,6 +232,7 @@ impl AclApi {
             ipc_close: resolve!(c"aclrtIpcMemClose", IpcCloseFn),
             bare_tgid: resolve!(c"aclrtDeviceGetBareTgid", BareTgidFn),
             reset_device: resolve!(c"aclrtResetDevice", ResetDeviceFn),
+            live: Mutex::new(BTreeMap::new()),
             _lib: lib,
         })
     }
@@ -245,7 +303,7 @@ impl AclApi {
     ///
     /// # Errors
     /// The ACL code (also when it returned success with a NULL pointer: code 0).
-    pub fn malloc(&self, len: usize) -> Result<u64, AclCallError> {
+    fn malloc(&self, len: usize) -> Result<u64, AclCallError> {
         let mut p: *mut c_void = std::ptr::null_mut();
         // SAFETY: `p` is a valid out-pointer for the call.
         check("aclrtMalloc", unsafe {
@@ -267,60 +325,53 @@ impl AclApi {
     ///
     /// # Errors
     /// The ACL code.
-    pub unsafe fn free(&self, p: u64) -> Result<(), AclCallError> {
+    unsafe fn free(&self, p: u64) -> Result<(), AclCallError> {
         // SAFETY: forwarded to the caller.
         check("aclrtFree", unsafe { (self.free)(p as *mut c_void) })
     }
 
-    /// `aclrtMemcpy(dst, len, src, len, kind)` (synchronous).
-    ///
-    /// # Safety
-    /// `src` readable and `dst` writable for `len` bytes in the memories `kind` names, not
-    /// overlapping, for the whole call.
+    /// `aclrtMemcpy(dst, width, src, width, kind)` for each row of `c` (synchronous): any
+    /// direction, one call per row.
     ///
     /// # Errors
-    /// The ACL code.
-    pub unsafe fn memcpy(
+    /// The first failed row and its ACL code.
+    pub fn memcpy_rows(
         &self,
-        dst: *mut u8,
-        src: *const u8,
-        len: usize,
+        c: &Checked<'_>,
         kind: MemcpyKind,
-    ) -> Result<(), AclCallError> {
-        // SAFETY: forwarded to the caller; destMax = count = len.
-        check("aclrtMemcpy", unsafe {
-            (self.memcpy)(dst.cast(), len, src.cast(), len, kind as c_int)
-        })
+    ) -> Result<(), (usize, AclCallError)> {
+        let width = c.shape().width;
+        for row in 0..c.shape().height {
+            let (s, d) = c.row(row);
+            // SAFETY: `c` was checked: row `row` lies in ranges valid (in the memories `kind`
+            // names, by the ranges' contract) for the call; destMax = count = width.
+            check("aclrtMemcpy", unsafe {
+                (self.memcpy)(d.cast(), width, s.cast(), width, kind as c_int)
+            })
+            .map_err(|e| (row, e))?;
+        }
+        Ok(())
     }
 
-    /// `aclrtMemcpy2d(dst, dpitch, src, spitch, width, height, kind)` (synchronous; the API
-    /// supports only host-to-device and device-to-host).
-    ///
-    /// # Safety
-    /// For every row `i < height`, `src + i*spitch` readable and `dst + i*dpitch` writable for
-    /// `width` bytes in the memories `kind` names, not overlapping.
+    /// `aclrtMemcpy2d(dst, dpitch, src, spitch, width, height, kind)` of `c` (synchronous; the
+    /// API supports only host-to-device and device-to-host).
     ///
     /// # Errors
     /// The ACL code.
-    pub unsafe fn memcpy_2d(
-        &self,
-        dst: *mut u8,
-        src: *const u8,
-        shape: Shape2d,
-        kind: MemcpyKind,
-    ) -> Result<(), AclCallError> {
+    pub fn memcpy_2d(&self, c: &Checked<'_>, kind: MemcpyKind) -> Result<(), AclCallError> {
         let Shape2d {
             spitch,
             dpitch,
             width,
             height,
-        } = shape;
-        // SAFETY: forwarded to the caller.
+        } = c.shape();
+        // SAFETY: `c` was checked: every row lies in ranges valid (in the memories `kind`
+        // names, by the ranges' contract) for the call.
         check("aclrtMemcpy2d", unsafe {
             (self.memcpy_2d)(
-                dst.cast(),
+                c.dst().cast(),
                 dpitch,
-                src.cast(),
+                c.src().cast(),
                 spitch,
                 width,
                 height,
@@ -334,7 +385,7 @@ impl AclApi {
     ///
     /// # Errors
     /// The ACL code (code 0: the key was not NUL-terminated).
-    pub fn export_key(&self, p: u64, len: usize) -> Result<CString, AclCallError> {
+    fn export_key(&self, p: u64, len: usize) -> Result<CString, AclCallError> {
         let mut key = [0 as c_char; IPC_KEY_LEN];
         // SAFETY: `key` is writable for IPC_KEY_LEN bytes; the runtime checks `p`/`len` against
         // its own allocations (an unknown range is an error code, not a memory access).
@@ -374,7 +425,7 @@ impl AclApi {
     ///
     /// # Errors
     /// The ACL code.
-    pub fn import_by_key(&self, key: &CStr) -> Result<u64, AclCallError> {
+    fn import_by_key(&self, key: &CStr) -> Result<u64, AclCallError> {
         let mut p: *mut c_void = std::ptr::null_mut();
         // SAFETY: `p` is a valid out-pointer; `key` is NUL-terminated.
         check("aclrtIpcMemImportByKey", unsafe {
@@ -397,11 +448,84 @@ impl AclApi {
     ///
     /// # Errors
     /// The ACL code.
-    pub unsafe fn ipc_close(&self, key: &CStr) -> Result<(), AclCallError> {
+    unsafe fn ipc_close(&self, key: &CStr) -> Result<(), AclCallError> {
         // SAFETY: `key` is NUL-terminated; the caller stopped using the imported memory.
         check("aclrtIpcMemClose", unsafe {
             (self.ipc_close)(key.as_ptr())
         })
+    }
+
+    /// `len` bytes of new device memory (`aclrtMalloc`), exported under a fresh IPC key; freed
+    /// again when the export fails.
+    ///
+    /// # Errors
+    /// The ACL code of the failed call.
+    pub fn alloc_exported(&self, len: usize) -> Result<DeviceMem, AclCallError> {
+        let addr = self.malloc(len)?;
+        let key = match self.export_key(addr, len) {
+            Ok(k) => k,
+            Err(e) => {
+                // SAFETY: just allocated, never shared or handed out.
+                let _ = unsafe { self.free(addr) };
+                return Err(e);
+            }
+        };
+        let m = DeviceMem {
+            addr,
+            len: len as u64,
+            key,
+            owned: true,
+        };
+        crate::sync::lock(&self.live).insert(m.addr, m.len);
+        Ok(m)
+    }
+
+    /// The `len` bytes another process of this host exported as `key`.
+    ///
+    /// # Errors
+    /// The ACL code.
+    pub fn import(&self, key: CString, len: u64) -> Result<DeviceMem, AclCallError> {
+        let addr = self.import_by_key(&key)?;
+        let m = DeviceMem {
+            addr,
+            len,
+            key,
+            owned: false,
+        };
+        crate::sync::lock(&self.live).insert(m.addr, m.len);
+        Ok(m)
+    }
+
+    /// Ends `m`: closes its IPC key (`aclrtIpcMemClose`) and frees it when owned
+    /// (`aclrtFree`). Ranges of it ([`AclApi::device_range`]) are no longer handed out; the
+    /// caller's protocol ended the copies through earlier ones (e.g. a window drained). Returns
+    /// the errors of the close and the free.
+    pub fn release(&self, m: DeviceMem) -> [Option<AclCallError>; 2] {
+        crate::sync::lock(&self.live).remove(&m.addr);
+        // SAFETY: `m` is consumed: nothing of ours hands out its address any more (removed
+        // from `live` above); copies through earlier ranges ended (the caller's protocol).
+        let close = unsafe { self.ipc_close(&m.key) }.err();
+        // SAFETY: `addr` came from `malloc` of this library (owned) and is not used after.
+        let free = m
+            .owned
+            .then(|| unsafe { self.free(m.addr) }.err())
+            .flatten();
+        [close, free]
+    }
+
+    /// `len` bytes at device address `addr` inside live device memory of this process, as a
+    /// range for device copies; `None` when no live allocation or import holds them.
+    pub fn device_range(&self, addr: u64, len: u64) -> Option<RawRange<'_>> {
+        let live = crate::sync::lock(&self.live);
+        let (&start, &n) = live.range(..=addr).next_back()?;
+        if addr.checked_add(len)? > start.checked_add(n)? {
+            return None;
+        }
+        // SAFETY: the bytes lie in live device memory of this process (allocated or imported,
+        // not released); the range borrows this API, and a release ends only after the copies
+        // through the memory ended (the owner's protocol, see `release`). Device copies name
+        // the range as device memory.
+        unsafe { RawRange::new(addr, len) }
     }
 
     /// `aclrtDeviceGetBareTgid`: this process's id as the runtime's pid allow-lists see it

@@ -132,6 +132,12 @@ impl<S> Detached<S> {
     }
 }
 
+impl<S: io::Read> io::Read for Detached<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sock.read(buf)
+    }
+}
+
 impl<S> Deref for Detached<S> {
     type Target = S;
 

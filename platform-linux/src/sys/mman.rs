@@ -8,8 +8,10 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
+use super::copy::RawRange;
 use super::page_size;
 
 /// `MAP_FIXED_NOREPLACE` (Linux 4.17). Older kernels ignore it and treat the address as a hint,
@@ -24,7 +26,7 @@ pub struct Region {
     /// Length in bytes (a multiple of the page size).
     len: usize,
     /// Mapped parts as sorted, disjoint `(offset, len)` pairs.
-    mapped: Mutex<Vec<(usize, usize)>>,
+    mapped: RwLock<Vec<(usize, usize)>>,
     /// Parts backed by a shared file mapping that is inaccessible where not mapped
     /// ([`Region::back_shared`]), as sorted, disjoint `(offset, len)` pairs. Taken after
     /// `mapped` when both are held.
@@ -72,7 +74,9 @@ unsafe fn map_fd_fixed(
 
 /// Whether `offset..end` lies inside one part of `parts` (sorted, disjoint `(offset, len)`).
 fn inside(parts: &[(usize, usize)], offset: usize, end: usize) -> bool {
-    parts.iter().any(|&(o, l)| o <= offset && end <= o + l)
+    // The last part starting at or before `offset` is the only candidate.
+    let i = parts.partition_point(|&(o, _)| o <= offset);
+    i > 0 && end <= parts[i - 1].0 + parts[i - 1].1
 }
 
 /// Adds `offset..end` to `parts`, merging it with the parts it overlaps or touches.
@@ -147,7 +151,7 @@ impl Region {
         Ok(Self {
             addr: got,
             len,
-            mapped: Mutex::new(Vec::new()),
+            mapped: RwLock::new(Vec::new()),
             backed: Mutex::new(Vec::new()),
         })
     }
@@ -181,7 +185,7 @@ impl Region {
         Ok(Self {
             addr: start,
             len,
-            mapped: Mutex::new(Vec::new()),
+            mapped: RwLock::new(Vec::new()),
             backed: Mutex::new(Vec::new()),
         })
     }
@@ -210,8 +214,8 @@ impl Region {
         Ok(())
     }
 
-    fn lock(&self) -> crate::sync::Held<std::sync::MutexGuard<'_, Vec<(usize, usize)>>> {
-        crate::sync::lock(&self.mapped)
+    fn lock(&self) -> crate::sync::Held<std::sync::RwLockWriteGuard<'_, Vec<(usize, usize)>>> {
+        crate::sync::write(&self.mapped)
     }
 
     /// Maps `len` bytes of `fd` from `fd_offset`, shared and read/write, over the part
@@ -427,17 +431,27 @@ impl Region {
 
     /// Whether `offset..offset+len` lies inside one mapped part.
     pub fn is_mapped(&self, offset: usize, len: usize) -> bool {
-        let Some(end) = offset.checked_add(len) else {
-            return false;
-        };
-        self.lock()
-            .iter()
-            .any(|&(o, l)| o <= offset && end <= o + l)
+        offset
+            .checked_add(len)
+            .is_some_and(|end| inside(&crate::sync::read(&self.mapped), offset, end))
     }
 
     /// The address of byte `offset`, if `offset..offset+len` lies inside one mapped part.
     pub fn mapped_addr(&self, offset: usize, len: usize) -> Option<usize> {
         self.is_mapped(offset, len).then(|| self.addr + offset)
+    }
+
+    /// The bytes `offset..offset+len` as a range for raw copies, if they lie inside one mapped
+    /// part. The range borrows the region, so the mapping outlives it unless the part is
+    /// unmapped meanwhile: the owner's protocol must keep the part mapped while copies use the
+    /// range (a copy after an unmap faults on the reservation; it never reaches memory outside
+    /// the region).
+    pub fn mapped_range(&self, offset: usize, len: usize) -> Option<RawRange<'_>> {
+        let at = self.mapped_addr(offset, len)?;
+        // SAFETY: the bytes lie in a mapped, read/write part of this region, which owns the
+        // address range until it drops (the range borrows it); the region hands out no Rust
+        // references into it.
+        unsafe { RawRange::new(at as u64, len as u64) }
     }
 
     /// Runs `f` with the address of `offset` while `offset..offset+len` is inside one mapped
@@ -448,14 +462,43 @@ impl Region {
         len: usize,
         f: impl FnOnce(usize) -> R,
     ) -> io::Result<R> {
-        let mapped = self.lock();
+        let mapped = crate::sync::read(&self.mapped);
         let end = offset.checked_add(len).ok_or_else(einval)?;
-        if !mapped.iter().any(|&(o, l)| o <= offset && end <= o + l) {
+        if !inside(&mapped, offset, end) {
             return Err(io::Error::from_raw_os_error(libc::EFAULT));
         }
         let r = f(self.addr + offset);
         drop(mapped);
         Ok(r)
+    }
+
+    /// Loads the `u64` at `offset` with acquire ordering; `None` unless it is 8-aligned and
+    /// mapped. The word must only ever be accessed atomically, in every process mapping it.
+    pub fn load_u64(&self, offset: usize) -> Option<u64> {
+        if offset % 8 != 0 {
+            return None;
+        }
+        self.with_mapped(offset, 8, |at| {
+            let p = std::ptr::with_exposed_provenance_mut::<u64>(at);
+            // SAFETY: aligned (region and offset are), mapped read/write while `with_mapped`
+            // holds the lock, and only accessed atomically (documented contract of the word).
+            unsafe { AtomicU64::from_ptr(p) }.load(Ordering::Acquire)
+        })
+        .ok()
+    }
+
+    /// Stores `v` at `offset` with release ordering; `false` unless it is 8-aligned and mapped.
+    /// As [`Region::load_u64`].
+    pub fn store_u64(&self, offset: usize, v: u64) -> bool {
+        if offset % 8 != 0 {
+            return false;
+        }
+        self.with_mapped(offset, 8, |at| {
+            let p = std::ptr::with_exposed_provenance_mut::<u64>(at);
+            // SAFETY: as in `load_u64`.
+            unsafe { AtomicU64::from_ptr(p) }.store(v, Ordering::Release);
+        })
+        .is_ok()
     }
 
     /// Copies `buf.len()` bytes out of the region from `offset` (which must be mapped).

@@ -3,8 +3,10 @@
 //! Each libc call is wrapped once, in a function that returns `io::Result` (errno mapped with
 //! [`std::io::Error::last_os_error`]) and hands file descriptors out as [`OwnedFd`] /
 //! takes them as [`BorrowedFd`] (rustix style). Every `unsafe` block states why it is sound in a
-//! `// SAFETY:` comment. Raw memory is only reachable through the owning [`mman::Region`] (whose
-//! `Drop` unmaps) and the `unsafe fn`s of [`copy`].
+//! `// SAFETY:` comment. Raw memory is only reachable through a [`copy::RawRange`]: made
+//! `unsafe`ly by the C boundary for the caller's memory, or safely by the owner of a mapping
+//! ([`mman::Region::mapped_range`], [`acl::AclApi::device_range`]) or from a `&mut [u8]`; every
+//! copy, socket transfer, `process_vm_*` call and device copy checks its rows against ranges.
 //!
 //! [`OwnedFd`]: std::os::fd::OwnedFd
 //! [`BorrowedFd`]: std::os::fd::BorrowedFd

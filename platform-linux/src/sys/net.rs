@@ -8,8 +8,9 @@
 //! keeps the default disposition (terminate), and a library must not change the process's
 //! signal dispositions. std's `TcpStream::write` sends with `MSG_NOSIGNAL`, but its
 //! `write_vectored` is a plain `writev` (rustls' `write_tls` uses it). So every write to a
-//! socket, ours or rustls', goes through [`NoSigPipe`], [`send_all`] or [`send_slice`].
+//! socket, ours or rustls', goes through [`NoSigPipe`], [`send_from`] or [`send_slice`].
 
+use super::copy::RawRange;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -213,24 +214,23 @@ fn would_block_to_timeout(e: io::Error) -> io::Error {
     }
 }
 
-/// Receives exactly `len` bytes into `buf` from a blocking stream socket (EINTR retried).
+/// Receives exactly `dst.len()` bytes into `dst` from a blocking stream socket (EINTR
+/// retried). The bytes may be shared memory that other processes read concurrently; they see a
+/// mix of old and new bytes until the call returns.
 ///
 /// # Errors
 /// `UnexpectedEof` when the peer closes first, `TimedOut` when the socket's receive timeout
 /// (`SO_RCVTIMEO`) passes without progress, or the OS error.
-///
-/// # Safety
-/// `buf` must be valid for writes of `len` bytes for the whole call. The bytes may be shared
-/// memory that other processes read concurrently; they see a mix of old and new bytes until
-/// the call returns.
-pub unsafe fn recv_exact(fd: BorrowedFd<'_>, buf: *mut u8, len: usize) -> io::Result<()> {
+pub fn recv_into(fd: BorrowedFd<'_>, dst: RawRange<'_>) -> io::Result<()> {
+    let len = range_len(dst)?;
+    let buf = dst.ptr();
     let mut done = 0usize;
     while done < len {
-        // SAFETY: `buf + done .. buf + len` is inside the caller's writable range.
+        // SAFETY: `buf + done .. buf + len` lies in `dst`, valid for writes while it lives.
         let n = unsafe {
             libc::recv(
                 fd.as_raw_fd(),
-                buf.add(done).cast(),
+                buf.wrapping_add(done).cast(),
                 len - done,
                 libc::MSG_WAITALL,
             )
@@ -253,22 +253,28 @@ pub unsafe fn recv_exact(fd: BorrowedFd<'_>, buf: *mut u8, len: usize) -> io::Re
     Ok(())
 }
 
-/// Sends all `len` bytes at `buf` on a blocking stream socket, without `SIGPIPE`
-/// (`MSG_NOSIGNAL`); with `more`, the kernel may hold them back for the next send
-/// (`MSG_MORE`), so a header and its payload leave in one segment.
+fn range_len(r: RawRange<'_>) -> io::Result<usize> {
+    usize::try_from(r.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length exceeds usize"))
+}
+
+/// Sends all bytes of `src` on a blocking stream socket, without `SIGPIPE` (`MSG_NOSIGNAL`);
+/// with `more`, the kernel may hold them back for the next send (`MSG_MORE`), so a header and
+/// its payload leave in one segment.
 ///
 /// # Errors
 /// `TimedOut` when the socket's send timeout passes without progress, or the OS error
 /// (`EPIPE`/`ECONNRESET` when the peer is gone).
+pub fn send_from(fd: BorrowedFd<'_>, src: RawRange<'_>, more: bool) -> io::Result<()> {
+    // SAFETY: `src` is valid for reads of its length while it lives.
+    unsafe { send_all(fd, src.ptr().cast_const(), range_len(src)?, more) }
+}
+
+/// Sends the `len` bytes at `buf` (as [`send_from`]).
 ///
 /// # Safety
 /// `buf` must be valid for reads of `len` bytes for the whole call.
-pub unsafe fn send_all(
-    fd: BorrowedFd<'_>,
-    buf: *const u8,
-    len: usize,
-    more: bool,
-) -> io::Result<()> {
+unsafe fn send_all(fd: BorrowedFd<'_>, buf: *const u8, len: usize, more: bool) -> io::Result<()> {
     let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
     let mut done = 0usize;
     while done < len {
@@ -353,22 +359,21 @@ impl<S: AsFd> Write for NoSigPipe<S> {
 /// Slices one `sendmsg` takes at most (Linux' `UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;
 
-/// [`send_all`] of a slice.
+/// [`send_from`] of a slice.
 ///
 /// # Errors
-/// As [`send_all`].
+/// As [`send_from`].
 pub fn send_slice(fd: BorrowedFd<'_>, data: &[u8], more: bool) -> io::Result<()> {
     // SAFETY: `data` is a live slice, readable for its length during the call.
     unsafe { send_all(fd, data.as_ptr(), data.len(), more) }
 }
 
-/// [`recv_exact`] into a slice.
+/// [`recv_into`] a slice.
 ///
 /// # Errors
-/// As [`recv_exact`].
+/// As [`recv_into`].
 pub fn recv_slice(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<()> {
-    // SAFETY: `buf` is a live, exclusively borrowed slice, writable for its length.
-    unsafe { recv_exact(fd, buf.as_mut_ptr(), buf.len()) }
+    recv_into(fd, RawRange::from_mut(buf))
 }
 
 /// The listen backlog of the config store: a connection storm of [`smem_core::limits::WORLD_SIZE_MAX`]

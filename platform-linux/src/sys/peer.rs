@@ -1,9 +1,10 @@
 //! Reaching another process of this host: pidfds (liveness), `process_vm_readv`/`writev`
-//! (copies into and out of its address space) and atomics in shared mappings.
+//! (copies into and out of its address space).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::copy::RawRange;
 
 /// Most iovecs one `process_vm_*` call takes (`IOV_MAX`).
 pub const IOV_MAX: usize = 1024;
@@ -64,69 +65,59 @@ fn iovecs(spans: &[Span]) -> io::Result<Vec<libc::iovec>> {
         .collect()
 }
 
-/// Writes the bytes of `local` (in order) into `remote` (in order) of process `pid`
-/// (`process_vm_writev`); returns the bytes written (less than asked only when the kernel
-/// stopped at a fault).
-///
-/// Our memory is only read (an unreadable local range fails with `EFAULT`), so the call is
-/// safe for this process whatever the addresses; what it writes in `pid` is the caller's
-/// business (the peer registered those ranges).
+fn local_iovecs(ranges: &[RawRange<'_>]) -> io::Result<Vec<libc::iovec>> {
+    if ranges.len() > IOV_MAX {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    ranges
+        .iter()
+        .map(|r| {
+            Ok(libc::iovec {
+                iov_base: r.ptr().cast(),
+                iov_len: usize::try_from(r.len())
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+            })
+        })
+        .collect()
+}
+
+/// Which way [`process_vm`] moves bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmDirection {
+    /// `process_vm_writev`: `local` into the other process's `remote`.
+    Write,
+    /// `process_vm_readv`: the other process's `remote` into `local`.
+    Read,
+}
+
+/// Moves bytes between `local` (in order) and `remote` (in order) of process `pid`
+/// (`process_vm_writev` / `readv`); returns the bytes moved (less than asked only when the
+/// kernel stopped at a fault). What a write does in `pid` is the caller's business (the peer
+/// registered those ranges).
 ///
 /// # Errors
 /// `EPERM` without ptrace access to `pid`, `ESRCH` when it is gone, `EFAULT` for unmapped
 /// ranges, `EINVAL` for more than [`IOV_MAX`] spans on a side.
-pub fn process_vm_write(pid: u32, local: &[Span], remote: &[Span]) -> io::Result<usize> {
-    let l = iovecs(local)?;
+pub fn process_vm(
+    dir: VmDirection,
+    pid: u32,
+    local: &[RawRange<'_>],
+    remote: &[Span],
+) -> io::Result<usize> {
+    let l = local_iovecs(local)?;
     let r = iovecs(remote)?;
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-    // SAFETY: both iovec arrays are valid for the call; the kernel only reads our memory
-    // through them (faulting ranges give EFAULT, not undefined behaviour).
+    let (lp, ln, rp, rn) = (l.as_ptr(), l.len() as _, r.as_ptr(), r.len() as _);
+    // SAFETY: both iovec arrays are valid for the call; the local iovecs lie in ranges valid
+    // for reads and writes while they live (`RawRange`), so the kernel's writes there (read
+    // direction) are allowed; remote addresses are checked by the kernel (EFAULT).
     let n = unsafe {
-        libc::process_vm_writev(pid, l.as_ptr(), l.len() as _, r.as_ptr(), r.len() as _, 0)
+        match dir {
+            VmDirection::Write => libc::process_vm_writev(pid, lp, ln, rp, rn, 0),
+            VmDirection::Read => libc::process_vm_readv(pid, lp, ln, rp, rn, 0),
+        }
     };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-/// Reads `remote` (in order) of process `pid` into `local` (in order) (`process_vm_readv`);
-/// returns the bytes read.
-///
-/// # Safety
-/// Every `local` span must be valid for writes of its length for the call and not aliased by
-/// any Rust reference (the kernel writes there).
-///
-/// # Errors
-/// As [`process_vm_write`].
-pub unsafe fn process_vm_read(pid: u32, local: &[Span], remote: &[Span]) -> io::Result<usize> {
-    let l = iovecs(local)?;
-    let r = iovecs(remote)?;
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-    // SAFETY: both iovec arrays are valid for the call; the local spans are writable and
-    // unaliased by this function's contract.
-    let n = unsafe {
-        libc::process_vm_readv(pid, l.as_ptr(), l.len() as _, r.as_ptr(), r.len() as _, 0)
-    };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-/// Loads the `u64` at `addr` with acquire ordering.
-///
-/// # Safety
-/// `addr` is 8-byte aligned and lies in a mapping that stays mapped for the call; every access
-/// to those 8 bytes, in any process, is atomic.
-pub unsafe fn load_u64(addr: u64) -> u64 {
-    let p = std::ptr::with_exposed_provenance_mut::<u64>(addr as usize);
-    // SAFETY: aligned, mapped and only accessed atomically (contract).
-    unsafe { AtomicU64::from_ptr(p) }.load(Ordering::Acquire)
-}
-
-/// Stores `v` at `addr` with release ordering.
-///
-/// # Safety
-/// As [`load_u64`].
-pub unsafe fn store_u64(addr: u64, v: u64) {
-    let p = std::ptr::with_exposed_provenance_mut::<u64>(addr as usize);
-    // SAFETY: aligned, mapped and only accessed atomically (contract).
-    unsafe { AtomicU64::from_ptr(p) }.store(v, Ordering::Release);
 }
 
 #[cfg(test)]
@@ -136,29 +127,29 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore)]
     fn own_process_and_pidfd() {
-        let src = *b"hello vm";
+        let mut src = *b"hello vm";
         let mut dst = [0u8; 8];
         let s = |p: *const u8| Span {
             addr: p as u64,
             len: 8,
         };
-        let n = process_vm_write(
+        let remote = s(dst.as_ptr());
+        let n = process_vm(
+            VmDirection::Write,
             std::process::id(),
-            &[s(src.as_ptr())],
-            &[s(dst.as_mut_ptr())],
+            &[RawRange::from_mut(&mut src)],
+            &[remote],
         )
         .expect("writev self");
         assert_eq!(n, 8);
         assert_eq!(&dst, b"hello vm");
         let back = *b"01234567";
-        // SAFETY: `dst` is a live local buffer, not borrowed during the call.
-        let n = unsafe {
-            process_vm_read(
-                std::process::id(),
-                &[s(dst.as_mut_ptr())],
-                &[s(back.as_ptr())],
-            )
-        }
+        let n = process_vm(
+            VmDirection::Read,
+            std::process::id(),
+            &[RawRange::from_mut(&mut dst)],
+            &[s(back.as_ptr())],
+        )
         .expect("readv");
         assert_eq!(n, 8);
         assert_eq!(&dst, b"01234567");

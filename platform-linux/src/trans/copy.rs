@@ -1,14 +1,12 @@
 //! Running one transfer (sync or from the queue): validate every entry, route each one
 //! (mapped segment, `process_vm_*`, transport), move the bytes, check the peer is still alive.
-// The copy paths take raw addresses of the caller's memory and of mapped peer segments; the
-// `unsafe` blocks forward those contracts to `sys` and the transport, each with a SAFETY note.
-#![allow(unsafe_code)]
 
 use smem_core::ErrorCode;
 
 use super::Engine;
 use super::peer::{Peer, Route};
-use crate::sys::peer::{self as sys_peer, IOV_MAX, Span};
+use crate::sys::copy::RawRange;
+use crate::sys::peer::{self as sys_peer, IOV_MAX, Span, VmDirection};
 use crate::transport::{self, NO_RANK, Op, Transfer};
 use crate::{Error, Result};
 
@@ -21,44 +19,45 @@ pub enum Direction {
     Read,
 }
 
-/// One entry: `len` bytes between `local` (this process) and `remote` (the peer's address).
+/// One entry: the bytes of `local` (this process: memory the C caller vouched for, valid for
+/// the transfer) to or from `remote` (the peer's address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// Address in this process.
-    pub local: u64,
+    /// The local memory.
+    pub local: RawRange<'static>,
     /// Address in the peer's process.
     pub remote: u64,
+}
+
+impl Entry {
     /// Bytes.
-    pub len: u64,
+    pub const fn len(&self) -> u64 {
+        self.local.len()
+    }
+
+    /// Whether the entry moves no bytes.
+    pub const fn is_empty(&self) -> bool {
+        self.local.is_empty()
+    }
 }
 
 /// Runs a transfer with peer `uid`.
-///
-/// # Safety
-/// As [`super::transfer`].
-pub(crate) unsafe fn run(
-    engine: &Engine,
-    dir: Direction,
-    uid: &str,
-    entries: &[Entry],
-) -> Result<()> {
+pub(crate) fn run(engine: &Engine, dir: Direction, uid: &str, entries: &[Entry]) -> Result<()> {
     let what = match dir {
         Direction::Write => "write to",
         Direction::Read => "read from",
     };
     for (i, e) in entries.iter().enumerate() {
-        if e.len > 0
-            && (e.local.checked_add(e.len).is_none() || e.remote.checked_add(e.len).is_none())
-        {
+        if !e.is_empty() && e.remote.checked_add(e.len()).is_none() {
             return Err(Error::invalid(format!(
                 "entry {i}: [{:#x}, +{:#x}) wraps around the address space",
-                e.remote, e.len
+                e.remote,
+                e.len()
             )));
         }
     }
     let peer = engine.peer(uid)?;
-    // SAFETY: forwarded contract.
-    let r = unsafe { run_with(engine, &peer, dir, entries) };
+    let r = run_with(engine, &peer, dir, entries);
     if let Err(e) = &r {
         if matches!(
             e.code(),
@@ -76,7 +75,7 @@ pub(crate) unsafe fn run(
     })
 }
 
-unsafe fn run_with(engine: &Engine, peer: &Peer, dir: Direction, entries: &[Entry]) -> Result<()> {
+fn run_with(engine: &Engine, peer: &Peer, dir: Direction, entries: &[Entry]) -> Result<()> {
     let Some(near) = &peer.near else {
         let tcp = transport::DATA_OP_HOST_TCP | transport::DATA_OP_ROCE;
         if engine.config.data_ops & tcp == 0 || peer.data_ops & tcp == 0 {
@@ -93,59 +92,50 @@ unsafe fn run_with(engine: &Engine, peer: &Peer, dir: Direction, entries: &[Entr
                 ),
             ));
         }
-        peer.check_far(engine, entries.iter().map(|e| (e.remote, e.len)))?;
-        let spans: Vec<transport::Span> = entries.iter().map(net_span).collect();
-        // SAFETY: forwarded contract.
-        return unsafe { net(engine, peer, dir, &spans) };
+        peer.check_far(engine, entries.iter().map(|e| (e.remote, e.len())))?;
+        let spans: Vec<_> = entries.iter().map(net_span).collect();
+        return net(engine, peer, dir, &spans);
     };
     if !near.alive() {
         return Err(peer.gone("is dead or destroyed its engine"));
     }
-    let routes = near.routes(engine, peer, entries.iter().map(|e| (e.remote, e.len)))?;
-    let mut vm: Vec<(Span, Span)> = Vec::new();
-    let mut over_net: Vec<transport::Span> = Vec::new();
+    let routes = near.routes(engine, peer, entries.iter().map(|e| (e.remote, e.len())))?;
+    let mut vm: Vec<(RawRange<'static>, Span)> = Vec::new();
+    let mut over_net: Vec<transport::Span<'static>> = Vec::new();
     for (e, route) in entries.iter().zip(&routes) {
-        if e.len == 0 {
+        if e.is_empty() {
             continue;
         }
-        let len = usize::try_from(e.len)
-            .map_err(|_| Error::invalid("entry length exceeds the address space"))?;
         match route {
-            Route::Mapped { at, .. } => {
+            Route::Mapped { seg, offset } => {
+                // The peer's segment stays mapped while `routes` holds it (after the copy).
+                let at = seg.range(*offset, e.len()).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "peer engine '{}': {} bytes at {:#x} leave its segment",
+                        peer.uid,
+                        e.len(),
+                        e.remote
+                    ))
+                })?;
                 let (src, dst) = match dir {
-                    Direction::Write => (e.local, *at),
-                    Direction::Read => (*at, e.local),
+                    Direction::Write => (e.local, at),
+                    Direction::Read => (at, e.local),
                 };
-                // SAFETY: the local range is valid by the caller's contract; the remote range
-                // lies in the peer's segment, mapped here and kept mapped by the route's `Arc`
-                // until `routes` drops after the copy. A separate mapping never overlaps the
-                // caller's memory.
-                unsafe {
-                    crate::sys::copy::copy_bytes(
-                        std::ptr::with_exposed_provenance(src as usize),
-                        std::ptr::with_exposed_provenance_mut(dst as usize),
-                        len,
-                    );
-                }
+                crate::sys::copy::copy(src, dst).map_err(|err| Error::io("copying", &err))?;
             }
             Route::Vm => vm.push((
-                Span {
-                    addr: e.local,
-                    len: e.len,
-                },
+                e.local,
                 Span {
                     addr: e.remote,
-                    len: e.len,
+                    len: e.len(),
                 },
             )),
             Route::Net => over_net.push(net_span(e)),
         }
     }
-    // SAFETY: forwarded contract.
-    unsafe { vm_copy(peer, dir, &vm)? };
+    vm_copy(peer, dir, &vm)?;
     if !over_net.is_empty() {
-        // SAFETY: forwarded contract.
-        unsafe { net(engine, peer, dir, &over_net)? };
+        net(engine, peer, dir, &over_net)?;
     }
     drop(routes);
     if !near.alive() {
@@ -156,24 +146,15 @@ unsafe fn run_with(engine: &Engine, peer: &Peer, dir: Direction, entries: &[Entr
     Ok(())
 }
 
-fn net_span(e: &Entry) -> transport::Span {
+fn net_span(e: &Entry) -> transport::Span<'static> {
     transport::Span {
         remote: e.remote,
         local: e.local,
-        len: e.len,
     }
 }
 
 /// The transport path.
-///
-/// # Safety
-/// As [`run`].
-unsafe fn net(
-    engine: &Engine,
-    peer: &Peer,
-    dir: Direction,
-    spans: &[transport::Span],
-) -> Result<()> {
+fn net(engine: &Engine, peer: &Peer, dir: Direction, spans: &[transport::Span<'_>]) -> Result<()> {
     let t = Transfer {
         peer: peer.endpoint,
         rank: NO_RANK,
@@ -185,34 +166,31 @@ unsafe fn net(
         },
         remote_offset: 0,
         remote_pitch: 0,
-        local: 0,
+        local: RawRange::EMPTY,
         local_pitch: 0,
         width: 0,
         height: 0,
         local_device: None,
     };
     let spans = coalesce(spans);
-    // SAFETY: forwarded contract (local ranges readable / writable and disjoint).
-    unsafe {
-        engine
-            .node
-            .pool()
-            .transfer_spans(&t, &spans, engine.node.timeout())
-    }
+    engine
+        .node
+        .pool()
+        .transfer_spans(&t, &spans, engine.node.timeout())
 }
 
 /// `spans` with each run of entries contiguous on both sides merged into one (a batch of KV
 /// blocks laid out back to back becomes a few large requests).
-fn coalesce(spans: &[transport::Span]) -> Vec<transport::Span> {
-    let mut out: Vec<transport::Span> = Vec::with_capacity(spans.len());
-    for s in spans.iter().filter(|s| s.len > 0) {
-        match out.last_mut() {
-            Some(l)
-                if l.remote.checked_add(l.len) == Some(s.remote)
-                    && l.local.checked_add(l.len) == Some(s.local) =>
-            {
-                l.len += s.len;
-            }
+fn coalesce<'a>(spans: &[transport::Span<'a>]) -> Vec<transport::Span<'a>> {
+    let mut out: Vec<transport::Span<'a>> = Vec::with_capacity(spans.len());
+    for s in spans.iter().filter(|s| !s.local.is_empty()) {
+        let merged = out.last().and_then(|l| {
+            (l.remote.checked_add(l.local.len()) == Some(s.remote))
+                .then(|| l.local.join(s.local))
+                .flatten()
+        });
+        match (merged, out.last_mut()) {
+            (Some(local), Some(l)) => l.local = local,
             _ => out.push(*s),
         }
     }
@@ -220,20 +198,17 @@ fn coalesce(spans: &[transport::Span]) -> Vec<transport::Span> {
 }
 
 /// `process_vm_writev` / `readv` of `pairs` (local, remote), [`IOV_MAX`] at a time.
-///
-/// # Safety
-/// As [`run`].
-unsafe fn vm_copy(peer: &Peer, dir: Direction, pairs: &[(Span, Span)]) -> Result<()> {
+fn vm_copy(peer: &Peer, dir: Direction, pairs: &[(RawRange<'_>, Span)]) -> Result<()> {
+    let vm_dir = match dir {
+        Direction::Write => VmDirection::Write,
+        Direction::Read => VmDirection::Read,
+    };
     for group in pairs.chunks(IOV_MAX) {
-        let mut local: Vec<Span> = group.iter().map(|p| p.0).collect();
+        let mut local: Vec<RawRange<'_>> = group.iter().map(|p| p.0).collect();
         let mut remote: Vec<Span> = group.iter().map(|p| p.1).collect();
-        let mut left: u64 = local.iter().map(|s| s.len).sum();
+        let mut left: u64 = local.iter().map(|s| s.len()).sum();
         while left > 0 {
-            let r = match dir {
-                Direction::Write => sys_peer::process_vm_write(peer.pid, &local, &remote),
-                // SAFETY: the local spans are writable and disjoint (forwarded contract).
-                Direction::Read => unsafe { sys_peer::process_vm_read(peer.pid, &local, &remote) },
-            };
+            let r = sys_peer::process_vm(vm_dir, peer.pid, &local, &remote);
             let n = match r {
                 Ok(0) | Err(_) => {
                     let e = r
@@ -262,11 +237,28 @@ unsafe fn vm_copy(peer: &Peer, dir: Direction, pairs: &[(Span, Span)]) -> Result
                 Ok(n) => n as u64,
             };
             left -= n.min(left);
-            advance(&mut local, n);
+            advance_ranges(&mut local, n);
             advance(&mut remote, n);
         }
     }
     Ok(())
+}
+
+/// Drops the first `n` bytes of `ranges`.
+fn advance_ranges(ranges: &mut Vec<RawRange<'_>>, mut n: u64) {
+    let mut skip = 0;
+    for r in ranges.iter_mut() {
+        if n == 0 {
+            break;
+        }
+        let k = n.min(r.len());
+        *r = r.skip(k).unwrap_or(RawRange::EMPTY);
+        n -= k;
+        if r.is_empty() {
+            skip += 1;
+        }
+    }
+    ranges.drain(..skip);
 }
 
 /// Drops the first `n` bytes of `spans`.
@@ -291,12 +283,15 @@ fn advance(spans: &mut Vec<Span>, mut n: u64) {
 mod tests {
     use super::*;
 
-    fn span(remote: u64, local: u64, len: u64) -> transport::Span {
-        transport::Span { remote, local, len }
-    }
-
     #[test]
     fn coalesce_merges_runs_contiguous_on_both_sides() {
+        let mut buf = vec![0u8; 300];
+        let base = buf.as_ptr() as u64;
+        let all = RawRange::from_mut(&mut buf);
+        let span = |remote: u64, local: u64, len: u64| transport::Span {
+            remote,
+            local: all.sub(local, len).expect("inside"),
+        };
         let got = coalesce(&[
             span(0, 100, 10),
             span(10, 110, 10),
@@ -309,6 +304,7 @@ mod tests {
             got,
             vec![span(0, 100, 20), span(20, 200, 15), span(100, 215, 1)]
         );
+        assert_eq!(got[0].local.addr(), base + 100);
     }
 
     #[test]

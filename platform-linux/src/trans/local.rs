@@ -1,8 +1,6 @@
 //! This engine's own memory: the regions it serves (registered user memory and
 //! `smem_trans_malloc` segments), their table in the store, and the control segment that tells
 //! same-host peers when the table changed.
-// Control words live in shared mappings; `Mapped::load`/`store` reach them through `sys::peer`.
-#![allow(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
@@ -13,8 +11,8 @@ use smem_core::wire::trans::{Region, RegionKind, emit_regions, regions_len};
 use super::{lock, read, write};
 use crate::mem::{HostSegment, Reservation, SegmentDescriptor, SegmentKind, page_size};
 use crate::store::StoreClient;
-use crate::sys::peer;
-use crate::transport::{Pinned, Served};
+use crate::sys::copy::RawRange;
+use crate::transport::{Pinned, PinnedIo, Served};
 use crate::{Error, Result};
 
 /// Length of the control segment.
@@ -61,19 +59,21 @@ impl Mapped {
         &self.seg
     }
 
-    /// Loads the word at `offset` (8-aligned, inside the segment).
-    pub(crate) fn load(&self, offset: u64) -> u64 {
-        debug_assert!(offset % 8 == 0 && offset + 8 <= self.seg.len());
-        // SAFETY: the word lies inside our live mapping, aligned; every access to control words
-        // (in every process) goes through these atomic helpers.
-        unsafe { peer::load_u64(self.addr() + offset) }
+    /// `len` bytes at `offset` of the segment, for a copy; `None` outside it.
+    pub(crate) fn range(&self, offset: u64, len: u64) -> Option<RawRange<'_>> {
+        self.map.mapped_range(offset, len)
     }
 
-    /// Stores `v` at `offset` (8-aligned, inside the segment).
+    /// Loads the word at `offset` (8-aligned, inside the segment; 0 otherwise). Every access
+    /// to control words, in every process, is atomic.
+    pub(crate) fn load(&self, offset: u64) -> u64 {
+        self.map.load_u64(offset).unwrap_or(0)
+    }
+
+    /// Stores `v` at `offset` (8-aligned, inside the segment; ignored otherwise).
     pub(crate) fn store(&self, offset: u64, v: u64) {
-        debug_assert!(offset % 8 == 0 && offset + 8 <= self.seg.len());
-        // SAFETY: as in `load`.
-        unsafe { peer::store_u64(self.addr() + offset, v) }
+        let stored = self.map.store_u64(offset, v);
+        debug_assert!(stored, "control word {offset:#x} outside the segment");
     }
 }
 
@@ -86,8 +86,11 @@ pub(crate) struct Local {
     regions_key: Vec<u8>,
     /// Sorted by address, disjoint. Transport requests hold a read guard while they move bytes.
     regions: RwLock<Vec<Region>>,
-    /// `smem_trans_malloc` segments by address.
-    pools: Mutex<HashMap<u64, Mapped>>,
+    /// `smem_trans_malloc` segments by address (read while a transport request uses one).
+    pools: RwLock<HashMap<u64, Mapped>>,
+    /// Registered user memory by address, as the C caller vouched for it (valid until its
+    /// deregister returned).
+    users: RwLock<HashMap<u64, RawRange<'static>>>,
     /// The table's generation; held while a change is published (one change at a time).
     generation: Mutex<u64>,
     ctrl: Mapped,
@@ -110,7 +113,8 @@ impl Local {
             store,
             regions_key,
             regions: RwLock::new(Vec::new()),
-            pools: Mutex::new(HashMap::new()),
+            pools: RwLock::new(HashMap::new()),
+            users: RwLock::new(HashMap::new()),
             generation: Mutex::new(0),
             ctrl,
         };
@@ -129,16 +133,19 @@ impl Local {
         write(&self.regions).clear();
     }
 
-    /// Registers `ranges` (`(addr, len)`) of this process as user memory, all or none.
+    /// Registers `ranges` of this process (memory the C caller vouched for until their
+    /// deregister) as user memory, all or none.
     ///
     /// # Errors
     /// `SM_INVALID_PARAM` naming the entry for an empty, wrapping or overlapping range (a range
     /// inside one `smem_trans_malloc` segment is already registered and accepted as is);
     /// `SM_LIMIT_EXCEEDED` over the table's capacity; store errors.
-    pub(crate) fn register(&self, ranges: &[(u64, u64)]) -> Result<()> {
+    pub(crate) fn register(&self, ranges: &[RawRange<'static>]) -> Result<()> {
         let mut g = lock(&self.generation);
         let mut next = read(&self.regions).clone();
-        for (i, &(addr, len)) in ranges.iter().enumerate() {
+        let mut added = Vec::new();
+        for (i, r) in ranges.iter().enumerate() {
+            let (addr, len) = (r.addr(), r.len());
             let at = || {
                 if ranges.len() > 1 {
                     format!(" (entry {i})")
@@ -167,8 +174,18 @@ impl Local {
                 )));
             }
             next.insert(pos, Region::user(addr, len));
+            added.push(*r);
         }
-        self.change(&mut g, next)
+        // Known before peers can see the new table.
+        write(&self.users).extend(added.iter().map(|r| (r.addr(), *r)));
+        let r = self.change(&mut g, next);
+        if r.is_err() {
+            let mut users = write(&self.users);
+            for a in &added {
+                users.remove(&a.addr());
+            }
+        }
+        r
     }
 
     /// Withdraws the user range starting at `addr`: from the return on, requests into it are
@@ -179,7 +196,10 @@ impl Local {
     /// `smem_trans_malloc` memory (free it instead).
     pub(crate) fn deregister(&self, addr: u64) -> Result<()> {
         let mut g = lock(&self.generation);
-        self.remove(&mut g, addr, RegionKind::User)
+        self.remove(&mut g, addr, RegionKind::User)?;
+        // After `change`, which waited for the transport requests in flight.
+        write(&self.users).remove(&addr);
+        Ok(())
     }
 
     /// `smem_trans_malloc`: a new shared segment of at least `capacity` bytes, registered.
@@ -212,9 +232,9 @@ impl Local {
                 inode: d.inode,
             },
         );
-        lock(&self.pools).insert(addr, m);
+        write(&self.pools).insert(addr, m);
         if let Err(e) = self.change(&mut g, next) {
-            lock(&self.pools).remove(&addr);
+            write(&self.pools).remove(&addr);
             return Err(e);
         }
         Ok(addr)
@@ -227,7 +247,7 @@ impl Local {
     pub(crate) fn free(&self, addr: u64) -> Result<()> {
         let mut g = lock(&self.generation);
         self.remove(&mut g, addr, RegionKind::Pool)?;
-        lock(&self.pools).remove(&addr);
+        write(&self.pools).remove(&addr);
         Ok(())
     }
 
@@ -305,7 +325,7 @@ pub(crate) fn find(regions: &[Region], addr: u64, len: u64) -> Option<Region> {
 }
 
 impl Served for Local {
-    fn pin(&self, token: u64, offset: u64, span: u64) -> Result<Pinned<'_>> {
+    fn pinned(&self, token: u64, offset: u64, span: u64, io: PinnedIo<'_>) -> Result<()> {
         if token != self.token {
             return Err(Error::new(
                 ErrorCode::ObjectNotExists,
@@ -315,17 +335,28 @@ impl Served for Local {
                 ),
             ));
         }
+        // Held while the bytes move: a deregister or free waits for the request.
         let g = read(&self.regions);
-        if find(&g, offset, span).is_none() {
-            return Err(Error::invalid(format!(
+        let unregistered = || {
+            Error::invalid(format!(
                 "engine '{}' has no registered range holding [{offset:#x}, +{span:#x})",
                 self.uid
-            )));
-        }
-        Ok(Pinned {
-            addr: offset,
+            ))
+        };
+        let r = find(&g, offset, span).ok_or_else(unregistered)?;
+        let (pools, users) = (read(&self.pools), read(&self.users));
+        let range = match r.kind {
+            RegionKind::Pool => pools
+                .get(&r.addr)
+                .and_then(|m| m.range(offset - r.addr, span)),
+            RegionKind::User => users
+                .get(&r.addr)
+                .and_then(|u| u.sub(offset - r.addr, span)),
+        };
+        io(Pinned {
+            range: range.ok_or_else(unregistered)?,
             device: None,
-            _hold: Box::new(g),
-        })
+        });
+        Ok(())
     }
 }

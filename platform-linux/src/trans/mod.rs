@@ -52,8 +52,6 @@
 //! same-host fast paths (without it same-host peers go through the transport); `deviceId`
 //! is recorded (no device memory is used: a non-NULL stream is `SM_NOT_SUPPORTED`); `flags`
 //! must be 0; `startConfigServer` makes `create` host the store at `storeUrl` in this process.
-// `transfer` / `submit` take raw addresses from the C boundary and forward its contract.
-#![allow(unsafe_code)]
 
 mod copy;
 mod local;
@@ -77,6 +75,7 @@ use self::peer::Peer;
 use self::queue::Queue;
 use crate::store::{CasResult, ClientOptions, ServerConfig, StoreClient, StoreServer};
 pub(crate) use crate::sync::{lock, read, write};
+use crate::sys::copy::RawRange;
 use crate::transport::{DATA_OP_HOST_TCP, Node};
 use crate::{Error, Result};
 
@@ -490,11 +489,12 @@ pub fn free(h: TransHandle, addr: u64) -> Result<()> {
     engine(h)?.local.free(addr)
 }
 
-/// `smem_trans_register_mem` / `_batch_register_mem`: `(addr, len)` ranges, all or none.
+/// `smem_trans_register_mem` / `_batch_register_mem`: memory the C caller vouched for until
+/// its deregister, all or none.
 ///
 /// # Errors
 /// Unknown handle; `SM_INVALID_PARAM` naming the bad entry.
-pub fn register(h: TransHandle, ranges: &[(u64, u64)]) -> Result<()> {
+pub fn register(h: TransHandle, ranges: &[RawRange<'static>]) -> Result<()> {
     engine(h)?.local.register(ranges)
 }
 
@@ -512,18 +512,10 @@ pub fn deregister(h: TransHandle, addr: u64) -> Result<()> {
 /// Unknown handle or peer; `SM_INVALID_PARAM` naming the peer and address of a range it did
 /// not register; `SM_IO_ERROR` naming a peer that died.
 ///
-/// # Safety
-/// Every entry's local range must be readable (`Write`) or writable (`Read`) for the call, and
-/// for reads not overlap another entry's local range or memory Rust references point to.
-pub unsafe fn transfer(
-    h: TransHandle,
-    dir: Direction,
-    peer: &str,
-    entries: &[Entry],
-) -> Result<()> {
+/// The entries' local memory is read (`Write`) or written (`Read`) during the call.
+pub fn transfer(h: TransHandle, dir: Direction, peer: &str, entries: &[Entry]) -> Result<()> {
     let e = engine(h)?;
-    // SAFETY: forwarded contract.
-    unsafe { copy::run(&e, dir, peer, entries) }
+    copy::run(&e, dir, peer, entries)
 }
 
 /// The `*_submit` forms: queues the transfer; [`wait`] completes it.
@@ -531,18 +523,12 @@ pub unsafe fn transfer(
 /// # Errors
 /// Unknown handle or peer (looked up before queueing).
 ///
-/// # Safety
-/// As [`transfer`], until the calling thread's [`wait`] on `h` returned.
-pub unsafe fn submit(
-    h: TransHandle,
-    dir: Direction,
-    peer: &str,
-    entries: Vec<Entry>,
-) -> Result<()> {
+/// The entries' local memory must stay valid until the calling thread's [`wait`] on `h`
+/// returned (the C caller's promise, made with the entries' ranges).
+pub fn submit(h: TransHandle, dir: Direction, peer: &str, entries: Vec<Entry>) -> Result<()> {
     let e = engine(h)?;
     e.peer(peer)?;
-    // SAFETY: forwarded contract.
-    unsafe { e.queue.submit(&e, dir, peer, entries) }
+    e.queue.submit(&e, dir, peer, entries)
 }
 
 /// `smem_trans_wait`: every transfer this thread submitted on `h` is done; the first error.

@@ -16,7 +16,8 @@ use super::local::{
 };
 use super::{Engine, lock, regions_key};
 use crate::mem::{SegmentDescriptor, SegmentKind};
-use crate::sys::peer::{self, Span};
+use crate::sys::copy::RawRange;
+use crate::sys::peer::{self, Span, VmDirection};
 use crate::{Error, Result};
 
 /// Env var: set to `1` to keep same-host registered memory off `process_vm_readv`/`writev`
@@ -67,12 +68,12 @@ struct Table {
 /// Where one entry's remote bytes are.
 #[derive(Debug)]
 pub(crate) enum Route {
-    /// Mapped here: the address in this process.
+    /// Mapped here.
     Mapped {
-        /// Keeps the mapping alive while the route is used.
-        _keep: Arc<Mapped>,
-        /// The remote address's place in this process.
-        at: u64,
+        /// The peer's segment, mapped while the route is used.
+        seg: Arc<Mapped>,
+        /// Offset of the remote address in the segment.
+        offset: u64,
     },
     /// In the peer's registered user memory, reachable with `process_vm_*`.
     Vm,
@@ -298,8 +299,10 @@ impl Near {
                             m
                         }
                     };
-                    let at = m.addr() + (addr - r.addr);
-                    Route::Mapped { _keep: m, at }
+                    Route::Mapped {
+                        seg: m,
+                        offset: addr - r.addr,
+                    }
                 }
                 RegionKind::User if self.vm => Route::Vm,
                 RegionKind::User => Route::Net,
@@ -313,16 +316,12 @@ impl Near {
 /// the first answer in this process is logged.
 fn vm_works(rec: &EngineRecord<'_>) -> bool {
     let mut word = [0u8; 8];
-    let local = Span {
-        addr: word.as_mut_ptr() as u64,
-        len: 8,
-    };
     let remote = Span {
         addr: rec.ctrl_addr + CTRL_MAGIC_AT,
         len: 8,
     };
-    // SAFETY: `word` is a live local buffer not otherwise borrowed during the call.
-    let r = unsafe { peer::process_vm_read(rec.pid, &[local], &[remote]) };
+    let local = RawRange::from_mut(&mut word);
+    let r = peer::process_vm(VmDirection::Read, rec.pid, &[local], &[remote]);
     let ok = matches!(r, Ok(8)) && u64::from_ne_bytes(word) == CTRL_MAGIC;
     crate::sync::once(&VM_NOTE, || match &r {
         _ if ok => info!(

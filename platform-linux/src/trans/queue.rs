@@ -1,8 +1,5 @@
 //! The `*_submit` queue: worker threads run queued transfers; `smem_trans_wait` waits for the
 //! calling thread's.
-// Queued transfers carry the submitter's raw addresses; the one `unsafe` block forwards the
-// submitter's contract (valid until its wait) to the copy path.
-#![allow(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -49,12 +46,9 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
-    /// Queues a transfer of the calling thread.
-    ///
-    /// # Safety
-    /// The entries' local ranges stay valid (as for [`copy::run`]) until the calling thread's
-    /// [`Queue::wait`] returned.
-    pub(crate) unsafe fn submit(
+    /// Queues a transfer of the calling thread. Its entries' local memory stays valid until
+    /// the calling thread's [`Queue::wait`] returned (the C caller's promise).
+    pub(crate) fn submit(
         &self,
         engine: &Arc<Engine>,
         dir: Direction,
@@ -179,9 +173,9 @@ fn worker(rx: &Mutex<Receiver<Job>>, engine: &Weak<Engine>, shared: &Shared) {
     loop {
         let Ok(job) = lock(rx).recv() else { return };
         let r = match engine.upgrade() {
-            // SAFETY: the submitter keeps the local ranges valid until its wait returns, which
-            // is after this job finished.
-            Some(e) => unsafe { copy::run(&e, job.dir, &job.peer, &job.entries) },
+            // The submitter keeps the local memory valid until its wait returns, which is after
+            // this job finished.
+            Some(e) => copy::run(&e, job.dir, &job.peer, &job.entries),
             None => Err(Error::new(
                 ErrorCode::ObjectNotExists,
                 "smem_trans: the engine was destroyed before this transfer ran",

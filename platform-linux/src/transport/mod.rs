@@ -53,7 +53,7 @@ use std::time::Duration;
 use log::info;
 
 pub(crate) use self::batch::Span;
-pub(crate) use self::tcp::{NO_RANK, Pinned, Served, Transfer};
+pub(crate) use self::tcp::{NO_RANK, Pinned, PinnedIo, Served, Transfer};
 use crate::Result;
 use smem_core::data_op::BmDataOps;
 pub(crate) use smem_core::wire::transport::Op;

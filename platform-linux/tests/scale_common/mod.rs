@@ -6,6 +6,9 @@
 //! Used by `tests/scale.rs` (256 ranks in CI) and `benches/scale.rs` (64 / 256 / 1024).
 #![allow(dead_code, unreachable_pub, unsafe_code)]
 
+#[path = "../common/copy.rs"]
+mod copy;
+use copy::raw_copy;
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -172,11 +175,11 @@ impl Child {
             .map_err(|e| format!("ptr: {e}"))?;
         let data = pattern(rank);
         // SAFETY: `data` is a live buffer of PATTERN_LEN readable bytes.
-        unsafe { runtime::bm_copy(h, data.as_ptr() as u64, dst, PATTERN_LEN as u64, 3, 0) }
+        unsafe { raw_copy(h, data.as_ptr() as u64, dst, PATTERN_LEN as u64, 3) }
             .map_err(|e| format!("copy into rank {next}: {e}"))?;
         let mut back = vec![0u8; PATTERN_LEN];
         // SAFETY: `back` is a live buffer of PATTERN_LEN writable bytes.
-        unsafe { runtime::bm_copy(h, dst, back.as_mut_ptr() as u64, PATTERN_LEN as u64, 2, 0) }
+        unsafe { raw_copy(h, dst, back.as_mut_ptr() as u64, PATTERN_LEN as u64, 2) }
             .map_err(|e| format!("copy back from rank {next}: {e}"))?;
         if back != data {
             return Err(format!(
@@ -191,7 +194,7 @@ impl Child {
             .map_err(|e| format!("ptr: {e}"))?;
         let mut got = vec![0u8; PATTERN_LEN];
         // SAFETY: `got` is a live buffer of PATTERN_LEN writable bytes.
-        unsafe { runtime::bm_copy(h, own, got.as_mut_ptr() as u64, PATTERN_LEN as u64, 2, 0) }
+        unsafe { raw_copy(h, own, got.as_mut_ptr() as u64, PATTERN_LEN as u64, 2) }
             .map_err(|e| format!("read own window: {e}"))?;
         let prev = (rank + world - 1) % world;
         if got != pattern(prev) {

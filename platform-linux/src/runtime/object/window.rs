@@ -10,9 +10,9 @@ use smem_core::ErrorCode;
 use smem_core::bm::Part;
 
 use super::{BmObject, MAPPED, NET, REMOTE};
-use crate::device::Device;
+use crate::device::{Device, RawRange};
 use crate::sync::lock;
-use crate::transport::{Pinned, Served};
+use crate::transport::{Pinned, PinnedIo, Served};
 use crate::{Error, Result};
 
 /// One rank's window: its state (see the module docs, "Copy path").
@@ -126,11 +126,50 @@ impl BmObject {
     }
 }
 
+impl BmObject {
+    /// The `len` bytes at `offset` of rank `rank`'s `part` in this process, for a copy: in the
+    /// GVA when the part is mapped, else (device memory not mapped into the GVA, module docs)
+    /// at the window's device address. Call only while inside the window
+    /// ([`BmObject::enter`], or the gate for the own window), which keeps it mapped.
+    ///
+    /// # Errors
+    /// `SM_ERROR` when the range is not mapped (or not device memory of this process).
+    #[inline]
+    pub(crate) fn window_range(
+        &self,
+        rank: u32,
+        part: Part,
+        offset: u64,
+        len: u64,
+    ) -> Result<RawRange<'_>> {
+        let range = match (part, self.device_base(rank)) {
+            (Part::Hbm, Some(dev)) => dev
+                .checked_add(offset)
+                .and_then(|at| self.ctx.device.device_range(at, len)),
+            _ => self.layout.window_base(rank).and_then(|base| {
+                // Validated by the planners: inside the object's span, so no overflow.
+                let at = base.raw() + self.layout.part_offset(part) + offset;
+                self.reservation
+                    .mapped_range(at.checked_sub(self.reservation.base().raw())?, len)
+            }),
+        };
+        range.ok_or_else(|| {
+            Error::new(
+                ErrorCode::Error,
+                format!(
+                    "{len} bytes at offset {offset:#x} of rank {rank}'s {part:?} part of BM object {} are not mapped in this process",
+                    self.id
+                ),
+            )
+        })
+    }
+}
+
 impl Served for BmObject {
-    fn pin(&self, token: u64, offset: u64, span: u64) -> Result<Pinned<'_>> {
+    fn pinned(&self, token: u64, offset: u64, span: u64, io: PinnedIo<'_>) -> Result<()> {
         let w = &self.served;
         w.inflight.fetch_add(1, Ordering::SeqCst);
-        let hold = GateGuard(w);
+        let _hold = GateGuard(w);
         if w.state.load(Ordering::SeqCst) != MAPPED
             || token == 0
             || self.token.load(Ordering::SeqCst) != token
@@ -158,16 +197,14 @@ impl Served for BmObject {
         if loc.rank != self.rank {
             return Err(bad(&"the range leaves the window"));
         }
-        // A device-resident HBM part is addressed at its device address (module docs).
-        let addr = match (loc.part, self.device_base(self.rank)) {
-            (Part::Hbm, Some(dev)) => dev.wrapping_add(loc.offset),
-            _ => start.raw(),
-        };
-        Ok(Pinned {
-            addr,
+        // The part stays mapped (or allocated on the device) while the gate's in-flight count,
+        // held by `_hold`, keeps a leave or destroy from unmapping it (`drain`).
+        let range = self.window_range(self.rank, loc.part, loc.offset, span)?;
+        io(Pinned {
+            range,
             device: (loc.part == Part::Hbm).then_some(&*self.ctx.device as &dyn Device),
-            _hold: Box::new(hold),
-        })
+        });
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufRead as _, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -18,20 +18,18 @@ use smem_core::wire::{FRAME_HEADER_LEN, FrameHeader, HANDSHAKE_LEN, MessageView,
 
 use super::{ClientOptions, Reply, T_EVENTS, T_OPS, T_RECEIVED, T_SENT, count, show, spawn, text};
 use crate::sync::lock;
-use crate::sys::fork::DetachOnFork;
+use crate::sys::fork::Detached;
 use crate::sys::net::NoSigPipe;
 use crate::tls::TlsStream;
 use crate::{Error, Result};
 
 /// One TCP connection to the store and what is registered on it.
 pub(super) struct Link {
-    /// Keeps the descriptors of this link out of forked children; declared first, so it is
-    /// dropped (unregistered) before they close.
-    _detach: [DetachOnFork; 2],
-    /// The socket, or the writing half of its TLS stream.
-    pub(super) writer: Mutex<Box<dyn Write + Send>>,
+    /// The socket, or the writing half of its TLS stream (each descriptor of the link is kept
+    /// out of forked children while it lives).
+    pub(super) writer: Mutex<Detached<Box<dyn Write + Send>>>,
     /// A second handle, so taking the link down never waits for a writer blocked in the kernel.
-    pub(super) shutdown_handle: TcpStream,
+    pub(super) shutdown_handle: Detached<TcpStream>,
     pub(super) pending: Mutex<HashMap<u32, SyncSender<Reply>>>,
     pub(super) watches: Mutex<Watches>,
     pub(super) up: AtomicBool,
@@ -83,17 +81,10 @@ impl Link {
     }
 
     /// Reader thread body: read frames until the link dies, then take it down.
-    fn read_loop(
-        self: Arc<Self>,
-        stream: Box<dyn Read + Send>,
-        detach: DetachOnFork,
-        addr: SocketAddr,
-    ) {
+    fn read_loop(self: Arc<Self>, stream: Detached<Box<dyn Read + Send>>, addr: SocketAddr) {
         // Buffered: a burst of replies and watch events costs one read per 64 KiB, not two
         // per frame.
         let mut stream = io::BufReader::with_capacity(64 * 1024, stream);
-        // Declared after `stream`, so it is dropped (unregistered) before the stream closes.
-        let _detach = detach;
         let mut hdr = [0u8; FRAME_HEADER_LEN];
         // One buffer for every watch event's body: an event costs one allocation (its value,
         // handed to the watcher); a reply takes the buffer with it to its caller.
@@ -376,24 +367,17 @@ pub(super) fn open_link(
             (Box::new(reader), Box::new(writer), reader_fd, writer_fd)
         }
     };
-    // The descriptors stay open as long as `reader`, `writer` and `shutdown_handle` live, and
-    // each guard is dropped before its descriptor closes (field and local order).
-    let reader_detach = DetachOnFork::from_raw(reader_fd);
+    // The descriptors stay open as long as `reader`, `writer` and `shutdown_handle` live.
+    let reader = Detached::with_raw_fd(reader_fd, reader);
     let link = Arc::new(Link {
-        _detach: [
-            DetachOnFork::from_raw(writer_fd),
-            DetachOnFork::new(shutdown_handle.as_fd()),
-        ],
-        writer: Mutex::new(writer),
-        shutdown_handle,
+        writer: Mutex::new(Detached::with_raw_fd(writer_fd, writer)),
+        shutdown_handle: Detached::new(shutdown_handle),
         pending: Mutex::new(HashMap::new()),
         watches: Mutex::new(Watches::default()),
         up: AtomicBool::new(true),
     });
     let l = Arc::clone(&link);
-    if let Err(e) = spawn("smem-store-rx", move || {
-        l.read_loop(reader, reader_detach, addr)
-    }) {
+    if let Err(e) = spawn("smem-store-rx", move || l.read_loop(reader, addr)) {
         link.down();
         return Err(e);
     }

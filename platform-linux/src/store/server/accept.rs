@@ -19,13 +19,13 @@
 use std::cmp::Reverse;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
 use super::{
-    DetachOnFork, EPOLL_HUP_ERR, EPOLL_IN, EventLoop, Limits, Link, LinkId, OVER_LIMIT_GRACE,
+    Detached, EPOLL_HUP_ERR, EPOLL_IN, EventLoop, Limits, Link, LinkId, OVER_LIMIT_GRACE,
     TOKEN_LISTENER, Timer,
 };
 
@@ -137,8 +137,7 @@ impl EventLoop {
         self.links.insert(
             id,
             Link {
-                _detach: DetachOnFork::new(stream.as_fd()),
-                stream,
+                stream: Detached::new(stream),
                 peer,
                 handshaken: false,
                 over_limit,

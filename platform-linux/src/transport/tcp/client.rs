@@ -16,7 +16,7 @@ use smem_core::wire::transport::{
 
 use super::link::{Link, Rows, TlsWire, recv_rows, send_rows, set_timeouts};
 use super::{CHUNK, MAX_IDLE_PER_PEER, READ_WINDOW, WRITE_WINDOW};
-use crate::device::Device;
+use crate::device::{Device, RawRange};
 use crate::sync::lock;
 use crate::sys;
 use crate::sys::fork::Detached;
@@ -52,8 +52,8 @@ pub(crate) struct Transfer<'a> {
     pub(crate) remote_offset: u64,
     /// Distance between remote rows.
     pub(crate) remote_pitch: u64,
-    /// Address of the first local row.
-    pub(crate) local: u64,
+    /// The local memory, from the first local row (holds every local row).
+    pub(crate) local: RawRange<'a>,
     /// Distance between local rows.
     pub(crate) local_pitch: u64,
     /// Bytes per row.
@@ -64,17 +64,33 @@ pub(crate) struct Transfer<'a> {
     pub(crate) local_device: Option<&'a dyn Device>,
 }
 
-/// One request of a transfer.
+/// One request of a transfer: `rows` rows of `width` bytes from the window at `remote`, the
+/// local rows from the start of `local`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Piece {
+pub(crate) struct Piece<'a> {
     pub(crate) remote: u64,
-    pub(crate) local: u64,
+    pub(crate) local: RawRange<'a>,
     pub(crate) width: u64,
     pub(crate) rows: u64,
 }
 
 /// Splits a transfer into requests of at most [`CHUNK`] bytes.
-pub(super) fn pieces(t: &Transfer<'_>) -> Vec<Piece> {
+///
+/// # Errors
+/// `SM_INVALID_PARAM` when the local rows leave `t.local`.
+pub(super) fn pieces<'a>(t: &Transfer<'a>) -> Result<Vec<Piece<'a>>> {
+    let local = |offset: u64, rows: u64, width: u64| {
+        (rows - 1)
+            .checked_mul(t.local_pitch)
+            .and_then(|v| v.checked_add(width))
+            .and_then(|span| t.local.sub(offset, span))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "transport: {rows} local rows of {width} bytes at offset {offset:#x} leave the copy's {}-byte local range",
+                    t.local.len()
+                ))
+            })
+    };
     let mut out = Vec::new();
     if t.width <= CHUNK {
         let per = (CHUNK / t.width).max(1);
@@ -83,7 +99,7 @@ pub(super) fn pieces(t: &Transfer<'_>) -> Vec<Piece> {
             let n = per.min(t.height - r);
             out.push(Piece {
                 remote: t.remote_offset + r * t.remote_pitch,
-                local: t.local.wrapping_add(r * t.local_pitch),
+                local: local(r * t.local_pitch, n, t.width)?,
                 width: t.width,
                 rows: n,
             });
@@ -96,7 +112,7 @@ pub(super) fn pieces(t: &Transfer<'_>) -> Vec<Piece> {
                 let w = CHUNK.min(t.width - k);
                 out.push(Piece {
                     remote: t.remote_offset + r * t.remote_pitch + k,
-                    local: t.local.wrapping_add(r * t.local_pitch + k),
+                    local: local(r * t.local_pitch + k, 1, w)?,
                     width: w,
                     rows: 1,
                 });
@@ -104,7 +120,7 @@ pub(super) fn pieces(t: &Transfer<'_>) -> Vec<Piece> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// A client connection.
@@ -239,27 +255,21 @@ impl Pool {
         })
     }
 
-    /// Runs `t` to completion: `Ok` only when every byte was acknowledged in place.
-    ///
-    /// # Safety
-    /// Every local row of `t` (`local + i * local_pitch`, `width` bytes, `i < height`) must be
-    /// readable (`Write`) or writable (`Read`) in the memory `local_device` names, for the call.
-    pub(crate) unsafe fn transfer(&self, t: &Transfer<'_>, timeout: Duration) -> Result<()> {
-        let pieces = pieces(t);
+    /// Runs `t` to completion: `Ok` only when every byte was acknowledged in place. The
+    /// local rows (`i * local_pitch` into `t.local`, `width` bytes, `i < height`) are read
+    /// (`Write`) or written (`Read`) in the memory `local_device` names.
+    pub(crate) fn transfer(&self, t: &Transfer<'_>, timeout: Duration) -> Result<()> {
+        let pieces = pieces(t)?;
         let total = t.width.saturating_mul(t.height);
-        // SAFETY: forwarded contract of this function.
-        unsafe { self.run_pieces(t, &pieces, total, timeout) }
+        self.run_pieces(t, &pieces, total, timeout)
     }
 
     /// Runs `pieces` (of `total` bytes) of `t`: on one connection, or spread over several
     /// side by side when `total` is at least [`PARALLEL_MIN`].
-    ///
-    /// # Safety
-    /// As [`Pool::transfer`], for the local rows of `pieces`.
-    pub(crate) unsafe fn run_pieces(
+    pub(crate) fn run_pieces(
         &self,
         t: &Transfer<'_>,
-        pieces: &[Piece],
+        pieces: &[Piece<'_>],
         total: u64,
         timeout: Duration,
     ) -> Result<()> {
@@ -269,8 +279,7 @@ impl Pool {
             1
         };
         if streams <= 1 {
-            // SAFETY: forwarded contract of this function.
-            return unsafe { self.run_on_one(t, pieces, timeout) };
+            return self.run_on_one(t, pieces, timeout);
         }
         // Contiguous groups of requests, one connection each, run side by side.
         let per = pieces.len().div_ceil(streams);
@@ -278,15 +287,9 @@ impl Pool {
             let mut groups = pieces.chunks(per);
             let first = groups.next().unwrap_or(&[]);
             let others: Vec<_> = groups
-                .map(|g| {
-                    scope.spawn(move || {
-                        // SAFETY: forwarded contract; the groups' local rows are disjoint.
-                        unsafe { self.run_on_one(t, g, timeout) }
-                    })
-                })
+                .map(|g| scope.spawn(move || self.run_on_one(t, g, timeout)))
                 .collect();
-            // SAFETY: as above.
-            let mut out = vec![unsafe { self.run_on_one(t, first, timeout) }];
+            let mut out = vec![self.run_on_one(t, first, timeout)];
             for h in others {
                 out.push(h.join().unwrap_or_else(|_| {
                     Err(Error::new(
@@ -301,15 +304,7 @@ impl Pool {
     }
 
     /// Runs `pieces` of `t` on one connection (cached or new).
-    ///
-    /// # Safety
-    /// As [`Pool::transfer`], for the local rows of `pieces`.
-    unsafe fn run_on_one(
-        &self,
-        t: &Transfer<'_>,
-        pieces: &[Piece],
-        timeout: Duration,
-    ) -> Result<()> {
+    fn run_on_one(&self, t: &Transfer<'_>, pieces: &[Piece<'_>], timeout: Duration) -> Result<()> {
         let mut attempt = 0;
         loop {
             let (conn, cached) = match self.take(t.peer) {
@@ -317,8 +312,7 @@ impl Pool {
                 None => (self.connect(t.peer, t.rank, timeout)?, false),
             };
             let mut conn = conn;
-            // SAFETY: forwarded contract of this function.
-            let r = unsafe { run(&mut conn, t, pieces) };
+            let r = run(&mut conn, t, pieces);
             match r {
                 Ok(()) => {
                     self.put(t.peer, conn);
@@ -413,17 +407,21 @@ fn read_reply(
     Ok(reply)
 }
 
+/// The local rows of piece `p` of `t`.
+fn local_rows<'a>(t: &Transfer<'a>, p: Piece<'a>) -> Rows<'a> {
+    Rows {
+        range: p.local,
+        pitch: if p.rows > 1 { t.local_pitch } else { p.width },
+        width: p.width,
+        rows: p.rows,
+        device: t.local_device,
+    }
+}
+
 /// Runs the requests of `t` on `c`.
-///
-/// # Safety
-/// As [`Pool::transfer`].
-unsafe fn run(
-    c: &mut Conn,
-    t: &Transfer<'_>,
-    pieces: &[Piece],
-) -> std::result::Result<(), Failure> {
+fn run(c: &mut Conn, t: &Transfer<'_>, pieces: &[Piece<'_>]) -> std::result::Result<(), Failure> {
     let mut scratch = Vec::new();
-    let request = |c: &mut Conn, p: &Piece| {
+    let request = |c: &mut Conn, p: &Piece<'_>| {
         let seq = c.next_seq;
         c.next_seq = c.next_seq.wrapping_add(1);
         let req = Request {
@@ -438,13 +436,7 @@ unsafe fn run(
         };
         (seq, req.to_bytes())
     };
-    let local = |p: &Piece| Rows {
-        addr: p.local,
-        pitch: if p.rows > 1 { t.local_pitch } else { p.width },
-        width: p.width,
-        rows: p.rows,
-        device: t.local_device,
-    };
+
     let mut waiting = std::collections::VecDeque::new();
     match t.op {
         Op::Write => {
@@ -453,8 +445,7 @@ unsafe fn run(
                 c.link()
                     .send(&hdr, true)
                     .map_err(|e| link_err(t, "sending a WRITE", &e))?;
-                // SAFETY: the local rows are readable by the caller's contract.
-                unsafe { send_rows(&mut c.link(), &local(p), &mut scratch, false) }
+                send_rows(&mut c.link(), &local_rows(t, *p), &mut scratch, false)
                     .map_err(|e| link_err(t, "sending WRITE data", &e))?;
                 waiting.push_back(seq);
                 if waiting.len() >= WRITE_WINDOW {
@@ -499,8 +490,7 @@ unsafe fn run(
                     )));
                 }
                 send_next(c, &mut next, &mut waiting)?;
-                // SAFETY: the local rows are writable by the caller's contract.
-                unsafe { recv_rows(&mut c.link(), &local(p), &mut scratch) }
+                recv_rows(&mut c.link(), &local_rows(t, *p), &mut scratch)
                     .map_err(|e| link_err(t, "receiving READ data", &e))?;
             }
         }

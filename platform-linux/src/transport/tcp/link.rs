@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use super::SMALL_ROW;
 use crate::Error;
-use crate::device::{CopyDirection, Device, Shape2d};
+use crate::device::{CopyDirection, Device, RawRange, Shape2d};
 use crate::sys;
 use crate::sys::fork::Detached;
 
-/// Rows of memory in this process: `rows` rows of `width` bytes, `pitch` apart.
+/// Rows of memory in this process: `rows` rows of `width` bytes, `pitch` apart, from the
+/// start of `range`.
 pub(super) struct Rows<'a> {
-    pub(super) addr: u64,
+    pub(super) range: RawRange<'a>,
     pub(super) pitch: u64,
     pub(super) width: u64,
     pub(super) rows: u64,
@@ -23,8 +24,11 @@ pub(super) struct Rows<'a> {
 }
 
 impl Rows<'_> {
-    /// `(width, pitch, rows)` as `usize`.
+    /// `(width, pitch, rows)` as `usize`, after checking every row lies in the range.
     fn dims(&self) -> io::Result<(usize, usize, usize)> {
+        if !self.range.holds_rows(self.pitch, self.width, self.rows) {
+            return Err(outside());
+        }
         let width = usize_of(self.width)?;
         let n = usize_of(self.rows)?;
         // The gathered length fits too (it is at most a request's 16 MiB).
@@ -37,6 +41,14 @@ impl Rows<'_> {
     fn gathered(&self) -> bool {
         self.device.is_some() || (self.rows > 1 && self.width < SMALL_ROW)
     }
+}
+
+#[cold]
+fn outside() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "the rows of the request leave their memory range",
+    )
 }
 
 fn dev_err(e: Error) -> io::Error {
@@ -131,23 +143,20 @@ impl Link<'_> {
         }
     }
 
-    /// Receives `len` bytes into `dst`.
-    ///
-    /// # Safety
-    /// As [`sys::net::recv_exact`].
-    unsafe fn recv_raw(&mut self, dst: *mut u8, len: usize) -> io::Result<()> {
+    /// Receives `dst.len()` bytes into `dst`.
+    fn recv_raw(&mut self, dst: RawRange<'_>) -> io::Result<()> {
         match self {
-            // SAFETY: forwarded contract.
-            Link::Plain(s) => unsafe { sys::net::recv_exact(s.as_fd(), dst, len) },
+            Link::Plain(s) => sys::net::recv_into(s.as_fd(), dst),
             Link::Tls(t) => {
-                t.buf.resize(TLS_OUT_MAX.min(len.max(1)), 0);
+                let len = dst.len();
+                t.buf.resize(TLS_OUT_MAX.min(usize_of(len)?.max(1)), 0);
                 let mut done = 0;
                 while done < len {
-                    let n = (len - done).min(t.buf.len());
-                    t.io.read_exact(&mut t.buf[..n]).map_err(tls_timeout)?;
-                    // SAFETY: `dst + done .. + n` is inside the caller's writable range; `buf`
-                    // is our own buffer, disjoint from it.
-                    unsafe { std::ptr::copy_nonoverlapping(t.buf.as_ptr(), dst.add(done), n) };
+                    let n = (len - done).min(t.buf.len() as u64);
+                    let piece = &mut t.buf[..n as usize];
+                    t.io.read_exact(piece).map_err(tls_timeout)?;
+                    let to = dst.skip(done).ok_or_else(outside)?;
+                    sys::copy::copy(RawRange::from_mut(piece), to)?;
                     done += n;
                 }
                 Ok(())
@@ -155,26 +164,19 @@ impl Link<'_> {
         }
     }
 
-    /// Sends the `len` bytes at `src`; `more` as [`Self::send`].
-    ///
-    /// # Safety
-    /// As [`sys::net::send_all`].
-    unsafe fn send_raw(&mut self, src: *const u8, len: usize, more: bool) -> io::Result<()> {
+    /// Sends the bytes of `src`; `more` as [`Self::send`].
+    fn send_raw(&mut self, src: RawRange<'_>, more: bool) -> io::Result<()> {
         match self {
-            // SAFETY: forwarded contract.
-            Link::Plain(s) => unsafe { sys::net::send_all(s.as_fd(), src, len, more) },
+            Link::Plain(s) => sys::net::send_from(s.as_fd(), src, more),
             Link::Tls(t) => {
+                let len = src.len();
                 let mut done = 0;
                 while done < len {
-                    let n = (len - done).min(TLS_OUT_MAX);
+                    let n = (len - done).min(TLS_OUT_MAX as u64);
                     let at = t.out.len();
-                    t.out.reserve(n);
-                    // SAFETY: `src + done .. + n` is readable by the caller's contract; `out`
-                    // has room for `n` more bytes past `at` (reserved) and is our own buffer.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(src.add(done), t.out.as_mut_ptr().add(at), n);
-                        t.out.set_len(at + n);
-                    }
+                    t.out.resize(at + n as usize, 0);
+                    let from = src.sub(done, n).ok_or_else(outside)?;
+                    sys::copy::copy(from, RawRange::from_mut(&mut t.out[at..]))?;
                     done += n;
                     if t.out.len() >= TLS_OUT_MAX {
                         t.flush()?;
@@ -197,11 +199,8 @@ impl Link<'_> {
     }
 }
 
-/// Receives `rows.len()` bytes from `link` into `rows`.
-///
-/// # Safety
-/// Every row of `rows` must be writable (in the memory `rows.device` names) for the call.
-pub(super) unsafe fn recv_rows(
+/// Receives the bytes of `rows` from `link` into them.
+pub(super) fn recv_rows(
     link: &mut Link<'_>,
     rows: &Rows<'_>,
     scratch: &mut Vec<u8>,
@@ -210,34 +209,25 @@ pub(super) unsafe fn recv_rows(
     if rows.gathered() {
         scratch.resize(width * n, 0);
         link.recv(scratch)?;
-        let dst = rows.addr as *mut u8;
+        let src = RawRange::from_mut(scratch);
         let shape = Shape2d::new(width, pitch, width, n);
         match rows.device {
-            Some(dev) => {
-                // SAFETY: `scratch` holds `n` rows of `width` bytes; the rows at `dst` are
-                // writable device memory by this function's contract; host and device ranges
-                // are disjoint.
-                unsafe { dev.copy_2d(scratch.as_ptr(), dst, shape, CopyDirection::HostToDevice) }
-                    .map_err(dev_err)?
-            }
-            // SAFETY: as above, host memory; `scratch` is our own buffer, disjoint from `dst`.
-            None => unsafe { sys::copy::copy_2d(scratch.as_ptr(), dst, shape) },
+            Some(dev) => dev
+                .copy_2d(src, rows.range, shape, CopyDirection::HostToDevice)
+                .map_err(dev_err)?,
+            None => sys::copy::copy_2d(src, rows.range, shape)?,
         }
         return Ok(());
     }
     for r in 0..n {
-        // SAFETY: row `r` lies at `addr + r * pitch` and is writable for `width` bytes by this
-        // function's contract (the row span was checked for overflow by the caller).
-        unsafe { link.recv_raw((rows.addr as *mut u8).add(r * pitch), width)? };
+        let row = rows.range.sub((r * pitch) as u64, width as u64);
+        link.recv_raw(row.ok_or_else(outside)?)?;
     }
     Ok(())
 }
 
 /// Sends the bytes of `rows` on `link`; `more` = more data follows at once.
-///
-/// # Safety
-/// Every row of `rows` must be readable (in the memory `rows.device` names) for the call.
-pub(super) unsafe fn send_rows(
+pub(super) fn send_rows(
     link: &mut Link<'_>,
     rows: &Rows<'_>,
     scratch: &mut Vec<u8>,
@@ -246,35 +236,20 @@ pub(super) unsafe fn send_rows(
     let (width, pitch, n) = rows.dims()?;
     if rows.gathered() {
         scratch.resize(width * n, 0);
-        let src = rows.addr as *const u8;
+        let dst = RawRange::from_mut(scratch);
         let shape = Shape2d::new(pitch, width, width, n);
         match rows.device {
-            // SAFETY: the rows at `src` are readable device memory by this function's contract;
-            // `scratch` has room for `n` rows of `width` bytes and is disjoint from them.
-            Some(dev) => unsafe {
-                dev.copy_2d(
-                    src,
-                    scratch.as_mut_ptr(),
-                    shape,
-                    CopyDirection::DeviceToHost,
-                )
-            }
-            .map_err(dev_err)?,
-            // SAFETY: as above, host memory.
-            None => unsafe { sys::copy::copy_2d(src, scratch.as_mut_ptr(), shape) },
+            Some(dev) => dev
+                .copy_2d(rows.range, dst, shape, CopyDirection::DeviceToHost)
+                .map_err(dev_err)?,
+            None => sys::copy::copy_2d(rows.range, dst, shape)?,
         }
         return link.send(scratch, more);
     }
     for r in 0..n {
         let last = r + 1 == n;
-        // SAFETY: row `r` is readable for `width` bytes by this function's contract.
-        unsafe {
-            link.send_raw(
-                (rows.addr as *const u8).add(r * pitch),
-                width,
-                more || !last,
-            )?
-        };
+        let row = rows.range.sub((r * pitch) as u64, width as u64);
+        link.send_raw(row.ok_or_else(outside)?, more || !last)?;
     }
     Ok(())
 }

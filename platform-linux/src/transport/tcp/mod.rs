@@ -33,10 +33,6 @@
 //! [`link`] moves bytes on one connection (plain or TLS) between the socket and memory rows;
 //! [`server`] accepts connections and serves requests; [`client`] splits copies into requests
 //! and runs them on cached connections.
-// The copy paths take raw addresses of mapped windows and of the caller's memory; the `unsafe`
-// blocks in the submodules forward those contracts to `sys::net` and the device copy, each with
-// a SAFETY note.
-#![allow(unsafe_code)]
 
 mod client;
 mod link;
@@ -47,7 +43,7 @@ mod tests;
 use std::time::Duration;
 
 pub(crate) use self::client::{NO_RANK, Piece, Pool, Transfer};
-pub(crate) use self::server::{Pinned, Served, Server};
+pub(crate) use self::server::{Pinned, PinnedIo, Served, Server};
 
 /// Bytes per request of a large copy.
 pub(crate) const CHUNK: u64 = 2 * 1024 * 1024;

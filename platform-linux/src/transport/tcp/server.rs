@@ -18,7 +18,7 @@ use smem_core::wire::transport::{
 
 use super::link::{Link, Rows, TlsWire, discard, recv_rows, send_rows, set_timeouts};
 use super::{CONN_STACK, IDLE_CLOSE, MAX_CONNECTIONS};
-use crate::device::Device;
+use crate::device::{Device, RawRange};
 use crate::sync::lock;
 use crate::sys;
 use crate::sys::fork::Detached;
@@ -26,30 +26,28 @@ use crate::sys::net::NoSigPipe;
 use crate::tls::LoadedTls;
 use crate::{Error, Result};
 
-/// Keeps a served range valid while it is borrowed (e.g. a window's in-flight count).
-pub(crate) trait Hold {}
-impl<T> Hold for T {}
-
-/// A range of a served window, pinned for the duration of one request.
+/// A range of a served window, pinned while one request moves its bytes.
 pub(crate) struct Pinned<'a> {
-    /// Address of the first byte of the range in this process.
-    pub(crate) addr: u64,
+    /// The pinned bytes in this process (the whole span of the request).
+    pub(crate) range: RawRange<'a>,
     /// Set when the range is device memory: bytes move through this device's copy engine.
     pub(crate) device: Option<&'a dyn Device>,
-    /// Released when the request is done.
-    pub(crate) _hold: Box<dyn Hold + 'a>,
 }
 
-/// A window this process serves (the BM object implements it).
+/// A window this process serves (the BM object and the transfer engine implement it).
 pub(crate) trait Served: Send + Sync {
     /// Pins `span` bytes at `offset` from the start of the window whose current generation is
-    /// `token`.
+    /// `token` and runs `io` on them; they stay valid (mapped, registered) until `io` returns.
     ///
     /// # Errors
     /// `SM_OBJECT_NOT_EXISTS` when the window is not served (left, destroyed, other generation),
-    /// `SM_INVALID_PARAM` when the range does not lie in one part of the window.
-    fn pin(&self, token: u64, offset: u64, span: u64) -> Result<Pinned<'_>>;
+    /// `SM_INVALID_PARAM` when the range does not lie in one part of the window; `io` did not
+    /// run then.
+    fn pinned(&self, token: u64, offset: u64, span: u64, io: PinnedIo<'_>) -> Result<()>;
 }
+
+/// What a request does with its pinned range ([`Served::pinned`]).
+pub(crate) type PinnedIo<'f> = &'f mut dyn FnMut(Pinned<'_>);
 
 /// What the server threads share.
 pub(super) struct ServerShared {
@@ -301,7 +299,7 @@ fn server_handshake(s: &TcpStream, tls: &LoadedTls) -> Result<TlsWire> {
 /// The window rows request `req` names inside the range `p` pinned for it.
 fn window_rows<'a>(req: &Request, p: &Pinned<'a>) -> Rows<'a> {
     Rows {
-        addr: p.addr,
+        range: p.range,
         pitch: req.pitch,
         width: req.width,
         rows: req.rows(),
@@ -367,8 +365,28 @@ fn serve_conn(s: &TcpStream, sh: &ServerShared) -> Result<()> {
         let req = Request::parse(&hdr)
             .map_err(|why| Error::new(ErrorCode::ProtocolError, why.to_string()))?;
         let obj = sh.lookup(req.object);
+        let ok = Reply {
+            op: req.op,
+            seq: req.seq,
+            status: 0,
+            msg_len: 0,
+            len: if req.op == Op::Read { req.len } else { 0 },
+        };
+        // The data moved while the range is pinned (a WRITE is acknowledged after).
+        let mut moved = Ok(());
+        let mut io_on = |p: Pinned<'_>| {
+            let rows = window_rows(&req, &p);
+            moved = match req.op {
+                Op::Write => recv_rows(s, &rows, &mut scratch).map_err(io("receiving WRITE data")),
+                Op::Read => send_reply(s, &ok, &[], true)
+                    .map_err(io("answering a READ"))
+                    .and_then(|()| {
+                        send_rows(s, &rows, &mut scratch, false).map_err(io("sending READ data"))
+                    }),
+            };
+        };
         let pinned = match &obj {
-            Some(o) => o.pin(req.token, req.offset, req.span()),
+            Some(o) => o.pinned(req.token, req.offset, req.span(), &mut io_on),
             None => Err(Error::new(
                 ErrorCode::ObjectNotExists,
                 format!(
@@ -377,20 +395,9 @@ fn serve_conn(s: &TcpStream, sh: &ServerShared) -> Result<()> {
                 ),
             )),
         };
-        let ok = Reply {
-            op: req.op,
-            seq: req.seq,
-            status: 0,
-            msg_len: 0,
-            len: if req.op == Op::Read { req.len } else { 0 },
-        };
         match (req.op, pinned) {
-            (Op::Write, Ok(p)) => {
-                let rows = window_rows(&req, &p);
-                // SAFETY: `pin` validated the strided span inside one part of the window and
-                // keeps it mapped (and writable) until `p` drops, after the receive.
-                unsafe { recv_rows(s, &rows, &mut scratch) }.map_err(io("receiving WRITE data"))?;
-                drop(p);
+            (Op::Write, Ok(())) => {
+                moved?;
                 send_reply(s, &ok, &[], false).map_err(io("acknowledging a WRITE"))?;
             }
             (Op::Write, Err(e)) => {
@@ -398,14 +405,7 @@ fn serve_conn(s: &TcpStream, sh: &ServerShared) -> Result<()> {
                 debug!("transport: refused a WRITE: {e}");
                 error_reply(s, &req, &e).map_err(io("refusing a WRITE"))?;
             }
-            (Op::Read, Ok(p)) => {
-                let rows = window_rows(&req, &p);
-                send_reply(s, &ok, &[], true).map_err(io("answering a READ"))?;
-                // SAFETY: as for WRITE; the rows are readable while `p` is held.
-                unsafe { send_rows(s, &rows, &mut scratch, false) }
-                    .map_err(io("sending READ data"))?;
-                drop(p);
-            }
+            (Op::Read, Ok(())) => moved?,
             (Op::Read, Err(e)) => {
                 debug!("transport: refused a READ: {e}");
                 error_reply(s, &req, &e).map_err(io("refusing a READ"))?;

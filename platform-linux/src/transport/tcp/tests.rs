@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use std::io::Read;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use smem_core::ErrorCode;
@@ -13,54 +13,58 @@ use smem_core::wire::transport::{FLAG_TLS, HELLO_LEN, Hello, Op, REQUEST_LEN, VE
 
 use super::client::pieces;
 use super::*;
+use crate::mem::{HostSegment, Reservation, SegmentKind, page_size};
 use crate::sync::lock;
+use crate::sys::copy::RawRange;
 use crate::tls::LoadedTls;
 use crate::{Error, Result};
 
-/// A served window over a plain buffer.
+/// A served window over a mapped memfd segment.
 struct Fake {
-    buf: Mutex<Vec<u8>>,
-    addr: u64,
-    len: u64,
+    map: Reservation,
+    _seg: HostSegment,
     token: u64,
 }
 
 impl Fake {
-    fn new(len: usize, token: u64) -> Arc<Self> {
-        let mut v = vec![0u8; len];
-        let addr = v.as_mut_ptr() as u64;
+    fn new(len: u64, token: u64) -> Arc<Self> {
+        let seg = HostSegment::create("transport-fake", SegmentKind::Host, len).expect("segment");
+        let map = Reservation::reserve_anywhere(seg.len(), page_size()).expect("reserve");
+        map.map_segment(0, seg.fd(), seg.len()).expect("map");
         Arc::new(Self {
-            buf: Mutex::new(v),
-            addr,
-            len: len as u64,
+            map,
+            _seg: seg,
             token,
         })
     }
 
-    fn bytes(&self, at: usize, n: usize) -> Vec<u8> {
-        lock(&self.buf)[at..at + n].to_vec()
+    fn bytes(&self, at: u64, n: usize) -> Vec<u8> {
+        let mut out = vec![0u8; n];
+        self.map.read(at, &mut out).expect("read");
+        out
     }
 }
 
 impl Served for Fake {
-    fn pin(&self, token: u64, offset: u64, span: u64) -> Result<Pinned<'_>> {
+    fn pinned(&self, token: u64, offset: u64, span: u64, io: PinnedIo<'_>) -> Result<()> {
         if token != self.token {
             return Err(Error::new(ErrorCode::ObjectNotExists, "other generation"));
         }
-        if offset.checked_add(span).is_none_or(|e| e > self.len) {
-            return Err(Error::invalid("outside the window"));
-        }
-        Ok(Pinned {
-            addr: self.addr + offset,
+        let range = self
+            .map
+            .mapped_range(offset, span)
+            .ok_or_else(|| Error::invalid("outside the window"))?;
+        io(Pinned {
+            range,
             device: None,
-            _hold: Box::new(()),
-        })
+        });
+        Ok(())
     }
 }
 
 const T: Duration = Duration::from_secs(5);
 
-fn xfer(peer: SocketAddr, op: Op, off: u64, local: &mut [u8], token: u64) -> Transfer<'static> {
+fn xfer(peer: SocketAddr, op: Op, off: u64, local: &mut [u8], token: u64) -> Transfer<'_> {
     Transfer {
         peer,
         rank: 1,
@@ -69,9 +73,9 @@ fn xfer(peer: SocketAddr, op: Op, off: u64, local: &mut [u8], token: u64) -> Tra
         op,
         remote_offset: off,
         remote_pitch: local.len() as u64,
-        local: local.as_mut_ptr() as u64,
         local_pitch: local.len() as u64,
         width: local.len() as u64,
+        local: RawRange::from_mut(local),
         height: 1,
         local_device: None,
     }
@@ -84,12 +88,12 @@ fn copies_then_stale_token(pool: &Pool, peer: SocketAddr, fake: &Fake, seed: u8)
     let mut data: Vec<u8> = (0..(5 << 20) + 3)
         .map(|i| ((i % 251) as u8).wrapping_add(seed))
         .collect();
-    // SAFETY: `data` is a live buffer for the whole call.
-    unsafe { pool.transfer(&xfer(peer, Op::Write, 1000, &mut data, 5), T) }.expect("write");
+    pool.transfer(&xfer(peer, Op::Write, 1000, &mut data, 5), T)
+        .expect("write");
     assert!(fake.bytes(1000, data.len()) == data);
     let mut back = vec![0u8; data.len()];
-    // SAFETY: as above.
-    unsafe { pool.transfer(&xfer(peer, Op::Read, 1000, &mut back, 5), T) }.expect("read");
+    pool.transfer(&xfer(peer, Op::Read, 1000, &mut back, 5), T)
+        .expect("read");
     assert!(back == data);
     let mut rows = [0u8; 42];
     for (i, b) in rows.iter_mut().enumerate() {
@@ -97,14 +101,13 @@ fn copies_then_stale_token(pool: &Pool, peer: SocketAddr, fake: &Fake, seed: u8)
     }
     let mut t = xfer(peer, Op::Write, 50, &mut rows, 5);
     (t.width, t.height, t.remote_pitch, t.local_pitch) = (10, 3, 100, 16);
-    // SAFETY: 3 rows of 10 bytes at pitch 16 lie inside `rows` (42 bytes).
-    unsafe { pool.transfer(&t, T) }.expect("2d");
+    pool.transfer(&t, T).expect("2d");
     assert_eq!(fake.bytes(50, 10), rows[..10]);
     assert_eq!(fake.bytes(150, 10), rows[16..26]);
     assert_eq!(fake.bytes(250, 10), rows[32..42]);
     let mut one = [9u8; 16];
-    // SAFETY: `one` is live.
-    let e = unsafe { pool.transfer(&xfer(peer, Op::Write, 0, &mut one, 6), T) }
+    let e = pool
+        .transfer(&xfer(peer, Op::Write, 0, &mut one, 6), T)
         .expect_err("stale token");
     assert_eq!(e.code(), ErrorCode::ObjectNotExists, "{e}");
     assert_eq!(
@@ -125,22 +128,21 @@ fn write_read_refuse_over_loopback() {
     let peer = server.addr();
     copies_then_stale_token(&pool, peer, &fake, 1);
     let mut one = [9u8; 16];
-    // SAFETY: `one` is live.
-    let e = unsafe { pool.transfer(&xfer(peer, Op::Read, (8 << 20) - 8, &mut one, 5), T) }
+    let e = pool
+        .transfer(&xfer(peer, Op::Read, (8 << 20) - 8, &mut one, 5), T)
         .expect_err("past the end");
     assert_eq!(e.code(), ErrorCode::InvalidParam, "{e}");
     let mut t = xfer(peer, Op::Write, 0, &mut one, 5);
     t.object = 8;
-    // SAFETY: `one` is live.
-    let e = unsafe { pool.transfer(&t, T) }.expect_err("unknown object");
+    let e = pool.transfer(&t, T).expect_err("unknown object");
     assert_eq!(e.code(), ErrorCode::ObjectNotExists, "{e}");
     assert_eq!(
         fake.bytes(0, 16),
         [0u8; 16],
         "refused writes touched the window"
     );
-    // SAFETY: `one` is live.
-    unsafe { pool.transfer(&xfer(peer, Op::Write, 0, &mut one, 5), T) }.expect("after refusals");
+    pool.transfer(&xfer(peer, Op::Write, 0, &mut one, 5), T)
+        .expect("after refusals");
     assert_eq!(fake.bytes(0, 16), [9u8; 16]);
     server.shutdown();
     pool.clear();
@@ -174,15 +176,14 @@ fn cached_connection_closed_by_the_server(
     server.serve(7, Arc::downgrade(&fake) as Weak<dyn Served>);
     let pool = Pool::new(client_tls);
     let mut one = [4u8; 64];
-    // SAFETY: `one` is live.
-    unsafe { pool.transfer(&xfer(server.addr(), Op::Write, 0, &mut one, 5), T) }.expect("first");
+    pool.transfer(&xfer(server.addr(), Op::Write, 0, &mut one, 5), T)
+        .expect("first");
     for c in lock(&server.shared.conns).values() {
         let _ = c.shutdown(Shutdown::Both);
     }
     std::thread::sleep(Duration::from_millis(50));
     let mut two = [5u8; 64];
-    // SAFETY: `two` is live.
-    unsafe { pool.transfer(&xfer(server.addr(), Op::Write, 64, &mut two, 5), T) }
+    pool.transfer(&xfer(server.addr(), Op::Write, 64, &mut two, 5), T)
         .expect("after the server closed the cached connection");
     assert_eq!(fake.bytes(64, 64), [5u8; 64]);
     server.shutdown();
@@ -244,8 +245,8 @@ fn garbage_closes_the_connection() {
     // Still serving.
     let pool = Pool::default();
     let mut one = [3u8; 8];
-    // SAFETY: `one` is live.
-    unsafe { pool.transfer(&xfer(server.addr(), Op::Write, 8, &mut one, 5), T) }.expect("ok");
+    pool.transfer(&xfer(server.addr(), Op::Write, 8, &mut one, 5), T)
+        .expect("ok");
     server.shutdown();
 }
 
@@ -280,8 +281,8 @@ fn tls_copies_and_refusals() {
     let refused = |pool: &Pool, peer: SocketAddr| {
         let mut one = [7u8; 16];
         let start = Instant::now();
-        // SAFETY: `one` is live.
-        let e = unsafe { pool.transfer(&xfer(peer, Op::Write, 0, &mut one, 5), T) }
+        let e = pool
+            .transfer(&xfer(peer, Op::Write, 0, &mut one, 5), T)
             .expect_err("refused");
         assert!(start.elapsed() < T, "took {:?}", start.elapsed());
         e
@@ -333,8 +334,8 @@ fn tls_copies_and_refusals() {
     // Still serving the good client (on a fresh connection too).
     pool.clear();
     let mut ok = [3u8; 16];
-    // SAFETY: `ok` is live.
-    unsafe { pool.transfer(&xfer(peer, Op::Write, 0, &mut ok, 5), T) }.expect("still serving");
+    pool.transfer(&xfer(peer, Op::Write, 0, &mut ok, 5), T)
+        .expect("still serving");
     assert_eq!(fake.bytes(0, 16), [3u8; 16]);
 
     // A TLS client and a plaintext server.
@@ -389,8 +390,8 @@ fn peer_dying_mid_copy_is_an_error() {
     let pool = Pool::default();
     let mut data = vec![1u8; 16 << 20];
     let start = Instant::now();
-    // SAFETY: `data` is live.
-    let e = unsafe { pool.transfer(&xfer(peer, Op::Write, 0, &mut data, 5), T) }
+    let e = pool
+        .transfer(&xfer(peer, Op::Write, 0, &mut data, 5), T)
         .expect_err("a cut-off copy is not a success");
     assert!(
         matches!(e.code(), ErrorCode::IoError | ErrorCode::Timeout),
@@ -400,7 +401,7 @@ fn peer_dying_mid_copy_is_an_error() {
     t.join().expect("fake peer");
 }
 
-fn transfer(width: u64, height: u64, rp: u64, lp: u64) -> Transfer<'static> {
+fn transfer(local: &mut [u8], width: u64, height: u64, rp: u64, lp: u64) -> Transfer<'_> {
     Transfer {
         peer: "127.0.0.1:1".parse().expect("addr"),
         rank: 1,
@@ -409,7 +410,7 @@ fn transfer(width: u64, height: u64, rp: u64, lp: u64) -> Transfer<'static> {
         op: Op::Write,
         remote_offset: 100,
         remote_pitch: rp,
-        local: 1000,
+        local: RawRange::from_mut(local),
         local_pitch: lp,
         width,
         height,
@@ -419,7 +420,9 @@ fn transfer(width: u64, height: u64, rp: u64, lp: u64) -> Transfer<'static> {
 
 #[test]
 fn pieces_cover_every_byte_once() {
-    let p = pieces(&transfer(5 * CHUNK / 2, 1, 0, 0));
+    let mut buf = vec![0u8; (4 * CHUNK + 1) as usize];
+    let base = buf.as_ptr() as u64;
+    let p = pieces(&transfer(&mut buf, 5 * CHUNK / 2, 1, 0, 0)).expect("pieces");
     assert_eq!(
         p.iter().map(|x| (x.remote, x.width)).collect::<Vec<_>>(),
         [
@@ -428,27 +431,31 @@ fn pieces_cover_every_byte_once() {
             (100 + 2 * CHUNK, CHUNK / 2)
         ]
     );
-    let p = pieces(&transfer(4096, 1, 4096, 4096));
+    let t = transfer(&mut buf, 4096, 1, 4096, 4096);
+    let p = pieces(&t).expect("pieces");
     assert_eq!(
         p,
         [Piece {
             remote: 100,
-            local: 1000,
+            local: t.local.sub(0, 4096).expect("inside"),
             width: 4096,
             rows: 1
         }]
     );
     // Rows grouped up to CHUNK bytes per request.
     let rows = 3 * CHUNK / 1000;
-    let p = pieces(&transfer(1000, rows, 3000, 1200));
+    let p = pieces(&transfer(&mut buf, 1000, rows, 3000, 1200)).expect("pieces");
     assert_eq!(p.iter().map(|x| x.rows).sum::<u64>(), rows);
     assert!(p.iter().all(|x| x.rows * x.width <= CHUNK));
     assert_eq!(p[1].remote, 100 + p[0].rows * 3000);
-    assert_eq!(p[1].local, 1000 + p[0].rows * 1200);
+    assert_eq!(p[1].local.addr(), base + p[0].rows * 1200);
     // Rows wider than a chunk are split per row.
-    let p = pieces(&transfer(CHUNK + 1, 2, 2 * CHUNK, 3 * CHUNK));
+    let p = pieces(&transfer(&mut buf, CHUNK + 1, 2, 2 * CHUNK, 3 * CHUNK)).expect("pieces");
     assert_eq!(p.len(), 4);
     assert_eq!(p[2].remote, 100 + 2 * CHUNK);
-    assert_eq!(p[3].local, 1000 + 3 * CHUNK + CHUNK);
+    assert_eq!(p[3].local.addr(), base + 3 * CHUNK + CHUNK);
     assert_eq!(p[3].width, 1);
+    // Local rows beyond the local range are refused.
+    let e = pieces(&transfer(&mut buf[..100], 10, 11, 10, 10)).expect_err("outside");
+    assert_eq!(e.code(), ErrorCode::InvalidParam);
 }
