@@ -202,6 +202,9 @@ fn fault_child() {
                 // SAFETY: 4096 local bytes; the global side is validated.
                 let r = unsafe { raw_copy(h, src.as_ptr() as u64, dst, 4096, H2G) };
                 report("copy_alive", Instant::now(), &r);
+                // The other survivor may still be copying into this rank's window: destroy
+                // (after `create_after`) only once the parent saw every `copy_alive`.
+                wait_stdin(Duration::from_secs(2 * TIMEOUT_S));
             }
             // A control operation after the fault returns within its deadline.
             let t0 = Instant::now();
@@ -736,6 +739,12 @@ fn rank_killed_during_large_copies() {
             ok.starts_with("copy_alive ok"),
             "live window still works: {ok}"
         );
+    }
+    // Each survivor copied into the other's window; now they may destroy theirs.
+    for r in [&mut r0, &mut r1] {
+        r.go();
+    }
+    for r in [&mut r0, &mut r1] {
         let c = r.expect("create_after ", deadline() + SLACK);
         assert!(
             ms(&c) <= deadline(),
