@@ -296,6 +296,16 @@ impl Reservation {
         self.region.mapped_range(o, l)
     }
 
+    /// `offset..offset+len` as a range for raw copies when it lies inside the reservation,
+    /// mapped or not (see [`crate::sys::mman::Region::reserved_range`]: a bounds check only,
+    /// for a data path whose protocol keeps the part mapped while it copies).
+    #[inline]
+    pub fn reserved_range(&self, offset: u64, len: u64) -> Option<RawRange<'_>> {
+        let o = usize::try_from(offset).ok()?;
+        let l = usize::try_from(len).ok()?;
+        self.region.reserved_range(o, l)
+    }
+
     /// Loads the atomic word at `offset` (see [`crate::sys::mman::Region::load_u64`]).
     pub fn load_u64(&self, offset: u64) -> Option<u64> {
         self.region.load_u64(usize::try_from(offset).ok()?)

@@ -454,6 +454,26 @@ impl Region {
         unsafe { RawRange::new(at as u64, len as u64) }
     }
 
+    /// The bytes `offset..offset+len` as a range for raw copies, if they lie inside the region,
+    /// mapped or not: a bounds check only, without the mapped-parts lock of
+    /// [`Region::mapped_range`] (whose answer holds only at the time of the call anyway). For a
+    /// data path whose own protocol already guarantees the part is mapped for as long as its
+    /// copies run (a BM window entered under its object's slot lock): it must not hand out a
+    /// range of a part it has not mapped.
+    #[inline]
+    pub fn reserved_range(&self, offset: usize, len: usize) -> Option<RawRange<'_>> {
+        if offset.checked_add(len)? > self.len {
+            return None;
+        }
+        // SAFETY: the bytes lie in this region, which owns the whole address range until it
+        // drops (the range borrows it) and never gives any of it away: a part that is not mapped
+        // is inaccessible reservation (`PROT_NONE`), so a copy through the range reaches this
+        // region's own mapping or faults, never memory outside the region. The region hands out
+        // no Rust references into it. That the part is mapped for the copies is the caller's
+        // protocol, as for `mapped_range`.
+        unsafe { RawRange::new((self.addr + offset) as u64, len as u64) }
+    }
+
     /// Runs `f` with the address of `offset` while `offset..offset+len` is inside one mapped
     /// part, holding the lock (so `unmap`, which takes it, cannot remove the part meanwhile).
     fn with_mapped<R>(

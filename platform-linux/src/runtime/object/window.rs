@@ -149,8 +149,12 @@ impl BmObject {
             _ => self.layout.window_base(rank).and_then(|base| {
                 // Validated by the planners: inside the object's span, so no overflow.
                 let at = base.raw() + self.layout.part_offset(part) + offset;
+                // Bounds only (no lock on the reservation's mapped parts): a window is
+                // `MAPPED` only once every part of the layout is mapped (`map_peer` refuses a
+                // record without one; `open_pending` opens whole windows), and it stays so while
+                // the caller is inside it, so the part is mapped for the copy's whole run.
                 self.reservation
-                    .mapped_range(at.checked_sub(self.reservation.base().raw())?, len)
+                    .reserved_range(at.checked_sub(self.reservation.base().raw())?, len)
             }),
         };
         range.ok_or_else(|| {
