@@ -5,7 +5,7 @@ mod bm_common;
 
 #[path = "common/copy.rs"]
 mod copy;
-use copy::raw_copy;
+use copy::{raw_copy, raw_copy_2d};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,6 @@ use bm_common::{
 use smem_core::ErrorCode;
 use smem_core::bm::Copy2d;
 use smem_linux::runtime::{self, BmHandle};
-use smem_linux::sys::copy::bm_local;
 
 const M: u64 = 1 << 20;
 const L2G: u32 = 0;
@@ -229,16 +228,10 @@ fn pairs_rank(role: &Role) {
         let dst = win + hbm_len + M + u64::from(rank) * 4000;
         // SAFETY: `rows` holds 4 rows of 100 bytes at pitch 100.
         unsafe {
-            runtime::bm_copy_2d(
+            raw_copy_2d(
                 h,
                 Copy2d::new(rows.as_ptr() as u64, 100, dst, 1000, 100, 4),
                 H2G,
-                0,
-                bm_local(
-                    H2G,
-                    (rows.as_ptr() as u64, (4 - 1) * 100 + 100),
-                    (dst, (4 - 1) * 1000 + 100),
-                ),
             )
         }
         .expect("2D H2G");
@@ -266,16 +259,10 @@ fn pairs_rank(role: &Role) {
             let src = win + hbm_len + M + u64::from(from) * 4000;
             // SAFETY: `rows` is 400 writable bytes: 4 rows of 100 at pitch 100.
             unsafe {
-                runtime::bm_copy_2d(
+                raw_copy_2d(
                     h,
                     Copy2d::new(src, 1000, rows.as_mut_ptr() as u64, 100, 100, 4),
                     G2H,
-                    0,
-                    bm_local(
-                        G2H,
-                        (src, (4 - 1) * 1000 + 100),
-                        (rows.as_mut_ptr() as u64, (4 - 1) * 100 + 100),
-                    ),
                 )
             }
             .expect("2D G2H");

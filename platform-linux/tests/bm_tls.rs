@@ -6,7 +6,7 @@ mod bm_common;
 
 #[path = "common/copy.rs"]
 mod copy;
-use copy::raw_copy;
+use copy::{raw_copy, raw_copy_2d};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -15,7 +15,6 @@ use std::time::Duration;
 use bm_common::{barrier, barrier_last, client, config, free_url, pattern, role, spawn_with};
 use smem_core::bm::Copy2d;
 use smem_linux::runtime;
-use smem_linux::sys::copy::bm_local;
 use smem_linux::tls::{self, TlsOptions};
 
 #[path = "support/pki.rs"]
@@ -183,16 +182,10 @@ fn tls_net_rank(rank: u32, n: u32, url: &str) {
         let dst = win + hbm + M + u64::from(rank) * 4000;
         // SAFETY: `rows` holds 4 rows of 100 bytes at pitch 100.
         unsafe {
-            runtime::bm_copy_2d(
+            raw_copy_2d(
                 h,
                 Copy2d::new(rows.as_ptr() as u64, 100, dst, 1000, 100, 4),
                 H2G,
-                0,
-                bm_local(
-                    H2G,
-                    (rows.as_ptr() as u64, (4 - 1) * 100 + 100),
-                    (dst, (4 - 1) * 1000 + 100),
-                ),
             )
         }
         .expect("2D H2G");
@@ -217,16 +210,10 @@ fn tls_net_rank(rank: u32, n: u32, url: &str) {
             let src = win + hbm + M + u64::from(from) * 4000;
             // SAFETY: `rows` is 400 writable bytes: 4 rows of 100 at pitch 100.
             unsafe {
-                runtime::bm_copy_2d(
+                raw_copy_2d(
                     h,
                     Copy2d::new(src, 1000, rows.as_mut_ptr() as u64, 100, 100, 4),
                     G2H,
-                    0,
-                    bm_local(
-                        G2H,
-                        (src, (4 - 1) * 1000 + 100),
-                        (rows.as_mut_ptr() as u64, (4 - 1) * 100 + 100),
-                    ),
                 )
             }
             .expect("2D G2H");
