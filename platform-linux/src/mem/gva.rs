@@ -227,6 +227,37 @@ impl Reservation {
         r.map_err(|e| self.part_error(e, offset, len, "opening"))
     }
 
+    /// Allocates the pages of `offset..offset+len`, inside one mapped part, by faulting them in
+    /// through this mapping (see [`crate::sys::mman::Region::populate`]). `Ok(false)`: the
+    /// kernel cannot (older than 5.14); the caller allocates another way.
+    ///
+    /// # Errors
+    /// `SM_INVALID_PARAM` for a part not inside one mapped part; `SM_MALLOC_FAILED` when the
+    /// memory is not there.
+    pub fn populate(&self, offset: u64, len: u64) -> Result<bool> {
+        if !self.is_mapped(offset, len) {
+            return Err(self.part_error(
+                std::io::Error::from_raw_os_error(libc::EINVAL),
+                offset,
+                len,
+                "allocating",
+            ));
+        }
+        let o = to_usize(offset, "offset")?;
+        let l = to_usize(len, "length")?;
+        match self.region.populate(o, l) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+            Err(e) => Err(Error::new(
+                ErrorCode::MallocFailed,
+                format!(
+                    "allocating {len:#x} bytes of shared memory at {}+{offset:#x}: {e}; free memory or lower the pool size (shmem limits: /dev/shm size, memory cgroup)",
+                    self.base()
+                ),
+            )),
+        }
+    }
+
     /// Makes `offset..offset+len` of a [`Reservation::back_file`] backing inaccessible again.
     ///
     /// # Errors

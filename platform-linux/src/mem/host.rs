@@ -281,6 +281,19 @@ impl HostSegment {
     /// `SM_INVALID_PARAM` for a part outside the segment; `SM_MALLOC_FAILED` when the memory is
     /// not there; `SM_IO_ERROR` for other OS errors.
     pub fn allocate(&self, offset: u64, len: u64) -> Result<()> {
+        self.prepare(offset, len)?;
+        self.fallocate(offset, len)
+    }
+
+    /// Claims the part `offset..offset+len` before its pages are allocated through a mapping
+    /// ([`crate::mem::Reservation::populate`]; `fallocate` takes the file's lock, and a
+    /// thousand ranks of one host allocating their parts at once queue on it for seconds): checks
+    /// it against the segment and the memory budget and frees what an earlier user of the
+    /// part left (it reads as zeros).
+    ///
+    /// # Errors
+    /// As [`HostSegment::allocate`].
+    pub fn prepare(&self, offset: u64, len: u64) -> Result<()> {
         if offset.checked_add(len).is_none_or(|end| end > self.len) {
             return Err(Error::invalid(format!(
                 "part {offset:#x}+{len:#x} lies outside the segment of {:#x} bytes",
@@ -288,7 +301,21 @@ impl HostSegment {
             )));
         }
         super::admit(&format!("window at {offset:#x} of a shared segment"), len)?;
-        self.release(offset, len)?;
+        // Stale pages of an earlier owner of the part are freed first (it reads as zeros);
+        // a part that is a hole (the usual case) is left alone: a punch walks the mappings of
+        // every process that maps the segment (1024 at 1024 ranks on one host).
+        if fd::has_data(self.fd.as_fd(), offset, len).unwrap_or(true) {
+            self.release(offset, len)?;
+        }
+        Ok(())
+    }
+
+    /// Allocates the pages of `offset..offset+len` with `fallocate` (see
+    /// [`HostSegment::allocate`]).
+    ///
+    /// # Errors
+    /// As [`HostSegment::allocate`].
+    pub fn fallocate(&self, offset: u64, len: u64) -> Result<()> {
         fd::fallocate_range(self.fd.as_fd(), offset, len)
             .map_err(|e| alloc_failed(&e, len, &format!("the window at {offset:#x}")))
     }

@@ -12,7 +12,8 @@
 //!
 //! # Agreement (SHM: create is collective over the `rankSize` ranks)
 //! The first rank to find `gva` absent reserves a 2 MiB aligned span at a random spot of the
-//! candidate region and proposes it (CAS on an absent key). Every rank tries to reserve exactly that span with
+//! candidate region and proposes it (CAS on an absent key; BM's [`adopt_gva`] proposes with
+//! that CAS at once, which also reads what is there). Every rank tries to reserve exactly that span with
 //! no-clobber semantics; on success it adds 1 to `gva/v<nonce>.<n>`. A rank where the span is taken
 //! reserves a fresh random span of its own and proposes it as `n+1` with a CAS on the exact previous
 //! value (one proposal wins per round), then adds [`SUPERSEDED`] to `gva/v<nonce>.<n>` so every waiter
@@ -123,13 +124,12 @@ pub(crate) fn adopt_gva(
 ) -> Result<Adopted> {
     let gva_key = ns.key("gva");
     let what = format!("{} (rank {rank})", ns.call);
-    // A CAS loses only to another creator's proposal, which is then adopted.
-    let cur = match store.get(&gva_key)? {
-        Some(v) => v,
-        None => match propose_first(store, &gva_key, want)? {
-            Ok((cand, p)) => return Ok(Adopted::Range(cand, p.base)),
-            Err(v) => v,
-        },
+    // Every creator proposes (one CAS, which creates the absent key): it loses only to another
+    // creator's proposal, which it then adopts. Asking first would cost a second round trip
+    // whenever creators start together, and they usually do.
+    let cur = match propose_first(store, &gva_key, want)? {
+        Ok((cand, p)) => return Ok(Adopted::Range(cand, p.base)),
+        Err(v) => v,
     };
     let p = parse_proposal(&cur, &what)?;
     if !p.same_sizes(&want) {

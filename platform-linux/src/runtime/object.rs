@@ -5,7 +5,7 @@
 //! | key | value | written by |
 //! |---|---|---|
 //! | `log` | membership log: `cr;` create, `wr:<len>:<record>;+r;` join with its window record (host identity, HBM and DRAM segment descriptors, and with the network transport its data endpoint and window generation token), `-r;` leave, `xr;` destroy, `dP;` every holder applied the log up to offset `P` (APPEND) | the rank itself (`dP;`: the holder that completed `seen/P`) |
-//! | `hs/<host>` | descriptor of the DRAM segment of the ranks on `<host>` (DRAM-only objects, "Same-host windows in one segment") | CAS by the first creator on the host |
+//! | `hs/<host>` | descriptor of the DRAM segment of the ranks on `<host>` (DRAM-only objects, "Same-host windows in one segment") | CAS by the first creator on the host (every creator tries) |
 //! | `ack/<m>` | the offset up to which member `m` applied the log (its high-water mark) | member `m` |
 //! | `seen/<P>` | ADD counter: holders whose applied piece of the log ended at `P` | every holder |
 //! | `err/<X>/<m>` | why member `m` could not map the window of the join entry ending at `X` | member `m` |
@@ -13,11 +13,12 @@
 //! # Create (never waits for the other members)
 //! SPEC 2.2 makes create a local step (allocate) and join the collective one, with members that
 //! create and join later becoming visible without further calls; a size mismatch is an error at
-//! join. So BM create ([`adopt_gva`]) settles the object's range at once: the first creator
+//! join. So BM create ([`adopt_gva`]) settles the object's range at once: every creator
 //! reserves a random 2 MiB aligned spot of `mem::gva::CANDIDATE_REGION` (a region processes
-//! rarely map, so the range is almost surely free in every peer) and proposes it with a CAS on
-//! the absent `gva` key; every later creator reserves exactly that range with no-clobber
-//! semantics. A creator whose sizes differ gets a handle whose join fails with a message naming
+//! rarely map, so the range is almost surely free in every peer) and proposes it with a CAS
+//! that creates the absent `gva` key (one round trip, also when creators start together); the
+//! first proposal wins, and every other creator drops its spot and reserves exactly that range
+//! with no-clobber semantics. A creator whose sizes differ gets a handle whose join fails with a message naming
 //! both sizes. A later creator where the range is taken fails with `SM_RESOURCE_IN_USE` naming
 //! it: earlier members may already use the range, so it cannot move. Then the creator appends
 //! `c<rank>;` to the membership log (a holder from then on) and waits until its watcher applied
@@ -66,15 +67,26 @@
 //! # Same-host windows in one segment
 //! The DRAM windows of a DRAM-only object (no HBM part) live in one memfd per host and object,
 //! `member_size * stride` bytes with rank `r`'s window at `r * stride`, each rank allocating
-//! (`fallocate`) only its own part: the first creator on a host creates it (sparse) and
-//! publishes its descriptor in `hs/<host>` (CAS on what it read), later creators open it once
-//! through `/proc/<pid>/fd` (`object/shared.rs`). A window record names that segment; its
+//! only its own part: the first creator on a host creates it (sparse) and publishes its
+//! descriptor in `hs/<host>` (one CAS that creates the absent key), later creators open it
+//! once through `/proc/<pid>/fd` (`object/shared.rs`). A rank allocates its part by faulting
+//! it in through its own mapping (`MADV_POPULATE_WRITE`: a lack of memory fails create, no
+//! `SIGBUS` later), not with `fallocate`, which takes the file's lock: 1024 ranks of a host
+//! allocating at once queued on it for up to 3 s. A part is punched (stale pages of an earlier
+//! owner freed) only when `SEEK_DATA` finds pages in it: a punch walks the mappings of every
+//! process that maps the segment. A window record names that segment; its
 //! length (the span, not the part) says the window sits at its own offset in it. At create a
 //! rank maps the whole segment over the object's range at once, inaccessible (`PROT_NONE`),
 //! and opens its own window in it; a holder then opens the windows of the same-host joiners
 //! of a piece of the log (`mprotect` read/write) and closes those of leavers (`PROT_NONE`
 //! again), one call per run of ranks, a run also spanning ranks already in the state it sets
-//! (so a piece costs a few calls however many windows are open). Per process that is one
+//! (so a piece costs a few calls however many windows are open). That holds for objects of at
+//! most [`PROTECT_MEMBERS_MAX`] members; larger ones map the whole segment read/write at
+//! create and only the windows' states change at join and leave: every `mprotect` of a
+//! shared file mapping updates the file's mapping tree under one lock for all processes of
+//! the host (at 1024 ranks on one host about a million updates, 20% of the job's CPU time).
+//! The copy path checks the window's state either way; what such an object gives up is that a
+//! raw load or store through `smem_bm_ptr` into a window not joined faults. Per process that is one
 //! `open` instead of one per peer (1023 at 1024 ranks, about a million per job on one host),
 //! one `mmap`, and a few `mprotect`s per piece instead of an `mmap` per peer at join and at
 //! leave (at 512 ranks on one host: 15k `mprotect` + 8k `mmap` calls per job against 273k
@@ -170,6 +182,20 @@ pub(crate) const PREFAULT_MEMBERS_MAX: u32 = 16;
 /// Whether peers' windows of an object of `members` members are pre-faulted.
 pub(crate) fn prefault(members: u32) -> bool {
     members <= PREFAULT_MEMBERS_MAX
+}
+
+/// Objects of at most this many members keep the windows of their host segment that are not
+/// joined inaccessible (`PROT_NONE`; opened and closed with `mprotect` as ranks join and
+/// leave); larger ones map the whole segment read/write once, at create (module docs, "Same-host
+/// windows in one segment"). Every `mprotect` of a shared file mapping updates the file's
+/// mapping tree under one lock for all processes of the host: at 1024 ranks on one host the
+/// joins cost about a million such updates, 20% of the job's CPU time and 2.5 s of its 7.
+pub(crate) const PROTECT_MEMBERS_MAX: u32 = 128;
+
+/// Whether the windows of an object of `members` members in a host segment are opened and
+/// closed one by one (else the whole segment is accessible from create on).
+pub(crate) fn protect_windows(members: u32) -> bool {
+    members <= PROTECT_MEMBERS_MAX
 }
 
 /// Control state of an object, behind its mutex (never taken by the copy path).
@@ -347,7 +373,8 @@ impl BmObject {
             None if shared_dram => {
                 let (seg, off) = if mismatch.is_none() {
                     let seg = shared::host_segment(ctx, id, span)?;
-                    seg.allocate(own, dram_len)
+                    // Its pages are allocated through the mapping below.
+                    seg.prepare(own, dram_len)
                         .map_err(|e| e.context(format!("smem_bm_create {id}: DRAM part")))?;
                     (seg, Some(own))
                 } else {
@@ -368,7 +395,20 @@ impl BmObject {
             // opened in it as their ranks join, the own one now.
             (Some(seg), Some(off)) => {
                 reservation.back_file(0, seg.fd(), 0, span)?;
-                reservation.open(off, dram_len, true)?;
+                if !protect_windows(args.member_size) {
+                    reservation.open(0, span, false)?;
+                }
+                reservation.open(off, dram_len, false)?;
+                // The own window's pages are allocated by faulting them in here (no lock of
+                // the segment file is taken; `fallocate` on an older kernel).
+                let allocated = reservation
+                    .populate(off, dram_len)
+                    .map_err(|e| e.context(format!("smem_bm_create {id}: DRAM part")))?;
+                if !allocated {
+                    seg.fallocate(off, dram_len)
+                        .map_err(|e| e.context(format!("smem_bm_create {id}: DRAM part")))?;
+                    reservation.open(off, dram_len, true)?;
+                }
             }
             (Some(seg), None) => {
                 reservation.map_file_part(own + hbm_len, seg.fd(), 0, dram_len, true)?

@@ -82,6 +82,30 @@ pub fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether any page of `offset..offset+len` of the file is allocated (`lseek(SEEK_DATA)`):
+/// freeing a part that holds none (a punch of a file many processes map walks all their
+/// mappings) can then be skipped.
+///
+/// # Errors
+/// The OS error; a file system without `SEEK_DATA` reports the whole file as data (`true`).
+pub fn has_data(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<bool> {
+    let o = off(offset)?;
+    // SAFETY: plain syscall on a borrowed, open descriptor; it moves only the file position
+    // of this open file description, which nothing here uses (reads and writes go through
+    // mappings).
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), o, libc::SEEK_DATA) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        // ENXIO: no data at or after `offset`.
+        return if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok((r as u64) < offset.saturating_add(len))
+}
+
 /// `fstat(fd)`.
 ///
 /// # Errors

@@ -394,6 +394,30 @@ impl Region {
         Ok(())
     }
 
+    /// Faults in the pages of `offset..offset+len`, inside one mapped part, as if written
+    /// (`MADV_POPULATE_WRITE`): for a shared file mapping this allocates the file's pages, and
+    /// a lack of memory is an error here instead of a `SIGBUS` at a later access.
+    ///
+    /// # Errors
+    /// `EINVAL` for a part not inside one mapped part, or from a kernel older than 5.14 (no
+    /// `MADV_POPULATE_WRITE`); `ENOMEM` / `EFAULT` when the pages cannot be allocated.
+    pub fn populate(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.check_part(offset, len)?;
+        let mapped = self.lock();
+        if !inside(&mapped, offset, offset + len) {
+            return Err(einval());
+        }
+        let at = self.addr + offset;
+        // SAFETY: the range lies in a mapped, read/write part of this region (checked above,
+        // under the lock, which keeps it mapped for the call); faulting its pages in as if
+        // written changes no data.
+        let r = unsafe { libc::madvise(at as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Makes `offset..offset+len`, inside one part of a [`Region::back_shared`] backing,
     /// inaccessible again (`PROT_NONE`): not mapped from then on; any later access faults.
     ///

@@ -401,12 +401,48 @@ fn failures(text: &str) -> String {
         .join("\n")
 }
 
+/// A child that exited and is not reaped yet, without reaping it (`waitid(WNOWAIT)`).
+fn exited_child() -> Option<i32> {
+    // SAFETY: an all-zero siginfo_t is a valid value to pass for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid out pointer; WNOWAIT leaves the child to be reaped by pid.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid succeeded, so `info` holds a child's state (pid 0: none exited).
+    let pid = unsafe { info.si_pid() };
+    (r == 0 && pid != 0).then_some(pid)
+}
+
 /// Reaps the children until all exited; an error as soon as one failed or at the deadline.
-/// Leaves the pids still running in `pids`.
+/// Leaves the pids still running in `pids`. Children are found by `waitid` (any child that
+/// exited) instead of polling each pid: polling 1024 pids every 20 ms took 5-10% of a CPU
+/// from the ranks being measured.
 fn wait_children(shape: &Shape, pids: &mut Vec<i32>, started: Instant) -> Result<(), String> {
     loop {
+        let mut scan = false;
+        while let Some(pid) = exited_child() {
+            let Some(i) = pids.iter().position(|&p| p == pid) else {
+                // Not a rank (e.g. an etcd member): fall back to polling each pid.
+                scan = true;
+                break;
+            };
+            let mut status = 0;
+            // SAFETY: reaps our own child, which exited; `status` is a valid out pointer.
+            if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+                pids.swap_remove(i);
+                if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+                    return Err(format!("a rank failed (status {status:#x})"));
+                }
+            }
+        }
         let mut i = 0;
-        while i < pids.len() {
+        while scan && i < pids.len() {
             let mut status = 0;
             // SAFETY: polls our own child; `status` is a valid out pointer.
             let got = unsafe { libc::waitpid(pids[i], &mut status, libc::WNOHANG) };

@@ -10,7 +10,7 @@ use smem_core::bm::Part;
 use smem_core::wire::record::{LogEntry, log_entries, log_records};
 
 use super::records::{WindowRecord, sharing_pid_on};
-use super::{ABSENT, BmObject, CLOSING, Ctl, MAPPED, NET, REMOTE, prefault};
+use super::{ABSENT, BmObject, CLOSING, Ctl, MAPPED, NET, REMOTE, prefault, protect_windows};
 use crate::device::DeviceDescriptor;
 use crate::mem::{HostSegment, SegmentKind};
 use crate::runtime::{rank_key, wait_for_copies};
@@ -235,6 +235,19 @@ impl BmObject {
             ctl.closing.remove(&r);
             ctl.pending.insert(r, entry_end);
             return Ok(true);
+        }
+        let dram_at_off = off + self.layout.hbm_len();
+        if rec.dram.is_some()
+            && self.dram_off.is_some()
+            && !protect_windows(self.layout.member_size())
+            && self
+                .reservation
+                .is_mapped(dram_at_off, self.layout.dram_len())
+        {
+            // The host segment is accessible over the whole range here; the window of a
+            // segment of its own replaces that part of it.
+            self.reservation
+                .close(dram_at_off, self.layout.dram_len())?;
         }
         ctl.foreign.insert(r);
         let mut hbm_mapped = false;

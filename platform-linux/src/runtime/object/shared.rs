@@ -9,7 +9,7 @@ use log::debug;
 
 use super::membership::Notes;
 use super::records::WindowRecord;
-use super::{BmObject, Ctl, MAPPED, key, prefault};
+use super::{BmObject, Ctl, MAPPED, key, prefault, protect_windows};
 use crate::mem::{HostSegment, SegmentDescriptor, SegmentKind};
 use crate::runtime::Ctx;
 use crate::store::{CasResult, StoreClient};
@@ -29,12 +29,14 @@ pub(super) fn host_segment(ctx: &Ctx, id: u32, span: u64) -> Result<HostSegment>
 }
 
 /// The segment of `len` bytes the ranks of this host share, named in the store key `k`
-/// (BM objects and SHM objects each have one per host): the one published there when it can
-/// be opened, else a new sparse one (`name`, no page allocated: each rank allocates its part)
-/// this rank publishes there (compare-and-swap against what it found). When another rank
-/// published one in between that cannot be opened either, this rank keeps its own unpublished
-/// segment: peers then map its window through its record, like a per-rank segment. Returns
-/// the segment and whether it is the published one. `what` prefixes errors.
+/// (BM objects and SHM objects each have one per host): this rank creates a sparse one
+/// (`name`, no page allocated: each rank allocates its part) and offers it with one
+/// compare-and-swap that creates the absent key; when another rank's is there and can be
+/// opened, that one (and this rank's is dropped); when the published one cannot be opened
+/// (its owner exited), this rank's replaces it (compare-and-swap against what it found). When
+/// another rank published one in between that cannot be opened either, this rank keeps its own
+/// unpublished segment: peers then map its window through its record, like a per-rank segment.
+/// Returns the segment and whether it is the published one. `what` prefixes errors.
 ///
 /// # Errors
 /// Store errors; memory errors creating the segment.
@@ -46,16 +48,20 @@ pub(crate) fn shared_segment(
     what: &str,
 ) -> Result<(HostSegment, bool)> {
     let ctx_err = |e: Error| e.context(what);
-    let current = store.get(k).map_err(ctx_err)?;
-    if let Some(seg) = current.as_deref().and_then(|v| open(what, v, len)) {
+    // Created speculatively (a sparse file costs two system calls) and offered with one CAS,
+    // which creates the absent key: ranks of a host creating together would otherwise each
+    // ask first, find nothing and need a second round trip.
+    let mine = HostSegment::create_sparse(name, SegmentKind::Host, len).map_err(ctx_err)?;
+    let offer = mine.descriptor().encode();
+    let current = match store.cas(k, b"", &offer).map_err(ctx_err)? {
+        CasResult::Swapped => return Ok((mine, true)),
+        CasResult::Mismatch(v) => v,
+    };
+    if let Some(seg) = open(what, &current, len) {
         return Ok((seg, true));
     }
-    let mine = HostSegment::create_sparse(name, SegmentKind::Host, len).map_err(ctx_err)?;
-    let expected = current.unwrap_or_default();
-    match store
-        .cas(k, &expected, &mine.descriptor().encode())
-        .map_err(ctx_err)?
-    {
+    // The published one is gone (its owner exited): replace it.
+    match store.cas(k, &current, &offer).map_err(ctx_err)? {
         CasResult::Swapped => Ok((mine, true)),
         CasResult::Mismatch(v) => Ok(open(what, &v, len).map_or((mine, false), |s| (s, true))),
     }
@@ -119,12 +125,21 @@ impl BmObject {
         let pending: Vec<(u32, u64)> = std::mem::take(&mut ctl.pending).into_iter().collect();
         let len = self.layout.dram_len();
         let populate = prefault(self.layout.member_size());
+        let protect = protect_windows(self.layout.member_size());
         let open = |ctl: &Ctl, x: u32| x == self.rank || ctl.open.contains(&x);
         for run in self.runs(ctl, &pending, open) {
             let (first, last) = (run[0].0, run[run.len() - 1].0);
             let at = self.window_offset(first);
             let bytes = self.window_offset(last) + len - at;
-            match self.reservation.open(at, bytes, populate) {
+            // Without per-window protection the segment is accessible already, unless a
+            // window of a segment of its own was mapped over part of it meanwhile.
+            let done = !protect && self.reservation.is_mapped(at, bytes);
+            let opened = if done {
+                Ok(())
+            } else {
+                self.reservation.open(at, bytes, populate)
+            };
+            match opened {
                 Ok(()) => {
                     for &(r, _) in run {
                         ctl.open.insert(r);
@@ -154,6 +169,11 @@ impl BmObject {
     /// windows are to be closed or already closed.
     pub(super) fn close_dropped(&self, ctl: &mut Ctl, notes: &mut Notes) {
         if ctl.closing.is_empty() {
+            return;
+        }
+        if !protect_windows(self.layout.member_size()) {
+            // The segment stays accessible; the windows' states keep copies out.
+            ctl.closing.clear();
             return;
         }
         let closing: Vec<(u32, u64)> = std::mem::take(&mut ctl.closing)
