@@ -405,9 +405,9 @@ impl BmObject {
                     .populate(off, dram_len)
                     .map_err(|e| e.context(format!("smem_bm_create {id}: DRAM part")))?;
                 if !allocated {
+                    // A kernel older than 5.14 (which cannot pre-fault either).
                     seg.fallocate(off, dram_len)
                         .map_err(|e| e.context(format!("smem_bm_create {id}: DRAM part")))?;
-                    reservation.open(off, dram_len, true)?;
                 }
             }
             (Some(seg), None) => {

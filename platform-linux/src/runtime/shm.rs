@@ -45,13 +45,15 @@
 //! Collective over `rankSize` ranks, bounded by `shmCreateTimeout`:
 //! 1. open (or create and publish in `hs/<len>/<host>`) the memfd the members of this host
 //!    share (`runtime/object/shared.rs`, as BM objects do): a *directory* of 16 bytes per rank
-//!    (2 MiB rounded) then the span of `rankSize * symmetricSize` bytes; allocate this rank's
-//!    window in it at `rank * symmetricSize` (pages allocated now) and enter this rank's pid
-//!    and world rank in its directory slot. A published segment that cannot be opened fails
-//!    create (`SM_IO_ERROR`);
+//!    (2 MiB rounded) then the span of `rankSize * symmetricSize` bytes; claim this rank's
+//!    window in it at `rank * symmetricSize` (stale pages of an earlier owner freed) and enter
+//!    this rank's pid and world rank in its directory slot. A published segment that cannot
+//!    be opened fails create (`SM_IO_ERROR`);
 //! 2. agree on one GVA range of the span through the store with no-clobber reservations (the
 //!    agreement of the BM runtime), which also makes sure every member entered its directory;
-//!    map the own window (pre-faulted);
+//!    map the own window and allocate its pages by faulting them in (`MADV_POPULATE_WRITE`:
+//!    a lack of memory fails create, no `SIGBUS` later; `fallocate` takes the file's lock, on
+//!    which the ranks of a host queued: SHM 1024 on one host took 5-8 s instead of 2.2);
 //! 3. the host's *leader* (its lowest rank in the directory) appends the host's runs of ranks
 //!    to the host table `hosts` and adds their number to `hostsn`; every member waits until
 //!    the table names all `rankSize` ranks and reads it with one GET: where every rank is and

@@ -177,8 +177,10 @@ impl ShmObject {
             ));
         }
         let own = u64::from(rank) * size;
+        // Its pages are allocated through this rank's mapping once the range is agreed
+        // (`fallocate` takes the file's lock: the ranks of a host queue on it).
         segment
-            .allocate(head + own, size)
+            .prepare(head + own, size)
             .map_err(|e| e.context(format!("{what}: window")))?;
         let dir = hosts::Directory::map(&segment, n, what)?;
         dir.enter(Local {
@@ -212,8 +214,13 @@ impl ShmObject {
             departed: &departed,
         })?;
         reservation
-            .map_file_part(own, segment.fd(), head + own, size, true)
+            .map_file_part(own, segment.fd(), head + own, size, false)
             .map_err(|e| e.context(what))?;
+        let window = |e: Error| e.context(format!("{what}: window"));
+        if !reservation.populate(own, size).map_err(window)? {
+            // A kernel older than 5.14 (which cannot pre-fault either): `fallocate`.
+            segment.fallocate(head + own, size).map_err(window)?;
+        }
         let local = dir.members()?;
         let leader = local.first().map_or(rank, |l| l.rank);
         let by = if leader == rank {
