@@ -233,6 +233,8 @@ struct Ctl {
     joined_self: bool,
     /// The watcher stopped (link down or unwatched).
     watcher_gone: bool,
+    /// The last window record decoded, with its bytes.
+    last_record: Option<(Vec<u8>, WindowRecord)>,
 }
 
 /// A BM object of this process.

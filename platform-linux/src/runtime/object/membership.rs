@@ -144,8 +144,11 @@ impl BmObject {
         }
         match entry {
             LogEntry::Join(_) => {
-                ctl.joined.insert(r);
-                self.unmap_peer(ctl, r, out.notes);
+                // A rank not joined has nothing mapped here (leave, destroy and a report of
+                // its death unmapped it): only a repeated join replaces a mapping.
+                if !ctl.joined.insert(r) {
+                    self.unmap_peer(ctl, r, out.notes);
+                }
                 if let Err(e) = self.map_peer(ctl, r, off, out.records.get(&r).copied(), out.notes)
                 {
                     out.notes.push((
@@ -187,7 +190,15 @@ impl BmObject {
                 format!("rank {r} joined but its join entry carries no window record"),
             )
         })?;
-        let rec = WindowRecord::decode(rec)?;
+        // The records of the ranks of one host segment are the same bytes: decoded once.
+        let rec = match &ctl.last_record {
+            Some((bytes, decoded)) if bytes[..] == *rec => decoded.clone(),
+            _ => {
+                let decoded = WindowRecord::decode(rec)?;
+                ctl.last_record = Some((rec.to_vec(), decoded.clone()));
+                decoded
+            }
+        };
         let w = &self.windows[r as usize];
         let check = |got: u64, want: u64, part: Part| -> Result<()> {
             if got != want {
