@@ -256,12 +256,13 @@ enum Step<'a> {
 /// The step at `pos` of `piece` and the position after it (`None`: no complete entry left).
 fn step(piece: &[u8], pos: usize) -> Option<(usize, Step<'_>)> {
     let rest = piece.get(pos..)?;
-    let len = rest.iter().position(|b| *b == b';')?;
     if rest.first() != Some(&b'w') {
+        let len = rest.iter().position(|b| *b == b';')?;
         let entry = LogEntry::parse(rest.get(..len)?).ok();
         return Some((pos + len + 1, Step::Entry(entry)));
     }
-    // `w<r>:<len>:<bytes>;`: the bytes may hold `;`. Malformed: skipped up to the first `;`.
+    // `w<r>:<len>:<bytes>;`: the bytes may hold `;`, and only the header is scanned (a holder
+    // steps over every record of the log twice). Malformed: skipped up to the first `;`.
     let record = (|| {
         let mut head = rest.get(1..)?.splitn(3, |b| *b == b':');
         let r = u32::try_from(decimal(head.next()?)?).ok()?;
@@ -271,10 +272,11 @@ fn step(piece: &[u8], pos: usize) -> Option<(usize, Step<'_>)> {
         let at = rest.len() - body.len();
         Some((pos + at + n + 1, r, body.get(..n)?))
     })();
-    Some(match record {
-        Some((next, r, bytes)) => (next, Step::Record(Some((r, bytes)))),
-        None => (pos + len + 1, Step::Record(None)),
-    })
+    if let Some((next, r, bytes)) = record {
+        return Some((next, Step::Record(Some((r, bytes)))));
+    }
+    let len = rest.iter().position(|b| *b == b';')?;
+    Some((pos + len + 1, Step::Record(None)))
 }
 
 /// Iterator of [`log_entries`].

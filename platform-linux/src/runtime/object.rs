@@ -122,7 +122,7 @@
 //! processes of the same-host members to import its HBM segment ([`crate::device::Device::share`], with the
 //! ids they published in their rank records at init).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
@@ -136,11 +136,13 @@ use smem_core::limits::WINDOW_ALIGN;
 use smem_core::wire::record::LogEntry;
 
 mod membership;
+mod ranks;
 pub(crate) mod records;
 mod settle;
 pub(crate) mod shared;
 mod window;
 
+use self::ranks::RankSet;
 use self::records::{WindowRecord, entry_bytes};
 use self::window::{Gate, Window, drain};
 use super::agree::{Adopted, AgreeNs, Proposal, adopt_gva, random_u64};
@@ -204,27 +206,28 @@ struct Ctl {
     /// Bytes of the log applied so far.
     processed: u64,
     /// Ranks joined according to the log.
-    joined: BTreeSet<u32>,
+    joined: RankSet,
     /// Ranks that hold the object: their create entry is in the log, minus destroyed or dead.
-    holders: BTreeSet<u32>,
+    holders: RankSet,
     /// Holders according to the log alone (create minus destroy; deaths are not logged): the
     /// ranks that acknowledge an offset (module docs, "Membership").
-    logged: BTreeSet<u32>,
+    logged: RankSet,
     /// The highest offset a `Settled` entry announced.
     settled: u64,
     /// Ranks whose parts are mapped here: rank -> (hbm mapped, dram mapped).
     mapped: HashMap<u32, (bool, bool)>,
     /// Joiners of the piece being applied whose window is in this host's segment: rank ->
     /// end of its join entry; opened together, in runs, at the end of the piece.
-    pending: BTreeMap<u32, u64>,
+    /// (One entry per rank: a repeated join unmaps, and so drops, the earlier one first.)
+    pending: Vec<(u32, u64)>,
     /// Peers whose window in this host's segment is open (accessible) here.
-    open: BTreeSet<u32>,
+    open: RankSet,
     /// Peers whose window in this host's segment was dropped while applying the piece: closed
     /// (made inaccessible) together, in runs, at its end.
     closing: BTreeSet<u32>,
     /// Peers whose window was mapped here from a segment of their own: their part of the
     /// reservation no longer lies in the host segment's backing.
-    foreign: BTreeSet<u32>,
+    foreign: RankSet,
     /// Device segments of same-host peers imported (not mapped) here, by rank.
     imported: Vec<(u32, DeviceSegment)>,
     /// For this rank's own entries: end offset -> other holders at that point.

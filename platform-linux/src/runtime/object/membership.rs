@@ -83,7 +83,7 @@ impl BmObject {
             ctl.processed = base + piece.len() as u64;
             self.ctl_cv.notify_all();
             last_real
-                .filter(|_| ctl.logged.contains(&self.rank))
+                .filter(|_| ctl.logged.contains(self.rank))
                 .map(|p| (p, ctl.logged.len()))
         };
         log_notes(notes);
@@ -117,7 +117,7 @@ impl BmObject {
             return;
         }
         if matches!(entry, LogEntry::Destroy(_)) {
-            ctl.logged.remove(&r);
+            ctl.logged.remove(r);
         }
         if r == self.rank {
             match entry {
@@ -125,20 +125,15 @@ impl BmObject {
                     ctl.joined.insert(r);
                 }
                 LogEntry::Leave(_) => {
-                    ctl.joined.remove(&r);
+                    ctl.joined.remove(r);
                 }
                 LogEntry::Destroy(_) => {
-                    ctl.joined.remove(&r);
-                    ctl.holders.remove(&r);
+                    ctl.joined.remove(r);
+                    ctl.holders.remove(r);
                 }
                 LogEntry::Create(_) | LogEntry::Settled(_) => {}
             }
-            let others: Vec<u32> = ctl
-                .holders
-                .iter()
-                .copied()
-                .filter(|&h| h != self.rank)
-                .collect();
+            let others: Vec<u32> = ctl.holders.iter().filter(|&h| h != self.rank).collect();
             ctl.own_entries.push((off, others));
             return;
         }
@@ -162,9 +157,9 @@ impl BmObject {
                 }
             }
             LogEntry::Leave(_) | LogEntry::Destroy(_) => {
-                ctl.joined.remove(&r);
+                ctl.joined.remove(r);
                 if matches!(entry, LogEntry::Destroy(_)) {
-                    ctl.holders.remove(&r);
+                    ctl.holders.remove(r);
                 }
                 self.unmap_peer(ctl, r, out.notes);
             }
@@ -244,7 +239,7 @@ impl BmObject {
         if rec.hbm.is_none() && self.in_own_segment(&rec) {
             // Opened with the other joiners of the piece, at its end (`open_pending`).
             ctl.closing.remove(&r);
-            ctl.pending.insert(r, entry_end);
+            ctl.pending.push((r, entry_end));
             return Ok(true);
         }
         let dram_at_off = off + self.layout.hbm_len();
@@ -321,12 +316,12 @@ impl BmObject {
     /// Stops copies into rank `r`'s window and unmaps it (if mapped).
     pub(super) fn unmap_peer(&self, ctl: &mut Ctl, r: u32, notes: &mut Notes) {
         let w = &self.windows[r as usize];
-        ctl.pending.remove(&r);
+        ctl.pending.retain(|&(x, _)| x != r);
         // Only a window copies can enter (`MAPPED`, `NET`) needs the copies in flight drained.
         if !matches!(w.state.swap(CLOSING, Ordering::SeqCst), ABSENT | REMOTE) {
             wait_for_copies(self.id);
         }
-        if ctl.open.remove(&r) {
+        if ctl.open.remove(r) {
             // Closed with the piece's other dropped windows, at its end (`close_dropped`).
             ctl.closing.insert(r);
         }
@@ -368,8 +363,8 @@ impl BmObject {
         let mut notes = Notes::new();
         {
             let mut ctl = lock(&self.ctl);
-            ctl.joined.remove(&r);
-            ctl.holders.remove(&r);
+            ctl.joined.remove(r);
+            ctl.holders.remove(r);
             self.unmap_peer(&mut ctl, r, &mut notes);
             self.close_dropped(&mut ctl, &mut notes);
         }

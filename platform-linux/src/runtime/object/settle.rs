@@ -158,7 +158,9 @@ impl BmObject {
                 others
                     .iter()
                     .copied()
-                    .filter(|m| marks.get(m).copied().unwrap_or(0) < len && ctl.holders.contains(m))
+                    .filter(|m| {
+                        marks.get(m).copied().unwrap_or(0) < len && ctl.holders.contains(*m)
+                    })
                     .collect()
             };
             if pending.len() <= ALIVE_QUERIES {

@@ -122,11 +122,12 @@ impl BmObject {
         if ctl.pending.is_empty() {
             return;
         }
-        let pending: Vec<(u32, u64)> = std::mem::take(&mut ctl.pending).into_iter().collect();
+        let mut pending = std::mem::take(&mut ctl.pending);
+        pending.sort_unstable_by_key(|&(r, _)| r);
         let len = self.layout.dram_len();
         let populate = prefault(self.layout.member_size());
         let protect = protect_windows(self.layout.member_size());
-        let open = |ctl: &Ctl, x: u32| x == self.rank || ctl.open.contains(&x);
+        let open = |ctl: &Ctl, x: u32| x == self.rank || ctl.open.contains(x);
         for run in self.runs(ctl, &pending, open) {
             let (first, last) = (run[0].0, run[run.len() - 1].0);
             let at = self.window_offset(first);
@@ -181,9 +182,8 @@ impl BmObject {
             .map(|r| (r, 0))
             .collect();
         let len = self.layout.dram_len();
-        let closed = |ctl: &Ctl, x: u32| {
-            x != self.rank && !ctl.open.contains(&x) && !ctl.foreign.contains(&x)
-        };
+        let closed =
+            |ctl: &Ctl, x: u32| x != self.rank && !ctl.open.contains(x) && !ctl.foreign.contains(x);
         for run in self.runs(ctl, &closing, closed) {
             let (first, last) = (run[0].0, run[run.len() - 1].0);
             let at = self.window_offset(first);
