@@ -52,17 +52,18 @@
 //! bytes) + one PREFIX get of `err/<X>/` (empty unless a holder failed); every holder sends
 //! SET `ack/` + ADD `seen/` per piece of the log it applies, however many entries the piece
 //! holds (a burst of joins applies in a few pieces), and one holder one APPEND per settled
-//! offset. Store ops per rank are flat in `n`: create took 6-9 ops per rank and join 7-40
-//! (two per piece a holder applies) at 64, 256 and 1024 ranks (create adds a GET of
-//! `hs/<host>` and, for the first creator on a host, one CAS). Bytes per rank are linear in
-//! `n` with a small constant, the information itself: every join entry (with its record)
-//! reaches every holder once, as a watch event or in the snapshot a later creator's watch
-//! starts with, about 80-280 bytes a join with the frame. Measured per rank for create +
-//! join: 17 KB at 64 ranks, 61 KB at 256, 157 KB at 1024 on one host (`n^2 * 150` bytes at
-//! the store in all, no request that grows with `n`); with 128 hosts of 8 (records carry
-//! the transport endpoint) 298 KB at 1024. Watch events per rank are one per append after
-//! the rank's watch began: about 90 at 64 ranks, 290 at 256 and 440-1540 at 1024 (`2n` +
-//! markers at most: every create and join entry is an append).
+//! offset. Store ops per rank are flat in `n`: create took 5-6 ops per rank and join 6-26
+//! (two per piece a holder applies) at 64, 256 and 1024 ranks (create: a CAS of the GVA
+//! proposal, a CAS of `hs/<host>`, the WATCH, the APPEND of its entry, its acknowledgement).
+//! Bytes per rank are linear in `n` with a small constant, the information itself: every
+//! join entry (with its record) reaches every holder once, as a watch event or in the
+//! snapshot a later creator's watch starts with, about 80-280 bytes a join with the frame.
+//! Measured per rank for create + join (median of three runs, 17:50 on the dev VM): 20 KB at
+//! 64 ranks, 62 KB at 256, 254 KB at 1024 on one host (`n^2 * 250` bytes at the store in
+//! all, no request that grows with `n`); with 128 hosts of 8 (records carry the transport
+//! endpoint) 258 KB at 1024. Watch events per rank are one per append after the rank's watch
+//! began: about 60 at 64 ranks, 260 at 256 and 1400 at 1024 (`2n` + markers at most: every
+//! create and join entry is an append).
 //!
 //! # Same-host windows in one segment
 //! The DRAM windows of a DRAM-only object (no HBM part) live in one memfd per host and object,
