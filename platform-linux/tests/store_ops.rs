@@ -5,7 +5,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use smem_core::ErrorCode;
-use smem_linux::store::{CasResult, ClientOptions, ServerConfig, StoreClient, StoreServer};
+use smem_linux::store::{CasResult, ClientOptions, Posted, ServerConfig, StoreClient, StoreServer};
 
 /// Timing-sensitive tests and CPU-heavy tests of this file run one at a time, so a deadline
 /// measurement is not disturbed by another test saturating the (small) machine.
@@ -214,11 +214,21 @@ fn auto_ranking_and_query_alive() {
         assert!(extra.query_alive(r).unwrap());
     }
     assert!(!extra.query_alive(3).unwrap());
+    // Sent together, answered in order; a repeated rank and an empty list are fine.
+    let ask = [3, 0, 2, 1, 1000, 0];
+    assert_eq!(
+        extra.query_alive_each(&ask).unwrap(),
+        [false, true, true, true, false, true]
+    );
+    assert!(extra.query_alive_each(&[]).unwrap().is_empty());
     let r1 = others[0].auto_rank(b"").unwrap();
     others[0].close();
     poll_until("rank to be freed", Duration::from_secs(2), || {
         !extra.query_alive(r1).unwrap()
     });
+    let mut alive = vec![true; 3];
+    alive[r1 as usize] = false;
+    assert_eq!(extra.query_alive_each(&[0, 1, 2]).unwrap(), alive);
     assert_eq!(
         extra.auto_rank(b"x").unwrap(),
         r1,
@@ -533,4 +543,23 @@ fn ipv6_loopback() {
     let c = StoreClient::connect(addr, ClientOptions::default()).unwrap();
     c.set(b"k", b"v6").unwrap();
     assert_eq!(c.get(b"k").unwrap().unwrap(), b"v6");
+}
+
+#[test]
+fn posted_requests_take_effect_in_order() {
+    let s = server();
+    let c = client(&s);
+    c.post(Posted::Set(b"p/a", b"1")).unwrap();
+    c.post(Posted::Append(b"p/log", b"x;")).unwrap();
+    c.post(Posted::Append(b"p/log", b"y;")).unwrap();
+    c.post(Posted::Set(b"p/b", b"2")).unwrap();
+    c.post(Posted::Remove(b"p/b")).unwrap();
+    // A later request of the same client is answered after the posted ones took effect.
+    assert_eq!(c.get(b"p/a").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(c.get(b"p/log").unwrap().as_deref(), Some(&b"x;y;"[..]));
+    assert_eq!(c.get(b"p/b").unwrap(), None);
+    // A refusal goes unseen (the value is not a number) and the link stays usable.
+    c.post(Posted::Set(b"p/n", b"abc")).unwrap();
+    assert!(c.add(b"p/n", 1).is_err());
+    assert_eq!(c.add(b"p/m", 2).unwrap(), 2);
 }

@@ -110,12 +110,14 @@ impl Rendezvous<'_> {
             )));
         }
         if self.alive {
-            let mut dead = Vec::new();
-            for r in 0..self.world_size {
-                if !store.query_alive(r)? {
-                    dead.push(r);
-                }
-            }
+            let ranks: Vec<u32> = (0..self.world_size).collect();
+            let alive = store.query_alive_each(&ranks)?;
+            let dead: Vec<u32> = ranks
+                .iter()
+                .zip(alive)
+                .filter(|&(_, alive)| !alive)
+                .map(|(&r, _)| r)
+                .collect();
             if !dead.is_empty() {
                 return Ok(Some(format!(
                     "rank(s) {} registered but hold no live config store link (a process that died without smem_shm_uninit?)",

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use smem_core::url::{AnyStoreUrl, UrlError};
 
-use super::client::{CasResult, ClientOptions, TcpClient};
+use super::client::{CasResult, ClientOptions, Posted, TcpClient};
 use super::etcd::EtcdClient;
 use crate::Result;
 
@@ -168,6 +168,23 @@ impl StoreClient {
         both!(self, c => c.set(key, value))
     }
 
+    /// Sends `op` without waiting for the store's answer where the backend can (TCP: its
+    /// effect is in place before that of any later request of this client; a refusal goes
+    /// unseen); etcd runs it to completion.
+    ///
+    /// # Errors
+    /// Link errors (TCP); any error of the op (etcd).
+    pub fn post(&self, op: Posted<'_>) -> Result<()> {
+        match &self.0 {
+            Backend::Tcp(c) => c.post(op),
+            Backend::Etcd(c) => match op {
+                Posted::Set(k, v) => c.set(k, v),
+                Posted::Append(k, v) => c.append(k, v).map(drop),
+                Posted::Remove(k) => c.remove(k).map(drop),
+            },
+        }
+    }
+
     /// The value of `key`, `None` if absent.
     ///
     /// # Errors
@@ -238,6 +255,18 @@ impl StoreClient {
     /// Link, timeout, or store refusal.
     pub fn query_alive(&self, rank: u32) -> Result<bool> {
         both!(self, c => c.query_alive(rank))
+    }
+
+    /// For each of `ranks`, whether a live link holds it (TCP: the requests sent at once,
+    /// one round trip; etcd: one lookup each).
+    ///
+    /// # Errors
+    /// Link, timeout, or store refusal.
+    pub fn query_alive_each(&self, ranks: &[u32]) -> Result<Vec<bool>> {
+        match &self.0 {
+            Backend::Tcp(c) => c.query_alive_each(ranks),
+            Backend::Etcd(c) => ranks.iter().map(|&r| c.query_alive(r)).collect(),
+        }
     }
 
     /// A rank assigned by the store (AutoRanking); this client then holds it.

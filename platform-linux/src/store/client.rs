@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::debug;
 use smem_core::ErrorCode;
@@ -114,6 +114,17 @@ impl Default for ClientOptions {
             tls: crate::tls::global(),
         }
     }
+}
+
+/// A request sent without waiting for its reply ([`TcpClient::post`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Posted<'a> {
+    /// SET key, value.
+    Set(&'a [u8], &'a [u8]),
+    /// APPEND key, value.
+    Append(&'a [u8], &'a [u8]),
+    /// REMOVE key.
+    Remove(&'a [u8]),
 }
 
 /// Result of [`TcpClient::cas`].
@@ -334,6 +345,101 @@ impl Inner {
         Ok(new)
     }
 
+    /// Sends one request without waiting for its reply (dropped when it comes; the link's
+    /// later requests are processed after it).
+    fn post(&self, mt: MessageType, keys: &[&[u8]], values: &[&[u8]]) -> Result<()> {
+        let seq = self.next_seq();
+        let frame = encode(seq, mt, 0, keys, values)?;
+        let link = self.link()?;
+        // A waiter nobody waits on: the reader consumes the reply like any other.
+        let (tx, _) = mpsc::sync_channel(1);
+        lock(&link.pending).insert(seq, tx);
+        if let Err(e) = link.write(self.addr, &frame) {
+            lock(&link.pending).remove(&seq);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// One request of type `mt` per key, sent at once (one write) and answered in order;
+    /// waits for every reply, all within `wait`.
+    fn call_each(
+        &self,
+        op: &str,
+        mt: MessageType,
+        keys: &[Vec<u8>],
+        wait: Duration,
+    ) -> Result<Vec<Reply>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut frames = Vec::new();
+        let mut seqs = Vec::with_capacity(keys.len());
+        for k in keys {
+            let seq = self.next_seq();
+            frames.extend_from_slice(&encode(seq, mt, 0, &[k], &[])?);
+            seqs.push(seq);
+        }
+        let link = self.link()?;
+        let waits: Vec<(u32, Receiver<Reply>)> = {
+            let mut pending = lock(&link.pending);
+            seqs.iter()
+                .map(|&seq| {
+                    let (tx, rx) = mpsc::sync_channel(1);
+                    pending.insert(seq, tx);
+                    (seq, rx)
+                })
+                .collect()
+        };
+        let forget = |waits: &[(u32, Receiver<Reply>)]| {
+            let mut pending = lock(&link.pending);
+            for (seq, _) in waits {
+                pending.remove(seq);
+            }
+        };
+        // As in `call`: a link that went down meanwhile must not leave waiters behind.
+        if !link.is_up() {
+            forget(&waits);
+        }
+        if let Err(e) = link.write(self.addr, &frames) {
+            forget(&waits);
+            return Err(e);
+        }
+        count(T_OPS, keys.len().saturating_sub(1) as u64);
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::with_capacity(waits.len());
+        for (i, (_, rx)) in waits.iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    forget(&waits[i..]);
+                    let key = show(&keys[i]);
+                    return Err(match e {
+                        RecvTimeoutError::Timeout => Error::new(
+                            ErrorCode::Timeout,
+                            format!(
+                                "store {op} of key {key} ({} of {} sent together) got no reply within {} ms; is the store at {} alive?",
+                                i + 1,
+                                keys.len(),
+                                wait.as_millis(),
+                                self.addr
+                            ),
+                        ),
+                        RecvTimeoutError::Disconnected => Error::new(
+                            ErrorCode::IoError,
+                            format!(
+                                "store {op} of key {key}: link to the config store at {} went down",
+                                self.addr
+                            ),
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn call(
         &self,
         op: &str,
@@ -439,6 +545,21 @@ impl TcpClient {
     fn call(&self, op: &str, mt: MessageType, keys: &[&[u8]], values: &[&[u8]]) -> Result<Reply> {
         let inner = self.inner();
         inner.call(op, mt, 0, keys, values, inner.opts.op_timeout)
+    }
+
+    /// Sends `op` without waiting for its reply: its effect is in place before that of any
+    /// later request of this client (one link, processed in order), but a refusal by the
+    /// store goes unseen.
+    ///
+    /// # Errors
+    /// The link is down and cannot be re-established; the request is malformed.
+    pub fn post(&self, op: Posted<'_>) -> Result<()> {
+        let inner = self.inner();
+        match op {
+            Posted::Set(k, v) => inner.post(MessageType::Set, &[k], &[v]),
+            Posted::Append(k, v) => inner.post(MessageType::Append, &[k], &[v]),
+            Posted::Remove(k) => inner.post(MessageType::Remove, &[k], &[]),
+        }
     }
 
     /// Store `value` under `key`.
@@ -618,6 +739,31 @@ impl TcpClient {
             return Err(rejected("QUERY_ALIVE", k.as_bytes(), &r));
         }
         Ok(!packed_values("QUERY_ALIVE", k.as_bytes(), &r.body)?.is_empty())
+    }
+
+    /// For each of `ranks`, whether a live link holds it: the QUERY_ALIVE requests are sent
+    /// at once and answered in order (one round trip, not one per rank).
+    ///
+    /// # Errors
+    /// Link, timeout, or store refusal.
+    pub fn query_alive_each(&self, ranks: &[u32]) -> Result<Vec<bool>> {
+        let keys: Vec<Vec<u8>> = ranks.iter().map(|r| r.to_string().into_bytes()).collect();
+        let inner = self.inner();
+        let replies = inner.call_each(
+            "QUERY_ALIVE",
+            MessageType::QueryAlive,
+            &keys,
+            inner.opts.op_timeout,
+        )?;
+        keys.iter()
+            .zip(replies)
+            .map(|(k, r)| {
+                if r.status != status::OK {
+                    return Err(rejected("QUERY_ALIVE", k, &r));
+                }
+                Ok(!packed_values("QUERY_ALIVE", k, &r.body)?.is_empty())
+            })
+            .collect()
     }
 
     /// A rank assigned by the store (GET `AutoRanking#`+suffix); this link then holds it.

@@ -44,7 +44,7 @@ pub mod server;
 mod storage;
 
 pub use backend::{EtcdTarget, StoreClient, StoreTarget};
-pub use client::{CasResult, ClientOptions, TcpClient, Traffic, traffic};
+pub use client::{CasResult, ClientOptions, Posted, TcpClient, Traffic, traffic};
 pub use server::{Limits, ServerConfig, StoreServer};
 
 pub use smem_core::store::{AUTO_RANKING_PREFIX, WATCH_RANK_DOWN_KEY};
