@@ -52,7 +52,8 @@
 //! bytes) + one PREFIX get of `err/<X>/` (empty unless a holder failed); every holder sends
 //! SET `ack/` + ADD `seen/` per piece of the log it applies, however many entries the piece
 //! holds (a burst of joins applies in a few pieces), and one holder one APPEND per settled
-//! offset. Store ops per rank are flat in `n`: create took 5-6 ops per rank and join 6-26
+//! offset; only the ADD waits for its answer (the SET and the APPEND are posted, in order on
+//! the holder's link: one round trip per piece). Store ops per rank are flat in `n`: create took 5-6 ops per rank and join 6-26
 //! (two per piece a holder applies) at 64, 256 and 1024 ranks (create: a CAS of the GVA
 //! proposal, a CAS of `hs/<host>`, the WATCH, the APPEND of its entry, its acknowledgement).
 //! Bytes per rank are linear in `n` with a small constant, the information itself: every

@@ -9,8 +9,8 @@
 //! | `ready` | `1`: every rank of the world registered (SHM: and holds a live link) | the rank that completed the world |
 //!
 //! A rank sets its record and adds 1 to `registered`. When the counter reaches `worldSize`, it
-//! checks with one PREFIX get (SHM: plus one QUERY_ALIVE per rank, a key left by a process that
-//! died without uninit is no rank) that every rank's record is there, and sets `ready`. Every
+//! checks with one PREFIX get (SHM: plus one QUERY_ALIVE per rank, all sent at once and
+//! answered in one round trip; a key left by a process that died without uninit is no rank) that every rank's record is there, and sets `ready`. Every
 //! rank waits for `ready` with one parked GET, in slices (the first 10 ms per rank, 50 ms to
 //! 1 s, doubling up to 8 s); after each
 //! slice it reads the counter (one GET) and, once it says the world is complete (SHM: from the
@@ -25,7 +25,7 @@
 //!
 //! Cost: SET + ADD + one parked GET per rank (3 ops, about 250 bytes with the frame headers,
 //! whatever the world size); the rank that completes the world adds one PREFIX get of the `n`
-//! records (about 60 `n` bytes) and, for SHM, `n` QUERY_ALIVE; a parked GET of every rank's
+//! records (about 60 `n` bytes) and, for SHM, `n` QUERY_ALIVE (pipelined: one round trip); a parked GET of every rank's
 //! record by every rank would cost `n` ops per rank, `n^2` for the store.
 //!
 //! At uninit a rank removes its record and adds -1; the rank whose decrement takes the counter
