@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bm_common::{
     Role, addr_of, barrier, barrier_last, client, config, fork_and_wait, free_url, pattern, role,
-    run_all_ok, spawn,
+    run_all_ok, spawn, spawn_with,
 };
 use smem_core::ErrorCode;
 use smem_core::bm::Copy2d;
@@ -69,7 +69,7 @@ fn four_ranks_copy_every_pair_over_tcp() {
     let extra: Vec<(u32, &str, &str)> = (0..4)
         .map(|r| (r, smem_linux::mem::HOST_ID_ENV, ids[r as usize]))
         .collect();
-    let out = bm_common::spawn_with(
+    let out = spawn_with(
         "four_ranks_copy_every_pair_over_tcp",
         "pairs-net",
         &url,
@@ -306,6 +306,33 @@ fn late_joiner_leaver_and_dead_member() {
     run_all_ok("late_joiner_leaver_and_dead_member", "late", 4, DEADLINE);
 }
 
+/// The same with the host segment mapped read/write at create, as objects of over 128
+/// members do (`SMEM_BM_PROTECT_MEMBERS_MAX=0`): the windows' states alone keep copies out.
+#[test]
+fn late_joiner_leaver_and_dead_member_open_segment() {
+    const NAME: &str = "late_joiner_leaver_and_dead_member_open_segment";
+    if let Some(r) = role() {
+        return late_rank(&r);
+    }
+    let url = free_url();
+    let extra: Vec<(u32, &str, &str)> = (0..4)
+        .map(|r| (r, "SMEM_BM_PROTECT_MEMBERS_MAX", "0"))
+        .collect();
+    let out = spawn_with(NAME, "late", &url, 4, &[0, 1, 2, 3], &extra).wait(DEADLINE);
+    assert!(out.values().all(|o| o.contains("rank-ok")), "{out:?}");
+}
+
+/// The protections of this process's mappings of BM object 2's host segment
+/// (`/proc/self/maps`, e.g. `rw-s`, `---s`).
+fn host_segment_protections() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("maps")
+        .lines()
+        .filter(|l| l.contains("smem-bm2-host"))
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .collect()
+}
+
 fn late_rank(role: &Role) {
     let (rank, n) = (role.rank, role.world);
     runtime::bm_init(&role.url, n, 0, &config(rank, 30)).expect("init");
@@ -316,6 +343,16 @@ fn late_rank(role: &Role) {
         runtime::bm_join(h, 0).expect("join");
     }
     barrier(&c, "early", n);
+    if rank == 0 {
+        // Rank 3 has not joined: its window is inaccessible here, unless the segment is
+        // mapped read/write as a whole.
+        let prot = host_segment_protections();
+        if std::env::var_os("SMEM_BM_PROTECT_MEMBERS_MAX").is_some() {
+            assert_eq!(prot, ["rw-s"], "one read/write mapping");
+        } else {
+            assert!(prot.iter().any(|p| p == "---s"), "{prot:?}");
+        }
+    }
     if rank == 0 {
         let e = write(h, win(3), b"x", H2G).err().unwrap_or_else(|| {
             let log = c.get(b"smem/bm/o2/log").expect("log");
@@ -577,7 +614,7 @@ fn other_host_window_refused() {
     }
     let url = free_url();
     let extra = [(1, smem_linux::mem::HOST_ID_ENV, "elsewhere")];
-    let out = bm_common::spawn_with(
+    let out = spawn_with(
         "other_host_window_refused",
         "host",
         &url,
@@ -612,7 +649,7 @@ fn copies_racing_a_leave_over_tcp() {
         (0, smem_linux::mem::HOST_ID_ENV, "race-a"),
         (1, smem_linux::mem::HOST_ID_ENV, "race-b"),
     ];
-    let out = bm_common::spawn_with(
+    let out = spawn_with(
         "copies_racing_a_leave_over_tcp",
         "race-net",
         &url,
@@ -982,7 +1019,7 @@ fn remote_rank_killed_mid_copy() {
         (0, smem_linux::mem::HOST_ID_ENV, "kill-a"),
         (1, smem_linux::mem::HOST_ID_ENV, "kill-b"),
     ];
-    let out = bm_common::spawn_with(
+    let out = spawn_with(
         "remote_rank_killed_mid_copy",
         "kill",
         &url,

@@ -197,9 +197,18 @@ pub(crate) fn prefault(members: u32) -> bool {
 pub(crate) const PROTECT_MEMBERS_MAX: u32 = 128;
 
 /// Whether the windows of an object of `members` members in a host segment are opened and
-/// closed one by one (else the whole segment is accessible from create on).
+/// closed one by one (else the whole segment is accessible from create on). The limit is
+/// [`PROTECT_MEMBERS_MAX`] unless `SMEM_BM_PROTECT_MEMBERS_MAX` says otherwise (read once per
+/// process; e.g. `0` makes every object take the path of large ones).
 pub(crate) fn protect_windows(members: u32) -> bool {
-    members <= PROTECT_MEMBERS_MAX
+    static MAX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let max = *crate::sync::get_or_init(&MAX, || {
+        std::env::var("SMEM_BM_PROTECT_MEMBERS_MAX")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(PROTECT_MEMBERS_MAX)
+    });
+    members <= max
 }
 
 /// Control state of an object, behind its mutex (never taken by the copy path).
