@@ -247,8 +247,6 @@ struct Ctl {
     joined_self: bool,
     /// The watcher stopped (link down or unwatched).
     watcher_gone: bool,
-    /// The last window record decoded, with its bytes.
-    last_record: Option<(Vec<u8>, WindowRecord)>,
 }
 
 /// A BM object of this process.
@@ -411,19 +409,17 @@ impl BmObject {
             // opened in it as their ranks join, the own one now.
             (Some(seg), Some(off)) => {
                 reservation.back_file(0, seg.fd(), 0, span)?;
-                if !protect_windows(args.member_size) {
+                if protect_windows(args.member_size) {
+                    reservation.open(off, dram_len, false)?;
+                } else {
                     reservation.open(0, span, false)?;
                 }
-                reservation.open(off, dram_len, false)?;
                 // The own window's pages are allocated by faulting them in here (no lock of
-                // the segment file is taken; `fallocate` on an older kernel).
-                let allocated = reservation
-                    .populate(off, dram_len)
-                    .map_err(|e| e.context(format!("smem_bm_create {id}: DRAM part")))?;
-                if !allocated {
-                    // A kernel older than 5.14 (which cannot pre-fault either).
-                    seg.fallocate(off, dram_len)
-                        .map_err(|e| e.context(format!("smem_bm_create {id}: DRAM part")))?;
+                // the segment file is taken; `fallocate` on an older kernel, which cannot
+                // pre-fault either).
+                let part = |e: Error| e.context(format!("smem_bm_create {id}: DRAM part"));
+                if !reservation.populate(off, dram_len).map_err(part)? {
+                    seg.fallocate(off, dram_len).map_err(part)?;
                 }
             }
             (Some(seg), None) => {

@@ -39,6 +39,14 @@ const T_SENT: usize = 1;
 const T_RECEIVED: usize = 2;
 const T_EVENTS: usize = 3;
 
+/// Drops the waiters of `seqs` on `link` (their replies, if they come, are discarded).
+fn forget(link: &Link, seqs: &[u32]) {
+    let mut pending = lock(&link.pending);
+    for seq in seqs {
+        pending.remove(seq);
+    }
+}
+
 fn count(what: usize, n: u64) {
     TRAFFIC[what].fetch_add(n, Ordering::Relaxed);
 }
@@ -345,20 +353,63 @@ impl Inner {
         Ok(new)
     }
 
+    /// Registers a waiter for each of `seqs` and sends `frames` (their requests, in that
+    /// order) with one write; returns the waiters' receivers.
+    fn send(&self, seqs: &[u32], frames: &[u8]) -> Result<(Arc<Link>, Vec<Receiver<Reply>>)> {
+        let link = self.link()?;
+        let rxs = {
+            let mut pending = lock(&link.pending);
+            seqs.iter()
+                .map(|&seq| {
+                    let (tx, rx) = mpsc::sync_channel(1);
+                    pending.insert(seq, tx);
+                    rx
+                })
+                .collect()
+        };
+        // If the link went down between `link()` and the insert, `down` may have cleared the
+        // map before our entries landed: check again so no op waits for nothing.
+        if !link.is_up() {
+            forget(&link, seqs);
+        }
+        if let Err(e) = link.write(self.addr, frames) {
+            forget(&link, seqs);
+            return Err(e);
+        }
+        count(T_OPS, seqs.len().saturating_sub(1) as u64);
+        Ok((link, rxs))
+    }
+
     /// Sends one request without waiting for its reply (dropped when it comes; the link's
     /// later requests are processed after it).
     fn post(&self, mt: MessageType, keys: &[&[u8]], values: &[&[u8]]) -> Result<()> {
         let seq = self.next_seq();
         let frame = encode(seq, mt, 0, keys, values)?;
-        let link = self.link()?;
         // A waiter nobody waits on: the reader consumes the reply like any other.
-        let (tx, _) = mpsc::sync_channel(1);
-        lock(&link.pending).insert(seq, tx);
-        if let Err(e) = link.write(self.addr, &frame) {
-            lock(&link.pending).remove(&seq);
-            return Err(e);
+        self.send(&[seq], &frame).map(drop)
+    }
+
+    /// The error of a request of `op` on `key` whose reply did not come.
+    fn no_reply(&self, op: &str, key: &[u8], wait: Duration, e: RecvTimeoutError) -> Error {
+        match e {
+            RecvTimeoutError::Timeout => Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "store {op} of key {} got no reply within {} ms; is the store at {} alive?",
+                    show(key),
+                    wait.as_millis(),
+                    self.addr
+                ),
+            ),
+            RecvTimeoutError::Disconnected => Error::new(
+                ErrorCode::IoError,
+                format!(
+                    "store {op} of key {}: link to the config store at {} went down",
+                    show(key),
+                    self.addr
+                ),
+            ),
         }
-        Ok(())
     }
 
     /// One request of type `mt` per key, sent at once (one write) and answered in order;
@@ -380,60 +431,15 @@ impl Inner {
             frames.extend_from_slice(&encode(seq, mt, 0, &[k], &[])?);
             seqs.push(seq);
         }
-        let link = self.link()?;
-        let waits: Vec<(u32, Receiver<Reply>)> = {
-            let mut pending = lock(&link.pending);
-            seqs.iter()
-                .map(|&seq| {
-                    let (tx, rx) = mpsc::sync_channel(1);
-                    pending.insert(seq, tx);
-                    (seq, rx)
-                })
-                .collect()
-        };
-        let forget = |waits: &[(u32, Receiver<Reply>)]| {
-            let mut pending = lock(&link.pending);
-            for (seq, _) in waits {
-                pending.remove(seq);
-            }
-        };
-        // As in `call`: a link that went down meanwhile must not leave waiters behind.
-        if !link.is_up() {
-            forget(&waits);
-        }
-        if let Err(e) = link.write(self.addr, &frames) {
-            forget(&waits);
-            return Err(e);
-        }
-        count(T_OPS, keys.len().saturating_sub(1) as u64);
+        let (link, rxs) = self.send(&seqs, &frames)?;
         let deadline = Instant::now() + wait;
-        let mut out = Vec::with_capacity(waits.len());
-        for (i, (_, rx)) in waits.iter().enumerate() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+        let mut out = Vec::with_capacity(rxs.len());
+        for (i, rx) in rxs.iter().enumerate() {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(r) => out.push(r),
                 Err(e) => {
-                    forget(&waits[i..]);
-                    let key = show(&keys[i]);
-                    return Err(match e {
-                        RecvTimeoutError::Timeout => Error::new(
-                            ErrorCode::Timeout,
-                            format!(
-                                "store {op} of key {key} ({} of {} sent together) got no reply within {} ms; is the store at {} alive?",
-                                i + 1,
-                                keys.len(),
-                                wait.as_millis(),
-                                self.addr
-                            ),
-                        ),
-                        RecvTimeoutError::Disconnected => Error::new(
-                            ErrorCode::IoError,
-                            format!(
-                                "store {op} of key {key}: link to the config store at {} went down",
-                                self.addr
-                            ),
-                        ),
-                    });
+                    forget(&link, &seqs[i..]);
+                    return Err(self.no_reply(op, &keys[i], wait, e));
                 }
             }
         }
@@ -451,42 +457,14 @@ impl Inner {
     ) -> Result<Reply> {
         let seq = self.next_seq();
         let frame = encode(seq, mt, user_def, keys, values)?;
-        let link = self.link()?;
-        let (tx, rx) = mpsc::sync_channel(1);
-        lock(&link.pending).insert(seq, tx);
-        // If the link went down between `link()` and the insert, `down` may have cleared the
-        // map before our entry landed: check again so the op cannot wait for nothing.
-        if !link.is_up() {
-            lock(&link.pending).remove(&seq);
-        }
-        if let Err(e) = link.write(self.addr, &frame) {
-            lock(&link.pending).remove(&seq);
-            return Err(e);
-        }
+        let (link, rxs) = self.send(&[seq], &frame)?;
         let key = keys.first().copied().unwrap_or_default();
-        match rx.recv_timeout(wait) {
-            Ok(r) => Ok(r),
-            Err(RecvTimeoutError::Timeout) => {
-                lock(&link.pending).remove(&seq);
-                Err(Error::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "store {op} of key {} got no reply within {} ms; is the store at {} alive?",
-                        show(key),
-                        wait.as_millis(),
-                        self.addr
-                    ),
-                ))
+        rxs[0].recv_timeout(wait).map_err(|e| {
+            if e == RecvTimeoutError::Timeout {
+                forget(&link, &[seq]);
             }
-            Err(RecvTimeoutError::Disconnected) => Err(Error::new(
-                ErrorCode::IoError,
-                format!(
-                    "store {op} of key {}: link to the config store at {} went down",
-                    show(key),
-                    self.addr
-                ),
-            )),
-        }
+            self.no_reply(op, key, wait, e)
+        })
     }
 
     fn heartbeat_loop(self: Arc<Self>) {

@@ -185,15 +185,7 @@ impl BmObject {
                 format!("rank {r} joined but its join entry carries no window record"),
             )
         })?;
-        // The records of the ranks of one host segment are the same bytes: decoded once.
-        let rec = match &ctl.last_record {
-            Some((bytes, decoded)) if bytes[..] == *rec => decoded.clone(),
-            _ => {
-                let decoded = WindowRecord::decode(rec)?;
-                ctl.last_record = Some((rec.to_vec(), decoded.clone()));
-                decoded
-            }
-        };
+        let rec = WindowRecord::decode(rec)?;
         let w = &self.windows[r as usize];
         let check = |got: u64, want: u64, part: Part| -> Result<()> {
             if got != want {
